@@ -1,0 +1,45 @@
+# aimms-ops: `make demo` sets everything up and runs the main job against the sandbox
+# host; `make test` runs the whole suite (it brings the sandbox up itself).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SANDBOX_INV := sandbox/inventory.yml
+FAB := AIMMS_OPS_INVENTORY=$(SANDBOX_INV) $(BIN)/fab
+
+.PHONY: venv sandbox sandbox-down demo test unit lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+sandbox:
+	bash sandbox/up.sh
+
+sandbox-down:
+	bash sandbox/down.sh
+
+demo: venv sandbox
+	$(FAB) check
+	$(FAB) install-backups --yes
+	$(FAB) backup
+	$(FAB) list-backups
+	$(FAB) status
+
+lint: venv
+	$(BIN)/ruff check aimms_ops tests bench fabfile.py
+
+unit: venv
+	$(BIN)/pytest -q -m "not integration"
+
+test: venv lint
+	$(BIN)/pytest -q
+
+bench: venv sandbox
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,104 @@
+"""Health of the stack and the backups, as lists of checks."""
+
+from __future__ import annotations
+
+from .checks import Check, State
+from .compose import compose_volumes, decode_config, facts_args, parse_facts
+from .inventory import Host
+from .remote import Remote
+
+
+def gather_facts(remote: Remote) -> dict[str, str]:
+    """Run facts.sh on the host and parse what it prints."""
+    res = remote.run_script("facts.sh", *facts_args(remote.host))
+    return parse_facts(res.stdout)
+
+
+def _human_kb(kb: int) -> str:
+    size = float(kb) * 1024
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def connection_checks(facts: dict[str, str], host: Host, *, fingerprint: str) -> list[Check]:
+    """The rows of ``fab check``, computed from facts.sh output (pure)."""
+    ok, crit = State.OK, State.CRITICAL
+    rows = [Check("ssh", ok, f"{facts.get('ssh.user', '?')}@{facts.get('ssh.hostname', '?')}, "
+                  f"host key {fingerprint}")]
+    if facts.get("docker.ok") == "1":
+        rows.append(Check("docker", ok, f"engine {facts.get('docker.version', '?')}"))
+    else:
+        rows.append(Check("docker", crit, facts.get("docker.error", "docker not reachable"),
+                          "start the Docker daemon, or add the login user to the docker group"))
+    cfile = host.compose.file_path
+    if facts.get("compose.file_exists") != "1":
+        rows.append(Check("compose project", crit, f"{cfile} not found",
+                          "fix compose.project_dir / compose.file in the inventory"))
+    elif not facts.get("compose.cmd"):
+        rows.append(Check("compose project", crit, "neither `docker compose` nor "
+                          "`docker-compose` is installed", "install Docker Compose on the host"))
+    elif facts.get("compose.config_ok") != "1":
+        rows.append(Check("compose project", crit,
+                          f"{cfile}: {facts.get('compose.config_error', 'invalid')}",
+                          "fix the compose file"))
+    else:
+        rows.append(Check("compose project", ok,
+                          f"{host.compose.project} ({cfile}, {facts['compose.cmd']})"))
+    cid = facts.get("container.id", "")
+    service = host.compose.postgres_service
+    if not cid:
+        rows.append(Check("postgres container", crit,
+                          f"no container for service {service!r} of project "
+                          f"{host.compose.project!r}",
+                          "start the stack: docker compose up -d"))
+    elif facts.get("container.state") != "running":
+        rows.append(Check("postgres container", crit,
+                          f"{facts.get('container.name', cid)} is "
+                          f"{facts.get('container.state', 'not running')}",
+                          f"start it: docker compose up -d {service}"))
+    else:
+        rows.append(Check("postgres container", ok,
+                          f"{facts.get('container.name')} ({cid[:12]}), running"))
+    if facts.get("postgres.ready") == "1":
+        rows.append(Check("postgres accepting connections", ok,
+                          facts.get("postgres.ready_detail", "")))
+    else:
+        rows.append(Check("postgres accepting connections", crit,
+                          facts.get("postgres.ready_detail") or "container not running",
+                          "see the container's log: docker logs CONTAINER"))
+    decls = compose_volumes(decode_config(facts))
+    for vol in host.volumes.names():
+        decl = decls.get(vol)
+        if facts.get(f"volume.{vol}.exists") != "1":
+            rows.append(Check(f"volume {vol}", crit, "does not exist",
+                              f"docker volume create {vol} (then restore a backup)"))
+        elif decl is None:
+            rows.append(Check(f"volume {vol}", crit, "exists, but the compose file does not use it",
+                              "declare it in the compose file with external: true"))
+        elif not decl.external:
+            rows.append(Check(f"volume {vol}", crit,
+                              "exists, but is not declared external: `down -v` would delete it",
+                              "declare it external: true in the compose file"))
+        else:
+            used = facts.get(f"volume.{vol}.used_by") or "no container"
+            rows.append(Check(f"volume {vol}", ok, f"exists, external, used by {used}"))
+    if facts.get("backup_dir.exists") != "1":
+        rows.append(Check("backup dir", crit, f"{host.backup_dir} does not exist",
+                          "run: fab install-backups"))
+    else:
+        avail = int(facts.get("backup_dir.avail_kb", "0") or 0)
+        writable = facts.get("backup_dir.writable") == "1"
+        state = ok if writable else crit
+        detail = f"{host.backup_dir}, {_human_kb(avail)} free"
+        rows.append(Check("backup dir", state, detail if writable else detail + ", not writable",
+                          "" if writable else f"chown the directory to {facts.get('ssh.user')}"))
+    return rows
+
+
+def check(remote: Remote) -> list[Check]:
+    """Connect-time checks of the host: ssh, docker, compose, postgres, volumes, backup dir."""
+    facts = gather_facts(remote)
+    return connection_checks(facts, remote.host, fingerprint=remote.server_key_fingerprint)

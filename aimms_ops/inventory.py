@@ -1,0 +1,322 @@
+"""The inventory: which hosts exist and where everything lives on them.
+
+``inventory.yml`` (or the file named by ``AIMMS_OPS_INVENTORY``) is loaded and
+validated in full before anything connects; every problem is one line naming
+the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import OpsError
+
+ENV_VAR = "AIMMS_OPS_INVENTORY"
+DEFAULT_FILE = "inventory.yml"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+
+
+@dataclass(frozen=True)
+class Compose:
+    project_dir: str
+    file: str
+    project: str
+    postgres_service: str
+
+    @property
+    def file_path(self) -> str:
+        """The compose file's absolute path on the host."""
+        if self.file.startswith("/"):
+            return self.file
+        return f"{self.project_dir.rstrip('/')}/{self.file}"
+
+
+@dataclass(frozen=True)
+class Postgres:
+    superuser: str
+    app_user: str
+    databases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Volumes:
+    postgres: str
+    redis: str
+
+    def names(self) -> tuple[str, ...]:
+        return (self.postgres, self.redis)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host of the inventory, as the tasks see it."""
+
+    name: str
+    backup_dir: str
+    backup_script: str
+    log_file: str
+    cron_schedule: str
+    retention_days: int
+    compose: Compose
+    postgres: Postgres
+    volumes: Volumes
+    min_keep: int = 3
+    ssh_config: str | None = None
+    accept_new_host_key: bool = False
+    verify_schedule: str | None = None
+    lock_timeout: int = 600
+
+    @property
+    def config_file(self) -> str:
+        """Where the backup script reads its settings on the host."""
+        return f"{self.backup_script}.conf"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    default_host: str
+    hosts: Mapping[str, Host]
+    download_dir: str = "./backups"
+
+    def host(self, name: str | None) -> Host:
+        """The host called ``name``, or the default host when ``name`` is None."""
+        key = name or self.default_host
+        try:
+            return self.hosts[key]
+        except KeyError:
+            known = ", ".join(sorted(self.hosts)) or "none"
+            raise OpsError(
+                f"{self.path}: no host named {key!r} in the inventory (hosts: {known})",
+                "pass -H with one of those names, or add the host to the inventory",
+            ) from None
+
+
+class _Checker:
+    """Walks the parsed YAML, raising one OpsError for the first problem."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, key: str, expected: str, value: Any = None, *, missing: bool = False) -> None:
+        if missing:
+            msg = f"{self.path}: {key}: missing; expected {expected}"
+        else:
+            shown = repr(value)
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            msg = f"{self.path}: {key}: expected {expected}, got {shown}"
+        raise OpsError(msg, "fix the inventory file")
+
+    def mapping(self, data: Any, key: str, allowed: set[str], required: set[str]) -> dict:
+        if not isinstance(data, dict):
+            self.fail(key or "top level", "a mapping", data)
+        for k in data:
+            if not isinstance(k, str) or k not in allowed:
+                where = f"{key}.{k}" if key else str(k)
+                self.fail(where, "no such key; known keys: " + ", ".join(sorted(allowed)), k)
+        for k in sorted(required):
+            if k not in data or data[k] is None:
+                where = f"{key}.{k}" if key else k
+                self.fail(where, _EXPECT.get(k, "a value"), missing=True)
+        return data
+
+    def value(self, data: dict, parent: str, k: str, check: Callable[[Any], bool],
+              expected: str, default: Any = None) -> Any:
+        if k not in data or data[k] is None:
+            return default
+        v = data[k]
+        if not check(v):
+            self.fail(f"{parent}.{k}", expected, v)
+        return v
+
+
+_EXPECT = {
+    "default_host": "the name of one of the hosts",
+    "hosts": "a mapping of host names to settings",
+    "backup_dir": "an absolute path",
+    "backup_script": "an absolute path",
+    "log_file": "an absolute path",
+    "cron_schedule": 'a cron schedule of five fields, like "0 2 * * *"',
+    "retention_days": "a whole number of days, at least 1",
+    "compose": "a mapping with project_dir, file, project, postgres_service",
+    "postgres": "a mapping with superuser, app_user, databases",
+    "volumes": "a mapping with postgres and redis volume names",
+    "project_dir": "an absolute path",
+    "file": "a file name or absolute path",
+    "project": "a compose project name",
+    "postgres_service": "a compose service name",
+    "superuser": "a PostgreSQL role name",
+    "app_user": "a PostgreSQL role name",
+    "databases": "a non-empty list of database names",
+    "postgres_volume": "a docker volume name",
+}
+
+
+def _is_abs_path(v: Any) -> bool:
+    return (isinstance(v, str) and v.startswith("/") and "\n" not in v and "\x00" not in v
+            and ".." not in v.split("/"))
+
+
+def _is_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(_NAME.match(v))
+
+
+def _is_db_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(_DB_NAME.match(v))
+
+
+def _is_int(minimum: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def is_cron_schedule(v: Any) -> bool:
+    """True for a five-field cron schedule (or an @-shortcut such as @daily)."""
+    if not isinstance(v, str):
+        return False
+    if v in {"@daily", "@weekly", "@hourly", "@monthly", "@midnight"}:
+        return True
+    fields = v.split()
+    return len(fields) == 5 and all(_CRON_FIELD.match(f) for f in fields)
+
+
+_HOST_KEYS = {
+    "ssh_config", "accept_new_host_key", "backup_dir", "backup_script", "log_file",
+    "cron_schedule", "retention_days", "min_keep", "compose", "postgres", "volumes",
+    "verify_schedule", "lock_timeout",
+}
+_HOST_REQUIRED = {
+    "backup_dir", "backup_script", "log_file", "cron_schedule", "retention_days",
+    "compose", "postgres", "volumes",
+}
+
+
+def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host:
+    key = f"hosts.{name}"
+    if not _is_name(name):
+        ck.fail(key, "a host name of letters, digits, '.', '-' and '_'", name)
+    d = ck.mapping(data, key, _HOST_KEYS, _HOST_REQUIRED)
+    paths = {k: ck.value(d, key, k, _is_abs_path, _EXPECT[k])
+             for k in ("backup_dir", "backup_script", "log_file")}
+    ssh_config = ck.value(d, key, "ssh_config",
+                          lambda v: isinstance(v, str) and v.strip() != "" and "\n" not in v,
+                          "a path to an ssh_config file")
+    if ssh_config is not None:
+        expanded = Path(os.path.expanduser(ssh_config))
+        if not expanded.is_absolute():
+            expanded = base / expanded
+        ssh_config = str(expanded)
+
+    ck_ = ck.mapping(d["compose"], f"{key}.compose",
+                     {"project_dir", "file", "project", "postgres_service"},
+                     {"project_dir", "file", "project", "postgres_service"})
+    compose = Compose(
+        project_dir=ck.value(ck_, f"{key}.compose", "project_dir", _is_abs_path,
+                             _EXPECT["project_dir"]),
+        file=ck.value(ck_, f"{key}.compose", "file",
+                      lambda v: _is_abs_path(v) or _is_name(v), _EXPECT["file"]),
+        project=ck.value(ck_, f"{key}.compose", "project", _is_name, _EXPECT["project"]),
+        postgres_service=ck.value(ck_, f"{key}.compose", "postgres_service", _is_name,
+                                  _EXPECT["postgres_service"]),
+    )
+    pg_ = ck.mapping(d["postgres"], f"{key}.postgres", {"superuser", "app_user", "databases"},
+                     {"superuser", "app_user", "databases"})
+    dbs = ck.value(pg_, f"{key}.postgres", "databases",
+                   lambda v: isinstance(v, list) and len(v) > 0 and all(map(_is_db_name, v)),
+                   _EXPECT["databases"])
+    postgres = Postgres(
+        superuser=ck.value(pg_, f"{key}.postgres", "superuser", _is_db_name,
+                           _EXPECT["superuser"]),
+        app_user=ck.value(pg_, f"{key}.postgres", "app_user", _is_db_name, _EXPECT["app_user"]),
+        databases=tuple(dbs),
+    )
+    vol_ = ck.mapping(d["volumes"], f"{key}.volumes", {"postgres", "redis"},
+                      {"postgres", "redis"})
+    volumes = Volumes(
+        postgres=ck.value(vol_, f"{key}.volumes", "postgres", _is_name, "a docker volume name"),
+        redis=ck.value(vol_, f"{key}.volumes", "redis", _is_name, "a docker volume name"),
+    )
+    return Host(
+        name=name,
+        backup_dir=paths["backup_dir"],
+        backup_script=paths["backup_script"],
+        log_file=paths["log_file"],
+        cron_schedule=ck.value(d, key, "cron_schedule", is_cron_schedule,
+                               _EXPECT["cron_schedule"]),
+        retention_days=ck.value(d, key, "retention_days", _is_int(1), _EXPECT["retention_days"]),
+        min_keep=ck.value(d, key, "min_keep", _is_int(1), "a whole number, at least 1", 3),
+        compose=compose,
+        postgres=postgres,
+        volumes=volumes,
+        ssh_config=ssh_config,
+        accept_new_host_key=ck.value(d, key, "accept_new_host_key",
+                                     lambda v: isinstance(v, bool), "true or false", False),
+        verify_schedule=ck.value(d, key, "verify_schedule", is_cron_schedule,
+                                 'a cron schedule of five fields, like "0 4 * * 0"'),
+        lock_timeout=ck.value(d, key, "lock_timeout", _is_int(0),
+                              "a whole number of seconds", 600),
+    )
+
+
+def inventory_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The inventory file to load: ``explicit``, else $AIMMS_OPS_INVENTORY, else ./inventory.yml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(os.path.expanduser(env))
+    return Path(DEFAULT_FILE)
+
+
+def parse(text: str, path: Path) -> Inventory:
+    """Validate inventory YAML ``text`` (read from ``path``) into an Inventory."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise OpsError(f"{path}: YAML syntax error{where}: {problem}",
+                       "fix the inventory file") from None
+    ck = _Checker(path)
+    if data is None:
+        data = {}
+    top = ck.mapping(data, "", {"default_host", "hosts", "download_dir"},
+                     {"default_host", "hosts"})
+    hosts_raw = top["hosts"]
+    if not isinstance(hosts_raw, dict) or not hosts_raw:
+        ck.fail("hosts", _EXPECT["hosts"], hosts_raw)
+    default = top["default_host"]
+    if not isinstance(default, str) or default not in hosts_raw:
+        ck.fail("default_host", "the name of one of the hosts: " + ", ".join(map(str, hosts_raw)),
+                default)
+    download_dir = ck.value(top, "", "download_dir",
+                            lambda v: isinstance(v, str) and v.strip() != "",
+                            "a local directory path", "./backups")
+    base = path.parent
+    hosts = {str(n): _parse_host(ck, str(n), h, base) for n, h in hosts_raw.items()}
+    return Inventory(path=path, default_host=default, hosts=hosts, download_dir=download_dir)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Inventory:
+    """Load and validate the inventory; any problem is an OpsError of one line."""
+    p = inventory_path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise OpsError(f"{p}: inventory file not found",
+                       f"create it, or point {ENV_VAR} at one") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OpsError(f"{p}: cannot read the inventory: {exc}",
+                       f"check the file, or point {ENV_VAR} at another") from None
+    return parse(text, p)

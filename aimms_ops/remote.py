@@ -1,0 +1,248 @@
+"""Running commands and streaming bytes over one verified SSH connection.
+
+Everything goes through raw paramiko exec channels: never Fabric's ``in_stream``
+(about 100 bytes/s) nor default SFTP. Streams use large windows, moderate
+memoryview chunks and constant memory; stdout and stderr are drained by threads so
+a full window can never deadlock a command.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import paramiko
+from fabric import Connection
+
+from . import shell
+from .errors import OpsError
+from .inventory import Host
+from .ssh import SshTarget, connect, resolve
+
+#: Bytes read or sent per call on a stream. 256 KiB measured fastest for sendall.
+CHUNK = 256 * 1024
+RECV_CHUNK = 1024 * 1024
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a remote command did."""
+
+    command: str
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def last_error_line(self) -> str:
+        """The last non-empty line of stderr (or stdout), for one-line errors."""
+        for text in (self.stderr, self.stdout):
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            if lines:
+                return lines[-1]
+        return f"exit status {self.rc}"
+
+
+class _Drain(threading.Thread):
+    """Reads one side of a channel to its end, keeping the text and passing lines on."""
+
+    def __init__(self, read: Callable[[int], bytes], on_line: Callable[[str], None] | None,
+                 keep: int = 4 * 1024 * 1024) -> None:
+        super().__init__(daemon=True)
+        self.read = read
+        self.on_line = on_line
+        self.keep = keep
+        self.parts: list[bytes] = []
+        self.size = 0
+        self._partial = b""
+
+    def run(self) -> None:
+        try:
+            while True:
+                data = self.read(65536)
+                if not data:
+                    break
+                if self.size < self.keep:
+                    self.parts.append(data)
+                    self.size += len(data)
+                if self.on_line is not None:
+                    self._emit(data)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        if self.on_line is not None and self._partial:
+            self.on_line(self._partial.decode("utf-8", "replace"))
+
+    def _emit(self, data: bytes) -> None:
+        buf = self._partial + data
+        *lines, self._partial = buf.split(b"\n")
+        for line in lines:
+            self.on_line(line.decode("utf-8", "replace"))  # type: ignore[misc]
+
+    def text(self) -> str:
+        return b"".join(self.parts).decode("utf-8", "replace")
+
+
+class Remote:
+    """One host of the inventory, connected and verified."""
+
+    def __init__(self, host: Host, conn: Connection, target: SshTarget) -> None:
+        self.host = host
+        self.conn = conn
+        self.target = target
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def server_key_fingerprint(self) -> str:
+        transport = self._transport()
+        key = transport.get_remote_server_key()
+        return f"{key.get_name()} {key.fingerprint}"
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _transport(self) -> paramiko.Transport:
+        transport = self.conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise OpsError(f"the SSH connection to {self.name} was lost",
+                           "check the network and run the task again")
+        return transport
+
+    def _channel(self, command: str) -> paramiko.Channel:
+        try:
+            ch = self._transport().open_session()
+            ch.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise OpsError(f"the SSH connection to {self.name} failed: {exc}",
+                           "check the network and run the task again") from None
+        return ch
+
+    def _finish(self, ch: paramiko.Channel, command: str, out: _Drain | None, err: _Drain,
+                what: str) -> RunResult:
+        if out is not None:
+            out.join()
+        err.join()
+        rc = ch.recv_exit_status()
+        ch.close()
+        if rc == -1:
+            transport = self.conn.client.get_transport()
+            if transport is None or not transport.is_active():
+                raise OpsError(f"the SSH connection to {self.name} was lost during {what}",
+                               "check the network and run the task again")
+        stdout = out.text() if out is not None else ""
+        return RunResult(command=command, rc=rc, stdout=stdout, stderr=err.text())
+
+    # --- commands --------------------------------------------------------------------
+
+    def run(self, command: str | Sequence[str], *, stdin: bytes | None = None,
+            on_stdout: Callable[[str], None] | None = None,
+            on_stderr: Callable[[str], None] | None = None,
+            what: str = "a command") -> RunResult:
+        """Run ``command`` (a list is quoted here) and collect its output."""
+        line = command if isinstance(command, str) else shell.join(command)
+        ch = self._channel(line)
+        out = _Drain(ch.recv, on_stdout)
+        err = _Drain(ch.recv_stderr, on_stderr)
+        out.start()
+        err.start()
+        try:
+            if stdin:
+                ch.sendall(stdin)
+            ch.shutdown_write()
+        except (OSError, paramiko.SSHException):
+            pass
+        return self._finish(ch, line, out, err, what)
+
+    def run_script(self, name: str, *args: str | int, stdin: bytes | None = None,
+                   on_stdout: Callable[[str], None] | None = None,
+                   on_stderr: Callable[[str], None] | None = None) -> RunResult:
+        """Run a packaged ``.sh`` script on the host with ``args``."""
+        return self.run(shell.script_command(name, args), stdin=stdin, on_stdout=on_stdout,
+                        on_stderr=on_stderr, what=name)
+
+    # --- streams ---------------------------------------------------------------------
+
+    def stream_to_remote(self, src: BinaryIO, command: str, *,
+                         progress: Progress | None = None,
+                         on_stderr: Callable[[str], None] | None = None,
+                         on_stdout: Callable[[str], None] | None = None,
+                         what: str = "the upload") -> RunResult:
+        """Send ``src`` to the stdin of remote ``command``; constant memory."""
+        ch = self._channel(command)
+        out = _Drain(ch.recv, on_stdout)
+        err = _Drain(ch.recv_stderr, on_stderr)
+        out.start()
+        err.start()
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        try:
+            while True:
+                n = src.readinto(view)  # type: ignore[attr-defined]
+                if not n:
+                    break
+                ch.sendall(view[:n])
+                if progress is not None:
+                    progress(n)
+            ch.shutdown_write()
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            # The remote side stopped reading: its stderr says why.
+            ch.close()
+            out.join(5)
+            err.join(5)
+            res = RunResult(command, -1, out.text(), err.text())
+            raise OpsError(f"{what} to {self.name} failed: {res.last_error_line()}"
+                           if res.stderr.strip() else f"{what} to {self.name} failed: {exc}",
+                           "check the network and run the task again") from None
+        except BaseException:
+            ch.close()
+            raise
+        return self._finish(ch, command, out, err, what)
+
+    def stream_from_remote(self, command: str, dst: BinaryIO, *,
+                           progress: Progress | None = None,
+                           what: str = "the download") -> RunResult:
+        """Write the stdout of remote ``command`` to ``dst``; constant memory."""
+        ch = self._channel(command)
+        ch.shutdown_write()
+        err = _Drain(ch.recv_stderr, None)
+        err.start()
+        try:
+            while True:
+                data = ch.recv(RECV_CHUNK)
+                if not data:
+                    break
+                dst.write(data)
+                if progress is not None:
+                    progress(len(data))
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            ch.close()
+            raise OpsError(f"{what} from {self.name} failed: {exc}",
+                           "run the task again: it resumes where it stopped") from None
+        except BaseException:
+            ch.close()
+            raise
+        return self._finish(ch, command, None, err, what)
+
+
+def open_host(host: Host) -> Remote:
+    """Connect to ``host`` (resolved through ssh_config, host key verified)."""
+    target = resolve(host.name, host.ssh_config)
+    conn = connect(target, accept_new=host.accept_new_host_key)
+    return Remote(host, conn, target)

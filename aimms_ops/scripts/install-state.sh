@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# install-state.sh SCRIPT CONF BACKUP_DIR LOG_FILE: what `fab install-backups` needs
+# to know to change only what differs. key=value lines; the crontab base64-encoded.
+set -uo pipefail
+script=$1 conf=$2 dir=$3 log=$4
+for pair in "script:$script" "conf:$conf"; do
+    key=${pair%%:*} path=${pair#*:}
+    if [ -f "$path" ]; then
+        echo "$key.sha256=$(sha256sum -- "$path" | cut -d' ' -f1)"
+        echo "$key.mode=$(stat -c %a -- "$path")"
+    else
+        echo "$key.sha256="
+    fi
+done
+if [ -d "$dir" ]; then echo "dir.mode=$(stat -c %a -- "$dir")"; else echo "dir.mode="; fi
+if [ -f "$log" ]; then echo "log.mode=$(stat -c %a -- "$log")"; else echo "log.mode="; fi
+if command -v crontab >/dev/null 2>&1; then
+    echo "crontab.available=1"
+    echo "crontab.b64=$(crontab -l 2>/dev/null | base64 -w0)"
+else
+    echo "crontab.available=0"
+fi
+echo "env.PATH=$PATH"
+echo "env.DOCKER_HOST=${DOCKER_HOST:-}"
+echo "env.user=$(id -un)"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Shared functions of the aimms-ops host scripts, inlined where a script asks
+# for them (an include line), so every script that runs or is installed is one file.
+
+# ISO 8601 UTC timestamp.
+now_utc() { date -u +%Y-%m-%dT%H:%M:%SZ; }
+
+# compose_project_label NAME: the project label compose puts on containers
+# (lower case; characters other than a-z 0-9 - _ removed, as v1 and v2 do).
+compose_project_label() {
+    local p="${1,,}"
+    printf '%s' "$p" | tr -cd 'a-z0-9_-'
+}
+
+# compose_cmd: set the array COMPOSE to "docker compose" (v2) or "docker-compose" (v1).
+compose_cmd() {
+    if docker compose version >/dev/null 2>&1; then
+        # shellcheck disable=SC2034
+        COMPOSE=(docker compose)
+    elif command -v docker-compose >/dev/null 2>&1; then
+        # shellcheck disable=SC2034
+        COMPOSE=(docker-compose)
+    else
+        # shellcheck disable=SC2034  # used by the scripts that include this file
+        COMPOSE=()
+        return 1
+    fi
+}
+
+# resolve_container PROJECT SERVICE [all]: print the id of the service's container,
+# found by compose's labels (v1 and v2 name containers differently). With "all",
+# stopped containers count too. Prints nothing when there is none.
+resolve_container() {
+    local label
+    label=$(compose_project_label "$1")
+    local args=(ps -q --filter "label=com.docker.compose.project=$label"
+                --filter "label=com.docker.compose.service=$2")
+    [ "${3:-}" = all ] && args+=(-a)
+    docker "${args[@]}" 2>/dev/null | head -n 1
+}

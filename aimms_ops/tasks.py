@@ -1,0 +1,265 @@
+"""The command line: Fabric tasks, their flags, prompts, printing and exit codes.
+
+Tasks are thin: they load the inventory, connect, call a domain module and
+render what it returns. Every problem the operator can fix ends as one line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fabric import Connection
+from invoke import Collection, Exit, task
+
+from . import output
+from .errors import OpsError
+
+DEBUG_ENV = "AIMMS_OPS_DEBUG"
+
+
+def _host_name(c: Any) -> str | None:
+    """The host named with ``fab -H NAME``, or None for the inventory's default."""
+    if isinstance(c, Connection):
+        return c.original_host
+    return None
+
+
+def ops_task(*, help: dict[str, str] | None = None) -> Callable:
+    """Declare a task whose user-facing failures end as one clean line."""
+
+    def deco(fn: Callable) -> Any:
+        @functools.wraps(fn)
+        def wrapper(c: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(c, *args, **kwargs)
+            except Exit:
+                raise
+            except OpsError as exc:
+                raise Exit(f"error: {exc}", code=exc.code) from None
+            except KeyboardInterrupt:
+                raise Exit("interrupted", code=130) from None
+            except Exception as exc:
+                if os.environ.get(DEBUG_ENV):
+                    raise
+                raise Exit(f"internal error: {type(exc).__name__}: {exc} "
+                           f"(set {DEBUG_ENV}=1 to see the traceback)", code=70) from None
+
+        return task(help=help or {})(wrapper)
+
+    return deco
+
+
+def _inventory():
+    from . import inventory
+
+    return inventory.load()
+
+
+def _open(c: Any, inv: Any = None):
+    from .remote import open_host
+
+    inv = inv or _inventory()
+    return open_host(inv.host(_host_name(c)))
+
+
+def confirm(expected: str, action: str, yes: bool) -> None:
+    """Typed confirmation of a destructive ``action``: the operator types ``expected``.
+
+    ``--yes`` skips it; without a terminal and without ``--yes`` it refuses.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise OpsError(f"refusing to {action} without confirmation: stdin is not a terminal",
+                       "pass --yes to confirm from a script", code=2)
+    try:
+        answer = input(f"Type {expected} to {action}: ")
+    except EOFError:
+        answer = ""
+    if answer.strip() != expected:
+        raise OpsError("not confirmed: nothing was changed", code=2)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _age(created: Any) -> str:
+    from datetime import UTC, datetime
+
+    secs = max(0, int((datetime.now(UTC) - created).total_seconds()))
+    if secs < 3600:
+        return f"{secs // 60}m"
+    if secs < 86400 * 2:
+        return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
+    return f"{secs // 86400}d{(secs % 86400) // 3600}h"
+
+
+def _download_dir(inv: Any, dest: str | None) -> Path:
+    return Path(os.path.expanduser(dest or inv.download_dir))
+
+
+@ops_task()
+def check(c):
+    """Check the connection and the stack: ssh, docker, compose, postgres, volumes, backup dir."""
+    from . import health
+    from .checks import worst
+
+    with _open(c) as remote:
+        rows = health.check(remote)
+    output.checks_table(rows, title=f"aimms-ops check: {remote.name}")
+    failed = [r.name for r in rows if not r.ok]
+    if failed:
+        raise Exit(f"check failed: {', '.join(failed)}", code=int(worst(rows)) or 1)
+
+
+@ops_task(help={
+    "label": "a word added to the file name (letters, digits, - and _), e.g. pre-migration",
+    "download": "also download the new backup into the local download folder",
+})
+def backup(c, label=None, download=False):
+    """Back up the whole cluster now, with the same script cron runs."""
+    import time
+
+    from . import backups
+
+    if label is not None:
+        backups.validate_label(label)
+    inv = _inventory()
+    with _open(c, inv) as remote:
+        started = time.monotonic()
+        output.note(f"backing up {remote.name} ...")
+        result = backups.run_backup(remote, label=label, on_log=lambda line: output.note(
+            "  " + line.split(" ", 2)[-1]))
+        elapsed = time.monotonic() - started
+        output.table(["name", "size", "sha256", "duration"],
+                     [[result.name, _human(result.size), result.sha256, f"{elapsed:.1f} s"]],
+                     title=f"backup made on {remote.name}: {result.path}")
+        if result.pruned:
+            output.note(f"retention removed {len(result.pruned)}: {', '.join(result.pruned)}")
+        if download:
+            listing = backups.list_remote(remote)
+            _do_download(remote, backups.pick(listing, result.name), _download_dir(inv, None))
+
+
+def _do_download(remote: Any, b: Any, dest: Path) -> None:
+    from . import backups
+
+    def progress(total: int, initial: int):
+        return output.transfer_progress(f"downloading {b.name}", total, initial)
+
+    d = backups.download(remote, b, dest, progress_factory=progress)
+    if d.already_present:
+        output.note(f"{d.path} is already here and matches sha256 {d.sha256}")
+        return
+    rate = (d.size - d.resumed_from) / d.seconds if d.seconds else 0
+    resumed = f", resumed at {_human(d.resumed_from)}" if d.resumed_from else ""
+    output.note(f"downloaded {d.path} ({_human(d.size)} in {d.seconds:.1f} s, "
+                f"{_human(rate)}/s{resumed}); sha256 {d.sha256} verified")
+
+
+@ops_task(help={"json": "print a JSON list of objects instead of tables"})
+def list_backups(c, json=False):
+    """List the backups on the host (newest first) and those already downloaded."""
+    from . import backups
+
+    inv = _inventory()
+    with _open(c, inv) as remote:
+        remote_list = backups.list_remote(remote)
+    local_list = backups.list_local(_download_dir(inv, None))
+    if json:
+        output.print_json([b.as_dict() for b in remote_list + local_list])
+        return
+    output.table(["name", "size", "age", "checksum"],
+                 [[b.name, _human(b.size), _age(b.created), b.checksum_state]
+                  for b in remote_list],
+                 title=f"backups on {remote.name}:{remote.host.backup_dir}")
+    if local_list:
+        output.table(["name", "size", "age", "checksum"],
+                     [[b.name, _human(b.size), _age(b.created), b.checksum_state]
+                      for b in local_list],
+                     title=f"downloaded to {_download_dir(inv, None)}")
+
+
+@ops_task(help={
+    "file": "backup name on the host, or latest (default)",
+    "dest": "local folder (default: download_dir of the inventory, ./backups)",
+})
+def download(c, file="latest", dest=None):
+    """Download a backup, resumable, verified against its sha256."""
+    from . import backups
+
+    inv = _inventory()
+    if file != "latest":
+        backups.validate_name(file)
+    with _open(c, inv) as remote:
+        b = backups.pick(backups.list_remote(remote), file)
+        _do_download(remote, b, _download_dir(inv, dest))
+
+
+@ops_task(help={"lines": "how many lines of the log to show (default 50)"})
+def logs(c, lines=50):
+    """Show the end of the backup log on the host."""
+    from . import backups
+
+    with _open(c) as remote:
+        sys.stdout.write(backups.read_log(remote, int(lines)))
+
+
+@ops_task(help={
+    "dry_run": "print what would be kept and removed, remove nothing",
+    "yes": "do not ask for confirmation",
+})
+def prune(c, dry_run=False, yes=False):
+    """Apply the retention policy now, printing what it keeps and removes and why."""
+    from . import backups
+
+    with _open(c) as remote:
+        plan = backups.prune(remote, dry_run=True)
+        output.table(["name", "action", "why"], [[d.name, d.action, d.reason] for d in plan],
+                     title=f"retention on {remote.name}: keep {remote.host.retention_days} days, "
+                     f"never fewer than the newest {remote.host.min_keep}")
+        doomed = [d for d in plan if d.action == "remove"]
+        if dry_run or not doomed:
+            output.note("nothing to remove" if not doomed else
+                        f"dry run: {len(doomed)} would be removed")
+            return
+        confirm(remote.name, f"remove {len(doomed)} backups from {remote.name}", yes)
+        done = backups.prune(remote, dry_run=False)
+        removed = [d.name for d in done if d.action == "remove"]
+        output.note(f"removed {len(removed)}: {', '.join(removed)}")
+
+
+@ops_task(help={"dry_run": "print what would change, change nothing"})
+def install_backups(c, dry_run=False):
+    """Install the backup script, its settings, the backup dir and the daily cron job."""
+    from . import install
+
+    with _open(c) as remote:
+        plan = install.plan(remote)
+        if not plan.changed:
+            output.note(f"{remote.name}: backups already installed; nothing to change")
+            return
+        output.table(["item", "change", "detail"],
+                     [[ch.item, ch.action, ch.detail] for ch in plan.changes],
+                     title=f"install-backups on {remote.name}"
+                     + (" (dry run)" if dry_run else ""))
+        if dry_run:
+            return
+        for note in install.apply(remote, plan):
+            output.note(note)
+        output.note(f"{remote.name}: {len(plan.changes)} change(s) applied")
+
+
+ns = Collection(check, backup, list_backups, download, logs, prune, install_backups)
+

@@ -1,0 +1,98 @@
+"""Fixtures: the sandbox host (real sshd, docker, compose, PostgreSQL) and helpers."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FAB = REPO / ".venv" / "bin" / "fab"
+
+
+@dataclass
+class Sandbox:
+    inventory: Path
+    ssh_config: Path
+    env: dict[str, str]
+
+    @property
+    def docker_host(self) -> str:
+        return self.env["DOCKER_HOST"]
+
+    @property
+    def user(self) -> str:
+        return self.env["SANDBOX_USER"]
+
+    @property
+    def home(self) -> str:
+        return f"/home/{self.user}"
+
+    def ssh(self, command: str, *, check: bool = True, input: bytes | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run ``command`` on the sandbox host through OpenSSH (not the code under test)."""
+        proc = subprocess.run(
+            ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", "aidset", command],
+            input=input, capture_output=True, timeout=timeout, check=False,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ssh {command!r} failed ({proc.returncode}): "
+                                 f"{proc.stderr.decode(errors='replace')}")
+        return proc
+
+    def sh(self, command: str, **kw) -> str:
+        return self.ssh(command, **kw).stdout.decode()
+
+    def container(self) -> str:
+        return self.sh("docker ps -q --filter label=com.docker.compose.project=aimms-web "
+                       "--filter label=com.docker.compose.service=postgres").strip()
+
+    def psql(self, sql: str, db: str = "aimms_web", *, check: bool = True) -> str:
+        cmd = (f"docker exec -i {self.container()} psql -X -q -A -t -v ON_ERROR_STOP=1 "
+               f"-U postgres -d {shlex.quote(db)}")
+        return self.ssh(cmd, input=sql.encode(), check=check).stdout.decode().strip()
+
+    def fab(self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 600, inventory: Path | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "AIMMS_OPS_INVENTORY": str(inventory or self.inventory),
+                    **(env or {})}
+        full_env.pop("AIMMS_OPS_DEBUG", None)
+        return subprocess.run(
+            [str(FAB), *args], input=input, text=True, capture_output=True, env=full_env,
+            timeout=timeout, check=False, cwd=cwd or REPO,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            env[key.strip()] = shlex.split(value)[0] if value.strip() else ""
+    return env
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Sandbox:
+    """The sandbox host, brought up by the same code as `make sandbox`."""
+    subprocess.run(["bash", str(REPO / "sandbox" / "up.sh")], cwd=REPO, check=True,
+                   stdin=subprocess.DEVNULL, timeout=1800)
+    out = REPO / "sandbox"
+    return Sandbox(inventory=out / "inventory.yml", ssh_config=out / "ssh_config",
+                   env=_read_env(out / "env"))
+
+
+def fab_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one line a failed task printed, asserting it printed no traceback."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stdout, proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines, f"no error printed (rc={proc.returncode}); stdout: {proc.stdout}"
+    return lines[-1]

@@ -1,0 +1,160 @@
+"""Inventory validation: every problem is one line naming the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aimms_ops import inventory
+from aimms_ops.errors import OpsError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _good() -> dict:
+    return yaml.safe_load((REPO / "inventory.yml").read_text())
+
+
+def _load(tmp_path: Path, data) -> inventory.Inventory:
+    p = tmp_path / "inv.yml"
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return inventory.load(p)
+
+
+def test_production_inventory_mirrors_the_seed():
+    inv = inventory.load(REPO / "inventory.yml")
+    h = inv.host(None)
+    assert h.name == "aidset"
+    assert h.backup_dir == "/home/ec2-user/postgres-backups"
+    assert h.backup_script == "/home/ec2-user/backup-postgres.sh"
+    assert h.log_file == "/home/ec2-user/postgres-backup.log"
+    assert h.cron_schedule == "0 2 * * *"
+    assert h.retention_days == 7
+    assert h.compose.file_path == "/home/ec2-user/aimms-web/docker-compose.prod.yml"
+    assert h.postgres.superuser == "postgres"
+    assert h.postgres.app_user == "aimms_user"
+    assert h.postgres.databases == ("aimms_web",)
+    assert h.volumes.names() == ("aimms_postgres_data_prod", "aimms_redis_data_prod")
+    assert h.accept_new_host_key is False
+
+
+def test_env_var_selects_inventory(tmp_path, monkeypatch):
+    data = _good()
+    data["hosts"]["other"] = data["hosts"]["aidset"]
+    p = tmp_path / "x.yml"
+    p.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv(inventory.ENV_VAR, str(p))
+    inv = inventory.load()
+    assert inv.path == p
+    assert inv.host("other").name == "other"
+
+
+def test_unknown_host_lists_known(tmp_path):
+    inv = _load(tmp_path, _good())
+    with pytest.raises(OpsError, match="no host named 'nope'.*aidset"):
+        inv.host("nope")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(OpsError, match=r"nope\.yml: inventory file not found"):
+        inventory.load(tmp_path / "nope.yml")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("hosts: [unclosed", r"YAML syntax error at line \d+"),
+    ("- a\n- b\n", "top level: expected a mapping"),
+    ("just a string", "top level: expected a mapping"),
+    ("", "default_host: missing"),
+])
+def test_bad_yaml(tmp_path, text, match):
+    with pytest.raises(OpsError, match=match) as exc:
+        _load(tmp_path, text)
+    assert "\n" not in str(exc.value)
+    assert "inv.yml" in str(exc.value)
+
+
+def _set(data: dict, dotted: str, value) -> dict:
+    node = data
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return data
+
+
+def _del(data: dict, dotted: str) -> dict:
+    node = data
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node[p]
+    del node[last]
+    return data
+
+
+WRONG_TYPES = [
+    ("hosts.aidset.backup_dir", 5, "an absolute path"),
+    ("hosts.aidset.backup_dir", "relative/dir", "an absolute path"),
+    ("hosts.aidset.backup_dir", "/a/../etc", "an absolute path"),
+    ("hosts.aidset.backup_script", ["x"], "an absolute path"),
+    ("hosts.aidset.log_file", True, "an absolute path"),
+    ("hosts.aidset.cron_schedule", "every day", "cron schedule"),
+    ("hosts.aidset.cron_schedule", "0 2 * * * ; rm -rf /", "cron schedule"),
+    ("hosts.aidset.retention_days", "seven", "whole number"),
+    ("hosts.aidset.retention_days", 0, "whole number"),
+    ("hosts.aidset.retention_days", True, "whole number"),
+    ("hosts.aidset.min_keep", 1.5, "whole number"),
+    ("hosts.aidset.accept_new_host_key", "yes", "true or false"),
+    ("hosts.aidset.compose", "x", "a mapping"),
+    ("hosts.aidset.compose.project", "my project", "compose project name"),
+    ("hosts.aidset.compose.project_dir", "~/aimms", "an absolute path"),
+    ("hosts.aidset.compose.postgres_service", "pg;reboot", "service name"),
+    ("hosts.aidset.postgres.databases", [], "non-empty list"),
+    ("hosts.aidset.postgres.databases", "aimms_web", "non-empty list"),
+    ("hosts.aidset.postgres.databases", ["ok", "bad name"], "non-empty list"),
+    ("hosts.aidset.postgres.superuser", 3, "role name"),
+    ("hosts.aidset.volumes.postgres", "$(reboot)", "volume name"),
+    ("hosts.aidset.volumes", ["a"], "a mapping"),
+    ("hosts.aidset.ssh_config", 12, "ssh_config"),
+    ("hosts.aidset.verify_schedule", "weekly", "cron schedule"),
+    ("hosts.aidset.lock_timeout", -1, "whole number"),
+    ("hosts", [], "mapping of host names"),
+    ("default_host", "elsewhere", "one of the hosts"),
+    ("download_dir", 7, "local directory"),
+]
+
+
+@pytest.mark.parametrize("key, value, expected", WRONG_TYPES)
+def test_wrong_type_names_file_key_and_expectation(tmp_path, key, value, expected):
+    with pytest.raises(OpsError) as exc:
+        _load(tmp_path, _set(_good(), key, value))
+    msg = str(exc.value)
+    assert "inv.yml" in msg
+    assert key in msg
+    assert expected in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("key", [
+    "hosts.aidset.backup_dir", "hosts.aidset.compose", "hosts.aidset.compose.file",
+    "hosts.aidset.postgres.databases", "hosts.aidset.volumes.redis", "default_host",
+    "hosts.aidset.retention_days",
+])
+def test_missing_value(tmp_path, key):
+    with pytest.raises(OpsError, match=f"{key}: missing"):
+        _load(tmp_path, _del(_good(), key))
+
+
+@pytest.mark.parametrize("where", ["", "hosts.aidset.", "hosts.aidset.compose.",
+                                   "hosts.aidset.postgres.", "hosts.aidset.volumes."])
+def test_unknown_key(tmp_path, where):
+    data = _set(_good(), where + "bogus_key", 1)
+    with pytest.raises(OpsError, match=f"{where}bogus_key: expected no such key"):
+        _load(tmp_path, data)
+
+
+def test_relative_ssh_config_is_relative_to_inventory(tmp_path):
+    data = _set(_good(), "hosts.aidset.ssh_config", "conf/ssh_config")
+    inv = _load(tmp_path, data)
+    assert inv.host(None).ssh_config == str(tmp_path / "conf" / "ssh_config")
