@@ -22,9 +22,9 @@ from .inventory import Host
 from .remote import Remote
 
 BACKUP_SCRIPT = "backup-postgres.sh"
-NAME_RE = re.compile(r"^aimms_postgres_(\d{8})_(\d{6})(?:_([A-Za-z0-9_-]{1,64}))?\.sql\.gz$")
-LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+NAME_RE = re.compile(r"^aimms_postgres_(\d{8})_(\d{6})(?:_([A-Za-z0-9_-]{1,64}))?\.sql\.gz")
+LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}")
+SHA_RE = re.compile(r"^[0-9a-f]{64}")
 NAME_HINT = ("expected a name like aimms_postgres_20260101_020000.sql.gz, or latest; "
              "see fab list-backups")
 
@@ -42,7 +42,7 @@ class BackupFile:
 
     @property
     def label(self) -> str | None:
-        m = NAME_RE.match(self.name)
+        m = NAME_RE.fullmatch(self.name)
         return m.group(3) if m else None
 
     @property
@@ -79,7 +79,7 @@ class PruneDecision:
 
 def validate_label(label: str) -> str:
     """A backup label: letters, digits, '-' and '_' only."""
-    if not LABEL_RE.match(label or ""):
+    if not LABEL_RE.fullmatch(label or ""):
         raise OpsError(f"invalid label {label!r}: a label allows letters, digits, - and _ only "
                        "(at most 64)", "for example --label=pre-migration")
     return label
@@ -87,14 +87,14 @@ def validate_label(label: str) -> str:
 
 def validate_name(name: str) -> str:
     """A backup file name, never a path: refuses '/', '..' and shell metacharacters."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         shown = name if len(name or "") <= 80 else name[:77] + "..."
         raise OpsError(f"not a backup name: {shown!r}", NAME_HINT)
     return name
 
 
 def created_from_name(name: str) -> datetime | None:
-    m = NAME_RE.match(name)
+    m = NAME_RE.fullmatch(name)
     if not m:
         return None
     return datetime.strptime(m.group(1) + m.group(2), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
@@ -207,12 +207,12 @@ def parse_listing(text: str, backup_dir: str) -> list[BackupFile] | None:
     out = []
     for line in text.splitlines():
         parts = line.split("\t")
-        if len(parts) != 4 or not NAME_RE.match(parts[2]):
+        if len(parts) != 4 or not NAME_RE.fullmatch(parts[2]):
             continue
         mtime, size, name, sha = parts
         out.append(BackupFile(
             name=name, path=f"{backup_dir.rstrip('/')}/{name}", size=int(size),
-            sha256=sha if SHA_RE.match(sha) else None,
+            sha256=sha if SHA_RE.fullmatch(sha) else None,
             created=datetime.fromtimestamp(int(mtime), tz=UTC), location="remote",
         ))
     return out
@@ -232,13 +232,13 @@ def list_local(folder: Path) -> list[BackupFile]:
         return []
     out = []
     for p in folder.iterdir():
-        if not NAME_RE.match(p.name) or not p.is_file():
+        if not NAME_RE.fullmatch(p.name) or not p.is_file():
             continue
         sha = None
         side = p.with_name(p.name + ".sha256")
         if side.is_file():
             first = side.read_text(errors="replace").split()[:1]
-            sha = first[0] if first and SHA_RE.match(first[0]) else None
+            sha = first[0] if first and SHA_RE.fullmatch(first[0]) else None
         st = p.stat()
         out.append(BackupFile(name=p.name, path=str(p.resolve()), size=st.st_size, sha256=sha,
                               created=datetime.fromtimestamp(st.st_mtime, tz=UTC),
@@ -278,7 +278,7 @@ def _remote_sha256(remote: Remote, backup: BackupFile) -> str:
         return backup.sha256
     res = remote.run(["sha256sum", "--", backup.path], what="sha256sum")
     digest = res.stdout.split()[:1]
-    if not res.ok or not digest or not SHA_RE.match(digest[0]):
+    if not res.ok or not digest or not SHA_RE.fullmatch(digest[0]):
         raise OpsError(f"cannot checksum {backup.name} on {remote.name}: "
                        f"{res.last_error_line()}")
     return digest[0]

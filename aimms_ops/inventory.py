@@ -21,9 +21,9 @@ from .errors import OpsError
 ENV_VAR = "AIMMS_OPS_INVENTORY"
 DEFAULT_FILE = "inventory.yml"
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
-_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}")
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+")
 
 
 @dataclass(frozen=True)
@@ -169,11 +169,11 @@ def _is_abs_path(v: Any) -> bool:
 
 
 def _is_name(v: Any) -> bool:
-    return isinstance(v, str) and bool(_NAME.match(v))
+    return isinstance(v, str) and bool(_NAME.fullmatch(v))
 
 
-def _is_db_name(v: Any) -> bool:
-    return isinstance(v, str) and bool(_DB_NAME.match(v))
+def is_db_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(_DB_NAME.fullmatch(v))
 
 
 def _is_int(minimum: int) -> Callable[[Any], bool]:
@@ -187,7 +187,7 @@ def is_cron_schedule(v: Any) -> bool:
     if v in {"@daily", "@weekly", "@hourly", "@monthly", "@midnight"}:
         return True
     fields = v.split()
-    return len(fields) == 5 and all(_CRON_FIELD.match(f) for f in fields)
+    return len(fields) == 5 and all(_CRON_FIELD.fullmatch(f) for f in fields)
 
 
 _HOST_KEYS = {
@@ -232,12 +232,12 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host:
     pg_ = ck.mapping(d["postgres"], f"{key}.postgres", {"superuser", "app_user", "databases"},
                      {"superuser", "app_user", "databases"})
     dbs = ck.value(pg_, f"{key}.postgres", "databases",
-                   lambda v: isinstance(v, list) and len(v) > 0 and all(map(_is_db_name, v)),
+                   lambda v: isinstance(v, list) and len(v) > 0 and all(map(is_db_name, v)),
                    _EXPECT["databases"])
     postgres = Postgres(
-        superuser=ck.value(pg_, f"{key}.postgres", "superuser", _is_db_name,
+        superuser=ck.value(pg_, f"{key}.postgres", "superuser", is_db_name,
                            _EXPECT["superuser"]),
-        app_user=ck.value(pg_, f"{key}.postgres", "app_user", _is_db_name, _EXPECT["app_user"]),
+        app_user=ck.value(pg_, f"{key}.postgres", "app_user", is_db_name, _EXPECT["app_user"]),
         databases=tuple(dbs),
     )
     vol_ = ck.mapping(d["volumes"], f"{key}.volumes", {"postgres", "redis"},

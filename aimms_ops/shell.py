@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Iterable, Sequence
-from importlib import resources
+from pathlib import Path
 
-_SCRIPT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.sh$")
+SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
+_SCRIPT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.sh")
 
 
 def quote(value: str | int) -> str:
@@ -38,21 +39,29 @@ def pipeline(*commands: Sequence[str | int]) -> str:
     return join(["bash", "-c", body])
 
 
-def script_text(name: str) -> str:
-    """The text of a packaged shell script, with the shared library inlined.
+_INCLUDE = re.compile(r"^# @include ([a-z0-9][a-z0-9_-]*\.(?:sh|awk))$", re.MULTILINE)
 
-    Scripts say ``# @include lib.sh`` where the library goes; the result is one
-    self-contained file, the same whether it is installed or sent for one run.
+
+def _packaged(name: str) -> str:
+    return (SCRIPTS_DIR / name).read_text(encoding="utf-8")
+
+
+def script_text(name: str) -> str:
+    """The text of a packaged shell script with its includes inlined.
+
+    A line ``# @include FILE`` is replaced by that packaged file (its shebang
+    dropped), so the result is one self-contained script, the same whether it is
+    installed on the host or sent for one run.
     """
-    if not _SCRIPT_NAME.match(name):
+    if not _SCRIPT_NAME.fullmatch(name):
         raise ValueError(f"not a packaged script name: {name!r}")
-    pkg = resources.files("aimms_ops") / "scripts"
-    text = (pkg / name).read_text(encoding="utf-8")
-    lib = (pkg / "lib.sh").read_text(encoding="utf-8")
-    lib_body = "\n".join(
-        line for line in lib.splitlines() if not line.startswith("#!")
-    )
-    return text.replace("# @include lib.sh", lib_body.strip("\n"))
+
+    def inline(m: re.Match[str]) -> str:
+        body = _packaged(m.group(1))
+        lines = [ln for ln in body.splitlines() if not ln.startswith("#!")]
+        return "\n".join(lines).strip("\n")
+
+    return _INCLUDE.sub(inline, _packaged(name))
 
 
 def script_command(name: str, args: Iterable[str | int] = ()) -> str:

@@ -261,5 +261,73 @@ def install_backups(c, dry_run=False):
         output.note(f"{remote.name}: {len(plan.changes)} change(s) applied")
 
 
-ns = Collection(check, backup, list_backups, download, logs, prune, install_backups)
+@ops_task(help={
+    "file": "a local .sql.gz or .sql, the name of a backup on the host, or latest",
+    "database": "restore only this database of the dump (recreated first); default: all",
+    "yes": "do not ask for confirmation (needed when not run from a terminal)",
+    "no_safety_backup": "skip the pre-restore backup of the current state",
+})
+def restore(c, file=None, database=None, yes=False, no_safety_backup=False):
+    """Restore a pg_dumpall backup onto the host: the whole cluster, or --database."""
+    from . import backups
+    from . import restore as rs
+    from .inventory import is_db_name
+
+    if not file:
+        raise OpsError("--file is required", "e.g. fab restore --file=latest")
+    if database is not None and not is_db_name(database):
+        raise OpsError(f"invalid database name {database!r}",
+                       "letters, digits, _ and $ only; see the dump's databases")
+    with _open(c) as remote:
+        if file == "latest":
+            file = backups.pick(backups.list_remote(remote), "latest").name
+        dump = _inspect(remote, file)
+        plan = rs.make_plan(remote, dump, database, safety_backup=not no_safety_backup)
+        _print_restore_plan(plan)
+        what = (f"restore {plan.database}" if plan.database else "restore the whole cluster")
+        confirm(remote.name, f"{what} on {remote.name}", yes)
+        if plan.safety_backup:
+            output.note("safety backup of the current state (label pre-restore) ...")
+            safety = backups.run_backup(remote, label="pre-restore")
+            output.note(f"  kept {safety.path} ({_human(safety.size)})")
+        with output.transfer_progress("restoring", plan.dump.size) as advance:
+            report = rs.execute(remote, plan, progress=advance)
+    output.table(["database", "table", "rows (estimate)"],
+                 [[t.database, t.table, t.rows] for t in report.tables],
+                 title=f"restored {', '.join(report.databases)} on {plan.host} in "
+                 f"{report.seconds:.1f} s ({_human(report.rate)}/s of dump)")
+
+
+def _inspect(remote: Any, file: str):
+    from . import restore as rs
+
+    local = Path(file).expanduser()
+    if local.is_file():
+        with output.transfer_progress(f"verifying {local.name}", local.stat().st_size) as adv:
+            return rs.inspect_local(local, progress=adv)
+    return rs.resolve_source(remote, file)
+
+
+def _print_restore_plan(plan: Any) -> None:
+    d = plan.dump
+    if d.sha256_recorded:
+        sha = "matches its .sha256"
+    else:
+        sha = "no .sha256 beside it (gzip stream and completion marker checked)"
+    rows = [
+        ["host", plan.host],
+        ["container", plan.container],
+        ["dump", f"{d.source} ({d.location}, {_human(d.size)}, {d.format})"],
+        ["checks", f"sha256 {sha}; stream and completion marker OK"],
+        ["dump holds", ", ".join(d.databases)],
+        ["dropped and recreated", ", ".join(
+            f"{db} (now {_human(plan.current_sizes[db])})" if db in plan.current_sizes
+            else f"{db} (new)" for db in plan.affected)],
+        ["roles", "kept, and updated from the dump" if not plan.database else "untouched"],
+        ["safety backup", "yes, label pre-restore" if plan.safety_backup else "NO"],
+    ]
+    output.table(["restore plan", ""], rows)
+
+
+ns = Collection(check, backup, list_backups, download, logs, prune, install_backups, restore)
 

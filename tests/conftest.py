@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,17 @@ class Sandbox:
         cmd = (f"docker exec -i {self.container()} psql -X -q -A -t -v ON_ERROR_STOP=1 "
                f"-U postgres -d {shlex.quote(db)}")
         return self.ssh(cmd, input=sql.encode(), check=check).stdout.decode().strip()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Wait until postgres in the sandbox accepts connections again."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cid = self.container()
+            if cid and self.ssh(f"docker exec {cid} pg_isready -U postgres -d aimms_web",
+                                check=False).returncode == 0:
+                return
+            time.sleep(0.5)
+        raise AssertionError("postgres did not become ready")
 
     def fab(self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
             timeout: float = 600, inventory: Path | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def test_env_var_selects_inventory(tmp_path, monkeypatch):
 
 def test_unknown_host_lists_known(tmp_path):
     inv = _load(tmp_path, _good())
-    with pytest.raises(OpsError, match="no host named 'nope'.*aidset"):
+    with pytest.raises(OpsError, match=r"no host named 'nope'.*aidset"):
         inv.host("nope")
 
 
@@ -142,7 +143,7 @@ def test_wrong_type_names_file_key_and_expectation(tmp_path, key, value, expecte
     "hosts.aidset.retention_days",
 ])
 def test_missing_value(tmp_path, key):
-    with pytest.raises(OpsError, match=f"{key}: missing"):
+    with pytest.raises(OpsError, match=re.escape(f"{key}: missing")):
         _load(tmp_path, _del(_good(), key))
 
 
@@ -150,7 +151,7 @@ def test_missing_value(tmp_path, key):
                                    "hosts.aidset.postgres.", "hosts.aidset.volumes."])
 def test_unknown_key(tmp_path, where):
     data = _set(_good(), where + "bogus_key", 1)
-    with pytest.raises(OpsError, match=f"{where}bogus_key: expected no such key"):
+    with pytest.raises(OpsError, match=re.escape(f"{where}bogus_key: expected no such key")):
         _load(tmp_path, data)
 
 

@@ -1,0 +1,147 @@
+"""Pure logic of backups: names, labels, listing and script output parsing, cron merge."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aimms_ops import backups, install
+from aimms_ops.errors import OpsError
+from aimms_ops.inventory import Compose, Host, Postgres, Volumes
+
+
+def _host(**kw) -> Host:
+    base = dict(
+        name="aidset", backup_dir="/home/ec2-user/postgres-backups",
+        backup_script="/home/ec2-user/backup-postgres.sh",
+        log_file="/home/ec2-user/postgres-backup.log", cron_schedule="0 2 * * *",
+        retention_days=7,
+        compose=Compose("/home/ec2-user/aimms-web", "docker-compose.prod.yml", "aimms-web",
+                        "postgres"),
+        postgres=Postgres("postgres", "aimms_user", ("aimms_web",)),
+        volumes=Volumes("aimms_postgres_data_prod", "aimms_redis_data_prod"),
+    )
+    base.update(kw)
+    return Host(**base)
+
+
+@pytest.mark.parametrize("name", [
+    "aimms_postgres_20261125_020000.sql.gz",
+    "aimms_postgres_20261125_020000_pre-restore.sql.gz",
+    "aimms_postgres_20261125_020000_a_b-C9.sql.gz",
+])
+def test_valid_names(name):
+    assert backups.validate_name(name) == name
+
+
+@pytest.mark.parametrize("name", [
+    "", "latest.sql.gz", "../aimms_postgres_20261125_020000.sql.gz",
+    "/etc/passwd", "aimms_postgres_20261125_020000.sql.gz;reboot",
+    "aimms_postgres_20261125_020000.sql.gz\n", "aimms_postgres_20261125_020000_$(id).sql.gz",
+    "aimms_postgres_20261125_020000_a b.sql.gz", "sub/aimms_postgres_20261125_020000.sql.gz",
+    "aimms_postgres_2026112_020000.sql.gz", "x" * 5000,
+])
+def test_invalid_names_refused(name):
+    with pytest.raises(OpsError, match="not a backup name"):
+        backups.validate_name(name)
+
+
+@given(st.text(max_size=80))
+def test_label_accepts_only_safe_words(label):
+    ok = bool(label) and len(label) <= 64 and all(
+        c.isascii() and (c.isalnum() or c in "-_") for c in label)
+    if ok:
+        assert backups.validate_label(label) == label
+    else:
+        with pytest.raises(OpsError, match="letters, digits, - and _ only"):
+            backups.validate_label(label)
+
+
+def test_created_from_name():
+    assert backups.created_from_name("aimms_postgres_20261125_020304_x.sql.gz") == datetime(
+        2026, 11, 25, 2, 3, 4, tzinfo=UTC)
+
+
+LISTING = (
+    "1764036000\t1234\taimms_postgres_20261125_020000.sql.gz\t" + "a" * 64 + "\n"
+    "1763949600\t99\taimms_postgres_20261124_020000_pre-restore.sql.gz\t-\n"
+    "1763949500\t5\tnot_a_backup.sql.gz\t-\n"
+)
+
+
+def test_parse_listing():
+    items = backups.parse_listing(LISTING, "/b/")
+    assert [b.name for b in items] == ["aimms_postgres_20261125_020000.sql.gz",
+                                      "aimms_postgres_20261124_020000_pre-restore.sql.gz"]
+    first, second = items
+    assert first.path == "/b/aimms_postgres_20261125_020000.sql.gz"
+    assert first.size == 1234 and first.sha256 == "a" * 64 and first.checksum_state == "recorded"
+    assert second.sha256 is None and second.checksum_state == "missing"
+    assert second.label == "pre-restore"
+    d = first.as_dict()
+    assert d["created"].endswith("Z") and d["location"] == "remote"
+    assert backups.parse_listing("missing\n", "/b") is None
+
+
+def test_pick_latest_and_by_name():
+    items = backups.parse_listing(LISTING, "/b")
+    assert backups.pick(items, "latest").name == items[0].name
+    assert backups.pick(items, items[1].name) == items[1]
+    with pytest.raises(OpsError, match="no backup named"):
+        backups.pick(items, "aimms_postgres_20200101_000000.sql.gz")
+    with pytest.raises(OpsError, match="no backups on the host"):
+        backups.pick([], "latest")
+
+
+def test_parse_prune_and_result():
+    out = ("result.name=n.sql.gz\nresult.size=10\nprune.keep=a.sql.gz newest 1 of 3 kept\n"
+           "prune.remove=b.sql.gz older than 7 days (9d old)\n")
+    assert backups.parse_result(out) == {"result.name": "n.sql.gz", "result.size": "10"}
+    assert backups.parse_prune(out) == [
+        backups.PruneDecision("a.sql.gz", "keep", "newest 1 of 3 kept"),
+        backups.PruneDecision("b.sql.gz", "remove", "older than 7 days (9d old)"),
+    ]
+
+
+def test_script_args_carry_every_setting():
+    args = backups.script_args(_host(), "--echo")
+    assert args[-1] == "--echo"
+    pairs = dict(zip(args[:-1:2], args[1:-1:2], strict=True))
+    assert pairs["--backup-dir"] == "/home/ec2-user/postgres-backups"
+    assert pairs["--project"] == "aimms-web" and pairs["--min-keep"] == "3"
+
+
+SEED_CRON = ("MAILTO=ops@example.com\n"
+             "0 2 * * * /home/ec2-user/backup-postgres.sh >> "
+             "/home/ec2-user/postgres-backup.log 2>&1\n"
+             "*/5 * * * * /usr/local/bin/other-job\n")
+
+
+def test_merge_crontab_replaces_the_seed_line_and_keeps_others():
+    h = _host()
+    new = install.merge_crontab(SEED_CRON, install.cron_entries(h), h.backup_script)
+    lines = new.splitlines()
+    assert "MAILTO=ops@example.com" in lines
+    assert "*/5 * * * * /usr/local/bin/other-job" in lines
+    ours = [ln for ln in lines if "backup-postgres.sh" in ln]
+    assert len(ours) == 1 and ours[0].endswith("# aimms-ops:backup")
+    assert "--config /home/ec2-user/backup-postgres.sh.conf" in ours[0]
+    # Idempotent: merging again changes nothing.
+    assert install.merge_crontab(new, install.cron_entries(h), h.backup_script) == new
+
+
+def test_merge_crontab_on_empty():
+    h = _host(cron_schedule="30 3 * * *")
+    new = install.merge_crontab("", install.cron_entries(h), h.backup_script)
+    assert new.startswith("30 3 * * * /home/ec2-user/backup-postgres.sh") and new.count("\n") == 1
+
+
+def test_conf_text_quotes_values():
+    h = _host(backup_dir="/srv/it's here")
+    text = install.conf_text(h, {"PATH": "/usr/bin:/bin", "DOCKER_HOST": ""})
+    assert "BACKUP_DIR='/srv/it'\"'\"'s here'" in text
+    assert "export PATH=/usr/bin:/bin" in text
+    assert "DOCKER_HOST" not in text
