@@ -23,8 +23,8 @@ sandbox-down:
 	bash sandbox/down.sh
 
 demo: venv sandbox
+	$(FAB) install-backups
 	$(FAB) check
-	$(FAB) install-backups --yes
 	$(FAB) backup
 	$(FAB) list-backups
 	$(FAB) status
