@@ -156,7 +156,7 @@ def parse_prune(stdout: str) -> list[PruneDecision]:
 def run_backup(remote: Remote, label: str | None = None,
                on_log: Callable[[str], None] | None = None) -> BackupResult:
     """Make a backup now with the packaged script (the one cron runs)."""
-    extra = ["--echo"]
+    extra = ["--echo", "--report"]
     if label:
         extra += ["--label", validate_label(label)]
     res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra),
@@ -189,7 +189,7 @@ def _failure_reason(stderr: str) -> str:
 
 def prune(remote: Remote, *, dry_run: bool) -> list[PruneDecision]:
     """Apply (or with ``dry_run`` only plan) the retention policy on the host."""
-    extra = ["--prune-only"] + (["--dry-run"] if dry_run else [])
+    extra = ["--prune-only", "--report"] + (["--dry-run"] if dry_run else [])
     res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra))
     if not res.ok:
         raise OpsError(f"retention on {remote.name} failed: {_failure_reason(res.stderr)}",

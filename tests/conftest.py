@@ -69,6 +69,25 @@ class Sandbox:
             time.sleep(0.5)
         raise AssertionError("postgres did not become ready")
 
+    def tables(self, db: str = "aimms_web") -> list[str]:
+        return self.psql("SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) "
+                         "FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
+                         "'information_schema') ORDER BY 1", db).split()
+
+    def checksums(self, db: str = "aimms_web") -> dict[str, str]:
+        """Per-table md5 of the ordered rows, plus every sequence's state."""
+        parts = [f"SELECT '{t}', {md5_sql(t)}" for t in self.tables(db)]
+        parts.append("SELECT 'seq:' || sequencename, coalesce(last_value, 0)::text "
+                     "FROM pg_sequences")
+        out = self.psql(" UNION ALL ".join(parts) + ";", db)
+        return dict(line.split("|", 1) for line in out.splitlines() if line)
+
+    def dumpall(self) -> str:
+        """pg_dumpall of the whole cluster, without the random \\restrict keys."""
+        text = self.sh(f"docker exec {self.container()} pg_dumpall -U postgres")
+        return "\n".join(ln for ln in text.splitlines()
+                         if not ln.startswith(("\\restrict", "\\unrestrict")))
+
     def fab(self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
             timeout: float = 600, inventory: Path | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -80,6 +99,12 @@ class Sandbox:
             timeout=timeout, check=False, cwd=cwd or REPO,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
+
+
+def md5_sql(table: str) -> str:
+    """SQL for the md5 of a table's rows in a fixed order (the table name is trusted)."""
+    return (f"(SELECT md5(coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '')) "
+            f"FROM {table} x)")
 
 
 def _read_env(path: Path) -> dict[str, str]:

@@ -19,14 +19,16 @@
 #   --dry-run            with --prune-only: print what would be removed, remove nothing
 #   --no-prune           make the backup, skip retention
 #   --echo               also print the log lines on stderr
+#   --report             print the result.* and prune.* lines below on stdout
 #
 # A backup is aimms_postgres_YYYYMMDD_HHMMSS[_LABEL].sql.gz (UTC) with a .sha256
 # beside it. It is written under a temporary name, tested (gzip stream and the
 # dump's completion marker), fsynced, its checksum written, and only then renamed
 # into place. Any failure exits non-zero and leaves nothing that looks like a backup.
 # Retention runs only after a good backup and never removes the newest MIN_KEEP.
-# On success stdout carries result.KEY=VALUE lines; prune decisions are
-# prune.keep=NAME REASON / prune.remove=NAME REASON.
+# With --report, stdout carries result.KEY=VALUE lines on success and the prune
+# decisions as prune.keep=NAME REASON / prune.remove=NAME REASON; without it (cron)
+# the script writes only to its log.
 # shellcheck disable=SC2016,SC2317  # sh -c bodies are single-quoted; traps call functions
 set -Eeuo pipefail
 umask 077
@@ -50,6 +52,7 @@ PRUNE_ONLY=0
 DRY_RUN=0
 NO_PRUNE=0
 ECHO=0
+REPORT=0
 
 usage_error() { printf 'backup-postgres.sh: %s\n' "$1" >&2; exit 64; }
 
@@ -80,6 +83,7 @@ while [ $# -gt 0 ]; do
         --dry-run) DRY_RUN=1 ;;
         --no-prune) NO_PRUNE=1 ;;
         --echo) ECHO=1 ;;
+        --report) REPORT=1 ;;
         *) usage_error "unknown argument: $1" ;;
     esac
     shift
@@ -116,10 +120,15 @@ fail() {
 cleanup() {
     local f
     for f in "${TMP_FILES[@]}"; do rm -f -- "$f"; done
+    if [ -n "${work:-}" ]; then rm -rf -- "$work"; fi
 }
 trap cleanup EXIT
 trap 'fail "unexpected error at line $LINENO: $BASH_COMMAND"' ERR
 trap 'fail "interrupted"' INT TERM HUP
+
+report() {
+    if [ "$REPORT" = 1 ]; then printf '%s\n' "$1"; fi
+}
 
 human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || printf '%sB' "$1"; }
 
@@ -157,14 +166,14 @@ prune() {
         age_d=$(((now - ${mtime%.*}) / 86400))
         if [ "$size" -gt 0 ] && [ "$i" -lt "$MIN_KEEP" ]; then
             i=$((i + 1))
-            echo "prune.keep=$name newest $i of $MIN_KEEP kept whatever their age (${age_d}d old)"
+            report "prune.keep=$name newest $i of $MIN_KEEP kept whatever their age (${age_d}d old)"
             continue
         fi
         [ "$size" -gt 0 ] && i=$((i + 1))
         if [ "${mtime%.*}" -ge "$cutoff" ]; then
-            echo "prune.keep=$name younger than $RETENTION_DAYS days (${age_d}d old)"
+            report "prune.keep=$name younger than $RETENTION_DAYS days (${age_d}d old)"
         else
-            echo "prune.remove=$name older than $RETENTION_DAYS days (${age_d}d old)"
+            report "prune.remove=$name older than $RETENTION_DAYS days (${age_d}d old)"
             if [ "$DRY_RUN" = 0 ]; then
                 rm -f -- "$BACKUP_DIR/$name" "$BACKUP_DIR/$name.sha256"
                 log "retention: removed $name (${age_d}d old)"
@@ -177,7 +186,7 @@ prune() {
     for sum in "$BACKUP_DIR"/aimms_postgres_*.sql.gz.sha256; do
         [ -e "$sum" ] || continue
         if [ ! -e "${sum%.sha256}" ]; then
-            echo "prune.remove=$(basename -- "$sum") checksum without a backup"
+            report "prune.remove=$(basename -- "$sum") checksum without a backup"
             [ "$DRY_RUN" = 0 ] && rm -f -- "$sum"
         fi
     done
@@ -216,8 +225,10 @@ while [ -e "$BACKUP_DIR/$name" ]; do
 done
 final="$BACKUP_DIR/$name"
 tmp="$BACKUP_DIR/.$name.tmp"
-errf="$BACKUP_DIR/.$name.err.tmp"
-tailf="$BACKUP_DIR/.$name.tail.tmp"
+# Small side files live outside the backup dir, which may be the disk that is full.
+work=$(mktemp -d "${TMPDIR:-/tmp}/aimms-backup.XXXXXX") || fail "cannot create a temporary dir"
+errf="$work/stderr"
+tailf="$work/tail"
 TMP_FILES+=("$tmp" "$errf" "$tailf" "$final.sha256.tmp")
 
 # Compress where it costs least: inside the container when it has pigz (the raw
@@ -246,15 +257,16 @@ log "dumping with pg_dumpall -U $PG_SUPERUSER, compressed by $where"
 # (what gzip -t does) and the end of the dump kept for the completion marker.
 trap - ERR
 set +e
-dump 2>"$errf" | tee -- "$tmp" | "${host_unzip[@]}" 2>>"$errf" | tail -c 4096 >"$tailf"
+dump 2>"$errf" | tee -- "$tmp" 2>>"$errf" | "${host_unzip[@]}" 2>>"$errf" | tail -c 4096 >"$tailf"
 status=("${PIPESTATUS[@]}")
 set -e
 trap 'fail "unexpected error at line $LINENO: $BASH_COMMAND"' ERR
 dump_status=$(sed -n 's/^aimms-ops: pg_dumpall status \([0-9]*\)$/\1/p' "$errf" | tail -n 1)
 errline=$(grep -v '^aimms-ops: pg_dumpall status' "$errf" | tail -n 1 || true)
+# A failed write makes the stages before it fail too (SIGPIPE): report it first.
+[ "${status[1]}" = 0 ] || fail "writing the backup failed: ${errline:-tee status ${status[1]}}"
 [ "${status[0]}" = 0 ] || fail "the dump failed (status ${status[0]}): ${errline:-no message}"
 [ "$dump_status" = 0 ] || fail "pg_dumpall failed (status ${dump_status:-unknown}): ${errline:-no message}"
-[ "${status[1]}" = 0 ] || fail "writing $tmp failed: ${errline:-tee status ${status[1]}}"
 [ "${status[2]}" = 0 ] || fail "the written backup does not decompress: ${errline:-status ${status[2]}}"
 grep -qxF -- "$MARKER" "$tailf" || fail "the dump has no completion marker: it is incomplete"
 size=$(stat -c %s -- "$tmp")
@@ -272,12 +284,12 @@ sync -- "$BACKUP_DIR" 2>/dev/null || true
 seconds=$(($(date +%s) - STARTED))
 log "RESULT ok $name size=$size sha256=$sum seconds=$seconds"
 
-echo "result.name=$name"
-echo "result.path=$final"
-echo "result.size=$size"
-echo "result.sha256=$sum"
-echo "result.seconds=$seconds"
-echo "result.container=$cname"
+report "result.name=$name"
+report "result.path=$final"
+report "result.size=$size"
+report "result.sha256=$sum"
+report "result.seconds=$seconds"
+report "result.container=$cname"
 
 if [ "$NO_PRUNE" = 0 ]; then
     prune
