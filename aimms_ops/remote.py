@@ -202,14 +202,17 @@ class Remote:
                     progress(n)
             ch.shutdown_write()
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            # The remote side stopped reading: its stderr says why.
-            ch.close()
-            out.join(5)
-            err.join(5)
-            res = RunResult(command, -1, out.text(), err.text())
-            raise OpsError(f"{what} to {self.name} failed: {res.last_error_line()}"
-                           if res.stderr.strip() else f"{what} to {self.name} failed: {exc}",
-                           "check the network and run the task again") from None
+            # The remote command stopped reading (it failed, or the connection dropped):
+            # its exit status and stderr say which.
+            transport = self.conn.client.get_transport()
+            if transport is None or not transport.is_active():
+                ch.close()
+                raise OpsError(f"the SSH connection to {self.name} was lost during {what}: "
+                               f"{exc or type(exc).__name__}",
+                               "check the network and run the task again") from None
+            if not (ch.closed or ch.eof_received or ch.exit_status_ready()):
+                ch.close()  # a local read error: the remote side is still waiting
+                raise OpsError(f"{what} to {self.name} failed: {exc}") from None
         except BaseException:
             ch.close()
             raise

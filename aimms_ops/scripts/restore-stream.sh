@@ -40,7 +40,7 @@ fi
     "${unzip[@]}" |
     awk -v only="$only" "$FILTER" |
     docker exec -i -e PGOPTIONS='-c client_min_messages=warning' "$cid" \
-        psql -X -q -v ON_ERROR_STOP=1 -U "$superuser" -d postgres >/dev/null
+        psql -X -q -v ON_ERROR_STOP=1 -U "$superuser" -d postgres -f - >/dev/null
 status=("${PIPESTATUS[@]}")
 echo "aimms-ops: status ${status[*]}" >&2
 for s in "${status[@]}"; do
