@@ -27,7 +27,9 @@ from .remote import Progress, Remote
 
 HEADER = "-- PostgreSQL database cluster dump"
 MARKER = "-- PostgreSQL database cluster dump complete"
-_DB_MARK = re.compile(rb"^-- Database \"(.*)\" dump$", re.MULTILINE)
+#: The lines that matter when scanning a dump: a database section's marker, the start
+#: of COPY data and its end (markers inside COPY data are data, not sections).
+_SCAN = re.compile(rb"^(?:-- Database \"(.*)\" dump|(COPY .* FROM stdin;)|(\\\.))$", re.MULTILINE)
 _PSQL_ERR = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|error):\s+(.*)$")
 
 
@@ -75,11 +77,12 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
     fmt = "gz" if path.name.endswith(".gz") else "plain"
     recorded = _recorded_sha(path.with_name(path.name + ".sha256"))
     digest = hashlib.sha256()
-    decomp = zlib.decompressobj(wbits=31) if fmt == "gz" else None
+    decomp = _GzipStream() if fmt == "gz" else None
     head_buf = b""
     tail_buf = b""
     carry = b""
-    dbs: list[str] = []
+    scanner = _Sections()
+    in_copy = False
     stream_ok, stream_error = True, ""
     size = 0
     with path.open("rb") as fh:
@@ -91,7 +94,7 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
             if not stream_ok:
                 continue
             try:
-                data = _decompress(decomp, chunk) if decomp is not None else chunk
+                data = decomp.feed(chunk) if decomp is not None else chunk
             except zlib.error as exc:
                 stream_ok, stream_error = False, str(exc)
                 continue
@@ -99,13 +102,14 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
                 head_buf += data[:4096]
             text = carry + data
             cut = text.rfind(b"\n") + 1
-            dbs += [m.decode("utf-8", "replace") for m in _DB_MARK.findall(text[:cut])]
+            in_copy = scanner.scan(text[:cut], in_copy)
             carry = text[cut:]
             tail_buf = (tail_buf + data)[-4096:]
-    if stream_ok and decomp is not None and not decomp.eof:
+    if stream_ok and decomp is not None and not decomp.complete:
         stream_ok, stream_error = False, "unexpected end of file"
     if carry:
-        dbs += [m.decode("utf-8", "replace") for m in _DB_MARK.findall(carry)]
+        scanner.scan(carry, in_copy)
+    dbs = scanner.databases
     head = head_buf.decode("utf-8", "replace").splitlines()[:3]
     tail = [ln for ln in tail_buf.decode("utf-8", "replace").splitlines() if ln.strip()][-3:]
     sha = digest.hexdigest()
@@ -114,14 +118,42 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
                     problems)
 
 
-def _decompress(decomp: zlib._Decompress, chunk: bytes) -> bytes:
-    """Decompress a chunk of a (possibly multi-member) gzip stream."""
-    out = [decomp.decompress(chunk)]
-    while decomp.eof and decomp.unused_data:
-        rest = decomp.unused_data
-        decomp.__init__(wbits=31)  # type: ignore[misc]
-        out.append(decomp.decompress(rest))
-    return b"".join(out)
+class _Sections:
+    """Finds the database sections of a dump, skipping COPY data."""
+
+    def __init__(self) -> None:
+        self.databases: list[str] = []
+
+    def scan(self, text: bytes, in_copy: bool) -> bool:
+        for m in _SCAN.finditer(text):
+            marker, copy, end = m.groups()
+            if in_copy:
+                in_copy = end is None
+            elif copy is not None:
+                in_copy = True
+            elif marker is not None:
+                self.databases.append(marker.decode("utf-8", "replace"))
+        return in_copy
+
+
+class _GzipStream:
+    """Decompresses a gzip stream fed in chunks; several members (pigz, cat) allowed."""
+
+    def __init__(self) -> None:
+        self._d = zlib.decompressobj(wbits=31)
+
+    def feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            if self._d.eof:
+                self._d = zlib.decompressobj(wbits=31)
+            out.append(self._d.decompress(data))
+            data = self._d.unused_data if self._d.eof else b""
+        return b"".join(out)
+
+    @property
+    def complete(self) -> bool:
+        return self._d.eof
 
 
 def _recorded_sha(side: Path) -> str | None:

@@ -55,7 +55,7 @@ $0 == "-- PostgreSQL database cluster dump complete" {
 section == "postgres" && !recreated && ($0 == "\\connect postgres" || $0 ~ /^\\connect -reuse-previous=on "dbname='postgres'"$/) {
     recreated = 1
     emit("\\connect template1 \\\\ DROP DATABASE IF EXISTS postgres WITH (FORCE); CREATE DATABASE postgres WITH TEMPLATE = template0;")
-    print "aimms-ops: inserted line " (out + 1) > "/dev/stderr"
+    print "aimms-ops: inserted line " out > "/dev/stderr"
     emit($0)
     next
 }
