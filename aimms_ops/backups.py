@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import shell
-from .errors import OpsError
+from .errors import ConnectionLost, OpsError, shown
 from .inventory import Host
 from .remote import Remote
 
@@ -80,16 +80,15 @@ class PruneDecision:
 def validate_label(label: str) -> str:
     """A backup label: letters, digits, '-' and '_' only."""
     if not LABEL_RE.fullmatch(label or ""):
-        raise OpsError(f"invalid label {label!r}: a label allows letters, digits, - and _ only "
-                       "(at most 64)", "for example --label=pre-migration")
+        raise OpsError(f"invalid label {shown(label)}: a label allows letters, digits, - and _ "
+                       "only (at most 64)", "for example --label=pre-migration")
     return label
 
 
 def validate_name(name: str) -> str:
     """A backup file name, never a path: refuses '/', '..' and shell metacharacters."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        shown = name if len(name or "") <= 80 else name[:77] + "..."
-        raise OpsError(f"not a backup name: {shown!r}", NAME_HINT)
+        raise OpsError(f"not a backup name: {shown(name)}", NAME_HINT)
     return name
 
 
@@ -159,8 +158,13 @@ def run_backup(remote: Remote, label: str | None = None,
     extra = ["--echo", "--report"]
     if label:
         extra += ["--label", validate_label(label)]
-    res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra),
-                            on_stderr=on_log)
+    try:
+        res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra),
+                                on_stderr=on_log)
+    except ConnectionLost as exc:
+        raise ConnectionLost(f"{exc.message} (the backup itself goes on on the host)",
+                       "see its RESULT line with fab logs, and fab list-backups",
+                       code=exc.code) from None
     if not res.ok:
         raise OpsError(f"backup on {remote.name} failed: {_failure_reason(res.stderr)}",
                        f"see fab logs; nothing was published in {remote.host.backup_dir}")
@@ -299,7 +303,21 @@ class _HashingWriter:
 
     def write(self, data: bytes) -> int:
         self.h.update(data)
-        return self.fh.write(data)
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            # An OpsError, so that the stream does not take it for a network error.
+            raise _local_error(exc, "cannot write the download") from None
+
+
+def _local_error(exc: OSError, what: str) -> OpsError:
+    """A local file system error of a download as one line: what, where, why, the fix."""
+    where = str(exc.filename or "")
+    if len(where) > 80:
+        where = where[:77] + "..."
+    return OpsError(f"{what}: {where + ': ' if where else ''}{exc.strerror or exc}",
+                    "free space or fix the permissions there, or choose another --dest; "
+                    "then run the same download again: it resumes")
 
 
 def download(remote: Remote, backup: BackupFile, dest: Path, *,
@@ -311,10 +329,18 @@ def download(remote: Remote, backup: BackupFile, dest: Path, *,
     place; files are 0600. ``progress_factory(total, initial)`` returns a context
     manager yielding an ``advance(n)`` callable.
     """
+    expected = _remote_sha256(remote, backup)
+    try:
+        return _download(remote, backup, dest, expected, progress_factory)
+    except OSError as exc:
+        raise _local_error(exc, "cannot write the download") from None
+
+
+def _download(remote: Remote, backup: BackupFile, dest: Path, expected: str,
+              progress_factory: Callable[[int, int], object] | None) -> Download:
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     final = dest / backup.name
     part = dest / (backup.name + ".part")
-    expected = _remote_sha256(remote, backup)
     if final.is_file() and final.stat().st_size == backup.size:
         if _hash_file(final).hexdigest() == expected:
             _write_sidecar(final, expected)
@@ -332,11 +358,16 @@ def download(remote: Remote, backup: BackupFile, dest: Path, *,
         cmd = shell.join(["tail", "-c", f"+{offset + 1}", "--", backup.path])
         if offset < backup.size:
             ctx = progress_factory(backup.size, offset) if progress_factory else None
-            if ctx is not None:
-                with ctx as advance:  # type: ignore[attr-defined]
-                    res = remote.stream_from_remote(cmd, writer, progress=advance)
-            else:
-                res = remote.stream_from_remote(cmd, writer)
+            try:
+                if ctx is not None:
+                    with ctx as advance:  # type: ignore[attr-defined]
+                        res = remote.stream_from_remote(cmd, writer, progress=advance)
+                else:
+                    res = remote.stream_from_remote(cmd, writer)
+            except ConnectionLost as exc:
+                raise ConnectionLost(f"download of {backup.name} stopped: {exc.message}",
+                                     f"run the same download again: it resumes from {part}",
+                                     code=exc.code) from None
             if not res.ok:
                 raise OpsError(f"download of {backup.name} failed: {res.last_error_line()}",
                                "run the same download again: it resumes")

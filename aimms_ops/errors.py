@@ -19,3 +19,18 @@ class OpsError(Exception):
         if self.hint:
             return f"{self.message} ({self.hint})"
         return self.message
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: a value quoted in a message
+    stays on one line (newlines are escaped) and short however long it was."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+class ConnectionLost(OpsError):
+    """The SSH connection dropped while a remote command was running.
+
+    The command may still be running on the host, or have been cut short there:
+    what that means depends on the command, so callers say it in their own words.
+    """

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .errors import OpsError
+from .errors import OpsError, shown
 
 ENV_VAR = "AIMMS_OPS_INVENTORY"
 DEFAULT_FILE = "inventory.yml"
@@ -97,7 +97,7 @@ class Inventory:
         except KeyError:
             known = ", ".join(sorted(self.hosts)) or "none"
             raise OpsError(
-                f"{self.path}: no host named {key!r} in the inventory (hosts: {known})",
+                f"{self.path}: no host named {shown(key)} in the inventory (hosts: {known})",
                 "pass -H with one of those names, or add the host to the inventory",
             ) from None
 

@@ -17,7 +17,7 @@ import paramiko
 from fabric import Connection
 
 from . import shell
-from .errors import OpsError
+from .errors import ConnectionLost, OpsError
 from .inventory import Host
 from .ssh import SshTarget, connect, resolve
 
@@ -144,8 +144,8 @@ class Remote:
         if rc == -1:
             transport = self.conn.client.get_transport()
             if transport is None or not transport.is_active():
-                raise OpsError(f"the SSH connection to {self.name} was lost during {what}",
-                               "check the network and run the task again")
+                raise ConnectionLost(f"the SSH connection to {self.name} was lost during "
+                                     f"{what}", "check the network and run the task again")
         stdout = out.text() if out is not None else ""
         return RunResult(command=command, rc=rc, stdout=stdout, stderr=err.text())
 
@@ -207,9 +207,9 @@ class Remote:
             transport = self.conn.client.get_transport()
             if transport is None or not transport.is_active():
                 ch.close()
-                raise OpsError(f"the SSH connection to {self.name} was lost during {what}: "
-                               f"{exc or type(exc).__name__}",
-                               "check the network and run the task again") from None
+                raise ConnectionLost(f"the SSH connection to {self.name} was lost during "
+                                     f"{what}: {exc or type(exc).__name__}",
+                                     "check the network and run the task again") from None
             if not (ch.closed or ch.eof_received or ch.exit_status_ready()):
                 ch.close()  # a local read error: the remote side is still waiting
                 raise OpsError(f"{what} to {self.name} failed: {exc}") from None

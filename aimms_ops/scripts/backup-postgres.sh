@@ -104,16 +104,22 @@ RUN_ID="backup[$$]"
 STARTED=$(date +%s)
 TMP_FILES=()
 
+# The operator's session may end while a backup runs (a dropped connection, Ctrl-C):
+# a write to its stdout or stderr then fails (SIGPIPE). Such a write happens in a
+# subshell, so only the subshell dies; the backup goes on, logs its RESULT and stops
+# talking to the session.
+say() { (printf '%s\n' "$1") 2>/dev/null; }
+
 log() {
     local line
     line="$(now_utc) $RUN_ID $*"
     printf '%s\n' "$line" >>"$LOG_FILE" 2>/dev/null || true
-    if [ "$ECHO" = 1 ]; then printf '%s\n' "$line" >&2; fi
+    if [ "$ECHO" = 1 ]; then say "$line" >&2 || ECHO=0; fi
 }
 
 fail() {
     log "RESULT failed: $*"
-    if [ "$ECHO" != 1 ]; then printf 'backup failed: %s\n' "$*" >&2; fi
+    if [ "$ECHO" != 1 ]; then say "backup failed: $*" >&2 || true; fi
     exit 1
 }
 
@@ -127,7 +133,7 @@ trap 'fail "unexpected error at line $LINENO: $BASH_COMMAND"' ERR
 trap 'fail "interrupted"' INT TERM HUP
 
 report() {
-    if [ "$REPORT" = 1 ]; then printf '%s\n' "$1"; fi
+    if [ "$REPORT" = 1 ]; then say "$1" || REPORT=0; fi
 }
 
 human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || printf '%sB' "$1"; }
@@ -136,10 +142,12 @@ human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || printf '%sB' "$1"; }
 mkdir -p -- "$(dirname -- "$LOG_FILE")" 2>/dev/null || true
 if touch -- "$LOG_FILE" 2>/dev/null; then chmod 600 -- "$LOG_FILE" 2>/dev/null || true; fi
 if [ ! -d "$BACKUP_DIR" ]; then
-    mkdir -p -- "$BACKUP_DIR" 2>/dev/null || fail "cannot create backup dir $BACKUP_DIR"
+    why=$(mkdir -p -- "$BACKUP_DIR" 2>&1) ||
+        fail "cannot create backup dir $BACKUP_DIR: ${why##*: } (create it for $(id -un), or fix backup_dir)"
     chmod 700 -- "$BACKUP_DIR"
 fi
-[ -w "$BACKUP_DIR" ] || fail "backup dir $BACKUP_DIR is not writable by $(id -un)"
+[ -w "$BACKUP_DIR" ] ||
+    fail "backup dir $BACKUP_DIR is not writable by $(id -un) (chown it to $(id -un), or fix backup_dir)"
 
 LOCK="$BACKUP_DIR/.backup.lock"
 exec 9>>"$LOCK" || fail "cannot open lock file $LOCK"
@@ -147,9 +155,10 @@ if ! flock -n 9; then
     holder=$(cat -- "$LOCK.owner" 2>/dev/null || true)
     log "waiting up to ${LOCK_TIMEOUT}s for the running backup (${holder:-unknown pid})"
     flock -w "$LOCK_TIMEOUT" 9 ||
-        fail "another backup is still running after ${LOCK_TIMEOUT}s (lock $LOCK held by ${holder:-unknown})"
+        fail "another backup is still running after ${LOCK_TIMEOUT}s (lock $LOCK held by ${holder:-unknown}; wait for it to end, or raise lock_timeout)"
 fi
-printf 'pid %s since %s\n' "$$" "$(now_utc)" >"$LOCK.owner"
+# Who holds the lock, for the message of a run that waits; a full disk must not stop us here.
+{ printf 'pid %s since %s\n' "$$" "$(now_utc)" >"$LOCK.owner"; } 2>/dev/null || true
 
 # Whatever a killed run left under a temporary name is garbage: we hold the lock.
 find "$BACKUP_DIR" -maxdepth 1 -name '.aimms_postgres_*.tmp' -type f -delete 2>/dev/null || true
@@ -201,9 +210,11 @@ fi
 
 # --- the backup ----------------------------------------------------------------------
 log "START backup of project $COMPOSE_PROJECT service $COMPOSE_SERVICE${LABEL:+ label $LABEL}"
-docker info >/dev/null 2>&1 || fail "docker is not reachable as $(id -un) (is the daemon running?)"
+docker info >/dev/null 2>&1 ||
+    fail "docker is not reachable as $(id -un) (is the daemon running? start it, or add $(id -un) to the docker group)"
 cid=$(resolve_container "$COMPOSE_PROJECT" "$COMPOSE_SERVICE")
-[ -n "$cid" ] || fail "the $COMPOSE_SERVICE container of compose project $COMPOSE_PROJECT is not running"
+[ -n "$cid" ] ||
+    fail "the $COMPOSE_SERVICE container of compose project $COMPOSE_PROJECT is not running (start it: docker compose up -d $COMPOSE_SERVICE)"
 cname=$(docker inspect --format '{{.Name}}' "$cid" | sed 's#^/##')
 log "container $cname ($cid)"
 
@@ -212,7 +223,7 @@ last=$(find "$BACKUP_DIR" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' -p
 avail=$(($(df -Pk "$BACKUP_DIR" | awk 'NR==2 {print $4}') * 1024))
 need=$(((${last:-0} * 12) / 10))
 if [ "$avail" -lt "$need" ]; then
-    fail "not enough free space in $BACKUP_DIR: $(human "$avail") free, the last backup took $(human "${last:-0}")"
+    fail "not enough free space in $BACKUP_DIR: $(human "$avail") free, the last backup took $(human "${last:-0}") (free some space, e.g. fab prune, or move backup_dir)"
 fi
 log "disk: $(human "$avail") free, last backup $(human "${last:-0}")"
 
@@ -264,7 +275,7 @@ trap 'fail "unexpected error at line $LINENO: $BASH_COMMAND"' ERR
 dump_status=$(sed -n 's/^aimms-ops: pg_dumpall status \([0-9]*\)$/\1/p' "$errf" | tail -n 1)
 errline=$(grep -v '^aimms-ops: pg_dumpall status' "$errf" | tail -n 1 || true)
 # A failed write makes the stages before it fail too (SIGPIPE): report it first.
-[ "${status[1]}" = 0 ] || fail "writing the backup failed: ${errline:-tee status ${status[1]}}"
+[ "${status[1]}" = 0 ] || fail "writing the backup failed: ${errline:-tee status ${status[1]}} (is $BACKUP_DIR full?)"
 [ "${status[0]}" = 0 ] || fail "the dump failed (status ${status[0]}): ${errline:-no message}"
 [ "$dump_status" = 0 ] || fail "pg_dumpall failed (status ${dump_status:-unknown}): ${errline:-no message}"
 [ "${status[2]}" = 0 ] || fail "the written backup does not decompress: ${errline:-status ${status[2]}}"
