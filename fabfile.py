@@ -1,5 +1,9 @@
 """aimms-ops tasks: `fab -l` lists them, `fab --help TASK` explains one."""
 
-from aimms_ops.tasks import ns
+import sys
+
+from aimms_ops.tasks import check_hosts_argument, ns
+
+check_hosts_argument(sys.argv)
 
 __all__ = ["ns"]

@@ -22,7 +22,8 @@ from pathlib import Path
 from . import shell
 from .backups import NAME_HINT, NAME_RE, SHA_RE
 from .compose import facts_args, parse_facts
-from .errors import OpsError
+from .errors import ConnectionLost, OpsError, shown
+from .inventory import Host
 from .remote import Progress, Remote
 
 HEADER = "-- PostgreSQL database cluster dump"
@@ -212,19 +213,32 @@ class RestorePlan:
         return tuple(d for d in self.dump.databases if d != "template1")
 
 
+def local_dump(file: str) -> Path | None:
+    """``file`` as an existing local file, or None (not a path, or no such file).
+
+    Never raises: a name too long for the file system or an unknown ``~user`` is
+    simply not a local file.
+    """
+    try:
+        local = Path(file).expanduser()
+        return local if local.is_file() else None
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
 def resolve_source(remote: Remote, file: str) -> DumpInfo:
     """``file`` is a local path (.sql.gz or .sql), or the name of a backup on the host."""
     if not file:
         raise OpsError("--file is required", "give a local dump or a backup name, or latest")
-    local = Path(file).expanduser()
-    if local.is_file():
+    local = local_dump(file)
+    if local is not None:
         return inspect_local(local)
     if NAME_RE.fullmatch(file):
         return inspect_remote(remote, f"{remote.host.backup_dir.rstrip('/')}/{file}")
     if "/" in file or file.endswith((".sql", ".sql.gz", ".gz")):
-        raise OpsError(f"no such file: {file}", "give a local .sql.gz or .sql, or the name "
-                       "of a backup on the host (see fab list-backups)")
-    raise OpsError(f"not a local file nor a backup name: {file!r}", NAME_HINT)
+        raise OpsError(f"no such file: {shown(file)}", "give a local .sql.gz or .sql, or the "
+                       "name of a backup on the host (see fab list-backups)")
+    raise OpsError(f"not a local file nor a backup name: {shown(file)}", NAME_HINT)
 
 
 def database_sizes(remote: Remote, container: str) -> dict[str, int]:
@@ -240,6 +254,10 @@ def database_sizes(remote: Remote, container: str) -> dict[str, int]:
 def container_of(remote: Remote) -> str:
     """The running postgres container of the compose service (id and name)."""
     facts = parse_facts(remote.run_script("facts.sh", *facts_args(remote.host)).stdout)
+    if facts.get("docker.ok") != "1":
+        raise OpsError(f"docker is not reachable on {remote.name}: "
+                       f"{facts.get('docker.error') or 'no answer'}",
+                       "start the Docker daemon on the host, or see fab check")
     cid = facts.get("container.id", "")
     if not cid or facts.get("container.state") != "running":
         raise OpsError(f"the {remote.host.compose.postgres_service} container of compose "
@@ -291,36 +309,56 @@ class RestoreReport:
         return self.bytes_streamed / self.seconds if self.seconds else 0.0
 
 
+#: The exit status of restore-stream.sh when another restore holds the lock.
+LOCK_BUSY = 75
+
+
+def restore_lock(host: Host) -> str:
+    """The lock file on the host that keeps two restores apart."""
+    return f"{host.backup_dir.rstrip('/')}/.restore.lock"
+
+
 def _stream_args(remote: Remote, plan: RestorePlan, source: str) -> list[str]:
     h = remote.host
     return [h.compose.project, h.compose.postgres_service, h.postgres.superuser,
-            plan.dump.format, source, plan.database or ""]
+            plan.dump.format, source, plan.database or "", restore_lock(h), str(h.lock_timeout)]
 
 
 def execute(remote: Remote, plan: RestorePlan, progress: Progress | None = None,
             on_stderr: Callable[[str], None] | None = None) -> RestoreReport:
     """Replay the dump of ``plan`` into the postgres container; raise on any failure."""
     started = time.monotonic()
-    if plan.dump.location == "local":
-        cmd = shell.script_command("restore-stream.sh", _stream_args(remote, plan, "-"))
-        with open(plan.dump.source, "rb") as fh:
-            res = remote.stream_to_remote(fh, cmd, progress=progress, on_stderr=on_stderr,
-                                          what="the restore stream")
-    else:
-        res = remote.run_script("restore-stream.sh",
-                                *_stream_args(remote, plan, plan.dump.source),
-                                on_stderr=on_stderr)
-        if progress is not None:
-            progress(plan.dump.size)
+    try:
+        if plan.dump.location == "local":
+            cmd = shell.script_command("restore-stream.sh", _stream_args(remote, plan, "-"))
+            with open(plan.dump.source, "rb") as fh:
+                res = remote.stream_to_remote(fh, cmd, progress=progress, on_stderr=on_stderr,
+                                              what="the restore stream")
+        else:
+            res = remote.run_script("restore-stream.sh",
+                                    *_stream_args(remote, plan, plan.dump.source),
+                                    on_stderr=on_stderr)
+            if progress is not None:
+                progress(plan.dump.size)
+    except ConnectionLost as exc:
+        # restore-stream.sh stops the restore when its session ends.
+        raise ConnectionLost(f"restore on {remote.name} stopped part-way: {exc.message}",
+                       failure_hint(plan) + "; run the same restore again",
+                       code=exc.code) from None
     seconds = time.monotonic() - started
+    if res.rc == LOCK_BUSY:
+        raise OpsError(f"restore on {remote.name} refused: {explain_failure(res.stderr)}",
+                       "nothing was restored; run it again once the other restore has ended",
+                       code=75)
     if not res.ok:
         raise OpsError(f"restore on {remote.name} failed: {explain_failure(res.stderr)}",
-                       _failure_hint(plan))
+                       failure_hint(plan))
     return RestoreReport(plan.affected, tuple(table_rows(remote, plan)), seconds,
                          plan.dump.size)
 
 
-def _failure_hint(plan: RestorePlan) -> str:
+def failure_hint(plan: RestorePlan) -> str:
+    """What a restore that stopped part-way leaves, and where the state before it is."""
     if plan.safety_backup:
         return ("the databases being restored may be partly restored; the state before the "
                 "restore is in the pre-restore backup (fab list-backups)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from fabric import Connection
 from invoke import Collection, Exit, task
 
 from . import output
-from .errors import OpsError
+from .errors import OpsError, shown
 
 DEBUG_ENV = "AIMMS_OPS_DEBUG"
 
@@ -53,6 +54,27 @@ def ops_task(*, help: dict[str, str] | None = None) -> Callable:
         return task(help=help or {})(wrapper)
 
     return deco
+
+
+def check_hosts_argument(argv: list[str]) -> None:
+    """Refuse a ``-H`` value that is not text (bytes that are not UTF-8) with one line.
+
+    Fabric builds the connection for ``-H`` before any task runs and fails on such a
+    name with a traceback; the fabfile calls this first.
+    """
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("-H", "--hosts") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(("--hosts=", "-H")) and arg not in ("-H",):
+            value = arg.split("=", 1)[1] if arg.startswith("--hosts=") else arg[2:]
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SystemExit(f"error: -H {shown(value)} is not a host name (not valid UTF-8 "
+                             "text); name a host of the inventory") from None
 
 
 def _inventory():
@@ -158,7 +180,11 @@ def _do_download(remote: Any, b: Any, dest: Path) -> None:
     def progress(total: int, initial: int):
         return output.transfer_progress(f"downloading {b.name}", total, initial)
 
-    d = backups.download(remote, b, dest, progress_factory=progress)
+    try:
+        d = backups.download(remote, b, dest, progress_factory=progress)
+    except KeyboardInterrupt:
+        raise OpsError(f"interrupted: the part downloaded so far is kept in {dest}",
+                       "run the same download again: it resumes", code=130) from None
     if d.already_present:
         output.note(f"{d.path} is already here and matches sha256 {d.sha256}")
         return
@@ -208,12 +234,24 @@ def download(c, file="latest", dest=None):
 
 
 @ops_task(help={"lines": "how many lines of the log to show (default 50)"})
-def logs(c, lines=50):
+def logs(c, lines=None):
     """Show the end of the backup log on the host."""
     from . import backups
 
+    count = _whole_number("--lines", lines, 50)
     with _open(c) as remote:
-        sys.stdout.write(backups.read_log(remote, int(lines)))
+        sys.stdout.write(backups.read_log(remote, count))
+
+
+def _whole_number(flag: str, value: Any, default: int) -> int:
+    """A flag's whole-number value (Invoke passes it as text), or ``default`` when absent."""
+    if value is None:
+        return default
+    text = str(value).strip()
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise OpsError(f"{flag} must be a whole number, got {shown(text, 24)}",
+                       f"e.g. {flag}={default}")
+    return int(text)
 
 
 @ops_task(help={
@@ -276,7 +314,7 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False):
     if not file:
         raise OpsError("--file is required", "e.g. fab restore --file=latest")
     if database is not None and not is_db_name(database):
-        raise OpsError(f"invalid database name {database!r}",
+        raise OpsError(f"invalid database name {shown(database)}",
                        "letters, digits, _ and $ only; see the dump's databases")
     with _open(c) as remote:
         if file == "latest":
@@ -288,10 +326,20 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False):
         confirm(remote.name, f"{what} on {remote.name}", yes)
         if plan.safety_backup:
             output.note("safety backup of the current state (label pre-restore) ...")
-            safety = backups.run_backup(remote, label="pre-restore")
+            try:
+                safety = backups.run_backup(remote, label="pre-restore")
+            except OpsError as exc:
+                raise OpsError(f"nothing was restored: the safety backup failed: {exc.message}",
+                               "fix that first, or pass --no-safety-backup to restore "
+                               "without one") from None
             output.note(f"  kept {safety.path} ({_human(safety.size)})")
-        with output.transfer_progress("restoring", plan.dump.size) as advance:
-            report = rs.execute(remote, plan, progress=advance)
+        try:
+            with output.transfer_progress("restoring", plan.dump.size) as advance:
+                report = rs.execute(remote, plan, progress=advance)
+        except KeyboardInterrupt:
+            raise OpsError("interrupted: the restore was stopped part-way",
+                           rs.failure_hint(plan) + "; run the same restore again",
+                           code=130) from None
     output.table(["database", "table", "rows (estimate)"],
                  [[t.database, t.table, t.rows] for t in report.tables],
                  title=f"restored {', '.join(report.databases)} on {plan.host} in "
@@ -301,8 +349,8 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False):
 def _inspect(remote: Any, file: str):
     from . import restore as rs
 
-    local = Path(file).expanduser()
-    if local.is_file():
+    local = rs.local_dump(file)
+    if local is not None:
         with output.transfer_progress(f"verifying {local.name}", local.stat().st_size) as adv:
             return rs.inspect_local(local, progress=adv)
     return rs.resolve_source(remote, file)

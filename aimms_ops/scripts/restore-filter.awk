@@ -8,6 +8,9 @@
 # With -v only=NAME only that database's section is replayed: every other line becomes
 # empty, so psql's line numbers stay those of the dump. The one line that may be inserted
 # is reported on stderr as "aimms-ops: inserted line N", N counted in the output.
+# A stream that ends inside COPY data (cut short: Ctrl-C, a dropped connection) ends
+# with one row of more columns than any table can have: the COPY fails and its rows
+# are rolled back, instead of psql keeping a table that looks complete but is not.
 BEGIN { in_copy = 0; section = ""; keep = (only == ""); out = 0; recreated = 0 }
 
 in_copy {
@@ -61,6 +64,15 @@ section == "postgres" && !recreated && ($0 == "\\connect postgres" || $0 ~ /^\\c
 }
 
 { emit($0) }
+
+END {
+    if (in_copy) {
+        print "aimms-ops: the dump stream ended inside the data of a table" > "/dev/stderr"
+        cut = "aimms-ops: stream cut short"
+        for (i = 0; i < 1700; i++) cut = cut "\t"
+        emit(cut)
+    }
+}
 
 function emit(s) { print s; out++ }
 
