@@ -123,7 +123,47 @@ WRONG_TYPES = [
     ("hosts", [], "mapping of host names"),
     ("default_host", "elsewhere", "one of the hosts"),
     ("download_dir", 7, "local directory"),
+    ("download_dir", "", "local directory"),
+    ("default_host", ["aidset"], "one of the hosts"),
+    ("hosts", "aidset", "mapping of host names"),
+    ("hosts.aidset", ["backup_dir"], "a mapping"),
+    ("hosts.aidset", "x", "a mapping"),
+    ("hosts.aidset.backup_dir", "/home/x\nrm -rf /", "an absolute path"),
+    ("hosts.aidset.backup_dir", "", "an absolute path"),
+    ("hosts.aidset.log_file", "/tmp/log\x00", "an absolute path"),
+    ("hosts.aidset.cron_schedule", "0 2 * * * `reboot`", "cron schedule"),
+    ("hosts.aidset.cron_schedule", 2, "cron schedule"),
+    ("hosts.aidset.min_keep", 0, "whole number"),
+    ("hosts.aidset.lock_timeout", "10", "whole number"),
+    ("hosts.aidset.accept_new_host_key", 1, "true or false"),
+    ("hosts.aidset.ssh_config", "", "ssh_config"),
+    ("hosts.aidset.ssh_config", "a\nb", "ssh_config"),
+    ("hosts.aidset.verify_schedule", 5, "cron schedule"),
+    ("hosts.aidset.compose.file", 5, "file name or absolute path"),
+    ("hosts.aidset.compose.file", "../docker-compose.yml", "file name or absolute path"),
+    ("hosts.aidset.compose.project", "", "compose project name"),
+    ("hosts.aidset.postgres", "postgres", "a mapping"),
+    ("hosts.aidset.postgres.app_user", ["x"], "role name"),
+    ("hosts.aidset.postgres.superuser", "postgres; DROP", "role name"),
+    ("hosts.aidset.volumes.redis", "a b", "volume name"),
+    ("hosts.aidset.volumes.postgres", "", "volume name"),
 ]
+
+#: Keys that hold settings; every one of them must appear in WRONG_TYPES above.
+ALL_KEYS = {
+    "default_host", "hosts", "download_dir",
+    *(f"hosts.aidset.{k}" for k in inventory._HOST_KEYS),
+    *(f"hosts.aidset.compose.{k}" for k in ("project_dir", "file", "project",
+                                            "postgres_service")),
+    *(f"hosts.aidset.postgres.{k}" for k in ("superuser", "app_user", "databases")),
+    *(f"hosts.aidset.volumes.{k}" for k in ("postgres", "redis")),
+}
+
+
+def test_every_key_is_tried_with_a_wrong_value():
+    """A key added to the inventory without a wrong-value case here fails this test."""
+    missing = ALL_KEYS - {key for key, _, _ in WRONG_TYPES}
+    assert not missing, f"add WRONG_TYPES rows for: {sorted(missing)}"
 
 
 @pytest.mark.parametrize("key, value, expected", WRONG_TYPES)
@@ -153,6 +193,30 @@ def test_unknown_key(tmp_path, where):
     data = _set(_good(), where + "bogus_key", 1)
     with pytest.raises(OpsError, match=re.escape(f"{where}bogus_key: expected no such key")):
         _load(tmp_path, data)
+
+
+@pytest.mark.parametrize("name", ["bad name", "a;b", "-H", "", "x" * 70, "../x"])
+def test_a_host_name_that_is_not_a_name_is_refused(tmp_path, name):
+    data = _good()
+    data["hosts"] = {name: data["hosts"]["aidset"]}
+    data["default_host"] = name
+    with pytest.raises(OpsError, match="a host name of letters") as exc:
+        _load(tmp_path, data)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("default_host: aidset\nhosts: {aidset: 5}\n", "hosts.aidset: expected a mapping"),
+    ("default_host: aidset\nhosts: [aidset]\n", "hosts: expected a mapping of host names"),
+    ("default_host: aidset\nhosts: {aidset: }\n", "hosts.aidset: expected a mapping"),
+    ("1: 2\n", "1: expected no such key"),
+    ("? [a, b]\n: 1\n", "YAML syntax error|expected no such key"),
+    ("default_host: aidset\nhosts: !!python/object:os.system {}\n", "YAML syntax error"),
+])
+def test_inventory_shapes_that_are_not_mappings(tmp_path, text, match):
+    with pytest.raises(OpsError, match=match) as exc:
+        _load(tmp_path, text)
+    assert "\n" not in str(exc.value)
 
 
 def test_relative_ssh_config_is_relative_to_inventory(tmp_path):

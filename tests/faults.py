@@ -1,0 +1,272 @@
+"""Fault injection on the sandbox host: drop SSH sessions, stop the Docker engine,
+watch command lines, run fab in the background.
+
+Everything here acts only on the processes of this worktree's own sandbox instance:
+the sshd whose pid file is in its state dir (and that sshd's descendants), and the
+dockerd whose pid file is there too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .conftest import FAB, REPO, Sandbox
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def cmdline(pid: int) -> str:
+    return _read(f"/proc/{pid}/cmdline").replace("\x00", " ").strip()
+
+
+def _ppid_and_state(pid: int) -> tuple[int, str]:
+    stat = _read(f"/proc/{pid}/stat")
+    # pid (comm) state ppid ...; comm may hold spaces and parentheses.
+    rest = stat[stat.rfind(")") + 2:].split()
+    if len(rest) < 2:
+        return -1, "?"
+    return int(rest[1]), rest[0]
+
+
+def process_tree() -> dict[int, list[int]]:
+    """Children of every live process (zombies left out), by parent pid."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        ppid, state = _ppid_and_state(int(entry))
+        if ppid >= 0 and state != "Z":
+            tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def descendants(pid: int, tree: dict[int, list[int]] | None = None) -> list[int]:
+    tree = tree if tree is not None else process_tree()
+    out, todo = [], list(tree.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(tree.get(p, []))
+    return out
+
+
+def alive(pid: int) -> bool:
+    return _ppid_and_state(pid)[1] not in ("?", "Z")
+
+
+def state_dir(sandbox: Sandbox) -> Path:
+    return Path(sandbox.env["SANDBOX_STATE"])
+
+
+def _own_pid(sandbox: Sandbox, daemon: str) -> int:
+    """The pid of this instance's ``daemon`` (sshd or dockerd), checked against its state dir."""
+    state = state_dir(sandbox)
+    text = _read(str(state / f"{daemon}.pid")).strip()
+    assert text.isdigit(), f"no pid file for {daemon} in {state}"
+    pid = int(text)
+    assert alive(pid) and str(state) in cmdline(pid), (
+        f"pid {pid} of {state}/{daemon}.pid is not this instance's {daemon}: {cmdline(pid)}")
+    return pid
+
+
+def sshd_pid(sandbox: Sandbox) -> int:
+    return _own_pid(sandbox, "sshd")
+
+
+def sessions_running(sandbox: Sandbox, marker: str) -> list[int]:
+    """The per-connection sshd processes of this instance whose session runs ``marker``.
+
+    Under the listener each connection is ``sshd: USER [priv]`` with a child
+    ``sshd: USER@notty``, whose children are the session's commands.
+    """
+    listener = sshd_pid(sandbox)
+    tree = process_tree()
+    found = []
+    for conn in tree.get(listener, []):
+        below = descendants(conn, tree)
+        if any(marker in cmdline(p) for p in below if not cmdline(p).startswith("sshd")):
+            found.append(conn)
+            found.extend(p for p in below if cmdline(p).startswith("sshd"))
+    return found
+
+
+def drop_connection(sandbox: Sandbox, marker: str, *, timeout: float = 60,
+                    when: Callable[[], bool] | None = None) -> list[int]:
+    """Kill (SIGKILL) the sshd processes serving the session that runs ``marker``.
+
+    Waits until such a session exists and ``when()`` (if given) is true. The
+    session's own commands are left alone: what they do next is what is tested.
+    Returns the pids killed.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = sessions_running(sandbox, marker)
+        if pids and (when is None or when()):
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            return pids
+        time.sleep(0.02)
+    raise AssertionError(f"no session running {marker!r} appeared within {timeout} s")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    out = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                out.add(link[8:-1])
+    except OSError:
+        pass
+    return out
+
+
+def _tcp_connections() -> list[tuple[int, int, str]]:
+    """(local port, remote port, inode) of every IPv4 TCP socket on loopback."""
+    rows = []
+    for line in _read("/proc/net/tcp").splitlines()[1:]:
+        f = line.split()
+        if len(f) < 10:
+            continue
+        rows.append((int(f[1].split(":")[1], 16), int(f[2].split(":")[1], 16), f[9]))
+    return rows
+
+
+def drop_client(sandbox: Sandbox, client_pid: int) -> list[int]:
+    """Kill (SIGKILL) the sshd processes serving the SSH connection of ``client_pid``.
+
+    The connection is found by its TCP ports; only processes under this instance's
+    sshd are killed. Returns the pids killed (empty when the client has no connection).
+    """
+    port = int(sandbox.env["SANDBOX_PORT"])
+    mine = _socket_inodes(client_pid)
+    conns = _tcp_connections()
+    client_ports = {lp for lp, rp, inode in conns if rp == port and inode in mine}
+    server_inodes = {inode for lp, rp, inode in conns if lp == port and rp in client_ports}
+    if not server_inodes:
+        return []
+    killed = []
+    for pid in descendants(sshd_pid(sandbox)):
+        if cmdline(pid).startswith("sshd") and _socket_inodes(pid) & server_inodes:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    return killed
+
+
+def wait_gone(sandbox: Sandbox, marker: str, timeout: float = 120) -> None:
+    """Wait until no process of the login user runs a command line holding ``marker``."""
+    uid = int(subprocess.run(["id", "-u", sandbox.user], capture_output=True, text=True,
+                             check=True).stdout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in (int(e) for e in os.listdir("/proc") if e.isdigit())
+                if alive(p) and _uid(p) == uid and marker in cmdline(p)]
+        if not left:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes running {marker!r} still alive after {timeout} s")
+
+
+def _uid(pid: int) -> int:
+    for line in _read(f"/proc/{pid}/status").splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    return -1
+
+
+# --- the Docker engine -------------------------------------------------------------
+
+
+def stop_dockerd(sandbox: Sandbox, timeout: float = 60) -> None:
+    """Stop this instance's dockerd (SIGTERM, by its pid file) and wait for it to end."""
+    pid = _own_pid(sandbox, "dockerd")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        assert time.monotonic() < deadline, "dockerd did not stop"
+        time.sleep(0.2)
+
+
+def start_sandbox(sandbox: Sandbox) -> None:
+    """Bring the instance back (dockerd, containers) with the same code as `make sandbox`."""
+    subprocess.run(["bash", str(REPO / "sandbox" / "up.sh")], cwd=REPO, check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=600)
+    sandbox.wait_ready()
+
+
+# --- running fab in the background ----------------------------------------------------
+
+
+@dataclass
+class Running:
+    """A fab process started in the background, with its output collected at the end."""
+
+    proc: subprocess.Popen
+    stdout: str = ""
+    stderr: str = ""
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            self.stdout, self.stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.stdout, self.stderr = self.proc.communicate()
+            raise AssertionError(f"fab hung for {timeout} s; stderr: {self.stderr}") from None
+        return self.proc.returncode
+
+    @property
+    def returncode(self) -> int:
+        return self.proc.returncode
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+
+def start_fab(sandbox: Sandbox, *args: str, inventory: Path | None = None,
+              env: dict[str, str] | None = None) -> Running:
+    full_env = {**os.environ, "AIMMS_OPS_INVENTORY": str(inventory or sandbox.inventory),
+                **(env or {})}
+    full_env.pop("AIMMS_OPS_DEBUG", None)
+    proc = subprocess.Popen([str(FAB), *args], env=full_env, cwd=REPO, text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    return Running(proc)
+
+
+# --- waiting and the task list ---------------------------------------------------------
+
+
+def wait_until(cond: Callable[[], object], timeout: float, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"gave up waiting after {timeout} s"
+        time.sleep(every)
+
+
+_TASKS: set[str] | None = None
+
+
+def available_tasks(sandbox: Sandbox) -> set[str]:
+    """The task names ``fab -l`` lists (read once)."""
+    global _TASKS
+    if _TASKS is None:
+        proc = sandbox.fab("-l")
+        assert proc.returncode == 0, proc.stderr
+        _TASKS = {line.split()[0] for line in proc.stdout.splitlines()
+                  if line.startswith("  ") and not line.startswith("   ")}
+    return _TASKS

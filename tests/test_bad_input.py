@@ -1,0 +1,144 @@
+"""Integration: hostile values for every argument of every task, through the real CLI.
+
+Each value is refused with one line, or handled safely (a --dest is any local folder,
+taken literally). Canaries prove that nothing ran: every injection would create a
+file, and after each run that file exists neither here nor on the host, and the
+host's backup dir holds nothing new. test_validation.py covers the same functions
+with many more values, property-based.
+
+A task that `fab -l` does not list yet is skipped: covering it is adding a row.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from . import faults
+from .conftest import REPO, fab_error_line
+
+pytestmark = pytest.mark.integration
+
+CANARY = f"/tmp/aimms-ops-canary-{uuid.uuid4().hex[:8]}"
+
+#: The shapes of hostile input; {canary} is the file a successful injection creates.
+VALUES = {
+    "subshell": "$(touch {canary})",
+    "backticks": "`touch {canary}`",
+    "semicolon": "x;touch {canary}",
+    "quotes": "' \"; touch {canary}; echo \"'",
+    "pipe-amp": "x|touch {canary}&",
+    "space-newline": "a b\ntouch {canary}",
+    "dotdot": "../../etc/passwd",
+    "absolute": "/etc/passwd",
+    "empty": "",
+    "long": "x" * 5000,
+    "dash": "-rf",
+    "not-utf8": "\udcff\udcfe;touch {canary}",  # bytes that are not UTF-8, as argv has them
+}
+
+#: (task, option, other args, what a value may do: "refused", or "safe": any outcome but
+#: a traceback or an injection; shapes that are legitimate values of the option).
+#: {name} is a small backup on the host.
+ARGUMENTS = [
+    ("backup", "--label", [], "refused", {"dash"}),  # -rf: a backup ..._-rf.sql.gz
+    ("download", "--file", ["--dest=out"], "refused", set()),
+    ("download", "--dest", ["--file={name}"], "safe", set(VALUES)),  # any local folder
+    ("restore", "--file", ["--no-safety-backup"], "refused", set()),
+    ("restore", "--database", ["--file={name}"], "refused", set()),
+    ("logs", "--lines", [], "refused", set()),
+    ("-H", None, ["list-backups"], "refused", {"empty"}),  # -H '': no -H (Fabric's rule)
+    ("verify", "--file", [], "refused", set()),
+    ("rebuild-volume", "--file", ["--dry-run"], "refused", set()),
+    ("status", "--max-age", [], "safe", set()),
+]
+
+
+@pytest.fixture(scope="module")
+def small_backup(sandbox):
+    assert sandbox.fab("install-backups").returncode == 0
+    proc = sandbox.fab("backup", "--label=input")
+    assert proc.returncode == 0, proc.stderr
+    return next(b["name"] for b in json.loads(sandbox.fab("list-backups", "--json").stdout)
+                if b["location"] == "remote")
+
+
+def _no_canary(sandbox) -> str:
+    """Assert no canary exists, here or on the host; return the host's backup dir listing."""
+    assert not Path(CANARY).exists(), "an injected command ran here"
+    proc = sandbox.ssh(f"test ! -e {CANARY} || echo CANARY; ls -1A ~/postgres-backups")
+    out = proc.stdout.decode()
+    assert "CANARY" not in out, "an injected command ran on the host"
+    return out
+
+
+def _listing(sandbox) -> str:
+    return "\n".join(p.name for p in Path(sandbox.home, "postgres-backups").iterdir())
+
+
+def _cases():
+    for task, option, others, outcome, legit in ARGUMENTS:
+        for shape in VALUES:
+            yield pytest.param(task, option, others,
+                               "safe" if shape in legit else outcome, shape,
+                               id=f"{task} {option or ''}={shape}")
+
+
+@pytest.mark.parametrize("task, option, others, outcome, shape", list(_cases()))
+def test_hostile_value(sandbox, small_backup, tmp_path, task, option, others, outcome, shape):
+    name = task if option else others[0]
+    if name not in faults.available_tasks(sandbox):
+        pytest.skip(f"fab -l does not list {name} yet: this row runs once it is merged")
+    value = VALUES[shape].format(canary=CANARY)
+    others = [a.replace("{name}", small_backup) for a in others]
+    args = [task, value, *others] if option is None else [task, f"{option}={value}", *others]
+    listing = _listing(sandbox)
+    # Run from a folder of our own, three levels down, so that relative paths
+    # (a --dest of ../../x) stay inside it.
+    cwd = tmp_path / "a" / "b" / "c"
+    cwd.mkdir(parents=True)
+    proc = sandbox.fab("-r", str(REPO), *args, cwd=cwd, timeout=300)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    if outcome == "refused":
+        assert proc.returncode != 0, proc.stdout
+    if proc.returncode != 0:
+        line = fab_error_line(proc)
+        assert len(line) < 400, line
+        if outcome == "refused":  # refused before doing anything: that line alone
+            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+            assert lines == [line], proc.stderr
+    after = _no_canary(sandbox)
+    if sorted(after.split()) != sorted(listing.split()):
+        # A legitimate label: the new backup carries it, nothing else is new.
+        assert outcome == "safe" and task == "backup", after
+        new = set(after.split()) - set(listing.split())
+        assert new and all(f.split(".")[0].endswith("_" + value) for f in new), new
+        sandbox.ssh("cd ~/postgres-backups && rm -f -- " + " ".join(sorted(new)))
+    # Nothing was written outside our folder, whatever the value.
+    assert not list(REPO.glob("*touch*")) and not (REPO / "out").exists()
+
+
+@pytest.mark.parametrize("content, match", [
+    ("default_host: aidset\nhosts: {aidset: {backup_dir: 5}}\n", "hosts.aidset"),
+    ("default_host: aidset\nhosts: {aidset: {bogus: $(touch CANARY)}}\n",
+     "expected no such key"),
+    ("[1, 2]\n", "expected a mapping"),
+    ("default_host: aidset\nhosts: !!python/object/apply:os.system ['touch CANARY']\n",
+     "YAML"),
+])
+@pytest.mark.parametrize("task", [["backup"], ["restore", "--file=latest", "--yes"],
+                                  ["download"], ["prune", "--yes"], ["install-backups"]],
+                         ids=lambda t: t[0])
+def test_a_bad_inventory_stops_every_task_before_it_connects(sandbox, tmp_path, task,
+                                                              content, match):
+    inv = tmp_path / "inv.yml"
+    inv.write_text(content.replace("CANARY", CANARY))
+    proc = sandbox.fab(*task, inventory=inv)
+    assert proc.returncode != 0
+    line = fab_error_line(proc)
+    assert match in line and str(inv) in line, line
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [line]
+    _no_canary(sandbox)

@@ -1,0 +1,353 @@
+"""Integration: operations cut short by a dropped SSH connection or by Ctrl-C.
+
+The connection is dropped by killing (SIGKILL) the sshd processes that serve it, on
+this sandbox instance only; Ctrl-C is a SIGINT to the fab process. Whatever is cut,
+the task ends with one line and a non-zero exit (130 for Ctrl-C), never a traceback
+or a hang, and what it leaves is what its own rerun expects: a backup is complete and
+verified or absent, a download leaves a ``.part`` that the rerun resumes and verifies,
+a restore leaves no half-loaded table and its rerun gives the backup's data exactly.
+
+Tasks that do not exist yet (``fab -l`` does not list them) are skipped, so that a new
+task is covered by adding a row to the tables below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from . import faults
+from .conftest import fab_error_line
+
+pytestmark = pytest.mark.integration
+
+BULK_DB = "harden_bulk"
+#: Rows of the bulk table: enough that its COPY runs for a few seconds in a restore
+#: and that a backup takes a few seconds (about 35 MB of dump).
+BULK_ROWS = 600_000
+BIG_FILE_BYTES = 250_000_000
+BACKUPS = "postgres-backups"
+
+
+def _available(sandbox) -> set[str]:
+    return faults.available_tasks(sandbox)
+
+
+def need(sandbox, task: str) -> None:
+    if task not in _available(sandbox):
+        pytest.skip(f"fab -l does not list {task} yet: this row runs once it is merged")
+
+
+@dataclass
+class Bulk:
+    name: str  # the backup on the host holding the bulk database
+    want: dict[str, dict[str, str]]  # per database: per-table checksums at backup time
+
+
+@pytest.fixture(scope="module")
+def bulk(sandbox):
+    """A database big enough to be cut mid-way, and a backup of the cluster holding it."""
+    assert sandbox.fab("install-backups").returncode == 0
+    sandbox.psql(f"DROP DATABASE IF EXISTS {BULK_DB} WITH (FORCE)", "postgres")
+    sandbox.psql(f"CREATE DATABASE {BULK_DB}", "postgres")
+    sandbox.psql("CREATE TABLE bulk (id int PRIMARY KEY, body text); "
+                 "INSERT INTO bulk SELECT i, md5(i::text) || md5(random()::text) || "
+                 f"md5(random()::text) FROM generate_series(1, {BULK_ROWS}) i;", BULK_DB)
+    proc = sandbox.fab("backup", "--label=bulk")
+    assert proc.returncode == 0, proc.stderr
+    name = next(b["name"] for b in json.loads(sandbox.fab("list-backups", "--json").stdout)
+                if b["location"] == "remote")
+    want = {db: sandbox.checksums(db) for db in ("aimms_web", BULK_DB)}
+    yield Bulk(name, want)
+    sandbox.psql(f"DROP DATABASE IF EXISTS {BULK_DB} WITH (FORCE)", "postgres")
+    sandbox.ssh(f"rm -f ~/{BACKUPS}/{name} ~/{BACKUPS}/{name}.sha256")
+
+
+@pytest.fixture(scope="module")
+def bulk_local(bulk, sandbox, tmp_path_factory):
+    """The bulk backup downloaded, for restores streamed from this machine."""
+    dest = tmp_path_factory.mktemp("bulk")
+    proc = sandbox.fab("download", f"--file={bulk.name}", f"--dest={dest}")
+    assert proc.returncode == 0, proc.stderr
+    return dest / bulk.name
+
+
+def _bulk_count(sandbox) -> int | None:
+    out = sandbox.psql("SELECT count(*) FROM bulk", BULK_DB, check=False)
+    return int(out) if out.isdigit() else None
+
+
+def _copy_running(sandbox, started_within: float | None = None) -> bool:
+    """True while a session loads the bulk table (the restore is mid-way); with
+    ``started_within``, only if that load began at most so many seconds ago."""
+    recent = (f" AND now() - query_start < interval '{started_within} seconds'"
+              if started_within else "")
+    out = sandbox.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                       f"'COPY public.bulk %'{recent}", "postgres", check=False)
+    return out.strip() not in ("", "0")
+
+
+def _wait_restore_gone(sandbox) -> None:
+    """Wait until nothing of the cut restore runs, on the host or in the cluster."""
+    faults.wait_gone(sandbox, "restore-stream.sh", timeout=60)
+    deadline = time.monotonic() + 60
+    while _copy_running(sandbox):
+        assert time.monotonic() < deadline, "a restore is still loading the bulk table"
+        time.sleep(0.5)
+
+
+# --- backup ----------------------------------------------------------------------------
+
+
+def _verify_all_backups(sandbox) -> list[str]:
+    """Every backup in the dir passes gzip -t and its .sha256; no temporary file is left."""
+    files = sandbox.sh(f"ls -1A ~/{BACKUPS}").split()
+    assert not [f for f in files if f.endswith(".tmp")], files
+    names = [f for f in files if f.startswith("aimms_postgres_") and f.endswith(".sql.gz")]
+    sandbox.ssh(f"cd ~/{BACKUPS} && for f in aimms_postgres_*.sql.gz; do gzip -t \"$f\" && "
+                "sha256sum --quiet -c \"$f.sha256\" || exit 1; done", timeout=600)
+    return names
+
+
+def test_backup_survives_a_dropped_connection(bulk, sandbox):
+    before = set(_verify_all_backups(sandbox))
+    tmp_glob = Path(sandbox.home, BACKUPS)
+    run = faults.start_fab(sandbox, "backup", "--label=dropped")
+    faults.drop_connection(sandbox, "backup-postgres.sh",
+                           when=lambda: any(tmp_glob.glob(".aimms_postgres_*_dropped.sql.gz.tmp")))
+    assert run.wait(120) != 0
+    line = fab_error_line(run)
+    assert "connection to aidset was lost" in line and "goes on on the host" in line, line
+    faults.wait_gone(sandbox, "backup-postgres.sh", timeout=120)
+    # The run went on without its session: complete and verified, never half there.
+    after = set(_verify_all_backups(sandbox))
+    new = after - before
+    assert len(new) == 1 and next(iter(new)).endswith("_dropped.sql.gz"), new
+    assert f"RESULT ok {next(iter(new))}" in sandbox.sh("tail -n 5 ~/postgres-backup.log")
+    again = sandbox.fab("backup", "--label=after-drop")
+    assert again.returncode == 0, again.stderr
+    sandbox.ssh(f"cd ~/{BACKUPS} && rm -f *_dropped.sql.gz* *_after-drop.sql.gz*")
+
+
+# --- download --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_backup(sandbox):
+    """A large fake backup (random bytes, with its .sha256) that takes seconds to download."""
+    name = "aimms_postgres_20200101_000000_bigfile.sql.gz"
+    path = f"~/{BACKUPS}/{name}"
+    sandbox.ssh(f"mkdir -p ~/{BACKUPS} && head -c {BIG_FILE_BYTES} /dev/urandom > {path} && "
+                f"cd ~/{BACKUPS} && sha256sum {name} > {name}.sha256")
+    sha = sandbox.sh(f"cut -d' ' -f1 {path}.sha256").strip()
+    yield name, sha
+    sandbox.ssh(f"rm -f {path} {path}.sha256")
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("how", ["dropped", "ctrl-c"])
+def test_download_cut_short_leaves_a_part_that_resumes(sandbox, big_backup, tmp_path, how):
+    name, sha = big_backup
+    dest = tmp_path / "dl"
+    part = dest / (name + ".part")
+    run = faults.start_fab(sandbox, "download", f"--file={name}", f"--dest={dest}")
+
+    def started() -> bool:
+        return part.exists() and part.stat().st_size > 20_000_000
+
+    if how == "dropped":
+        faults.drop_connection(sandbox, f"{BACKUPS}/{name}", when=started)
+    else:
+        _wait_for(started, 60)
+        run.signal(signal.SIGINT)
+    rc = run.wait(60)
+    line = fab_error_line(run)
+    if how == "ctrl-c":
+        assert rc == 130 and "interrupted" in line, line
+    else:
+        assert rc != 0 and "lost" in line, line
+    assert "resume" in line, line
+    assert part.exists() and 0 < part.stat().st_size < BIG_FILE_BYTES
+    assert oct(part.stat().st_mode & 0o777) == "0o600"
+    assert not (dest / name).exists()
+    rerun = sandbox.fab("download", f"--file={name}", f"--dest={dest}")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed at" in rerun.stderr
+    assert _file_sha(dest / name) == sha
+    assert not part.exists()
+
+
+def _wait_for(cond, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "the operation did not get under way"
+        time.sleep(0.02)
+
+
+# --- restore and the tasks that restore ----------------------------------------------------
+
+#: (task, dump source, how it is cut, extra args). The rerun is the same command.
+RESTORES = [
+    ("restore", "remote", "dropped", ["--yes", "--no-safety-backup"]),
+    ("restore", "local", "dropped", ["--yes", "--no-safety-backup"]),
+    ("restore", "remote", "ctrl-c", ["--yes", "--no-safety-backup"]),
+    ("restore", "local", "ctrl-c", ["--yes", "--no-safety-backup"]),
+    ("rebuild-volume", "remote", "dropped", ["--yes"]),
+    ("rebuild-volume", "remote", "ctrl-c", ["--yes"]),
+]
+
+
+@pytest.mark.parametrize("task, source, how, extra", RESTORES,
+                         ids=[f"{t}-{s}-{h}" for t, s, h, _ in RESTORES])
+def test_restore_cut_short_then_rerun_is_exact(sandbox, bulk, bulk_local, task, source, how,
+                                               extra):
+    need(sandbox, task)
+    file = bulk.name if source == "remote" else str(bulk_local)
+    args = [task, f"--file={file}", *extra]
+    sandbox.psql("UPDATE orders SET total = total + 1 WHERE id % 5 = 0")
+    assert sandbox.checksums() != bulk.want["aimms_web"]
+    run = faults.start_fab(sandbox, *args)
+    # Cut while the bulk table is being loaded, early in that load (it takes seconds).
+    if how == "dropped":
+        faults.drop_connection(sandbox, "restore-stream.sh", timeout=180,
+                               when=lambda: _copy_running(sandbox, started_within=1))
+    else:
+        faults.wait_until(lambda: faults.sessions_running(sandbox, "restore-stream.sh")
+                          and _copy_running(sandbox, started_within=1), 180)
+        run.signal(signal.SIGINT)
+    rc = run.wait(120)
+    line = fab_error_line(run)
+    if how == "ctrl-c":
+        assert rc == 130 and "interrupted" in line, line
+    else:
+        assert rc != 0 and "lost" in line, line
+    assert "again" in line, line  # it says what to do: run it again
+    # The host stops the restore when its session ends (it does not go on unobserved),
+    # and the table it was loading is rolled back, not left half there.
+    _wait_restore_gone(sandbox)
+    assert _bulk_count(sandbox) in (None, 0)
+    rerun = sandbox.fab(*args, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr
+    for db, want in bulk.want.items():
+        assert sandbox.checksums(db) == want, db
+
+
+# --- tasks that change a little, dropped at several points ------------------------------
+
+
+def _reset_install(sandbox) -> None:
+    sandbox.ssh("crontab -r 2>/dev/null; rm -f ~/backup-postgres.sh ~/backup-postgres.sh.conf; "
+                "true")
+
+
+def _check_install(sandbox) -> None:
+    again = sandbox.fab("install-backups")
+    assert again.returncode == 0 and "nothing to change" in again.stderr, again.stderr
+    crontab = sandbox.sh("crontab -l")
+    assert crontab.count("# aimms-ops:backup") == 1, crontab
+    from aimms_ops import shell
+
+    want = hashlib.sha256(shell.script_text("backup-postgres.sh").encode()).hexdigest()
+    assert sandbox.sh("sha256sum ~/backup-postgres.sh").split()[0] == want
+    assert not sandbox.sh("ls -A ~ | grep '\\.tmp\\.' || true").strip()
+
+
+OLD = [f"aimms_postgres_201901{d:02d}_020000.sql.gz" for d in range(10, 14)]
+
+
+def _reset_prune(sandbox) -> None:
+    d = f"~/{BACKUPS}"
+    cmds = [f"mkdir -p {d}"]
+    for n in OLD:
+        cmds.append(f"printf x | gzip > {d}/{n} && (cd {d} && sha256sum {n} > {n}.sha256) && "
+                    f"touch -d '40 days ago' {d}/{n} {d}/{n}.sha256")
+    sandbox.ssh(" && ".join(cmds))
+
+
+def _check_prune(sandbox) -> None:
+    left = sandbox.sh(f"ls -1A ~/{BACKUPS}").split()
+    assert not [f for f in left if f.startswith("aimms_postgres_201901")], left
+    names = {f for f in left if f.endswith(".sql.gz")}
+    assert not [f for f in left if f.endswith(".sha256") and f[:-7] not in names]
+    assert len(names) >= 3
+
+
+#: (task, args, reset the state it changes, check the state after a rerun)
+CONVERGING = [
+    ("install-backups", [], _reset_install, _check_install),
+    ("prune", ["--yes"], _reset_prune, _check_prune),
+]
+
+
+@pytest.mark.parametrize("task, args, reset, check", CONVERGING,
+                         ids=[row[0] for row in CONVERGING])
+def test_dropped_at_any_point_a_rerun_converges(sandbox, bulk, task, args, reset, check):
+    need(sandbox, task)
+    reset(sandbox)
+    started = time.monotonic()
+    assert sandbox.fab(task, *args).returncode == 0
+    whole = time.monotonic() - started
+    check(sandbox)
+    cut = 0
+    for frac in (0.4, 0.7, 0.95):
+        reset(sandbox)
+        run = faults.start_fab(sandbox, task, *args)
+        time.sleep(whole * frac)
+        if faults.drop_client(sandbox, run.proc.pid):
+            cut += 1
+        rc = run.wait(60)
+        if rc != 0:
+            fab_error_line(run)  # one line, no traceback
+        rerun = sandbox.fab(task, *args)
+        assert rerun.returncode == 0, rerun.stderr
+        check(sandbox)
+    assert cut, "no run was cut: the drops all came after the task had ended"
+
+
+# --- tasks that only read, or clean up after themselves --------------------------------
+
+#: (task, args, marker of the moment to drop: a container or volume of its own exists)
+SELF_CLEANING = [
+    ("verify", ["--file={bulk}", "--deep"]),
+]
+
+
+def _docker_objects(sandbox) -> tuple[set[str], set[str]]:
+    env = {"DOCKER_HOST": sandbox.docker_host, "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    ps = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True, env=env,
+                        check=True).stdout.split()
+    vols = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True,
+                          env=env, check=True).stdout.split()
+    return set(ps), set(vols)
+
+
+@pytest.mark.parametrize("task, args", SELF_CLEANING, ids=[r[0] for r in SELF_CLEANING])
+def test_dropped_mid_way_leaves_nothing_behind(sandbox, bulk, task, args):
+    need(sandbox, task)
+    args = [a.replace("{bulk}", bulk.name) for a in args]
+    before = _docker_objects(sandbox)
+    run = faults.start_fab(sandbox, *args)
+    faults.wait_until(lambda: _docker_objects(sandbox) != before, 180)
+    assert faults.drop_client(sandbox, run.proc.pid)
+    assert run.wait(120) != 0
+    fab_error_line(run)
+    deadline = time.monotonic() + 180
+    while _docker_objects(sandbox) != before:
+        assert time.monotonic() < deadline, "the throwaway container or volume was left behind"
+        time.sleep(1)
+    rerun = sandbox.fab(*args, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr
