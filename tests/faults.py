@@ -270,3 +270,19 @@ def available_tasks(sandbox: Sandbox) -> set[str]:
         _TASKS = {line.split()[0] for line in proc.stdout.splitlines()
                   if line.startswith("  ") and not line.startswith("   ")}
     return _TASKS
+
+
+def error_line(proc) -> str:
+    """The one line a failed task printed, and no traceback anywhere.
+
+    That is the last line on stderr; a task that reports to monitors on stdout (its
+    first line is the summary, as `fab status` does) may leave stderr empty.
+    """
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stdout, proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    if lines:
+        return lines[-1]
+    first = proc.stdout.splitlines()[:1]
+    assert first and first[0].strip(), f"nothing printed (rc={proc.returncode})"
+    return first[0]

@@ -105,7 +105,7 @@ def test_hostile_value(sandbox, small_backup, tmp_path, task, option, others, ou
     if outcome == "refused":
         assert proc.returncode != 0, proc.stdout
     if proc.returncode != 0:
-        line = fab_error_line(proc)
+        line = faults.error_line(proc)
         assert len(line) < 400, line
         if outcome == "refused":  # refused before doing anything: that line alone
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

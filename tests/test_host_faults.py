@@ -86,7 +86,7 @@ def run_row(sandbox, fault: Fault, row: Row, name: str, tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr
     elif row.expect is ANY:
         if proc.returncode != 0:
-            fab_error_line(proc)
+            faults.error_line(proc)
     else:
         assert proc.returncode != 0, proc.stdout
         line = fab_error_line(proc)

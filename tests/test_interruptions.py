@@ -344,7 +344,7 @@ def test_dropped_mid_way_leaves_nothing_behind(sandbox, bulk, task, args):
     faults.wait_until(lambda: _docker_objects(sandbox) != before, 180)
     assert faults.drop_client(sandbox, run.proc.pid)
     assert run.wait(120) != 0
-    fab_error_line(run)
+    faults.error_line(run)
     deadline = time.monotonic() + 180
     while _docker_objects(sandbox) != before:
         assert time.monotonic() < deadline, "the throwaway container or volume was left behind"
