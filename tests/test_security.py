@@ -74,7 +74,7 @@ def _refused_everywhere(sandbox, tmp_path: Path, known_hosts: str, expect: str,
             continue
         proc = sandbox.fab(*task, inventory=inv)
         assert proc.returncode != 0, task
-        line = fab_error_line(proc)
+        line = faults.error_line(proc)
         assert expect in line, (task, line)
         ran += 1
     assert ran >= 8
