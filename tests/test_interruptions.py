@@ -344,7 +344,10 @@ def test_dropped_mid_way_leaves_nothing_behind(sandbox, bulk, task, args):
     args = [a.replace("{bulk}", bulk.name) for a in args]
     before = _docker_objects(sandbox)
     run = faults.start_fab(sandbox, *args)
-    faults.wait_until(lambda: _docker_objects(sandbox) != before, 180)
+    faults.wait_until(lambda: _docker_objects(sandbox) != before or run.proc.poll() is not None,
+                      180)
+    assert run.proc.poll() is None, f"{task} ended before it made anything: {run.wait()}, " \
+        f"{run.stderr}"
     assert faults.drop_client(sandbox, run.proc.pid)
     assert run.wait(120) != 0
     faults.error_line(run)

@@ -202,7 +202,7 @@ def test_dump_contents_never_reach_the_log_or_the_output(installed, tmp_path):
         outputs = []
         runs = [["backup", "--label=marker"], ["list-backups"], ["logs", "--lines=200"],
                 ["download", "--file=latest", f"--dest={tmp_path}"],
-                ["restore", "--file=latest", "--yes"]]
+                ["restore", "--file=latest", "--yes", "--no-safety-backup"]]
         for args in runs:
             proc = installed.fab(*args)
             assert proc.returncode == 0, (args, proc.stderr)
