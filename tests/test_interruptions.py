@@ -341,7 +341,7 @@ def _docker_objects(sandbox) -> tuple[set[str], set[str]]:
 @pytest.mark.parametrize("task, args", SELF_CLEANING, ids=[r[0] for r in SELF_CLEANING])
 def test_dropped_mid_way_leaves_nothing_behind(sandbox, bulk, task, args):
     need(sandbox, task)
-    args = [a.replace("{bulk}", bulk.name) for a in args]
+    args = [task, *(a.replace("{bulk}", bulk.name) for a in args)]
     before = _docker_objects(sandbox)
     run = faults.start_fab(sandbox, *args)
     faults.wait_until(lambda: _docker_objects(sandbox) != before or run.proc.poll() is not None,
