@@ -8,6 +8,7 @@
 # With -v only=NAME only that database's section is replayed: every other line becomes
 # empty, so psql's line numbers stay those of the dump. The one line that may be inserted
 # is reported on stderr as "aimms-ops: inserted line N", N counted in the output.
+# A stream that ends before the dump's completion marker makes awk exit 3.
 BEGIN { in_copy = 0; section = ""; keep = (only == ""); out = 0; recreated = 0 }
 
 in_copy {
@@ -24,6 +25,7 @@ in_copy {
 }
 
 $0 == "-- PostgreSQL database cluster dump complete" {
+    complete = 1
     if (only != "") keep = 0
     emit($0)
     next
@@ -61,6 +63,14 @@ section == "postgres" && !recreated && ($0 == "\\connect postgres" || $0 ~ /^\\c
 }
 
 { emit($0) }
+
+# A stream cut short (an upload that stopped) must not look like a finished restore.
+END {
+    if (!complete) {
+        print "aimms-ops: the dump ended before its completion marker: the restore is incomplete" > "/dev/stderr"
+        exit 3
+    }
+}
 
 function emit(s) { print s; out++ }
 
