@@ -207,13 +207,24 @@ def download(c, file="latest", dest=None):
         _do_download(remote, b, _download_dir(inv, dest))
 
 
+def whole_number(flag: str, value: Any) -> int:
+    """Parse an integer flag here: Invoke's own int flags end in a traceback on bad input."""
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise OpsError(f"{flag} must be a whole number, got {value!r}") from None
+
+
 @ops_task(help={"lines": "how many lines of the log to show (default 50)"})
-def logs(c, lines=50):
+def logs(c, lines="50"):
     """Show the end of the backup log on the host."""
     from . import backups
 
+    n = whole_number("--lines", lines)
+    if not 1 <= n <= 100_000:
+        raise OpsError(f"--lines must be between 1 and 100000, got {n}")
     with _open(c) as remote:
-        sys.stdout.write(backups.read_log(remote, int(lines)))
+        sys.stdout.write(backups.read_log(remote, n))
 
 
 @ops_task(help={
