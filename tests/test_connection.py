@@ -64,14 +64,19 @@ def test_unknown_host_is_refused_with_fingerprint(sandbox, tmp_path):
     assert "ssh-keyscan" in line
 
 
-def test_changed_host_key_is_refused(sandbox, tmp_path):
+def _inventory_with_another_key(sandbox, tmp_path: Path) -> Path:
+    """An inventory whose known_hosts holds another key for the sandbox's name."""
     real = Path(_known_hosts_path(sandbox)).read_text().split("\n")[0]
     name = real.split()[0]
     keyfile = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keyfile)],
                    check=True)
     other = keyfile.with_suffix(".pub").read_text().split()
-    inv = _config_with_known_hosts(sandbox, tmp_path, f"{name} {other[0]} {other[1]}\n")
+    return _config_with_known_hosts(sandbox, tmp_path, f"{name} {other[0]} {other[1]}\n")
+
+
+def test_changed_host_key_is_refused(sandbox, tmp_path):
+    inv = _inventory_with_another_key(sandbox, tmp_path)
     proc = sandbox.fab("check", inventory=inv)
     assert proc.returncode != 0
     line = fab_error_line(proc)
@@ -80,13 +85,7 @@ def test_changed_host_key_is_refused(sandbox, tmp_path):
 
 
 def test_changed_key_refused_even_when_accepting_new_hosts(sandbox, tmp_path):
-    real = Path(_known_hosts_path(sandbox)).read_text().split("\n")[0]
-    name = real.split()[0]
-    keyfile = tmp_path / "other"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keyfile)],
-                   check=True)
-    other = keyfile.with_suffix(".pub").read_text().split()
-    inv = _config_with_known_hosts(sandbox, tmp_path, f"{name} {other[0]} {other[1]}\n")
+    inv = _inventory_with_another_key(sandbox, tmp_path)
     _accept_new(inv)
     proc = sandbox.fab("check", inventory=inv)
     assert proc.returncode != 0
