@@ -18,6 +18,7 @@ from fabric import Connection
 from invoke import Collection, Exit, task
 
 from . import output
+from .checks import State
 from .errors import OpsError
 
 DEBUG_ENV = "AIMMS_OPS_DEBUG"
@@ -253,7 +254,12 @@ def prune(c, dry_run=False, yes=False):
 
 @ops_task(help={"dry_run": "print what would change, change nothing"})
 def install_backups(c, dry_run=False):
-    """Install the backup script, its settings, the backup dir and the daily cron job."""
+    """Install the backup script, its settings, the backup dir and the cron jobs.
+
+    The daily backup runs on cron_schedule; with verify_schedule in the inventory a
+    deep verify (a trial restore of the newest backup into a throwaway container) is
+    installed next to the backup script and runs on that schedule too.
+    """
     from . import install
 
     with _open(c) as remote:
@@ -340,5 +346,135 @@ def _print_restore_plan(plan: Any) -> None:
     output.table(["restore plan", ""], rows)
 
 
-ns = Collection(check, backup, list_backups, download, logs, prune, install_backups, restore)
+@ops_task(help={
+    "json": "print one JSON object instead of the summary line and the table",
+    "max_age": "how old the newest good backup may be: 26h (default), 90m, 2d",
+})
+def status(c, json=False, max_age="26h"):
+    """Backup status for people and monitors: one summary line, then the checks.
+
+    The first line is AIMMS-OPS OK|WARNING|CRITICAL|UNKNOWN - what matters, and the
+    exit code is the monitoring plugins' one: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    """
+    from . import status as st
+
+    try:
+        seconds = st.parse_max_age(max_age)
+        with _open(c) as remote:
+            report = st.status(remote, seconds, str(max_age).strip())
+    except OpsError as exc:
+        line = st.unknown_line(str(exc))
+        if json:
+            output.print_json({"host": _host_name(c), "state": "UNKNOWN", "exit_code": 3,
+                               "summary": line, "checks": []})
+        else:
+            sys.stdout.write(line + "\n")
+        raise Exit(code=3) from None
+    if json:
+        output.print_json(report.as_dict())
+    else:
+        sys.stdout.write(report.summary + "\n")
+        sys.stdout.flush()
+        output.checks_table(report.checks, title=f"status of {report.host} at "
+                            f"{report.checked_at:%Y-%m-%d %H:%M:%S} UTC")
+    if report.state:
+        raise Exit(code=int(report.state))
+
+
+@ops_task(help={
+    "file": "backup name on the host, or latest (default)",
+    "deep": "restore it into a throwaway container and report databases, tables and rows",
+    "json": "print one JSON object instead of tables",
+})
+def verify(c, file="latest", deep=False, json=False):
+    """Verify a backup on the host: checksum, gzip stream, completion marker; --deep restores it.
+
+    --deep starts a throwaway container from the production postgres image, with a
+    volume of its own and no network, restores the backup into it as fab restore
+    would, counts the rows of every table, and removes the container and the volume
+    whatever happens. Production's container and volumes are never touched.
+    """
+    from . import verify as vf
+
+    with _open(c) as remote:
+        if deep:
+            output.note(f"trial restore of {file} on {remote.name} into a throwaway "
+                        "container ...")
+        report = vf.verify(remote, file, deep, on_log=lambda line: output.note(
+            "  " + line.split(" ", 2)[-1]))
+    if json:
+        output.print_json(report.as_dict())
+    else:
+        output.checks_table(report.checks, title=f"verify {report.file} on {report.host}"
+                            + (" (trial restore)" if deep else ""))
+        if deep and report.databases:
+            rows = [[t.database, t.table, t.rows] for t in report.tables]
+            rows += [[db, "(no tables)", ""] for db in report.databases
+                     if not any(t.database == db for t in report.tables)]
+            output.table(["database", "table", "rows"], rows,
+                         title=f"restored into {report.container}: "
+                         f"{', '.join(report.databases)}")
+    if report.state is not State.OK:
+        bad = next((ch for ch in report.checks if ch.state is report.state), None)
+        what = f"{bad.name}: {bad.detail}" if bad else report.state.name
+        verb = "failed" if report.state is State.CRITICAL else "warns"
+        raise Exit(f"verify {verb}: {what}", code=int(report.state))
+    if not json:
+        total = sum(t.rows for t in report.tables)
+        output.note(f"{report.file} is good" + (
+            f": restored {len(report.databases)} databases, {len(report.tables)} tables, "
+            f"{total} rows in {report.seconds} s; the throwaway container and volume are "
+            "removed" if deep else " (checks only; --deep restores it for real)"))
+
+
+@ops_task(help={"json": "print a JSON list of objects instead of the table"})
+def volumes(c, json=False):
+    """The stack's volumes: external or not, size, who mounts them, what would destroy them."""
+    from . import volumes as vol
+
+    with _open(c) as remote:
+        found = vol.volumes(remote)
+    if json:
+        output.print_json([v.as_dict() for v in found])
+        return
+    def ext(v) -> str:
+        return {True: "yes", False: "NO", None: "not in compose"}[v.external]
+
+    output.table(["volume", "external", "size", "mounted by", "destroyed by"],
+                 [[v.name, ext(v), v.size or ("-" if v.exists else "does not exist"),
+                   ", ".join(f"{m.container} ({m.state})" for m in v.mounted_by) or "nothing",
+                   "\n".join(v.destroyed_by)] for v in found],
+                 title=f"volumes of {remote.host.compose.project} on {remote.name}")
+    if found:
+        output.table(["what preserves the data"], [[p] for p in found[0].preserved_by
+                                                    if "external" not in p or found[0].external])
+    risky = [v.name for v in found if v.external is False]
+    if risky:
+        output.note(f"not external (compose down -v deletes them): {', '.join(risky)}")
+
+
+@ops_task(help={"json": "print one JSON object instead of the table"})
+def doctor(c, json=False):
+    """Troubleshoot the backups: each check of the seed's troubleshooting list, with its fix."""
+    from . import doctor as dr
+
+    with _open(c) as remote:
+        report = dr.doctor(remote)
+    if json:
+        output.print_json(report.as_dict())
+    else:
+        output.checks_table(report.checks, title=f"doctor on {report.host}")
+        if report.container_log:
+            output.table(["last lines of the postgres container's log"],
+                         [[ln] for ln in report.container_log])
+        if report.last_run_log:
+            output.table(["the failed backup run, from the log"],
+                         [[ln] for ln in report.last_run_log])
+    if report.state is not State.OK:
+        bad = [ch.name for ch in report.checks if not ch.ok]
+        raise Exit(f"doctor: {report.state.name}: {', '.join(bad)}", code=int(report.state))
+
+
+ns = Collection(check, backup, list_backups, download, logs, prune, install_backups, restore,
+                status, verify, volumes, doctor)
 
