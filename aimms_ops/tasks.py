@@ -445,9 +445,10 @@ def volumes(c, json=False):
                    ", ".join(f"{m.container} ({m.state})" for m in v.mounted_by) or "nothing",
                    "\n".join(v.destroyed_by)] for v in found],
                  title=f"volumes of {remote.host.compose.project} on {remote.name}")
-    if found:
-        output.table(["what preserves the data"], [[p] for p in found[0].preserved_by
-                                                    if "external" not in p or found[0].external])
+    preserved = list(dict.fromkeys(p for v in found for p in v.preserved_by
+                                   if "(external" not in p or all(w.external for w in found)))
+    if preserved:
+        output.table(["what preserves the data"], [[p] for p in preserved])
     risky = [v.name for v in found if v.external is False]
     if risky:
         output.note(f"not external (compose down -v deletes them): {', '.join(risky)}")
