@@ -19,6 +19,7 @@ from .conftest import Sandbox, fab_error_line
 
 pytestmark = pytest.mark.integration
 
+MARKER = "-- PostgreSQL database cluster dump complete"
 COMPOSE = "cd ~/aimms-web && docker-compose -p aimms-web -f docker-compose.prod.yml"
 
 
@@ -192,8 +193,16 @@ def test_verify_of_a_corrupted_backup_names_the_check_and_cleans_up(health):
     # Cut short, with a checksum made to match: the gzip stream is what fails, mid-restore.
     _copy_as(health, cut, f"truncate -s $(( $(stat -c %s {cut}) / 2 )) {cut}; "
                           f"sha256sum {cut} > {cut}.sha256")
+    # Whole, but without its completion marker: the restore runs, the marker check fails.
+    unfinished = "aimms_postgres_20200101_000002.sql.gz"
+    _copy_as(health, unfinished, f"gzip -dc \"$src\" | grep -vxF -- '{MARKER}' | gzip -1 "
+                                 f"> {unfinished}; sha256sum {unfinished} > {unfinished}.sha256")
     before = health.engine_state()
     try:
+        proc = health.fab("verify", f"--file={unfinished}", "--deep")
+        assert proc.returncode == 2
+        assert fab_error_line(proc).startswith("verify failed: completion marker: ")
+        assert health.engine_state() == before
         proc = health.fab("verify", f"--file={flipped}")
         assert proc.returncode == 2
         assert fab_error_line(proc).startswith("verify failed: checksum: sha256 mismatch")
