@@ -356,3 +356,16 @@ def test_backup_label_is_validated(installed, label):
     assert proc.returncode != 0
     assert "letters, digits, - and _ only" in fab_error_line(proc)
     assert _all_files(installed) == before
+
+
+def test_backup_with_download(installed, tmp_path):
+    inv = tmp_path / "inv.yml"
+    dest = tmp_path / "dl"
+    inv.write_text(installed.inventory.read_text().replace(
+        "default_host: aidset\n", f"default_host: aidset\ndownload_dir: {dest}\n", 1))
+    proc = installed.fab("backup", "--download", inventory=inv)
+    assert proc.returncode == 0, proc.stderr
+    (local,) = dest.glob("aimms_postgres_*.sql.gz")
+    want = installed.sh(f"cut -d' ' -f1 ~/{BACKUP_DIR}/{local.name}.sha256").strip()
+    assert hashlib.sha256(local.read_bytes()).hexdigest() == want
+    assert oct(dest.stat().st_mode & 0o777) == "0o700"
