@@ -9,7 +9,8 @@ a full window can never deadlock a command.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -176,6 +177,40 @@ class Remote:
         """Run a packaged ``.sh`` script on the host with ``args``."""
         return self.run(shell.script_command(name, args), stdin=stdin, on_stdout=on_stdout,
                         on_stderr=on_stderr, what=name)
+
+    @contextmanager
+    def hold(self, command: str, *, ready: str, what: str = "a lock") -> Iterator[RunResult | None]:
+        """Keep ``command`` running on the host for the duration of the block.
+
+        ``command`` prints the line ``ready`` once it holds what it holds (a lock),
+        then reads its stdin until it closes: at the end of the block, or when this
+        process dies or the connection drops, so nothing is left held. The block
+        gets None once ``ready`` was read, or the RunResult of a command that ended
+        without printing it (busy, refused).
+        """
+        ch = self._channel(command)
+        err = _Drain(ch.recv_stderr, None)
+        err.start()
+        buf = b""
+        try:
+            while ready.encode() + b"\n" not in b"\n" + buf:
+                data = ch.recv(65536)
+                if not data:
+                    break
+                buf += data
+            if ready.encode() + b"\n" not in b"\n" + buf:
+                err.join()
+                rc = ch.recv_exit_status()
+                yield RunResult(command, rc, buf.decode("utf-8", "replace"), err.text())
+                return
+            yield None
+        finally:
+            try:
+                ch.shutdown_write()
+                ch.status_event.wait(10)
+            except (OSError, paramiko.SSHException, EOFError):
+                pass
+            ch.close()
 
     # --- streams ---------------------------------------------------------------------
 
