@@ -15,7 +15,7 @@ import hashlib
 import re
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,13 @@ from .remote import Progress, Remote
 HEADER = "-- PostgreSQL database cluster dump"
 MARKER = "-- PostgreSQL database cluster dump complete"
 _DB_MARK = re.compile(rb"^-- Database \"(.*)\" dump$", re.MULTILINE)
+#: What every _DB_MARK line holds: a plain search for it skips the chunks (nearly
+#: all of a large dump) where the regex, anchored at every line, would take longer
+#: than the decompression.
+_DB_MARK_TEXT = b'-- Database "'
+#: Bytes read from a local dump per step, and the most one decompression step yields.
+READ_CHUNK = 1024 * 1024
+INFLATE_PIECE = 1024 * 1024
 _PSQL_ERR = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|error):\s+(.*)$")
 
 
@@ -75,7 +82,7 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
     fmt = "gz" if path.name.endswith(".gz") else "plain"
     recorded = _recorded_sha(path.with_name(path.name + ".sha256"))
     digest = hashlib.sha256()
-    decomp = zlib.decompressobj(wbits=31) if fmt == "gz" else None
+    inflater = _Inflater() if fmt == "gz" else None
     head_buf = b""
     tail_buf = b""
     carry = b""
@@ -83,7 +90,7 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
     stream_ok, stream_error = True, ""
     size = 0
     with path.open("rb") as fh:
-        while chunk := fh.read(4 * 1024 * 1024):
+        while chunk := fh.read(READ_CHUNK):
             size += len(chunk)
             digest.update(chunk)
             if progress is not None:
@@ -91,18 +98,20 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
             if not stream_ok:
                 continue
             try:
-                data = _decompress(decomp, chunk) if decomp is not None else chunk
+                pieces = inflater.feed(chunk) if inflater is not None else [chunk]
+                for data in pieces:
+                    if len(head_buf) < 4096:
+                        head_buf += data[:4096]
+                    text = carry + data
+                    cut = text.rfind(b"\n") + 1
+                    if text.find(_DB_MARK_TEXT, 0, cut) != -1:
+                        dbs += [m.decode("utf-8", "replace")
+                                for m in _DB_MARK.findall(text, 0, cut)]
+                    carry = text[cut:]
+                    tail_buf = (tail_buf + data[-4096:])[-4096:]
             except zlib.error as exc:
                 stream_ok, stream_error = False, str(exc)
-                continue
-            if len(head_buf) < 4096:
-                head_buf += data[:4096]
-            text = carry + data
-            cut = text.rfind(b"\n") + 1
-            dbs += [m.decode("utf-8", "replace") for m in _DB_MARK.findall(text[:cut])]
-            carry = text[cut:]
-            tail_buf = (tail_buf + data)[-4096:]
-    if stream_ok and decomp is not None and not decomp.eof:
+    if stream_ok and inflater is not None and not inflater.eof:
         stream_ok, stream_error = False, "unexpected end of file"
     if carry:
         dbs += [m.decode("utf-8", "replace") for m in _DB_MARK.findall(carry)]
@@ -114,14 +123,34 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
                     problems)
 
 
-def _decompress(decomp: zlib._Decompress, chunk: bytes) -> bytes:
-    """Decompress a chunk of a (possibly multi-member) gzip stream."""
-    out = [decomp.decompress(chunk)]
-    while decomp.eof and decomp.unused_data:
-        rest = decomp.unused_data
-        decomp.__init__(wbits=31)  # type: ignore[misc]
-        out.append(decomp.decompress(rest))
-    return b"".join(out)
+class _Inflater:
+    """Decompresses a (possibly multi-member) gzip stream in pieces of bounded size.
+
+    However well the dump compresses, no piece is larger than ``INFLATE_PIECE``: the
+    memory of a check does not grow with the file or its compression ratio.
+    """
+
+    def __init__(self) -> None:
+        self._z = zlib.decompressobj(wbits=31)
+
+    @property
+    def eof(self) -> bool:
+        return self._z.eof
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        data = chunk
+        while data:
+            out = self._z.decompress(data, INFLATE_PIECE)
+            if out:
+                yield out
+            if self._z.eof:
+                data = self._z.unused_data
+                if data:  # the next gzip member
+                    self._z = zlib.decompressobj(wbits=31)
+            else:
+                data = self._z.unconsumed_tail
+        while not self._z.eof and (out := self._z.decompress(b"", INFLATE_PIECE)):
+            yield out
 
 
 def _recorded_sha(side: Path) -> str | None:
