@@ -34,6 +34,9 @@ BIN = Path(sys.executable).parent
 #: customers table adds a tenth). The real size of each run is measured and printed.
 BYTES_PER_ROW = 242
 JOBS = ("backup", "download", "upload", "restore")
+#: Optional jobs (--jobs), not in the default run.
+EXTRA_JOBS = ("levels",)
+LEVELS = (1, 3, 6)
 XFER_NAME = "aimms_postgres_20000101_000000_benchxfer.sql.gz"
 SRC_LABEL = "benchsrc"
 
@@ -349,6 +352,21 @@ class Bench:
             step()
 
 
+    # levels: the backup's in-container compression at several gzip levels -------------
+
+    def levels(self, res: Result, order: int) -> None:
+        c = self.sb.container()
+        for level in LEVELS if order == 0 else LEVELS[::-1]:
+            self.sb.settle()
+            m = measure(self.ssh_line(
+                f"docker exec {c} sh -c 'pg_dumpall -U postgres | pigz -{level}' | wc -c"),
+                capture=True)
+            if m.rc != 0:
+                raise SystemExit(f"bench: pigz -{level} failed: {tail(m.stderr)}")
+            res.add(f"pigz -{level}", m.seconds)
+            res.notes.append(f"pigz -{level}={m.stdout.strip()}")
+
+
 # --- a phase: one database size, all jobs, N rounds ---------------------------------------
 
 
@@ -373,6 +391,15 @@ def prepare(sb: Sandbox, bench: Bench, size: int, rows: int) -> dict:
           f"| sed 's/\\.tmp$//' > {XFER_NAME}.sha256 && mv {XFER_NAME}.tmp {XFER_NAME}")
     return {"rows": rows, "dump_bytes": dump, "backup_bytes": src.stat().st_size,
             "xfer_bytes": size, "src": src}
+
+
+def cleanup(sb: Sandbox, work: Path) -> None:
+    """Leave no bench file on the host (fab's "latest" must stay a real backup)."""
+    sb.sh(f"rm -f {sb.backup_dir}/{XFER_NAME} {sb.backup_dir}/{XFER_NAME}.sha256 "
+          f"{sb.backup_dir}/{XFER_NAME}.tmp {sb.backup_dir}/aimms_postgres_*_{SRC_LABEL}.sql.gz* "
+          f"{sb.backup_dir}/aimms_postgres_*_benchrun.sql.gz* {sb.backup_dir}/.bench-today.sql.gz",
+          check=False)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def run_phase(sb: Sandbox, bench: Bench, size: int, rows: int, rounds: int,
@@ -486,6 +513,13 @@ def main_table(phase: dict, fab_l: float) -> tuple[str, dict]:
                     f"`fab restore --file=F --yes --no-safety-backup` {t:.1f} s | `gunzip -c "
                     f"F \\| ssh aidset 'docker exec -i C psql -U postgres'` {a:.1f} s | "
                     f"{t / a:.2f}x | ≤ 1.15x | {verdict(t / a <= 1.15)} |")
+    if "levels" in res:
+        r = res["levels"]
+        sizes = dict(n.split("=") for n in r.notes)
+        for level in LEVELS:
+            key = f"pigz -{level}"
+            rows.append(f"| compression inside the container, `pg_dumpall \\| {key}` | "
+                        f"{r.median(key):.1f} s, {human(int(sizes[key]))} | | | | |")
     ratios["fab -l"] = fab_l
     rows.append(f"| `fab -l` | {fab_l:.2f} s | | | < 0.5 s | {verdict(fab_l < 0.5)} |")
     note = f"Medians of {n} rounds, each pair run alternately (order reversed every round)."
@@ -537,16 +571,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="the small size at which peak memory is also measured (100M); "
                     "0 skips that phase")
     ap.add_argument("--jobs", default=",".join(JOBS),
-                    help=f"comma-separated subset of {','.join(JOBS)}")
+                    help=f"comma-separated, of {','.join(JOBS + EXTRA_JOBS)} (default: "
+                    "all but levels)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
 
     jobs = tuple(j for j in args.jobs.split(",") if j)
-    bad = [j for j in jobs if j not in JOBS]
+    bad = [j for j in jobs if j not in JOBS + EXTRA_JOBS]
     if bad:
-        raise SystemExit(f"bench: unknown job(s) {bad}; choose from {JOBS}")
+        raise SystemExit(f"bench: unknown job(s) {bad}; choose from {JOBS + EXTRA_JOBS}")
     if "upload" in jobs and "download" not in jobs:
-        jobs = tuple(j for j in JOBS if j in jobs or j == "download")
+        jobs = tuple(j for j in JOBS + EXTRA_JOBS if j in jobs or j == "download")
     size = parse_size(args.size)
     rows = args.rows or max(1000, size // BYTES_PER_ROW)
     if args.rows:
@@ -564,14 +599,17 @@ def main(argv: list[str] | None = None) -> int:
     say(f"{info['machine']['cpus']} cores, {info['load_start']}")
 
     phases: list[tuple[str, dict]] = []
-    if small and small < size:
-        say(f"phase 1: peak memory at {human(small)} (1 round)")
-        phases.append((human(small), run_phase(sb, bench, small, max(1000, small
-                                                                      // BYTES_PER_ROW),
-                                               1, jobs)))
-    say(f"phase {len(phases) + 1}: {human(size)}, {args.rounds} rounds")
-    main_phase = run_phase(sb, bench, size, rows, args.rounds, jobs)
-    phases.append((human(size), main_phase))
+    try:
+        if small and small < size:
+            say(f"phase 1: peak memory at {human(small)} (1 round)")
+            phases.append((human(small), run_phase(sb, bench, small, max(1000, small
+                                                                          // BYTES_PER_ROW),
+                                                   1, jobs)))
+        say(f"phase {len(phases) + 1}: {human(size)}, {args.rounds} rounds")
+        main_phase = run_phase(sb, bench, size, rows, args.rounds, jobs)
+        phases.append((human(size), main_phase))
+    finally:
+        cleanup(sb, work)
     fab_l = fab_list_time(sb)
     info["load_end"] = load()
 
@@ -579,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     rtable, worst = rss_table(phases)
     m = info["machine"]
     made = main_phase["made"]
+    ciphers = sorted({n for r in main_phase["results"].values() for n in r.notes
+                      if "cipher" in n})
     text = "\n".join([
         f"Run on {info['date']}: {m['cpus']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
         f"Linux {m['kernel']}, Python {m['python']}, paramiko {m['paramiko']}, "
@@ -586,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         f"same machine over loopback (sshd, dockerd, PostgreSQL 15 share the cores). "
         f"{info['load_start']} at the start, {info['load_end']} at the end. Ciphers: "
         f"OpenSSH {info['openssh_cipher']}, aimms-ops "
-        f"{', '.join(sorted({n for r in main_phase['results'].values() for n in r.notes}))}"
+        f"{', '.join(ciphers)}"
         f". Database: {made['rows']} rows in orders, pg_dumpall {human(made['dump_bytes'])},"
         f" its backup {human(made['backup_bytes'])}.",
         "",
@@ -604,7 +644,6 @@ def main(argv: list[str] | None = None) -> int:
         "phases": {label: raw(ph) for label, ph in phases}}, indent=2, default=str) + "\n")
     (out / "latest.md").write_text(text + "\n")
     say(f"results in {out}/{stamp}.md and .json")
-    shutil.rmtree(work / "download", ignore_errors=True)
     return 0
 
 
