@@ -369,3 +369,17 @@ def test_backup_with_download(installed, tmp_path):
     want = installed.sh(f"cut -d' ' -f1 ~/{BACKUP_DIR}/{local.name}.sha256").strip()
     assert hashlib.sha256(local.read_bytes()).hexdigest() == want
     assert oct(dest.stat().st_mode & 0o777) == "0o700"
+
+
+def test_backup_with_thousands_of_old_files(installed):
+    """A full backup dir listing must not break the script's pipelines (SIGPIPE)."""
+    sandbox = installed
+    d = f"~/{BACKUP_DIR}"
+    sandbox.ssh(f"mkdir -p ~/many && cd ~/many && for i in $(seq 1000 4999); do "
+                f": > aimms_postgres_20190101_00$i.sql.gz; done && "
+                f"touch -d '3 days ago' aimms_postgres_2019* && mv aimms_postgres_2019* {d}/")
+    try:
+        proc = installed.fab("backup", "--label=many")
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        sandbox.ssh(f"rm -f {d}/aimms_postgres_2019* && rmdir ~/many")

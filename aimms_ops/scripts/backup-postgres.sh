@@ -207,8 +207,9 @@ cid=$(resolve_container "$COMPOSE_PROJECT" "$COMPOSE_SERVICE")
 cname=$(docker inspect --format '{{.Name}}' "$cid" | sed 's#^/##')
 log "container $cname ($cid)"
 
+# The newest backup's size (awk reads all its input: no early exit to SIGPIPE the find).
 last=$(find "$BACKUP_DIR" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' -printf '%T@ %s\n' |
-    sort -k1,1nr | head -n 1 | cut -d' ' -f2)
+    awk '$1 > t { t = $1; s = $2 } END { print s + 0 }')
 avail=$(($(df -Pk "$BACKUP_DIR" | awk 'NR==2 {print $4}') * 1024))
 need=$(((${last:-0} * 12) / 10))
 if [ "$avail" -lt "$need" ]; then
