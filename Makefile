@@ -30,7 +30,7 @@ demo: venv sandbox
 	$(FAB) status
 
 lint: venv
-	$(BIN)/ruff check aimms_ops tests bench fabfile.py
+	$(BIN)/ruff check aimms_ops tests fabfile.py $(wildcard bench)
 
 unit: venv
 	$(BIN)/pytest -q -m "not integration"

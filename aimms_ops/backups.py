@@ -163,8 +163,8 @@ def run_backup(remote: Remote, label: str | None = None,
                                 on_stderr=on_log)
     except ConnectionLost as exc:
         raise ConnectionLost(f"{exc.message} (the backup itself goes on on the host)",
-                       "see its RESULT line with fab logs, and fab list-backups",
-                       code=exc.code) from None
+                             "see its RESULT line with fab logs, and fab list-backups",
+                             code=exc.code) from None
     if not res.ok:
         raise OpsError(f"backup on {remote.name} failed: {_failure_reason(res.stderr)}",
                        f"see fab logs; nothing was published in {remote.host.backup_dir}")

@@ -1,8 +1,14 @@
-"""``fab install-backups``: the backup script, its settings, the dirs and the cron job.
+"""``fab install-backups``: the backup script, its settings, the dirs and the cron jobs.
 
 Idempotent like an "ensure": the current state is read first, a plan of the
 changes is computed (pure), and only what differs is written. Cron lines this
 tool owns carry a ``# aimms-ops:NAME`` marker so they are found again.
+
+With ``verify_schedule`` in the inventory it also installs ``verify-backup.sh``
+next to the backup script and a cron line running it (a weekly trial restore).
+An install record beside the script keeps which postgres container the backups
+were installed for and since when the verify is scheduled (``fab doctor`` and
+``fab status`` read it).
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import posixpath
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from . import shell
 from .backups import BACKUP_SCRIPT, script_settings
@@ -20,6 +28,7 @@ from .inventory import Host
 from .remote import Remote
 
 MARK = "# aimms-ops:"
+VERIFY_SCRIPT = "verify-backup.sh"
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,8 @@ class InstallPlan:
     crontab_old: str
     crontab_new: str
     changes: list[Change] = field(default_factory=list)
+    verify_text: str | None = None
+    record_text: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -57,11 +68,78 @@ def conf_text(host: Host, env: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def verify_script_path(host: Host) -> str:
+    """Where the deep verify script is installed: next to the backup script."""
+    return posixpath.join(posixpath.dirname(host.backup_script), VERIFY_SCRIPT)
+
+
+def record_path(host: Host) -> str:
+    """The install record (``key=value``) kept next to the backup script."""
+    return f"{host.backup_script}.installed"
+
+
+def verify_args(host: Host) -> list[str]:
+    """The deep verify script's arguments besides its settings: the volumes to protect."""
+    args: list[str] = []
+    for vol in host.volumes.names():
+        args += ["--protect", vol]
+    return args
+
+
 def cron_entries(host: Host) -> dict[str, str]:
     """The cron lines this tool owns on ``host``, by marker name."""
     cmd = shell.join([host.backup_script, "--config", host.config_file])
     log = shell.quote(host.log_file)
-    return {"backup": f"{host.cron_schedule} {cmd} >>{log} 2>&1 {MARK}backup"}
+    entries = {"backup": f"{host.cron_schedule} {cmd} >>{log} 2>&1 {MARK}backup"}
+    if host.verify_schedule:
+        vcmd = shell.join([verify_script_path(host), "--config", host.config_file,
+                           "--file", "latest", *verify_args(host)])
+        entries["verify"] = f"{host.verify_schedule} {vcmd} >>{log} 2>&1 {MARK}verify"
+    return entries
+
+
+def parse_record(text: str) -> dict[str, str]:
+    """The install record's ``key=value`` lines (comments skipped)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if sep and key:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def record_text(values: dict[str, str]) -> str:
+    """The install record file for ``values`` (pure)."""
+    lines = ["# Written by fab install-backups (aimms-ops): what the backups were installed",
+             "# for. fab doctor compares the postgres container with it."]
+    lines += [f"{k}={v}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plan_record(old: dict[str, str], container: dict[str, str], host: Host,
+                now: datetime) -> dict[str, str] | None:
+    """The new install record, or None when the old one still holds (pure).
+
+    It changes when the postgres container differs from the recorded one, or the
+    verify schedule differs; ``verify_since`` is kept while the schedule is the same.
+    """
+    schedule = host.verify_schedule or ""
+    same_container = (not container.get("id")
+                      or old.get("container_id") == container.get("id"))
+    if old and same_container and old.get("verify_schedule", "") == schedule:
+        return None
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    keep_since = old.get("verify_schedule", "") == schedule and old.get("verify_since")
+    return {
+        "recorded_at": stamp,
+        "container_id": container.get("id") or old.get("container_id", ""),
+        "container_name": container.get("name") or old.get("container_name", ""),
+        "container_image": container.get("image") or old.get("container_image", ""),
+        "verify_schedule": schedule,
+        "verify_since": (keep_since or stamp) if schedule else "",
+    }
 
 
 def merge_crontab(current: str, entries: dict[str, str], script_path: str) -> str:
@@ -101,7 +179,9 @@ def plan(remote: Remote) -> InstallPlan:
     """Read the host's state and compute what ``install-backups`` would change."""
     host = remote.host
     res = remote.run_script("install-state.sh", host.backup_script, host.config_file,
-                            host.backup_dir, host.log_file)
+                            host.backup_dir, host.log_file, verify_script_path(host),
+                            record_path(host), host.compose.project,
+                            host.compose.postgres_service)
     if not res.ok:
         raise OpsError(f"cannot read the install state on {remote.name}: "
                        f"{res.last_error_line()}")
@@ -118,15 +198,15 @@ def plan(remote: Remote) -> InstallPlan:
     conf = conf_text(host, env)
     cron_new = merge_crontab(cron_old, cron_entries(host), host.backup_script)
     p = InstallPlan(host, script, conf, cron_old, cron_new)
-    for item, path, text, mode in (("backup script", host.backup_script, script, "700"),
-                                   ("settings", host.config_file, conf, "600")):
-        key = "script" if item == "backup script" else "conf"
+    if host.verify_schedule:
+        p.verify_text = shell.script_text(VERIFY_SCRIPT)
+    for item, key, path, text, mode in _files(p):
         have = st.get(f"{key}.sha256", "")
         if not have:
             p.changes.append(Change(item, "create", path))
         elif have != _sha(text):
             p.changes.append(Change(item, "update", f"{path} (the old one is kept as .bak)"
-                                    if key == "script" else path))
+                                    if key != "conf" else path))
         elif st.get(f"{key}.mode") != mode:
             p.changes.append(Change(item, "chmod", f"{path} to {mode}"))
     if st.get("dir.mode") != "700":
@@ -142,7 +222,34 @@ def plan(remote: Remote) -> InstallPlan:
         for line in cron_old.splitlines():
             if line and line not in cron_new.splitlines():
                 p.changes.append(Change("cron", "replace", f"removed: {line}"))
+    try:
+        old_record = parse_record(base64.b64decode(st.get("record.b64", "")).decode())
+    except (binascii.Error, UnicodeDecodeError):
+        old_record = {}
+    container = {"id": st.get("container.id", ""), "name": st.get("container.name", ""),
+                 "image": st.get("container.image", "")}
+    new_record = plan_record(old_record, container, host, datetime.now(UTC))
+    if new_record is not None:
+        p.record_text = record_text(new_record)
+        what = (f"container {new_record['container_name'] or '?'} "
+                f"({new_record['container_id'][:12] or 'none running'})")
+        if old_record.get("container_id") not in ("", None, new_record["container_id"]):
+            what += f", was {old_record.get('container_name', '?')} " \
+                    f"({old_record['container_id'][:12]})"
+        p.changes.append(Change("install record", "update" if old_record else "create",
+                                f"{record_path(host)}: {what}"))
     return p
+
+
+def _files(p: InstallPlan) -> list[tuple[str, str, str, str, str]]:
+    """(item, state key, path, text, mode) of the files the plan installs."""
+    host = p.host
+    files = [("backup script", "script", host.backup_script, p.script_text, "700"),
+             ("settings", "conf", host.config_file, p.conf_text, "600")]
+    if p.verify_text is not None:
+        files.append(("verify script", "verify", verify_script_path(host), p.verify_text,
+                      "700"))
+    return files
 
 
 def apply(remote: Remote, p: InstallPlan) -> list[str]:
@@ -154,9 +261,11 @@ def apply(remote: Remote, p: InstallPlan) -> list[str]:
     if not res.ok:
         raise OpsError(f"cannot create {host.backup_dir} on {remote.name}: "
                        f"{res.last_error_line()}")
-    for item, path, text, mode, keep in (
-            ("backup script", host.backup_script, p.script_text, "700", "1"),
-            ("settings", host.config_file, p.conf_text, "600", "0")):
+    files = [(item, path, text, mode, "0" if key == "conf" else "1")
+             for item, key, path, text, mode in _files(p)]
+    if p.record_text is not None:
+        files.append(("install record", record_path(host), p.record_text, "600", "0"))
+    for item, path, text, mode, keep in files:
         if item not in items:
             continue
         res = remote.run_script("install-file.sh", path, mode, keep, stdin=text.encode())

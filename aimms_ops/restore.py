@@ -15,7 +15,7 @@ import hashlib
 import re
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,9 @@ MARKER = "-- PostgreSQL database cluster dump complete"
 #: The lines that matter when scanning a dump: a database section's marker, the start
 #: of COPY data and its end (markers inside COPY data are data, not sections).
 _SCAN = re.compile(rb"^(?:-- Database \"(.*)\" dump|(COPY .* FROM stdin;)|(\\\.))$", re.MULTILINE)
+#: Bytes read from a local dump per step, and the most one decompression step yields.
+READ_CHUNK = 1024 * 1024
+INFLATE_PIECE = 1024 * 1024
 _PSQL_ERR = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|error):\s+(.*)$")
 
 
@@ -78,7 +81,7 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
     fmt = "gz" if path.name.endswith(".gz") else "plain"
     recorded = _recorded_sha(path.with_name(path.name + ".sha256"))
     digest = hashlib.sha256()
-    decomp = _GzipStream() if fmt == "gz" else None
+    inflater = _Inflater() if fmt == "gz" else None
     head_buf = b""
     tail_buf = b""
     carry = b""
@@ -87,7 +90,7 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
     stream_ok, stream_error = True, ""
     size = 0
     with path.open("rb") as fh:
-        while chunk := fh.read(4 * 1024 * 1024):
+        while chunk := fh.read(READ_CHUNK):
             size += len(chunk)
             digest.update(chunk)
             if progress is not None:
@@ -95,18 +98,18 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
             if not stream_ok:
                 continue
             try:
-                data = decomp.feed(chunk) if decomp is not None else chunk
+                pieces = inflater.feed(chunk) if inflater is not None else [chunk]
+                for data in pieces:
+                    if len(head_buf) < 4096:
+                        head_buf += data[:4096]
+                    text = carry + data
+                    cut = text.rfind(b"\n") + 1
+                    in_copy = scanner.scan(text[:cut], in_copy)
+                    carry = text[cut:]
+                    tail_buf = (tail_buf + data[-4096:])[-4096:]
             except zlib.error as exc:
                 stream_ok, stream_error = False, str(exc)
-                continue
-            if len(head_buf) < 4096:
-                head_buf += data[:4096]
-            text = carry + data
-            cut = text.rfind(b"\n") + 1
-            in_copy = scanner.scan(text[:cut], in_copy)
-            carry = text[cut:]
-            tail_buf = (tail_buf + data)[-4096:]
-    if stream_ok and decomp is not None and not decomp.complete:
+    if stream_ok and inflater is not None and not inflater.eof:
         stream_ok, stream_error = False, "unexpected end of file"
     if carry:
         scanner.scan(carry, in_copy)
@@ -126,6 +129,13 @@ class _Sections:
         self.databases: list[str] = []
 
     def scan(self, text: bytes, in_copy: bool) -> bool:
+        """Scan whole lines of ``text``; returns whether it ends inside COPY data."""
+        # Plain searches first: nearly every chunk of a large dump is COPY data with
+        # none of these, and the anchored regex would cost more than decompressing.
+        if in_copy and text.find(b"\\.\n") == -1:
+            return True
+        if not in_copy and text.find(b'-- Database "') == -1 and text.find(b"COPY ") == -1:
+            return False
         for m in _SCAN.finditer(text):
             marker, copy, end = m.groups()
             if in_copy:
@@ -137,24 +147,34 @@ class _Sections:
         return in_copy
 
 
-class _GzipStream:
-    """Decompresses a gzip stream fed in chunks; several members (pigz, cat) allowed."""
+class _Inflater:
+    """Decompresses a (possibly multi-member) gzip stream in pieces of bounded size.
+
+    However well the dump compresses, no piece is larger than ``INFLATE_PIECE``: the
+    memory of a check does not grow with the file or its compression ratio.
+    """
 
     def __init__(self) -> None:
-        self._d = zlib.decompressobj(wbits=31)
-
-    def feed(self, data: bytes) -> bytes:
-        out = []
-        while data:
-            if self._d.eof:
-                self._d = zlib.decompressobj(wbits=31)
-            out.append(self._d.decompress(data))
-            data = self._d.unused_data if self._d.eof else b""
-        return b"".join(out)
+        self._z = zlib.decompressobj(wbits=31)
 
     @property
-    def complete(self) -> bool:
-        return self._d.eof
+    def eof(self) -> bool:
+        return self._z.eof
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        data = chunk
+        while data:
+            out = self._z.decompress(data, INFLATE_PIECE)
+            if out:
+                yield out
+            if self._z.eof:
+                data = self._z.unused_data
+                if data:  # the next gzip member
+                    self._z = zlib.decompressobj(wbits=31)
+            else:
+                data = self._z.unconsumed_tail
+        while not self._z.eof and (out := self._z.decompress(b"", INFLATE_PIECE)):
+            yield out
 
 
 def _recorded_sha(side: Path) -> str | None:
@@ -343,8 +363,8 @@ def execute(remote: Remote, plan: RestorePlan, progress: Progress | None = None,
     except ConnectionLost as exc:
         # restore-stream.sh stops the restore when its session ends.
         raise ConnectionLost(f"restore on {remote.name} stopped part-way: {exc.message}",
-                       failure_hint(plan) + "; run the same restore again",
-                       code=exc.code) from None
+                             failure_hint(plan) + "; run the same restore again",
+                             code=exc.code) from None
     seconds = time.monotonic() - started
     if res.rc == LOCK_BUSY:
         raise OpsError(f"restore on {remote.name} refused: {explain_failure(res.stderr)}",

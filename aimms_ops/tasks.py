@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from fabric import Connection
 from invoke import Collection, Exit, task
 
 from . import output
+from .checks import State
 from .errors import OpsError, shown
 
 DEBUG_ENV = "AIMMS_OPS_DEBUG"
@@ -233,25 +233,24 @@ def download(c, file="latest", dest=None):
         _do_download(remote, b, _download_dir(inv, dest))
 
 
+def whole_number(flag: str, value: Any) -> int:
+    """Parse an integer flag here: Invoke's own int flags end in a traceback on bad input."""
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise OpsError(f"{flag} must be a whole number, got {shown(value, 24)}") from None
+
+
 @ops_task(help={"lines": "how many lines of the log to show (default 50)"})
-def logs(c, lines=None):
+def logs(c, lines="50"):
     """Show the end of the backup log on the host."""
     from . import backups
 
-    count = _whole_number("--lines", lines, 50)
+    n = whole_number("--lines", lines)
+    if not 1 <= n <= 100_000:
+        raise OpsError(f"--lines must be between 1 and 100000, got {n}")
     with _open(c) as remote:
-        sys.stdout.write(backups.read_log(remote, count))
-
-
-def _whole_number(flag: str, value: Any, default: int) -> int:
-    """A flag's whole-number value (Invoke passes it as text), or ``default`` when absent."""
-    if value is None:
-        return default
-    text = str(value).strip()
-    if not re.fullmatch(r"[0-9]{1,9}", text):
-        raise OpsError(f"{flag} must be a whole number, got {shown(text, 24)}",
-                       f"e.g. {flag}={default}")
-    return int(text)
+        sys.stdout.write(backups.read_log(remote, n))
 
 
 @ops_task(help={
@@ -280,7 +279,12 @@ def prune(c, dry_run=False, yes=False):
 
 @ops_task(help={"dry_run": "print what would change, change nothing"})
 def install_backups(c, dry_run=False):
-    """Install the backup script, its settings, the backup dir and the daily cron job."""
+    """Install the backup script, its settings, the backup dir and the cron jobs.
+
+    The daily backup runs on cron_schedule; with verify_schedule in the inventory a
+    deep verify (a trial restore of the newest backup into a throwaway container) is
+    installed next to the backup script and runs on that schedule too.
+    """
     from . import install
 
     with _open(c) as remote:
@@ -377,5 +381,265 @@ def _print_restore_plan(plan: Any) -> None:
     output.table(["restore plan", ""], rows)
 
 
-ns = Collection(check, backup, list_backups, download, logs, prune, install_backups, restore)
+@ops_task(help={
+    "json": "print one JSON object instead of the summary line and the table",
+    "max_age": "how old the newest good backup may be: 26h (default), 90m, 2d",
+})
+def status(c, json=False, max_age="26h"):
+    """Backup status for people and monitors: one summary line, then the checks.
+
+    The first line is AIMMS-OPS OK|WARNING|CRITICAL|UNKNOWN - what matters, and the
+    exit code is the monitoring plugins' one: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    """
+    from . import status as st
+
+    try:
+        seconds = st.parse_max_age(max_age)
+        with _open(c) as remote:
+            report = st.status(remote, seconds, str(max_age).strip())
+    except OpsError as exc:
+        line = st.unknown_line(str(exc))
+        if json:
+            output.print_json({"host": _host_name(c), "state": "UNKNOWN", "exit_code": 3,
+                               "summary": line, "checks": []})
+        else:
+            sys.stdout.write(line + "\n")
+        raise Exit(code=3) from None
+    if json:
+        output.print_json(report.as_dict())
+    else:
+        sys.stdout.write(report.summary + "\n")
+        sys.stdout.flush()
+        output.checks_table(report.checks, title=f"status of {report.host} at "
+                            f"{report.checked_at:%Y-%m-%d %H:%M:%S} UTC")
+    if report.state:
+        raise Exit(code=int(report.state))
+
+
+@ops_task(help={
+    "file": "backup name on the host, or latest (default)",
+    "deep": "restore it into a throwaway container and report databases, tables and rows",
+    "json": "print one JSON object instead of tables",
+})
+def verify(c, file="latest", deep=False, json=False):
+    """Verify a backup on the host: checksum, gzip stream, completion marker; --deep restores it.
+
+    --deep starts a throwaway container from the production postgres image, with a
+    volume of its own and no network, restores the backup into it as fab restore
+    would, counts the rows of every table, and removes the container and the volume
+    whatever happens. Production's container and volumes are never touched.
+    """
+    from . import verify as vf
+
+    with _open(c) as remote:
+        if deep:
+            output.note(f"trial restore of {file} on {remote.name} into a throwaway "
+                        "container ...")
+        report = vf.verify(remote, file, deep, on_log=lambda line: output.note(
+            "  " + line.split(" ", 2)[-1]))
+    if json:
+        output.print_json(report.as_dict())
+    else:
+        output.checks_table(report.checks, title=f"verify {report.file} on {report.host}"
+                            + (" (trial restore)" if deep else ""))
+        if deep and report.databases:
+            rows = [[t.database, t.table, t.rows] for t in report.tables]
+            rows += [[db, "(no tables)", ""] for db in report.databases
+                     if not any(t.database == db for t in report.tables)]
+            output.table(["database", "table", "rows"], rows,
+                         title=f"restored into {report.container}: "
+                         f"{', '.join(report.databases)}")
+    if report.state is not State.OK:
+        bad = next((ch for ch in report.checks if ch.state is report.state), None)
+        what = f"{bad.name}: {bad.detail}" if bad else report.state.name
+        verb = "failed" if report.state is State.CRITICAL else "warns"
+        raise Exit(f"verify {verb}: {what}", code=int(report.state))
+    if not json:
+        total = sum(t.rows for t in report.tables)
+        output.note(f"{report.file} is good" + (
+            f": restored {len(report.databases)} databases, {len(report.tables)} tables, "
+            f"{total} rows in {report.seconds} s; the throwaway container and volume are "
+            "removed" if deep else " (checks only; --deep restores it for real)"))
+
+
+@ops_task(help={"json": "print a JSON list of objects instead of the table"})
+def volumes(c, json=False):
+    """The stack's volumes: external or not, size, who mounts them, what would destroy them."""
+    from . import volumes as vol
+
+    with _open(c) as remote:
+        found = vol.volumes(remote)
+    if json:
+        output.print_json([v.as_dict() for v in found])
+        return
+    def ext(v) -> str:
+        return {True: "yes", False: "NO", None: "not in compose"}[v.external]
+
+    output.table(["volume", "external", "size", "mounted by", "destroyed by"],
+                 [[v.name, ext(v), v.size or ("-" if v.exists else "does not exist"),
+                   ", ".join(f"{m.container} ({m.state})" for m in v.mounted_by) or "nothing",
+                   "\n".join(v.destroyed_by)] for v in found],
+                 title=f"volumes of {remote.host.compose.project} on {remote.name}")
+    preserved = list(dict.fromkeys(p for v in found for p in v.preserved_by
+                                   if "(external" not in p or all(w.external for w in found)))
+    if preserved:
+        output.table(["what preserves the data"], [[p] for p in preserved])
+    risky = [v.name for v in found if v.external is False]
+    if risky:
+        output.note(f"not external (compose down -v deletes them): {', '.join(risky)}")
+
+
+@ops_task(help={"json": "print one JSON object instead of the table"})
+def doctor(c, json=False):
+    """Troubleshoot the backups: each check of the seed's troubleshooting list, with its fix."""
+    from . import doctor as dr
+
+    with _open(c) as remote:
+        report = dr.doctor(remote)
+    if json:
+        output.print_json(report.as_dict())
+    else:
+        output.checks_table(report.checks, title=f"doctor on {report.host}")
+        if report.container_log:
+            output.table(["last lines of the postgres container's log"],
+                         [[ln] for ln in report.container_log])
+        if report.last_run_log:
+            output.table(["the failed backup run, from the log"],
+                         [[ln] for ln in report.last_run_log])
+    if report.state is not State.OK:
+        bad = [ch.name for ch in report.checks if not ch.ok]
+        raise Exit(f"doctor: {report.state.name}: {', '.join(bad)}", code=int(report.state))
+
+
+REBUILD_STOP_ENV = "AIMMS_OPS_REBUILD_STOP_AFTER"
+
+
+@ops_task(help={
+    "file": "a local .sql.gz or .sql, the name of a backup on the host, or latest",
+    "yes": "do not ask for confirmation (needed when not run from a terminal)",
+    "dry_run": "print the checks and every command in order, change nothing",
+    "no_keep_old": "do not keep a copy of the old volume's data (not recommended)",
+    "new_run": "set aside an unfinished rebuild recorded on the host and start over",
+    "json": "print the plan (with --dry-run) or the report as JSON",
+})
+def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, new_run=False,
+                   json=False):
+    """Recreate the postgres volume from a backup: stop, keep, delete, create, start, restore.
+
+    Everything that can be checked is checked before the stack is stopped (the backup,
+    the compose file and service, the volume declared external, the disk for the copy
+    of the old data). Each step is recorded on the host: a run cut short (Ctrl-C, a
+    dropped connection) is continued by running the same command again, and never
+    deletes the volume a second time. The Redis volume is never touched.
+    """
+    from . import backups
+    from . import rebuild as rb
+
+    if not file:
+        raise OpsError("--file is required", "e.g. fab rebuild-volume --file=latest")
+    with _open(c) as remote:
+        if file == "latest":
+            recorded = None if new_run else rb.recorded_backup_name(remote)
+            if recorded:
+                output.note(f"latest: continuing the unfinished rebuild with its backup "
+                            f"{recorded}")
+                file = recorded
+            else:
+                file = backups.pick(backups.list_remote(remote), "latest").name
+        dump = _inspect(remote, file)
+        if dry_run:
+            plan = rb.prepare(remote, dump, keep_old=not no_keep_old, new_run=new_run)
+            _show_rebuild_plan(plan, json)
+            output.note("dry run: nothing was changed")
+            return
+        with rb.locked(remote):
+            plan = rb.prepare(remote, dump, keep_old=not no_keep_old, new_run=new_run)
+            if not json:
+                _show_rebuild_plan(plan, False)
+            what = ("continue the rebuild of" if plan.resumed else "delete and recreate")
+            confirm(plan.volume, f"{what} volume {plan.volume} on {plan.host}", yes)
+            try:
+                report = rb.execute(
+                    remote, plan, on_step=_rebuild_event(len(plan.steps)),
+                    restore_progress=lambda total: output.transfer_progress("restoring",
+                                                                            total),
+                    stop_after=os.environ.get(REBUILD_STOP_ENV) or None)
+            except KeyboardInterrupt:
+                raise OpsError("interrupted: the stack may be down",
+                               f"run the same command again: it continues where it stopped "
+                               f"(state in {plan.state_file})", code=130) from None
+    if json:
+        output.print_json(report.as_dict())
+        return
+    _show_rebuild_report(report)
+
+
+def _rebuild_event(total: int) -> Callable:
+    from . import rebuild as rb
+
+    def on_step(step: Any, event: str, seconds: float, detail: str) -> None:
+        n = rb.STEPS.index(step.name) + 1
+        if event == "start":
+            output.note(f"[{n}/{total}] {step.name}: {step.title} ...")
+        elif event == "ran":
+            output.note(f"[{n}/{total}] {step.name}: done in {seconds:.1f} s"
+                        + (f" ({detail})" if detail else ""))
+        else:
+            output.note(f"[{n}/{total}] {step.name}: {event}: {detail}")
+
+    return on_step
+
+
+def _show_rebuild_plan(plan: Any, as_json: bool) -> None:
+    if as_json:
+        output.print_json(plan.as_dict())
+        return
+    head = [
+        ["host", plan.host],
+        ["volume", f"{plan.volume} (deleted and created again, empty)"],
+        ["backup", f"{plan.dump.source} ({plan.dump.location}, {_human(plan.dump.size)})"],
+        ["old data kept in", plan.keep or "NOT KEPT (--no-keep-old)"],
+        ["services", ", ".join(plan.services) + " (stopped and started again)"],
+        ["untouched", f"{plan.redis_volume} (Redis volume)"],
+        ["run", plan.run_id + (" (continued)" if plan.resumed else "")],
+        ["state file", plan.state_file],
+        ["audit log", plan.audit_file],
+    ]
+    if plan.set_aside is not None:
+        head.append(["set aside", f"unfinished {plan.set_aside.describe()}"])
+    output.table(["rebuild-volume", ""], head, title=f"rebuild-volume plan for {plan.host}")
+    output.table(["check", "result"], [list(c) for c in plan.checks],
+                 title="preflight (nothing is stopped before all of these pass)")
+    # Plain lines, one command per line, so that they can be read and copied as they are.
+    from . import rebuild as rb
+
+    print(f"steps, in order ({rb.PLACEHOLDER}: found once the stack is up):")
+    for i, step in enumerate(plan.steps, 1):
+        action = {"run": "RUN ", "done": "done", "skip": "skip"}[step.action]
+        note = f"  [{step.note}]" if step.note else ""
+        print(f"{i}. {action} {step.name}: {step.title}{note}")
+        for cmd in step.commands:
+            print(f"     $ {cmd.shown}")
+    sys.stdout.flush()
+
+
+def _show_rebuild_report(report: Any) -> None:
+    plan = report.plan
+    output.table(["step", "result", "seconds", "detail"],
+                 [[s.name, s.action, f"{s.seconds:.1f}", s.detail] for s in report.steps],
+                 title=f"rebuilt {plan.volume} on {plan.host} from {plan.dump.source} "
+                 f"in {report.seconds:.1f} s (run {plan.run_id})")
+    output.table(["database", "table", "rows"],
+                 [[t.database, t.table, t.rows] for t in report.tables],
+                 title=f"databases present: {', '.join(report.databases)}")
+    if plan.keep:
+        print(f"The old data is kept in the volume {plan.keep}. To get it back:")
+        for line in plan.get_back:
+            print(f"  {line}")
+    else:
+        print("The old data was not kept (--no-keep-old).")
+
+
+ns = Collection(check, backup, list_backups, download, logs, prune, install_backups, restore,
+                status, verify, volumes, doctor, rebuild_volume)
 

@@ -357,10 +357,15 @@ EOF
     ((changed || c2))
 }
 
+# Ready means the real server answers a query: the entrypoint's temporary server,
+# which creates the application role on a new volume, listens on no address.
 pg_ready() {
-    local cid
+    local cid listen
     cid=$(pg_container)
-    [[ -n $cid ]] && docker exec "$cid" pg_isready -q -U postgres -d postgres >/dev/null 2>&1
+    [[ -n $cid ]] || return 1
+    listen=$(docker exec "$cid" psql -X -A -t -U postgres -d postgres \
+        -c 'SHOW listen_addresses' 2>/dev/null) || return 1
+    [[ -n $listen ]]
 }
 
 # Postgres answers; also wait for its healthcheck to say so, so callers see "healthy".

@@ -79,7 +79,7 @@ class Sandbox:
         parts = [f"SELECT '{t}', {md5_sql(t)}" for t in self.tables(db)]
         parts.append("SELECT 'seq:' || sequencename, coalesce(last_value, 0)::text "
                      "FROM pg_sequences")
-        out = self.psql(" UNION ALL ".join(parts) + ";", db)
+        out = self.psql(STABLE_TEXT + " UNION ALL ".join(parts) + ";", db)
         return dict(line.split("|", 1) for line in out.splitlines() if line)
 
     def dumpall(self) -> str:
@@ -101,9 +101,14 @@ class Sandbox:
         )
 
 
+#: Session settings that make a row's text the same on any cluster (timestamptz, dates).
+STABLE_TEXT = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 3; "
+
+
 def md5_sql(table: str) -> str:
     """SQL for the md5 of a table's rows in a fixed order (the table name is trusted)."""
-    return (f"(SELECT md5(coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '')) "
+    order = 'x::text COLLATE "C"'  # the same order whatever the cluster's locale
+    return (f"(SELECT md5(coalesce(string_agg(x::text, E'\\n' ORDER BY {order}), '')) "
             f"FROM {table} x)")
 
 

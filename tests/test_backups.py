@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FAB, fab_error_line, md5_sql
+from .conftest import FAB, STABLE_TEXT, fab_error_line, md5_sql
 
 pytestmark = pytest.mark.integration
 
@@ -86,11 +86,13 @@ def test_installed_script_runs_like_cron_does(installed):
 
 def test_backup_is_verifiable_and_restores_exactly(installed):
     sandbox = installed
+    before = _names(sandbox)
     proc = sandbox.fab("backup", "--label", "it-test")
     assert proc.returncode == 0, proc.stderr
     for word in ("aimms_postgres_", "_it-test.sql.gz", "duration"):
         assert word in proc.stdout
-    name = next(n for n in _names(sandbox) if n.endswith("_it-test.sql.gz"))
+    (name,) = _names(sandbox) - before
+    assert name.endswith("_it-test.sql.gz")
     sandbox.ssh(f"cd ~/{BACKUP_DIR} && gzip -t {name} && sha256sum -c {name}.sha256")
     assert sandbox.sh(f"stat -c %a ~/{BACKUP_DIR}/{name}").strip() == "600"
     assert not [f for f in _all_files(sandbox) if f.endswith(".tmp")]
@@ -113,8 +115,8 @@ def test_backup_is_verifiable_and_restores_exactly(installed):
         assert int(got) == int(sandbox.psql("select count(*) from orders"))
         tables = sandbox.tables()
         for t in tables:
-            q = f"SELECT {md5_sql(t)}"
-            scratch_sum = sandbox.sh(f"docker exec {cid} psql -X -A -t -h /tmp -p 5499 "
+            q = f"{STABLE_TEXT}SELECT {md5_sql(t)}"
+            scratch_sum = sandbox.sh(f"docker exec {cid} psql -X -q -A -t -h /tmp -p 5499 "
                                      f"-U postgres -d aimms_web -c {_q(q)}").strip()
             assert scratch_sum == want[t], t
     finally:
@@ -354,3 +356,30 @@ def test_backup_label_is_validated(installed, label):
     assert proc.returncode != 0
     assert "letters, digits, - and _ only" in fab_error_line(proc)
     assert _all_files(installed) == before
+
+
+def test_backup_with_download(installed, tmp_path):
+    inv = tmp_path / "inv.yml"
+    dest = tmp_path / "dl"
+    inv.write_text(installed.inventory.read_text().replace(
+        "default_host: aidset\n", f"default_host: aidset\ndownload_dir: {dest}\n", 1))
+    proc = installed.fab("backup", "--download", inventory=inv)
+    assert proc.returncode == 0, proc.stderr
+    (local,) = dest.glob("aimms_postgres_*.sql.gz")
+    want = installed.sh(f"cut -d' ' -f1 ~/{BACKUP_DIR}/{local.name}.sha256").strip()
+    assert hashlib.sha256(local.read_bytes()).hexdigest() == want
+    assert oct(dest.stat().st_mode & 0o777) == "0o700"
+
+
+def test_backup_with_thousands_of_old_files(installed):
+    """A full backup dir listing must not break the script's pipelines (SIGPIPE)."""
+    sandbox = installed
+    d = f"~/{BACKUP_DIR}"
+    sandbox.ssh(f"mkdir -p ~/many && cd ~/many && for i in $(seq 1000 4999); do "
+                f": > aimms_postgres_20190101_00$i.sql.gz; done && "
+                f"touch -d '3 days ago' aimms_postgres_2019* && mv aimms_postgres_2019* {d}/")
+    try:
+        proc = installed.fab("backup", "--label=many")
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        sandbox.ssh(f"rm -f {d}/aimms_postgres_2019* && rmdir ~/many")

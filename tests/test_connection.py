@@ -64,14 +64,19 @@ def test_unknown_host_is_refused_with_fingerprint(sandbox, tmp_path):
     assert "ssh-keyscan" in line
 
 
-def test_changed_host_key_is_refused(sandbox, tmp_path):
+def _inventory_with_another_key(sandbox, tmp_path: Path) -> Path:
+    """An inventory whose known_hosts holds another key for the sandbox's name."""
     real = Path(_known_hosts_path(sandbox)).read_text().split("\n")[0]
     name = real.split()[0]
     keyfile = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keyfile)],
                    check=True)
     other = keyfile.with_suffix(".pub").read_text().split()
-    inv = _config_with_known_hosts(sandbox, tmp_path, f"{name} {other[0]} {other[1]}\n")
+    return _config_with_known_hosts(sandbox, tmp_path, f"{name} {other[0]} {other[1]}\n")
+
+
+def test_changed_host_key_is_refused(sandbox, tmp_path):
+    inv = _inventory_with_another_key(sandbox, tmp_path)
     proc = sandbox.fab("check", inventory=inv)
     assert proc.returncode != 0
     line = fab_error_line(proc)
@@ -80,13 +85,7 @@ def test_changed_host_key_is_refused(sandbox, tmp_path):
 
 
 def test_changed_key_refused_even_when_accepting_new_hosts(sandbox, tmp_path):
-    real = Path(_known_hosts_path(sandbox)).read_text().split("\n")[0]
-    name = real.split()[0]
-    keyfile = tmp_path / "other"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keyfile)],
-                   check=True)
-    other = keyfile.with_suffix(".pub").read_text().split()
-    inv = _config_with_known_hosts(sandbox, tmp_path, f"{name} {other[0]} {other[1]}\n")
+    inv = _inventory_with_another_key(sandbox, tmp_path)
     _accept_new(inv)
     proc = sandbox.fab("check", inventory=inv)
     assert proc.returncode != 0
@@ -140,3 +139,36 @@ def test_check_names_a_stopped_postgres(sandbox):
         sandbox.ssh("cd ~/aimms-web && docker-compose -p aimms-web -f docker-compose.prod.yml "
                     "up -d postgres")
         sandbox.wait_ready()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _jump_config(sandbox, tmp_path: Path, bastion_port: str | None = None) -> Path:
+    """An ssh_config where aidset is reached through a bastion (the sandbox itself)."""
+    text = sandbox.ssh_config.read_text()
+    body = text.split("Host aidset", 1)[1]
+    bastion = body
+    if bastion_port is not None:
+        bastion = re.sub(r"(?m)^(\s*Port\s+)\d+", rf"\g<1>{bastion_port}", body)
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host aidset{body.rstrip()}\n  ProxyJump bastion\n\nHost bastion{bastion}")
+    inv = tmp_path / "inventory.yml"
+    inv.write_text(sandbox.inventory.read_text().replace(str(sandbox.ssh_config), str(cfg)))
+    return inv
+
+
+def test_proxyjump_is_followed(sandbox, tmp_path):
+    proc = sandbox.fab("check", inventory=_jump_config(sandbox, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_proxyjump_through_an_unreachable_bastion_fails_cleanly(sandbox, tmp_path):
+    proc = sandbox.fab("check", inventory=_jump_config(sandbox, tmp_path, str(_free_port())))
+    assert proc.returncode != 0
+    assert "cannot connect to bastion" in fab_error_line(proc)

@@ -22,10 +22,12 @@ CLEAN = ('DROP DATABASE IF EXISTS aimms_web;\nDROP ROLE IF EXISTS aimms_user;\n'
 awk_needed = pytest.mark.skipif(shutil.which("awk") is None, reason="needs awk")
 
 
-def _filter(text: str, only: str = "") -> tuple[list[str], str]:
+def _filter(text: str, only: str = "", rc: int = 0) -> tuple[list[str], str]:
     proc = subprocess.run(["awk", "-v", f"only={only}", "-f", str(FILTER)], input=text,
-                          capture_output=True, text=True, check=True)
-    return proc.stdout.split("\n"), proc.stderr
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == rc, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "completion marker" not in ln]
+    return proc.stdout.split("\n"), "\n".join(lines)
 
 
 @awk_needed
@@ -55,10 +57,19 @@ def test_full_restore_transformations():
 
 @awk_needed
 def test_clean_dump_lines():
-    out, _ = _filter(CLEAN)
+    out, _ = _filter(CLEAN, rc=3)
     assert out[0] == "DROP DATABASE IF EXISTS aimms_web WITH (FORCE);"
     assert out[1].startswith("-- aimms-ops kept the role: DROP ROLE")
     assert out[2].startswith('DROP DATABASE IF EXISTS "a""b c" WITH (FORCE); CREATE DATABASE')
+
+
+@awk_needed
+def test_a_stream_cut_short_fails():
+    cut = DUMP[: DUMP.index("-- PostgreSQL database cluster dump complete")]
+    proc = subprocess.run(["awk", "-f", str(FILTER)], input=cut, capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 3
+    assert "ended before its completion marker" in proc.stderr
 
 
 @awk_needed

@@ -13,7 +13,7 @@ from aimms_ops import shell
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\x00",
-                                               blacklist_categories=("Cs",)), max_size=40),
+                                                blacklist_categories=("Cs",)), max_size=40),
                 min_size=1, max_size=4))
 def test_join_round_trips_through_a_real_shell(args):
     line = shell.join(["printf", "%s\\0", *args])

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# install-state.sh SCRIPT CONF BACKUP_DIR LOG_FILE: what `fab install-backups` needs
-# to know to change only what differs. key=value lines; the crontab base64-encoded.
+# install-state.sh SCRIPT CONF BACKUP_DIR LOG_FILE [VERIFY_SCRIPT RECORD PROJECT SERVICE]:
+# what `fab install-backups` needs to know to change only what differs. key=value
+# lines; the crontab and the install record base64-encoded.
 set -uo pipefail
-script=$1 conf=$2 dir=$3 log=$4
-for pair in "script:$script" "conf:$conf"; do
+# @include lib.sh
+script=$1 conf=$2 dir=$3 log=$4 verify=${5:-} record=${6:-} project=${7:-} service=${8:-}
+for pair in "script:$script" "conf:$conf" ${verify:+"verify:$verify"}; do
     key=${pair%%:*} path=${pair#*:}
     if [ -f "$path" ]; then
         echo "$key.sha256=$(sha256sum -- "$path" | cut -d' ' -f1)"
@@ -23,3 +25,12 @@ fi
 echo "env.PATH=$PATH"
 echo "env.DOCKER_HOST=${DOCKER_HOST:-}"
 echo "env.user=$(id -un)"
+if [ -n "$record" ] && [ -r "$record" ]; then echo "record.b64=$(base64 -w0 <"$record")"; fi
+if [ -n "$project" ]; then
+    cid=$(resolve_container "$project" "$service" all)
+    echo "container.id=$cid"
+    if [ -n "$cid" ]; then
+        docker inspect --format 'container.name={{.Name}}
+container.image={{.Config.Image}}' "$cid" 2>/dev/null | sed 's#container.name=/#container.name=#'
+    fi
+fi

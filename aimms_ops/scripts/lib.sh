@@ -36,5 +36,5 @@ resolve_container() {
     local args=(ps -q --filter "label=com.docker.compose.project=$label"
                 --filter "label=com.docker.compose.service=$2")
     [ "${3:-}" = all ] && args+=(-a)
-    docker "${args[@]}" 2>/dev/null | head -n 1
+    docker "${args[@]}" 2>/dev/null | sed -n 1p
 }

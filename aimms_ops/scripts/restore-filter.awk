@@ -11,6 +11,7 @@
 # A stream that ends inside COPY data (cut short: Ctrl-C, a dropped connection) ends
 # with one row of more columns than any table can have: the COPY fails and its rows
 # are rolled back, instead of psql keeping a table that looks complete but is not.
+# A stream that ends before the dump's completion marker makes awk exit 3.
 BEGIN { in_copy = 0; section = ""; keep = (only == ""); out = 0; recreated = 0 }
 
 in_copy {
@@ -27,6 +28,7 @@ in_copy {
 }
 
 $0 == "-- PostgreSQL database cluster dump complete" {
+    complete = 1
     if (only != "") keep = 0
     emit($0)
     next
@@ -71,6 +73,10 @@ END {
         cut = "aimms-ops: stream cut short"
         for (i = 0; i < 1700; i++) cut = cut "\t"
         emit(cut)
+    }
+    if (!complete) {
+        print "aimms-ops: the dump ended before its completion marker: the restore is incomplete" > "/dev/stderr"
+        exit 3
     }
 }
 

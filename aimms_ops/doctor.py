@@ -1,0 +1,192 @@
+"""``fab doctor``: the seed's troubleshooting list as checks, each with its fix.
+
+"Container name changed", "insufficient disk space", "PostgreSQL container not
+running", "check the log": each becomes a check computed from the same facts as
+``fab status`` (one SSH round trip), with what was seen and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from . import shell
+from .backups import BACKUP_SCRIPT
+from .checks import Check, State, worst
+from .health import connection_checks
+from .install import VERIFY_SCRIPT, conf_text, record_path, verify_script_path
+from .inventory import Host
+from .remote import Remote
+from .status import (
+    HostFacts,
+    check_cron,
+    check_disk,
+    check_last_run,
+    check_verify,
+    disk_from,
+    gather,
+    last_run,
+)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def compose_command(facts: dict[str, str], host: Host, *args: str) -> str:
+    """A copy-pasteable compose command for the stack, with the host's compose."""
+    cmd = (facts.get("compose.cmd") or "docker compose").split()
+    return shell.join([*cmd, "-f", host.compose.file_path, "-p", host.compose.project, *args])
+
+
+def check_container(hf: HostFacts, host: Host) -> Check:
+    """The postgres container of the compose service: there and running."""
+    f = hf.facts
+    service = host.compose.postgres_service
+    start = compose_command(f, host, "up", "-d", service)
+    cid = f.get("container.id", "")
+    if f.get("docker.ok") != "1":
+        return Check("postgres container", State.UNKNOWN, "docker is not reachable",
+                     "see the docker check above")
+    if not cid:
+        return Check("postgres container", State.CRITICAL,
+                     f"no container for service {service!r} of compose project "
+                     f"{host.compose.project!r}", f"start the stack: {start}")
+    name = f.get("container.name") or cid[:12]
+    state = f.get("container.state", "unknown")
+    if state != "running":
+        since = hf.extra.get("container.finished_at", "")
+        code = hf.extra.get("container.exit_code", "")
+        detail = f"{name} is {state}"
+        if code:
+            detail += f" (exit code {code})"
+        if since and not since.startswith("0001-"):
+            detail += f" since {since[:19].replace('T', ' ')} UTC"
+        if hf.extra.get("container.error"):
+            detail += f": {hf.extra['container.error']}"
+        return Check("postgres container", State.CRITICAL, detail,
+                     f"start it: {start}; if it stops again, read its log below")
+    return Check("postgres container", State.OK,
+                 f"{name} ({cid[:12]}) running since "
+                 f"{f.get('container.started_at', '?')[:19].replace('T', ' ')} UTC")
+
+
+def check_container_changed(hf: HostFacts, host: Host) -> Check:
+    """The container behind the compose service against the one recorded at install."""
+    name = "container since install"
+    record = hf.record
+    cid = hf.facts.get("container.id", "")
+    if not record:
+        return Check(name, State.WARNING, f"no install record ({record_path(host)})",
+                     "run: fab install-backups")
+    was_id = record.get("container_id", "")
+    was = f"{record.get('container_name') or '?'} ({was_id[:12] or 'none'})"
+    if not cid:
+        return Check(name, State.UNKNOWN, f"no container now; installed for {was}")
+    now = f"{hf.facts.get('container.name') or '?'} ({cid[:12]})"
+    if was_id == cid:
+        return Check(name, State.OK, f"same container as at install: {now}")
+    return Check(name, State.WARNING,
+                 f"the container changed since install: was {was}, now {now}",
+                 "backups find the container by its compose labels, so they still work; "
+                 "if the change was intended, record it: fab install-backups")
+
+
+def check_installed_file(item: str, have: str, mode: str, want_text: str, path: str,
+                         missing: State, want_mode: str) -> Check:
+    """An installed file against the package's version (sha256) and its mode."""
+    if not have:
+        return Check(item, missing, f"{path} is not installed", "run: fab install-backups")
+    want = _sha(want_text)
+    if have != want:
+        return Check(item, State.WARNING,
+                     f"{path} differs from this version of aimms-ops (sha256 {have[:12]}…, "
+                     f"package {want[:12]}…)",
+                     "run: fab install-backups (the old one is kept as .bak)")
+    if mode and mode != want_mode:
+        return Check(item, State.WARNING, f"{path} has mode {mode}, not {want_mode}",
+                     "run: fab install-backups")
+    return Check(item, State.OK, f"{path} is this version's (sha256 {have[:12]}…)")
+
+
+def check_files(hf: HostFacts, host: Host) -> list[Check]:
+    x = hf.extra
+    rows = [check_installed_file("backup script", x.get("script.sha256", ""),
+                                 x.get("script.mode", ""), shell.script_text(BACKUP_SCRIPT),
+                                 host.backup_script, State.CRITICAL, "700")]
+    env = {"PATH": x.get("env.PATH", ""), "DOCKER_HOST": x.get("env.DOCKER_HOST", "")}
+    conf = check_installed_file("settings", x.get("conf.sha256", ""), x.get("conf.mode", ""),
+                                conf_text(host, env), host.config_file, State.CRITICAL, "600")
+    if conf.state is State.WARNING and "differs" in conf.detail:
+        conf = Check("settings", State.WARNING,
+                     f"{host.config_file} does not match the inventory",
+                     "run: fab install-backups")
+    rows.append(conf)
+    if host.verify_schedule:
+        rows.append(check_installed_file("verify script", x.get("verify.sha256", ""),
+                                         x.get("verify.mode", ""),
+                                         shell.script_text(VERIFY_SCRIPT),
+                                         verify_script_path(host), State.WARNING, "700"))
+    return rows
+
+
+def check_cron_daemon(hf: HostFacts) -> Check | None:
+    seen = hf.extra.get("cron.daemon")
+    if seen is None:
+        return None
+    if seen == "1":
+        return Check("cron daemon", State.OK, "running")
+    return Check("cron daemon", State.WARNING,
+                 "no cron daemon (cron or crond) is running: the cron entries never run",
+                 "start cron on the host (systemctl enable --now cron, or crond)")
+
+
+def run_lines(log_tail: list[str], kind: str, pid: int) -> list[str]:
+    """The lines of one run (``backup[PID]``) among the last lines of the log."""
+    tag = f" {kind}[{pid}] "
+    return [ln for ln in log_tail if tag in ln]
+
+
+@dataclass
+class DoctorReport:
+    host: str
+    checks: list[Check]
+    container_log: list[str] = field(default_factory=list)
+    last_run_log: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> State:
+        return worst(self.checks)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"host": self.host, "state": self.state.name, "exit_code": int(self.state),
+                "checks": [c.as_dict() for c in self.checks],
+                "container_log": self.container_log, "last_run_log": self.last_run_log}
+
+
+def diagnose(hf: HostFacts, host: Host) -> DoctorReport:
+    """The troubleshooting checks of ``host`` from its facts (pure)."""
+    stack = {r.name: r for r in connection_checks(hf.facts, host, fingerprint=hf.fingerprint)}
+    runs = hf.runs
+    checks = [stack["docker"], check_container(hf, host)]
+    if "postgres accepting connections" in stack:
+        checks.append(stack["postgres accepting connections"])
+    checks.append(check_container_changed(hf, host))
+    checks.append(check_disk(disk_from(hf), hf.backups, host.backup_dir))
+    checks += check_files(hf, host)
+    checks += check_cron(hf.crontab, host)
+    daemon = check_cron_daemon(hf)
+    if daemon is not None:
+        checks.append(daemon)
+    checks.append(check_last_run(runs))
+    verify = check_verify(runs, host, hf.now, hf.record)
+    if verify is not None:
+        checks.append(verify)
+    run = last_run(runs, "backup")
+    lines = run_lines(hf.log_tail, "backup", run.pid) if run and not run.ok else []
+    return DoctorReport(host.name, checks, hf.container_log, lines)
+
+
+def doctor(remote: Remote) -> DoctorReport:
+    """Gather the facts of the host (one SSH round trip) and diagnose them."""
+    return diagnose(gather(remote), remote.host)

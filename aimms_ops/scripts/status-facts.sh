@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# status-facts.sh PROJECT SERVICE BACKUP_SCRIPT CONF_FILE VERIFY_SCRIPT RECORD_FILE LOG_FILE
+# What `fab status` and `fab doctor` need beyond facts.sh and list-backups.sh, as
+# key=value lines (multi-line values base64-encoded). Read-only.
+set -uo pipefail
+# @include lib.sh
+
+project=$1 service=$2 script=$3 conf=$4 verify=$5 record=$6 log=$7
+
+echo "now.epoch=$(date +%s)"
+
+# The installed files: sha256 and mode, empty when absent.
+for pair in "script:$script" "conf:$conf" "verify:$verify"; do
+    key=${pair%%:*} path=${pair#*:}
+    if [ -f "$path" ]; then
+        echo "$key.sha256=$(sha256sum -- "$path" | cut -d' ' -f1)"
+        echo "$key.mode=$(stat -c %a -- "$path")"
+    else
+        echo "$key.sha256="
+    fi
+done
+if [ -r "$record" ]; then echo "record.b64=$(base64 -w0 <"$record")"; fi
+
+if command -v crontab >/dev/null 2>&1; then
+    echo "crontab.available=1"
+    echo "crontab.b64=$(crontab -l 2>/dev/null | base64 -w0)"
+else
+    echo "crontab.available=0"
+fi
+if command -v pgrep >/dev/null 2>&1; then
+    if pgrep -x cron >/dev/null 2>&1 || pgrep -x crond >/dev/null 2>&1; then
+        echo "cron.daemon=1"
+    else
+        echo "cron.daemon=0"
+    fi
+fi
+
+if [ -f "$log" ]; then
+    echo "log.exists=1"
+    echo "log.results_b64=$(grep -E '^[^ ]+ (backup|verify)\[[0-9]+\] RESULT ' -- "$log" |
+        tail -n 40 | base64 -w0)"
+    echo "log.tail_b64=$(tail -n 60 -- "$log" | base64 -w0)"
+else
+    echo "log.exists=0"
+fi
+
+cid=$(resolve_container "$project" "$service" all)
+if [ -n "$cid" ]; then
+    docker inspect --format 'container.exit_code={{.State.ExitCode}}
+container.finished_at={{.State.FinishedAt}}
+container.error={{.State.Error}}' "$cid" 2>/dev/null
+    echo "container.log_b64=$(docker logs --tail 15 "$cid" 2>&1 | base64 -w0)"
+fi
+
+echo "env.PATH=$PATH"
+echo "env.DOCKER_HOST=${DOCKER_HOST:-}"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# volume-facts.sh: the volumes and containers of this Docker engine, for `fab volumes`.
+# Tab-separated lines, each tagged (read-only):
+#   api=SERVER_API<TAB>CLIENT_API            the API versions in use
+#   vol=NAME<TAB>DRIVER<TAB>MOUNTPOINT<TAB>LABELS
+#   ctr=NAME<TAB>STATE<TAB>MOUNTS<TAB>COMPOSE_PROJECT<TAB>COMPOSE_SERVICE
+#   size=NAME<TAB>SIZE                        as the daemon measures it (docker system df -v)
+set -uo pipefail
+printf 'api=%s\t%s\n' "$(docker version --format '{{.Server.APIVersion}}' 2>/dev/null)" \
+    "$(docker version --format '{{.Client.APIVersion}}' 2>/dev/null)"
+docker volume ls --format 'vol={{.Name}}	{{.Driver}}	{{.Mountpoint}}	{{.Labels}}' 2>/dev/null
+docker ps -a --no-trunc --format 'ctr={{.Names}}	{{.State}}	{{.Mounts}}	{{.Label "com.docker.compose.project"}}	{{.Label "com.docker.compose.service"}}' 2>/dev/null
+docker system df -v --format '{{range .Volumes}}size={{.Name}}{{"\t"}}{{.Size}}{{println}}{{end}}' 2>/dev/null
+exit 0

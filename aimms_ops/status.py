@@ -1,0 +1,556 @@
+"""``fab status``: are the backups good right now? As checks, a summary line and an exit code.
+
+The facts come from one SSH round trip (:func:`gather`: facts.sh, list-backups.sh
+and status-facts.sh run in one remote command); everything else here is pure
+functions over those facts, tested with canned text. The exit code and the first
+line follow the monitoring plugin convention (Nagios, Icinga): 0 OK, 1 WARNING,
+2 CRITICAL, 3 UNKNOWN, then ``AIMMS-OPS STATE - what matters``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import statistics
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from . import shell
+from .backups import BackupFile, parse_listing
+from .checks import Check, State, worst
+from .compose import facts_args, parse_facts
+from .errors import OpsError
+from .health import connection_checks
+from .install import MARK, cron_entries, parse_record, record_path, verify_script_path
+from .inventory import Host
+from .remote import Remote
+
+PREFIX = "AIMMS-OPS"
+DEFAULT_MAX_AGE = "26h"
+_SECTIONS = ("facts", "backups", "status")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhd])\s*$")
+_UNITS = {"m": 60, "h": 3600, "d": 86400}
+_RESULT = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] RESULT (ok|failed:)\s*(.*)$")
+
+
+# --- durations and sizes ---------------------------------------------------------------
+
+
+def parse_max_age(text: str) -> int:
+    """``26h``, ``90m``, ``2d`` (or ``1.5d``) as seconds; anything else is an OpsError."""
+    m = _DURATION.match(str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise OpsError(f"invalid --max-age {text!r}: expected a positive number followed by "
+                       "m, h or d, like 26h, 90m or 2d", code=3)
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def format_age(seconds: float) -> str:
+    """A short age: ``45m``, ``2h05m``, ``30h``, ``3d4h``."""
+    secs = max(0, int(seconds))
+    if secs < 3600:
+        return f"{secs // 60}m"
+    if secs < 10 * 3600:
+        return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
+    if secs < 72 * 3600:
+        return f"{secs // 3600}h"
+    return f"{secs // 86400}d{(secs % 86400) // 3600}h"
+
+
+def human(n: float) -> str:
+    """Bytes in binary units: ``1.9 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# --- the facts -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """One ``RESULT`` line of the backup log: how a backup or verify run ended."""
+
+    kind: str  # "backup" or "verify"
+    pid: int
+    at: datetime
+    ok: bool
+    name: str | None  # the backup made (backup) or verified (verify)
+    reason: str | None  # why it failed
+    detail: str  # the rest of the line
+
+    def as_dict(self) -> dict[str, object]:
+        return {"result": "ok" if self.ok else "failed", "at": _iso(self.at),
+                "name": self.name, "reason": self.reason, "detail": self.detail}
+
+
+def parse_results(text: str) -> list[LoggedRun]:
+    """The RESULT lines of the log, oldest first (pure)."""
+    runs = []
+    for line in text.splitlines():
+        m = _RESULT.match(line.strip())
+        if not m:
+            continue
+        try:
+            at = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        ok = m.group(4) == "ok"
+        rest = m.group(5).strip()
+        name = None
+        reason = None
+        if ok:
+            name = rest.split(" ", 1)[0] or None
+        else:
+            reason = rest
+            tail = re.search(r" \((aimms_postgres_[^ ()]+\.sql\.gz)\)$", rest)
+            if tail:
+                name = tail.group(1)
+                reason = rest[: tail.start()]
+        runs.append(LoggedRun(m.group(2), int(m.group(3)), at, ok, name, reason, rest))
+    return runs
+
+
+def last_run(runs: list[LoggedRun], kind: str) -> LoggedRun | None:
+    for run in reversed(runs):
+        if run.kind == kind:
+            return run
+    return None
+
+
+def _b64(value: str) -> str:
+    try:
+        return base64.b64decode(value).decode("utf-8", "replace") if value else ""
+    except (binascii.Error, ValueError):
+        return ""
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """Everything status and doctor judge, read in one SSH round trip."""
+
+    facts: dict[str, str]  # facts.sh
+    extra: dict[str, str]  # status-facts.sh
+    backups: list[BackupFile] | None  # None: the backup dir does not exist
+    fingerprint: str = ""
+
+    @property
+    def now(self) -> datetime:
+        epoch = self.extra.get("now.epoch", "")
+        if epoch.isdigit():
+            return datetime.fromtimestamp(int(epoch), tz=UTC)
+        return datetime.now(UTC)
+
+    @property
+    def runs(self) -> list[LoggedRun]:
+        return parse_results(_b64(self.extra.get("log.results_b64", "")))
+
+    @property
+    def log_tail(self) -> list[str]:
+        return _b64(self.extra.get("log.tail_b64", "")).splitlines()
+
+    @property
+    def container_log(self) -> list[str]:
+        return _b64(self.extra.get("container.log_b64", "")).splitlines()
+
+    @property
+    def crontab(self) -> str | None:
+        """The login user's crontab, or None when crontab is not installed."""
+        if self.extra.get("crontab.available") != "1":
+            return None
+        return _b64(self.extra.get("crontab.b64", ""))
+
+    @property
+    def record(self) -> dict[str, str]:
+        return parse_record(_b64(self.extra.get("record.b64", "")))
+
+
+def split_sections(text: str) -> dict[str, str]:
+    """The output of :func:`gather_command`, cut at its ``@@NAME`` lines (pure)."""
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("@@") and line[2:] in _SECTIONS:
+            current = line[2:]
+            out.setdefault(current, [])
+        elif current is not None:
+            out[current].append(line)
+    return {k: "\n".join(v) + "\n" for k, v in out.items()}
+
+
+def parse_gathered(text: str, host: Host, fingerprint: str = "") -> HostFacts:
+    """Parse the output of :func:`gather_command` (pure)."""
+    sections = split_sections(text)
+    if "status" not in sections:
+        raise OpsError("the status scripts printed nothing usable",
+                       "run fab check to see what fails on the host")
+    return HostFacts(parse_facts(sections.get("facts", "")), parse_facts(sections["status"]),
+                     parse_listing(sections.get("backups", ""), host.backup_dir), fingerprint)
+
+
+def gather_command(host: Host) -> str:
+    """One remote command running facts.sh, list-backups.sh and status-facts.sh."""
+    status_args = [host.compose.project, host.compose.postgres_service, host.backup_script,
+                   host.config_file, verify_script_path(host), record_path(host),
+                   host.log_file]
+    parts = []
+    for section, script, args in (("facts", "facts.sh", facts_args(host)),
+                                  ("backups", "list-backups.sh", [host.backup_dir]),
+                                  ("status", "status-facts.sh", status_args)):
+        parts.append(shell.join(["echo", f"@@{section}"]))
+        parts.append(shell.script_command(script, args))
+    return "; ".join(parts)
+
+
+def gather(remote: Remote) -> HostFacts:
+    """Read every fact status and doctor need, in one SSH round trip."""
+    res = remote.run(gather_command(remote.host), what="the status scripts")
+    return parse_gathered(res.stdout, remote.host, remote.server_key_fingerprint)
+
+
+# --- judging (pure) --------------------------------------------------------------------
+
+
+def good_backups(backups: list[BackupFile] | None) -> list[BackupFile]:
+    """The backups with a recorded checksum, newest first."""
+    return sorted((b for b in backups or [] if b.sha256), key=lambda b: b.created,
+                  reverse=True)
+
+
+def check_newest(backups: list[BackupFile] | None, now: datetime, max_age: int,
+                 max_age_text: str, backup_dir: str) -> Check:
+    """Age of the newest good backup against ``max_age`` seconds."""
+    name = "newest backup"
+    if backups is None:
+        return Check(name, State.CRITICAL, f"backup dir {backup_dir} does not exist",
+                     "run: fab install-backups, then fab backup")
+    good = good_backups(backups)
+    if not good:
+        return Check(name, State.CRITICAL, f"no good backup (with a .sha256) in {backup_dir}",
+                     "make one: fab backup; then see fab doctor")
+    newest = good[0]
+    age = (now - newest.created).total_seconds()
+    if age > max_age:
+        return Check(name, State.CRITICAL,
+                     f"newest good backup is {format_age(age)} old (max {max_age_text})",
+                     "see fab doctor and fab logs; make one now: fab backup")
+    return Check(name, State.OK, f"newest backup {format_age(age)} ago ({human(newest.size)}, "
+                 f"{newest.name})")
+
+
+def check_size(backups: list[BackupFile] | None) -> Check:
+    """The newest good backup against the median of up to 5 before it: less than half warns."""
+    good = good_backups(backups)
+    name = "backup size"
+    if not good:
+        return Check(name, State.UNKNOWN, "no good backup to measure")
+    if len(good) < 2:
+        return Check(name, State.OK, f"{human(good[0].size)}; no earlier backup to compare with")
+    newest, previous = good[0], [b.size for b in good[1:6]]
+    median = statistics.median(previous)
+    if median > 0 and newest.size * 2 < median:
+        return Check(name, State.WARNING,
+                     f"newest backup is {human(newest.size)}, less than half of the "
+                     f"{human(median)} before it",
+                     "check that no database or table went missing: fab verify --deep")
+    return Check(name, State.OK, f"{human(newest.size)}, previous ones {human(median)} (median)")
+
+
+def check_last_run(runs: list[LoggedRun]) -> Check:
+    """The last backup run's result from the log."""
+    run = last_run(runs, "backup")
+    name = "last run"
+    if run is None:
+        return Check(name, State.WARNING, "no backup run in the log yet",
+                     "wait for cron, or run fab backup")
+    when = run.at.strftime("%Y-%m-%d %H:%M UTC")
+    if run.ok:
+        return Check(name, State.OK, f"ok at {when} ({run.name})")
+    return Check(name, State.CRITICAL, f"last backup run failed at {when}: {run.reason}",
+                 fix_for_failure(run.reason or ""))
+
+
+def fix_for_failure(reason: str) -> str:
+    """What to do about a failed backup run, from its reason (the seed's common issues)."""
+    r = reason.lower()
+    if "is not running" in r or "no container" in r:
+        return "start postgres: docker compose up -d postgres (see fab doctor)"
+    if "free space" in r or "no space" in r:
+        return "free space in the backup dir, or lower retention_days and run fab prune"
+    if "docker is not reachable" in r:
+        return "start the Docker daemon, or add the login user to the docker group"
+    if "another backup" in r or "lock" in r:
+        return "a backup is still running or hung: see fab logs and the lock owner"
+    if "pg_dumpall" in r or "dump failed" in r:
+        return "see the postgres log: fab doctor"
+    return "see fab logs"
+
+
+def check_cron(crontab: str | None, host: Host) -> list[Check]:
+    """Each cron entry this tool owns: present and equal to what the inventory makes."""
+    if crontab is None:
+        return [Check("cron", State.WARNING, "crontab is not installed on the host",
+                      "install cron, then run fab install-backups")]
+    lines = [ln.strip() for ln in crontab.splitlines()]
+    rows = []
+    for name, expected in cron_entries(host).items():
+        marked = [ln for ln in lines if ln.endswith(f"{MARK}{name}")]
+        if expected in lines:
+            rows.append(Check(f"cron {name}", State.OK, expected.split(" >>")[0]))
+        elif marked:
+            have, want = _schedule(marked[0]), _schedule(expected)
+            how = (f"schedule {have}, inventory {want}" if have != want
+                   else "its command differs")
+            rows.append(Check(f"cron {name}", State.WARNING,
+                              f"cron entry '{name}' differs from the inventory ({how})",
+                              "run: fab install-backups"))
+        else:
+            rows.append(Check(f"cron {name}", State.WARNING, f"cron entry '{name}' missing",
+                              "run: fab install-backups"))
+    return rows
+
+
+def _schedule(cron_line: str) -> str:
+    fields = cron_line.split()
+    return fields[0] if cron_line.startswith("@") else " ".join(fields[:5])
+
+
+@dataclass(frozen=True)
+class DiskOutlook:
+    free: int
+    total: int
+    growth_per_day: float | None  # bytes per day the backups add, None when unknown
+    days_left: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"free_bytes": self.free, "total_bytes": self.total,
+                "growth_bytes_per_day": None if self.growth_per_day is None
+                else round(self.growth_per_day),
+                "days_left": None if self.days_left is None else round(self.days_left, 1)}
+
+
+def disk_outlook(free: int, total: int, backups: list[BackupFile] | None) -> DiskOutlook:
+    """Free space and how many days it lasts at the present growth of the backups.
+
+    Retention keeps about as many backups as there are now, so the backup dir grows
+    as each backup grows: the growth per day is the slope of the backup sizes over
+    time (least squares, bytes per day per backup) times the number of backups kept.
+    Unknown with backups of less than a day apart; ``days_left`` is None when not growing.
+    """
+    good = good_backups(backups)
+    if len(good) < 2:
+        return DiskOutlook(free, total, None, None)
+    xs = [b.created.timestamp() / 86400 for b in good]
+    ys = [float(b.size) for b in good]
+    if max(xs) - min(xs) < 1:
+        return DiskOutlook(free, total, None, None)
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs)
+    growth = slope * len(good)
+    days = free / growth if growth > 0 else None
+    return DiskOutlook(free, total, growth, days)
+
+
+def check_disk(outlook: DiskOutlook | None, backups: list[BackupFile] | None,
+               backup_dir: str) -> Check:
+    """Free space in the backup dir: room for the next backup, and days left."""
+    name = "disk"
+    if outlook is None:
+        return Check(name, State.UNKNOWN, f"free space of {backup_dir} unknown")
+    good = good_backups(backups)
+    last = good[0].size if good else 0
+    free = outlook.free
+    detail = f"{human(free)} free in {backup_dir}"
+    if outlook.days_left is not None:
+        detail += f", about {outlook.days_left:.0f} days left at the present growth " \
+                  f"({human(outlook.growth_per_day or 0)}/day)"
+    elif outlook.growth_per_day is not None:
+        detail += ", backups not growing"
+    if last and free < last * 12 // 10:
+        return Check(name, State.CRITICAL, f"only {detail}: the next backup "
+                     f"({human(last)} last time) will not fit",
+                     "free space, or lower retention_days and run fab prune")
+    if (last and free < 3 * last) or (outlook.days_left is not None and outlook.days_left < 14):
+        return Check(name, State.WARNING, f"only {detail}",
+                     "free space, or lower retention_days and run fab prune")
+    return Check(name, State.OK, detail)
+
+
+def schedule_period(schedule: str | None) -> timedelta:
+    """How often a cron schedule runs, roughly: hourly, daily, weekly or monthly."""
+    if not schedule:
+        return timedelta(days=7)
+    if schedule.startswith("@"):
+        return {"@hourly": timedelta(hours=1), "@daily": timedelta(days=1),
+                "@midnight": timedelta(days=1), "@weekly": timedelta(days=7),
+                "@monthly": timedelta(days=31)}.get(schedule, timedelta(days=7))
+    _minute, hour, dom, month, dow = schedule.split()
+    if month != "*" or dom != "*":
+        return timedelta(days=31)
+    if dow != "*":
+        return timedelta(days=7)
+    if hour == "*" or "/" in hour or "," in hour:
+        return timedelta(hours=1)
+    return timedelta(days=1)
+
+
+def check_verify(runs: list[LoggedRun], host: Host, now: datetime,
+                 record: dict[str, str]) -> Check | None:
+    """The last deep verify's result; None when no verify is scheduled."""
+    if not host.verify_schedule:
+        return None
+    name = "deep verify"
+    period = schedule_period(host.verify_schedule)
+    run = last_run(runs, "verify")
+    if run is None:
+        since = record.get("verify_since", "")
+        try:
+            since_at = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            since_at = None
+        if since_at is not None and now - since_at > period + timedelta(days=1):
+            return Check(name, State.WARNING, "no deep verify logged since it was scheduled "
+                         f"{format_age((now - since_at).total_seconds())} ago",
+                         "is cron running? see fab doctor; run one: fab verify --deep")
+        return Check(name, State.OK, "no deep verify has run yet "
+                     f"(scheduled {host.verify_schedule})")
+    age = (now - run.at).total_seconds()
+    if not run.ok:
+        return Check(name, State.CRITICAL, f"last deep verify failed {format_age(age)} ago: "
+                     f"{run.reason}", "see fab logs; run fab verify --deep --file=latest")
+    if age > (period + timedelta(days=1)).total_seconds():
+        return Check(name, State.WARNING, f"last deep verify is {format_age(age)} old "
+                     f"({run.name})", "is cron running? see fab doctor")
+    return Check(name, State.OK, f"ok {format_age(age)} ago ({run.detail})")
+
+
+_STACK_ROWS = ("docker", "postgres container", "volume ")
+
+
+def stack_checks(hf: HostFacts, host: Host) -> list[Check]:
+    """Docker, the postgres container and the volumes (external), from ``fab check``'s rows."""
+    rows = connection_checks(hf.facts, host, fingerprint=hf.fingerprint)
+    return [r for r in rows if r.name.startswith(_STACK_ROWS)]
+
+
+def disk_from(hf: HostFacts) -> DiskOutlook | None:
+    avail, size = hf.facts.get("backup_dir.avail_kb", ""), hf.facts.get("backup_dir.size_kb", "")
+    if not avail.isdigit():
+        return None
+    return disk_outlook(int(avail) * 1024, int(size) * 1024 if size.isdigit() else 0,
+                        hf.backups)
+
+
+@dataclass
+class StatusReport:
+    host: str
+    checks: list[Check]
+    max_age: int
+    checked_at: datetime
+    newest: BackupFile | None = None
+    last_backup: LoggedRun | None = None
+    last_verify: LoggedRun | None = None
+    disk: DiskOutlook | None = None
+    perfdata: dict[str, str] = field(default_factory=dict)
+    ok_text: str = "all checks passed"
+
+    @property
+    def state(self) -> State:
+        return worst(self.checks)
+
+    @property
+    def summary(self) -> str:
+        return summary_line(self.checks, self.ok_text, self.perfdata)
+
+    def as_dict(self) -> dict[str, object]:
+        newest = None
+        if self.newest is not None:
+            newest = {"name": self.newest.name, "size": self.newest.size,
+                      "created": _iso(self.newest.created), "sha256": self.newest.sha256,
+                      "age_seconds": int((self.checked_at - self.newest.created)
+                                         .total_seconds())}
+        return {
+            "host": self.host,
+            "state": self.state.name,
+            "exit_code": int(self.state),
+            "summary": self.summary,
+            "checked_at": _iso(self.checked_at),
+            "max_age_seconds": self.max_age,
+            "checks": [c.as_dict() for c in self.checks],
+            "newest_backup": newest,
+            "last_backup_run": self.last_backup.as_dict() if self.last_backup else None,
+            "last_verify": self.last_verify.as_dict() if self.last_verify else None,
+            "disk": self.disk.as_dict() if self.disk else None,
+        }
+
+
+def summary_line(checks: list[Check], ok_text: str = "all checks passed",
+                 perfdata: dict[str, str] | None = None) -> str:
+    """``AIMMS-OPS STATE - ...``: the problems, worst first; when all is well, ``ok_text``."""
+    state = worst(checks)
+    if state is State.OK:
+        text = ok_text
+    else:
+        order = {State.CRITICAL: 0, State.WARNING: 1, State.UNKNOWN: 2}
+        bad = sorted((c for c in checks if not c.ok), key=lambda c: order[c.state])
+        text = "; ".join(_phrase(c) for c in bad)
+    line = f"{PREFIX} {state.name} - {text}"
+    if perfdata:
+        line += " | " + " ".join(f"{k}={v}" for k, v in perfdata.items())
+    return line
+
+
+def _phrase(c: Check) -> str:
+    """A check as a phrase of the summary: its detail, named when it does not say what."""
+    first = c.name.split()[0].lower()
+    return c.detail if c.detail.lower().startswith(first) else f"{c.name}: {c.detail}"
+
+
+def unknown_line(message: str) -> str:
+    return f"{PREFIX} UNKNOWN - {message}"
+
+
+def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusReport:
+    """The status of ``host`` from its facts (pure)."""
+    now = hf.now
+    runs = hf.runs
+    disk = disk_from(hf)
+    checks = [check_newest(hf.backups, now, max_age, max_age_text, host.backup_dir),
+              check_size(hf.backups),
+              check_last_run(runs),
+              *check_cron(hf.crontab, host),
+              check_disk(disk, hf.backups, host.backup_dir),
+              *stack_checks(hf, host)]
+    verify = check_verify(runs, host, now, hf.record)
+    if verify is not None:
+        checks.append(verify)
+    good = good_backups(hf.backups)
+    newest = good[0] if good else None
+    perf: dict[str, str] = {}
+    ok_parts = []
+    if newest is not None:
+        age = (now - newest.created).total_seconds()
+        perf["age"] = f"{int(age)}s;;{max_age};0"
+        perf["size"] = f"{newest.size}B;;;0"
+        ok_parts.append(f"newest backup {format_age(age)} ago ({human(newest.size)})")
+    ok_parts.append("last run ok")
+    if verify is not None and verify.detail.startswith("ok "):
+        ok_parts.append(f"deep verify {verify.detail.split(' (')[0]}")
+    if disk is not None:
+        perf["free"] = f"{disk.free}B;;;0;{disk.total}"
+        ok_parts.append(f"{human(disk.free)} free")
+    return StatusReport(host.name, checks, max_age, now, newest, last_run(runs, "backup"),
+                        last_run(runs, "verify"), disk, perf, "; ".join(ok_parts))
+
+
+def status(remote: Remote, max_age: int, max_age_text: str) -> StatusReport:
+    """Gather the facts of the host (one SSH round trip) and judge them."""
+    return judge(gather(remote), remote.host, max_age, max_age_text)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

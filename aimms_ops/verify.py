@@ -1,0 +1,218 @@
+"""``fab verify``: is a backup restorable? Its checks, and with ``deep`` a real trial restore.
+
+Without ``deep`` the backup is read once on the host, exactly as ``fab restore``
+checks a dump before touching anything (:func:`restore.inspect_remote`): recorded
+sha256, gzip stream, header and completion marker. With ``deep`` the packaged
+``verify-backup.sh`` (the script cron runs weekly) restores it into a throwaway
+container from the production image, reports databases, tables and rows, and
+removes the container and its volume whatever happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import backups
+from .checks import Check, State, worst
+from .errors import OpsError
+from .install import VERIFY_SCRIPT, verify_args
+from .inventory import Host
+from .remote import Remote
+from .restore import DumpInfo, inspect_remote
+
+CHECK_ORDER = ("checksum", "gzip stream", "dump header", "completion marker")
+
+
+@dataclass(frozen=True)
+class TableCount:
+    database: str
+    table: str
+    rows: int
+
+
+@dataclass
+class VerifyReport:
+    """What ``fab verify`` found about one backup."""
+
+    host: str
+    file: str
+    path: str
+    size: int
+    sha256: str
+    deep: bool
+    checks: list[Check]
+    databases: list[str] = field(default_factory=list)
+    tables: list[TableCount] = field(default_factory=list)
+    container: str | None = None
+    volume: str | None = None
+    image: str | None = None
+    seconds: int | None = None
+    failed_check: str | None = None
+
+    @property
+    def state(self) -> State:
+        return worst(self.checks)
+
+    def as_dict(self) -> dict[str, object]:
+        dbs = [{"name": db, "tables": [{"name": t.table, "rows": t.rows}
+                                       for t in self.tables if t.database == db]
+                if self.deep else None}
+               for db in self.databases]
+        return {
+            "host": self.host, "file": self.file, "path": self.path, "size": self.size,
+            "sha256": self.sha256, "deep": self.deep, "state": self.state.name,
+            "exit_code": int(self.state), "failed_check": self.failed_check,
+            "checks": [c.as_dict() for c in self.checks],
+            "databases": dbs,
+            "throwaway": ({"container": self.container, "volume": self.volume,
+                           "image": self.image, "removed": self._removed()}
+                          if self.deep else None),
+            "seconds": self.seconds,
+        }
+
+    def _removed(self) -> bool | None:
+        for c in self.checks:
+            if c.name == "cleanup":
+                return c.ok
+        return None if self.container is None else False
+
+
+def checks_of(dump: DumpInfo) -> list[Check]:
+    """The named checks of a dump inspected by ``restore.inspect_*`` (pure)."""
+    found: dict[str, Check] = {}
+    for problem in dump.problems:
+        if problem.startswith("sha256 mismatch"):
+            found["checksum"] = Check("checksum", State.CRITICAL, problem,
+                                      "the file changed after it was written: use another "
+                                      "backup (fab list-backups)")
+        elif problem.startswith(("the gzip stream", "cannot read")):
+            found["gzip stream"] = Check("gzip stream", State.CRITICAL, problem,
+                                         "the file is damaged or cut short: use another backup")
+        elif problem.startswith("not a pg_dumpall dump"):
+            found["dump header"] = Check("dump header", State.CRITICAL, problem,
+                                         "this is not a backup made by pg_dumpall")
+        elif problem.startswith("the dump is incomplete"):
+            found["completion marker"] = Check("completion marker", State.CRITICAL, problem,
+                                               "the dump was cut short: use another backup")
+        elif problem.startswith("the file is empty"):
+            found["checksum"] = Check("checksum", State.CRITICAL, problem,
+                                      "use another backup")
+        else:
+            found.setdefault("dump", Check("dump", State.CRITICAL, problem))
+    if "checksum" not in found:
+        if dump.sha256_recorded is None:
+            found["checksum"] = Check("checksum", State.WARNING,
+                                      "no .sha256 beside the backup: nothing to compare with",
+                                      "backups made by fab backup or cron always have one")
+        else:
+            found["checksum"] = Check("checksum", State.OK,
+                                      f"matches its .sha256 ({dump.sha256[:16]}…)")
+    stream_bad = "gzip stream" in found
+    header_bad = "dump header" in found
+    if "gzip stream" not in found:
+        found["gzip stream"] = Check("gzip stream", State.OK, "decompresses to its end")
+    for name, ok_detail in (("dump header", "a pg_dumpall cluster dump"),
+                            ("completion marker", "present")):
+        if name in found:
+            continue
+        if stream_bad or (name == "completion marker" and header_bad):
+            found[name] = Check(name, State.UNKNOWN, "not checked: an earlier check failed")
+        else:
+            found[name] = Check(name, State.OK, ok_detail)
+    ordered = [found.pop(n) for n in CHECK_ORDER]
+    return ordered + list(found.values())
+
+
+def _first_failed(checks: list[Check]) -> str | None:
+    for c in checks:
+        if c.state is State.CRITICAL:
+            return c.name
+    return None
+
+
+_FIXES = {"checksum": "the file changed after it was written: use another backup",
+          "gzip stream": "the file is damaged or cut short: use another backup",
+          "dump header": "this is not a backup made by pg_dumpall",
+          "completion marker": "the dump was cut short: use another backup",
+          "restore": "the dump does not replay: see the error; use another backup",
+          "databases": "the dump does not restore every database it holds",
+          "disk": "free space on the disk of Docker's data root",
+          "cleanup": "remove what is named by hand",
+          "start": "see the reason, and fab doctor"}
+
+
+@dataclass
+class DeepOutput:
+    """What verify-backup.sh --report printed."""
+
+    checks: list[Check] = field(default_factory=list)
+    databases: list[str] = field(default_factory=list)
+    tables: list[TableCount] = field(default_factory=list)
+    values: dict[str, str] = field(default_factory=dict)  # file, path, size, sha256, ...
+
+
+def parse_deep(stdout: str) -> DeepOutput:
+    """The ``verify.*`` lines of verify-backup.sh --report (pure)."""
+    out = DeepOutput()
+    for line in stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or not key.startswith("verify."):
+            continue
+        key = key[len("verify."):]
+        if key == "check":
+            name, _, rest = value.partition("\t")
+            state, _, detail = rest.partition("\t")
+            st = State[state] if state in State.__members__ else State.UNKNOWN
+            out.checks.append(Check(name, st, detail,
+                                    _FIXES.get(name, "") if st is State.CRITICAL else ""))
+        elif key == "database":
+            out.databases.append(value)
+        elif key == "table":
+            parts = value.split("\t")
+            if len(parts) == 3 and parts[2].isdigit():
+                out.tables.append(TableCount(parts[0], parts[1], int(parts[2])))
+        else:
+            out.values[key] = value
+    return out
+
+
+def script_args(host: Host, file: str) -> list[str]:
+    """Every setting of the deep verify script for ``host``, and the file to verify."""
+    return ["--backup-dir", host.backup_dir, "--log-file", host.log_file,
+            "--project", host.compose.project, "--service", host.compose.postgres_service,
+            "--superuser", host.postgres.superuser, *verify_args(host), "--file", file]
+
+
+def verify(remote: Remote, file: str, deep: bool,
+           on_log: Callable[[str], None] | None = None) -> VerifyReport:
+    """Verify backup ``file`` (a name or ``latest``) on the host."""
+    if file != "latest":
+        backups.validate_name(file)
+    b = backups.pick(backups.list_remote(remote), file)
+    if not deep:
+        dump = inspect_remote(remote, b.path)
+        checks = checks_of(dump)
+        return VerifyReport(remote.name, b.name, b.path, dump.size, dump.sha256, False,
+                            checks, databases=list(dump.databases),
+                            failed_check=_first_failed(checks))
+    res = remote.run_script(VERIFY_SCRIPT, *script_args(remote.host, b.name), "--report",
+                            "--echo", on_stderr=on_log)
+    r = parse_deep(res.stdout)
+    if not r.checks:
+        raise OpsError(f"the verify script on {remote.name} reported nothing: "
+                       f"{res.last_error_line()}", "see fab logs")
+    checks = r.checks
+    if res.rc != 0 and all(c.state is not State.CRITICAL for c in checks):
+        checks.append(Check("verify", State.CRITICAL, res.last_error_line()))
+    v = r.values
+    size = v.get("size", "")
+    seconds = v.get("seconds", "")
+    return VerifyReport(
+        remote.name, v.get("file", b.name), v.get("path", b.path),
+        int(size) if size.isdigit() else b.size, v.get("sha256", ""), True, checks,
+        databases=r.databases, tables=r.tables, container=v.get("container"),
+        volume=v.get("volume"), image=v.get("image"),
+        seconds=int(seconds) if seconds.isdigit() else None,
+        failed_check=v.get("failed_check") or _first_failed(checks),
+    )

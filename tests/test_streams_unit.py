@@ -1,0 +1,99 @@
+"""Streaming internals that the benchmarks tuned: no host needed."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import socket
+import zlib
+
+import paramiko
+import pytest
+
+from aimms_ops import remote, restore, ssh
+
+
+def _inflate_all(data: bytes, step: int) -> tuple[bytes, restore._Inflater, int]:
+    inflater = restore._Inflater()
+    pieces = [p for i in range(0, len(data), step) for p in inflater.feed(data[i:i + step])]
+    return b"".join(pieces), inflater, max((len(p) for p in pieces), default=0)
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096, 1 << 20])
+def test_inflater_reads_multi_member_streams(step):
+    data = gzip.compress(b"first member\n") + gzip.compress(b"second member\n" * 1000)
+    out, inflater, _ = _inflate_all(data, step)
+    assert out == b"first member\n" + b"second member\n" * 1000
+    assert inflater.eof
+
+
+def test_inflater_pieces_stay_small_however_well_the_dump_compresses():
+    plain = b"\0" * (64 * 1024 * 1024)  # compresses about 1000:1
+    out, _, biggest = _inflate_all(gzip.compress(plain, 1), 1 << 20)
+    assert out == plain
+    assert biggest <= restore.INFLATE_PIECE
+
+
+def test_inflater_sees_a_truncated_stream():
+    data = gzip.compress(os.urandom(10000))
+    _, inflater, _ = _inflate_all(data[:-4], 1024)
+    assert not inflater.eof
+    with pytest.raises(zlib.error):
+        _inflate_all(data[:20] + b"\xff" * 50 + data[70:], 1024)
+
+
+def test_inspect_local_finds_databases_across_chunk_boundaries(tmp_path):
+    body = "\n".join(["-- PostgreSQL database cluster dump", ""]
+                     + [f'-- Database "db{i}" dump\n' + "x" * 300_000 for i in range(12)]
+                     + ["-- PostgreSQL database cluster dump complete", ""])
+    f = tmp_path / "a.sql.gz"
+    f.write_bytes(gzip.compress(body.encode()))
+    info = restore.inspect_local(f)
+    assert info.ok, info.problems
+    assert info.databases == tuple(f"db{i}" for i in range(12))
+    assert info.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+class _Failing(io.RawIOBase):
+    def __init__(self, after: int) -> None:
+        self.left = after
+
+    def write(self, b) -> int:  # type: ignore[override]
+        if self.left <= 0:
+            raise OSError(28, "No space left on device")
+        self.left -= 1
+        return len(b)
+
+
+def test_writer_keeps_order_and_raises_the_disk_error_in_the_receiver():
+    sink = io.BytesIO()
+    w = remote._Writer(sink)
+    w.start()
+    for i in range(100):
+        w.put(bytes([i]) * 10)
+    w.finish()
+    assert sink.getvalue() == b"".join(bytes([i]) * 10 for i in range(100))
+
+    w = remote._Writer(_Failing(after=3))
+    w.start()
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(1000):
+            w.put(b"x")
+        w.finish()
+
+
+def test_transport_prefers_gcm_refuses_3des_and_rekeys_like_openssh():
+    a, b = socket.socketpair()
+    try:
+        t = ssh._transport_factory(a)
+        ciphers = t.get_security_options().ciphers
+        assert ciphers[0] == "aes128-gcm@openssh.com"
+        assert "3des-cbc" not in ciphers
+        assert t.packetizer.REKEY_BYTES == 2**36
+        assert paramiko.Packetizer.REKEY_BYTES == 2**29  # the class is left alone
+        assert remote.RECV_CHUNK == ssh.WINDOW_SIZE
+    finally:
+        a.close()
+        b.close()
