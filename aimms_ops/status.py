@@ -20,7 +20,7 @@ from . import shell
 from .backups import BackupFile, parse_listing
 from .checks import Check, State, worst
 from .compose import facts_args, parse_facts
-from .errors import OpsError
+from .errors import OpsError, shown
 from .health import connection_checks
 from .install import MARK, cron_entries, parse_record, record_path, verify_script_path
 from .inventory import Host
@@ -41,8 +41,8 @@ def parse_max_age(text: str) -> int:
     """``26h``, ``90m``, ``2d`` (or ``1.5d``) as seconds; anything else is an OpsError."""
     m = _DURATION.match(str(text))
     if not m or float(m.group(1)) <= 0:
-        raise OpsError(f"invalid --max-age {text!r}: expected a positive number followed by "
-                       "m, h or d, like 26h, 90m or 2d", code=3)
+        raise OpsError(f"invalid --max-age {shown(text, 40)}: expected a positive number "
+                       "followed by m, h or d, like 26h, 90m or 2d", code=3)
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 

@@ -103,7 +103,7 @@ def sessions_running(sandbox: Sandbox, marker: str) -> list[int]:
 
 
 def drop_connection(sandbox: Sandbox, marker: str, *, timeout: float = 60,
-                    when: Callable[[], bool] | None = None) -> list[int]:
+                    when: Callable[[], bool] | None = None, every: float = 0.02) -> list[int]:
     """Kill (SIGKILL) the sshd processes serving the session that runs ``marker``.
 
     Waits until such a session exists and ``when()`` (if given) is true. The
@@ -117,7 +117,7 @@ def drop_connection(sandbox: Sandbox, marker: str, *, timeout: float = 60,
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             return pids
-        time.sleep(0.02)
+        time.sleep(every)
     raise AssertionError(f"no session running {marker!r} appeared within {timeout} s")
 
 

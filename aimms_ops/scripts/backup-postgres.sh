@@ -104,12 +104,8 @@ RUN_ID="backup[$$]"
 STARTED=$(date +%s)
 TMP_FILES=()
 
-# The operator's session may end while a backup runs (a dropped connection, Ctrl-C):
-# a write to its stdout or stderr then fails (SIGPIPE). Such a write happens in a
-# subshell, so only the subshell dies; the backup goes on, logs its RESULT and stops
-# talking to the session.
-say() { (printf '%s\n' "$1") 2>/dev/null; }
-
+# Lines for the session go through say (lib.sh): once the session is gone (a dropped
+# connection, Ctrl-C) the backup goes on, logs its RESULT and stops talking to it.
 log() {
     local line
     line="$(now_utc) $RUN_ID $*"

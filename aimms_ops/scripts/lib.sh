@@ -2,6 +2,12 @@
 # Shared functions of the aimms-ops host scripts, inlined where a script asks
 # for them (an include line), so every script that runs or is installed is one file.
 
+# say LINE: print LINE on stdout, from a subshell. The operator's session may end while
+# a script runs (a dropped connection, Ctrl-C): a write to it then fails (SIGPIPE), which
+# kills only the subshell, so the script can go on (and clean up) without its session.
+# Returns non-zero when the line could not be written.
+say() { (printf '%s\n' "$1") 2>/dev/null; }
+
 # ISO 8601 UTC timestamp.
 now_utc() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 

@@ -120,9 +120,10 @@ log() {
     local line
     line="$(now_utc) $RUN_ID $*"
     printf '%s\n' "$line" >>"$LOG_FILE" 2>/dev/null || true
-    if [ "$ECHO" = 1 ]; then printf '%s\n' "$line" >&2; fi
+    # Through say (lib.sh): a session that is gone must not stop the cleanup half-way.
+    if [ "$ECHO" = 1 ]; then say "$line" >&2 || ECHO=0; fi
 }
-report() { if [ "$REPORT" = 1 ]; then printf '%s\n' "$1"; fi; }
+report() { if [ "$REPORT" = 1 ]; then say "$1" || REPORT=0; fi; }
 check() { report "verify.check=$1"$'\t'"$2"$'\t'"$3"; }
 human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || printf '%sB' "$1"; }
 
@@ -176,7 +177,7 @@ fail() {
     report "verify.reason=$2"
     report "verify.seconds=$(($(date +%s) - STARTED))"
     log "RESULT failed: $reason${NAME:+ ($NAME)}"
-    if [ "$ECHO" != 1 ]; then printf 'verify failed: %s\n' "$reason" >&2; fi
+    if [ "$ECHO" != 1 ]; then say "verify failed: $reason" >&2 || true; fi
     exit 1
 }
 trap cleanup EXIT
