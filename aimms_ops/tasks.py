@@ -44,7 +44,8 @@ def ops_task(*, help: dict[str, str] | None = None) -> Callable:
             except OpsError as exc:
                 raise Exit(f"error: {exc}", code=exc.code) from None
             except KeyboardInterrupt:
-                raise Exit("interrupted", code=130) from None
+                raise Exit("interrupted: run the same command again to finish (downloads "
+                           "resume, rebuilds continue where they stopped)", code=130) from None
             except Exception as exc:
                 if os.environ.get(DEBUG_ENV):
                     raise
