@@ -25,6 +25,9 @@ BACKUP_SCRIPT = "backup-postgres.sh"
 NAME_RE = re.compile(r"^aimms_postgres_(\d{8})_(\d{6})(?:_([A-Za-z0-9_-]{1,64}))?\.sql\.gz")
 LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}")
 SHA_RE = re.compile(r"^[0-9a-f]{64}")
+#: The labels of the safety copies that restore and rebuild-volume take of what they
+#: replace. Reserved: ``latest`` never means one, and --label refuses them.
+SAFETY_LABELS = ("pre-restore", "pre-rebuild")
 NAME_HINT = ("expected a name like aimms_postgres_20260101_020000.sql.gz, or latest; "
              "see fab list-backups")
 
@@ -46,6 +49,11 @@ class BackupFile:
         return m.group(3) if m else None
 
     @property
+    def safety(self) -> bool:
+        """A safety copy of the state before a restore or a rebuild, not a regular backup."""
+        return self.label in SAFETY_LABELS
+
+    @property
     def checksum_state(self) -> str:
         return "recorded" if self.sha256 else "missing"
 
@@ -54,6 +62,7 @@ class BackupFile:
         d["created"] = self.created.isoformat().replace("+00:00", "Z")
         d["checksum"] = self.checksum_state
         d["label"] = self.label
+        d["safety"] = self.safety
         return d
 
 
@@ -77,11 +86,14 @@ class PruneDecision:
     reason: str
 
 
-def validate_label(label: str) -> str:
-    """A backup label: letters, digits, '-' and '_' only."""
+def validate_label(label: str, *, safety: bool = False) -> str:
+    """A backup label: letters, digits, '-' and '_' only; the safety labels are reserved."""
     if not LABEL_RE.fullmatch(label or ""):
         raise OpsError(f"invalid label {shown(label)}: a label allows letters, digits, - and _ "
                        "only (at most 64)", "for example --label=pre-migration")
+    if (label in SAFETY_LABELS) != safety:
+        raise OpsError(f"the label {label} is reserved for the safety copies that restore and "
+                       "rebuild-volume take", "pick another label, e.g. --label=pre-migration")
     return label
 
 
@@ -153,11 +165,15 @@ def parse_prune(stdout: str) -> list[PruneDecision]:
 
 
 def run_backup(remote: Remote, label: str | None = None,
-               on_log: Callable[[str], None] | None = None) -> BackupResult:
-    """Make a backup now with the packaged script (the one cron runs)."""
+               on_log: Callable[[str], None] | None = None, *,
+               safety: bool = False) -> BackupResult:
+    """Make a backup now with the packaged script (the one cron runs).
+
+    ``safety``: a safety copy, labelled with one of SAFETY_LABELS.
+    """
     extra = ["--echo", "--report"]
     if label:
-        extra += ["--label", validate_label(label)]
+        extra += ["--label", validate_label(label, safety=safety)]
     try:
         res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra),
                                 on_stderr=on_log)
@@ -252,11 +268,20 @@ def list_local(folder: Path) -> list[BackupFile]:
 
 
 def pick(backups: list[BackupFile], name: str) -> BackupFile:
-    """The backup called ``name`` (or the newest for ``latest``) from a listing."""
+    """The backup called ``name`` from a listing (newest first).
+
+    ``latest`` is the newest regular backup (scheduled or fab backup), never a safety
+    copy: after a restore it is still the backup the operator means.
+    """
     if name == "latest":
-        if not backups:
-            raise OpsError("there are no backups on the host yet", "make one: fab backup")
-        return backups[0]
+        regular = [b for b in backups if not b.safety]
+        if regular:
+            return regular[0]
+        if backups:
+            raise OpsError("there is no regular backup on the host, only safety copies "
+                           f"({', '.join(b.name for b in backups[:3])})",
+                           "name one with --file=NAME, or make a backup: fab backup")
+        raise OpsError("there are no backups on the host yet", "make one: fab backup")
     validate_name(name)
     for b in backups:
         if b.name == name:

@@ -141,6 +141,24 @@ def check_cron_daemon(hf: HostFacts) -> Check | None:
                  "start cron on the host (systemctl enable --now cron, or crond)")
 
 
+def check_python(hf: HostFacts) -> Check | None:
+    """python3 on the host: restores and deep verifies read the dump with it."""
+    seen = hf.extra.get("python3.version")
+    if seen is None:
+        return None
+    fix = "install python3 on the host (dnf install python3, apt-get install python3)"
+    try:
+        major, minor = (int(x) for x in seen.split("."))
+    except ValueError:
+        return Check("python3", State.WARNING, "no python3 on the host: fab restore and the "
+                     "deep verify cannot read a dump there (backups still work)", fix)
+    if (major, minor) < (3, 6):
+        return Check("python3", State.WARNING, f"python3 {seen} on the host is older than 3.6, "
+                     "which restores and deep verifies need", fix)
+    return Check("python3", State.OK, f"python3 {seen} (restores and deep verifies read the dump "
+                 "with it)")
+
+
 def run_lines(log_tail: list[str], kind: str, pid: int) -> list[str]:
     """The lines of one run (``backup[PID]``) among the last lines of the log."""
     tag = f" {kind}[{pid}] "
@@ -178,6 +196,9 @@ def diagnose(hf: HostFacts, host: Host) -> DoctorReport:
     daemon = check_cron_daemon(hf)
     if daemon is not None:
         checks.append(daemon)
+    python = check_python(hf)
+    if python is not None:
+        checks.append(python)
     checks.append(check_last_run(runs))
     verify = check_verify(runs, host, hf.now, hf.record)
     if verify is not None:

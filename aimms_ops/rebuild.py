@@ -453,7 +453,8 @@ def step_commands(host: Host, facts: RebuildFacts, dump: DumpInfo, *, keep: str 
     for db in dump.databases:
         verify.append(_in_container(
             ["docker", "exec", "-i", PLACEHOLDER, "psql", "-X", "-q", "-A", "-t", "-v",
-             "ON_ERROR_STOP=1", "-U", su, "-d", db], "SQL on stdin: count(*) of every table"))
+             "ON_ERROR_STOP=1", "-U", su, "-d", restore.conninfo(db)],
+            "SQL on stdin: count(*) of every table"))
     cmds["verify"] = tuple(verify)
     return cmds
 
@@ -742,7 +743,7 @@ def operator() -> str:
 
 @contextmanager
 def locked(remote: Remote) -> Iterator[None]:
-    """Hold the host's rebuild lock (and its backup lock) for the block."""
+    """Hold the host's cluster lock (exclusive) for the block: nothing else touches it."""
     owner = f"rebuild-volume by {operator()} pid {os.getpid()}"
     cmd = shell.script_command("rebuild-lock.sh", [remote.host.backup_dir, owner])
     with remote.hold(cmd, ready="locked=1", what="the rebuild lock") as failed:
@@ -756,6 +757,9 @@ def locked(remote: Remote) -> Iterator[None]:
                 raise OpsError(f"a backup is running on {remote.name} ({holder})",
                                "wait for it to end (fab logs), then run again; nothing was "
                                "changed")
+            if facts.get("busy") in ("restore", "verify"):
+                raise OpsError(f"a {facts['busy']} is running on {remote.name} ({holder})",
+                               "wait for it to end, then run again; nothing was changed")
             raise OpsError(f"cannot take the rebuild lock on {remote.name}: "
                            f"{failed.last_error_line()}")
         yield
@@ -1003,7 +1007,8 @@ def _restore(remote: Remote, plan: RebuildPlan,
                        "wait for it to end")
     ctx = progress(plan.dump.size) if progress is not None else nullcontext(None)
     with ctx as advance:
-        report = restore.execute(remote, rplan, progress=advance)
+        # This run holds the cluster lock already (locked()).
+        report = restore.execute(remote, rplan, progress=advance, lock=False)
     return f"{', '.join(report.databases)} restored in {report.seconds:.1f} s"
 
 
@@ -1033,7 +1038,7 @@ def _verify(remote: Remote, plan: RebuildPlan,
     counts = []
     for db in plan.dump.databases:
         res = remote.run(["docker", "exec", "-i", cid, "psql", "-X", "-q", "-A", "-t", "-v",
-                          "ON_ERROR_STOP=1", "-U", su, "-d", db],
+                          "ON_ERROR_STOP=1", "-U", su, "-d", restore.conninfo(db)],
                          stdin=COUNT_SQL.encode(), what="psql")
         if not res.ok:
             raise OpsError(f"cannot count the rows of {db}: {res.last_error_line()}")

@@ -1,12 +1,13 @@
 """Restore a pg_dumpall dump, whole cluster or one database, exactly and verified first.
 
 The dump is checked before the database is touched (recorded sha256, gzip stream,
-completion marker, database sections). Then it is streamed with no temporary file
-anywhere: local file -> one SSH channel -> decompress on the host ->
-restore-filter.awk -> ``docker exec -i CONTAINER psql`` with ON_ERROR_STOP. The
-filter makes the replay exact on a live cluster: sessions are ended and each
-database is dropped and recreated (``WITH (FORCE)``), existing roles are kept and
-updated rather than colliding.
+and, read as psql reads it by the dump scanner: header, databases, roles, completion
+marker). Then it is streamed with no temporary file anywhere: local file -> one SSH
+channel -> decompress on the host -> the scanner's restore filter -> ``docker exec -i
+CONTAINER psql`` with ON_ERROR_STOP. The filter makes the replay exact on a live
+cluster: every database of the dump, template1 and postgres included, is dropped
+(``WITH (FORCE)``) and recreated with its properties; the roles of the dump are set
+exactly as it says (settings, memberships); see dumpscan.RestoreFilter.
 """
 
 from __future__ import annotations
@@ -22,19 +23,34 @@ from pathlib import Path
 from . import shell
 from .backups import NAME_HINT, NAME_RE, SHA_RE
 from .compose import facts_args, parse_facts
+from .dump.facts import FactsFeeder
 from .errors import ConnectionLost, OpsError, shown
 from .inventory import Host
 from .remote import Progress, Remote
 
-HEADER = "-- PostgreSQL database cluster dump"
-MARKER = "-- PostgreSQL database cluster dump complete"
-#: The lines that matter when scanning a dump: a database section's marker, the start
-#: of COPY data and its end (markers inside COPY data are data, not sections).
-_SCAN = re.compile(rb"^(?:-- Database \"(.*)\" dump|(COPY .* FROM stdin;)|(\\\.))$", re.MULTILINE)
 #: Bytes read from a local dump per step, and the most one decompression step yields.
 READ_CHUNK = 1024 * 1024
 INFLATE_PIECE = 1024 * 1024
+#: psql's message for a failed statement; the lines after it until the next ``psql:``
+#: line belong to it (a name may hold a newline).
 _PSQL_ERR = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|error):\s+(.*)$")
+_INSERTED = re.compile(r"^aimms-ops: inserted (\d+) lines after line (\d+)$")
+
+
+def db_name(raw: bytes) -> str:
+    """A name from the dump as text; bytes that are not UTF-8 survive the round trip."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def conninfo(db: str) -> str:
+    """``psql -d`` for database ``db`` whatever it holds (a name with ``=`` would be
+    taken for a connection string)."""
+    return "dbname='" + db.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def db_hex(name: str) -> str:
+    """A name as the host scripts take it: hex, whatever characters it holds."""
+    return name.encode("utf-8", "surrogateescape").hex()
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,9 @@ class DumpInfo:
     sha256_recorded: str | None
     databases: tuple[str, ...]
     problems: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    #: Databases whose own properties the dump carries (its aimms-ops preface).
+    properties: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -56,7 +75,7 @@ class DumpInfo:
 
 
 def _check(size: int, sha: str, recorded: str | None, stream_ok: bool, stream_error: str,
-           head: list[str], tail: list[str], fmt: str) -> tuple[str, ...]:
+           header: bool, complete: bool, fmt: str) -> tuple[str, ...]:
     problems = []
     if size == 0:
         problems.append("the file is empty")
@@ -66,15 +85,15 @@ def _check(size: int, sha: str, recorded: str | None, stream_ok: bool, stream_er
     if not stream_ok:
         problems.append(f"the gzip stream is damaged or truncated ({stream_error})"
                         if fmt == "gz" else f"cannot read the file ({stream_error})")
-    elif HEADER not in head:
+    elif not header:
         problems.append("not a pg_dumpall dump: no cluster dump header")
-    elif MARKER not in tail:
+    elif not complete:
         problems.append("the dump is incomplete: its completion marker is missing")
     return tuple(problems)
 
 
 def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
-    """Read a local dump once: checksum, decompress, find its databases and marker."""
+    """Read a local dump once: checksum, decompress, and scan it as psql would read it."""
     if not path.is_file():
         raise OpsError(f"no such file: {path}", "give a local .sql.gz or .sql, or the name of "
                        "a backup on the host (see fab list-backups)")
@@ -82,11 +101,7 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
     recorded = _recorded_sha(path.with_name(path.name + ".sha256"))
     digest = hashlib.sha256()
     inflater = _Inflater() if fmt == "gz" else None
-    head_buf = b""
-    tail_buf = b""
-    carry = b""
-    scanner = _Sections()
-    in_copy = False
+    scan = FactsFeeder()
     stream_ok, stream_error = True, ""
     size = 0
     with path.open("rb") as fh:
@@ -98,53 +113,20 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
             if not stream_ok:
                 continue
             try:
-                pieces = inflater.feed(chunk) if inflater is not None else [chunk]
-                for data in pieces:
-                    if len(head_buf) < 4096:
-                        head_buf += data[:4096]
-                    text = carry + data
-                    cut = text.rfind(b"\n") + 1
-                    in_copy = scanner.scan(text[:cut], in_copy)
-                    carry = text[cut:]
-                    tail_buf = (tail_buf + data[-4096:])[-4096:]
+                for data in (inflater.feed(chunk) if inflater is not None else [chunk]):
+                    scan.feed(data)
             except zlib.error as exc:
                 stream_ok, stream_error = False, str(exc)
     if stream_ok and inflater is not None and not inflater.eof:
         stream_ok, stream_error = False, "unexpected end of file"
-    if carry:
-        scanner.scan(carry, in_copy)
-    dbs = scanner.databases
-    head = head_buf.decode("utf-8", "replace").splitlines()[:3]
-    tail = [ln for ln in tail_buf.decode("utf-8", "replace").splitlines() if ln.strip()][-3:]
+    facts = scan.close()
     sha = digest.hexdigest()
-    problems = _check(size, sha, recorded, stream_ok, stream_error, head, tail, fmt)
-    return DumpInfo(str(path), "local", size, fmt, sha, recorded, tuple(dict.fromkeys(dbs)),
-                    problems)
-
-
-class _Sections:
-    """Finds the database sections of a dump, skipping COPY data."""
-
-    def __init__(self) -> None:
-        self.databases: list[str] = []
-
-    def scan(self, text: bytes, in_copy: bool) -> bool:
-        """Scan whole lines of ``text``; returns whether it ends inside COPY data."""
-        # Plain searches first: nearly every chunk of a large dump is COPY data with
-        # none of these, and the anchored regex would cost more than decompressing.
-        if in_copy and text.find(b"\\.\n") == -1:
-            return True
-        if not in_copy and text.find(b'-- Database "') == -1 and text.find(b"COPY ") == -1:
-            return False
-        for m in _SCAN.finditer(text):
-            marker, copy, end = m.groups()
-            if in_copy:
-                in_copy = end is None
-            elif copy is not None:
-                in_copy = True
-            elif marker is not None:
-                self.databases.append(marker.decode("utf-8", "replace"))
-        return in_copy
+    problems = _check(size, sha, recorded, stream_ok, stream_error,
+                      facts.header and not facts.before_header, facts.complete, fmt)
+    return DumpInfo(str(path), "local", size, fmt, sha, recorded,
+                    tuple(dict.fromkeys(db_name(d) for d in facts.databases)), problems,
+                    tuple(db_name(r) for r in facts.roles),
+                    tuple(db_name(d) for d in facts.preface))
 
 
 class _Inflater:
@@ -185,23 +167,27 @@ def _recorded_sha(side: Path) -> str | None:
 
 
 def inspect_remote(remote: Remote, path: str) -> DumpInfo:
-    """Check a dump that is already on the host, on the host."""
+    """Check a dump that is already on the host, on the host (the same scanner)."""
     res = remote.run_script("inspect-dump.sh", path)
     facts = _multi(res.stdout)
+    if facts.get("exists") == ["0"]:
+        raise OpsError(f"no such backup on {remote.name}: {path}", "see fab list-backups")
     if not res.ok:
         raise OpsError(f"cannot inspect {path} on {remote.name}: {res.last_error_line()}")
-    if facts.get("exists") != ["1"]:
-        raise OpsError(f"no such backup on {remote.name}: {path}", "see fab list-backups")
     one = {k: v[-1] for k, v in facts.items()}
     recorded = one.get("sha256_recorded") or None
     if recorded is not None and not SHA_RE.fullmatch(recorded):
         recorded = "unreadable"
     size = int(one.get("size", "0"))
+
+    def names(key: str) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(db_name(bytes.fromhex(h)) for h in facts.get(key, [])))
+
     problems = _check(size, one.get("sha256", ""), recorded, one.get("stream") == "ok",
-                      "decompression failed", facts.get("head", []), facts.get("tail", []),
-                      one.get("format", "gz"))
+                      "decompression failed", one.get("header") == "1",
+                      one.get("complete") == "1", one.get("format", "gz"))
     return DumpInfo(path, "remote", size, one.get("format", "gz"), one.get("sha256", ""),
-                    recorded, tuple(dict.fromkeys(facts.get("db", []))), problems)
+                    recorded, names("db"), problems, names("role"), names("preface"))
 
 
 def _multi(text: str) -> dict[str, list[str]]:
@@ -224,13 +210,20 @@ class RestorePlan:
     database: str | None  # None: the whole cluster
     safety_backup: bool
     current_sizes: dict[str, int] = field(default_factory=dict)
+    #: Roles of the live cluster the dump does not hold: left as they are.
+    other_roles: tuple[str, ...] = ()
 
     @property
     def affected(self) -> tuple[str, ...]:
-        """The databases this restore drops and recreates (template1 is replayed on top)."""
+        """The databases this restore drops and recreates (template1 and postgres too)."""
         if self.database:
             return (self.database,)
-        return tuple(d for d in self.dump.databases if d != "template1")
+        return self.dump.databases
+
+    @property
+    def kept_databases(self) -> tuple[str, ...]:
+        """Databases of the live cluster that the restore leaves as they are."""
+        return tuple(d for d in self.current_sizes if d not in self.affected)
 
 
 def local_dump(file: str) -> Path | None:
@@ -261,16 +254,6 @@ def resolve_source(remote: Remote, file: str) -> DumpInfo:
     raise OpsError(f"not a local file nor a backup name: {shown(file)}", NAME_HINT)
 
 
-def database_sizes(remote: Remote, container: str) -> dict[str, int]:
-    sql = ("SELECT datname || '=' || pg_database_size(datname) FROM pg_database "
-           "WHERE datallowconn ORDER BY 1")
-    res = remote.run(["docker", "exec", container, "psql", "-X", "-A", "-t", "-U",
-                      remote.host.postgres.superuser, "-d", "postgres", "-c", sql], what="psql")
-    if not res.ok:
-        return {}
-    return {k: int(v) for k, v in parse_facts(res.stdout).items() if v.isdigit()}
-
-
 def container_of(remote: Remote) -> str:
     """The running postgres container of the compose service (id and name)."""
     facts = parse_facts(remote.run_script("facts.sh", *facts_args(remote.host)).stdout)
@@ -291,20 +274,48 @@ def container_of(remote: Remote) -> str:
 
 def make_plan(remote: Remote, dump: DumpInfo, database: str | None,
               safety_backup: bool) -> RestorePlan:
-    """Refuse a bad dump or an unknown database before anything is touched."""
+    """Refuse a bad dump or a database the dump does not hold before anything is touched."""
     if not dump.ok:
         raise OpsError(f"refusing to restore {dump.source}: {'; '.join(dump.problems)}",
                        "nothing was changed; pick another backup (fab list-backups)")
-    if database is not None:
-        if database == "template1":
-            raise OpsError("template1 cannot be restored on its own",
-                           "restore the whole cluster instead")
-        if database not in dump.databases:
-            raise OpsError(f"the dump holds no database {database!r}; it holds: "
-                           f"{', '.join(dump.databases)}", "pick one of those with --database")
+    if database is not None and database not in dump.databases:
+        raise OpsError(f"the dump holds no database {shown(database)}; it holds: "
+                       f"{', '.join(shown(d) for d in dump.databases)}",
+                       "pick one of those with --database (matched exactly)")
     container = container_of(remote)
-    return RestorePlan(remote.name, container, dump, database, safety_backup,
-                       database_sizes(remote, container))
+    sizes, roles = cluster_facts(remote, container)
+    return RestorePlan(remote.name, container, dump, database, safety_backup, sizes,
+                       tuple(r for r in roles if r not in dump.roles) if not database else ())
+
+
+def cluster_facts(remote: Remote, container: str) -> tuple[dict[str, int], list[str]]:
+    """The live cluster's databases with their sizes, and its roles (not pg_*)."""
+    sql = ("SELECT 'db ' || pg_database_size(oid) || ' ' || encode(convert_to(datname, "
+           "'UTF8'), 'hex') FROM pg_database WHERE datallowconn UNION ALL "
+           "SELECT 'role 0 ' || encode(convert_to(rolname, 'UTF8'), 'hex') FROM pg_roles "
+           "WHERE rolname !~ '^pg_' ORDER BY 1")
+    # template1 is there even when postgres is not.
+    res = remote.run(["docker", "exec", container, "psql", "-X", "-A", "-t", "-U",
+                      remote.host.postgres.superuser, "-d", "template1", "-c", sql],
+                     what="psql")
+    sizes: dict[str, int] = {}
+    roles: list[str] = []
+    if not res.ok:
+        raise OpsError(f"cannot read the databases of the cluster on {remote.name}: "
+                       f"{res.last_error_line()}", "see fab check")
+    for line in res.stdout.splitlines():
+        parts = line.split(" ")
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        try:
+            name = db_name(bytes.fromhex(parts[2]))
+        except ValueError:
+            continue
+        if parts[0] == "db":
+            sizes[name] = int(parts[1])
+        else:
+            roles.append(name)
+    return sizes, roles
 
 
 # --- running it ----------------------------------------------------------------------
@@ -333,37 +344,43 @@ class RestoreReport:
 LOCK_BUSY = 75
 
 
-def restore_lock(host: Host) -> str:
-    """The lock file on the host that keeps two restores apart."""
-    return f"{host.backup_dir.rstrip('/')}/.restore.lock"
+def cluster_lock(host: Host) -> str:
+    """The host's cluster lock (lib.sh): a restore holds it exclusive."""
+    return f"{host.backup_dir.rstrip('/')}/.cluster.lock"
 
 
-def _stream_args(remote: Remote, plan: RestorePlan, source: str) -> list[str]:
+def _stream_args(remote: Remote, plan: RestorePlan, source: str, lock: bool) -> list[str]:
     h = remote.host
     return [h.compose.project, h.compose.postgres_service, h.postgres.superuser,
-            plan.dump.format, source, plan.database or "", restore_lock(h), str(h.lock_timeout)]
+            plan.dump.format, source, db_hex(plan.database) if plan.database else "",
+            cluster_lock(h) if lock else "", str(h.lock_timeout)]
 
 
 def execute(remote: Remote, plan: RestorePlan, progress: Progress | None = None,
-            on_stderr: Callable[[str], None] | None = None) -> RestoreReport:
-    """Replay the dump of ``plan`` into the postgres container; raise on any failure."""
+            on_stderr: Callable[[str], None] | None = None, *,
+            lock: bool = True) -> RestoreReport:
+    """Replay the dump of ``plan`` into the postgres container; raise on any failure.
+
+    ``lock=False`` when the caller already holds the host's cluster lock (rebuild).
+    """
     started = time.monotonic()
     try:
         if plan.dump.location == "local":
-            cmd = shell.script_command("restore-stream.sh", _stream_args(remote, plan, "-"))
+            cmd = shell.script_command("restore-stream.sh",
+                                       _stream_args(remote, plan, "-", lock))
             with open(plan.dump.source, "rb") as fh:
                 res = remote.stream_to_remote(fh, cmd, progress=progress, on_stderr=on_stderr,
                                               what="the restore stream")
         else:
             res = remote.run_script("restore-stream.sh",
-                                    *_stream_args(remote, plan, plan.dump.source),
+                                    *_stream_args(remote, plan, plan.dump.source, lock),
                                     on_stderr=on_stderr)
             if progress is not None:
                 progress(plan.dump.size)
     except ConnectionLost as exc:
         # restore-stream.sh stops the restore when its session ends.
         raise ConnectionLost(f"restore on {remote.name} stopped part-way: {exc.message}",
-                             failure_hint(plan) + "; run the same restore again",
+                             f"{failure_hint(plan)}; run it again: {rerun_command(plan)}",
                              code=exc.code) from None
     seconds = time.monotonic() - started
     if res.rc == LOCK_BUSY:
@@ -381,35 +398,61 @@ def failure_hint(plan: RestorePlan) -> str:
     """What a restore that stopped part-way leaves, and where the state before it is."""
     if plan.safety_backup:
         return ("the databases being restored may be partly restored; the state before the "
-                "restore is in the pre-restore backup (fab list-backups)")
+                "restore is in the pre-restore safety copy (fab list-backups)")
     return "the databases being restored may be partly restored"
 
 
+def rerun_command(plan: RestorePlan) -> str:
+    """The exact command that restores the same dump again (never ``latest``)."""
+    src = plan.dump.source
+    name = src.rsplit("/", 1)[-1] if plan.dump.location == "remote" else src
+    args = ["fab", "restore", f"--file={name}"]
+    if plan.database is not None:
+        args.append(f"--database={plan.database}")
+    return shell.join([*args, "--no-safety-backup"])
+
+
 def explain_failure(stderr: str) -> str:
-    """One line from the restore pipeline's stderr: psql's error with the dump's line."""
-    inserted = None
-    for line in stderr.splitlines():
-        if line.startswith("aimms-ops: inserted line "):
-            inserted = int(line.rsplit(" ", 1)[1])
-    for line in stderr.splitlines():
+    """One line from the restore pipeline's stderr: psql's whole error with the dump's line.
+
+    psql's message may span lines (a name with a newline): they are joined, the newlines
+    shown as ``\\n``. Its line number counts the filter's inserted blocks, which are
+    taken off again; an error inside one is said to be in what aimms-ops inserted.
+    """
+    lines = stderr.splitlines()
+    inserted = [(int(m.group(2)), int(m.group(1))) for m in map(_INSERTED.match, lines) if m]
+    for i, line in enumerate(lines):
         m = _PSQL_ERR.match(line.strip())
-        if m:
-            n = int(m.group(1))
-            if inserted is not None and n > inserted:
-                n -= 1
-            return f"psql stopped at line {n} of the dump: {m.group(2)}: {m.group(3)}"
-    for line in stderr.splitlines():
-        if line.startswith("aimms-ops: ") and not line.startswith(("aimms-ops: status",
-                                                                   "aimms-ops: inserted")):
+        if not m:
+            continue
+        text = m.group(3)
+        for more in lines[i + 1:]:
+            if more.startswith(("psql:", "aimms-ops: ")):
+                break
+            text += "\\n" + more
+        n = int(m.group(1))
+        shift, inside = 0, None
+        for after, count in inserted:
+            if n > after + count:
+                shift += count
+            elif n > after:
+                inside = after - shift
+        if inside is not None:
+            return (f"psql stopped in what aimms-ops inserted after line {inside} of the "
+                    f"dump: {m.group(2)}: {text}")
+        return f"psql stopped at line {n - shift} of the dump: {m.group(2)}: {text}"
+    for line in lines:
+        if line.startswith("aimms-ops: ") and not line.startswith(
+                ("aimms-ops: status", "aimms-ops: inserted", "aimms-ops: properties")):
             return line[len("aimms-ops: "):]
-    status = [ln for ln in stderr.splitlines() if ln.startswith("aimms-ops: status")]
+    status = [ln for ln in lines if ln.startswith("aimms-ops: status")]
     if status:
         stages = ("reading the dump", "decompressing", "filtering", "psql")
         codes = status[-1].split()[2:]
         failed = [f"{s} exited {c}" for s, c in zip(stages, codes, strict=False) if c != "0"]
         return ", ".join(failed) or status[-1]
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    return lines[-1] if lines else "no message"
+    rest = [ln for ln in lines if ln.strip()]
+    return rest[-1] if rest else "no message"
 
 
 def table_rows(remote: Remote, plan: RestorePlan) -> list[TableRows]:
@@ -419,7 +462,7 @@ def table_rows(remote: Remote, plan: RestorePlan) -> list[TableRows]:
            "FROM pg_stat_user_tables ORDER BY 1;")
     for db in plan.affected:
         res = remote.run(["docker", "exec", plan.container, "psql", "-X", "-q", "-A", "-t",
-                          "-U", remote.host.postgres.superuser, "-d", db, "-c", sql],
+                          "-U", remote.host.postgres.superuser, "-d", conninfo(db), "-c", sql],
                          what="psql")
         if not res.ok:
             continue

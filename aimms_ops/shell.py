@@ -39,10 +39,19 @@ def pipeline(*commands: Sequence[str | int]) -> str:
     return join(["bash", "-c", body])
 
 
-_INCLUDE = re.compile(r"^# @include ([a-z0-9][a-z0-9_-]*\.(?:sh|awk))$", re.MULTILINE)
+_INCLUDE = re.compile(r"^# @include ([a-z0-9][a-z0-9_-]*\.(?:sh|awk|py))$", re.MULTILINE)
+
+
+#: The include that stands for the dump scanner, the ``aimms_ops.dump`` package as one file.
+DUMP_SCANNER = "dumpscan.py"
 
 
 def _packaged(name: str) -> str:
+    """A packaged script, or the dump scanner built from its package."""
+    if name == DUMP_SCANNER:
+        from .dump import host_script
+
+        return host_script()
     return (SCRIPTS_DIR / name).read_text(encoding="utf-8")
 
 

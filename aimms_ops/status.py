@@ -215,9 +215,9 @@ def gather(remote: Remote) -> HostFacts:
 
 
 def good_backups(backups: list[BackupFile] | None) -> list[BackupFile]:
-    """The backups with a recorded checksum, newest first."""
-    return sorted((b for b in backups or [] if b.sha256), key=lambda b: b.created,
-                  reverse=True)
+    """The regular backups with a recorded checksum, newest first (no safety copies)."""
+    return sorted((b for b in backups or [] if b.sha256 and not b.safety),
+                  key=lambda b: b.created, reverse=True)
 
 
 def check_newest(backups: list[BackupFile] | None, now: datetime, max_age: int,

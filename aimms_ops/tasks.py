@@ -314,13 +314,9 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False):
     """Restore a pg_dumpall backup onto the host: the whole cluster, or --database."""
     from . import backups
     from . import restore as rs
-    from .inventory import is_db_name
 
     if not file:
         raise OpsError("--file is required", "e.g. fab restore --file=latest")
-    if database is not None and not is_db_name(database):
-        raise OpsError(f"invalid database name {shown(database)}",
-                       "letters, digits, _ and $ only; see the dump's databases")
     with _open(c) as remote:
         if file == "latest":
             file = backups.pick(backups.list_remote(remote), "latest").name
@@ -330,9 +326,9 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False):
         what = (f"restore {plan.database}" if plan.database else "restore the whole cluster")
         confirm(remote.name, f"{what} on {remote.name}", yes)
         if plan.safety_backup:
-            output.note("safety backup of the current state (label pre-restore) ...")
+            output.note("safety copy of the current state (label pre-restore) ...")
             try:
-                safety = backups.run_backup(remote, label="pre-restore")
+                safety = backups.run_backup(remote, label="pre-restore", safety=True)
             except OpsError as exc:
                 raise OpsError(f"nothing was restored: the safety backup failed: {exc.message}",
                                "fix that first, or pass --no-safety-backup to restore "
@@ -343,7 +339,7 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False):
                 report = rs.execute(remote, plan, progress=advance)
         except KeyboardInterrupt:
             raise OpsError("interrupted: the restore was stopped part-way",
-                           rs.failure_hint(plan) + "; run the same restore again",
+                           f"{rs.failure_hint(plan)}; run it again: {rs.rerun_command(plan)}",
                            code=130) from None
     output.table(["database", "table", "rows (estimate)"],
                  [[t.database, t.table, t.rows] for t in report.tables],
@@ -372,13 +368,28 @@ def _print_restore_plan(plan: Any) -> None:
         ["container", plan.container],
         ["dump", f"{d.source} ({d.location}, {_human(d.size)}, {d.format})"],
         ["checks", f"sha256 {sha}; stream and completion marker OK"],
-        ["dump holds", ", ".join(d.databases)],
+        ["dump holds", ", ".join(shown(db) for db in d.databases)],
         ["dropped and recreated", ", ".join(
-            f"{db} (now {_human(plan.current_sizes[db])})" if db in plan.current_sizes
-            else f"{db} (new)" for db in plan.affected)],
-        ["roles", "kept, and updated from the dump" if not plan.database else "untouched"],
-        ["safety backup", "yes, label pre-restore" if plan.safety_backup else "NO"],
+            f"{shown(db)} (now {_human(plan.current_sizes[db])})" if db in plan.current_sizes
+            else f"{shown(db)} (new)" for db in plan.affected)],
     ]
+    if plan.kept_databases:
+        rows.append(["left as they are", ", ".join(shown(db) for db in plan.kept_databases)])
+    props = [db for db in ("template1", "postgres") if db in plan.affected]
+    if props:
+        rows.append(["their own properties", ", ".join(
+            f"{db}: from the {'dump' if db in d.properties else 'live cluster'}"
+            for db in props)])
+    if plan.database:
+        rows.append(["roles", "untouched (they must exist)"])
+    else:
+        rows.append(["roles", f"{len(d.roles)} set exactly as in the dump (attributes, "
+                     "password, settings, memberships)"])
+        if plan.other_roles:
+            rows.append(["roles not in the dump", "left as they are: " + ", ".join(
+                shown(r) for r in plan.other_roles)])
+    rows.append(["safety copy", "yes, label pre-restore (never what latest means)"
+                 if plan.safety_backup else "NO"])
     output.table(["restore plan", ""], rows)
 
 

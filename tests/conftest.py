@@ -58,6 +58,14 @@ class Sandbox:
                f"-U postgres -d {shlex.quote(db)}")
         return self.ssh(cmd, input=sql.encode(), check=check).stdout.decode().strip()
 
+    def app_session(self) -> subprocess.Popen:
+        """An application session open on aimms_web (kill it when done)."""
+        return subprocess.Popen(
+            ["ssh", "-F", str(self.ssh_config), "aidset",
+             f"docker exec -i {self.container()} psql -U aimms_user -d aimms_web "
+             "-c 'select pg_sleep(300)'"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def wait_ready(self, timeout: float = 120) -> None:
         """Wait until postgres in the sandbox accepts connections again."""
         deadline = time.monotonic() + timeout

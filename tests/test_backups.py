@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from aimms_ops.dump import host_script
+
 from .conftest import FAB, STABLE_TEXT, fab_error_line, md5_sql
 
 pytestmark = pytest.mark.integration
@@ -105,9 +107,9 @@ def test_backup_is_verifiable_and_restores_exactly(installed):
     cid = sandbox.container()
     sandbox.ssh(f"docker exec {cid} bash -c {_q(scratch)}")
     try:
-        filt = (Path(__file__).resolve().parents[1] / "aimms_ops" / "scripts"
-                / "restore-filter.awk").read_text()
-        sandbox.ssh(f"gzip -dc ~/{BACKUP_DIR}/{name} | awk {_q(filt)} | docker exec -i {cid} "
+        scan = host_script()
+        sandbox.ssh(f"gzip -dc ~/{BACKUP_DIR}/{name} | python3 -c {_q(scan)} filter | "
+                    f"docker exec -i {cid} "
                     "psql -X -q -v ON_ERROR_STOP=1 -h /tmp -p 5499 -U postgres -d postgres "
                     ">/dev/null")
         got = sandbox.sh(f"docker exec {cid} psql -X -A -t -h /tmp -p 5499 -U postgres "
@@ -281,7 +283,7 @@ def test_lock_held_too_long_fails_clearly(installed, tmp_path):
         time.sleep(1.5)
         proc = sandbox.fab("backup", inventory=inv)
         assert proc.returncode != 0
-        assert "another backup is still running" in fab_error_line(proc)
+        assert "another backup or retention run is still running" in fab_error_line(proc)
     finally:
         holder.terminate()
         holder.wait()

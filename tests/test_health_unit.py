@@ -566,5 +566,16 @@ def test_deep_verify_script_args_protect_the_production_volumes():
 def test_verify_script_is_one_file_with_the_restore_filter():
     text = shell.script_text("verify-backup.sh")
     assert "@include" not in text
-    assert "DROP DATABASE IF EXISTS" in text  # restore-filter.awk, inlined
+    assert "class RestoreFilter" in text  # dumpscan.py, inlined
     assert "--network none" in text
+
+
+@pytest.mark.parametrize("seen, state", [
+    ("3.11", State.OK), ("3.6", State.OK), ("3.5", State.WARNING), ("", State.WARNING),
+])
+def test_python3_on_the_host_is_checked_for_restores(seen, state):
+    check = doctor.check_python(status.HostFacts({}, {"python3.version": seen}, []))
+    assert check.state is state
+    if state is not State.OK:
+        assert "python3" in check.fix
+    assert doctor.check_python(status.HostFacts({}, {}, [])) is None

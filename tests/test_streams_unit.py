@@ -46,7 +46,8 @@ def test_inflater_sees_a_truncated_stream():
 
 def test_inspect_local_finds_databases_across_chunk_boundaries(tmp_path):
     body = "\n".join(["-- PostgreSQL database cluster dump", ""]
-                     + [f'-- Database "db{i}" dump\n' + "x" * 300_000 for i in range(12)]
+                     + [f'-- Database "db{i}" dump\nSELECT \'' + "x" * 300_000 + "';"
+                        for i in range(12)]
                      + ["-- PostgreSQL database cluster dump complete", ""])
     f = tmp_path / "a.sql.gz"
     f.write_bytes(gzip.compress(body.encode()))

@@ -120,6 +120,7 @@ fail() {
 }
 
 cleanup() {
+    drop_lock_notes
     local f
     for f in "${TMP_FILES[@]}"; do rm -f -- "$f"; done
     if [ -n "${work:-}" ]; then rm -rf -- "$work"; fi
@@ -145,16 +146,26 @@ fi
 [ -w "$BACKUP_DIR" ] ||
     fail "backup dir $BACKUP_DIR is not writable by $(id -un) (chown it to $(id -un), or fix backup_dir)"
 
-LOCK="$BACKUP_DIR/.backup.lock"
-exec 9>>"$LOCK" || fail "cannot open lock file $LOCK"
-if ! flock -n 9; then
-    holder=$(cat -- "$LOCK.owner" 2>/dev/null || true)
-    log "waiting up to ${LOCK_TIMEOUT}s for the running backup (${holder:-unknown pid})"
-    flock -w "$LOCK_TIMEOUT" 9 ||
-        fail "another backup is still running after ${LOCK_TIMEOUT}s (lock $LOCK held by ${holder:-unknown}; wait for it to end, or raise lock_timeout)"
-fi
-# Who holds the lock, for the message of a run that waits; a full disk must not stop us here.
-{ printf 'pid %s since %s\n' "$$" "$(now_utc)" >"$LOCK.owner"; } 2>/dev/null || true
+# The locks (lib.sh): the cluster shared (a restore or rebuild holds it exclusive, and no
+# backup may dump a cluster half-way through one: wait for it), the backup dir exclusive.
+lock_or_fail() {
+    local rc=0
+    take_lock "$1" "$2" 0 "$3" || rc=$?
+    if [ "$rc" = 75 ]; then
+        log "waiting up to ${LOCK_TIMEOUT}s for $4 (${LOCK_HELD_BY:-unknown holder})"
+        rc=0
+        take_lock "$1" "$2" "$LOCK_TIMEOUT" "$3" || rc=$?
+    fi
+    case $rc in
+        0) ;;
+        75) fail "$4 is still running after ${LOCK_TIMEOUT}s (lock $1 held by ${LOCK_HELD_BY:-unknown}; wait for it to end, or raise lock_timeout)" ;;
+        *) fail "cannot open lock file $1" ;;
+    esac
+}
+what=backup
+[ "$PRUNE_ONLY" = 1 ] && what=retention
+lock_or_fail "$BACKUP_DIR/.cluster.lock" shared "$what" "a restore or rebuild of the cluster"
+lock_or_fail "$BACKUP_DIR/.backup.lock" exclusive "$what" "another backup or retention run"
 
 # Whatever a killed run left under a temporary name is garbage: we hold the lock.
 find "$BACKUP_DIR" -maxdepth 1 -name '.aimms_postgres_*.tmp' -type f -delete 2>/dev/null || true
@@ -254,12 +265,22 @@ hasher=(sha256sum)
 if command -v openssl >/dev/null 2>&1 && printf '' | openssl dgst -sha256 -r >/dev/null 2>&1; then
     hasher=(openssl dgst -sha256 -r)
 fi
+# Before the dump, its preface: the properties of template1 and postgres, which a plain
+# pg_dumpall leaves out (settings, connection limit, comment, ACL, role settings in
+# them), as comment lines that psql skips and aimms-ops' restore reads (dumpscan.py).
+# shellcheck disable=SC2016  # expanded by the container's sh
+preface='for db in template1 postgres; do
+    if p=$(pg_dump -U "$1" --create --schema-only --exclude-schema="*" "$db" 2>/dev/null); then
+        printf -- "-- aimms-ops: properties of database %s (pg_dump --create --schema-only)\n" "$db"
+        printf "%s\n" "$p" | sed "s/^/-- | /"
+    fi
+done; '
 if docker exec "$cid" sh -c 'command -v pigz' >/dev/null 2>&1; then
     where="pigz -$GZIP_LEVEL in the container"
-    inner='{ pg_dumpall -U "$1"; echo "aimms-ops: pg_dumpall status $?" >&2; } | pigz -"$2"'
+    inner='{ '"$preface"'pg_dumpall -U "$1"; echo "aimms-ops: pg_dumpall status $?" >&2; } | pigz -"$2"'
     dump() { docker exec "$cid" sh -c "$inner" sh "$PG_SUPERUSER" "$GZIP_LEVEL"; }
 else
-    inner='pg_dumpall -U "$1"; echo "aimms-ops: pg_dumpall status $?" >&2'
+    inner=$preface'pg_dumpall -U "$1"; echo "aimms-ops: pg_dumpall status $?" >&2'
     if command -v pigz >/dev/null 2>&1; then
         where="pigz -$GZIP_LEVEL on the host"
         dump() { docker exec "$cid" sh -c "$inner" sh "$PG_SUPERUSER" | pigz -"$GZIP_LEVEL"; }

@@ -44,3 +44,84 @@ resolve_container() {
     [ "${3:-}" = all ] && args+=(-a)
     docker "${args[@]}" 2>/dev/null | sed -n 1p
 }
+
+# The host's locks, one model for every script (the names, the modes, the owner notes):
+#   .cluster.lock  restore and rebuild-volume hold it exclusive (they change the cluster);
+#                  backup and the deep verify hold it shared (they read it), so no backup
+#                  ever dumps a cluster that is being restored or rebuilt
+#   .backup.lock   backup and retention hold it exclusive (they change the backup dir)
+# Each holder leaves a note "WHAT pid PID since TIME" in LOCK.owner.PID, so whoever
+# waits is told who holds it.
+LOCK_NOTES=()
+# shellcheck disable=SC2034  # read by the scripts that include this file
+LOCK_HELD_BY=""
+
+# lock_holders LOCK: the notes of the live holders of LOCK, separated by ";".
+lock_holders() {
+    local f pid notes=()
+    for f in "$1".owner.*; do
+        [ -e "$f" ] || continue
+        pid=${f##*.}
+        if [[ $pid =~ ^[0-9]+$ ]] && [ -d "/proc/$pid" ]; then
+            notes+=("$(head -n 1 -- "$f" 2>/dev/null)")
+        else
+            rm -f -- "$f" 2>/dev/null
+        fi
+    done
+    local IFS=';'
+    printf "%s" "${notes[*]}"
+}
+
+# take_lock LOCK shared|exclusive WAIT WHAT: hold LOCK until this script exits (its file
+# descriptor is inherited by the commands it starts, which hold it as long as they run).
+# Waits up to WAIT seconds (0: not at all). Returns 75 with LOCK_HELD_BY set to the
+# holders when it cannot have it, 73 when the file cannot be opened.
+take_lock() {
+    local lock=$1 flag=-x fd
+    [ "$2" = shared ] && flag=-s
+    LOCK_HELD_BY=""
+    exec {fd}>>"$lock" || return 73
+    if ! flock -n "$flag" "$fd"; then
+        # shellcheck disable=SC2034
+        LOCK_HELD_BY=$(lock_holders "$lock")
+        if [ "$3" -le 0 ] || ! flock -w "$3" "$flag" "$fd"; then
+            # shellcheck disable=SC2034  # read by the scripts that include this file
+            LOCK_HELD_BY=$(lock_holders "$lock")
+            exec {fd}>&-
+            return 75
+        fi
+    fi
+    { printf '%s pid %s since %s\n' "$4" "$$" "$(now_utc)" >"$lock.owner.$$"; } 2>/dev/null || true
+    LOCK_NOTES+=("$lock.owner.$$")
+    return 0
+}
+
+# drop_lock_notes: remove this script's owner notes (call it from the EXIT trap).
+drop_lock_notes() {
+    local f
+    for f in "${LOCK_NOTES[@]}"; do rm -f -- "$f" 2>/dev/null; done
+    return 0
+}
+
+# The labels of the safety copies restore and rebuild-volume take (backups.SAFETY_LABELS).
+SAFETY_LABELS=(pre-restore pre-rebuild)
+
+# is_safety_copy NAME: whether backup NAME is a safety copy (never what latest means).
+is_safety_copy() {
+    local label
+    for label in "${SAFETY_LABELS[@]}"; do
+        [[ $1 == *_"$label".sql.gz ]] && return 0
+    done
+    return 1
+}
+
+# unhex HEX: the bytes HEX stands for (names cross between scripts as hex).
+unhex() { printf '%b' "$(printf '%s' "$1" | sed 's/../\\x&/g')"; }
+
+# conninfo_db NAME: a libpq connection string for database NAME, whatever it holds
+# (psql -d takes a name with = in it for a connection string).
+conninfo_db() {
+    local v=${1//\\/\\\\}
+    v=${v//\'/\\\'}
+    printf "dbname='%s'" "$v"
+}

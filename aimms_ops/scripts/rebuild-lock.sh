@@ -1,28 +1,26 @@
 #!/usr/bin/env bash
-# rebuild-lock.sh BACKUP_DIR OWNER: hold the rebuild lock of this host while stdin
-# stays open (rebuild-volume keeps it open for its whole run; it closes when the run
-# ends, is killed or loses its connection). The backup lock is held too, so no backup
-# (cron's included) runs on a half-rebuilt cluster: the backup script waits for it.
-# Prints locked=1 once held; busy=rebuild|backup and holder=... with exit 75 when
-# another run holds one of them.
+# rebuild-lock.sh BACKUP_DIR OWNER: hold the host's cluster lock (lib.sh) exclusive while
+# stdin stays open (rebuild-volume keeps it open for its whole run; it closes when the
+# run ends, is killed or loses its connection). No backup (cron's included), restore or
+# deep verify runs on a half-rebuilt cluster meanwhile: they wait for the lock.
+# Prints locked=1 once held; busy=rebuild|backup|restore|verify and holder=... with exit
+# 75 when another run holds it.
 set -uo pipefail
 umask 077
 # @include lib.sh
 
 dir=$1 owner=$2
 mkdir -p -- "$dir" || exit 1
-exec 8>>"$dir/.rebuild.lock" 9>>"$dir/.backup.lock" || exit 1
-if ! flock -n 8; then
-    echo "busy=rebuild"
-    echo "holder=$(cat -- "$dir/.rebuild.lock.owner" 2>/dev/null)"
-    exit 75
-fi
-if ! flock -n 9; then
-    echo "busy=backup"
-    echo "holder=$(cat -- "$dir/.backup.lock.owner" 2>/dev/null)"
-    exit 75
-fi
-printf '%s since %s\n' "$owner" "$(now_utc)" >"$dir/.rebuild.lock.owner"
-printf '%s since %s\n' "$owner" "$(now_utc)" >"$dir/.backup.lock.owner"
+trap drop_lock_notes EXIT
+take_lock "$dir/.cluster.lock" exclusive 0 "$owner"
+case $? in
+    0) ;;
+    75) kind=${LOCK_HELD_BY%% *}
+        case $kind in rebuild-volume) kind=rebuild ;; esac
+        echo "busy=${kind:-unknown}"
+        echo "holder=$LOCK_HELD_BY"
+        exit 75 ;;
+    *) echo "cannot open $dir/.cluster.lock" >&2; exit 1 ;;
+esac
 echo "locked=1"
 cat >/dev/null

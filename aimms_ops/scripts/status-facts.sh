@@ -52,5 +52,11 @@ container.error={{.State.Error}}' "$cid" 2>/dev/null
     echo "container.log_b64=$(docker logs --tail 15 "$cid" 2>&1 | base64 -w0)"
 fi
 
+# Restores and deep verifies read the dump with python3 (aimms_ops/dumpscan.py).
+if command -v python3 >/dev/null 2>&1; then
+    echo "python3.version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
+else
+    echo "python3.version="
+fi
 echo "env.PATH=$PATH"
 echo "env.DOCKER_HOST=${DOCKER_HOST:-}"

@@ -10,7 +10,8 @@
 #   --project NAME      compose project of production              (COMPOSE_PROJECT)
 #   --service NAME      compose service of production postgres     (COMPOSE_SERVICE)
 #   --superuser NAME    role the dump is replayed as               (PG_SUPERUSER)
-#   --file NAME|latest  the backup to verify (default: latest, the newest in BACKUP_DIR)
+#   --file NAME|latest  the backup to verify (default: latest, the newest regular backup
+#                       in BACKUP_DIR; a safety copy is never latest)
 #   --protect VOLUME    a volume that must never be used (repeatable); every volume of
 #                       the compose project's containers is protected as well
 #   --wait SECONDS      how long the throwaway server may take to start (default 180)
@@ -27,9 +28,12 @@
 #                      anything of production
 #   gzip stream        the dump decompresses to its end          } checked while it is
 #   dump header        it is a pg_dumpall cluster dump           } streamed through the
-#   restore            psql (ON_ERROR_STOP) replays it all       } same restore-filter.awk
-#   completion marker  the dump ends with its completion marker  } as real restores
+#   restore            psql (ON_ERROR_STOP) replays it all       } same dump scanner
+#   completion marker  the dump ends with its completion marker  } as real restores do
 #   databases          every database of the dump is there afterwards
+#   live restore       the same dump replayed again onto the cluster the first replay
+#                      made: what `fab restore` does onto a live cluster (its template1
+#                      objects, postgres' properties, the roles already there)
 # then the tables and their exact row counts are reported. The throwaway container and
 # its volume are removed whatever happens (EXIT trap), and the removal is checked.
 # The last log line of a run is "RESULT ok NAME databases=N tables=N rows=N seconds=N"
@@ -40,29 +44,11 @@ umask 077
 
 # @include lib.sh
 
-HEADER='-- PostgreSQL database cluster dump'
-MARKER='-- PostgreSQL database cluster dump complete'
 NAME_RE='^aimms_postgres_[0-9]{8}_[0-9]{6}(_[A-Za-z0-9_-]+)?\.sql\.gz$'
 
-read -r -d '' FILTER <<'AWK'
-# @include restore-filter.awk
-AWK
-
-# Passes the dump through unchanged and notes what the checks need (outside COPY data):
-# the header among the first lines, the database sections, the last non-empty lines.
-read -r -d '' INSPECT <<'AWK'
-{ print }
-NR <= 3 && $0 == header { has_header = 1 }
-in_copy { if ($0 == "\\.") in_copy = 0; next }
-/^COPY .* FROM stdin;$/ { in_copy = 1 }
-/^-- Database ".*" dump$/ { dbs[++n] = substr($0, 14, length($0) - 19) }
-NF { t1 = t2; t2 = t3; t3 = $0 }
-END {
-    print "header=" (has_header ? 1 : 0) > out
-    for (i = 1; i <= n; i++) print "db=" dbs[i] > out
-    print "marker=" ((t1 == marker || t2 == marker || t3 == marker) ? 1 : 0) > out
-}
-AWK
+read -r -d '' SCANNER <<'PYTHON'
+# @include dumpscan.py
+PYTHON
 
 BACKUP_DIR=${BACKUP_DIR:-}
 LOG_FILE=${LOG_FILE:-}
@@ -188,8 +174,10 @@ trap 'fail interrupted "interrupted by a signal"' INT TERM HUP
 if [ "$FILE" = latest ]; then
     NAME=$(find "$BACKUP_DIR" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' \
         -printf '%T@\t%f\n' | sort -t $'\t' -k1,1nr | cut -f2 |
-        while read -r n; do [[ $n =~ $NAME_RE ]] && { echo "$n"; break; }; done)
-    [ -n "$NAME" ] || fail file "there are no backups in $BACKUP_DIR"
+        while read -r n; do
+            [[ $n =~ $NAME_RE ]] && ! is_safety_copy "$n" && { echo "$n"; break; }
+        done)
+    [ -n "$NAME" ] || fail file "there are no regular backups in $BACKUP_DIR"
 else
     NAME=$FILE
 fi
@@ -201,8 +189,12 @@ size=$(stat -c %s -- "$path")
 report "verify.size=$size"
 log "START verify of $NAME ($(human "$size")): trial restore into a throwaway container"
 
-exec 8>>"$BACKUP_DIR/.verify.lock" || fail lock "cannot open $BACKUP_DIR/.verify.lock"
-flock -n 8 || fail lock "another verify is running (lock $BACKUP_DIR/.verify.lock)"
+# The locks (lib.sh): one verify at a time, and none while a restore or a rebuild
+# changes the cluster it reads its image and environment from.
+take_lock "$BACKUP_DIR/.verify.lock" exclusive 0 verify ||
+    fail lock "another verify is running (${LOCK_HELD_BY:-lock $BACKUP_DIR/.verify.lock})"
+take_lock "$BACKUP_DIR/.cluster.lock" shared "${LOCK_TIMEOUT:-600}" verify ||
+    fail lock "a restore or rebuild of the cluster is still running after ${LOCK_TIMEOUT:-600}s (${LOCK_HELD_BY:-unknown holder})"
 
 # --- checksum ------------------------------------------------------------------------
 [ "$size" -gt 0 ] || fail checksum "the file is empty"
@@ -312,18 +304,41 @@ while :; do
 done
 check start OK "$CONTAINER from the image of $prod_name, volume $VOLUME, no network"
 
-# --- the trial restore: decompress | inspect | restore-filter.awk | psql -------------
-if command -v pigz >/dev/null 2>&1; then unzip=(pigz -dc); else unzip=(gzip -dc); fi
-"${unzip[@]}" <"$path" 2>"$WORK/unzip.err" |
-    awk -v out="$WORK/inspect" -v header="$HEADER" -v marker="$MARKER" "$INSPECT" |
-    awk -v only="" "$FILTER" 2>/dev/null |
-    docker exec -i -e PGOPTIONS='-c client_min_messages=warning' "$CONTAINER" \
-        psql -X -q -v ON_ERROR_STOP=1 -U "$PG_SUPERUSER" -d postgres -f - >/dev/null 2>"$WORK/psql.err"
-st=("${PIPESTATUS[@]}")
-log "restore stages: ${unzip[0]} ${st[0]}, inspect ${st[1]}, filter ${st[2]}, psql ${st[3]}"
-psql_error=$(grep -m 1 -E '(ERROR|FATAL|error):' "$WORK/psql.err" || tail -n 1 "$WORK/psql.err")
+# --- the trial restore: decompress | dump scanner | psql, twice -----------------------
+if ! command -v python3 >/dev/null 2>&1; then
+    fail restore "python3 is not installed on this host; reading the dump needs it (install python3)"
+fi
+unzip=(gzip -dc)
+if command -v igzip >/dev/null 2>&1; then unzip=(igzip -dc)
+elif command -v pigz >/dev/null 2>&1; then unzip=(pigz -dc); fi
+
+# replay PASS: the dump through the restore filter into the throwaway server. The
+# second pass replays onto what the first made, with that cluster's properties, as a
+# restore onto a live cluster does.
+replay() {
+    local props=() db
+    if [ "$1" = 2 ]; then
+        for db in template1 postgres; do
+            docker exec "$CONTAINER" pg_dump -U "$PG_SUPERUSER" --create --schema-only \
+                --exclude-schema='*' "$db" >"$WORK/$db.props" 2>/dev/null &&
+                props+=(--props "$db=$WORK/$db.props")
+        done
+    fi
+    "${unzip[@]}" <"$path" 2>"$WORK/unzip.err" |
+        python3 -c "$SCANNER" filter --facts "$WORK/inspect" "${props[@]}" 2>"$WORK/filter.err" |
+        docker exec -i -e PGOPTIONS='-c client_min_messages=warning' "$CONTAINER" \
+            psql -X -q -v ON_ERROR_STOP=1 -U "$PG_SUPERUSER" -d postgres -f - >/dev/null 2>"$WORK/psql.err"
+    st=("${PIPESTATUS[@]}")
+    log "restore pass $1 stages: ${unzip[0]} ${st[0]}, filter ${st[1]}, psql ${st[2]}"
+}
+
+# psql's first error, whole (a message may span lines), newlines shown as \n.
+psql_error() {
+    awk '/^psql:/ { if (n++) exit } n { printf "%s%s", (n++ > 1 ? "\\n" : ""), $0 }' "$WORK/psql.err"
+}
+
+replay 1
 # A stage killed by SIGPIPE (141) only saw a later stage stop: not a fault of its own.
-# The inspect stage writes its findings at its end: none when it was stopped early.
 if [ "${st[0]}" != 0 ] && [ "${st[0]}" != 141 ]; then
     fail "gzip stream" "the file does not decompress to its end: $(tail -n 1 "$WORK/unzip.err")"
 fi
@@ -335,15 +350,15 @@ fi
 if grep -qx 'header=0' "$WORK/inspect" 2>/dev/null; then
     fail "dump header" "not a pg_dumpall cluster dump (no header)"
 fi
-if [ "${st[3]}" != 0 ]; then
-    fail restore "psql stopped: ${psql_error:-exit status ${st[3]}}"
+if [ "${st[2]}" != 0 ]; then
+    fail restore "psql stopped: $(psql_error | cut -c1-400)"
 fi
-# restore-filter.awk exits 3 when the stream ends before the completion marker.
-if grep -qx 'marker=0' "$WORK/inspect" 2>/dev/null || [ "${st[2]}" = 3 ]; then
+# The filter exits 3 when the stream ends before the completion marker.
+if grep -qx 'complete=0' "$WORK/inspect" 2>/dev/null || [ "${st[1]}" = 3 ]; then
     fail "completion marker" "the dump has no completion marker: it is incomplete"
 fi
-if [ "${st[1]}" != 0 ] || [ "${st[2]}" != 0 ]; then
-    fail restore "the dump inspection or the restore filter failed (status ${st[1]} ${st[2]})"
+if [ "${st[1]}" != 0 ]; then
+    fail restore "the restore filter failed (status ${st[1]}): $(tail -n 1 "$WORK/filter.err")"
 fi
 check "dump header" OK "a pg_dumpall cluster dump"
 check restore OK "psql replayed it with ON_ERROR_STOP"
@@ -358,15 +373,22 @@ missing=()
 while IFS= read -r db; do
     if [ -z "$db" ] || [ "$db" = template1 ]; then continue; fi
     printf '%s\n' "${restored[@]}" | grep -qxF -- "$db" || missing+=("$db")
-done < <(sed -n 's/^db=//p' "$WORK/inspect")
+done < <(sed -n 's/^db=//p' "$WORK/inspect" | while read -r hex; do unhex "$hex"; echo; done)
 [ ${#missing[@]} -eq 0 ] || fail databases "missing after the restore: ${missing[*]}"
 check databases OK "${restored[*]}"
+
+replay 2
+if [ "${st[2]}" != 0 ] || [ "${st[1]}" != 0 ]; then
+    fail "live restore" "a second replay onto the restored cluster failed, as fab restore onto a live cluster would: $(psql_error | cut -c1-400)"
+fi
+check "live restore" OK "replayed again onto the cluster the first replay made"
 
 tables=0 rows=0
 for db in "${restored[@]}"; do
     report "verify.database=$db"
-    counts=$(pq -d "$db" 2>"$WORK/count.err" <<'SQL'
-SELECT format('SELECT %L, count(*) FROM %I.%I', n.nspname || '.' || c.relname, n.nspname, c.relname)
+    counts=$(pq -d "$(conninfo_db "$db")" 2>"$WORK/count.err" <<'SQL'
+SELECT format('SELECT %L, count(*) FROM ONLY %I.%I',
+              quote_ident(n.nspname) || '.' || quote_ident(c.relname), n.nspname, c.relname)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg_toast%'

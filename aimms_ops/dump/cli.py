@@ -1,0 +1,82 @@
+"""The command line of the host script: ``inspect`` and ``filter``, reading stdin."""
+
+import sys
+
+from .facts import Facts, print_facts, read_facts
+from .reader import READ_CHUNK, Reader, Tee
+from .restore_filter import RestoreFilter
+
+
+def _read(stream):
+    while True:
+        chunk = stream.read(READ_CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _props_file(path):
+    with open(path, "rb") as fh:
+        return fh.read().splitlines(True)
+
+
+def main(argv):
+    """``inspect`` < dump: facts; ``filter [--only HEX] [--props DB=FILE]… [--facts FILE]``.
+
+    The filter reads the dump on stdin and writes what psql is to replay on stdout;
+    ``--facts`` also writes what ``inspect`` would print to FILE, at the end.
+    """
+    if not argv or argv[0] not in ("inspect", "filter"):
+        sys.stderr.write("usage: dumpscan inspect | filter [--only HEXNAME] [--props DB=FILE]\n")
+        return 64
+    stdin = sys.stdin.buffer
+    if argv[0] == "inspect":
+        print_facts(read_facts(_read(stdin)), sys.stdout)
+        return 0
+    only, props, facts_path = None, {}, None
+    args = argv[1:]
+    while args:
+        opt = args.pop(0)
+        if opt == "--only" and args:
+            only = bytes.fromhex(args.pop(0))
+        elif opt == "--facts" and args:
+            facts_path = args.pop(0)
+        elif opt == "--props" and args:
+            name, _, path = args.pop(0).partition("=")
+            try:
+                props[name.encode()] = _props_file(path)
+            except OSError:
+                pass
+        else:
+            sys.stderr.write("dumpscan: unknown argument %s\n" % opt)
+            return 64
+    out = sys.stdout.buffer
+
+    def log(msg):
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+
+    filt = RestoreFilter(out, log, only=only, props=props)
+    facts = Facts()
+    reader = Reader(Tee(filt, facts) if facts_path else filt)
+    filt.attach(reader)
+    facts.attach(reader)
+    rc = 0
+    try:
+        for chunk in _read(stdin):
+            reader.feed(chunk)
+        reader.close()
+        out.flush()
+    except BrokenPipeError:
+        log("aimms-ops: psql stopped reading the restore stream")
+        rc = 141
+    if facts_path:
+        with open(facts_path, "w") as fh:
+            print_facts(facts, fh)
+    if rc:
+        return rc
+    return 0 if reader.complete else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,157 @@
+"""A push parser over a plain pg_dumpall dump that says what each part is."""
+
+import re
+
+from .lexer import _COPY, Lexer
+
+HEADER = b"-- PostgreSQL database cluster dump"
+MARKER = b"-- PostgreSQL database cluster dump complete"
+SECTION_PREFIX = b'-- Database "'
+SECTION_SUFFIX = b'" dump'
+#: Lines of the preface: a title per database, then that database's properties as
+#: pg_dump --create wrote them, each line behind this prefix.
+PREFACE_TITLE = b"-- aimms-ops: properties of database "
+PREFACE_LINE = b"-- | "
+READ_CHUNK = 1024 * 1024
+_TOC = re.compile(rb"^-- (?:Data for )?Name: (.*); Type: (.*); Schema: (.*); Owner: (.*)$")
+
+
+class Reader:
+    """A push parser over a dump's bytes that tells a handler what each part is.
+
+    The handler gets: ``line(line, kind)`` for a line at a statement boundary (kind
+    ``blank``, ``comment``, ``meta``, ``section``, ``complete``, ``header`` or
+    ``preface``), ``unit(lines)`` for whole lines holding one or more complete
+    statements, ``copy(data)`` for COPY rows (the ``\\.`` line included), and
+    ``end(reader)`` when the input is over. ``section`` is the current database
+    (None in the globals), ``toc`` the last TOC header (name, type), ``in_copy``
+    whether the input stopped inside COPY data.
+    """
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.lexer = Lexer()
+        self.carry = b""
+        self.pending = []  # lines of the statement being read
+        self.in_copy = False
+        self.section = None
+        self.sections = []
+        self.seen_header = False
+        self.complete = False
+        self.toc = (b"", b"")
+        self.lines = 0
+        self.copy_rows_cut = False
+
+    def feed(self, data):
+        if self.carry:
+            data = self.carry + data
+            self.carry = b""
+        pos, n = 0, len(data)
+        while pos < n:
+            if self.in_copy:
+                pos = self._copy(data, pos)
+                continue
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                self.carry = data[pos:]
+                return
+            self._line(data[pos:nl + 1])
+            pos = nl + 1
+
+    def _copy(self, data, pos):
+        """Pass COPY rows through up to and including the ``\\.`` line."""
+        if data.startswith(b"\\.\n", pos):
+            end = pos + 3
+        else:
+            j = data.find(b"\n\\.\n", pos)
+            if j < 0:
+                # Keep the last (maybe partial) line for the next chunk.
+                cut = data.rfind(b"\n", pos) + 1
+                if cut > pos:
+                    self.lines += data.count(b"\n", pos, cut)
+                    self.handler.copy(data[pos:cut])
+                self.carry = data[cut:]
+                return len(data)
+            end = j + 4
+        self.lines += data.count(b"\n", pos, end)
+        self.handler.copy(data[pos:end])
+        self.in_copy = False
+        return end
+
+    def _line(self, line):
+        self.lines += 1
+        lex = self.lexer
+        if lex.at_boundary and not self.pending:
+            body = line.rstrip(b"\r\n")
+            stripped = body.strip()
+            if not stripped:
+                return self.handler.line(line, "blank")
+            if stripped.startswith(b"\\"):
+                return self.handler.line(line, "meta")
+            if stripped.startswith(b"--"):
+                return self.handler.line(line, self._comment(body))
+        self.pending.append(line)
+        ends = lex.feed(line)
+        if ends and lex.at_boundary:
+            unit, self.pending = self.pending, []
+            if _COPY.match(b"".join(unit)):
+                self.in_copy = True
+            self.handler.unit(unit)
+
+    def _comment(self, body):
+        if not self.seen_header:
+            if body == HEADER:
+                self.seen_header = True
+                return "header"
+            if body.startswith((PREFACE_TITLE, PREFACE_LINE)):
+                return "preface"
+            return "comment"
+        if body.startswith(SECTION_PREFIX) and body.endswith(SECTION_SUFFIX):
+            self.section = body[len(SECTION_PREFIX):-len(SECTION_SUFFIX)]
+            self.sections.append(self.section)
+            self.toc = (b"", b"")
+            return "section"
+        if body == MARKER:
+            self.complete = True
+            self.section = None
+            return "complete"
+        m = _TOC.match(body)
+        if m:
+            self.toc = (m.group(1), m.group(2))
+        return "comment"
+
+    def close(self):
+        if self.carry:
+            rest, self.carry = self.carry, b""
+            if self.in_copy:
+                self.lines += 1
+                self.handler.copy(rest)
+            else:
+                self._line(rest)
+        if self.pending:
+            unit, self.pending = self.pending, []
+            self.handler.unit(unit)
+        self.handler.end(self)
+
+
+class Tee:
+    """Hands every event of a Reader to several handlers (a filter that also inspects)."""
+
+    def __init__(self, *handlers):
+        self.handlers = handlers
+
+    def line(self, line, kind):
+        for h in self.handlers:
+            h.line(line, kind)
+
+    def unit(self, lines):
+        for h in self.handlers:
+            h.unit(lines)
+
+    def copy(self, data):
+        for h in self.handlers:
+            h.copy(data)
+
+    def end(self, reader):
+        for h in self.handlers:
+            h.end(reader)

@@ -1,0 +1,271 @@
+"""The restore filter: a dump rewritten so that psql replays it exactly onto a live cluster."""
+
+from .lexer import (
+    _CREATE_DB,
+    _CREATE_ROLE,
+    _DROP_DB,
+    _DROP_ROLE,
+    _TABLESPACE,
+    ident_name,
+    sql_literal,
+)
+from .reader import PREFACE_LINE, PREFACE_TITLE, Reader
+
+#: What of a preface block is a property of the database itself (pg_dump's TOC types).
+_PROPERTY_TYPES = (b"DATABASE", b"DATABASE PROPERTIES")
+_PROPERTY_OF_DB = (b"COMMENT", b"ACL", b"SECURITY LABEL")
+#: template1 is a template: it can be dropped only once it is not (what pg_dump does).
+_NOT_TEMPLATE = (b"UPDATE pg_catalog.pg_database SET datistemplate = false "
+                 b"WHERE datname = 'template1';")
+
+
+class RestoreFilter:
+    """Rewrites a dump so that psql with ON_ERROR_STOP replays it exactly on a live cluster.
+
+    Whole cluster (``only`` is None):
+    - the globals run in one transaction (unless they create a tablespace), after a
+      prelude that, for every role the dump holds and the cluster has, resets its
+      settings, password and comment and revokes its memberships: the dump then sets
+      them exactly. Each ``CREATE ROLE x;`` tolerates an existing role. Roles the
+      dump does not hold are left alone.
+    - every database with a ``CREATE DATABASE`` is dropped first (``WITH (FORCE)``);
+      template1 and postgres, which a plain dump only reconnects to, are dropped and
+      recreated with their properties (from the dump's preface, else from ``props``:
+      the live cluster's, captured before the restore).
+    - ``DROP ROLE`` of a --clean dump is kept as a comment, its ``DROP DATABASE`` gets
+      ``WITH (FORCE)``.
+    One database (``only``): just that database's section, the rest as empty lines.
+
+    The output has the dump's lines in the same numbers, except for whole blocks the
+    filter inserts, each reported on ``log`` as ``aimms-ops: inserted N lines after
+    line K`` (K counted in the output), so psql's line numbers map back to the dump's.
+    """
+
+    def __init__(self, out, log, only=None, props=None):
+        self.out = out
+        self.log = log
+        self.only = only
+        self.props = dict(props or {})
+        self.reader = None
+        self.globals = []  # ("line", bytes) | ("unit", [bytes]) until the first section
+        self.out_lines = 0
+        self.section_created = False
+        self.section_connected = False
+        self.keep = only is None
+        self.tag_n = 0
+        self.preface_dbs = set()
+        self._preface_db = b""
+
+    def attach(self, reader):
+        self.reader = reader
+        return self
+
+    # -- output
+    def _write(self, data):
+        self.out.write(data)
+        self.out_lines += data.count(b"\n")
+
+    def _blank(self, data):
+        self._write(b"\n" * data.count(b"\n"))
+
+    def _insert(self, text):
+        n = text.count(b"\n")
+        self.log("aimms-ops: inserted %d lines after line %d" % (n, self.out_lines))
+        self._write(text)
+
+    # -- reader events
+    def line(self, line, kind):
+        r = self.reader
+        if kind == "preface":
+            body = line.rstrip(b"\r\n")
+            if body.startswith(PREFACE_TITLE):
+                self._preface_db = body[len(PREFACE_TITLE):].split(b" (", 1)[0]
+                self.preface_dbs.add(self._preface_db)
+                self.props[self._preface_db] = []
+            elif self._preface_db:
+                self.props[self._preface_db].append(line[len(PREFACE_LINE):])
+            return self._write(line)
+        if r.section is None and kind not in ("complete",) and r.seen_header \
+                and self.globals is not None:
+            self.globals.append(("line", line))
+            return None
+        if kind == "section":
+            self._flush_globals()
+            self.section_created = False
+            self.section_connected = False
+            if self.only is not None:
+                self.keep = r.section == self.only
+            return self._write(line)
+        if kind == "complete":
+            self._flush_globals()
+            if self.only is not None:
+                self.keep = False
+            return self._write(line)
+        if not self.keep:
+            return self._blank(line)
+        if kind == "meta" and r.section is not None and not self.section_connected \
+                and line.lstrip().startswith(b"\\connect"):
+            self.section_connected = True
+            if r.section in (b"template1", b"postgres") and not self.section_created:
+                self._recreate(r.section)
+        return self._write(line)
+
+    def unit(self, lines):
+        r = self.reader
+        if r.section is None and r.seen_header and self.globals is not None:
+            self.globals.append(("unit", lines))
+            return None
+        if not self.keep:
+            return self._blank(b"".join(lines))
+        text = b"".join(lines)
+        if r.section is not None:
+            m = _CREATE_DB.match(text)
+            if m:
+                self.section_created = True
+                name = m.group(1)
+                # Same line: the dump's line numbers stay as they are.
+                lead = b"DROP DATABASE IF EXISTS " + name + b" WITH (FORCE); "
+                if ident_name(name) == b"template1":
+                    lead = _NOT_TEMPLATE + b" " + lead
+                return self._write(lead + text)
+            m = _DROP_DB.match(text)
+            if m:
+                return self._write(self._forced(text, m))
+        return self._write(text)
+
+    def copy(self, data):
+        if self.keep:
+            self._write(data)
+        else:
+            self._blank(data)
+
+    def end(self, reader):
+        self._flush_globals()
+        if reader.in_copy:
+            self.log("aimms-ops: the dump stream ended inside the data of a table")
+            # A row of more columns than any table has: the COPY fails and rolls back.
+            self._write(b"aimms-ops: stream cut short" + b"\t" * 1700 + b"\n")
+        if not reader.complete:
+            self.log("aimms-ops: the dump ended before its completion marker: "
+                     "the restore is incomplete")
+
+    # -- the pieces
+    def _forced(self, text, m):
+        rest = m.group(2)
+        if b"FORCE" in rest:
+            return text
+        semi = text.rstrip().rfind(b";")
+        return text[:semi] + b" WITH (FORCE)" + text[semi:]
+
+    def _tag(self, text):
+        while True:
+            self.tag_n += 1
+            tag = b"$aimms_ops%d$" % self.tag_n
+            if tag not in text:
+                return tag
+
+    def _flush_globals(self):
+        if self.globals is None:
+            return
+        items, self.globals = self.globals, None
+        if self.only is not None:
+            for kind, item in items:
+                self._blank(item if kind == "line" else b"".join(item))
+            return
+        roles = []
+        tablespace = False
+        for kind, item in items:
+            if kind == "unit":
+                text = b"".join(item)
+                m = _CREATE_ROLE.match(text)
+                if m:
+                    roles.append(ident_name(m.group(1)))
+                if _TABLESPACE.match(text):
+                    tablespace = True
+        first = next((i for i, (k, it) in enumerate(items)
+                      if k == "unit" and _CREATE_ROLE.match(b"".join(it))), None)
+        last = max((i for i, (k, _) in enumerate(items) if k == "unit"), default=None)
+        for i, (kind, item) in enumerate(items):
+            if i == first:
+                self._insert(self._prelude(roles, transaction=not tablespace))
+            if kind == "line":
+                self._write(item)
+                continue
+            text = b"".join(item)
+            if _CREATE_ROLE.match(text):
+                tag = self._tag(text)
+                body = text.rstrip(b"\r\n")
+                text = (b"DO " + tag + b"BEGIN " + body +
+                        b" EXCEPTION WHEN duplicate_object THEN NULL; END" + tag + b";\n")
+            elif _DROP_ROLE.match(text):
+                text = b"".join(b"-- aimms-ops kept the role: " + ln for ln in item)
+            self._write(text)
+            if i == last and first is not None and not tablespace:
+                self._insert(b"COMMIT;\n")
+
+    def _prelude(self, roles, transaction):
+        names = b", ".join(sql_literal(r) for r in roles) or b"NULL"
+        tag = self._tag(names)
+        begin = b"BEGIN;\n" if transaction else b""
+        return begin + (
+            b"DO " + tag + b"\nDECLARE r text; m record;\nBEGIN\n"
+            b"  FOREACH r IN ARRAY ARRAY[" + names + b"]::text[] LOOP\n"
+            b"    IF r IS NOT NULL AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN\n"
+            b"      EXECUTE format('ALTER ROLE %I RESET ALL', r);\n"
+            b"      EXECUTE format('ALTER ROLE %I PASSWORD NULL', r);\n"
+            b"      EXECUTE format('COMMENT ON ROLE %I IS NULL', r);\n"
+            b"    END IF;\n  END LOOP;\n"
+            b"  FOR m IN SELECT g.rolname AS grp, u.rolname AS mem FROM pg_auth_members a\n"
+            b"      JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles u ON u.oid = a.member\n"
+            b"      WHERE u.rolname = ANY (ARRAY[" + names + b"]::text[]) LOOP\n"
+            b"    EXECUTE format('REVOKE %I FROM %I', m.grp, m.mem);\n"
+            b"  END LOOP;\nEND " + tag + b";\n")
+
+    def _recreate(self, db):
+        """Drop template1 or postgres and create it again with its own properties."""
+        props = self.props.get(db)
+        lead = _NOT_TEMPLATE + b"\n" if db == b"template1" else b""
+        text = lead + b"DROP DATABASE IF EXISTS " + db + b" WITH (FORCE);\n"
+        if props:
+            text += b"".join(property_lines(props))
+            where = "the dump" if db in self.preface_dbs else "the live cluster"
+        else:
+            text += b"CREATE DATABASE " + db + b" WITH TEMPLATE = template0" + (
+                b" IS_TEMPLATE = true" if db == b"template1" else b"") + b";\n"
+            where = "nowhere: created with defaults"
+        self.log("aimms-ops: properties of database %s from %s" % (db.decode(), where))
+        self._insert(text)
+
+
+def property_lines(props):
+    """Of pg_dump --create output for one database, only the database's own properties.
+
+    Extensions and other objects it may carry are left out: the dump's section makes
+    those. Meta-commands (``\\connect``, ``\\restrict``) are kept.
+    """
+    keep = []
+
+    class _Pick:
+        def line(self, line, kind):
+            if kind == "meta":
+                keep.append(line)
+
+        def unit(self, lines):
+            name, typ = reader.toc
+            if not typ or typ in _PROPERTY_TYPES or (
+                    typ in _PROPERTY_OF_DB and name.startswith(b"DATABASE ")):
+                keep.extend(lines)
+
+        def copy(self, data):
+            pass
+
+        def end(self, r):
+            pass
+
+    reader = Reader(_Pick())
+    reader.seen_header = True
+    reader.section = b"?"
+    for ln in props:
+        reader.feed(ln)
+    reader.close()
+    return keep
