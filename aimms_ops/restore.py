@@ -445,6 +445,10 @@ def explain_failure(stderr: str) -> str:
         if line.startswith("aimms-ops: ") and not line.startswith(
                 ("aimms-ops: status", "aimms-ops: inserted", "aimms-ops: properties")):
             return line[len("aimms-ops: "):]
+    for line in lines:
+        # psql that could not even start (no such database, no server): its own words.
+        if line.startswith(("psql: error: ", "Error response from daemon: ")):
+            return line
     status = [ln for ln in lines if ln.startswith("aimms-ops: status")]
     if status:
         stages = ("reading the dump", "decompressing", "filtering", "psql")

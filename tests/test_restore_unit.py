@@ -76,6 +76,11 @@ def test_inspect_plain_sql(tmp_path):
     ("aimms-ops: the postgres container of compose project p is not running\n",
      "the postgres container of compose project p is not running"),
     ("aimms-ops: status 0 1 0 0\n", "decompressing exited 1"),
+    # psql that cannot start says why, not only its exit status.
+    ('psql: error: connection to server on socket "/run/x" failed: FATAL:  database "q" does '
+     'not exist\naimms-ops: status 141 141 141 2\n',
+     'psql: error: connection to server on socket "/run/x" failed: FATAL:  database "q" '
+     'does not exist'),
 ])
 def test_explain_failure(stderr, expected):
     assert restore.explain_failure(stderr) == expected

@@ -39,7 +39,6 @@ class Reader:
         self.seen_header = False
         self.complete = False
         self.toc = (b"", b"")
-        self.lines = 0
         self.copy_rows_cut = False
 
     def feed(self, data):
@@ -68,18 +67,15 @@ class Reader:
                 # Keep the last (maybe partial) line for the next chunk.
                 cut = data.rfind(b"\n", pos) + 1
                 if cut > pos:
-                    self.lines += data.count(b"\n", pos, cut)
                     self.handler.copy(data[pos:cut])
                 self.carry = data[cut:]
                 return len(data)
             end = j + 4
-        self.lines += data.count(b"\n", pos, end)
         self.handler.copy(data[pos:end])
         self.in_copy = False
         return end
 
     def _line(self, line):
-        self.lines += 1
         lex = self.lexer
         if lex.at_boundary and not self.pending:
             body = line.rstrip(b"\r\n")
@@ -124,7 +120,6 @@ class Reader:
         if self.carry:
             rest, self.carry = self.carry, b""
             if self.in_copy:
-                self.lines += 1
                 self.handler.copy(rest)
             else:
                 self._line(rest)
