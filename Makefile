@@ -31,6 +31,7 @@ demo: venv sandbox
 
 lint: venv
 	$(BIN)/ruff check aimms_ops tests fabfile.py $(wildcard bench)
+	$(BIN)/mypy aimms_ops
 
 unit: venv
 	$(BIN)/pytest -q -m "not integration"

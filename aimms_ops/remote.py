@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import paramiko
 from fabric import Connection
@@ -35,6 +35,12 @@ RECV_CHUNK = WINDOW_SIZE
 WRITE_QUEUE = 4
 
 Progress = Callable[[int], None]
+
+
+class Writable(Protocol):
+    """Where a stream from the host goes: anything with a binary ``write``."""
+
+    def write(self, data: bytes, /) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -240,7 +246,7 @@ class Remote:
                 n = src.readinto(view)  # type: ignore[attr-defined]
                 if not n:
                     break
-                ch.sendall(view[:n])
+                ch.sendall(view[:n])  # type: ignore[arg-type]  # any buffer will do
                 if progress is not None:
                     progress(n)
             ch.shutdown_write()
@@ -261,7 +267,7 @@ class Remote:
             raise
         return self._finish(ch, command, out, err, what)
 
-    def stream_from_remote(self, command: str, dst: BinaryIO, *,
+    def stream_from_remote(self, command: str, dst: Writable, *,
                            progress: Progress | None = None,
                            what: str = "the download") -> RunResult:
         """Write the stdout of remote ``command`` to ``dst``; constant memory.
@@ -304,7 +310,7 @@ class _Writer(threading.Thread):
     raised again in the receiving thread at the next ``put`` or at ``finish``.
     """
 
-    def __init__(self, dst: BinaryIO) -> None:
+    def __init__(self, dst: Writable) -> None:
         super().__init__(daemon=True)
         self.dst = dst
         self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=WRITE_QUEUE)

@@ -193,7 +193,8 @@ class KnownHosts:
                 if marker == "@revoked":
                     revoked.append(entry.key)
                 elif marker is None:
-                    keys._entries.append(entry)
+                    # The entry as parsed (all its names, hashed ones too): no public API.
+                    keys._entries.append(entry)  # type: ignore[attr-defined]
         return cls(keys=keys, revoked=revoked, files=files)
 
 
