@@ -385,7 +385,7 @@ def execute(remote: Remote, plan: RestorePlan, progress: Progress | None = None,
     seconds = time.monotonic() - started
     if res.rc == LOCK_BUSY:
         raise OpsError(f"restore on {remote.name} refused: {explain_failure(res.stderr)}",
-                       "nothing was restored; run it again once the other restore has ended",
+                       "nothing was restored; run it again once that run has ended",
                        code=75)
     if not res.ok:
         raise OpsError(f"restore on {remote.name} failed: {explain_failure(res.stderr)}",

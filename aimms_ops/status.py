@@ -282,6 +282,8 @@ def fix_for_failure(reason: str) -> str:
         return "free space in the backup dir, or lower retention_days and run fab prune"
     if "docker is not reachable" in r:
         return "start the Docker daemon, or add the login user to the docker group"
+    if "restore or rebuild of the cluster" in r:
+        return "a restore or rebuild-volume was running: the next backup runs after it"
     if "another backup" in r or "lock" in r:
         return "a backup is still running or hung: see fab logs and the lock owner"
     if "pg_dumpall" in r or "dump failed" in r:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from aimms_ops import backups, install
 from aimms_ops.errors import OpsError
 from aimms_ops.inventory import Compose, Host, Postgres, Volumes
+from aimms_ops.shell import SCRIPTS_DIR
 
 
 def _host(**kw) -> Host:
@@ -145,3 +147,26 @@ def test_conf_text_quotes_values():
     assert "BACKUP_DIR='/srv/it'\"'\"'s here'" in text
     assert "export PATH=/usr/bin:/bin" in text
     assert "DOCKER_HOST" not in text
+
+
+def test_the_host_scripts_know_the_same_safety_labels():
+    """lib.sh's list is the one the host scripts use for latest; it must be backups'."""
+    text = (SCRIPTS_DIR / "lib.sh").read_text()
+    labels = re.search(r"^SAFETY_LABELS=\((.*)\)$", text, re.M)
+    assert labels is not None
+    assert tuple(labels.group(1).split()) == backups.SAFETY_LABELS
+
+
+def test_latest_is_the_newest_regular_backup_never_a_safety_copy():
+    def b(name: str) -> backups.BackupFile:
+        return backups.BackupFile(name, "/x/" + name, 1, None, datetime(2026, 1, 1, tzinfo=UTC),
+                                  "remote")
+
+    listing = [b("aimms_postgres_20260102_000000_pre-restore.sql.gz"),
+               b("aimms_postgres_20260101_000000.sql.gz")]
+    assert backups.pick(listing, "latest").name == "aimms_postgres_20260101_000000.sql.gz"
+    with pytest.raises(OpsError, match="only safety copies"):
+        backups.pick(listing[:1], "latest")
+    with pytest.raises(OpsError, match="reserved"):
+        backups.validate_label("pre-restore")
+    assert backups.validate_label("pre-restore", safety=True) == "pre-restore"

@@ -161,7 +161,7 @@ def test_deep_verify_restores_names_tables_and_leaves_nothing_behind(health):
     assert d["throwaway"]["container"].startswith("aimms-ops-verify-")
     assert [c["name"] for c in d["checks"]] == [
         "checksum", "disk", "start", "gzip stream", "dump header", "restore",
-        "completion marker", "databases", "cleanup"]
+        "completion marker", "databases", "live restore", "cleanup"]
     dbs = {db["name"]: {t["name"]: t["rows"] for t in db["tables"]} for db in d["databases"]}
     assert set(dbs) >= {"aimms_web", "postgres"}
     counts = {"orders": "select count(*) from orders",

@@ -323,13 +323,15 @@ class TestBackupDirNotWritable:
 # --- the lock held by another run ------------------------------------------------------------
 
 LOCK_HELD = [
-    Row("backup", [], ("another backup is still running", "wait for it")),
-    Row("prune", ["--yes"], ("another backup is still running", "wait for it")),
+    # A restore holds the cluster lock: backups and retention wait for it, naming it.
+    Row("backup", [], ("a restore or rebuild of the cluster is still running", "restore pid")),
+    Row("prune", ["--yes"], ("a restore or rebuild of the cluster is still running",
+                             "restore pid")),
     Row("restore", ["--file={name}", "--yes"],
-        ("nothing was restored: the safety backup failed", "another backup is still running"),
-        changes_nothing=True),
+        ("nothing was restored: the safety backup failed",
+         "a restore or rebuild of the cluster is still running"), changes_nothing=True),
     Row("restore", ["--file={name}", "--yes", "--no-safety-backup"],
-        ("another restore is still running", "nothing was restored"), changes_nothing=True),
+        ("the cluster is busy", "restore pid", "nothing was restored"), changes_nothing=True),
     Row("list-backups", [], OK),
     Row("download", ["--file={name}", "--dest={tmp}/dl"], OK),
     Row("check", [], OK),
@@ -343,11 +345,13 @@ class Holder:
     pid: int  # the process on the host that holds the lock (under flock)
 
 
-def _hold(sandbox, lock: str, seconds: int) -> Holder:
-    """Hold a lock of the backup dir on the host, as another run would."""
+def _hold(sandbox, lock: str, seconds: int, what: str = "restore") -> Holder:
+    """Hold a lock of the backup dir on the host, as another run would (its owner note too)."""
+    note = f"~/postgres-backups/{lock}.owner.$$"
     proc = subprocess.Popen(
         ["ssh", "-F", str(sandbox.ssh_config), "aidset",
-         f"exec flock ~/postgres-backups/{lock} sh -c 'echo held $$; exec sleep {seconds}'"],
+         f"exec flock ~/postgres-backups/{lock} sh -c 'echo \"{what} pid $$\" >{note}; "
+         f"echo held $$; exec sleep {seconds}'"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     word, pid = proc.stdout.readline().split()
@@ -362,7 +366,8 @@ def _release(sandbox, holder: Holder) -> None:
 
 @pytest.fixture(scope="class")
 def lock_held(sandbox, small_backup, tmp_path_factory):
-    holders = [_hold(sandbox, ".backup.lock", 600), _hold(sandbox, ".restore.lock", 600)]
+    holders = [_hold(sandbox, ".backup.lock", 600, "backup"),
+               _hold(sandbox, ".cluster.lock", 600)]
     try:
         yield Fault(inventory=_inventory(sandbox, tmp_path_factory.mktemp("lock"),
                                          lock_timeout=1))
@@ -383,7 +388,7 @@ class TestLockHeld:
 def test_a_restore_waits_for_the_one_before_it(sandbox, small_backup, tmp_path):
     """Within lock_timeout a second restore waits for the first one instead of failing."""
     want = sandbox.checksums()
-    holder = _hold(sandbox, ".restore.lock", 8)
+    holder = _hold(sandbox, ".cluster.lock", 8)
     started = time.monotonic()
     proc = sandbox.fab("restore", f"--file={small_backup}", "--yes", "--no-safety-backup",
                        inventory=_inventory(sandbox, tmp_path, lock_timeout=60))

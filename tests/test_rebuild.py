@@ -405,16 +405,18 @@ def test_the_operator_must_type_the_volume_name(sandbox, backup, untouched):
 
 
 def test_a_second_run_at_the_same_time_is_refused(sandbox, backup, untouched):
-    lock = f"{backup_dir(sandbox)}/.rebuild.lock"
+    lock = f"{backup_dir(sandbox)}/.cluster.lock"
     holder = subprocess.Popen(
         ["ssh", "-F", str(sandbox.ssh_config), "-o", "BatchMode=yes", "aidset",
-         f"flock {lock} sh -c 'echo held; exec cat >/dev/null'"],
+         f"flock {lock} sh -c 'echo \"rebuild-volume by someone pid $$\" >{lock}.owner.$$; "
+         "echo held; exec cat >/dev/null'"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert holder.stdout.readline().strip() == b"held"
         proc = sandbox.fab("rebuild-volume", "--file=latest", "--yes")
         assert proc.returncode == 1
-        assert "another rebuild-volume is running" in fab_error_line(proc)
+        line = fab_error_line(proc)
+        assert "another rebuild-volume is running" in line and "by someone" in line
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)

@@ -256,7 +256,7 @@ def test_backups_and_their_dirs_are_private_on_both_sides(installed, tmp_path):
         modes = _modes(sandbox, f"{where}/backups")
         assert modes.pop(".") == "700"
         assert {n for n in modes if n.endswith(".sql.gz")} and {".backup.lock",
-                                                                ".restore.lock"} <= set(modes)
+                                                                ".cluster.lock"} <= set(modes)
         assert set(modes.values()) == {"600"}, modes
         assert sandbox.sh(f"stat -c %a {where}/logs/backup.log").strip() == "600"
         assert oct(dest.stat().st_mode & 0o777) == "0o700"

@@ -61,7 +61,7 @@ if [ -n "$lock" ]; then
     take_lock "$lock" exclusive "$lock_wait" restore
     case $? in
         0) ;;
-        75) echo "aimms-ops: the cluster is busy after ${lock_wait}s: held by ${LOCK_HELD_BY:-an unknown process}; wait for it to end" >&2
+        75) echo "aimms-ops: the cluster is busy after ${lock_wait}s: another restore, rebuild or backup holds it (${LOCK_HELD_BY:-unknown holder}); wait for it to end" >&2
             exit 75 ;;
         *) echo "aimms-ops: cannot open the lock $lock" >&2; exit 73 ;;
     esac
