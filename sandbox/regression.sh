@@ -169,13 +169,22 @@ is_complete() {
     [[ $have == "$(marker); tables=$tables" ]]
 }
 
-# End a pg_regress a killed run left running in the container, then remove what it made.
+# End what a killed run left running in the container (docker exec does not pass the kill
+# on): every process whose command line names the run's directory (pg_regress and its
+# psql children), by pid. A pid file alone is not enough: its pid may since belong to a
+# backend, and a signalled backend makes the server restart.
 clean_leftovers() {
-    docker exec -u postgres "$C" sh -c "
-        pid=\$(cat $CDIR.pid 2>/dev/null) || exit 0
-        kill -TERM -- -\"\$pid\" 2>/dev/null || exit 0
-        for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -- -\"\$pid\" 2>/dev/null || exit 0; sleep 0.5; done
-        kill -KILL -- -\"\$pid\" 2>/dev/null || true" || true
+    # The directory comes in the environment: in this script's own command line it would
+    # match this script (and its subshells).
+    # shellcheck disable=SC2016  # expanded by the container's sh
+    docker exec -u postgres -e RUN_DIR="$CDIR/" "$C" sh -c '
+        pids() { for f in /proc/[0-9]*/cmdline; do
+            tr "\000" " " < "$f" 2>/dev/null | grep -qF "$RUN_DIR" || continue
+            p=${f#/proc/}; echo "${p%/cmdline}"; done; }
+        for sig in TERM TERM TERM TERM TERM TERM KILL; do
+            set -- $(pids); [ $# -gt 0 ] || exit 0
+            kill -$sig "$@" 2>/dev/null; sleep 0.5
+        done' || true
     cpsql >/dev/null <<'EOF'
 DROP DATABASE IF EXISTS regression WITH (FORCE);
 SELECT format('DROP DATABASE %I WITH (FORCE)', datname) FROM pg_database
@@ -192,7 +201,7 @@ run_suite() {
     install_lib "$C"
     tar -C "$REG" -c regress pg_regress | docker exec -i -u postgres "$C" sh -c \
         "rm -rf $CDIR && mkdir -p $CDIR/out && tar -x -C $CDIR"
-    docker exec -i -u postgres -w "$CDIR/regress" "$C" setsid -w sh -c "echo \$\$ > $CDIR.pid; exec $CDIR/pg_regress \
+    docker exec -i -u postgres -w "$CDIR/regress" "$C" sh -c "exec $CDIR/pg_regress \
         --inputdir=$CDIR/regress --outputdir=$CDIR/out --bindir=/usr/lib/postgresql/15/bin \
         --dlpath=$PKGLIBDIR --user=postgres --schedule=$CDIR/regress/parallel_schedule" \
         >"$log" 2>&1 </dev/null || rc=$?
@@ -204,7 +213,6 @@ run_suite() {
     local failed
     failed=$(grep -c ' \.\.\. FAILED' "$log" || true)
     cpsql >/dev/null <<<"COMMENT ON DATABASE regression IS '$(marker); tables=$tables'"
-    docker exec -u postgres "$C" rm -f "$CDIR.pid"
     say "regression: built in $(since "$t0") s ($tables tables, $failed tests failed, log: $log)"
 }
 
@@ -224,6 +232,10 @@ case ${1:-} in
     prepare
     C=$(pg_container)
     [[ -n $C ]] || die "the postgres container of $PROJECT is not running (bash sandbox/up.sh)"
+    for ((i = 0; i < 240; i++)); do
+        docker exec "$C" pg_isready -q -U postgres -d postgres && break
+        sleep 0.25
+    done
     if is_complete; then
         install_lib "$C"
         say "regression: ready (complete, $(marker)) in $(since "$T_START") s"

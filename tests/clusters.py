@@ -110,6 +110,12 @@ ROLE_GROUP = "awk_readers"
 AWKWARD_ROLES = (ROLE_GROUP, ROLE_NL, ROLE_Q)
 #: Written last by ensure_awkward_db (COMMENT ON DATABASE of AWKWARD_DB): the build ended.
 AWKWARD_MARK = "aimms-ops awkward fixture v1"
+#: Fixed SCRAM verifiers (of 'reader-secret' and 'odd-secret'): a rebuild gives the same
+#: catalog, where a plain PASSWORD 'x' would draw a new salt each time.
+PASSWORD_NL = ("SCRAM-SHA-256$4096:5doKnt3O2yKq1PhD3V/1qg==$KsYOOZfaF0MwM6Db3NW1MR0xCSSmwf/y1m"
+               "N+5Ix5Qi0=:MqNFlnY8jBfFM/rhF3FmBrrLq9nqDQqil8Dkmdm8IiQ=")
+PASSWORD_Q = ("SCRAM-SHA-256$4096:9l+O25FmqGvS7hTvufEYOw==$Ry6/Bd370WWittjOjZnBTsP6/uOqLQszZM8u"
+              "mFrMYJ8=:aCJsmtgm069W1CSJvxN8+jqHoAwGOVjkcwvM0MR2fc8=")
 #: Odd table and column names in AWKWARD_DB (schema app).
 ODD_TABLE = "odd\ntable \"q\" ü"
 ODD_COLUMN = "col\numn 'x' ü"
@@ -186,12 +192,12 @@ def _cluster_sql() -> str:
     return f"""
 CREATE ROLE {grp} NOLOGIN;
 COMMENT ON ROLE {grp} IS 'readers of the awkward fixture';
-CREATE ROLE {nl} LOGIN PASSWORD 'reader-secret' VALID UNTIL '2031-01-01 00:00:00+00'
+CREATE ROLE {nl} LOGIN PASSWORD {ql(PASSWORD_NL)} VALID UNTIL '2031-01-01 00:00:00+00'
   CONNECTION LIMIT 5;
 GRANT {grp} TO {nl} WITH ADMIN OPTION;
 ALTER ROLE {nl} SET search_path = app, public;
 ALTER ROLE {nl} SET statement_timeout = '41s';
-CREATE ROLE {q} LOGIN CREATEDB PASSWORD 'odd-secret';
+CREATE ROLE {q} LOGIN CREATEDB PASSWORD {ql(PASSWORD_Q)};
 GRANT {grp} TO {q};
 COMMENT ON ROLE {q} IS {role_comment};
 ALTER DATABASE postgres SET work_mem = '7MB';
@@ -396,7 +402,8 @@ SELECT json_build_object(
     'locale_provider', d.datlocprovider, 'icu_locale', d.daticulocale,
     'istemplate', d.datistemplate, 'allowconn', d.datallowconn,
     'connlimit', d.datconnlimit,
-    'acl', (SELECT json_agg(a::text ORDER BY a::text) FROM unnest(d.datacl) a),
+    'acl', (SELECT json_agg(a::text ORDER BY a::text)
+      FROM unnest(coalesce(d.datacl, acldefault('d', d.datdba))) a),
     'comment', shobj_description(d.oid, 'pg_database'),
     'settings', (SELECT json_agg(json_build_object(
         'role', CASE WHEN s.setrole = 0 THEN NULL ELSE quote_ident(pg_get_userbyid(s.setrole)) END,
@@ -420,7 +427,8 @@ SELECT json_build_object(
     ORDER BY r.rolname COLLATE "C") FROM pg_authid r WHERE r.rolname !~ '^pg_'),
  'tablespaces', (SELECT json_object_agg(quote_ident(t.spcname), json_build_object(
     'owner', quote_ident(pg_get_userbyid(t.spcowner)),
-    'acl', (SELECT json_agg(a::text ORDER BY a::text) FROM unnest(t.spcacl) a),
+    'acl', (SELECT json_agg(a::text ORDER BY a::text)
+      FROM unnest(coalesce(t.spcacl, acldefault('t', t.spcowner))) a),
     'options', t.spcoptions, 'comment', shobj_description(t.oid, 'pg_tablespace'))
     ORDER BY t.spcname COLLATE "C") FROM pg_tablespace t))
 """
@@ -429,7 +437,9 @@ SELECT json_build_object(
 def catalog_state(sandbox: Sandbox, container: str | None = None) -> dict:
     """Catalog facts pg_dumpall does not show (or shows only in part), for before/after
     comparisons: per database (``quote_ident`` names) its owner, encoding and locale,
-    template/allowconn flags, connection limit, ACL, comment and pg_db_role_setting rows
+    template/allowconn flags, connection limit, ACL (a NULL ACL shown as the default it
+    means: pg_dump writes no GRANT for an ACL equal to the default, so an explicit default
+    ACL comes back as NULL), comment and pg_db_role_setting rows
     (the database's own, then role-in-database ones); per role (not the predefined pg_*)
     its attributes, password hash, VALID UNTIL (UTC), settings, memberships (with admin
     option and grantor) and comment; per tablespace owner, ACL, options, comment. Keys
