@@ -14,14 +14,15 @@ postgres container against its socket with ``--schedule=parallel_schedule``. 9 o
 tests fail from the 15.18 source / 15.20 server skew (copy, copyselect, triggers,
 privileges, rowsecurity, generated, rules, copy2, alter_table): not ours. Left behind:
 
-- database ``regression`` (about 96 MB, 617 tables incl. partitioned ones, 3 large
-  objects, rules, triggers, policies, publications, event triggers are dropped by the
-  suite itself), marked complete by ``COMMENT ON DATABASE regression IS 'aimms-ops
-  regression fixture: <source and header versions>; tables=N'``;
-- 8 roles: ``regress_rls_alice``, ``_bob``, ``_carol``, ``_dave``, ``_exempt_user``,
-  ``_group1``, ``_group2`` (the rowsecurity test does not drop them) ... see
-  ``REGRESSION_ROLES``; no other database, no tablespace (the tablespace test drops its
-  in-place tablespace);
+- database ``regression`` (about 96 MB, 617 tables and partitioned tables, 414,026
+  rows, 3 large objects, rules, triggers, policies, 5 publications), its own settings
+  (lc_messages etc., made by pg_regress), marked complete by ``COMMENT ON DATABASE
+  regression IS 'aimms-ops regression fixture: <source and header versions>;
+  tables=N'``;
+- 7 roles: ``regress_rls_alice``, ``_bob``, ``_carol``, ``_dave``, ``_exempt_user``,
+  ``_group1``, ``_group2`` (the rowsecurity test does not drop them; see
+  ``REGRESSION_ROLES``); no other database, no tablespace (the tablespace test drops its
+  in-place tablespace); all of it survives a pg_dumpall replay (see below);
 - ``/usr/lib/postgresql/15/lib/regress.so`` in the postgres container: the C functions
   the suite makes refer to it by that absolute path (``pg_proc.probin``), so a dump of
   the regression database replays only where that file exists. A container that is
@@ -54,32 +55,56 @@ of issue 12 (see ``AWKWARD_DB``, ``EQ_DB``, ``ROLE_*`` and ``_awkward_sql``):
   table ``public.dba_notes`` in ``postgres``; ``public.dba_helper()`` and the table
   ``public.dba_audit`` in template1.
 
-Both are idempotent (a second call checks and changes nothing: about 0.2 s and 1 s) and
-rebuild what a killed run left half-made (no completion comment, or missing pieces).
+Both are idempotent (a second call checks and changes nothing: about 0.3 s and 1 s) and
+rebuild what a killed run left half-made (no completion comment or a table count that
+differs from it; for the awkward fixture any missing piece). Timings of
+``ensure_regression_db`` (2026-12-01, 2 shared cores): cold (nothing cached: apt-get
+source, headers, regress.so, the run) 93 s at load 8.7, of which the run 68 s; about 38 s
+on a quiet machine (12 s prepare, 26 s run); warm 0.3-0.4 s.
 
 Replaying a pg_dumpall of the whole cluster into an EMPTY cluster
 =================================================================
 
 ``replay_into_empty_cluster`` (a throwaway container of the sandbox image, ``--network
-none``, the image's ``aimms_web``/``aimms_user`` dropped first, so only postgres,
-template0 and template1 are left) with ``psql -X -v ON_ERROR_STOP=0 -U postgres -d
-postgres``, measured 2026-12-01 (15.20):
+none``, on the sandbox engine, the image's ``aimms_web``/``aimms_user`` dropped first so
+that only postgres, template0 and template1 are left) with ``psql -X -v ON_ERROR_STOP=0
+-U postgres -d postgres``; measured 2026-12-01 on 15.20, a 17.6 MB dump of aimms_web +
+regression + the awkward objects, 2-6 s:
 
-- regression database only (17.5 MB dump): one error, ``ERROR:  role "postgres" already
-  exists`` (pg_dumpall always writes ``CREATE ROLE postgres``), and 5 warnings
-  ``wal_level is insufficient to publish logical changes`` (the suite's publications);
-  about 6 s. Without ``regress.so`` in the target: see the test output of
-  ``test_regression_replay_needs_regress_lib`` (every C function of the suite fails,
-  and what depends on them).
-- with the awkward objects too: the same single error; the awkward objects replay
-  fine with plain psql (psql's lexer knows quotes; only line filters break). But the
-  properties of ``postgres`` and template1 are NOT in the dump: after the replay the
-  target's ``postgres`` has no ``work_mem`` setting, no connection limit, no comment, its
-  default ACL (PUBLIC has TEMP again), no role-in-database settings for it; the
-  template1 objects and ``dba_notes`` do come back (their sections are in the dump).
-- after one dump/replay round trip the dump is at a fixed point: the dump of the replayed
-  cluster, replayed again into an empty cluster, dumps identically. The first round trip
-  differs from the original in the artefacts :func:`normalize_dump` masks.
+- exactly one error: ``ERROR:  role "postgres" already exists`` (pg_dumpall always writes
+  ``CREATE ROLE postgres;``), plus 5 times ``WARNING:  wal_level is insufficient to
+  publish logical changes`` / ``HINT:  Set wal_level to "logical" before creating
+  subscriptions.`` (the suite's publications; wal_level is replica). The awkward objects
+  replay fine with plain psql: its lexer knows quotes, dollar quotes and comments; only
+  line filters trip on them.
+- without ``regress.so`` in the target: 56 errors: 21 times ``ERROR:  could not access
+  file "/usr/lib/postgresql/15/lib/regress.so": No such file or directory`` and 34 that
+  follow from it (``function public.widget_in(cstring) does not exist``, ``type
+  "public.widget" is only a shell``, ``relation "public.city" does not exist``, ...).
+- what pg_dumpall (without ``--clean``) does NOT carry, seen in :func:`catalog_state`
+  of the target: every property of ``postgres`` (its ``work_mem`` setting, connection
+  limit 50, comment, the ACL: PUBLIC has TEMP again, the grant of CONNECT, the
+  role-in-database settings for it), and the same holds for template1 (its properties
+  are not set by this fixture); the objects of template1 and the
+  table in ``postgres`` do come back (their sections are in the dump). Every other
+  database's properties come back (they are in its section: ``DATABASE PROPERTIES``).
+  The regression database's explicit ACL ``{=Tc/postgres,postgres=CTc/postgres}`` (equal
+  to the default) comes back as NULL: pg_dump writes no GRANT for a default ACL, so
+  catalog_state shows a NULL ACL as the default it means.
+- pg_dump's fixed point: the dump of the replayed cluster differs from the original only
+  in the artefacts :func:`normalize_dump` masks (column order of gtestxx_4,
+  test_type_diff2_c1/_c2; COPY column order of b_star, c_star, d_star, e_star, f_star,
+  renamecolumnanother, renamecolumnchild, test_type_diff_c, test_type_diff2_c1/_c2;
+  the heap order of
+  brintest_bloom); normalized, they are equal. Replayed again into an empty cluster, it
+  dumps identically, without any mask (but the ``\\restrict`` keys).
+- dump layout worth knowing for a scanner: a database whose name is not plain ASCII
+  identifier-ish is entered with ``\\encoding SQL_ASCII`` then ``\\connect
+  -reuse-previous=on "dbname='odd ""db"" \\'x\\' ü ; name'"``; ``CREATE ROLE
+  "report`` / ``reader";`` spans two lines; pg_dump's TOC comments show newlines in
+  names as spaces (``-- Name: odd table "q" ü; Type: TABLE; ...``); the function body
+  of the fixture holds a fake TOC header, a fake ``COPY ... FROM stdin;``, data and
+  ``\\.`` at column 0.
 """
 
 from __future__ import annotations
