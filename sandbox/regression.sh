@@ -5,6 +5,7 @@
 #   SANDBOX_NAME=x bash sandbox/regression.sh          # as root; idempotent
 #   SANDBOX_NAME=x bash sandbox/regression.sh --prepare-only
 #   SANDBOX_NAME=x bash sandbox/regression.sh --install-lib CONTAINER
+#   SANDBOX_NAME=x bash sandbox/regression.sh --remove  # the database and the regress_* roles
 #
 # 1. prepare (once per machine, cached in <root>/cache/regress, under a lock): a deb-src
 #    twin of the bookworm sources, `apt-get source postgresql-15` (its src/test/regress),
@@ -170,21 +171,36 @@ is_complete() {
 }
 
 # End what a killed run left running in the container (docker exec does not pass the kill
-# on): every process whose command line names the run's directory (pg_regress and its
-# psql children), by pid. A pid file alone is not enough: its pid may since belong to a
-# backend, and a signalled backend makes the server restart.
+# on), by pid: pg_regress and its sh wrappers (their command line names the run's
+# directory) and its psql clients (their stdin or stdout is a file in it). Never by a pid
+# file: its pid may since belong to a backend, and a signalled backend makes the server
+# restart. Then wait for the sessions of those clients to end by themselves: ending them
+# with DROP DATABASE ... WITH (FORCE) mid-suite once made a backend exit with code 2, and
+# the whole server restarted (what is left after 30 s is forced anyway).
 clean_leftovers() {
     # The directory comes in the environment: in this script's own command line it would
     # match this script (and its subshells).
     # shellcheck disable=SC2016  # expanded by the container's sh
     docker exec -u postgres -e RUN_DIR="$CDIR/" "$C" sh -c '
-        pids() { for f in /proc/[0-9]*/cmdline; do
-            tr "\000" " " < "$f" 2>/dev/null | grep -qF "$RUN_DIR" || continue
-            p=${f#/proc/}; echo "${p%/cmdline}"; done; }
+        pids() { for d in /proc/[0-9]*; do
+            p=${d#/proc/}; [ "$p" = $$ ] && continue
+            if tr "\000" " " < "$d/cmdline" 2>/dev/null | grep -qF "$RUN_DIR"; then echo "$p"; continue; fi
+            for fd in 0 1; do
+                case $(readlink "$d/fd/$fd" 2>/dev/null) in "$RUN_DIR"*) echo "$p"; break ;; esac
+            done
+        done; }
         for sig in TERM TERM TERM TERM TERM TERM KILL; do
             set -- $(pids); [ $# -gt 0 ] || exit 0
             kill -$sig "$@" 2>/dev/null; sleep 0.5
         done' || true
+    local i n
+    for ((i = 0; i < 60; i++)); do
+        n=$(cpsql <<<"SELECT count(*) FROM pg_stat_activity WHERE datname = 'regression' OR datname LIKE 'regress\_%'" 2>/dev/null) || n=x
+        [[ $n == 0 ]] && break
+        [[ $n == x ]] && wait_ready
+        sleep 0.5
+    done
+    wait_ready
     cpsql >/dev/null <<'EOF'
 DROP DATABASE IF EXISTS regression WITH (FORCE);
 SELECT format('DROP DATABASE %I WITH (FORCE)', datname) FROM pg_database
@@ -193,6 +209,16 @@ SELECT format('DROP TABLESPACE %I', spcname) FROM pg_tablespace WHERE spcname LI
 SELECT format('DROP OWNED BY %I CASCADE', rolname) FROM pg_roles WHERE rolname LIKE 'regress\_%' \gexec
 SELECT format('DROP ROLE %I', rolname) FROM pg_roles WHERE rolname LIKE 'regress\_%' \gexec
 EOF
+}
+
+# Until the server accepts connections (after a restart, say), 60 s at most.
+wait_ready() {
+    local i
+    for ((i = 0; i < 240; i++)); do
+        docker exec "$C" pg_isready -q -U postgres -d postgres && return 0
+        sleep 0.25
+    done
+    die "postgres in $C does not accept connections"
 }
 
 run_suite() {
@@ -228,15 +254,15 @@ case ${1:-} in
     install_lib "$2"
     say "regression: regress.so installed in $2"
     ;;
-"")
-    prepare
+--remove | "")
+    [[ -n ${1:-} ]] || prepare
     C=$(pg_container)
     [[ -n $C ]] || die "the postgres container of $PROJECT is not running (bash sandbox/up.sh)"
-    for ((i = 0; i < 240; i++)); do
-        docker exec "$C" pg_isready -q -U postgres -d postgres && break
-        sleep 0.25
-    done
-    if is_complete; then
+    wait_ready
+    if [[ ${1:-} == --remove ]]; then
+        clean_leftovers
+        say "regression: removed (database regression, regress_* roles)"
+    elif is_complete; then
         install_lib "$C"
         say "regression: ready (complete, $(marker)) in $(since "$T_START") s"
     else

@@ -199,6 +199,12 @@ def ensure_regression_db(sandbox: Sandbox) -> str:
     return _regression_sh(sandbox)
 
 
+def remove_regression_db(sandbox: Sandbox) -> None:
+    """Drop database ``regression`` and the ``regress_*`` roles (and end a pg_regress a
+    killed run left running): the cluster as tidy as the other tests expect."""
+    _regression_sh(sandbox, "--remove")
+
+
 def install_regress_lib(sandbox: Sandbox, container: str | None = None) -> None:
     """Put ``regress.so`` into the pkglibdir of ``container`` (default: the sandbox's
     postgres container), where the regression database's C functions expect it."""
@@ -242,9 +248,11 @@ COMMENT ON DATABASE {qi(EQ_DB)} IS 'a name with = in it';
 """
 
 
-TEMPLATE1_SQL = """
+TEMPLATE1_DROP_SQL = """
 DROP FUNCTION IF EXISTS public.dba_helper();
 DROP TABLE IF EXISTS public.dba_audit;
+"""
+TEMPLATE1_SQL = TEMPLATE1_DROP_SQL + """
 CREATE FUNCTION public.dba_helper() RETURNS text LANGUAGE sql
   AS $$ SELECT 'a DBA helper kept in template1'::text $$;
 CREATE TABLE public.dba_audit (at timestamptz NOT NULL, what text NOT NULL);
@@ -383,8 +391,15 @@ SELECT concat_ws(',',
     return missing
 
 
+def remove_awkward_db(sandbox: Sandbox) -> None:
+    """Remove whatever of the awkward fixture exists (a killed run's half too), giving
+    ``postgres`` back initdb's properties; template1's objects go too."""
+    _drop_awkward(sandbox)
+    psql(sandbox, TEMPLATE1_DROP_SQL, "template1")
+
+
 def _drop_awkward(sandbox: Sandbox) -> None:
-    """Remove whatever of the fixture exists (a killed run's half too)."""
+    """Remove the fixture's databases, roles and postgres's properties."""
     names = ", ".join(ql(r) for r in AWKWARD_ROLES)
     psql(sandbox, f"""
 DROP DATABASE IF EXISTS {qi(AWKWARD_DB)} WITH (FORCE);
@@ -394,7 +409,7 @@ SELECT format('DROP OWNED BY %I', rolname) FROM pg_roles WHERE rolname IN ({name
 SELECT format('DROP ROLE %I', rolname) FROM pg_roles WHERE rolname IN ({names}) \\gexec
 ALTER DATABASE postgres RESET ALL;
 ALTER DATABASE postgres CONNECTION LIMIT -1;
-COMMENT ON DATABASE postgres IS NULL;
+COMMENT ON DATABASE postgres IS 'default administrative connection database';
 GRANT TEMP ON DATABASE postgres TO PUBLIC;
 """)
 
