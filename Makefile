@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SANDBOX_INV := sandbox/inventory.yml
 FAB := AIMMS_OPS_INVENTORY=$(SANDBOX_INV) $(BIN)/fab
 
-.PHONY: venv sandbox sandbox-down demo test unit lint bench clean
+.PHONY: venv sandbox sandbox-down sandbox-regression demo test unit lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ sandbox:
 
 sandbox-down:
 	bash sandbox/down.sh
+
+# PostgreSQL's regression database in the sandbox cluster (cached; tests/clusters.py).
+sandbox-regression: sandbox
+	bash sandbox/regression.sh
 
 demo: venv sandbox
 	$(FAB) install-backups
