@@ -27,17 +27,21 @@ PACKAGES=(
     /usr/bin/ssh:openssh-client
     /usr/bin/mmdebstrap:mmdebstrap
     /usr/bin/pigz:pigz
+    /usr/bin/igzip:isal
     /usr/bin/zstd:zstd
     /usr/bin/crontab:cron
+    /usr/sbin/cron:cron
     /usr/bin/ss:iproute2
     /usr/bin/flock:util-linux
     /usr/bin/setsid:util-linux
     /usr/bin/shellcheck:shellcheck
     /usr/bin/pgrep:procps
 )
-# The image: its package list is the cache key of the root file system tarball.
+# The image: its package list is the cache key of the root file system tarball. Like
+# the official postgres:15 image, it carries no pigz, zstd or igzip: the backup's
+# faster tools are on the host (PACKAGES above), where production can have them.
 IMAGE_SUITE=bookworm
-IMAGE_PACKAGES=postgresql-15,redis-server,gzip,pigz,zstd,procps
+IMAGE_PACKAGES=postgresql-15,redis-server,gzip,procps
 ROOTFS_KEY=$(printf '%s %s' "$IMAGE_SUITE" "$IMAGE_PACKAGES" | sha256sum | cut -c1-16)
 ROOTFS_TAR=$CACHE/rootfs-$ROOTFS_KEY.tar
 BASE_IMAGE=aimms-ops-sandbox/base:$ROOTFS_KEY
@@ -560,6 +564,30 @@ EOF
     if ((${#changed[@]})); then say "files: wrote ${changed[*]} (in $OUT)"; else say "files: unchanged (in $OUT)"; fi
 }
 
+# The machine's cron daemon (Debian's cron), as production runs one: a single daemon
+# serves every login user's crontab, so all the instances share it. It is started
+# when none runs (a daemon killed earlier, even left as a zombie, is replaced) and
+# recorded in $CRON_MARK, so that down.sh stops only a daemon the sandbox started.
+step_cron() {
+    local pid t0=$EPOCHREALTIME i
+    pid=$(cron_pid)
+    if [[ -n $pid ]]; then
+        say "cron: running (pid $pid)"
+        return
+    fi
+    rm -f /run/crond.pid
+    launch_detached /usr/sbin/cron -f >>"$ROOT/cron.log" 2>&1
+    for ((i = 0; i < 50; i++)); do
+        pid=$(cron_pid)
+        [[ -n $pid ]] && break
+        alive "$!" || die "cron exited at start: $(last_line "$ROOT/cron.log") (log: $ROOT/cron.log)"
+        sleep 0.1
+    done
+    [[ -n $pid ]] || die "cron did not start within 5 s (log: $ROOT/cron.log)"
+    echo "$pid" >"$CRON_MARK"
+    say "cron: started (pid $pid) in $(since "$t0") s"
+}
+
 step_check_ssh() {
     local v
     v=$(ssh -F "$OUT/ssh_config" -o BatchMode=yes -o ConnectTimeout=10 "$HOST_ALIAS" \
@@ -587,6 +615,7 @@ step_image
 step_volumes
 step_compose
 step_data
+step_cron
 step_files
 step_check_ssh
 say "ready in $(since "$T_START") s: ssh -F $OUT/ssh_config $HOST_ALIAS"
