@@ -223,3 +223,47 @@ def test_relative_ssh_config_is_relative_to_inventory(tmp_path):
     data = _set(_good(), "hosts.aidset.ssh_config", "conf/ssh_config")
     inv = _load(tmp_path, data)
     assert inv.host(None).ssh_config == str(tmp_path / "conf" / "ssh_config")
+
+
+def test_every_problem_is_reported_at_once_each_naming_its_key(tmp_path):
+    """An unknown key no longer hides behind a missing default_host, nor a wrong type
+    behind either: one error, one line, every problem numbered with its key."""
+    data = _good()
+    del data["default_host"]
+    data["hosts"]["aidset"]["bogus_key"] = 1
+    data["hosts"]["aidset"]["retention_days"] = "seven"
+    del data["hosts"]["aidset"]["compose"]["project"]
+    data["hosts"]["aidset"]["volumes"]["redis"] = "a b"
+    with pytest.raises(OpsError) as exc:
+        _load(tmp_path, data)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"{tmp_path / 'inv.yml'}: 5 problems: (1) ")
+    for part in ("default_host: missing", "hosts.aidset.bogus_key: expected no such key",
+                 "hosts.aidset.retention_days: expected a whole number",
+                 "hosts.aidset.compose.project: missing",
+                 "hosts.aidset.volumes.redis: expected a docker volume name"):
+        assert part in msg, part
+    assert msg.endswith("(fix the inventory file)")
+
+
+def test_problems_of_several_hosts_are_all_reported(tmp_path):
+    data = _good()
+    data["hosts"]["second"] = dict(data["hosts"]["aidset"], backup_dir="relative")
+    data["hosts"]["aidset"]["min_keep"] = 0
+    with pytest.raises(OpsError) as exc:
+        _load(tmp_path, data)
+    msg = str(exc.value)
+    assert "2 problems" in msg
+    assert "hosts.aidset.min_keep" in msg and "hosts.second.backup_dir" in msg
+
+
+def test_a_part_that_is_not_a_mapping_is_one_problem_and_the_rest_is_still_checked(tmp_path):
+    data = _good()
+    data["hosts"]["aidset"]["compose"] = "x"
+    data["hosts"]["aidset"]["log_file"] = "log"
+    with pytest.raises(OpsError) as exc:
+        _load(tmp_path, data)
+    msg = str(exc.value)
+    assert "2 problems" in msg
+    assert "hosts.aidset.compose: expected a mapping" in msg
+    assert "hosts.aidset.log_file: expected an absolute path" in msg
