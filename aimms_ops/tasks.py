@@ -290,6 +290,7 @@ def install_backups(c, dry_run=False):
 
     with _open(c) as remote:
         plan = install.plan(remote)
+        _note_compressor(remote.name, plan.compressor)
         if not plan.changed:
             output.note(f"{remote.name}: backups already installed; nothing to change")
             return
@@ -302,6 +303,15 @@ def install_backups(c, dry_run=False):
         for note in install.apply(remote, plan):
             output.note(note)
         output.note(f"{remote.name}: {len(plan.changes)} change(s) applied")
+
+
+def _note_compressor(host: str, facts: dict[str, str]) -> None:
+    from .doctor import compressor_check
+
+    found = compressor_check(facts)
+    if found is not None:
+        output.note(f"{host}: backups compressed on the host by {found.detail}"
+                    + (f"; {found.fix}" if found.fix else ""))
 
 
 @ops_task(help={

@@ -77,3 +77,16 @@ pick_decompressor() {
     done
     return 1
 }
+
+# compressor_facts: key=value lines naming the compressor a backup run here would use
+# (with this PATH: the settings file gives cron the same one), and which of the three
+# are installed.
+compressor_facts() {
+    local tool have=""
+    for tool in igzip pigz gzip; do
+        if command -v "$tool" >/dev/null 2>&1; then have="$have${have:+ }$tool"; fi
+    done
+    if pick_compressor 1; then echo "compressor.name=$ZIP_NAME"; else echo "compressor.name="; fi
+    if pick_decompressor; then echo "compressor.check=${UNZIP[0]}"; else echo "compressor.check="; fi
+    echo "compressor.have=$have"
+}

@@ -52,5 +52,6 @@ container.error={{.State.Error}}' "$cid" 2>/dev/null
     echo "container.log_b64=$(docker logs --tail 15 "$cid" 2>&1 | base64 -w0)"
 fi
 
+compressor_facts
 echo "env.PATH=$PATH"
 echo "env.DOCKER_HOST=${DOCKER_HOST:-}"
