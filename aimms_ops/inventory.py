@@ -298,13 +298,25 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
                 ssh_config=ssh_config, **scalars)
 
 
+def config_inventory() -> Path:
+    """The per-user inventory: ``$XDG_CONFIG_HOME/aimms-ops/inventory.yml``
+    (``~/.config/aimms-ops/inventory.yml`` when XDG_CONFIG_HOME is not set)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "aimms-ops" / DEFAULT_FILE
+
+
 def inventory_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The inventory file to load: ``explicit``, else $AIMMS_OPS_INVENTORY, else ./inventory.yml."""
+    """The inventory file to load: ``explicit``, else $AIMMS_OPS_INVENTORY, else
+    ./inventory.yml when it exists, else the per-user one (:func:`config_inventory`)
+    when it exists, else ./inventory.yml (which :func:`load` then reports missing)."""
     if explicit:
         return Path(explicit)
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(os.path.expanduser(env))
+    for candidate in (Path(DEFAULT_FILE), config_inventory()):
+        if candidate.is_file():
+            return candidate
     return Path(DEFAULT_FILE)
 
 
@@ -353,6 +365,10 @@ def load(path: str | os.PathLike[str] | None = None) -> Inventory:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if path is None and not os.environ.get(ENV_VAR):
+            raise OpsError(f"no inventory file: {ENV_VAR} is not set, and neither "
+                           f"./{DEFAULT_FILE} nor {config_inventory()} exists",
+                           f"create one of those, or point {ENV_VAR} at one") from None
         raise OpsError(f"{p}: inventory file not found",
                        f"create it, or point {ENV_VAR} at one") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -138,9 +138,11 @@ def check(c):
     from . import health
     from .checks import worst
 
-    with _open(c) as remote:
+    inv = _inventory()
+    with _open(c, inv) as remote:
         rows = health.check(remote)
-    output.checks_table(rows, title=f"aimms-ops check: {remote.name}")
+    output.checks_table(rows, title=f"aimms-ops check: {remote.name} "
+                        f"(inventory {inv.path.resolve()})")
     failed = [r.name for r in rows if not r.ok]
     if failed:
         raise Exit(f"check failed: {', '.join(failed)}", code=int(worst(rows)) or 1)

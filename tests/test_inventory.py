@@ -267,3 +267,40 @@ def test_a_part_that_is_not_a_mapping_is_one_problem_and_the_rest_is_still_check
     assert "2 problems" in msg
     assert "hosts.aidset.compose: expected a mapping" in msg
     assert "hosts.aidset.log_file: expected an absolute path" in msg
+
+
+def _write_good(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text((REPO / "inventory.yml").read_text())
+    return path
+
+
+def test_the_inventory_is_looked_for_in_the_env_then_here_then_the_users_config(
+        tmp_path, monkeypatch):
+    here, home = tmp_path / "here", tmp_path / "home"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.delenv(inventory.ENV_VAR, raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    user = _write_good(home / ".config" / "aimms-ops" / "inventory.yml")
+    assert inventory.load().path == user
+    local = _write_good(here / "inventory.yml")
+    assert inventory.load().path.resolve() == local
+    named = _write_good(tmp_path / "named.yml")
+    monkeypatch.setenv(inventory.ENV_VAR, str(named))
+    assert inventory.load().path == named
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert inventory.config_inventory() == tmp_path / "xdg" / "aimms-ops" / "inventory.yml"
+
+
+def test_no_inventory_anywhere_names_every_place_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(inventory.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(OpsError) as exc:
+        inventory.load()
+    msg = str(exc.value)
+    assert inventory.ENV_VAR in msg and "./inventory.yml" in msg
+    assert str(tmp_path / "xdg" / "aimms-ops" / "inventory.yml") in msg
+    assert "\n" not in msg
