@@ -384,6 +384,20 @@ wait_healthy() {
     say "compose: warning: postgres container still reports health=$health"
 }
 
+# The sandbox runs compose v1, as Debian 12 ships it. tests/test_compose_v2.py puts a
+# compose v2 plugin (with a marker file beside it) in the login user's
+# ~/.docker/cli-plugins and runs the stack under it; a run that did not clean up (killed)
+# is undone here: the v2 stack goes down (volumes kept) and the plugin goes away, so that
+# step_compose brings it up again with v1.
+step_compose_v1() {
+    local plugin=$HOME_DIR/.docker/cli-plugins/docker-compose
+    [[ -e $plugin.aimms-ops-test ]] || return 0
+    su - "$LOGIN" -c "cd $PROJECT_DIR && DOCKER_HOST=unix://$SOCK docker compose -p $PROJECT -f $COMPOSE_FILE down" \
+        >>"$STATE/compose.log" 2>&1 || true
+    rm -f "$plugin" "$plugin.aimms-ops-test" "$STATE/compose.applied"
+    say "compose: removed the compose v2 plugin a test left; back to compose v1"
+}
+
 step_compose() {
     local t0=$EPOCHREALTIME states marker want i cid log=$STATE/compose.log
     local written=0
@@ -613,6 +627,7 @@ step_dockerd
 step_sshd
 step_image
 step_volumes
+step_compose_v1
 step_compose
 step_data
 step_cron
