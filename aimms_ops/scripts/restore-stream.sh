@@ -33,7 +33,7 @@ if [ -z "$cid" ]; then
 fi
 
 case $format in
-    gz) if command -v pigz >/dev/null 2>&1; then unzip=(pigz -dc); else unzip=(gzip -dc); fi ;;
+    gz) pick_decompressor; unzip=("${UNZIP[@]}") ;;  # igzip, else pigz, else gzip
     plain) unzip=(cat) ;;
     *) echo "aimms-ops: unknown format $format" >&2; exit 64 ;;
 esac

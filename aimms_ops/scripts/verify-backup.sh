@@ -329,7 +329,7 @@ done
 check start OK "$CONTAINER from the image of $prod_name, volume $VOLUME, no network"
 
 # --- the trial restore: decompress | inspect | restore-filter.awk | psql -------------
-if command -v pigz >/dev/null 2>&1; then unzip=(pigz -dc); else unzip=(gzip -dc); fi
+pick_decompressor; unzip=("${UNZIP[@]}")  # igzip, else pigz, else gzip
 "${unzip[@]}" <"$path" 2>"$WORK/unzip.err" |
     awk -v out="$WORK/inspect" -v header="$HEADER" -v marker="$MARKER" "$INSPECT" |
     awk -v only="" "$FILTER" 2>/dev/null |
