@@ -48,6 +48,7 @@ class InstallPlan:
     changes: list[Change] = field(default_factory=list)
     verify_text: str | None = None
     record_text: str | None = None
+    compressor: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -197,7 +198,8 @@ def plan(remote: Remote) -> InstallPlan:
     script = shell.script_text(BACKUP_SCRIPT)
     conf = conf_text(host, env)
     cron_new = merge_crontab(cron_old, cron_entries(host), host.backup_script)
-    p = InstallPlan(host, script, conf, cron_old, cron_new)
+    p = InstallPlan(host, script, conf, cron_old, cron_new,
+                    compressor={k: v for k, v in st.items() if k.startswith("compressor.")})
     if host.verify_schedule:
         p.verify_text = shell.script_text(VERIFY_SCRIPT)
     for item, key, path, text, mode in _files(p):

@@ -103,24 +103,44 @@ class Inventory:
 
 
 class _Checker:
-    """Walks the parsed YAML, raising one OpsError for the first problem."""
+    """Walks the parsed YAML, collecting every problem (one line each, naming its key).
+
+    ``fail`` records a problem and returns; ``mapping`` and ``value`` record theirs and
+    give back what can still be walked (``None`` for a part that cannot), so one run
+    finds all the problems. ``raise_if_any`` then raises them as one OpsError.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.problems: list[str] = []
 
     def fail(self, key: str, expected: str, value: Any = None, *, missing: bool = False) -> None:
         if missing:
-            msg = f"{self.path}: {key}: missing; expected {expected}"
+            msg = f"{key}: missing; expected {expected}"
         else:
             shown = repr(value)
             if len(shown) > 60:
                 shown = shown[:57] + "..."
-            msg = f"{self.path}: {key}: expected {expected}, got {shown}"
+            msg = f"{key}: expected {expected}, got {shown}"
+        self.problems.append(msg)
+
+    def raise_if_any(self) -> None:
+        """One OpsError for all the problems found: the file, then each key's problem."""
+        if not self.problems:
+            return
+        if len(self.problems) == 1:
+            msg = f"{self.path}: {self.problems[0]}"
+        else:
+            listed = "; ".join(f"({i}) {p}" for i, p in enumerate(self.problems, 1))
+            msg = f"{self.path}: {len(self.problems)} problems: {listed}"
         raise OpsError(msg, "fix the inventory file")
 
-    def mapping(self, data: Any, key: str, allowed: set[str], required: set[str]) -> dict:
+    def mapping(self, data: Any, key: str, allowed: set[str],
+                required: set[str]) -> dict | None:
+        """``data`` when it is a mapping (unknown and missing keys recorded), else None."""
         if not isinstance(data, dict):
             self.fail(key or "top level", "a mapping", data)
+            return None
         for k in data:
             if not isinstance(k, str) or k not in allowed:
                 where = f"{key}.{k}" if key else str(k)
@@ -137,7 +157,8 @@ class _Checker:
             return default
         v = data[k]
         if not check(v):
-            self.fail(f"{parent}.{k}", expected, v)
+            self.fail(f"{parent}.{k}" if parent else k, expected, v)
+            return default
         return v
 
 
@@ -201,11 +222,15 @@ _HOST_REQUIRED = {
 }
 
 
-def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host:
+def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
+    """The host ``name``, or None when it has problems (all recorded in ``ck``)."""
     key = f"hosts.{name}"
+    before = len(ck.problems)
     if not _is_name(name):
         ck.fail(key, "a host name of letters, digits, '.', '-' and '_'", name)
     d = ck.mapping(data, key, _HOST_KEYS, _HOST_REQUIRED)
+    if d is None:
+        return None
     paths = {k: ck.value(d, key, k, _is_abs_path, _EXPECT[k])
              for k in ("backup_dir", "backup_script", "log_file")}
     ssh_config = ck.value(d, key, "ssh_config",
@@ -217,64 +242,81 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host:
             expanded = base / expanded
         ssh_config = str(expanded)
 
+    compose = postgres = volumes = None
     ck_ = ck.mapping(d["compose"], f"{key}.compose",
                      {"project_dir", "file", "project", "postgres_service"},
-                     {"project_dir", "file", "project", "postgres_service"})
-    compose = Compose(
-        project_dir=ck.value(ck_, f"{key}.compose", "project_dir", _is_abs_path,
-                             _EXPECT["project_dir"]),
-        file=ck.value(ck_, f"{key}.compose", "file",
-                      lambda v: _is_abs_path(v) or _is_name(v), _EXPECT["file"]),
-        project=ck.value(ck_, f"{key}.compose", "project", _is_name, _EXPECT["project"]),
-        postgres_service=ck.value(ck_, f"{key}.compose", "postgres_service", _is_name,
-                                  _EXPECT["postgres_service"]),
-    )
+                     {"project_dir", "file", "project", "postgres_service"}
+                     ) if d.get("compose") is not None else None
+    if ck_ is not None:
+        compose = Compose(
+            project_dir=ck.value(ck_, f"{key}.compose", "project_dir", _is_abs_path,
+                                 _EXPECT["project_dir"]),
+            file=ck.value(ck_, f"{key}.compose", "file",
+                          lambda v: _is_abs_path(v) or _is_name(v), _EXPECT["file"]),
+            project=ck.value(ck_, f"{key}.compose", "project", _is_name, _EXPECT["project"]),
+            postgres_service=ck.value(ck_, f"{key}.compose", "postgres_service", _is_name,
+                                      _EXPECT["postgres_service"]),
+        )
     pg_ = ck.mapping(d["postgres"], f"{key}.postgres", {"superuser", "app_user", "databases"},
-                     {"superuser", "app_user", "databases"})
-    dbs = ck.value(pg_, f"{key}.postgres", "databases",
-                   lambda v: isinstance(v, list) and len(v) > 0 and all(map(is_db_name, v)),
-                   _EXPECT["databases"])
-    postgres = Postgres(
-        superuser=ck.value(pg_, f"{key}.postgres", "superuser", is_db_name,
-                           _EXPECT["superuser"]),
-        app_user=ck.value(pg_, f"{key}.postgres", "app_user", is_db_name, _EXPECT["app_user"]),
-        databases=tuple(dbs),
-    )
+                     {"superuser", "app_user", "databases"}
+                     ) if d.get("postgres") is not None else None
+    if pg_ is not None:
+        dbs = ck.value(pg_, f"{key}.postgres", "databases",
+                       lambda v: isinstance(v, list) and len(v) > 0 and all(map(is_db_name, v)),
+                       _EXPECT["databases"])
+        postgres = Postgres(
+            superuser=ck.value(pg_, f"{key}.postgres", "superuser", is_db_name,
+                               _EXPECT["superuser"]),
+            app_user=ck.value(pg_, f"{key}.postgres", "app_user", is_db_name,
+                              _EXPECT["app_user"]),
+            databases=tuple(dbs or ()),
+        )
     vol_ = ck.mapping(d["volumes"], f"{key}.volumes", {"postgres", "redis"},
-                      {"postgres", "redis"})
-    volumes = Volumes(
-        postgres=ck.value(vol_, f"{key}.volumes", "postgres", _is_name, "a docker volume name"),
-        redis=ck.value(vol_, f"{key}.volumes", "redis", _is_name, "a docker volume name"),
-    )
-    return Host(
-        name=name,
-        backup_dir=paths["backup_dir"],
-        backup_script=paths["backup_script"],
-        log_file=paths["log_file"],
-        cron_schedule=ck.value(d, key, "cron_schedule", is_cron_schedule,
-                               _EXPECT["cron_schedule"]),
-        retention_days=ck.value(d, key, "retention_days", _is_int(1), _EXPECT["retention_days"]),
-        min_keep=ck.value(d, key, "min_keep", _is_int(1), "a whole number, at least 1", 3),
-        compose=compose,
-        postgres=postgres,
-        volumes=volumes,
-        ssh_config=ssh_config,
-        accept_new_host_key=ck.value(d, key, "accept_new_host_key",
-                                     lambda v: isinstance(v, bool), "true or false", False),
-        verify_schedule=ck.value(d, key, "verify_schedule", is_cron_schedule,
-                                 'a cron schedule of five fields, like "0 4 * * 0"'),
-        lock_timeout=ck.value(d, key, "lock_timeout", _is_int(0),
-                              "a whole number of seconds", 600),
-    )
+                      {"postgres", "redis"}) if d.get("volumes") is not None else None
+    if vol_ is not None:
+        volumes = Volumes(
+            postgres=ck.value(vol_, f"{key}.volumes", "postgres", _is_name,
+                              "a docker volume name"),
+            redis=ck.value(vol_, f"{key}.volumes", "redis", _is_name, "a docker volume name"),
+        )
+    scalars = {
+        "cron_schedule": ck.value(d, key, "cron_schedule", is_cron_schedule,
+                                  _EXPECT["cron_schedule"]),
+        "retention_days": ck.value(d, key, "retention_days", _is_int(1),
+                                   _EXPECT["retention_days"]),
+        "min_keep": ck.value(d, key, "min_keep", _is_int(1), "a whole number, at least 1", 3),
+        "accept_new_host_key": ck.value(d, key, "accept_new_host_key",
+                                        lambda v: isinstance(v, bool), "true or false", False),
+        "verify_schedule": ck.value(d, key, "verify_schedule", is_cron_schedule,
+                                    'a cron schedule of five fields, like "0 4 * * 0"'),
+        "lock_timeout": ck.value(d, key, "lock_timeout", _is_int(0),
+                                 "a whole number of seconds", 600),
+    }
+    if len(ck.problems) != before or compose is None or postgres is None or volumes is None:
+        return None
+    return Host(name=name, **paths, compose=compose, postgres=postgres, volumes=volumes,
+                ssh_config=ssh_config, **scalars)
+
+
+def config_inventory() -> Path:
+    """The per-user inventory: ``$XDG_CONFIG_HOME/aimms-ops/inventory.yml``
+    (``~/.config/aimms-ops/inventory.yml`` when XDG_CONFIG_HOME is not set)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "aimms-ops" / DEFAULT_FILE
 
 
 def inventory_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The inventory file to load: ``explicit``, else $AIMMS_OPS_INVENTORY, else ./inventory.yml."""
+    """The inventory file to load: ``explicit``, else $AIMMS_OPS_INVENTORY, else
+    ./inventory.yml when it exists, else the per-user one (:func:`config_inventory`)
+    when it exists, else ./inventory.yml (which :func:`load` then reports missing)."""
     if explicit:
         return Path(explicit)
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(os.path.expanduser(env))
+    for candidate in (Path(DEFAULT_FILE), config_inventory()):
+        if candidate.is_file():
+            return candidate
     return Path(DEFAULT_FILE)
 
 
@@ -292,19 +334,29 @@ def parse(text: str, path: Path) -> Inventory:
     if data is None:
         data = {}
     top = ck.mapping(data, "", {"default_host", "hosts", "download_dir"},
-                     {"default_host", "hosts"})
-    hosts_raw = top["hosts"]
-    if not isinstance(hosts_raw, dict) or not hosts_raw:
+                     {"default_host", "hosts"}) or {}
+    hosts_raw = top.get("hosts")
+    if hosts_raw is not None and (not isinstance(hosts_raw, dict) or not hosts_raw):
         ck.fail("hosts", _EXPECT["hosts"], hosts_raw)
-    default = top["default_host"]
-    if not isinstance(default, str) or default not in hosts_raw:
+        hosts_raw = None
+    default = top.get("default_host")
+    if default is not None and isinstance(hosts_raw, dict) and (
+            not isinstance(default, str) or default not in hosts_raw):
         ck.fail("default_host", "the name of one of the hosts: " + ", ".join(map(str, hosts_raw)),
                 default)
+    elif default is not None and not isinstance(default, str):
+        ck.fail("default_host", _EXPECT["default_host"], default)
     download_dir = ck.value(top, "", "download_dir",
                             lambda v: isinstance(v, str) and v.strip() != "",
                             "a local directory path", "./backups")
     base = path.parent
-    hosts = {str(n): _parse_host(ck, str(n), h, base) for n, h in hosts_raw.items()}
+    hosts: dict[str, Host] = {}
+    for n, h in (hosts_raw or {}).items():
+        host = _parse_host(ck, str(n), h, base)
+        if host is not None:
+            hosts[str(n)] = host
+    ck.raise_if_any()
+    assert isinstance(default, str)  # raise_if_any refused anything else
     return Inventory(path=path, default_host=default, hosts=hosts, download_dir=download_dir)
 
 
@@ -314,6 +366,10 @@ def load(path: str | os.PathLike[str] | None = None) -> Inventory:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if path is None and not os.environ.get(ENV_VAR):
+            raise OpsError(f"no inventory file: {ENV_VAR} is not set, and neither "
+                           f"./{DEFAULT_FILE} nor {config_inventory()} exists",
+                           f"create one of those, or point {ENV_VAR} at one") from None
         raise OpsError(f"{p}: inventory file not found",
                        f"create it, or point {ENV_VAR} at one") from None
     except (OSError, UnicodeDecodeError) as exc:

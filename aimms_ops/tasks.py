@@ -138,9 +138,11 @@ def check(c):
     from . import health
     from .checks import worst
 
-    with _open(c) as remote:
+    inv = _inventory()
+    with _open(c, inv) as remote:
         rows = health.check(remote)
-    output.checks_table(rows, title=f"aimms-ops check: {remote.name}")
+    output.checks_table(rows, title=f"aimms-ops check: {remote.name} "
+                        f"(inventory {inv.path.resolve()})")
     failed = [r.name for r in rows if not r.ok]
     if failed:
         raise Exit(f"check failed: {', '.join(failed)}", code=int(worst(rows)) or 1)
@@ -290,6 +292,7 @@ def install_backups(c, dry_run=False):
 
     with _open(c) as remote:
         plan = install.plan(remote)
+        _note_compressor(remote.name, plan.compressor)
         if not plan.changed:
             output.note(f"{remote.name}: backups already installed; nothing to change")
             return
@@ -302,6 +305,15 @@ def install_backups(c, dry_run=False):
         for note in install.apply(remote, plan):
             output.note(note)
         output.note(f"{remote.name}: {len(plan.changes)} change(s) applied")
+
+
+def _note_compressor(host: str, facts: dict[str, str]) -> None:
+    from .doctor import compressor_check
+
+    found = compressor_check(facts)
+    if found is not None:
+        output.note(f"{host}: backups compressed on the host by {found.detail}"
+                    + (f"; {found.fix}" if found.fix else ""))
 
 
 @ops_task(help={
@@ -499,6 +511,26 @@ def volumes(c, json=False):
     risky = [v.name for v in found if v.external is False]
     if risky:
         output.note(f"not external (compose down -v deletes them): {', '.join(risky)}")
+    _show_kept(vol.kept_volumes(found))
+
+
+def _show_kept(kept: list[Any]) -> None:
+    if not kept:
+        return
+    total = sum(v.size_bytes or 0 for v in kept)
+    output.table(["kept volume", "kept from", "size", "age", "to remove it"],
+                 [[v.name, v.kept_from, v.size or "?",
+                   _age_seconds(v.age_seconds), f"fab rebuild-volume --drop-kept={v.name}"]
+                  for v in kept],
+                 title=f"volumes kept by earlier rebuilds: {len(kept)}, {_human(total)}")
+
+
+def _age_seconds(secs: int | None) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    if secs is None:
+        return "?"
+    return _age(datetime.now(UTC) - timedelta(seconds=secs))
 
 
 @ops_task(help={"json": "print one JSON object instead of the table"})
@@ -533,9 +565,11 @@ REBUILD_STOP_ENV = "AIMMS_OPS_REBUILD_STOP_AFTER"
     "no_keep_old": "do not keep a copy of the old volume's data (not recommended)",
     "new_run": "set aside an unfinished rebuild recorded on the host and start over",
     "json": "print the plan (with --dry-run) or the report as JSON",
+    "drop_kept": "remove NAME, a volume kept by an earlier rebuild (see fab volumes), "
+                 "after typing its name; nothing is rebuilt",
 })
 def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, new_run=False,
-                   json=False):
+                   json=False, drop_kept=None):
     """Recreate the postgres volume from a backup: stop, keep, delete, create, start, restore.
 
     Everything that can be checked is checked before the stack is stopped (the backup,
@@ -547,6 +581,12 @@ def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, ne
     from . import backups
     from . import rebuild as rb
 
+    if drop_kept is not None:
+        if file:
+            raise OpsError("--drop-kept and --file do not go together",
+                           "remove the kept volume, then rebuild, in two runs")
+        _drop_kept(c, drop_kept, yes=yes, dry_run=dry_run)
+        return
     if not file:
         raise OpsError("--file is required", "e.g. fab rebuild-volume --file=latest")
     with _open(c) as remote:
@@ -584,6 +624,28 @@ def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, ne
         output.print_json(report.as_dict())
         return
     _show_rebuild_report(report)
+
+
+def _drop_kept(c: Any, name: str, *, yes: bool, dry_run: bool) -> None:
+    """``rebuild-volume --drop-kept=NAME``: remove one volume kept by an earlier rebuild."""
+    from . import volumes as vol
+
+    if not isinstance(name, str) or not name:
+        raise OpsError("--drop-kept needs the name of a kept volume", "see fab volumes")
+    with _open(c) as remote:
+        kept = vol.check_droppable(name, vol.volumes(remote), remote.host)
+        output.table(["remove kept volume", ""],
+                     [["host", remote.name], ["volume", kept.name],
+                      ["kept from", kept.kept_from or "?"], ["size", kept.size or "?"],
+                      ["age", _age_seconds(kept.age_seconds)],
+                      ["command", f"docker volume rm {kept.name}"]],
+                     title=f"the old data in {kept.name} is deleted for good")
+        if dry_run:
+            output.note("dry run: nothing was changed")
+            return
+        confirm(kept.name, f"delete volume {kept.name} on {remote.name}", yes)
+        vol.drop_kept(remote, kept)
+    output.note(f"removed {kept.name} ({kept.size or '?'}) from {remote.name}")
 
 
 def _rebuild_event(total: int) -> Callable:

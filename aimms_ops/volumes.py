@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
 from . import shell
 from .compose import compose_services_using, compose_volumes, decode_config, facts_args
 from .compose import parse_facts as parse_key_values
+from .errors import OpsError, shown
 from .inventory import Host
 from .remote import Remote
+
+#: The label rebuild-volume puts on the volume that keeps the old data.
+KEPT_LABEL = "org.aimms-ops.kept-from"
+_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKMGTP]?B)$")
 _FACTOR = {"B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
@@ -52,6 +59,7 @@ class EngineFacts:
     volumes: dict[str, dict[str, str]]  # name -> driver, mountpoint, labels
     containers: list[dict[str, str]]  # name, state, mounts, project, service
     sizes: dict[str, str]
+    kept: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (from, created)
 
 
 def parse_engine(text: str) -> EngineFacts:
@@ -60,6 +68,7 @@ def parse_engine(text: str) -> EngineFacts:
     vols: dict[str, dict[str, str]] = {}
     ctrs: list[dict[str, str]] = []
     sizes: dict[str, str] = {}
+    kept: dict[str, tuple[str, str]] = {}
     for line in text.splitlines():
         tag, sep, rest = line.partition("=")
         if not sep:
@@ -77,7 +86,19 @@ def parse_engine(text: str) -> EngineFacts:
                          "service": f[4]})
         elif tag == "size" and len(f) >= 2:
             sizes[f[0]] = f[1]
-    return EngineFacts(api, vols, ctrs, sizes)
+        elif tag == "kept" and f[0]:
+            f += [""] * (3 - len(f))
+            kept[f[0]] = (f[1], f[2])
+    return EngineFacts(api, vols, ctrs, sizes, kept)
+
+
+def parse_created(text: str) -> datetime | None:
+    """Docker's CreatedAt of a volume (``2026-12-01T08:30:00Z``, or with an offset)."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -94,9 +115,14 @@ class VolumeReport:
     services: tuple[str, ...]
     destroyed_by: tuple[str, ...]
     preserved_by: tuple[str, ...] = field(default=())
+    kept_from: str | None = None  # set for a volume kept by an earlier rebuild
+    created: datetime | None = None
+    age_seconds: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
+        d["created"] = (self.created.isoformat().replace("+00:00", "Z")
+                        if self.created else None)
         d["mounted_by"] = [asdict(m) for m in self.mounted_by]
         d["services"] = list(self.services)
         d["destroyed_by"] = list(self.destroyed_by)
@@ -142,7 +168,8 @@ def preservers(services: list[str], external: bool | None, compose: str) -> list
     return out
 
 
-def report(facts: dict[str, str], engine: EngineFacts, host: Host) -> list[VolumeReport]:
+def report(facts: dict[str, str], engine: EngineFacts, host: Host,
+           now: datetime | None = None) -> list[VolumeReport]:
     """Every volume of the stack: in the inventory, declared by compose, or mounted by
     one of the project's containers (pure)."""
     config = decode_config(facts)
@@ -155,7 +182,9 @@ def report(facts: dict[str, str], engine: EngineFacts, host: Host) -> list[Volum
             mounted.setdefault(m, []).append(Mounter(c["name"], c["state"]))
             if c["project"] == project_label and m in engine.volumes:
                 project_vols.append(m)
-    names = list(dict.fromkeys([*host.volumes.names(), *decls, *project_vols]))
+    live = set(host.volumes.names())
+    kept = [k for k in sorted(engine.kept) if k not in live and k in engine.volumes]
+    names = list(dict.fromkeys([*host.volumes.names(), *decls, *project_vols, *kept]))
     cmd = (facts.get("compose.cmd") or "docker compose").split()
     compose = shell.join([*cmd, "-f", host.compose.file_path, "-p", host.compose.project])
     out = []
@@ -174,8 +203,65 @@ def report(facts: dict[str, str], engine: EngineFacts, host: Host) -> list[Volum
             services=tuple(services),
             destroyed_by=tuple(destroyers(name, external, mountpoint, engine.api, compose)),
             preserved_by=tuple(preservers(services, external, compose)),
+            **({} if name in live else _kept_fields(name, engine, now)),
         ))
     return out
+
+
+def _kept_fields(name: str, engine: EngineFacts, now: datetime | None) -> dict[str, Any]:
+    if name not in engine.kept:
+        return {}
+    kept_from, created_at = engine.kept[name]
+    created = parse_created(created_at)
+    age = int((now - created).total_seconds()) if created and now else None
+    return {"kept_from": kept_from or None, "created": created,
+            "age_seconds": max(0, age) if age is not None else None}
+
+
+def kept_volumes(found: list[VolumeReport]) -> list[VolumeReport]:
+    """The volumes kept by earlier rebuilds, oldest first (pure)."""
+    kept = [v for v in found if v.kept_from is not None]
+    return sorted(kept, key=lambda v: (v.created is None, v.created or datetime.min, v.name))
+
+
+def check_droppable(name: str, found: list[VolumeReport], host: Host) -> VolumeReport:
+    """The kept volume ``name`` if it may be removed, else an OpsError saying why (pure).
+
+    Only a volume that carries rebuild-volume's label, that is neither of the
+    inventory's volumes nor declared by the compose file, and that no container
+    (running or stopped) uses.
+    """
+    if not isinstance(name, str) or not _VOLUME_NAME.fullmatch(name):
+        raise OpsError(f"not a volume name: {shown(name)}", "see fab volumes")
+    if name in host.volumes.names():
+        raise OpsError(f"refusing to remove {name}: it is a live volume of the inventory "
+                       "(volumes.postgres or volumes.redis)",
+                       "--drop-kept removes only volumes kept by earlier rebuilds; see "
+                       "fab volumes")
+    report_ = next((v for v in found if v.name == name), None)
+    kept = [v.name for v in kept_volumes(found)]
+    if report_ is None or not report_.exists or report_.kept_from is None:
+        raise OpsError(f"refusing to remove {name}: it is not a volume kept by a rebuild "
+                       f"(one with the {KEPT_LABEL} label; kept volumes on the host: "
+                       f"{', '.join(kept) or 'none'})", "see fab volumes")
+    if report_.compose_key is not None:
+        raise OpsError(f"refusing to remove {name}: the compose file declares it "
+                       f"({report_.compose_key})", "see fab volumes")
+    if report_.mounted_by:
+        users = ", ".join(f"{m.container} ({m.state})" for m in report_.mounted_by)
+        raise OpsError(f"refusing to remove {name}: used by {users}",
+                       "remove those containers first (docker rm NAME), then run again")
+    return report_
+
+
+def drop_kept(remote: Remote, kept: VolumeReport) -> None:
+    """Remove a kept volume (checked by :func:`check_droppable`) and make sure it is gone."""
+    res = remote.run(shell.join(["docker", "volume", "rm", kept.name]), what="docker volume rm")
+    gone = remote.run(shell.join(["docker", "volume", "inspect", kept.name]),
+                      what="docker volume inspect")
+    if gone.ok:
+        raise OpsError(f"{kept.name} is still there: {res.last_error_line()}",
+                       f"see: docker volume inspect {kept.name}")
 
 
 def gather_command(host: Host) -> str:
@@ -184,13 +270,13 @@ def gather_command(host: Host) -> str:
     return "; ".join(parts)
 
 
-def parse_gathered(text: str, host: Host) -> list[VolumeReport]:
+def parse_gathered(text: str, host: Host, now: datetime | None = None) -> list[VolumeReport]:
     facts_part, _, engine_part = text.partition("@@engine\n")
     return report(parse_key_values(facts_part.replace("@@facts\n", "", 1)),
-                  parse_engine(engine_part), host)
+                  parse_engine(engine_part), host, now)
 
 
 def volumes(remote: Remote) -> list[VolumeReport]:
     """The stack's volumes on the host (one SSH round trip)."""
     res = remote.run(gather_command(remote.host), what="the volume scripts")
-    return parse_gathered(res.stdout, remote.host)
+    return parse_gathered(res.stdout, remote.host, datetime.now(UTC))

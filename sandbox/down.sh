@@ -59,6 +59,7 @@ if [[ -d $STATE ]]; then
     else
         say "sshd: not running"
     fi
+    cron_stop_if_unused
     rm -f "$SOCK" "$STATE/dockerd.pid" "$STATE/sshd.pid" "$STATE/compose.applied"
     unmount_below
 else

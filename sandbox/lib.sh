@@ -237,6 +237,49 @@ sshd_stop() {
     rm -f "$STATE/sshd.pid"
 }
 
+# ---------------------------------------------------------------- cron
+# The one cron daemon of the machine (shared by all instances), and the file where
+# up.sh records the one it started.
+CRON_MARK=$ROOT/cron.started
+
+cron_pid() {
+    local pid
+    pid=$(pid_from /run/crond.pid)
+    proc_has "$pid" cron && printf '%s' "$pid"
+    return 0
+}
+
+# Is another instance of this root still up (its sshd alive)? Then it still needs cron.
+other_instance_up() {
+    local d pid
+    for d in "$ROOT"/*/; do
+        d=${d%/}
+        [[ $d != "$STATE" && -f $d/sshd_config ]] || continue
+        pid=$(pid_from "$d/sshd.pid")
+        proc_has "$pid" "$d/sshd_config" && return 0
+    done
+    return 1
+}
+
+# Stop the cron daemon if the sandbox started it and no other instance is up.
+cron_stop_if_unused() {
+    local pid mine
+    pid=$(cron_pid)
+    mine=$(pid_from "$CRON_MARK")
+    if [[ -z $pid ]]; then
+        rm -f "$CRON_MARK"
+        say "cron: not running"
+    elif [[ $pid != "$mine" ]]; then
+        say "cron: running (pid $pid), not started by the sandbox: left alone"
+    elif other_instance_up; then
+        say "cron: left running for the other instances that are up"
+    else
+        kill_wait "$pid" 10
+        rm -f "$CRON_MARK"
+        say "cron: stopped"
+    fi
+}
+
 # ---------------------------------------------------------------- compose
 # Run docker-compose in the project as the login user, as on production.
 compose_as_user() {

@@ -27,17 +27,21 @@ PACKAGES=(
     /usr/bin/ssh:openssh-client
     /usr/bin/mmdebstrap:mmdebstrap
     /usr/bin/pigz:pigz
+    /usr/bin/igzip:isal
     /usr/bin/zstd:zstd
     /usr/bin/crontab:cron
+    /usr/sbin/cron:cron
     /usr/bin/ss:iproute2
     /usr/bin/flock:util-linux
     /usr/bin/setsid:util-linux
     /usr/bin/shellcheck:shellcheck
     /usr/bin/pgrep:procps
 )
-# The image: its package list is the cache key of the root file system tarball.
+# The image: its package list is the cache key of the root file system tarball. Like
+# the official postgres:15 image, it carries no pigz, zstd or igzip: the backup's
+# faster tools are on the host (PACKAGES above), where production can have them.
 IMAGE_SUITE=bookworm
-IMAGE_PACKAGES=postgresql-15,redis-server,gzip,pigz,zstd,procps
+IMAGE_PACKAGES=postgresql-15,redis-server,gzip,procps
 ROOTFS_KEY=$(printf '%s %s' "$IMAGE_SUITE" "$IMAGE_PACKAGES" | sha256sum | cut -c1-16)
 ROOTFS_TAR=$CACHE/rootfs-$ROOTFS_KEY.tar
 BASE_IMAGE=aimms-ops-sandbox/base:$ROOTFS_KEY
@@ -380,6 +384,20 @@ wait_healthy() {
     say "compose: warning: postgres container still reports health=$health"
 }
 
+# The sandbox runs compose v1, as Debian 12 ships it. tests/test_compose_v2.py puts a
+# compose v2 plugin (with a marker file beside it) in the login user's
+# ~/.docker/cli-plugins and runs the stack under it; a run that did not clean up (killed)
+# is undone here: the v2 stack goes down (volumes kept) and the plugin goes away, so that
+# step_compose brings it up again with v1.
+step_compose_v1() {
+    local plugin=$HOME_DIR/.docker/cli-plugins/docker-compose
+    [[ -e $plugin.aimms-ops-test ]] || return 0
+    su - "$LOGIN" -c "cd $PROJECT_DIR && DOCKER_HOST=unix://$SOCK docker compose -p $PROJECT -f $COMPOSE_FILE down" \
+        >>"$STATE/compose.log" 2>&1 || true
+    rm -f "$plugin" "$plugin.aimms-ops-test" "$STATE/compose.applied"
+    say "compose: removed the compose v2 plugin a test left; back to compose v1"
+}
+
 step_compose() {
     local t0=$EPOCHREALTIME states marker want i cid log=$STATE/compose.log
     local written=0
@@ -560,6 +578,30 @@ EOF
     if ((${#changed[@]})); then say "files: wrote ${changed[*]} (in $OUT)"; else say "files: unchanged (in $OUT)"; fi
 }
 
+# The machine's cron daemon (Debian's cron), as production runs one: a single daemon
+# serves every login user's crontab, so all the instances share it. It is started
+# when none runs (a daemon killed earlier, even left as a zombie, is replaced) and
+# recorded in $CRON_MARK, so that down.sh stops only a daemon the sandbox started.
+step_cron() {
+    local pid t0=$EPOCHREALTIME i
+    pid=$(cron_pid)
+    if [[ -n $pid ]]; then
+        say "cron: running (pid $pid)"
+        return
+    fi
+    rm -f /run/crond.pid
+    launch_detached /usr/sbin/cron -f >>"$ROOT/cron.log" 2>&1
+    for ((i = 0; i < 50; i++)); do
+        pid=$(cron_pid)
+        [[ -n $pid ]] && break
+        alive "$!" || die "cron exited at start: $(last_line "$ROOT/cron.log") (log: $ROOT/cron.log)"
+        sleep 0.1
+    done
+    [[ -n $pid ]] || die "cron did not start within 5 s (log: $ROOT/cron.log)"
+    echo "$pid" >"$CRON_MARK"
+    say "cron: started (pid $pid) in $(since "$t0") s"
+}
+
 step_check_ssh() {
     local v
     v=$(ssh -F "$OUT/ssh_config" -o BatchMode=yes -o ConnectTimeout=10 "$HOST_ALIAS" \
@@ -585,8 +627,10 @@ step_dockerd
 step_sshd
 step_image
 step_volumes
+step_compose_v1
 step_compose
 step_data
+step_cron
 step_files
 step_check_ssh
 say "ready in $(since "$T_START") s: ssh -F $OUT/ssh_config $HOST_ALIAS"

@@ -53,6 +53,7 @@ ARGUMENTS = [
     ("-H", None, ["list-backups"], "refused", {"empty"}),  # -H '': no -H (Fabric's rule)
     ("verify", "--file", [], "refused", set()),
     ("rebuild-volume", "--file", ["--dry-run"], "refused", set()),
+    ("rebuild-volume", "--drop-kept", ["--yes"], "refused", set()),
     ("status", "--max-age", [], "safe", set()),
 ]
 

@@ -223,3 +223,84 @@ def test_relative_ssh_config_is_relative_to_inventory(tmp_path):
     data = _set(_good(), "hosts.aidset.ssh_config", "conf/ssh_config")
     inv = _load(tmp_path, data)
     assert inv.host(None).ssh_config == str(tmp_path / "conf" / "ssh_config")
+
+
+def test_every_problem_is_reported_at_once_each_naming_its_key(tmp_path):
+    """An unknown key no longer hides behind a missing default_host, nor a wrong type
+    behind either: one error, one line, every problem numbered with its key."""
+    data = _good()
+    del data["default_host"]
+    data["hosts"]["aidset"]["bogus_key"] = 1
+    data["hosts"]["aidset"]["retention_days"] = "seven"
+    del data["hosts"]["aidset"]["compose"]["project"]
+    data["hosts"]["aidset"]["volumes"]["redis"] = "a b"
+    with pytest.raises(OpsError) as exc:
+        _load(tmp_path, data)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"{tmp_path / 'inv.yml'}: 5 problems: (1) ")
+    for part in ("default_host: missing", "hosts.aidset.bogus_key: expected no such key",
+                 "hosts.aidset.retention_days: expected a whole number",
+                 "hosts.aidset.compose.project: missing",
+                 "hosts.aidset.volumes.redis: expected a docker volume name"):
+        assert part in msg, part
+    assert msg.endswith("(fix the inventory file)")
+
+
+def test_problems_of_several_hosts_are_all_reported(tmp_path):
+    data = _good()
+    data["hosts"]["second"] = dict(data["hosts"]["aidset"], backup_dir="relative")
+    data["hosts"]["aidset"]["min_keep"] = 0
+    with pytest.raises(OpsError) as exc:
+        _load(tmp_path, data)
+    msg = str(exc.value)
+    assert "2 problems" in msg
+    assert "hosts.aidset.min_keep" in msg and "hosts.second.backup_dir" in msg
+
+
+def test_a_part_that_is_not_a_mapping_is_one_problem_and_the_rest_is_still_checked(tmp_path):
+    data = _good()
+    data["hosts"]["aidset"]["compose"] = "x"
+    data["hosts"]["aidset"]["log_file"] = "log"
+    with pytest.raises(OpsError) as exc:
+        _load(tmp_path, data)
+    msg = str(exc.value)
+    assert "2 problems" in msg
+    assert "hosts.aidset.compose: expected a mapping" in msg
+    assert "hosts.aidset.log_file: expected an absolute path" in msg
+
+
+def _write_good(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text((REPO / "inventory.yml").read_text())
+    return path
+
+
+def test_the_inventory_is_looked_for_in_the_env_then_here_then_the_users_config(
+        tmp_path, monkeypatch):
+    here, home = tmp_path / "here", tmp_path / "home"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.delenv(inventory.ENV_VAR, raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    user = _write_good(home / ".config" / "aimms-ops" / "inventory.yml")
+    assert inventory.load().path == user
+    local = _write_good(here / "inventory.yml")
+    assert inventory.load().path.resolve() == local
+    named = _write_good(tmp_path / "named.yml")
+    monkeypatch.setenv(inventory.ENV_VAR, str(named))
+    assert inventory.load().path == named
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert inventory.config_inventory() == tmp_path / "xdg" / "aimms-ops" / "inventory.yml"
+
+
+def test_no_inventory_anywhere_names_every_place_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(inventory.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(OpsError) as exc:
+        inventory.load()
+    msg = str(exc.value)
+    assert inventory.ENV_VAR in msg and "./inventory.yml" in msg
+    assert str(tmp_path / "xdg" / "aimms-ops" / "inventory.yml") in msg
+    assert "\n" not in msg

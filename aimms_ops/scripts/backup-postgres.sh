@@ -4,7 +4,10 @@
 # run by `fab backup`: one code path for both.
 #
 # Usage: backup-postgres.sh [--config FILE] [options]
-#   --config FILE        read the settings below from FILE (shell assignments)
+#   --config FILE        read the settings below from FILE (shell assignments);
+#                        without it, the file beside this script (its path + .conf,
+#                        written by fab install-backups) when there is one, so that
+#                        plain `backup-postgres.sh`, as the seed runs it, works
 #   --backup-dir DIR     where backups go                     (BACKUP_DIR)
 #   --log-file FILE      one line per step is appended here   (LOG_FILE)
 #   --project NAME       compose project                      (COMPOSE_PROJECT)
@@ -14,6 +17,8 @@
 #   --min-keep N         ...but never the newest N good ones  (MIN_KEEP)
 #   --lock-timeout S     wait at most S seconds for a running backup (LOCK_TIMEOUT)
 #   --gzip-level N       1 (fastest) .. 9 (smallest)           (GZIP_LEVEL)
+#   --compressor NAME    auto (default: igzip, else pigz, else gzip), igzip, pigz or
+#                        gzip; on the host, always the .gz format    (COMPRESSOR)
 #   --label NAME         added to the file name (letters, digits, - and _)
 #   --prune-only         apply retention only, make no backup
 #   --dry-run            with --prune-only: print what would be removed, remove nothing
@@ -47,6 +52,7 @@ RETENTION_DAYS=${RETENTION_DAYS:-7}
 MIN_KEEP=${MIN_KEEP:-3}
 LOCK_TIMEOUT=${LOCK_TIMEOUT:-600}
 GZIP_LEVEL=${GZIP_LEVEL:-1}
+COMPRESSOR=${COMPRESSOR:-auto}
 LABEL=""
 PRUNE_ONLY=0
 DRY_RUN=0
@@ -58,14 +64,24 @@ usage_error() { printf 'backup-postgres.sh: %s\n' "$1" >&2; exit 64; }
 
 # The config file is read first so that flags override it.
 args=("$@")
+conf_given=0
 for ((i = 0; i < ${#args[@]}; i++)); do
     if [ "${args[$i]}" = "--config" ]; then
+        conf_given=1
         conf=${args[$((i + 1))]:-}
         [ -r "$conf" ] || usage_error "cannot read config file: $conf"
         # shellcheck source=/dev/null
         . "$conf"
     fi
 done
+# Run as a file without --config (the seed's `backup-postgres.sh`, its cron line):
+# the settings installed beside it.
+if [ "$conf_given" = 0 ] && [ -n "${BASH_SOURCE[0]:-}" ] && [ -f "${BASH_SOURCE[0]}.conf" ]; then
+    conf=${BASH_SOURCE[0]}.conf
+    [ -r "$conf" ] || usage_error "cannot read config file: $conf"
+    # shellcheck source=/dev/null
+    . "$conf"
+fi
 while [ $# -gt 0 ]; do
     case $1 in
         --config) shift ;;
@@ -78,6 +94,7 @@ while [ $# -gt 0 ]; do
         --min-keep) MIN_KEEP=${2:-}; shift ;;
         --lock-timeout) LOCK_TIMEOUT=${2:-}; shift ;;
         --gzip-level) GZIP_LEVEL=${2:-}; shift ;;
+        --compressor) COMPRESSOR=${2:-}; shift ;;
         --label) LABEL=${2:-}; shift ;;
         --prune-only) PRUNE_ONLY=1 ;;
         --dry-run) DRY_RUN=1 ;;
@@ -89,7 +106,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-[ -n "$BACKUP_DIR" ] || usage_error "BACKUP_DIR is not set (--backup-dir)"
+[ -n "$BACKUP_DIR" ] || usage_error "BACKUP_DIR is not set (--backup-dir, or the settings file beside the script: fab install-backups writes it)"
 [ -n "$LOG_FILE" ] || usage_error "LOG_FILE is not set (--log-file)"
 [ -n "$COMPOSE_PROJECT" ] || usage_error "COMPOSE_PROJECT is not set (--project)"
 [[ $LABEL =~ ^[A-Za-z0-9_-]*$ ]] || usage_error "a label allows letters, digits, - and _ only"
@@ -99,6 +116,10 @@ for n in RETENTION_DAYS MIN_KEEP LOCK_TIMEOUT GZIP_LEVEL; do
 done
 [ "$MIN_KEEP" -ge 1 ] || usage_error "MIN_KEEP must be at least 1"
 if [ "$GZIP_LEVEL" -lt 1 ] || [ "$GZIP_LEVEL" -gt 9 ]; then usage_error "GZIP_LEVEL must be 1..9"; fi
+case $COMPRESSOR in
+    auto | igzip | pigz | gzip) ;;
+    *) usage_error "COMPRESSOR must be auto, igzip, pigz or gzip" ;;
+esac
 
 RUN_ID="backup[$$]"
 STARTED=$(date +%s)
@@ -252,12 +273,15 @@ fifo="$work/sha256.fifo"
 sumf="$work/sha256"
 TMP_FILES+=("$tmp" "$errf" "$tailf" "$fifo" "$sumf" "$final.sha256.tmp")
 
-# Compress where it costs least: inside the container when it has pigz (the raw
-# dump then never crosses docker exec's pipe), else on the host with pigz, else gzip.
-# pg_dumpall's own status is reported on stderr, since a pipe inside the container
-# would hide it; the completion marker is checked as well.
-host_unzip=(gzip -dc)
-command -v pigz >/dev/null 2>&1 && host_unzip=(pigz -dc)
+# Compress on the host, where the faster tools can be (the official postgres image
+# has neither pigz nor igzip): the raw dump crosses docker exec's pipe once, into
+# igzip (ISA-L) when present, else pigz, else gzip; always the .gz format. pg_dumpall's
+# own status is reported on stderr (a pipe would hide it); the completion marker is
+# checked as well. The written stream is checked by the fastest decompressor present.
+pick_compressor "$GZIP_LEVEL" "$COMPRESSOR" ||
+    fail "compressor $COMPRESSOR is not installed on the host (install it, or set COMPRESSOR=auto)"
+pick_decompressor || fail "no gzip on the host (install gzip)"
+host_unzip=("${UNZIP[@]}")
 # The checksum is taken from the same stream while it is written (reading the file
 # back afterwards cost a second pass: 1 s per GB); openssl hashes about three times
 # faster than sha256sum where the CPU has SHA instructions.
@@ -267,7 +291,7 @@ if command -v openssl >/dev/null 2>&1 && printf '' | openssl dgst -sha256 -r >/d
 fi
 # Before the dump, its preface: the properties of template1 and postgres, which a plain
 # pg_dumpall leaves out (settings, connection limit, comment, ACL, role settings in
-# them), as comment lines that psql skips and aimms-ops' restore reads (dumpscan.py).
+# them), as comment lines that psql skips and aimms-ops' restore reads (aimms_ops/dump).
 # shellcheck disable=SC2016  # expanded by the container's sh
 preface='for db in template1 postgres; do
     if p=$(pg_dump -U "$1" --create --schema-only --exclude-schema="*" "$db" 2>/dev/null); then
@@ -275,20 +299,9 @@ preface='for db in template1 postgres; do
         printf "%s\n" "$p" | sed "s/^/-- | /"
     fi
 done; '
-if docker exec "$cid" sh -c 'command -v pigz' >/dev/null 2>&1; then
-    where="pigz -$GZIP_LEVEL in the container"
-    inner='{ '"$preface"'pg_dumpall -U "$1"; echo "aimms-ops: pg_dumpall status $?" >&2; } | pigz -"$2"'
-    dump() { docker exec "$cid" sh -c "$inner" sh "$PG_SUPERUSER" "$GZIP_LEVEL"; }
-else
-    inner=$preface'pg_dumpall -U "$1"; echo "aimms-ops: pg_dumpall status $?" >&2'
-    if command -v pigz >/dev/null 2>&1; then
-        where="pigz -$GZIP_LEVEL on the host"
-        dump() { docker exec "$cid" sh -c "$inner" sh "$PG_SUPERUSER" | pigz -"$GZIP_LEVEL"; }
-    else
-        where="gzip -$GZIP_LEVEL on the host"
-        dump() { docker exec "$cid" sh -c "$inner" sh "$PG_SUPERUSER" | gzip -"$GZIP_LEVEL"; }
-    fi
-fi
+inner=$preface'pg_dumpall -U "$1"; echo "aimms-ops: pg_dumpall status $?" >&2'
+where="$ZIP_NAME -$ZIP_LEVEL on the host"
+dump() { docker exec "$cid" sh -c "$inner" sh "$PG_SUPERUSER" | "${ZIP[@]}"; }
 log "dumping with pg_dumpall -U $PG_SUPERUSER, compressed by $where"
 
 # The written bytes are tested while they are written: tee's copy is decompressed

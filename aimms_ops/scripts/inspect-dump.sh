@@ -27,10 +27,10 @@ recorded=""
 if [ -r "$f.sha256" ]; then recorded=$(cut -d' ' -f1 <"$f.sha256" | head -n 1); fi
 echo "sha256_recorded=$recorded"
 case $f in
-    *.gz) format=gz unzip=(gzip -dc)
+    *.gz) format=gz
           if command -v igzip >/dev/null 2>&1; then unzip=(igzip -dc)
-          elif command -v pigz >/dev/null 2>&1; then unzip=(pigz -dc); fi ;;
-    *) format=plain unzip=(cat) ;;
+          elif command -v pigz >/dev/null 2>&1; then unzip=(pigz -dc); else unzip=(gzip -dc); fi ;;
+    *) format=plain; unzip=(cat) ;;
 esac
 echo "format=$format"
 sumf=$(mktemp)

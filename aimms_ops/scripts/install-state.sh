@@ -22,6 +22,7 @@ if command -v crontab >/dev/null 2>&1; then
 else
     echo "crontab.available=0"
 fi
+compressor_facts
 echo "env.PATH=$PATH"
 echo "env.DOCKER_HOST=${DOCKER_HOST:-}"
 echo "env.user=$(id -un)"

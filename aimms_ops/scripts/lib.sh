@@ -125,3 +125,49 @@ conninfo_db() {
     v=${v//\'/\\\'}
     printf "dbname='%s'" "$v"
 }
+
+# pick_compressor LEVEL [auto|igzip|pigz|gzip]: set ZIP (the compressor at LEVEL, stdin
+# to stdout), ZIP_NAME and ZIP_LEVEL. igzip (ISA-L) when present, else pigz, else gzip:
+# all three write the same gzip format, read by any gunzip. igzip's levels are 0-3
+# (ISA-L has no more); a higher LEVEL becomes 3. Fails for a named tool that is absent.
+# shellcheck disable=SC2034  # ZIP* are used by the scripts that include this file
+pick_compressor() {
+    local level=$1 want=${2:-auto} tool
+    for tool in igzip pigz gzip; do
+        [ "$want" = auto ] || [ "$want" = "$tool" ] || continue
+        command -v "$tool" >/dev/null 2>&1 || continue
+        ZIP_NAME=$tool
+        ZIP_LEVEL=$level
+        if [ "$tool" = igzip ] && [ "$level" -gt 3 ]; then ZIP_LEVEL=3; fi
+        ZIP=("$tool" -c -"$ZIP_LEVEL")
+        return 0
+    done
+    return 1
+}
+
+# pick_decompressor: set UNZIP to the fastest gzip decompressor present (stdin to
+# stdout): igzip, else pigz, else gzip.
+# shellcheck disable=SC2034  # UNZIP is used by the scripts that include this file
+pick_decompressor() {
+    local tool
+    for tool in igzip pigz gzip; do
+        if command -v "$tool" >/dev/null 2>&1; then
+            UNZIP=("$tool" -dc)
+            return 0
+        fi
+    done
+    return 1
+}
+
+# compressor_facts: key=value lines naming the compressor a backup run here would use
+# (with this PATH: the settings file gives cron the same one), and which of the three
+# are installed.
+compressor_facts() {
+    local tool have=""
+    for tool in igzip pigz gzip; do
+        if command -v "$tool" >/dev/null 2>&1; then have="$have${have:+ }$tool"; fi
+    done
+    if pick_compressor 1; then echo "compressor.name=$ZIP_NAME"; else echo "compressor.name="; fi
+    if pick_decompressor; then echo "compressor.check=${UNZIP[0]}"; else echo "compressor.check="; fi
+    echo "compressor.have=$have"
+}

@@ -41,9 +41,7 @@ if [ -z "$cid" ]; then
 fi
 
 case $format in
-    gz) unzip=(gzip -dc)
-        if command -v igzip >/dev/null 2>&1; then unzip=(igzip -dc)
-        elif command -v pigz >/dev/null 2>&1; then unzip=(pigz -dc); fi ;;
+    gz) pick_decompressor; unzip=("${UNZIP[@]}") ;;  # igzip, else pigz, else gzip
     plain) unzip=(cat) ;;
     *) echo "aimms-ops: unknown format $format" >&2; exit 64 ;;
 esac

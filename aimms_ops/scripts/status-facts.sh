@@ -58,5 +58,6 @@ if command -v python3 >/dev/null 2>&1; then
 else
     echo "python3.version="
 fi
+compressor_facts
 echo "env.PATH=$PATH"
 echo "env.DOCKER_HOST=${DOCKER_HOST:-}"

@@ -4,7 +4,11 @@
 # (cron runs it weekly) and run by `fab verify --deep`: one code path for both.
 #
 # Usage: verify-backup.sh [--config FILE] [options]
-#   --config FILE       read the settings below from FILE (the backup script's settings)
+#   --config FILE       read the settings below from FILE (the backup script's settings);
+#                       without it, verify-backup.sh.conf beside this script if there is
+#                       one, else backup-postgres.sh.conf beside it (what install-backups
+#                       writes next to the default backup script), so that a plain
+#                       `verify-backup.sh` checks the newest backup
 #   --backup-dir DIR    where the backups are                     (BACKUP_DIR)
 #   --log-file FILE     one line per step is appended here         (LOG_FILE)
 #   --project NAME      compose project of production              (COMPOSE_PROJECT)
@@ -64,14 +68,26 @@ REPORT=0
 usage_error() { printf 'verify-backup.sh: %s\n' "$1" >&2; exit 64; }
 
 args=("$@")
+conf_given=0
 for ((i = 0; i < ${#args[@]}; i++)); do
     if [ "${args[$i]}" = "--config" ]; then
+        conf_given=1
         conf=${args[$((i + 1))]:-}
         [ -r "$conf" ] || usage_error "cannot read config file: $conf"
         # shellcheck source=/dev/null
         . "$conf"
     fi
 done
+# Run as a file without --config: its own settings beside it, else the backup script's.
+if [ "$conf_given" = 0 ] && [ -n "${BASH_SOURCE[0]:-}" ]; then
+    for conf in "${BASH_SOURCE[0]}.conf" "$(dirname -- "${BASH_SOURCE[0]}")/backup-postgres.sh.conf"; do
+        [ -f "$conf" ] || continue
+        [ -r "$conf" ] || usage_error "cannot read config file: $conf"
+        # shellcheck source=/dev/null
+        . "$conf"
+        break
+    done
+fi
 while [ $# -gt 0 ]; do
     case $1 in
         --config) shift ;;
@@ -89,7 +105,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ -n "$BACKUP_DIR" ] || usage_error "BACKUP_DIR is not set (--backup-dir)"
+[ -n "$BACKUP_DIR" ] || usage_error "BACKUP_DIR is not set (--backup-dir, or --config the backup script's settings file)"
 [ -n "$LOG_FILE" ] || usage_error "LOG_FILE is not set (--log-file)"
 [ -n "$COMPOSE_PROJECT" ] || usage_error "COMPOSE_PROJECT is not set (--project)"
 [[ $WAIT =~ ^[0-9]+$ ]] || usage_error "--wait must be a whole number of seconds"
@@ -308,9 +324,7 @@ check start OK "$CONTAINER from the image of $prod_name, volume $VOLUME, no netw
 if ! command -v python3 >/dev/null 2>&1; then
     fail restore "python3 is not installed on this host; reading the dump needs it (install python3)"
 fi
-unzip=(gzip -dc)
-if command -v igzip >/dev/null 2>&1; then unzip=(igzip -dc)
-elif command -v pigz >/dev/null 2>&1; then unzip=(pigz -dc); fi
+pick_decompressor; unzip=("${UNZIP[@]}")  # igzip, else pigz, else gzip
 
 # replay PASS: the dump through the restore filter into the throwaway server. The
 # second pass replays onto what the first made, with that cluster's properties, as a

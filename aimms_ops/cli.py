@@ -1,0 +1,34 @@
+"""The installed command ``aimms-ops``: Fabric's ``Program`` over the package's tasks.
+
+The same tasks, flags and ``-H`` as ``fab`` in the checkout (Fabric's "Distributing a
+CLI"), from any directory: the tasks come from the package, not from a fabfile, and
+the inventory is found as :func:`aimms_ops.inventory.inventory_path` says.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from fabric import Config, Executor
+from fabric.main import Fab
+
+from . import __version__
+from .tasks import check_hosts_argument, ns
+
+NAME = "aimms-ops"
+
+program = Fab(name=NAME, version=__version__, namespace=ns, executor_class=Executor,
+              config_class=Config, binary=NAME, binary_names=[NAME])
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    check_hosts_argument(sys.argv)
+    try:
+        program.run()
+    except BrokenPipeError:
+        # The reader went away (`aimms-ops -l | head`): stop quietly, no traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)

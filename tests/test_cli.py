@@ -1,0 +1,84 @@
+"""Integration: the installed command `aimms-ops`, from any directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, fab_error_line
+
+pytestmark = pytest.mark.integration
+
+AIMMS_OPS = REPO / ".venv" / "bin" / "aimms-ops"
+
+
+def _run(*args: str, cwd: str | Path = "/", env: dict[str, str] | None = None,
+         timeout: float = 300) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("AIMMS_OPS_INVENTORY", "AIMMS_OPS_DEBUG")}
+    full.update(env or {})
+    return subprocess.run([str(AIMMS_OPS), *args], cwd=cwd, env=full, capture_output=True,
+                          text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+
+
+def test_the_command_is_installed_and_lists_the_tasks_from_anywhere():
+    assert AIMMS_OPS.is_file(), "make venv installs the console script"
+    proc = _run("-l")
+    assert proc.returncode == 0, proc.stderr
+    for task in ("backup", "check", "doctor", "install-backups", "rebuild-volume", "restore",
+                 "status", "volumes"):
+        assert f"  {task} " in proc.stdout, task
+    assert _run("--version").stdout.startswith("aimms-ops ")
+    helped = _run("--help", "backup")
+    assert helped.returncode == 0 and "--label=STRING" in helped.stdout
+
+
+def test_a_closed_pipe_is_no_traceback():
+    proc = subprocess.run(f"{AIMMS_OPS} -l | head -n 1", shell=True, cwd="/",
+                          capture_output=True, text=True, check=False)
+    assert "Traceback" not in proc.stderr and proc.stdout.strip()
+
+
+def test_shell_completion():
+    script = _run("--print-completion-script", "bash")
+    assert script.returncode == 0 and "aimms-ops" in script.stdout
+    done = _run("--complete", "--", "aimms-ops", "reb")
+    assert "rebuild-volume" in done.stdout.split()
+
+
+def test_status_and_check_through_the_env_var_name_the_inventory(sandbox):
+    env = {"AIMMS_OPS_INVENTORY": str(sandbox.inventory)}
+    assert sandbox.fab("install-backups").returncode == 0
+    made = _run("backup", env=env)
+    assert made.returncode == 0, made.stderr
+    status = _run("status", env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert status.stdout.startswith("AIMMS-OPS OK - ")
+    check = _run("-H", "aidset", "check", env=env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"(inventory {sandbox.inventory.resolve()})" in " ".join(check.stdout.split())
+
+
+def test_the_inventory_is_found_here_then_in_the_users_config(sandbox, tmp_path):
+    home, here = tmp_path / "home", tmp_path / "here"
+    user_inv = home / ".config" / "aimms-ops" / "inventory.yml"
+    user_inv.parent.mkdir(parents=True)
+    user_inv.write_text(sandbox.inventory.read_text())
+    here.mkdir()
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": ""}
+    proc = _run("check", cwd=here, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"(inventory {user_inv})" in " ".join(proc.stdout.split())
+    (here / "inventory.yml").write_text(sandbox.inventory.read_text())
+    proc = _run("check", cwd=here, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"(inventory {here / 'inventory.yml'})" in " ".join(proc.stdout.split())
+    missing = _run("status", "--json", cwd=tmp_path, env={"HOME": str(tmp_path / "none"),
+                                                          "XDG_CONFIG_HOME": ""})
+    assert missing.returncode == 3 and "no inventory file" in missing.stdout
+    line = fab_error_line(_run("check", cwd=tmp_path, env={"HOME": str(tmp_path / "none"),
+                                                           "XDG_CONFIG_HOME": ""}))
+    assert "AIMMS_OPS_INVENTORY is not set" in line
