@@ -39,11 +39,14 @@ def pipeline(*commands: Sequence[str | int]) -> str:
     return join(["bash", "-c", body])
 
 
-_INCLUDE = re.compile(r"^# @include ([a-z0-9][a-z0-9_-]*\.(?:sh|awk))$", re.MULTILINE)
+_INCLUDE = re.compile(r"^# @include ([a-z0-9][a-z0-9_-]*\.(?:sh|awk|py))$", re.MULTILINE)
 
 
 def _packaged(name: str) -> str:
-    return (SCRIPTS_DIR / name).read_text(encoding="utf-8")
+    # A .py include is a module of the package itself (stdlib-only, run by the host's
+    # python3), so that the host and this machine run the very same code.
+    where = SCRIPTS_DIR.parent if name.endswith(".py") else SCRIPTS_DIR
+    return (where / name).read_text(encoding="utf-8")
 
 
 def script_text(name: str) -> str:
