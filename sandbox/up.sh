@@ -34,6 +34,8 @@ PACKAGES=(
     /usr/bin/setsid:util-linux
     /usr/bin/shellcheck:shellcheck
     /usr/bin/pgrep:procps
+    /usr/bin/curl:curl
+    /usr/bin/python3:python3-minimal
 )
 # The image: its package list is the cache key of the root file system tarball.
 IMAGE_SUITE=bookworm
