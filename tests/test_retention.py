@@ -419,3 +419,30 @@ def test_doctor_ping_reports_a_monitor_it_cannot_reach(sandbox, tmp_path):
     assert checks["test ping (backup)"]["state"] == "CRITICAL"
     assert "ping failed" in checks["test ping (backup)"]["detail"]
     sandbox.ssh(f"rm -rf {d} {d}.log")
+
+
+def test_the_weekly_deep_verify_pings_its_own_url(sandbox, tmp_path, receiver):
+    """verify-backup.sh as cron runs it (settings file, --file latest): start, then
+    success with its log lines, to ping.verify_url; latest is never a safety copy."""
+    base = f"http://127.0.0.1:{receiver.port}/ping"
+    inv, d = _inventory(sandbox, tmp_path, "ping-verify",
+                        ping={"url": f"{base}/backup", "verify_url": f"{base}/verify"})
+    _ok(sandbox.fab("backup", inventory=inv))
+    regular = _remote(sandbox, inv)[0]["name"]
+    _ok(sandbox.fab("backup", "--label=pre-restore", inventory=inv))
+    receiver.requests.clear()
+    host = inventory.load(inv).host(None)
+    sandbox.ssh(f"cat > {d}/.conf", input=install.conf_text(
+        host, {"PATH": "/usr/local/bin:/usr/bin:/bin",
+               "DOCKER_HOST": sandbox.docker_host}).encode())
+    sandbox.ssh(f"cat > {d}/.verify.sh && chmod 700 {d}/.verify.sh",
+                input=shell.script_text("verify-backup.sh").encode())
+    vargs = " ".join(shlex.quote(a) for a in install.verify_args(host))
+    sandbox.ssh(f"env -i HOME={sandbox.home} {d}/.verify.sh --config {d}/.conf "
+                f"--file latest {vargs} >> {d}.log 2>&1", timeout=600)
+    (_, p1, _), (m2, p2, body) = receiver.requests
+    rid = p1.split("rid=")[1]
+    assert p1 == f"/ping/verify/start?rid={rid}"
+    assert (m2, p2) == ("POST", f"/ping/verify/0?rid={rid}")
+    assert f"RESULT ok {regular} databases=" in body.decode()
+    sandbox.ssh(f"rm -rf {d} {d}.log")

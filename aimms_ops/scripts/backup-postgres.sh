@@ -128,7 +128,7 @@ case $PING_KIND in healthchecks | uptime-kuma) ;; *) usage_error "PING_KIND: hea
 RUN_ID="backup[$$]"
 STARTED=$(date +%s)
 TMP_FILES=()
-PING_RID=$(cat /proc/sys/kernel/random/uuid 2>/dev/null || echo "$$-$STARTED")
+PING_RID=$(new_rid)
 PING_ENDED=0
 
 # Lines for the session go through say (lib.sh): once the session is gone (a dropped
@@ -147,22 +147,10 @@ fail() {
     exit 1
 }
 
-# ping EVENT [MSG] [FIRST_BODY_LINE]: tell PING_URL (if set) and log how that went.
-# Never fails the run; each ping takes at most PING_BOUND seconds (lib.sh).
+# ping EVENT [MSG] [FIRST_BODY_LINE]: tell PING_URL (if set) how the run goes (lib.sh).
 ping() {
-    [ -n "$PING_URL" ] && [ "$PRUNE_ONLY" = 0 ] || return 0
-    local body="" why ms=$((($(date +%s) - STARTED) * 1000))
-    if [ "$1" != start ]; then
-        body=$(mktemp "${TMPDIR:-/tmp}/aimms-ping.XXXXXX" 2>/dev/null) || body=""
-        [ -z "$body" ] || ping_body "$LOG_FILE" "$RUN_ID" "$body" "${3:-}"
-    fi
-    if why=$(ping_send "$PING_KIND" "$PING_URL" "$1" "$PING_RID" "${2:-}" "$body" "$ms"); then
-        log "ping $1: ok ($PING_KIND)"
-    else
-        log "ping $1: failed: $why ($PING_KIND)"
-    fi
-    [ -z "$body" ] || rm -f -- "$body"
-    return 0
+    [ "$PRUNE_ONLY" = 0 ] || return 0
+    job_ping "$PING_URL" "$@"
 }
 ping_end() {
     [ "$PING_ENDED" = 0 ] || return 0

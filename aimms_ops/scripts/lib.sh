@@ -130,3 +130,27 @@ ping_body() {
         tail -n 5000 -- "$1" 2>/dev/null | grep -F -- " $2 " | tail -n 200
     } | tail -c 100000 >"$3" 2>/dev/null || true
 }
+
+# new_rid: a run id for the monitor (pairs a start ping with its end).
+new_rid() { cat /proc/sys/kernel/random/uuid 2>/dev/null || echo "$$-$(date +%s)"; }
+
+# job_ping URL EVENT [MSG] [FIRST_BODY_LINE]: ping URL (nothing when empty) for the
+# running job and log how that went, with the job's log (the caller's) lines as the
+# body. Uses PING_KIND, PING_RID, LOG_FILE, RUN_ID and STARTED of the caller and its
+# log function. Never fails the run; each ping takes at most PING_BOUND seconds.
+job_ping() {
+    # shellcheck disable=SC2153  # STARTED, like RUN_ID, is the calling script's
+    local url=$1 event=$2 body="" why ms=$((($(date +%s) - STARTED) * 1000))
+    [ -n "$url" ] || return 0
+    if [ "$event" != start ]; then
+        body=$(mktemp "${TMPDIR:-/tmp}/aimms-ping.XXXXXX" 2>/dev/null) || body=""
+        [ -z "$body" ] || ping_body "$LOG_FILE" "$RUN_ID" "$body" "${4:-}"
+    fi
+    if why=$(ping_send "$PING_KIND" "$url" "$event" "$PING_RID" "${3:-}" "$body" "$ms"); then
+        log "ping $event: ok ($PING_KIND)"
+    else
+        log "ping $event: failed: $why ($PING_KIND)"
+    fi
+    [ -z "$body" ] || rm -f -- "$body"
+    return 0
+}
