@@ -437,6 +437,8 @@ if [[ $suspicious == " suspicious:"* ]]; then
 elif [ "$NO_PRUNE" = 0 ]; then
     prune || true
 fi
+# The run is over: a slow monitor must not hold the lock (a restore may be waiting).
+exec 9>&-
 if [[ $suspicious == " suspicious:"* ]]; then
     ping_end fail "${suspicious# }" "${suspicious# }"
 else
