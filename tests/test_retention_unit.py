@@ -403,3 +403,92 @@ def test_an_inventory_without_any_retention_is_refused(tmp_path):
         _inv(tmp_path, retention_days=None, retention={"keep_daily": 0})
     with pytest.raises(OpsError, match="min_keep in one place only"):
         _inv(tmp_path, retention={"keep_daily": 3, "min_keep": 2})
+
+
+# --- what the tasks read back: listings with pins, status of the guard and the pings ----------
+
+
+def _host(**kw) -> inventory.Host:
+    from aimms_ops.inventory import Compose, Host, Ping, Postgres, Volumes
+
+    base = dict(
+        name="aidset", backup_dir="/b", backup_script="/s.sh", log_file="/l.log",
+        cron_schedule="0 2 * * *", retention_days=7,
+        compose=Compose("/c", "dc.yml", "aimms-web", "postgres"),
+        postgres=Postgres("postgres", "aimms_user", ("aimms_web",)),
+        volumes=Volumes("pg", "redis"), ping=Ping("https://hc-ping.com/x"))
+    base.update(kw)
+    return Host(**base)
+
+
+def test_a_listing_carries_pins_and_latest_is_never_a_safety_copy():
+    import base64
+
+    from aimms_ops import backups
+
+    now = int(time_now())
+    pin = base64.b64encode(retention.pin_text("me@laptop", now, "why not",
+                                              now + 3 * DAY).encode()).decode()
+    sha = "a" * 64
+    text = (f"{now}\t10\taimms_postgres_20261130_100000_pre-restore.sql.gz\t{sha}\t{pin}\n"
+            f"{now - 9}\t10\taimms_postgres_20261130_020000.sql.gz\t{sha}\t-\n"
+            f"{now - 99}\t10\taimms_postgres_20261129_020000.sql.gz\t{sha}\n")
+    listing = backups.parse_listing(text, "/b")
+    assert [b.pinned for b in listing] == [True, False, False]
+    d = listing[0].as_dict()
+    assert (d["pinned"], d["pin_reason"], d["pinned_by"]) == (True, "why not", "me@laptop")
+    assert d["pinned_until"].endswith("Z") and "pin" not in d
+    assert backups.pick(listing, "latest").name == "aimms_postgres_20261130_020000.sql.gz"
+    with pytest.raises(OpsError, match="only safety copies"):
+        backups.pick(listing[:1], "latest")
+
+
+def time_now() -> float:
+    return datetime.now(UTC).timestamp()
+
+
+def test_status_reads_the_last_ping_and_an_accepted_shrink():
+    from aimms_ops import status
+    from aimms_ops.backups import BackupFile
+    from aimms_ops.checks import State
+
+    log = ("2026-12-01T02:00:00Z backup[7] ping start: ok (healthchecks)\n"
+           "2026-12-01T02:00:09Z backup[7] ping ok: failed: curl: (7) Failed to connect "
+           "to 127.0.0.1 port 9 (healthchecks)\n")
+    pings = status.parse_pings(log)
+    assert [(p.event, p.ok) for p in pings] == [("start", True), ("ok", False)]
+    check = status.check_ping(pings, _host())
+    assert check.state is State.WARNING and "curl: (7)" in check.detail
+    assert status.check_ping(pings[:1], _host()).state is State.OK
+    assert status.check_ping(pings, _host(ping=None)) is None
+
+    t = datetime(2026, 12, 1, 2, tzinfo=UTC)
+    files = [BackupFile(f"aimms_postgres_2026113{i}_020000.sql.gz", "/b/x", size, "a" * 64,
+                        t - timedelta(days=i), "remote")
+             for i, size in enumerate([100, 1000, 1000, 1000, 1000, 1000])]
+    assert status.check_size(files).state is State.WARNING
+    assert "100 B" in status.check_size(files).detail
+    runs = status.parse_results(
+        f"2026-12-01T02:00:09Z backup[7] RESULT ok {files[0].name} size=100 sha256=x "
+        "seconds=1 shrink allowed: size dropped from 1000B to 100B\n")
+    assert status.check_size(files, runs).state is State.OK
+    suspicious = status.parse_results(
+        f"2026-12-01T02:00:09Z backup[7] RESULT ok {files[0].name} size=100 sha256=x "
+        "seconds=1 suspicious: size dropped from 1000B to 100B\n")
+    assert status.check_size(files, suspicious).state is State.WARNING
+    assert suspicious[0].ok and suspicious[0].name == files[0].name
+
+
+def test_the_settings_carry_the_policy_the_pins_and_the_ping():
+    from aimms_ops import backups
+    from aimms_ops.inventory import Retention
+
+    host = _host(retention_days=0, retention=Retention(keep_daily=7, keep_monthly=3),
+                 allow_shrink=True, safety_pin_days=5)
+    s = backups.script_settings(host)
+    assert s["RETENTION_DAYS"] == "0" and s["RETENTION_RULES"] == "daily=7 monthly=3"
+    assert (s["SAFETY_PIN_DAYS"], s["ALLOW_SHRINK"], s["PING_URL"], s["PING_KIND"]) == (
+        "5", "1", "https://hc-ping.com/x", "healthchecks")
+    args = backups.script_args(host)
+    assert "--allow-shrink" in args and "--retention-rules" in args
+    assert "PING_URL_VERIFY" not in " ".join(args)  # the verify job's, in the conf only
