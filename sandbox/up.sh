@@ -431,6 +431,11 @@ step_data() {
         psql_super -d postgres -c "CREATE DATABASE aimms_web OWNER aimms_user" >/dev/null
         say "data: database aimms_web recreated"
     fi
+    # A killed test may have left it closed to connections (the size-drop guard's test).
+    if [[ $(psql_super -d postgres -c "select datallowconn from pg_database where datname = 'aimms_web'") != t ]]; then
+        psql_super -d postgres -c "ALTER DATABASE aimms_web ALLOW_CONNECTIONS true" >/dev/null
+        say "data: database aimms_web accepts connections again"
+    fi
     cur=$(psql_super -d aimms_web -c "select coalesce(shobj_description(oid, 'pg_database'), '') from pg_database where datname = 'aimms_web'")
     tables=$(psql_super -d aimms_web -c "select count(*) from pg_tables where schemaname = 'public' and tablename in ('customers', 'orders', 'audit_log')")
     if [[ $cur == "$want" && $tables == 3 ]]; then
