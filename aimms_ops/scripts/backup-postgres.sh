@@ -38,7 +38,8 @@
 # median size of the five before it is published but logged as suspicious, and no
 # retention runs then (--allow-shrink accepts it).
 # With --report, stdout carries result.KEY=VALUE lines on success and the prune
-# decisions as prune.keep=NAME REASON / prune.remove=NAME REASON; without it (cron)
+# decisions as prune.keep=NAME RULE REASON / prune.remove=NAME RULE REASON (and
+# result.suspicious=... when the size-drop guard fired); without it (cron)
 # the script writes only to its log.
 # shellcheck disable=SC2016,SC2317  # sh -c bodies are single-quoted; traps call functions
 set -Eeuo pipefail
