@@ -94,7 +94,7 @@ class Policy:
 class Decision:
     name: str
     keep: bool
-    rule: str  # pinned, min_keep, within, daily, daily[oldest], ..., none, expired
+    rule: str  # pinned, within, daily .. yearly, daily[oldest] .., min_keep; older, empty, none
     reason: str
     mtime: float = 0.0
 

@@ -227,11 +227,11 @@ prune_decided() {
     done <<<"$out"
 }
 
-# Which rule decides: retention.py with the host's python3; without it the day-based
+# Which rule decides: retention.py with the host's python3 (3.7+); without it the day-based
 # rule below (GFS rules need python3: then nothing is removed). Then orphans go.
 PRUNE_ERROR=""
 prune() {
-    if command -v "$RETENTION_PYTHON" >/dev/null 2>&1; then
+    if "$RETENTION_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 7))' 2>/dev/null; then
         prune_decided || { log "retention failed: $PRUNE_ERROR"; return 1; }
     elif [ -n "$RETENTION_RULES" ]; then
         PRUNE_ERROR="retention skipped: $RETENTION_PYTHON is not on the host and the rules ($RETENTION_RULES) need it (install python3 there)"
