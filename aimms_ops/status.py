@@ -521,6 +521,7 @@ class StatusReport:
     disk: DiskOutlook | None = None
     perfdata: dict[str, str] = field(default_factory=dict)
     ok_text: str = "all checks passed"
+    last_ping: LoggedPing | None = None
 
     @property
     def state(self) -> State:
@@ -549,6 +550,7 @@ class StatusReport:
             "last_backup_run": self.last_backup.as_dict() if self.last_backup else None,
             "last_verify": self.last_verify.as_dict() if self.last_verify else None,
             "disk": self.disk.as_dict() if self.disk else None,
+            "last_ping": self.last_ping.as_dict() if self.last_ping else None,
         }
 
 
@@ -610,8 +612,10 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
     if disk is not None:
         perf["free"] = f"{disk.free}B;;;0;{disk.total}"
         ok_parts.append(f"{human(disk.free)} free")
+    pings = hf.pings
     return StatusReport(host.name, checks, max_age, now, newest, last_run(runs, "backup"),
-                        last_run(runs, "verify"), disk, perf, "; ".join(ok_parts))
+                        last_run(runs, "verify"), disk, perf, "; ".join(ok_parts),
+                        last_ping=pings[-1] if pings else None)
 
 
 def status(remote: Remote, max_age: int, max_age_text: str) -> StatusReport:

@@ -331,6 +331,7 @@ def test_a_good_run_pings_start_then_success_with_the_log_tail(sandbox, tmp_path
     report = json.loads(sandbox.fab("status", "--json", inventory=inv).stdout)
     ping = next(c for c in report["checks"] if c["name"] == "ping")
     assert ping["state"] == "OK" and "last ping ok" in ping["detail"]
+    assert report["last_ping"]["event"] == "ok" and report["last_ping"]["result"] == "ok"
     receiver.requests.clear()
     doc = sandbox.fab("doctor", "--ping", "--json", inventory=inv)
     checks = {c["name"]: c for c in json.loads(doc.stdout)["checks"]}
