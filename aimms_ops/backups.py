@@ -256,9 +256,23 @@ def _failure_reason(stderr: str) -> str:
     return lines[-1] if lines else "no message"
 
 
-def prune(remote: Remote, *, dry_run: bool) -> list[PruneDecision]:
-    """Apply (or with ``dry_run`` only plan) the retention policy on the host."""
+def plan_digest(plan: list[PruneDecision]) -> str:
+    """What the host checks before it removes anything: the decision it would apply must
+    be the one shown (sha256 of its ``ACTION<TAB>NAME`` lines; orphans aside)."""
+    text = "".join(f"{d.action}\t{d.name}\n" for d in plan if d.rule != "orphan")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def prune(remote: Remote, *, dry_run: bool,
+          expect: list[PruneDecision] | None = None) -> list[PruneDecision]:
+    """Apply (or with ``dry_run`` only plan) the retention policy on the host.
+
+    With ``expect`` (the plan a dry run returned) the host removes nothing unless its
+    decision is still exactly that one.
+    """
     extra = ["--prune-only", "--report"] + (["--dry-run"] if dry_run else [])
+    if expect is not None:
+        extra += ["--expect-plan", plan_digest(expect)]
     res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra))
     if not res.ok:
         raise OpsError(f"retention on {remote.name} failed: {_failure_reason(res.stderr)}",

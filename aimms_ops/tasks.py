@@ -278,8 +278,9 @@ def logs(c, lines="50"):
 def prune(c, dry_run=False, yes=False, json=False):
     """Apply the retention policy now, printing each backup: kept or removed, and the rule.
 
-    The decision is made on the host by the same code the nightly run uses, so what a
-    dry run shows is what the next prune removes (unless backups come or go between).
+    The decision is made on the host by the same code the nightly run uses; after the
+    confirmation the host removes exactly what was shown, or nothing if the backups
+    changed meanwhile.
     """
     from . import backups
 
@@ -298,7 +299,7 @@ def prune(c, dry_run=False, yes=False, json=False):
                         f"dry run: {len(doomed)} would be removed")
             return
         confirm(remote.name, f"remove {len(doomed)} backups from {remote.name}", yes)
-        done = backups.prune(remote, dry_run=False)
+        done = backups.prune(remote, dry_run=False, expect=plan)
         if json:
             output.print_json([d.as_dict() for d in done])
         removed = [d.name for d in done if d.action == "remove"]

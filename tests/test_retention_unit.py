@@ -492,3 +492,40 @@ def test_the_settings_carry_the_policy_the_pins_and_the_ping():
     args = backups.script_args(host)
     assert "--allow-shrink" in args and "--retention-rules" in args
     assert "PING_URL_VERIFY" not in " ".join(args)  # the verify job's, in the conf only
+
+
+def test_a_prune_removes_nothing_unless_its_decision_is_the_one_shown(tmp_path):
+    """fab prune confirms a plan, then the host removes exactly that or nothing."""
+    from aimms_ops import backups as bk
+
+    now = time_now()
+    stamps = [now - i * DAY - 3600 for i in range(12)]
+    d = tmp_path / "b"
+    d.mkdir()
+    for ts in stamps:
+        (d / _name(ts)).write_bytes(b"x")
+        os.utime(d / _name(ts), (ts, ts))
+    script = tmp_path / "s.sh"
+    script.write_text(shell.script_text("backup-postgres.sh"))
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(script), "--backup-dir", str(d), "--log-file", str(tmp_path / "l"),
+             "--project", "p", "--prune-only", "--report", "--retention-days", "5",
+             "--min-keep", "1", *extra], capture_output=True, text=True, timeout=60,
+            check=False)
+
+    plan = bk.parse_prune(run("--dry-run").stdout)
+    assert [x.action for x in plan].count("remove") == 7
+    shown = plan[:-1]  # a plan that is not what the host decides now
+    refused = run("--expect-plan", bk.plan_digest(shown))
+    assert refused.returncode == 1 and "changed since the plan" in refused.stderr
+    assert len(list(d.glob("aimms_postgres_*"))) == 12
+    done = run("--expect-plan", bk.plan_digest(plan))
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in d.glob("aimms_postgres_*")} == {
+        x.name for x in plan if x.action == "keep"}
+    empty = tmp_path / "e"
+    empty.mkdir()
+    d = empty
+    assert run("--expect-plan", bk.plan_digest([])).returncode == 0

@@ -22,6 +22,8 @@
 #   --label NAME         added to the file name (letters, digits, - and _)
 #   --prune-only         apply retention only, make no backup
 #   --dry-run            with --prune-only: print what would be removed, remove nothing
+#   --expect-plan SHA    with --prune-only: remove nothing unless the decision is the one
+#                        a dry run showed (sha256 of its "ACTION<TAB>NAME" lines)
 #   --no-prune           make the backup, skip retention
 #   --echo               also print the log lines on stderr
 #   --report             print the result.* and prune.* lines below on stdout
@@ -68,6 +70,7 @@ PING_KIND=${PING_KIND:-healthchecks}
 LABEL=""
 PRUNE_ONLY=0
 DRY_RUN=0
+EXPECT_PLAN=""
 NO_PRUNE=0
 ECHO=0
 REPORT=0
@@ -104,6 +107,7 @@ while [ $# -gt 0 ]; do
         --label) LABEL=${2:-}; shift ;;
         --prune-only) PRUNE_ONLY=1 ;;
         --dry-run) DRY_RUN=1 ;;
+        --expect-plan) EXPECT_PLAN=${2:-}; shift ;;
         --no-prune) NO_PRUNE=1 ;;
         --echo) ECHO=1 ;;
         --report) REPORT=1 ;;
@@ -215,6 +219,11 @@ prune_decided() {
     if ! out=$(retention_decide "$BACKUP_DIR" "$(date +%s)" "$RETENTION_DAYS" "$MIN_KEEP" \
         "$RETENTION_RULES" 2>&1); then
         PRUNE_ERROR="retention.py failed: ${out##*$'\n'}"
+        return 1
+    fi
+    if [ -n "$EXPECT_PLAN" ] &&
+        [ "$({ [ -z "$out" ] || printf '%s\n' "$out"; } | cut -f1,2 | sha256sum | cut -d' ' -f1)" != "$EXPECT_PLAN" ]; then
+        PRUNE_ERROR="the backups changed since the plan was shown: nothing was removed (run the prune again)"
         return 1
     fi
     while IFS=$'\t' read -r action name rule reason; do
