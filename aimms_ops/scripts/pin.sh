@@ -12,7 +12,7 @@ action=$1 dir=$2 name=$3
 [[ $name =~ $NAME_RE ]] || { echo "not a backup name: $name" >&2; exit 64; }
 [ -f "$dir/$name" ] || { echo "no backup named $name in $dir" >&2; exit 66; }
 exec 9>>"$dir/.backup.lock"
-flock -w 60 9 || { echo "a backup or retention run holds $dir/.backup.lock; try again when it ends" >&2; exit 75; }
+flock -w 60 9 || { echo "a backup, retention or rebuild run holds $dir/.backup.lock; try again when it ends" >&2; exit 75; }
 case $action in
     pin)
         write_pin "$dir/$name" "$4" "$5" || { echo "cannot write $dir/$name.pin" >&2; exit 1; }
