@@ -7,6 +7,8 @@ returns data for the task layer to render.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import re
@@ -20,13 +22,14 @@ from . import shell
 from .errors import ConnectionLost, OpsError, shown
 from .inventory import Host
 from .remote import Remote
+from .retention import Pin, parse_pin
 
 BACKUP_SCRIPT = "backup-postgres.sh"
 NAME_RE = re.compile(r"^aimms_postgres_(\d{8})_(\d{6})(?:_([A-Za-z0-9_-]{1,64}))?\.sql\.gz")
 LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}")
 SHA_RE = re.compile(r"^[0-9a-f]{64}")
-#: The labels of the safety copies that restore and rebuild-volume take of what they
-#: replace. Reserved: ``latest`` never means one, and --label refuses them.
+#: Labels of the safety copies that restore and rebuild take first: pinned for
+#: safety_pin_days by the backup script, and never what ``latest`` means.
 SAFETY_LABELS = ("pre-restore", "pre-rebuild")
 NAME_HINT = ("expected a name like aimms_postgres_20260101_020000.sql.gz, or latest; "
              "see fab list-backups")
@@ -42,6 +45,12 @@ class BackupFile:
     sha256: str | None
     created: datetime
     location: str
+    pin: Pin | None = None
+
+    @property
+    def pinned(self) -> bool:
+        """Pinned now: never removed by retention (an expired pin does not count)."""
+        return self.pin is not None and self.pin.active(time.time())
 
     @property
     def label(self) -> str | None:
@@ -59,10 +68,17 @@ class BackupFile:
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
+        d.pop("pin")
         d["created"] = self.created.isoformat().replace("+00:00", "Z")
         d["checksum"] = self.checksum_state
         d["label"] = self.label
         d["safety"] = self.safety
+        d["pinned"] = self.pinned
+        d["pin_reason"] = self.pin.reason if self.pinned and self.pin else None
+        d["pinned_by"] = self.pin.by if self.pinned and self.pin else None
+        until = self.pin.until if self.pinned and self.pin else None
+        d["pinned_until"] = (datetime.fromtimestamp(until, tz=UTC).isoformat()
+                             .replace("+00:00", "Z") if until else None)
         return d
 
 
@@ -77,6 +93,7 @@ class BackupResult:
     seconds: int
     container: str
     pruned: tuple[str, ...] = ()
+    suspicious: str | None = None  # "suspicious: size dropped from X to Y" (the guard)
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,11 @@ class PruneDecision:
     name: str
     action: str  # "keep" or "remove"
     reason: str
+    rule: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "action": self.action, "rule": self.rule,
+                "reason": self.reason}
 
 
 def validate_label(label: str, *, safety: bool = False) -> str:
@@ -125,20 +147,39 @@ def script_settings(host: Host) -> dict[str, str]:
         "RETENTION_DAYS": str(host.retention_days),
         "MIN_KEEP": str(host.min_keep),
         "LOCK_TIMEOUT": str(host.lock_timeout),
+        **retention_settings(host),
+    }
+
+
+def retention_settings(host: Host) -> dict[str, str]:
+    """The settings of retention, pins, the size-drop guard and pings (issue 16)."""
+    ping = host.ping
+    return {
+        "RETENTION_RULES": host.policy.rules_text,
+        "SAFETY_PIN_DAYS": str(host.safety_pin_days),
+        "ALLOW_SHRINK": "1" if host.allow_shrink else "0",
+        "PING_URL": ping.url if ping else "",
+        "PING_KIND": ping.kind if ping else "healthchecks",
+        "PING_URL_VERIFY": (ping.verify_url or "") if ping else "",
     }
 
 
 _FLAG = {"BACKUP_DIR": "--backup-dir", "LOG_FILE": "--log-file", "COMPOSE_PROJECT": "--project",
          "COMPOSE_SERVICE": "--service", "PG_SUPERUSER": "--superuser",
          "RETENTION_DAYS": "--retention-days", "MIN_KEEP": "--min-keep",
-         "LOCK_TIMEOUT": "--lock-timeout"}
+         "LOCK_TIMEOUT": "--lock-timeout", "RETENTION_RULES": "--retention-rules",
+         "SAFETY_PIN_DAYS": "--safety-pin-days", "PING_URL": "--ping-url",
+         "PING_KIND": "--ping-kind"}
 
 
 def script_args(host: Host, *extra: str) -> list[str]:
     """Command-line flags that give the backup script every setting of ``host``."""
     args: list[str] = []
     for key, value in script_settings(host).items():
-        args += [_FLAG[key], value]
+        if key in _FLAG:
+            args += [_FLAG[key], value]
+    if host.allow_shrink:
+        args.append("--allow-shrink")
     return [*args, *extra]
 
 
@@ -152,26 +193,38 @@ def parse_result(stdout: str) -> dict[str, str]:
     return out
 
 
+#: The rules a prune line can name (retention.py's, and the day-based fallback's).
+_RULE = re.compile(r"^(?:pinned|min_keep|within|older|empty|none|orphan|"
+                   r"(?:daily|weekly|monthly|yearly)(?:\[oldest\])?)$")
+
+
 def parse_prune(stdout: str) -> list[PruneDecision]:
-    """The ``prune.keep=`` / ``prune.remove=`` lines of the script, in order."""
+    """The ``prune.keep=NAME RULE REASON`` / ``prune.remove=...`` lines, in order."""
     decisions = []
     for line in stdout.splitlines():
         for action in ("keep", "remove"):
             prefix = f"prune.{action}="
             if line.startswith(prefix):
-                name, _, reason = line[len(prefix):].partition(" ")
-                decisions.append(PruneDecision(name, action, reason))
+                name, _, rest = line[len(prefix):].partition(" ")
+                rule, _, reason = rest.partition(" ")
+                if not _RULE.fullmatch(rule):
+                    rule, reason = "", rest
+                decisions.append(PruneDecision(name, action, reason, rule))
     return decisions
 
 
 def run_backup(remote: Remote, label: str | None = None,
                on_log: Callable[[str], None] | None = None, *,
-               safety: bool = False) -> BackupResult:
+               safety: bool = False, allow_shrink: bool = False) -> BackupResult:
     """Make a backup now with the packaged script (the one cron runs).
 
-    ``safety``: a safety copy, labelled with one of SAFETY_LABELS.
+    ``safety``: a safety copy, labelled with one of SAFETY_LABELS, which the script
+    pins for ``safety_pin_days``. ``allow_shrink`` accepts a backup that the size-drop
+    guard would call suspicious.
     """
     extra = ["--echo", "--report"]
+    if allow_shrink:
+        extra.append("--allow-shrink")
     if label:
         extra += ["--label", validate_label(label, safety=safety)]
     try:
@@ -191,6 +244,7 @@ def run_backup(remote: Remote, label: str | None = None,
             sha256=r["result.sha256"], seconds=int(r["result.seconds"]),
             container=r.get("result.container", ""),
             pruned=tuple(d.name for d in parse_prune(res.stdout) if d.action == "remove"),
+            suspicious=r.get("result.suspicious"),
         )
     except (KeyError, ValueError):
         raise OpsError(f"the backup script on {remote.name} reported no result",
@@ -207,9 +261,23 @@ def _failure_reason(stderr: str) -> str:
     return lines[-1] if lines else "no message"
 
 
-def prune(remote: Remote, *, dry_run: bool) -> list[PruneDecision]:
-    """Apply (or with ``dry_run`` only plan) the retention policy on the host."""
+def plan_digest(plan: list[PruneDecision]) -> str:
+    """What the host checks before it removes anything: the decision it would apply must
+    be the one shown (sha256 of its ``ACTION<TAB>NAME`` lines; orphans aside)."""
+    text = "".join(f"{d.action}\t{d.name}\n" for d in plan if d.rule != "orphan")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def prune(remote: Remote, *, dry_run: bool,
+          expect: list[PruneDecision] | None = None) -> list[PruneDecision]:
+    """Apply (or with ``dry_run`` only plan) the retention policy on the host.
+
+    With ``expect`` (the plan a dry run returned) the host removes nothing unless its
+    decision is still exactly that one.
+    """
     extra = ["--prune-only", "--report"] + (["--dry-run"] if dry_run else [])
+    if expect is not None:
+        extra += ["--expect-plan", plan_digest(expect)]
     res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra))
     if not res.ok:
         raise OpsError(f"retention on {remote.name} failed: {_failure_reason(res.stderr)}",
@@ -227,15 +295,25 @@ def parse_listing(text: str, backup_dir: str) -> list[BackupFile] | None:
     out = []
     for line in text.splitlines():
         parts = line.split("\t")
-        if len(parts) != 4 or not NAME_RE.fullmatch(parts[2]):
+        if len(parts) not in (4, 5) or not NAME_RE.fullmatch(parts[2]):
             continue
-        mtime, size, name, sha = parts
+        mtime, size, name, sha = parts[:4]
         out.append(BackupFile(
             name=name, path=f"{backup_dir.rstrip('/')}/{name}", size=int(size),
             sha256=sha if SHA_RE.fullmatch(sha) else None,
             created=datetime.fromtimestamp(int(mtime), tz=UTC), location="remote",
+            pin=_pin_field(parts[4]) if len(parts) == 5 else None,
         ))
     return out
+
+
+def _pin_field(field: str) -> Pin | None:
+    if field in ("", "-"):
+        return None
+    try:
+        return parse_pin(base64.b64decode(field).decode("utf-8", "replace"))
+    except (binascii.Error, ValueError):
+        return Pin(reason="unreadable pin file")
 
 
 def list_remote(remote: Remote) -> list[BackupFile]:
@@ -432,3 +510,34 @@ def read_log(remote: Remote, lines: int) -> str:
         raise OpsError(f"cannot read {remote.host.log_file} on {remote.name}: "
                        f"{res.last_error_line()}", "has a backup run yet? fab install-backups")
     return res.stdout
+
+
+# --- pins ----------------------------------------------------------------------------
+
+PIN_REASON_MAX = 200
+
+
+def validate_reason(reason: str) -> str:
+    """A pin's reason: one line of printable text, at most 200 characters."""
+    if not isinstance(reason, str) or len(reason) > PIN_REASON_MAX or not reason.isprintable():
+        raise OpsError(f"invalid --reason {shown(reason)}: one line of printable text, at most "
+                       f"{PIN_REASON_MAX} characters", "e.g. --reason='before the migration'")
+    return reason
+
+
+def set_pin(remote: Remote, name: str, *, pinned: bool, by: str = "",
+            reason: str = "") -> bool:
+    """Pin (or unpin) the backup ``name`` on the host; unpin returns whether it was pinned."""
+    validate_name(name)
+    host = remote.host
+    if pinned:
+        args = ["pin", host.backup_dir, name, by, validate_reason(reason)]
+    else:
+        args = ["unpin", host.backup_dir, name]
+    res = remote.run_script("pin.sh", *args)
+    if res.rc == 66:
+        raise OpsError(f"no backup named {name} on {remote.name}", "see fab list-backups")
+    if not res.ok:
+        raise OpsError(f"cannot {'pin' if pinned else 'unpin'} {name} on {remote.name}: "
+                       f"{res.last_error_line()}")
+    return pinned or "was=1" in res.stdout.splitlines()

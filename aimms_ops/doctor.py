@@ -238,6 +238,31 @@ def diagnose(hf: HostFacts, host: Host) -> DoctorReport:
     return DoctorReport(host.name, checks, hf.container_log, lines)
 
 
+def send_test_ping(remote: Remote) -> list[Check]:
+    """``fab doctor --ping``: a test ping from the host to each configured monitor URL."""
+    ping = remote.host.ping
+    if ping is None:
+        return [Check("ping", State.WARNING, "no ping configured in the inventory",
+                      "add ping: {url: ..., kind: healthchecks|uptime-kuma} to the host")]
+    checks = []
+    for job, url in (("backup", ping.url), ("verify", ping.verify_url)):
+        if not url:
+            continue
+        res = remote.run_script("ping-test.sh", ping.kind, url)
+        facts = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+        secs = facts.get("seconds", "?")
+        if facts.get("ok") == "1":
+            checks.append(Check(f"test ping ({job})", State.OK,
+                                f"{ping.kind} answered in {secs} s"))
+        else:
+            checks.append(Check(f"test ping ({job})", State.CRITICAL,
+                                f"{ping.kind} ping failed after {secs} s: "
+                                f"{facts.get('error') or res.last_error_line()}",
+                                "check the URL, and that the host reaches it (proxy, "
+                                "firewall, DNS); curl must be installed on the host"))
+    return checks
+
+
 def doctor(remote: Remote) -> DoctorReport:
     """Gather the facts of the host (one SSH round trip) and diagnose them."""
     return diagnose(gather(remote), remote.host)

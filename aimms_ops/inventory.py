@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import OpsError, shown
+from .retention import Policy
 
 ENV_VAR = "AIMMS_OPS_INVENTORY"
 DEFAULT_FILE = "inventory.yml"
@@ -58,6 +59,25 @@ class Volumes:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """The ``retention`` mapping: GFS counts (borg prune's rules); 0 means not used."""
+
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Where the host's jobs report how they went (``ping``)."""
+
+    url: str
+    kind: str = "healthchecks"
+    verify_url: str | None = None
+
+
+@dataclass(frozen=True)
 class Host:
     """One host of the inventory, as the tasks see it."""
 
@@ -75,6 +95,18 @@ class Host:
     accept_new_host_key: bool = False
     verify_schedule: str | None = None
     lock_timeout: int = 600
+    retention: Retention | None = None
+    safety_pin_days: int = 14
+    allow_shrink: bool = False
+    ping: Ping | None = None
+
+    @property
+    def policy(self) -> Policy:
+        """The retention policy: the ``retention`` rules, or ``retention_days`` alone."""
+        r = self.retention or Retention()
+        return Policy(within_days=self.retention_days, daily=r.keep_daily,
+                      weekly=r.keep_weekly, monthly=r.keep_monthly, yearly=r.keep_yearly,
+                      min_keep=self.min_keep)
 
     @property
     def config_file(self) -> str:
@@ -214,12 +246,62 @@ def is_cron_schedule(v: Any) -> bool:
 _HOST_KEYS = {
     "ssh_config", "accept_new_host_key", "backup_dir", "backup_script", "log_file",
     "cron_schedule", "retention_days", "min_keep", "compose", "postgres", "volumes",
-    "verify_schedule", "lock_timeout",
+    "verify_schedule", "lock_timeout", "retention", "safety_pin_days", "allow_shrink", "ping",
 }
 _HOST_REQUIRED = {
-    "backup_dir", "backup_script", "log_file", "cron_schedule", "retention_days",
+    "backup_dir", "backup_script", "log_file", "cron_schedule",
     "compose", "postgres", "volumes",
 }
+_RETENTION_KEYS = {"keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "min_keep"}
+_PING_KINDS = ("healthchecks", "uptime-kuma")
+_URL = re.compile(r"^https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]{1,500}$")
+
+
+def is_ping_url(v: Any) -> bool:
+    """An http(s) URL of plain characters (no quotes, spaces or backslashes)."""
+    return isinstance(v, str) and bool(_URL.fullmatch(v)) and "'" not in v
+
+
+def _parse_retention(ck: _Checker, key: str, d: dict) -> tuple[Retention | None, int, int]:
+    """(the GFS rules or None, retention_days or 0, min_keep) of one host."""
+    days = ck.value(d, key, "retention_days", _is_int(1), _EXPECT["retention_days"], 0)
+    min_keep = ck.value(d, key, "min_keep", _is_int(1), "a whole number, at least 1", 3)
+    raw = d.get("retention")
+    if raw is None:
+        if not days:
+            ck.fail(f"{key}.retention_days", "retention_days, or a retention mapping "
+                    "(keep_daily, keep_weekly, keep_monthly, keep_yearly, min_keep)",
+                    missing=True)
+        return None, days, min_keep
+    rk = f"{key}.retention"
+    r = ck.mapping(raw, rk, _RETENTION_KEYS, set())
+    if r is None:  # recorded in ck
+        return None, days, min_keep
+    counts = {k: ck.value(r, rk, k, _is_int(0), "a whole number, at least 0", 0)
+              for k in sorted(_RETENTION_KEYS - {"min_keep"})}
+    min_keep = ck.value(r, rk, "min_keep", _is_int(1), "a whole number, at least 1", min_keep)
+    if r.get("min_keep") is not None and d.get("min_keep") is not None:
+        ck.fail(f"{key}.min_keep", "min_keep in one place only (it is also in retention)",
+                d["min_keep"])
+    if not days and not any(counts.values()):
+        ck.fail(rk, "at least one of keep_daily, keep_weekly, keep_monthly, keep_yearly "
+                "above 0", raw)
+    return Retention(**counts), days, min_keep
+
+
+def _parse_ping(ck: _Checker, key: str, d: dict) -> Ping | None:
+    raw = d.get("ping")
+    if raw is None:
+        return None
+    pk = f"{key}.ping"
+    p = ck.mapping(raw, pk, {"url", "kind", "verify_url"}, {"url"})
+    if p is None:  # recorded in ck
+        return None
+    expected = "an http(s) URL (no spaces or quotes)"
+    return Ping(url=ck.value(p, pk, "url", is_ping_url, expected),
+                kind=ck.value(p, pk, "kind", lambda v: v in _PING_KINDS,
+                              "healthchecks or uptime-kuma", "healthchecks"),
+                verify_url=ck.value(p, pk, "verify_url", is_ping_url, expected))
 
 
 def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
@@ -279,12 +361,18 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
                               "a docker volume name"),
             redis=ck.value(vol_, f"{key}.volumes", "redis", _is_name, "a docker volume name"),
         )
+    retention, days, min_keep = _parse_retention(ck, key, d)
     scalars = {
         "cron_schedule": ck.value(d, key, "cron_schedule", is_cron_schedule,
                                   _EXPECT["cron_schedule"]),
-        "retention_days": ck.value(d, key, "retention_days", _is_int(1),
-                                   _EXPECT["retention_days"]),
-        "min_keep": ck.value(d, key, "min_keep", _is_int(1), "a whole number, at least 1", 3),
+        "retention_days": days,
+        "min_keep": min_keep,
+        "retention": retention,
+        "safety_pin_days": ck.value(d, key, "safety_pin_days", _is_int(0),
+                                    "a whole number of days (0: no pin)", 14),
+        "allow_shrink": ck.value(d, key, "allow_shrink", lambda v: isinstance(v, bool),
+                                 "true or false", False),
+        "ping": _parse_ping(ck, key, d),
         "accept_new_host_key": ck.value(d, key, "accept_new_host_key",
                                         lambda v: isinstance(v, bool), "true or false", False),
         "verify_schedule": ck.value(d, key, "verify_schedule", is_cron_schedule,

@@ -47,12 +47,15 @@ DUMP_SCANNER = "dumpscan.py"
 
 
 def _packaged(name: str) -> str:
-    """A packaged script, or the dump scanner built from its package."""
+    """A packaged script; a ``.py`` include is a module of the package itself (stdlib
+    only, run by the host's python3, so that the host and this machine run the very
+    same code), the dump scanner the ``aimms_ops.dump`` package joined into one file."""
     if name == DUMP_SCANNER:
         from .dump import host_script
 
         return host_script()
-    return (SCRIPTS_DIR / name).read_text(encoding="utf-8")
+    where = SCRIPTS_DIR.parent if name.endswith(".py") else SCRIPTS_DIR
+    return (where / name).read_text(encoding="utf-8")
 
 
 def script_text(name: str) -> str:

@@ -114,6 +114,57 @@ def parse_results(text: str) -> list[LoggedRun]:
     return runs
 
 
+_PING = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] ping (\S+): (ok|failed: .*?)(?: \((\S+)\))?$")
+
+
+@dataclass(frozen=True)
+class LoggedPing:
+    """One ``ping EVENT: ok|failed: WHY`` line of the log: how a ping to the monitor went."""
+
+    kind: str  # "backup" or "verify"
+    at: datetime
+    event: str  # start, ok, exit:N, fail
+    ok: bool
+    error: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"job": self.kind, "at": _iso(self.at), "event": self.event,
+                "result": "ok" if self.ok else "failed", "error": self.error}
+
+
+def parse_pings(text: str) -> list[LoggedPing]:
+    """The ping lines of the log, oldest first (pure)."""
+    out = []
+    for line in text.splitlines():
+        m = _PING.match(line.strip())
+        if not m:
+            continue
+        try:
+            at = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        ok = m.group(5) == "ok"
+        out.append(LoggedPing(m.group(2), at, m.group(4), ok,
+                              None if ok else m.group(5)[len("failed: "):]))
+    return out
+
+
+def check_ping(pings: list[LoggedPing], host: Host) -> Check | None:
+    """The last ping the host's jobs sent to the monitor (when ``ping`` is configured)."""
+    if host.ping is None:
+        return None
+    name = "ping"
+    if not pings:
+        return Check(name, State.OK, f"no ping sent yet ({host.ping.kind})")
+    last = pings[-1]
+    when = last.at.strftime("%Y-%m-%d %H:%M UTC")
+    if last.ok:
+        return Check(name, State.OK, f"last ping ok: {last.kind} {last.event} at {when}")
+    return Check(name, State.WARNING, f"last ping failed: {last.kind} {last.event} at {when}: "
+                 f"{last.error}", "the monitor did not hear of that run: check the ping URL "
+                 "and that the host reaches it (fab doctor --ping)")
+
+
 def last_run(runs: list[LoggedRun], kind: str) -> LoggedRun | None:
     for run in reversed(runs):
         if run.kind == kind:
@@ -147,6 +198,10 @@ class HostFacts:
     @property
     def runs(self) -> list[LoggedRun]:
         return parse_results(_b64(self.extra.get("log.results_b64", "")))
+
+    @property
+    def pings(self) -> list[LoggedPing]:
+        return parse_pings(_b64(self.extra.get("log.pings_b64", "")))
 
     @property
     def log_tail(self) -> list[str]:
@@ -241,8 +296,12 @@ def check_newest(backups: list[BackupFile] | None, now: datetime, max_age: int,
                  f"{newest.name})")
 
 
-def check_size(backups: list[BackupFile] | None) -> Check:
-    """The newest good backup against the median of up to 5 before it: less than half warns."""
+def check_size(backups: list[BackupFile] | None,
+               runs: list[LoggedRun] | None = None) -> Check:
+    """The newest good backup against the median of up to 5 before it: less than half warns.
+
+    A shrink accepted with ``--allow-shrink`` (its RESULT line says so) is OK.
+    """
     good = good_backups(backups)
     name = "backup size"
     if not good:
@@ -251,6 +310,11 @@ def check_size(backups: list[BackupFile] | None) -> Check:
         return Check(name, State.OK, f"{human(good[0].size)}; no earlier backup to compare with")
     newest, previous = good[0], [b.size for b in good[1:6]]
     median = statistics.median(previous)
+    allowed = any(r.ok and r.name == newest.name and " shrink allowed: " in r.detail
+                  for r in runs or [])
+    if median > 0 and newest.size * 2 < median and allowed:
+        return Check(name, State.OK, f"{human(newest.size)}, less than half of the "
+                     f"{human(median)} before it: accepted (--allow-shrink)")
     if median > 0 and newest.size * 2 < median:
         return Check(name, State.WARNING,
                      f"newest backup is {human(newest.size)}, less than half of the "
@@ -459,6 +523,7 @@ class StatusReport:
     disk: DiskOutlook | None = None
     perfdata: dict[str, str] = field(default_factory=dict)
     ok_text: str = "all checks passed"
+    last_ping: LoggedPing | None = None
 
     @property
     def state(self) -> State:
@@ -487,6 +552,7 @@ class StatusReport:
             "last_backup_run": self.last_backup.as_dict() if self.last_backup else None,
             "last_verify": self.last_verify.as_dict() if self.last_verify else None,
             "disk": self.disk.as_dict() if self.disk else None,
+            "last_ping": self.last_ping.as_dict() if self.last_ping else None,
         }
 
 
@@ -522,7 +588,7 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
     runs = hf.runs
     disk = disk_from(hf)
     checks = [check_newest(hf.backups, now, max_age, max_age_text, host.backup_dir),
-              check_size(hf.backups),
+              check_size(hf.backups, runs),
               check_last_run(runs),
               *check_cron(hf.crontab, host),
               check_disk(disk, hf.backups, host.backup_dir),
@@ -530,6 +596,9 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
     verify = check_verify(runs, host, now, hf.record)
     if verify is not None:
         checks.append(verify)
+    ping = check_ping(hf.pings, host)
+    if ping is not None:
+        checks.append(ping)
     good = good_backups(hf.backups)
     newest = good[0] if good else None
     perf: dict[str, str] = {}
@@ -545,8 +614,10 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
     if disk is not None:
         perf["free"] = f"{disk.free}B;;;0;{disk.total}"
         ok_parts.append(f"{human(disk.free)} free")
+    pings = hf.pings
     return StatusReport(host.name, checks, max_age, now, newest, last_run(runs, "backup"),
-                        last_run(runs, "verify"), disk, perf, "; ".join(ok_parts))
+                        last_run(runs, "verify"), disk, perf, "; ".join(ok_parts),
+                        last_ping=pings[-1] if pings else None)
 
 
 def status(remote: Remote, max_age: int, max_age_text: str) -> StatusReport:

@@ -151,8 +151,10 @@ def check(c):
 @ops_task(help={
     "label": "a word added to the file name (letters, digits, - and _), e.g. pre-migration",
     "download": "also download the new backup into the local download folder",
+    "allow_shrink": "accept a backup less than half the size of those before it (the "
+                    "size-drop guard would otherwise skip retention and report it)",
 })
-def backup(c, label=None, download=False):
+def backup(c, label=None, download=False, allow_shrink=False):
     """Back up the whole cluster now, with the same script cron runs."""
     import time
 
@@ -165,13 +167,16 @@ def backup(c, label=None, download=False):
         started = time.monotonic()
         output.note(f"backing up {remote.name} ...")
         result = backups.run_backup(remote, label=label, on_log=lambda line: output.note(
-            "  " + line.split(" ", 2)[-1]))
+            "  " + line.split(" ", 2)[-1]), allow_shrink=allow_shrink)
         elapsed = time.monotonic() - started
         output.table(["name", "size", "sha256", "duration"],
                      [[result.name, _human(result.size), result.sha256, f"{elapsed:.1f} s"]],
                      title=f"backup made on {remote.name}: {result.path}")
         if result.pruned:
             output.note(f"retention removed {len(result.pruned)}: {', '.join(result.pruned)}")
+        if result.suspicious and result.suspicious.startswith("suspicious"):
+            output.note(f"warning: {result.suspicious}; retention removed nothing (if "
+                        "intended: fab backup --allow-shrink)")
         if download:
             listing = backups.list_remote(remote)
             _do_download(remote, backups.pick(listing, result.name), _download_dir(inv, None))
@@ -209,8 +214,8 @@ def list_backups(c, json=False):
     if json:
         output.print_json([b.as_dict() for b in remote_list + local_list])
         return
-    output.table(["name", "size", "age", "checksum"],
-                 [[b.name, _human(b.size), _age(b.created), b.checksum_state]
+    output.table(["name", "size", "age", "checksum", "pinned"],
+                 [[b.name, _human(b.size), _age(b.created), b.checksum_state, _pin_cell(b)]
                   for b in remote_list],
                  title=f"backups on {remote.name}:{remote.host.backup_dir}")
     if local_list:
@@ -218,6 +223,16 @@ def list_backups(c, json=False):
                      [[b.name, _human(b.size), _age(b.created), b.checksum_state]
                       for b in local_list],
                      title=f"downloaded to {_download_dir(inv, None)}")
+
+
+def _pin_cell(b: Any) -> str:
+    if not b.pinned:
+        return ""
+    from datetime import UTC, datetime
+
+    until = (f" until {datetime.fromtimestamp(b.pin.until, tz=UTC):%Y-%m-%d}"
+             if b.pin.until else "")
+    return f"yes{until}" + (f": {b.pin.reason}" if b.pin.reason else "")
 
 
 @ops_task(help={
@@ -259,25 +274,79 @@ def logs(c, lines="50"):
 @ops_task(help={
     "dry_run": "print what would be kept and removed, remove nothing",
     "yes": "do not ask for confirmation",
+    "json": "print a JSON list of {name, action, rule, reason} (with --dry-run, or after "
+            "removing)",
 })
-def prune(c, dry_run=False, yes=False):
-    """Apply the retention policy now, printing what it keeps and removes and why."""
+def prune(c, dry_run=False, yes=False, json=False):
+    """Apply the retention policy now, printing each backup: kept or removed, and the rule.
+
+    The decision is made on the host by the same code the nightly run uses; after the
+    confirmation the host removes exactly what was shown, or nothing if the backups
+    changed meanwhile.
+    """
     from . import backups
 
     with _open(c) as remote:
         plan = backups.prune(remote, dry_run=True)
-        output.table(["name", "action", "why"], [[d.name, d.action, d.reason] for d in plan],
-                     title=f"retention on {remote.name}: keep {remote.host.retention_days} days, "
-                     f"never fewer than the newest {remote.host.min_keep}")
         doomed = [d for d in plan if d.action == "remove"]
+        if json and (dry_run or not doomed):
+            output.print_json([d.as_dict() for d in plan])
+            return
+        if not json:
+            output.table(["name", "action", "rule", "why"],
+                         [[d.name, d.action, d.rule, d.reason] for d in plan],
+                         title=f"retention on {remote.name}: {remote.host.policy.describe()}")
         if dry_run or not doomed:
             output.note("nothing to remove" if not doomed else
                         f"dry run: {len(doomed)} would be removed")
             return
         confirm(remote.name, f"remove {len(doomed)} backups from {remote.name}", yes)
-        done = backups.prune(remote, dry_run=False)
+        done = backups.prune(remote, dry_run=False, expect=plan)
+        if json:
+            output.print_json([d.as_dict() for d in done])
         removed = [d.name for d in done if d.action == "remove"]
         output.note(f"removed {len(removed)}: {', '.join(removed)}")
+
+
+def _who() -> str:
+    from .rebuild import operator
+
+    return operator()
+
+
+@ops_task(help={
+    "file": "the backup to pin (its name, see fab list-backups), or latest",
+    "reason": "why it is kept (one line), e.g. 'before the 2026 migration'",
+})
+def pin(c, file=None, reason=""):
+    """Pin a backup: retention never removes it (a NAME.pin file beside it: who, when, why)."""
+    from . import backups
+
+    if not file:
+        raise OpsError("--file is required", "e.g. fab pin --file=latest --reason='...'")
+    if file != "latest":
+        backups.validate_name(file)
+    backups.validate_reason(reason)
+    with _open(c) as remote:
+        if file == "latest":
+            file = backups.pick(backups.list_remote(remote), "latest").name
+        backups.set_pin(remote, file, pinned=True, by=_who(), reason=reason)
+    output.note(f"pinned {file} on {remote.name}" + (f": {reason}" if reason else "")
+                + " (retention never removes it; fab unpin releases it)")
+
+
+@ops_task(help={"file": "the pinned backup (its name, see fab list-backups)"})
+def unpin(c, file=None):
+    """Remove a backup's pin: retention's rules apply to it again."""
+    from . import backups
+
+    if not file:
+        raise OpsError("--file is required", "e.g. fab unpin --file=NAME")
+    backups.validate_name(file)
+    with _open(c) as remote:
+        was = backups.set_pin(remote, file, pinned=False)
+    output.note(f"unpinned {file} on {remote.name}" if was else
+                f"{file} on {remote.name} was not pinned; nothing changed")
 
 
 @ops_task(help={"dry_run": "print what would change, change nothing"})
@@ -533,13 +602,16 @@ def _age_seconds(secs: int | None) -> str:
     return _age(datetime.now(UTC) - timedelta(seconds=secs))
 
 
-@ops_task(help={"json": "print one JSON object instead of the table"})
-def doctor(c, json=False):
+@ops_task(help={"json": "print one JSON object instead of the table",
+                "ping": "also send a test ping from the host to the inventory's ping URL(s)"})
+def doctor(c, json=False, ping=False):
     """Troubleshoot the backups: each check of the seed's troubleshooting list, with its fix."""
     from . import doctor as dr
 
     with _open(c) as remote:
         report = dr.doctor(remote)
+        if ping:
+            report.checks.extend(dr.send_test_ping(remote))
     if json:
         output.print_json(report.as_dict())
     else:
@@ -715,5 +787,5 @@ def _show_rebuild_report(report: Any) -> None:
 
 
 ns = Collection(check, backup, list_backups, download, logs, prune, install_backups, restore,
-                status, verify, volumes, doctor, rebuild_volume)
+                status, verify, volumes, doctor, rebuild_volume, pin, unpin)
 

@@ -36,6 +36,8 @@ PACKAGES=(
     /usr/bin/setsid:util-linux
     /usr/bin/shellcheck:shellcheck
     /usr/bin/pgrep:procps
+    /usr/bin/curl:curl
+    /usr/bin/python3:python3-minimal
 )
 # The image: its package list is the cache key of the root file system tarball. Like
 # the official postgres:15 image, it carries no pigz, zstd or igzip: the backup's
@@ -446,6 +448,11 @@ step_data() {
     if [[ $(psql_super -d postgres -c "select count(*) from pg_database where datname = 'aimms_web'") != 1 ]]; then
         psql_super -d postgres -c "CREATE DATABASE aimms_web OWNER aimms_user" >/dev/null
         say "data: database aimms_web recreated"
+    fi
+    # A killed test may have left it closed to connections (the size-drop guard's test).
+    if [[ $(psql_super -d postgres -c "select datallowconn from pg_database where datname = 'aimms_web'") != t ]]; then
+        psql_super -d postgres -c "ALTER DATABASE aimms_web ALLOW_CONNECTIONS true" >/dev/null
+        say "data: database aimms_web accepts connections again"
     fi
     cur=$(psql_super -d aimms_web -c "select coalesce(shobj_description(oid, 'pg_database'), '') from pg_database where datname = 'aimms_web'")
     tables=$(psql_super -d aimms_web -c "select count(*) from pg_tables where schemaname = 'public' and tablename in ('customers', 'orders', 'audit_log')")

@@ -99,12 +99,15 @@ def test_pick_latest_and_by_name():
 
 
 def test_parse_prune_and_result():
-    out = ("result.name=n.sql.gz\nresult.size=10\nprune.keep=a.sql.gz newest 1 of 3 kept\n"
-           "prune.remove=b.sql.gz older than 7 days (9d old)\n")
+    out = ("result.name=n.sql.gz\nresult.size=10\n"
+           "prune.keep=a.sql.gz min_keep newest 1 of 3 kept\n"
+           "prune.keep=c.sql.gz monthly[oldest] the oldest backup\n"
+           "prune.remove=b.sql.gz older older than 7 days (9d old)\n")
     assert backups.parse_result(out) == {"result.name": "n.sql.gz", "result.size": "10"}
     assert backups.parse_prune(out) == [
-        backups.PruneDecision("a.sql.gz", "keep", "newest 1 of 3 kept"),
-        backups.PruneDecision("b.sql.gz", "remove", "older than 7 days (9d old)"),
+        backups.PruneDecision("a.sql.gz", "keep", "newest 1 of 3 kept", "min_keep"),
+        backups.PruneDecision("c.sql.gz", "keep", "the oldest backup", "monthly[oldest]"),
+        backups.PruneDecision("b.sql.gz", "remove", "older than 7 days (9d old)", "older"),
     ]
 
 

@@ -55,6 +55,9 @@ ARGUMENTS = [
     ("rebuild-volume", "--file", ["--dry-run"], "refused", set()),
     ("rebuild-volume", "--drop-kept", ["--yes"], "refused", set()),
     ("status", "--max-age", [], "safe", set()),
+    ("pin", "--file", [], "refused", set()),
+    ("pin", "--reason", ["--file={name}"], "safe", set(VALUES)),  # any one line, literally
+    ("unpin", "--file", [], "refused", set()),
 ]
 
 
@@ -112,7 +115,11 @@ def test_hostile_value(sandbox, small_backup, tmp_path, task, option, others, ou
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
             assert lines == [line], proc.stderr
     after = _no_canary(sandbox)
-    if sorted(after.split()) != sorted(listing.split()):
+    if task == "pin" and sorted(after.split()) != sorted(listing.split()):
+        # A legitimate reason: the pin file beside the backup is all that is new.
+        assert set(after.split()) - set(listing.split()) == {small_backup + ".pin"}, after
+        sandbox.ssh(f"rm -f -- ~/postgres-backups/{small_backup}.pin")
+    elif sorted(after.split()) != sorted(listing.split()):
         # A legitimate label: the new backup carries it, nothing else is new.
         assert outcome == "safe" and task == "backup", after
         new = set(after.split()) - set(listing.split())

@@ -338,7 +338,8 @@ def test_status_json_shape():
     d = _report(_gathered([_b(2)], crontab=cron, log=LOG), h).as_dict()
     json.dumps(d)
     assert list(d) == ["host", "state", "exit_code", "summary", "checked_at", "max_age_seconds",
-                       "checks", "newest_backup", "last_backup_run", "last_verify", "disk"]
+                       "checks", "newest_backup", "last_backup_run", "last_verify", "disk",
+                       "last_ping"]
     assert d["state"] == "CRITICAL" and d["exit_code"] == 2
     assert set(d["checks"][0]) == {"name", "state", "detail", "fix"}
     assert d["newest_backup"]["age_seconds"] == 7200

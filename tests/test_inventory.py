@@ -76,11 +76,15 @@ def test_bad_yaml(tmp_path, text, match):
     assert "inv.yml" in str(exc.value)
 
 
+#: Valid values for optional mappings a nested key is set in.
+_OPTIONAL = {"retention": {"keep_daily": 7}, "ping": {"url": "https://hc-ping.com/abc-123"}}
+
+
 def _set(data: dict, dotted: str, value) -> dict:
     node = data
     *parents, last = dotted.split(".")
     for p in parents:
-        node = node[p]
+        node = node.setdefault(p, dict(_OPTIONAL.get(p, {})))
     node[last] = value
     return data
 
@@ -147,10 +151,28 @@ WRONG_TYPES = [
     ("hosts.aidset.postgres.superuser", "postgres; DROP", "role name"),
     ("hosts.aidset.volumes.redis", "a b", "volume name"),
     ("hosts.aidset.volumes.postgres", "", "volume name"),
+    ("hosts.aidset.retention", "daily", "a mapping"),
+    ("hosts.aidset.retention.keep_daily", -1, "whole number"),
+    ("hosts.aidset.retention.keep_weekly", "4", "whole number"),
+    ("hosts.aidset.retention.keep_monthly", 1.5, "whole number"),
+    ("hosts.aidset.retention.keep_yearly", True, "whole number"),
+    ("hosts.aidset.retention.min_keep", 0, "whole number"),
+    ("hosts.aidset.retention.bogus", 1, "no such key"),
+    ("hosts.aidset.safety_pin_days", -1, "whole number of days"),
+    ("hosts.aidset.allow_shrink", "yes", "true or false"),
+    ("hosts.aidset.ping", "https://hc-ping.com/x", "a mapping"),
+    ("hosts.aidset.ping", {"kind": "healthchecks"}, "missing"),
+    ("hosts.aidset.ping.url", "ftp://x", "http(s) URL"),
+    ("hosts.aidset.ping.url", "https://x/'; reboot", "http(s) URL"),
+    ("hosts.aidset.ping.url", "https://x/a b", "http(s) URL"),
+    ("hosts.aidset.ping.kind", "nagios", "healthchecks or uptime-kuma"),
+    ("hosts.aidset.ping.verify_url", 5, "http(s) URL"),
 ]
 
 #: Keys that hold settings; every one of them must appear in WRONG_TYPES above.
 ALL_KEYS = {
+    *(f"hosts.aidset.retention.{k}" for k in inventory._RETENTION_KEYS),
+    *(f"hosts.aidset.ping.{k}" for k in ("url", "kind", "verify_url")),
     "default_host", "hosts", "download_dir",
     *(f"hosts.aidset.{k}" for k in inventory._HOST_KEYS),
     *(f"hosts.aidset.compose.{k}" for k in ("project_dir", "file", "project",

@@ -165,6 +165,8 @@ LEAF_KEYS = [
     "hosts.aidset.compose.postgres_service", "hosts.aidset.postgres.superuser",
     "hosts.aidset.postgres.app_user", "hosts.aidset.postgres.databases",
     "hosts.aidset.volumes.postgres", "hosts.aidset.volumes.redis",
+    "hosts.aidset.retention", "hosts.aidset.safety_pin_days", "hosts.aidset.allow_shrink",
+    "hosts.aidset.ping",
 ]
 
 
@@ -208,3 +210,8 @@ def test_any_value_of_any_inventory_key_is_refused_naming_it_or_safe(key, value)
     assert isinstance(h.min_keep, int) and h.min_keep >= 1
     assert isinstance(h.lock_timeout, int) and h.lock_timeout >= 0
     assert isinstance(h.accept_new_host_key, bool)
+    assert re.fullmatch(r"[a-z0-9= ]*", h.policy.rules_text)
+    assert isinstance(h.safety_pin_days, int) and h.safety_pin_days >= 0
+    assert isinstance(h.allow_shrink, bool)
+    assert h.ping is None or (inventory.is_ping_url(h.ping.url)
+                              and h.ping.kind in ("healthchecks", "uptime-kuma"))

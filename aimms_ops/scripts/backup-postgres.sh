@@ -19,9 +19,16 @@
 #   --gzip-level N       1 (fastest) .. 9 (smallest)           (GZIP_LEVEL)
 #   --compressor NAME    auto (default: igzip, else pigz, else gzip), igzip, pigz or
 #                        gzip; on the host, always the .gz format    (COMPRESSOR)
+#   --retention-rules R  GFS rules, e.g. "daily=7 weekly=4 monthly=12 yearly=2" (RETENTION_RULES)
+#   --safety-pin-days N  pin pre-restore/pre-rebuild safety copies N days (SAFETY_PIN_DAYS)
+#   --allow-shrink       accept a backup less than half the size of those before it (ALLOW_SHRINK=1)
+#   --ping-url URL       tell a monitor how the run went                 (PING_URL)
+#   --ping-kind KIND     healthchecks (default) or uptime-kuma           (PING_KIND)
 #   --label NAME         added to the file name (letters, digits, - and _)
 #   --prune-only         apply retention only, make no backup
 #   --dry-run            with --prune-only: print what would be removed, remove nothing
+#   --expect-plan SHA    with --prune-only: remove nothing unless the decision is the one
+#                        a dry run showed (sha256 of its "ACTION<TAB>NAME" lines)
 #   --no-prune           make the backup, skip retention
 #   --echo               also print the log lines on stderr
 #   --report             print the result.* and prune.* lines below on stdout
@@ -31,8 +38,15 @@
 # dump's completion marker), fsynced, its checksum written, and only then renamed
 # into place. Any failure exits non-zero and leaves nothing that looks like a backup.
 # Retention runs only after a good backup and never removes the newest MIN_KEEP.
+# What it keeps is decided by retention.py (inlined below) run by the host's python3
+# (RETENTION_PYTHON): the same code as fab prune --dry-run; without python3 the
+# day-based rule alone is applied, and GFS rules are not applied at all (logged).
+# Pinned backups (NAME.pin beside them) are never removed. A backup less than half the
+# median size of the five before it is published but logged as suspicious, and no
+# retention runs then (--allow-shrink accepts it).
 # With --report, stdout carries result.KEY=VALUE lines on success and the prune
-# decisions as prune.keep=NAME REASON / prune.remove=NAME REASON; without it (cron)
+# decisions as prune.keep=NAME RULE REASON / prune.remove=NAME RULE REASON (and
+# result.suspicious=... when the size-drop guard fired); without it (cron)
 # the script writes only to its log.
 # shellcheck disable=SC2016,SC2317  # sh -c bodies are single-quoted; traps call functions
 set -Eeuo pipefail
@@ -53,9 +67,16 @@ MIN_KEEP=${MIN_KEEP:-3}
 LOCK_TIMEOUT=${LOCK_TIMEOUT:-600}
 GZIP_LEVEL=${GZIP_LEVEL:-1}
 COMPRESSOR=${COMPRESSOR:-auto}
+RETENTION_RULES=${RETENTION_RULES:-}
+RETENTION_PYTHON=${RETENTION_PYTHON:-python3}
+SAFETY_PIN_DAYS=${SAFETY_PIN_DAYS:-14}
+ALLOW_SHRINK=${ALLOW_SHRINK:-0}
+PING_URL=${PING_URL:-}
+PING_KIND=${PING_KIND:-healthchecks}
 LABEL=""
 PRUNE_ONLY=0
 DRY_RUN=0
+EXPECT_PLAN=""
 NO_PRUNE=0
 ECHO=0
 REPORT=0
@@ -95,9 +116,15 @@ while [ $# -gt 0 ]; do
         --lock-timeout) LOCK_TIMEOUT=${2:-}; shift ;;
         --gzip-level) GZIP_LEVEL=${2:-}; shift ;;
         --compressor) COMPRESSOR=${2:-}; shift ;;
+        --retention-rules) RETENTION_RULES=${2:-}; shift ;;
+        --safety-pin-days) SAFETY_PIN_DAYS=${2:-}; shift ;;
+        --allow-shrink) ALLOW_SHRINK=1 ;;
+        --ping-url) PING_URL=${2:-}; shift ;;
+        --ping-kind) PING_KIND=${2:-}; shift ;;
         --label) LABEL=${2:-}; shift ;;
         --prune-only) PRUNE_ONLY=1 ;;
         --dry-run) DRY_RUN=1 ;;
+        --expect-plan) EXPECT_PLAN=${2:-}; shift ;;
         --no-prune) NO_PRUNE=1 ;;
         --echo) ECHO=1 ;;
         --report) REPORT=1 ;;
@@ -111,7 +138,7 @@ done
 [ -n "$COMPOSE_PROJECT" ] || usage_error "COMPOSE_PROJECT is not set (--project)"
 [[ $LABEL =~ ^[A-Za-z0-9_-]*$ ]] || usage_error "a label allows letters, digits, - and _ only"
 [ ${#LABEL} -le 64 ] || usage_error "a label is at most 64 characters"
-for n in RETENTION_DAYS MIN_KEEP LOCK_TIMEOUT GZIP_LEVEL; do
+for n in RETENTION_DAYS MIN_KEEP LOCK_TIMEOUT GZIP_LEVEL SAFETY_PIN_DAYS ALLOW_SHRINK; do
     [[ ${!n} =~ ^[0-9]+$ ]] || usage_error "$n must be a whole number"
 done
 [ "$MIN_KEEP" -ge 1 ] || usage_error "MIN_KEEP must be at least 1"
@@ -121,9 +148,15 @@ case $COMPRESSOR in
     *) usage_error "COMPRESSOR must be auto, igzip, pigz or gzip" ;;
 esac
 
+[[ $RETENTION_RULES =~ ^[a-z0-9=\ ]*$ ]] || usage_error "RETENTION_RULES: expected e.g. daily=7 weekly=4"
+case $PING_KIND in healthchecks | uptime-kuma) ;; *) usage_error "PING_KIND: healthchecks or uptime-kuma" ;; esac
+
 RUN_ID="backup[$$]"
 STARTED=$(date +%s)
 TMP_FILES=()
+# shellcheck disable=SC2034  # read by the ping functions of lib.sh
+PING_RID=$(new_rid)
+PING_ENDED=0
 
 # Lines for the session go through say (lib.sh): once the session is gone (a dropped
 # connection, Ctrl-C) the backup goes on, logs its RESULT and stops talking to it.
@@ -137,7 +170,19 @@ log() {
 fail() {
     log "RESULT failed: $*"
     if [ "$ECHO" != 1 ]; then say "backup failed: $*" >&2 || true; fi
+    ping_end exit:1 "backup failed: $*"
     exit 1
+}
+
+# ping EVENT [MSG] [FIRST_BODY_LINE]: tell PING_URL (if set) how the run goes (lib.sh).
+ping() {
+    [ "$PRUNE_ONLY" = 0 ] || return 0
+    job_ping "$PING_URL" "$@"
+}
+ping_end() {
+    [ "$PING_ENDED" = 0 ] || return 0
+    PING_ENDED=1
+    ping "$@"
 }
 
 cleanup() {
@@ -159,6 +204,7 @@ human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || printf '%sB' "$1"; }
 # --- set-up --------------------------------------------------------------------------
 mkdir -p -- "$(dirname -- "$LOG_FILE")" 2>/dev/null || true
 if touch -- "$LOG_FILE" 2>/dev/null; then chmod 600 -- "$LOG_FILE" 2>/dev/null || true; fi
+ping start
 if [ ! -d "$BACKUP_DIR" ]; then
     why=$(mkdir -p -- "$BACKUP_DIR" 2>&1) ||
         fail "cannot create backup dir $BACKUP_DIR: ${why##*: } (create it for $(id -un), or fix backup_dir)"
@@ -192,25 +238,77 @@ lock_or_fail "$BACKUP_DIR/.backup.lock" exclusive "$what" "another backup or ret
 find "$BACKUP_DIR" -maxdepth 1 -name '.aimms_postgres_*.tmp' -type f -delete 2>/dev/null || true
 
 # --- retention -----------------------------------------------------------------------
-# Keep the newest MIN_KEEP good backups whatever their age, and everything younger
-# than RETENTION_DAYS; remove the rest (and their .sha256).
+# retention.py, inlined: the one decision (the same code as fab prune --dry-run).
+retention_decide() {
+    "$RETENTION_PYTHON" /dev/fd/3 "$@" 3<<'AIMMS_OPS_RETENTION_PY'
+# @include retention.py
+AIMMS_OPS_RETENTION_PY
+}
+
+# Apply retention.py's decision: remove what it says, nothing else. (Pins are written
+# under the backup lock, which we hold: none can appear in between.)
+prune_decided() {
+    local out action name rule reason
+    if ! out=$(retention_decide "$BACKUP_DIR" "$(date +%s)" "$RETENTION_DAYS" "$MIN_KEEP" \
+        "$RETENTION_RULES" 2>&1); then
+        PRUNE_ERROR="retention.py failed: ${out##*$'\n'}"
+        return 1
+    fi
+    if [ -n "$EXPECT_PLAN" ] &&
+        [ "$({ [ -z "$out" ] || printf '%s\n' "$out"; } | cut -f1,2 | sha256sum | cut -d' ' -f1)" != "$EXPECT_PLAN" ]; then
+        PRUNE_ERROR="the backups changed since the plan was shown: nothing was removed (run the prune again)"
+        return 1
+    fi
+    while IFS=$'\t' read -r action name rule reason; do
+        [[ $name =~ $NAME_RE ]] || continue
+        report "prune.$action=$name $rule $reason"
+        if [ "$action" = remove ] && [ "$DRY_RUN" = 0 ]; then
+            rm -f -- "$BACKUP_DIR/$name" "$BACKUP_DIR/$name.sha256" "$BACKUP_DIR/$name.pin"
+            log "retention: removed $name ($rule: $reason)"
+        fi
+    done <<<"$out"
+}
+
+# Which rule decides: retention.py with the host's python3 (3.7+); without it the day-based
+# rule below (GFS rules need python3: then nothing is removed). Then orphans go.
+PRUNE_ERROR=""
 prune() {
+    if "$RETENTION_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 7))' 2>/dev/null; then
+        prune_decided || { log "retention failed: $PRUNE_ERROR"; return 1; }
+    elif [ -n "$RETENTION_RULES" ]; then
+        PRUNE_ERROR="retention skipped: $RETENTION_PYTHON is not on the host and the rules ($RETENTION_RULES) need it (install python3 there)"
+        log "$PRUNE_ERROR"
+        return 1
+    else
+        prune_by_days
+    fi
+    prune_orphans
+}
+
+# The day-based rule (without python3): keep the newest MIN_KEEP good backups whatever
+# their age, pinned ones, and everything younger than RETENTION_DAYS; remove the rest.
+prune_by_days() {
     local now cutoff i=0 name mtime size age_d
     now=$(date +%s)
     cutoff=$((now - RETENTION_DAYS * 86400))
     while IFS=$'\t' read -r mtime size name; do
         [[ $name =~ $NAME_RE ]] || continue
         age_d=$(((now - ${mtime%.*}) / 86400))
+        if [ -e "$BACKUP_DIR/$name.pin" ]; then
+            [ "$size" -gt 0 ] && i=$((i + 1))
+            report "prune.keep=$name pinned pinned (${age_d}d old)"
+            continue
+        fi
         if [ "$size" -gt 0 ] && [ "$i" -lt "$MIN_KEEP" ]; then
             i=$((i + 1))
-            report "prune.keep=$name newest $i of $MIN_KEEP kept whatever their age (${age_d}d old)"
+            report "prune.keep=$name min_keep newest $i of $MIN_KEEP kept whatever their age (${age_d}d old)"
             continue
         fi
         [ "$size" -gt 0 ] && i=$((i + 1))
         if [ "${mtime%.*}" -ge "$cutoff" ]; then
-            report "prune.keep=$name younger than $RETENTION_DAYS days (${age_d}d old)"
+            report "prune.keep=$name within younger than $RETENTION_DAYS days (${age_d}d old)"
         else
-            report "prune.remove=$name older than $RETENTION_DAYS days (${age_d}d old)"
+            report "prune.remove=$name older older than $RETENTION_DAYS days (${age_d}d old)"
             if [ "$DRY_RUN" = 0 ]; then
                 rm -f -- "$BACKUP_DIR/$name" "$BACKUP_DIR/$name.sha256"
                 log "retention: removed $name (${age_d}d old)"
@@ -218,21 +316,28 @@ prune() {
         fi
     done < <(find "$BACKUP_DIR" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' \
         -printf '%T@\t%s\t%f\n' | sort -t $'\t' -k1,1nr)
-    # A checksum whose backup is gone is an orphan.
-    local sum
-    for sum in "$BACKUP_DIR"/aimms_postgres_*.sql.gz.sha256; do
-        [ -e "$sum" ] || continue
-        if [ ! -e "${sum%.sha256}" ]; then
-            report "prune.remove=$(basename -- "$sum") checksum without a backup"
-            [ "$DRY_RUN" = 0 ] && rm -f -- "$sum"
+    return 0
+}
+
+# A checksum or a pin whose backup is gone is an orphan.
+prune_orphans() {
+    local side
+    for side in "$BACKUP_DIR"/aimms_postgres_*.sql.gz.sha256 "$BACKUP_DIR"/aimms_postgres_*.sql.gz.pin; do
+        [ -e "$side" ] || continue
+        if [ ! -e "${side%.*}" ]; then
+            report "prune.remove=$(basename -- "$side") orphan ${side##*.} file without a backup"
+            [ "$DRY_RUN" = 0 ] && rm -f -- "$side"
         fi
     done
     return 0
 }
 
 if [ "$PRUNE_ONLY" = 1 ]; then
-    log "retention on demand (keep ${RETENTION_DAYS}d, min_keep $MIN_KEEP, dry_run=$DRY_RUN)"
-    prune
+    log "retention on demand (keep ${RETENTION_DAYS}d${RETENTION_RULES:+ $RETENTION_RULES}, min_keep $MIN_KEEP, dry_run=$DRY_RUN)"
+    if ! prune; then
+        say "backup-postgres.sh: ${PRUNE_ERROR:-retention failed}" >&2 || true
+        exit 1
+    fi
     exit 0
 fi
 
@@ -338,11 +443,31 @@ sync -- "$tmp" || fail "fsync of $tmp failed"
 printf '%s  %s\n' "$sum" "$name" >"$final.sha256.tmp"
 sync -- "$final.sha256.tmp"
 chmod 600 -- "$tmp" "$final.sha256.tmp"
+# The size-drop guard: against the five good backups before this one (see lib.sh).
+suspicious=""
+drop_from=$(size_drop "$BACKUP_DIR" "$name" "$size")
+if [ -n "$drop_from" ]; then
+    if [ "$ALLOW_SHRINK" = 1 ]; then
+        suspicious=" shrink allowed: size dropped from $(human "$drop_from") to $(human "$size")"
+    else
+        suspicious=" suspicious: size dropped from $(human "$drop_from") to $(human "$size")"
+    fi
+fi
 mv -f -- "$final.sha256.tmp" "$final.sha256"
 mv -f -- "$tmp" "$final"
+# Safety copies of restore and rebuild are pinned (we hold the lock: no retention between).
+case $LABEL in
+    pre-restore | pre-rebuild)
+        if [ "$SAFETY_PIN_DAYS" -gt 0 ]; then
+            write_pin "$final" "$(id -un)@$(hostname)" "safety copy taken before a ${LABEL#pre-}" \
+                $(($(date +%s) + SAFETY_PIN_DAYS * 86400)) ||
+                log "warning: could not write $final.pin"
+        fi
+        ;;
+esac
 sync -- "$BACKUP_DIR" 2>/dev/null || true
 seconds=$(($(date +%s) - STARTED))
-log "RESULT ok $name size=$size sha256=$sum seconds=$seconds"
+log "RESULT ok $name size=$size sha256=$sum seconds=$seconds$suspicious"
 
 report "result.name=$name"
 report "result.path=$final"
@@ -350,8 +475,18 @@ report "result.size=$size"
 report "result.sha256=$sum"
 report "result.seconds=$seconds"
 report "result.container=$cname"
+[ -z "$suspicious" ] || report "result.suspicious=${suspicious# }"
 
-if [ "$NO_PRUNE" = 0 ]; then
-    prune
+if [[ $suspicious == " suspicious:"* ]]; then
+    log "retention skipped:$suspicious (if intended: fab backup --allow-shrink, or allow_shrink in the inventory)"
+elif [ "$NO_PRUNE" = 0 ]; then
+    prune || true
+fi
+# The run is over: a slow monitor must not hold the locks (a restore may be waiting).
+release_locks
+if [[ $suspicious == " suspicious:"* ]]; then
+    ping_end fail "${suspicious# }" "${suspicious# }"
+else
+    ping_end ok "RESULT ok $name size=$size seconds=$seconds"
 fi
 exit 0

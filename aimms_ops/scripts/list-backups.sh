@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # list-backups.sh BACKUP_DIR: one line per backup, newest first:
-#   MTIME<TAB>SIZE<TAB>NAME<TAB>SHA256-or-dash
+#   MTIME<TAB>SIZE<TAB>NAME<TAB>SHA256-or-dash<TAB>PIN-base64-or-dash
 # Prints "missing" alone when the directory does not exist. Read-only.
 set -euo pipefail
 dir=$1
@@ -16,5 +16,7 @@ find "$dir" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' -printf '%T@\t%s
             sum=$(cut -d' ' -f1 <"$dir/$name.sha256" | head -n 1)
             [ -n "$sum" ] || sum=-
         fi
-        printf '%s\t%s\t%s\t%s\n' "${mtime%.*}" "$size" "$name" "$sum"
+        pin=-
+        if [ -r "$dir/$name.pin" ]; then pin=$(head -c 4096 -- "$dir/$name.pin" | base64 -w0); fi
+        printf '%s\t%s\t%s\t%s\t%s\n' "${mtime%.*}" "$size" "$name" "$sum" "${pin:--}"
     done

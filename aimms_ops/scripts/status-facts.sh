@@ -40,6 +40,8 @@ if [ -f "$log" ]; then
     echo "log.results_b64=$(grep -E '^[^ ]+ (backup|verify)\[[0-9]+\] RESULT ' -- "$log" |
         tail -n 40 | base64 -w0)"
     echo "log.tail_b64=$(tail -n 60 -- "$log" | base64 -w0)"
+    echo "log.pings_b64=$(tail -n 5000 -- "$log" | grep -E '^[^ ]+ (backup|verify)\[[0-9]+\] ping ' |
+        tail -n 10 | base64 -w0)"
 else
     echo "log.exists=0"
 fi

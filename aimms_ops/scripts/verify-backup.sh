@@ -115,6 +115,17 @@ fi
 
 RUN_ID="verify[$$]"
 STARTED=$(date +%s)
+# The deep verify's own monitor, when the settings file names one (ping.verify_url).
+PING_URL_VERIFY=${PING_URL_VERIFY:-}
+PING_KIND=${PING_KIND:-healthchecks}
+# shellcheck disable=SC2034  # read by the ping functions of lib.sh
+PING_RID=$(new_rid)
+PING_ENDED=0
+ping_end() {
+    [ "$PING_ENDED" = 0 ] || return 0
+    PING_ENDED=1
+    job_ping "$PING_URL_VERIFY" "$@"
+}
 CONTAINER="" VOLUME="" MADE_CONTAINER=0 MADE_VOLUME=0 WORK="" CLEANUP_PROBLEM="" REMOVED=0
 NAME=""
 
@@ -180,15 +191,19 @@ fail() {
     report "verify.seconds=$(($(date +%s) - STARTED))"
     log "RESULT failed: $reason${NAME:+ ($NAME)}"
     if [ "$ECHO" != 1 ]; then say "verify failed: $reason" >&2 || true; fi
+    ping_end exit:1 "verify failed: $reason"
     exit 1
 }
 trap cleanup EXIT
 trap 'fail interrupted "interrupted by a signal"' INT TERM HUP
+job_ping "$PING_URL_VERIFY" start
 
 # --- which backup --------------------------------------------------------------------
 [ -d "$BACKUP_DIR" ] || fail file "backup dir $BACKUP_DIR does not exist"
 if [ "$FILE" = latest ]; then
+    # latest: the newest backup that is not a safety copy of a restore or a rebuild.
     NAME=$(find "$BACKUP_DIR" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' \
+        ! -name '*_pre-restore.sql.gz' ! -name '*_pre-rebuild.sql.gz' \
         -printf '%T@\t%f\n' | sort -t $'\t' -k1,1nr | cut -f2 |
         while read -r n; do
             [[ $n =~ $NAME_RE ]] && ! is_safety_copy "$n" && { echo "$n"; break; }
@@ -425,6 +440,7 @@ if [ -n "$CLEANUP_PROBLEM" ]; then
     report "verify.failed_check=cleanup"
     report "verify.reason=$CLEANUP_PROBLEM"
     log "RESULT failed: cleanup: $CLEANUP_PROBLEM ($NAME)"
+    ping_end exit:1 "verify failed: cleanup: $CLEANUP_PROBLEM"
     exit 1
 fi
 check cleanup OK "container and volume removed"
@@ -432,4 +448,5 @@ seconds=$(($(date +%s) - STARTED))
 report "verify.result=ok"
 report "verify.seconds=$seconds"
 log "RESULT ok $NAME databases=${#restored[@]} tables=$tables rows=$rows seconds=$seconds"
+ping_end ok "RESULT ok $NAME databases=${#restored[@]} tables=$tables rows=$rows"
 exit 0
