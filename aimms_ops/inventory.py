@@ -268,7 +268,7 @@ def _parse_retention(ck: _Checker, key: str, d: dict) -> tuple[Retention | None,
     min_keep = ck.value(d, key, "min_keep", _is_int(1), "a whole number, at least 1", 3)
     raw = d.get("retention")
     if raw is None:
-        if not days:
+        if not days and d.get("retention_days") is None:  # a wrong value is recorded already
             ck.fail(f"{key}.retention_days", "retention_days, or a retention mapping "
                     "(keep_daily, keep_weekly, keep_monthly, keep_yearly, min_keep)",
                     missing=True)
