@@ -104,7 +104,7 @@ def created_from_name(name: str) -> datetime | None:
 
 def script_settings(host: Host) -> dict[str, str]:
     """The backup script's settings for ``host`` (also written to its config file)."""
-    return {
+    settings = {
         "BACKUP_DIR": host.backup_dir,
         "LOG_FILE": host.log_file,
         "COMPOSE_PROJECT": host.compose.project,
@@ -114,12 +114,15 @@ def script_settings(host: Host) -> dict[str, str]:
         "MIN_KEEP": str(host.min_keep),
         "LOCK_TIMEOUT": str(host.lock_timeout),
     }
+    if host.offsite:  # the targets the script pushes to after a good backup (offsite.sh)
+        settings["OFFSITE_CONFIG"] = f"{host.backup_script}.offsite"
+    return settings
 
 
 _FLAG = {"BACKUP_DIR": "--backup-dir", "LOG_FILE": "--log-file", "COMPOSE_PROJECT": "--project",
          "COMPOSE_SERVICE": "--service", "PG_SUPERUSER": "--superuser",
          "RETENTION_DAYS": "--retention-days", "MIN_KEEP": "--min-keep",
-         "LOCK_TIMEOUT": "--lock-timeout"}
+         "LOCK_TIMEOUT": "--lock-timeout", "OFFSITE_CONFIG": "--offsite-config"}
 
 
 def script_args(host: Host, *extra: str) -> list[str]:

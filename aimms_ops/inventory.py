@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import OpsError, shown
+from .offsite_config import Offsite
+from .offsite_config import parse as parse_offsite
 
 ENV_VAR = "AIMMS_OPS_INVENTORY"
 DEFAULT_FILE = "inventory.yml"
@@ -75,6 +77,7 @@ class Host:
     accept_new_host_key: bool = False
     verify_schedule: str | None = None
     lock_timeout: int = 600
+    offsite: Offsite = field(default_factory=Offsite)
 
     @property
     def config_file(self) -> str:
@@ -193,7 +196,7 @@ def is_cron_schedule(v: Any) -> bool:
 _HOST_KEYS = {
     "ssh_config", "accept_new_host_key", "backup_dir", "backup_script", "log_file",
     "cron_schedule", "retention_days", "min_keep", "compose", "postgres", "volumes",
-    "verify_schedule", "lock_timeout",
+    "verify_schedule", "lock_timeout", "offsite", "offsite_recipients", "offsite_identity",
 }
 _HOST_REQUIRED = {
     "backup_dir", "backup_script", "log_file", "cron_schedule", "retention_days",
@@ -246,6 +249,11 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host:
         postgres=ck.value(vol_, f"{key}.volumes", "postgres", _is_name, "a docker volume name"),
         redis=ck.value(vol_, f"{key}.volumes", "redis", _is_name, "a docker volume name"),
     )
+    retention_days = ck.value(d, key, "retention_days", _is_int(1), _EXPECT["retention_days"])
+    min_keep = ck.value(d, key, "min_keep", _is_int(1), "a whole number, at least 1", 3)
+    offsite = parse_offsite(d, key, retention_days, min_keep, base)
+    if offsite.problems:
+        raise OpsError(f"{ck.path}: " + "; ".join(offsite.problems), "fix the inventory file")
     return Host(
         name=name,
         backup_dir=paths["backup_dir"],
@@ -253,8 +261,8 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host:
         log_file=paths["log_file"],
         cron_schedule=ck.value(d, key, "cron_schedule", is_cron_schedule,
                                _EXPECT["cron_schedule"]),
-        retention_days=ck.value(d, key, "retention_days", _is_int(1), _EXPECT["retention_days"]),
-        min_keep=ck.value(d, key, "min_keep", _is_int(1), "a whole number, at least 1", 3),
+        retention_days=retention_days,
+        min_keep=min_keep,
         compose=compose,
         postgres=postgres,
         volumes=volumes,
@@ -265,6 +273,7 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host:
                                  'a cron schedule of five fields, like "0 4 * * 0"'),
         lock_timeout=ck.value(d, key, "lock_timeout", _is_int(0),
                               "a whole number of seconds", 600),
+        offsite=offsite,
     )
 
 

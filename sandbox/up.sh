@@ -15,6 +15,8 @@ trap 'printf "%s: error: line %s: command failed: %s\n" "$PROG" "$LINENO" "$BASH
 
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=offsite.sh
+source "$(dirname "${BASH_SOURCE[0]}")/offsite.sh"
 
 T_START=$EPOCHREALTIME
 [[ $(id -u) == 0 ]] || die "run as root"
@@ -34,6 +36,8 @@ PACKAGES=(
     /usr/bin/setsid:util-linux
     /usr/bin/shellcheck:shellcheck
     /usr/bin/pgrep:procps
+    /usr/bin/rclone:rclone
+    /usr/bin/age:age
 )
 # The image: its package list is the cache key of the root file system tarball.
 IMAGE_SUITE=bookworm
@@ -588,5 +592,8 @@ step_volumes
 step_compose
 step_data
 step_files
+step_s3
+step_vault
+step_offsite_files
 step_check_ssh
 say "ready in $(since "$T_START") s: ssh -F $OUT/ssh_config $HOST_ALIAS"

@@ -147,6 +147,10 @@ WRONG_TYPES = [
     ("hosts.aidset.postgres.superuser", "postgres; DROP", "role name"),
     ("hosts.aidset.volumes.redis", "a b", "volume name"),
     ("hosts.aidset.volumes.postgres", "", "volume name"),
+    # Offsite targets (tests/test_offsite_unit.py tries each target key).
+    ("hosts.aidset.offsite", {"name": "s3"}, "a list of targets"),
+    ("hosts.aidset.offsite_recipients", ["not-a-key"], "age public keys"),
+    ("hosts.aidset.offsite_identity", 5, "age identity file"),
 ]
 
 #: Keys that hold settings; every one of them must appear in WRONG_TYPES above.

@@ -14,6 +14,7 @@
 #   --min-keep N         ...but never the newest N good ones  (MIN_KEEP)
 #   --lock-timeout S     wait at most S seconds for a running backup (LOCK_TIMEOUT)
 #   --gzip-level N       1 (fastest) .. 9 (smallest)           (GZIP_LEVEL)
+#   --offsite-config F   push encrypted copies to the targets in F (OFFSITE_CONFIG; offsite.sh)
 #   --label NAME         added to the file name (letters, digits, - and _)
 #   --prune-only         apply retention only, make no backup
 #   --dry-run            with --prune-only: print what would be removed, remove nothing
@@ -34,6 +35,7 @@ set -Eeuo pipefail
 umask 077
 
 # @include lib.sh
+# @include offsite.sh
 
 MARKER='-- PostgreSQL database cluster dump complete'
 NAME_RE='^aimms_postgres_[0-9]{8}_[0-9]{6}(_[A-Za-z0-9_-]+)?\.sql\.gz$'
@@ -47,6 +49,7 @@ RETENTION_DAYS=${RETENTION_DAYS:-7}
 MIN_KEEP=${MIN_KEEP:-3}
 LOCK_TIMEOUT=${LOCK_TIMEOUT:-600}
 GZIP_LEVEL=${GZIP_LEVEL:-1}
+OFFSITE_CONFIG=${OFFSITE_CONFIG:-}
 LABEL=""
 PRUNE_ONLY=0
 DRY_RUN=0
@@ -78,6 +81,7 @@ while [ $# -gt 0 ]; do
         --min-keep) MIN_KEEP=${2:-}; shift ;;
         --lock-timeout) LOCK_TIMEOUT=${2:-}; shift ;;
         --gzip-level) GZIP_LEVEL=${2:-}; shift ;;
+        --offsite-config) OFFSITE_CONFIG=${2:-}; shift ;;
         --label) LABEL=${2:-}; shift ;;
         --prune-only) PRUNE_ONLY=1 ;;
         --dry-run) DRY_RUN=1 ;;
@@ -317,6 +321,7 @@ report "result.sha256=$sum"
 report "result.seconds=$seconds"
 report "result.container=$cname"
 
+offsite_after_backup
 if [ "$NO_PRUNE" = 0 ]; then
     prune
 fi
