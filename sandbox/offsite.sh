@@ -188,9 +188,11 @@ step_offsite_files() {
         key_file: $OFFSITE_KEY
         known_hosts: "[127.0.0.1]:$VAULT_PORT $(cut -d' ' -f1,2 "$VAULT_HOST_KEY.pub")"
 EOF
-    } | write_if_changed "$OUT/inventory-offsite.yml" 644 root:root &&
-        say "offsite: wrote inventory-offsite.yml (targets s3, vault)" ||
+    } | if write_if_changed "$OUT/inventory-offsite.yml" 644 root:root; then
+        say "offsite: wrote inventory-offsite.yml (targets s3, vault)"
+    else
         say "offsite: inventory-offsite.yml unchanged"
+    fi
     {
         cat <<EOF
 SANDBOX_S3_PORT=$S3_PORT

@@ -32,8 +32,9 @@ done
 [ $# -ge 1 ] || usage_error "no command"
 cmd=$1
 shift
-[ -n "$BACKUP_DIR" ] && [ -n "$LOG_FILE" ] && [ -n "$OFFSITE_CONFIG" ] ||
+if [ -z "$BACKUP_DIR" ] || [ -z "$LOG_FILE" ] || [ -z "$OFFSITE_CONFIG" ]; then
     usage_error "--backup-dir, --log-file and --offsite-config are needed"
+fi
 [[ $LOCK_TIMEOUT =~ ^[0-9]+$ ]] || usage_error "--lock-timeout must be a whole number"
 
 RUN_ID="offsite[$$]"
