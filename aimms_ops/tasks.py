@@ -31,7 +31,7 @@ def _host_name(c: Any) -> str | None:
     return None
 
 
-def ops_task(*, help: dict[str, str] | None = None) -> Callable:
+def ops_task(*, help: dict[str, str] | None = None, **task_options: Any) -> Callable:
     """Declare a task whose user-facing failures end as one clean line."""
 
     def deco(fn: Callable) -> Any:
@@ -52,7 +52,7 @@ def ops_task(*, help: dict[str, str] | None = None) -> Callable:
                 raise Exit(f"internal error: {type(exc).__name__}: {exc} "
                            f"(set {DEBUG_ENV}=1 to see the traceback)", code=70) from None
 
-        return task(help=help or {})(wrapper)
+        return task(help=help or {}, **task_options)(wrapper)
 
     return deco
 
@@ -203,9 +203,10 @@ def list_backups(c, json=False):
     inv = _inventory()
     with _open(c, inv) as remote:
         remote_list = backups.list_remote(remote)
+        listings = _offsite_listings(remote)
     local_list = backups.list_local(_download_dir(inv, None))
     if json:
-        output.print_json([b.as_dict() for b in remote_list + local_list])
+        output.print_json(_offsite_json(remote_list + local_list, listings))
         return
     output.table(["name", "size", "age", "checksum"],
                  [[b.name, _human(b.size), _age(b.created), b.checksum_state]
@@ -216,6 +217,7 @@ def list_backups(c, json=False):
                      [[b.name, _human(b.size), _age(b.created), b.checksum_state]
                       for b in local_list],
                      title=f"downloaded to {_download_dir(inv, None)}")
+    _show_offsite(remote, remote_list, listings)
 
 
 @ops_task(help={
@@ -309,9 +311,17 @@ def install_backups(c, dry_run=False):
     "database": "restore only this database of the dump (recreated first); default: all",
     "yes": "do not ask for confirmation (needed when not run from a terminal)",
     "no_safety_backup": "skip the pre-restore backup of the current state",
+    "from_": "restore from the copy on this offsite target (decrypted here, verified first)",
+    "identity": "the age identity file that decrypts offsite copies (with --from)",
 })
-def restore(c, file=None, database=None, yes=False, no_safety_backup=False):
-    """Restore a pg_dumpall backup onto the host: the whole cluster, or --database."""
+def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from_=None,
+            identity=None):
+    """Restore a pg_dumpall backup onto the host: the whole cluster, or --database.
+
+    With --from=TARGET the backup is the copy on that offsite target (the host's backup
+    dir may be empty): fetched through the host, checked, decrypted on this machine
+    into the download folder and checked again; then restored as a local file.
+    """
     from . import backups
     from . import restore as rs
     from .inventory import is_db_name
@@ -322,6 +332,8 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False):
         raise OpsError(f"invalid database name {shown(database)}",
                        "letters, digits, _ and $ only; see the dump's databases")
     with _open(c) as remote:
+        if from_ is not None:
+            file = _restore_source(remote, file, from_, identity)
         if file == "latest":
             file = backups.pick(backups.list_remote(remote), "latest").name
         dump = _inspect(remote, file)
@@ -398,6 +410,7 @@ def status(c, json=False, max_age="26h"):
         seconds = st.parse_max_age(max_age)
         with _open(c) as remote:
             report = st.status(remote, seconds, str(max_age).strip())
+            report.checks += offsite_status_checks(remote, seconds, str(max_age).strip())
     except OpsError as exc:
         line = st.unknown_line(str(exc))
         if json:
@@ -421,8 +434,10 @@ def status(c, json=False, max_age="26h"):
     "file": "backup name on the host, or latest (default)",
     "deep": "restore it into a throwaway container and report databases, tables and rows",
     "json": "print one JSON object instead of tables",
-})
-def verify(c, file="latest", deep=False, json=False):
+    "offsite": "read back the copy on every offsite target (or on --offsite=NAME) instead",
+    "identity": "the age identity file that decrypts offsite copies (with --offsite)",
+}, optional=["offsite"])
+def verify(c, file="latest", deep=False, json=False, offsite=None, identity=None):
     """Verify a backup on the host: checksum, gzip stream, completion marker; --deep restores it.
 
     --deep starts a throwaway container from the production postgres image, with a
@@ -432,6 +447,8 @@ def verify(c, file="latest", deep=False, json=False):
     """
     from . import verify as vf
 
+    if offsite:
+        return verify_offsite(c, file, None if offsite is True else offsite, identity, json)
     with _open(c) as remote:
         if deep:
             output.note(f"trial restore of {file} on {remote.name} into a throwaway "
@@ -641,6 +658,16 @@ def _show_rebuild_report(report: Any) -> None:
         print("The old data was not kept (--no-keep-old).")
 
 
+from .offsite_tasks import (  # noqa: E402 - the offsite tasks use the helpers above
+    _offsite_json,
+    _offsite_listings,
+    _restore_source,
+    _show_offsite,
+    offsite_status_checks,
+    offsite_sync,
+    verify_offsite,
+)
+
 ns = Collection(check, backup, list_backups, download, logs, prune, install_backups, restore,
-                status, verify, volumes, doctor, rebuild_volume)
+                status, verify, volumes, doctor, rebuild_volume, offsite_sync)
 
