@@ -309,7 +309,14 @@ offsite_sync() {
     # Oldest first.
     while read -r action name reason; do
         [ "$action" = keep ] || continue
-        offsite_has "$copies" "$name" && continue
+        if offsite_has "$copies" "$name"; then
+            # A copy must hold this very backup: one whose plaintext differs is pushed again.
+            local mine theirs
+            mine=$(cut -d' ' -f1 "$BACKUP_DIR/$name.sha256" 2>/dev/null)
+            theirs=$(awk -F'\t' -v n="$name" '$1 == n { print $2 }' "$copies")
+            [ -z "$mine" ] || [ "$mine" = "$theirs" ] && continue
+            log "offsite $t: the copy of $name differs from the local backup (plaintext sha256 ${theirs:0:16}, local ${mine:0:16}): pushing it again"
+        fi
         [ -s "$BACKUP_DIR/$name.sha256" ] || continue
         report "offsite.push=$t $name"
         [ "$dry" = 1 ] && continue
