@@ -223,15 +223,15 @@ def judge_offsite(listings: list, pushes: dict, now: datetime, max_age: int,
     for lst in listings:
         name = f"offsite {lst.target}"
         at, ok, reason = pushes.get(lst.target, pushes.get("all", (None, True, "")))
-        if not lst.ok:
-            checks.append(Check(name, State.CRITICAL, f"cannot list the copies: {lst.error}",
-                                "fix the target or its credentials, then fab offsite-sync"))
-            continue
         if not ok:
             when = f" {format_age((now - at).total_seconds())} ago" if at else ""
             checks.append(Check(name, State.CRITICAL, f"last push failed{when}: {reason}",
                                 "fix it; the next backup, or fab offsite-sync, pushes what "
                                 "is missing"))
+            continue
+        if not lst.ok:
+            checks.append(Check(name, State.CRITICAL, f"cannot list the copies: {lst.error}",
+                                "fix the target or its credentials, then fab offsite-sync"))
             continue
         newest = lst.newest()
         if newest is None or newest.created is None:

@@ -154,6 +154,11 @@ offsite_copies() {
         if [ "$(offsite_get "$t" TYPE)" = ssh ] && grep -aq 'directory not found' "$err"; then
             return 0
         fi
+        # On S3 a prefix with nothing under it lists empty: not found is the bucket.
+        if [ "$(offsite_get "$t" TYPE)" = s3 ] && grep -aq 'directory not found' "$err"; then
+            OFFSITE_ERROR="bucket $(offsite_get "$t" BUCKET) not found at $(offsite_get "$t" ENDPOINT) (create it, or fix bucket)"
+            return 1
+        fi
         OFFSITE_ERROR="cannot list $t: $(offsite_reason "$err" "rclone status $rc")"
         return 1
     fi
