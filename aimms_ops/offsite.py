@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,12 +21,15 @@ from pathlib import Path
 
 from . import shell
 from .backups import NAME_RE, SHA_RE, created_from_name, validate_name
+from .checks import Check, State
 from .errors import ConnectionLost, OpsError, shown
 from .inventory import Host
 from .offsite_config import IDENTITY_ENV, Target, conf_path
 from .remote import Remote
 
 RUN_SCRIPT = "offsite-run.sh"
+_PUSH_RESULT = re.compile(r"^(\S+) (?:backup|offsite)\[\d+\] RESULT offsite (\S+) "
+                          r"(ok|failed:)\s*(.*)$")
 
 
 @dataclass(frozen=True)
@@ -394,3 +398,57 @@ def mark_verified(remote: Remote, copy: OffsiteCopy) -> None:
                             copy.name)
     if not res.ok:
         raise _script_error(remote, res)
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+def parse_push_results(log_text: str) -> dict[str, tuple[datetime | None, bool, str]]:
+    """The last ``RESULT offsite NAME ok|failed:`` line of each target (pure)."""
+    out: dict[str, tuple[datetime | None, bool, str]] = {}
+    for line in log_text.splitlines():
+        m = _PUSH_RESULT.match(line)
+        if not m:
+            continue
+        try:
+            at = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            at = None
+        out[m.group(2)] = (at, m.group(3) == "ok", m.group(4).strip())
+    return out
+
+
+def judge(listings: list, pushes: dict, now: datetime, max_age: int,
+                  max_age_text: str) -> list[Check]:
+    """One check per target (pure): its newest whole copy and its last push."""
+    from .status import format_age
+
+    checks = []
+    for lst in listings:
+        name = f"offsite {lst.target}"
+        at, ok, reason = pushes.get(lst.target, pushes.get("all", (None, True, "")))
+        if not ok:
+            when = f" {format_age((now - at).total_seconds())} ago" if at else ""
+            checks.append(Check(name, State.CRITICAL, f"last push failed{when}: {reason}",
+                                "fix it; the next backup, or fab offsite-sync, pushes what "
+                                "is missing"))
+            continue
+        if not lst.ok:
+            checks.append(Check(name, State.CRITICAL, f"cannot list the copies: {lst.error}",
+                                "fix the target or its credentials, then fab offsite-sync"))
+            continue
+        newest = lst.newest()
+        if newest is None or newest.created is None:
+            checks.append(Check(name, State.CRITICAL, "no copy on the target yet",
+                                "run fab offsite-sync"))
+            continue
+        age = (now - newest.created).total_seconds()
+        if age > max_age:
+            checks.append(Check(name, State.CRITICAL, f"newest copy is {format_age(age)} old "
+                                f"(max {max_age_text}): {newest.name}",
+                                "see fab logs; fab offsite-sync pushes what is missing"))
+            continue
+        last = "last push ok" + (f" {format_age((now - at).total_seconds())} ago" if at else "")
+        checks.append(Check(name, State.OK, f"newest copy {format_age(age)} ago "
+                            f"({newest.name}); {last}"))
+    return checks

@@ -6,7 +6,6 @@ Kept apart from tasks.py, which exposes them; the logic is in offsite.py.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -19,9 +18,6 @@ from . import output
 from .checks import Check, State
 from .errors import OpsError
 from .tasks import _age, _download_dir, _human, _inventory, _open, ops_task
-
-_PUSH_RESULT = re.compile(r"^(\S+) (?:backup|offsite)\[\d+\] RESULT offsite (\S+) "
-                          r"(ok|failed:)\s*(.*)$")
 
 
 @ops_task(help={
@@ -199,57 +195,6 @@ def verify_offsite(c: Any, file: str, target: str | None, identity: str | None,
 # --- status ------------------------------------------------------------------------------
 
 
-def parse_push_results(log_text: str) -> dict[str, tuple[datetime | None, bool, str]]:
-    """The last ``RESULT offsite NAME ok|failed:`` line of each target (pure)."""
-    out: dict[str, tuple[datetime | None, bool, str]] = {}
-    for line in log_text.splitlines():
-        m = _PUSH_RESULT.match(line)
-        if not m:
-            continue
-        try:
-            at = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        except ValueError:
-            at = None
-        out[m.group(2)] = (at, m.group(3) == "ok", m.group(4).strip())
-    return out
-
-
-def judge_offsite(listings: list, pushes: dict, now: datetime, max_age: int,
-                  max_age_text: str) -> list[Check]:
-    """One check per target (pure): its newest whole copy and its last push."""
-    from .status import format_age
-
-    checks = []
-    for lst in listings:
-        name = f"offsite {lst.target}"
-        at, ok, reason = pushes.get(lst.target, pushes.get("all", (None, True, "")))
-        if not ok:
-            when = f" {format_age((now - at).total_seconds())} ago" if at else ""
-            checks.append(Check(name, State.CRITICAL, f"last push failed{when}: {reason}",
-                                "fix it; the next backup, or fab offsite-sync, pushes what "
-                                "is missing"))
-            continue
-        if not lst.ok:
-            checks.append(Check(name, State.CRITICAL, f"cannot list the copies: {lst.error}",
-                                "fix the target or its credentials, then fab offsite-sync"))
-            continue
-        newest = lst.newest()
-        if newest is None or newest.created is None:
-            checks.append(Check(name, State.CRITICAL, "no copy on the target yet",
-                                "run fab offsite-sync"))
-            continue
-        age = (now - newest.created).total_seconds()
-        if age > max_age:
-            checks.append(Check(name, State.CRITICAL, f"newest copy is {format_age(age)} old "
-                                f"(max {max_age_text}): {newest.name}",
-                                "see fab logs; fab offsite-sync pushes what is missing"))
-            continue
-        last = "last push ok" + (f" {format_age((now - at).total_seconds())} ago" if at else "")
-        checks.append(Check(name, State.OK, f"newest copy {format_age(age)} ago "
-                            f"({newest.name}); {last}"))
-    return checks
-
-
 def offsite_status_checks(remote: Any, max_age: int, max_age_text: str) -> list[Check]:
     """fab status: a check per offsite target of the host ([] when it has none)."""
     from . import offsite
@@ -262,5 +207,5 @@ def offsite_status_checks(remote: Any, max_age: int, max_age_text: str) -> list[
         return [Check("offsite", State.CRITICAL, exc.message, exc.hint or "")]
     res = remote.run(["bash", "-c", 'grep -a "RESULT offsite " -- "$1" | tail -n 200',
                       "push-results", remote.host.log_file], what="the push results")
-    return judge_offsite(listings, parse_push_results(res.stdout), datetime.now(UTC),
+    return offsite.judge(listings, offsite.parse_push_results(res.stdout), datetime.now(UTC),
                          max_age, max_age_text)
