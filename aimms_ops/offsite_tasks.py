@@ -34,6 +34,9 @@ def offsite_sync(c, target=None, dry_run=False):
     """
     from . import offsite
 
+    if target == "":
+        raise OpsError("--target= names no target",
+                       "leave --target out for every target, or give --target=NAME")
     with _open(c) as remote:
         if target is not None:
             offsite.require(remote.host, target)

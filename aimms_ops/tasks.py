@@ -447,6 +447,9 @@ def verify(c, file="latest", deep=False, json=False, offsite=None, identity=None
     """
     from . import verify as vf
 
+    if offsite == "":
+        raise OpsError("--offsite= names no target",
+                       "use --offsite for every target, or --offsite=NAME")
     if offsite:
         return verify_offsite(c, file, None if offsite is True else offsite, identity, json)
     with _open(c) as remote:

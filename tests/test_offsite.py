@@ -419,3 +419,67 @@ def test_retention_per_target_never_prunes_on_a_failed_run(off, tmp_path):
     assert f"{name}.age.meta" in s3 and not any(n + ".age" in s3 for n in old)
     off.clear_backups()
     off.install()
+
+
+HOSTILE = ["$(touch {c})", "`touch {c}`", "x;touch {c}", "a b\ntouch {c}", "../../etc/passwd",
+           "/etc/passwd", "", "-rf", "x" * 3000]
+
+
+@pytest.mark.parametrize("args", [
+    ["offsite-sync", "--target={v}"],
+    ["offsite-sync", "--target={v}", "--dry-run"],
+    ["verify", "--offsite={v}"],
+    ["verify", "--offsite", "--file={v}"],
+    ["restore", "--from={v}", "--file=latest", "--yes"],
+    ["restore", "--from=s3", "--file={v}", "--yes"],
+])
+def test_hostile_offsite_arguments_are_refused_with_one_line(off, tmp_path, args):
+    canary = tmp_path / "canary"
+    for value in HOSTILE:
+        argv = [a.replace("{v}", value.replace("{c}", str(canary))) for a in args]
+        proc = off.fab(*argv)
+        assert proc.returncode != 0, (argv, proc.stdout)
+        fab_error_line(proc)
+        assert not canary.exists()
+        assert off.sb.ssh(f"test ! -e {canary}", check=False).returncode == 0
+
+
+def test_the_store_key_is_never_on_a_command_line_in_the_log_or_the_output(off):
+    import threading
+
+    env = _read_env(REPO / "sandbox" / "offsite.env")
+    secret = (Path(env["SANDBOX_S3_DATA"]).parent / "s3-auth").read_text().split()[1]
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        own = str(os.getpid())
+        while not stop.is_set():
+            for p in Path("/proc").iterdir():
+                if not p.name.isdigit() or p.name == own:
+                    continue
+                try:
+                    cmd = (p / "cmdline").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                if secret in cmd:
+                    seen.append(cmd)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        off.clear_targets()
+        _, proc = off.backup()
+        sync = off.fab("offsite-sync")
+        listing = off.fab("list-backups")
+        status = off.fab("status")
+    finally:
+        stop.set()
+        t.join()
+    assert not seen, "the S3 secret was on a command line"
+    for text in (proc.stdout, proc.stderr, sync.stdout, sync.stderr, listing.stdout,
+                 status.stdout, off.sb.sh(f"cat {off.log}"),
+                 off.sb.sh(f"cat {off.host['backup_script']}.offsite"),
+                 off.sb.sh(f"cat {off.host['backup_script']}.conf"), off.inventory.read_text()):
+        assert secret not in text
