@@ -180,10 +180,19 @@ def test_restore_from_s3_onto_an_empty_backup_dir_is_exact(off, tmp_path):
     sb.psql("DELETE FROM orders WHERE id % 2 = 0; CREATE TABLE after_backup (x int);")
     off.clear_backups()
     assert sb.sh(f"ls {off.backup_dir}").strip() == ""
+    # The runbook "aidset is gone", step by step (README).
     inv = off.variant(tmp_path, download_dir=str(tmp_path / "backups"))
-    proc = off.fab("restore", "--file=latest", "--from=s3", "--yes", inventory=inv)
+    for step in (["check"], ["install-backups"]):
+        assert off.fab(*step, inventory=inv).returncode == 0
+    listing = off.fab("list-backups", inventory=inv)
+    assert listing.returncode == 0 and "ONLY OFFSITE" in listing.stdout
+    assert "host + offsite" not in listing.stdout
+    assert off.fab("verify", "--offsite=s3", inventory=inv).returncode == 0
+    proc = off.fab("restore", "--file=latest", "--from=s3",
+                   f"--identity={off.env['SANDBOX_AGE_IDENTITY']}", "--yes", inventory=inv)
     assert proc.returncode == 0, proc.stderr
     assert sb.dumpall() == before
+    assert off.fab("status", inventory=inv).returncode == 0
     # The copy was decrypted here, into the download folder, verified.
     got = list((tmp_path / "backups").glob("aimms_postgres_*.sql.gz"))
     assert got and (got[0].stat().st_mode & 0o777) == 0o600
