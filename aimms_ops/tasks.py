@@ -542,9 +542,11 @@ REBUILD_STOP_ENV = "AIMMS_OPS_REBUILD_STOP_AFTER"
     "no_keep_old": "do not keep a copy of the old volume's data (not recommended)",
     "new_run": "set aside an unfinished rebuild recorded on the host and start over",
     "json": "print the plan (with --dry-run) or the report as JSON",
+    "from_": "rebuild from the copy on this offsite target (decrypted here, verified first)",
+    "identity": "the age identity file that decrypts offsite copies (with --from)",
 })
 def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, new_run=False,
-                   json=False):
+                   json=False, from_=None, identity=None):
     """Recreate the postgres volume from a backup: stop, keep, delete, create, start, restore.
 
     Everything that can be checked is checked before the stack is stopped (the backup,
@@ -559,6 +561,8 @@ def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, ne
     if not file:
         raise OpsError("--file is required", "e.g. fab rebuild-volume --file=latest")
     with _open(c) as remote:
+        if from_ is not None:
+            file = _restore_source(remote, file, from_, identity)
         if file == "latest":
             recorded = None if new_run else rb.recorded_backup_name(remote)
             if recorded:

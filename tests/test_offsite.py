@@ -198,6 +198,21 @@ def test_restore_from_s3_onto_an_empty_backup_dir_is_exact(off, tmp_path):
     assert got and (got[0].stat().st_mode & 0o777) == 0o600
 
 
+def test_rebuild_volume_from_an_offsite_copy_plans_with_the_verified_copy(off, tmp_path):
+    off.clear_targets()
+    name, _ = off.backup()
+    off.clear_backups()
+    inv = off.variant(tmp_path, download_dir=str(tmp_path / "backups"))
+    proc = off.fab("rebuild-volume", "--file=latest", "--from=vault", "--dry-run", "--json",
+                   inventory=inv)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    plan = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
+    assert plan["backup"]["source"] == str(tmp_path / "backups" / name)
+    assert plan["backup"]["location"] == "local"
+
+
 def test_verify_offsite_reads_each_copy_back(off):
     off.clear_targets()
     name, _ = off.backup()
