@@ -1,7 +1,8 @@
 """The command line of the offsite copies: ``fab offsite-sync`` and the offsite parts of
 ``list-backups``, ``verify --offsite``, ``restore --from`` and ``status``.
 
-Kept apart from tasks.py, which exposes them; the logic is in offsite.py.
+Kept apart from tasks.py, which declares the tasks and imports this module inside them
+(never at import time: this module uses tasks.py's helpers); the logic is in offsite.py.
 """
 
 from __future__ import annotations
@@ -17,21 +18,11 @@ from invoke import Exit
 from . import output
 from .checks import Check, State
 from .errors import OpsError
-from .tasks import _age, _download_dir, _human, _inventory, _open, ops_task
+from .tasks import _age, _download_dir, _human, _inventory, _open
 
 
-@ops_task(help={
-    "target": "only this offsite target (default: every target of the host)",
-    "dry_run": "print what would be pushed and pruned, change nothing",
-})
-def offsite_sync(c, target=None, dry_run=False):
-    """Push every good backup an offsite target lacks, then apply the target's retention.
-
-    The host does it (it holds the store's credentials), under the backup's lock:
-    each backup encrypted with age to offsite_recipients, its sha256 and the
-    encrypted object's recorded beside it. Idempotent: a second run pushes nothing.
-    A target is pruned only when every push to it in this run succeeded.
-    """
+def sync_task(c: Any, target: str | None, dry_run: bool) -> None:
+    """fab offsite-sync (tasks.py declares it): sync on the host, print what it did."""
     from . import offsite
 
     if target == "":

@@ -199,6 +199,7 @@ def _do_download(remote: Any, b: Any, dest: Path) -> None:
 def list_backups(c, json=False):
     """List the backups on the host (newest first) and those already downloaded."""
     from . import backups
+    from .offsite_tasks import _offsite_json, _offsite_listings, _show_offsite
 
     inv = _inventory()
     with _open(c, inv) as remote:
@@ -333,6 +334,8 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
                        "letters, digits, _ and $ only; see the dump's databases")
     with _open(c) as remote:
         if from_ is not None:
+            from .offsite_tasks import _restore_source
+
             file = _restore_source(remote, file, from_, identity)
         if file == "latest":
             file = backups.pick(backups.list_remote(remote), "latest").name
@@ -410,6 +413,8 @@ def status(c, json=False, max_age="26h"):
         seconds = st.parse_max_age(max_age)
         with _open(c) as remote:
             report = st.status(remote, seconds, str(max_age).strip())
+            from .offsite_tasks import offsite_status_checks
+
             report.checks += offsite_status_checks(remote, seconds, str(max_age).strip())
     except OpsError as exc:
         line = st.unknown_line(str(exc))
@@ -451,6 +456,8 @@ def verify(c, file="latest", deep=False, json=False, offsite=None, identity=None
         raise OpsError("--offsite= names no target",
                        "use --offsite for every target, or --offsite=NAME")
     if offsite:
+        from .offsite_tasks import verify_offsite
+
         return verify_offsite(c, file, None if offsite is True else offsite, identity, json)
     with _open(c) as remote:
         if deep:
@@ -562,6 +569,8 @@ def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, ne
         raise OpsError("--file is required", "e.g. fab rebuild-volume --file=latest")
     with _open(c) as remote:
         if from_ is not None:
+            from .offsite_tasks import _restore_source
+
             file = _restore_source(remote, file, from_, identity)
         if file == "latest":
             recorded = None if new_run else rb.recorded_backup_name(remote)
@@ -665,15 +674,22 @@ def _show_rebuild_report(report: Any) -> None:
         print("The old data was not kept (--no-keep-old).")
 
 
-from .offsite_tasks import (  # noqa: E402 - the offsite tasks use the helpers above
-    _offsite_json,
-    _offsite_listings,
-    _restore_source,
-    _show_offsite,
-    offsite_status_checks,
-    offsite_sync,
-    verify_offsite,
-)
+@ops_task(help={
+    "target": "only this offsite target (default: every target of the host)",
+    "dry_run": "print what would be pushed and pruned, change nothing",
+})
+def offsite_sync(c, target=None, dry_run=False):
+    """Push every good backup an offsite target lacks, then apply the target's retention.
+
+    The host does it (it holds the store's credentials), under the backup's lock:
+    each backup encrypted with age to offsite_recipients, its sha256 and the
+    encrypted object's recorded beside it. Idempotent: a second run pushes nothing.
+    A target is pruned only when every push to it in this run succeeded.
+    """
+    from .offsite_tasks import sync_task
+
+    sync_task(c, target, dry_run)
+
 
 ns = Collection(check, backup, list_backups, download, logs, prune, install_backups, restore,
                 status, verify, volumes, doctor, rebuild_volume, offsite_sync)

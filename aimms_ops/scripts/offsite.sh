@@ -240,38 +240,36 @@ offsite_hasher() {
 # The plaintext read is checked against the backup's .sha256 on the way.
 offsite_push_one() {
     local t=$1 name=$2 file="$BACKUP_DIR/$2" w=$OFFSITE_WORK expected recips=() r
-    local st psum esum ecount osize
+    local st psum esum osize
     expected=$(cut -d' ' -f1 "$file.sha256" 2>/dev/null)
     [[ $expected =~ ^[0-9a-f]{64}$ ]] || { OFFSITE_ERROR="$name has no .sha256"; return 1; }
     for r in $OFFSITE_RECIPIENTS; do recips+=(-r "$r"); done
     [ ${#recips[@]} -gt 0 ] || { OFFSITE_ERROR="no age recipient in $OFFSITE_CONFIG (set offsite_recipients)"; return 1; }
-    rm -f "$w"/p.fifo "$w"/e.fifo "$w"/c.fifo
-    mkfifo -m 600 "$w/p.fifo" "$w/e.fifo" "$w/c.fifo" || { OFFSITE_ERROR="cannot create fifos in $w"; return 1; }
-    offsite_hasher <"$w/p.fifo" >"$w/p.sum" 2>/dev/null &
+    rm -f "$w/e.fifo"
+    mkfifo -m 600 "$w/e.fifo" || { OFFSITE_ERROR="cannot create a fifo in $w"; return 1; }
+    # The plaintext is hashed by a second reader of the file (from the page cache), the
+    # encrypted stream through a fifo: one pass, no copy of the backup anywhere.
+    offsite_hasher <"$file" >"$w/p.sum" 2>/dev/null &
     local hp=$!
     offsite_hasher <"$w/e.fifo" >"$w/e.sum" 2>/dev/null &
     local he=$!
-    wc -c <"$w/c.fifo" >"$w/e.count" 2>/dev/null &
-    local hc=$!
-    tee -- "$w/p.fifo" <"$file" 2>"$w/tee.err" | age "${recips[@]}" 2>"$w/age.err" |
-        tee -- "$w/e.fifo" "$w/c.fifo" 2>>"$w/tee.err" |
+    age "${recips[@]}" <"$file" 2>"$w/age.err" | tee -- "$w/e.fifo" 2>"$w/tee.err" |
         offsite_rclone "$t" rcat "$OFFSITE_BASE/$name.age" 2>"$w/rclone.err"
     st=("${PIPESTATUS[@]}")
-    wait "$hp" "$he" "$hc"
+    wait "$hp" "$he"
     psum=$(cut -d' ' -f1 "$w/p.sum" 2>/dev/null) esum=$(cut -d' ' -f1 "$w/e.sum" 2>/dev/null)
-    ecount=$(tr -d ' ' <"$w/e.count" 2>/dev/null)
-    if [ "${st[3]}" != 0 ]; then
-        OFFSITE_ERROR="upload of $name failed: $(offsite_reason "$w/rclone.err" "rclone status ${st[3]}")"
-        offsite_rclone "$t" deletefile "$OFFSITE_BASE/$name.age" >/dev/null 2>&1
-        return 1
-    fi
-    if [ "${st[0]}" != 0 ] || [ "${st[2]}" != 0 ]; then
-        OFFSITE_ERROR="reading $name failed: $(tail -n 1 "$w/tee.err" 2>/dev/null)"
+    if [ "${st[2]}" != 0 ]; then
+        OFFSITE_ERROR="upload of $name failed: $(offsite_reason "$w/rclone.err" "rclone status ${st[2]}")"
         offsite_rclone "$t" deletefile "$OFFSITE_BASE/$name.age" >/dev/null 2>&1
         return 1
     fi
     if [ "${st[1]}" != 0 ]; then
-        OFFSITE_ERROR="age failed: $(tail -n 1 "$w/age.err" 2>/dev/null)"
+        OFFSITE_ERROR="hashing the encrypted $name failed: $(tail -n 1 "$w/tee.err" 2>/dev/null)"
+        offsite_rclone "$t" deletefile "$OFFSITE_BASE/$name.age" >/dev/null 2>&1
+        return 1
+    fi
+    if [ "${st[0]}" != 0 ]; then
+        OFFSITE_ERROR="age failed on $name: $(tail -n 1 "$w/age.err" 2>/dev/null)"
         offsite_rclone "$t" deletefile "$OFFSITE_BASE/$name.age" >/dev/null 2>&1
         return 1
     fi
@@ -280,22 +278,23 @@ offsite_push_one() {
         offsite_rclone "$t" deletefile "$OFFSITE_BASE/$name.age" >/dev/null 2>&1
         return 1
     fi
-    # What the store kept must be what was sent.
+    # rclone rcat checks the size it sent against what the store made; the .meta records
+    # the store's size, and the sha256 of the bytes sent (fab verify --offsite reads both).
     osize=$(offsite_rclone "$t" lsf --format s "$OFFSITE_BASE/$name.age" 2>"$w/rclone.err")
-    if [ "$osize" != "$ecount" ]; then
-        OFFSITE_ERROR="the store holds ${osize:-no} bytes of $name.age, $ecount were sent: $(offsite_reason "$w/rclone.err" "size differs")"
+    if ! [[ $osize =~ ^[0-9]+$ ]] || [ "$osize" -le 0 ]; then
+        OFFSITE_ERROR="the store does not show $name.age after its upload: $(offsite_reason "$w/rclone.err" "no size")"
         offsite_rclone "$t" deletefile "$OFFSITE_BASE/$name.age" >/dev/null 2>&1
         return 1
     fi
     printf 'name=%s\nobject=%s.age\nplaintext_sha256=%s\nplaintext_size=%s\nencrypted_sha256=%s\nencrypted_size=%s\npushed_at=%s\npushed_from=%s\nrecipients=%s\n' \
-        "$name" "$name" "$psum" "$(stat -c %s -- "$file")" "$esum" "$ecount" "$(now_utc)" \
+        "$name" "$name" "$psum" "$(stat -c %s -- "$file")" "$esum" "$osize" "$(now_utc)" \
         "$(hostname)" "$OFFSITE_RECIPIENTS" |
         offsite_rclone "$t" rcat "$OFFSITE_BASE/$name.age.meta" 2>"$w/rclone.err" || {
         OFFSITE_ERROR="writing $name.age.meta failed: $(offsite_reason "$w/rclone.err")"
         offsite_rclone "$t" deletefile "$OFFSITE_BASE/$name.age" >/dev/null 2>&1
         return 1
     }
-    OFFSITE_PUSHED_SIZE=$ecount
+    OFFSITE_PUSHED_SIZE=$osize
 }
 
 # offsite_sync TARGET DRY_RUN: push every local good backup that TARGET lacks and that
