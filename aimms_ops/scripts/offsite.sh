@@ -325,9 +325,10 @@ offsite_sync() {
         report "offsite.push=$t $name"
         [ "$dry" = 1 ] && continue
         log "offsite $t: pushing $name"
+        local t0=$EPOCHREALTIME
         if offsite_push_one "$t" "$name"; then
             pushed=$((pushed + 1))
-            log "offsite $t: pushed $name ($OFFSITE_PUSHED_SIZE bytes encrypted)"
+            log "offsite $t: pushed $name ($OFFSITE_PUSHED_SIZE bytes encrypted in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }') s)"
         else
             failed=$OFFSITE_ERROR
             break
