@@ -507,3 +507,31 @@ def test_the_store_key_is_never_on_a_command_line_in_the_log_or_the_output(off):
                  off.sb.sh(f"cat {off.host['backup_script']}.offsite"),
                  off.sb.sh(f"cat {off.host['backup_script']}.conf"), off.inventory.read_text()):
         assert secret not in text
+
+
+def test_a_full_disk_on_the_ssh_target_fails_the_push_not_the_backup(off, tmp_path):
+    off.clear_targets()
+    user = off.env["SANDBOX_VAULT_USER"]
+    full = Path(f"/home/{user}/offsite-full")
+    subprocess.run(["umount", str(full)], capture_output=True, check=False)  # a killed run
+    full.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=700", "tmpfs", str(full)],
+                   check=True)
+    try:
+        subprocess.run(["chown", f"{user}:{user}", str(full)], check=True)
+
+        def change(h):
+            next(t for t in h["offsite"] if t["type"] == "ssh")["path"] = str(full)
+
+        bad = off.variant(tmp_path, change)
+        off.install(bad)
+        off._current = bad
+        since = off.log_size()
+        name, proc = off.backup(bad)
+        _check_failed_push(off, proc, since, "vault", "the target's disk is full", name)
+        assert not list(full.glob("*.meta"))
+        assert "RESULT offsite s3 ok" in proc.stderr
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
+        full.rmdir()
+        off.install()

@@ -260,6 +260,15 @@ offsite_push_one() {
     psum=$(cut -d' ' -f1 "$w/p.sum" 2>/dev/null) esum=$(cut -d' ' -f1 "$w/e.sum" 2>/dev/null)
     if [ "${st[2]}" != 0 ]; then
         OFFSITE_ERROR="upload of $name failed: $(offsite_reason "$w/rclone.err" "rclone status ${st[2]}")"
+        # SFTP says only "Failure" for a full disk: ask the target how much room it has.
+        if [ "$(offsite_get "$t" TYPE)" = ssh ]; then
+            local free
+            free=$(offsite_rclone "$t" about --json "$OFFSITE_BASE" 2>/dev/null | tr -d '\n ' |
+                sed -n 's/.*"free":\([0-9]*\).*/\1/p')
+            if [[ $free =~ ^[0-9]+$ ]] && [ "$free" -lt "$(stat -c %s -- "$file")" ]; then
+                OFFSITE_ERROR="$OFFSITE_ERROR (the target's disk is full: $free bytes free in $(offsite_get "$t" PATH); free space there)"
+            fi
+        fi
         offsite_rclone "$t" deletefile "$OFFSITE_BASE/$name.age" >/dev/null 2>&1
         return 1
     fi
