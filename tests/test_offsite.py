@@ -535,3 +535,20 @@ def test_a_full_disk_on_the_ssh_target_fails_the_push_not_the_backup(off, tmp_pa
         subprocess.run(["umount", str(full)], check=False)
         full.rmdir()
         off.install()
+
+
+def test_the_sandbox_brings_killed_targets_back(off, sandbox):
+    def pid(fn: str) -> str:
+        return subprocess.run(["bash", "-c", f"source sandbox/lib.sh && source "
+                               f"sandbox/offsite.sh && {fn}"], capture_output=True, text=True,
+                              cwd=REPO, check=True).stdout.strip()
+
+    for fn in ("s3_pid", "vault_sshd_pid"):
+        os.kill(int(pid(fn)), 9)
+    time.sleep(0.5)
+    subprocess.run(["bash", str(REPO / "sandbox" / "up.sh")], check=True, cwd=REPO,
+                   stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+    assert pid("s3_pid") and pid("vault_sshd_pid")
+    off.__init__(sandbox)
+    off.install()
+    assert off.fab("offsite-sync").returncode == 0
