@@ -28,6 +28,9 @@ from .offsite_config import IDENTITY_ENV, Target, conf_path
 from .remote import Remote
 
 RUN_SCRIPT = "offsite-run.sh"
+#: Labels of the safety copies restore and rebuild-volume take first: a copy of one is
+#: never what ``latest`` means (the same rule, and labels, as the host's latest).
+SAFETY_LABELS = ("pre-restore", "pre-rebuild")
 _PUSH_RESULT = re.compile(r"^(\S+) (?:backup|offsite)\[\d+\] RESULT offsite (\S+) "
                           r"(ok|failed:)\s*(.*)$")
 
@@ -54,6 +57,12 @@ class OffsiteCopy:
     @property
     def created(self) -> datetime | None:
         return created_from_name(self.name)
+
+    @property
+    def safety(self) -> bool:
+        """A copy of a safety backup (taken before a restore or a rebuild)."""
+        m = NAME_RE.fullmatch(self.name)
+        return bool(m and m.group(3) in SAFETY_LABELS)
 
     @property
     def name_key(self) -> str:
@@ -86,7 +95,8 @@ class TargetListing:
     partial: list[str] = field(default_factory=list)
 
     def newest(self) -> OffsiteCopy | None:
-        whole = [c for c in self.copies if c.complete]
+        """The newest whole copy of a regular backup (never a safety copy)."""
+        whole = [c for c in self.copies if c.complete and not c.safety]
         return max(whole, key=lambda c: c.name_key) if whole else None
 
 
@@ -281,8 +291,9 @@ def pick_copy(listing: TargetListing, name: str) -> OffsiteCopy:
     if name == "latest":
         newest = listing.newest()
         if newest is None:
-            raise OpsError(f"offsite target {listing.target} holds no copy yet",
-                           "push one: fab offsite-sync")
+            raise OpsError(f"offsite target {listing.target} holds no copy of a regular "
+                           "backup yet (safety copies are never latest)",
+                           "push one: fab offsite-sync; or name a copy with --file")
         return newest
     validate_name(name)
     for c in listing.copies:

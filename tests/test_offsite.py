@@ -193,6 +193,14 @@ def test_restore_from_s3_onto_an_empty_backup_dir_is_exact(off, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sb.dumpall() == before
     assert off.fab("status", inventory=inv).returncode == 0
+    # The restore's safety backup was pushed too, and is never what latest means: a
+    # second restore (say the first was cut short) picks the same copy.
+    assert any(p.name.endswith("_pre-restore.sql.gz.age") for p in off.dir_of("s3").iterdir())
+    sb.psql("CREATE TABLE after_restore (x int);")
+    again = off.fab("restore", "--file=latest", "--from=s3", "--yes", "--no-safety-backup",
+                    inventory=inv)
+    assert again.returncode == 0, again.stderr
+    assert sb.dumpall() == before
     # The copy was decrypted here, into the download folder, verified.
     got = list((tmp_path / "backups").glob("aimms_postgres_*.sql.gz"))
     assert got and (got[0].stat().st_mode & 0o777) == 0o600

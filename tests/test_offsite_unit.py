@@ -181,6 +181,10 @@ def test_parse_list():
     assert not s3.copies[0].complete and s3.copies[1].complete
     assert s3.partial == ["aimms_postgres_20261201_030000.sql.gz"]
     assert s3.newest().name == N1
+    safety = offsite.OffsiteCopy("s3", "aimms_postgres_20261202_020000_pre-restore.sql.gz",
+                                 SHA1, 1, SHA2, 5, None, 5)
+    assert safety.safety and safety.complete
+    assert offsite.TargetListing("s3", True, copies=[safety, *s3.copies]).newest().name == N1
     assert not vault.ok and "key mismatch" in vault.error
     d = s3.copies[1].as_dict()
     assert d["location"] == "offsite" and d["target"] == "s3" and d["sha256"] == SHA1
