@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-sandbox:
+sandbox: venv
 	bash sandbox/up.sh
 
 sandbox-down:

@@ -138,7 +138,7 @@ def created_from_name(name: str) -> datetime | None:
 
 def script_settings(host: Host) -> dict[str, str]:
     """The backup script's settings for ``host`` (also written to its config file)."""
-    return {
+    settings = {
         "BACKUP_DIR": host.backup_dir,
         "LOG_FILE": host.log_file,
         "COMPOSE_PROJECT": host.compose.project,
@@ -149,10 +149,13 @@ def script_settings(host: Host) -> dict[str, str]:
         "LOCK_TIMEOUT": str(host.lock_timeout),
         **retention_settings(host),
     }
+    if host.offsite:  # the targets the script pushes to after a good backup (offsite.sh)
+        settings["OFFSITE_CONFIG"] = f"{host.backup_script}.offsite"
+    return settings
 
 
 def retention_settings(host: Host) -> dict[str, str]:
-    """The settings of retention, pins, the size-drop guard and pings (issue 16)."""
+    """The settings of retention, pins, the size-drop guard and pings."""
     ping = host.ping
     return {
         "RETENTION_RULES": host.policy.rules_text,
@@ -169,7 +172,8 @@ _FLAG = {"BACKUP_DIR": "--backup-dir", "LOG_FILE": "--log-file", "COMPOSE_PROJEC
          "RETENTION_DAYS": "--retention-days", "MIN_KEEP": "--min-keep",
          "LOCK_TIMEOUT": "--lock-timeout", "RETENTION_RULES": "--retention-rules",
          "SAFETY_PIN_DAYS": "--safety-pin-days", "PING_URL": "--ping-url",
-         "PING_KIND": "--ping-kind"}
+         "PING_KIND": "--ping-kind",
+         "OFFSITE_CONFIG": "--offsite-config"}
 
 
 def script_args(host: Host, *extra: str) -> list[str]:

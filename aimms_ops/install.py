@@ -49,6 +49,7 @@ class InstallPlan:
     verify_text: str | None = None
     record_text: str | None = None
     compressor: dict[str, str] = field(default_factory=dict)
+    offsite_text: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -202,6 +203,11 @@ def plan(remote: Remote) -> InstallPlan:
                     compressor={k: v for k, v in st.items() if k.startswith("compressor.")})
     if host.verify_schedule:
         p.verify_text = shell.script_text(VERIFY_SCRIPT)
+    if host.offsite:
+        from . import offsite_config
+
+        p.offsite_text = offsite_config.conf_text(host.offsite)
+        st.update(_file_state(remote, "offsite", offsite_config.conf_path(host.backup_script)))
     for item, key, path, text, mode in _files(p):
         have = st.get(f"{key}.sha256", "")
         if not have:
@@ -251,7 +257,20 @@ def _files(p: InstallPlan) -> list[tuple[str, str, str, str, str]]:
     if p.verify_text is not None:
         files.append(("verify script", "verify", verify_script_path(host), p.verify_text,
                       "700"))
+    if p.offsite_text is not None:
+        files.append(("offsite settings", "offsite", f"{host.backup_script}.offsite",
+                      p.offsite_text, "600"))
     return files
+
+
+def _file_state(remote: Remote, key: str, path: str) -> dict[str, str]:
+    """``KEY.sha256`` and ``KEY.mode`` of one file on the host (empty when missing)."""
+    res = remote.run(["bash", "-c", 'if [ -f "$1" ]; then sha256sum -- "$1" | cut -d" " -f1; '
+                      'stat -c %a -- "$1"; fi', "file-state", path], what="file-state")
+    lines = res.stdout.split()
+    if not res.ok or len(lines) != 2:
+        return {f"{key}.sha256": ""}
+    return {f"{key}.sha256": lines[0], f"{key}.mode": lines[1]}
 
 
 def apply(remote: Remote, p: InstallPlan) -> list[str]:
@@ -263,7 +282,7 @@ def apply(remote: Remote, p: InstallPlan) -> list[str]:
     if not res.ok:
         raise OpsError(f"cannot create {host.backup_dir} on {remote.name}: "
                        f"{res.last_error_line()}")
-    files = [(item, path, text, mode, "0" if key == "conf" else "1")
+    files = [(item, path, text, mode, "0" if key in ("conf", "offsite") else "1")
              for item, key, path, text, mode in _files(p)]
     if p.record_text is not None:
         files.append(("install record", record_path(host), p.record_text, "600", "0"))

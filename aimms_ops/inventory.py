@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import OpsError, shown
+from .offsite_config import Offsite
+from .offsite_config import parse as parse_offsite
 from .retention import Policy
 
 ENV_VAR = "AIMMS_OPS_INVENTORY"
@@ -107,6 +109,7 @@ class Host:
         return Policy(within_days=self.retention_days, daily=r.keep_daily,
                       weekly=r.keep_weekly, monthly=r.keep_monthly, yearly=r.keep_yearly,
                       min_keep=self.min_keep)
+    offsite: Offsite = field(default_factory=Offsite)
 
     @property
     def config_file(self) -> str:
@@ -247,6 +250,7 @@ _HOST_KEYS = {
     "ssh_config", "accept_new_host_key", "backup_dir", "backup_script", "log_file",
     "cron_schedule", "retention_days", "min_keep", "compose", "postgres", "volumes",
     "verify_schedule", "lock_timeout", "retention", "safety_pin_days", "allow_shrink", "ping",
+    "offsite", "offsite_recipients", "offsite_identity",
 }
 _HOST_REQUIRED = {
     "backup_dir", "backup_script", "log_file", "cron_schedule",
@@ -380,10 +384,12 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
         "lock_timeout": ck.value(d, key, "lock_timeout", _is_int(0),
                                  "a whole number of seconds", 600),
     }
+    offsite = parse_offsite(d, key, days, min_keep, base)
+    ck.problems += offsite.problems
     if len(ck.problems) != before or compose is None or postgres is None or volumes is None:
         return None
     return Host(name=name, **paths, compose=compose, postgres=postgres, volumes=volumes,
-                ssh_config=ssh_config, **scalars)
+                ssh_config=ssh_config, offsite=offsite, **scalars)
 
 
 def config_inventory() -> Path:

@@ -31,7 +31,7 @@ def _host_name(c: Any) -> str | None:
     return None
 
 
-def ops_task(*, help: dict[str, str] | None = None) -> Callable:
+def ops_task(*, help: dict[str, str] | None = None, **task_options: Any) -> Callable:
     """Declare a task whose user-facing failures end as one clean line."""
 
     def deco(fn: Callable) -> Any:
@@ -52,7 +52,7 @@ def ops_task(*, help: dict[str, str] | None = None) -> Callable:
                 raise Exit(f"internal error: {type(exc).__name__}: {exc} "
                            f"(set {DEBUG_ENV}=1 to see the traceback)", code=70) from None
 
-        return task(help=help or {})(wrapper)
+        return task(help=help or {}, **task_options)(wrapper)
 
     return deco
 
@@ -206,13 +206,15 @@ def _do_download(remote: Any, b: Any, dest: Path) -> None:
 def list_backups(c, json=False):
     """List the backups on the host (newest first) and those already downloaded."""
     from . import backups
+    from .offsite_tasks import _offsite_json, _offsite_listings, _show_offsite
 
     inv = _inventory()
     with _open(c, inv) as remote:
         remote_list = backups.list_remote(remote)
+        listings = _offsite_listings(remote)
     local_list = backups.list_local(_download_dir(inv, None))
     if json:
-        output.print_json([b.as_dict() for b in remote_list + local_list])
+        output.print_json(_offsite_json(remote_list + local_list, listings))
         return
     output.table(["name", "size", "age", "checksum", "pinned"],
                  [[b.name, _human(b.size), _age(b.created), b.checksum_state, _pin_cell(b)]
@@ -223,6 +225,7 @@ def list_backups(c, json=False):
                      [[b.name, _human(b.size), _age(b.created), b.checksum_state]
                       for b in local_list],
                      title=f"downloaded to {_download_dir(inv, None)}")
+    _show_offsite(remote, remote_list, listings)
 
 
 def _pin_cell(b: Any) -> str:
@@ -390,15 +393,27 @@ def _note_compressor(host: str, facts: dict[str, str]) -> None:
     "database": "restore only this database of the dump (recreated first); default: all",
     "yes": "do not ask for confirmation (needed when not run from a terminal)",
     "no_safety_backup": "skip the pre-restore backup of the current state",
+    "from_": "restore from the copy on this offsite target (decrypted here, verified first)",
+    "identity": "the age identity file that decrypts offsite copies (with --from)",
 })
-def restore(c, file=None, database=None, yes=False, no_safety_backup=False):
-    """Restore a pg_dumpall backup onto the host: the whole cluster, or --database."""
+def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from_=None,
+            identity=None):
+    """Restore a pg_dumpall backup onto the host: the whole cluster, or --database.
+
+    With --from=TARGET the backup is the copy on that offsite target (the host's backup
+    dir may be empty): fetched through the host, checked, decrypted on this machine
+    into the download folder and checked again; then restored as a local file.
+    """
     from . import backups
     from . import restore as rs
 
     if not file:
         raise OpsError("--file is required", "e.g. fab restore --file=latest")
     with _open(c) as remote:
+        if from_ is not None:
+            from .offsite_tasks import _restore_source
+
+            file = _restore_source(remote, file, from_, identity)
         if file == "latest":
             file = backups.pick(backups.list_remote(remote), "latest").name
         dump = _inspect(remote, file)
@@ -490,6 +505,9 @@ def status(c, json=False, max_age="26h"):
         seconds = st.parse_max_age(max_age)
         with _open(c) as remote:
             report = st.status(remote, seconds, str(max_age).strip())
+            from .offsite_tasks import offsite_status_checks
+
+            report.checks += offsite_status_checks(remote, seconds, str(max_age).strip())
     except OpsError as exc:
         line = st.unknown_line(str(exc))
         if json:
@@ -513,8 +531,10 @@ def status(c, json=False, max_age="26h"):
     "file": "backup name on the host, or latest (default)",
     "deep": "restore it into a throwaway container and report databases, tables and rows",
     "json": "print one JSON object instead of tables",
-})
-def verify(c, file="latest", deep=False, json=False):
+    "offsite": "read back the copy on every offsite target (or on --offsite=NAME) instead",
+    "identity": "the age identity file that decrypts offsite copies (with --offsite)",
+}, optional=["offsite"])
+def verify(c, file="latest", deep=False, json=False, offsite=None, identity=None):
     """Verify a backup on the host: checksum, gzip stream, completion marker; --deep restores it.
 
     --deep starts a throwaway container from the production postgres image, with a
@@ -524,6 +544,13 @@ def verify(c, file="latest", deep=False, json=False):
     """
     from . import verify as vf
 
+    if offsite == "":
+        raise OpsError("--offsite= names no target",
+                       "use --offsite for every target, or --offsite=NAME")
+    if offsite:
+        from .offsite_tasks import verify_offsite
+
+        return verify_offsite(c, file, None if offsite is True else offsite, identity, json)
     with _open(c) as remote:
         if deep:
             output.note(f"trial restore of {file} on {remote.name} into a throwaway "
@@ -639,9 +666,11 @@ REBUILD_STOP_ENV = "AIMMS_OPS_REBUILD_STOP_AFTER"
     "json": "print the plan (with --dry-run) or the report as JSON",
     "drop_kept": "remove NAME, a volume kept by an earlier rebuild (see fab volumes), "
                  "after typing its name; nothing is rebuilt",
+    "from_": "rebuild from the copy on this offsite target (decrypted here, verified first)",
+    "identity": "the age identity file that decrypts offsite copies (with --from)",
 })
 def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, new_run=False,
-                   json=False, drop_kept=None):
+                   json=False, drop_kept=None, from_=None, identity=None):
     """Recreate the postgres volume from a backup: stop, keep, delete, create, start, restore.
 
     Everything that can be checked is checked before the stack is stopped (the backup,
@@ -662,6 +691,10 @@ def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, ne
     if not file:
         raise OpsError("--file is required", "e.g. fab rebuild-volume --file=latest")
     with _open(c) as remote:
+        if from_ is not None:
+            from .offsite_tasks import _restore_source
+
+            file = _restore_source(remote, file, from_, identity)
         if file == "latest":
             recorded = None if new_run else rb.recorded_backup_name(remote)
             if recorded:
@@ -786,6 +819,23 @@ def _show_rebuild_report(report: Any) -> None:
         print("The old data was not kept (--no-keep-old).")
 
 
+@ops_task(help={
+    "target": "only this offsite target (default: every target of the host)",
+    "dry_run": "print what would be pushed and pruned, change nothing",
+})
+def offsite_sync(c, target=None, dry_run=False):
+    """Push every good backup an offsite target lacks, then apply the target's retention.
+
+    The host does it (it holds the store's credentials), under the backup's lock:
+    each backup encrypted with age to offsite_recipients, its sha256 and the
+    encrypted object's recorded beside it. Idempotent: a second run pushes nothing.
+    A target is pruned only when every push to it in this run succeeded.
+    """
+    from .offsite_tasks import sync_task
+
+    sync_task(c, target, dry_run)
+
+
 ns = Collection(check, backup, list_backups, download, logs, prune, install_backups, restore,
-                status, verify, volumes, doctor, rebuild_volume, pin, unpin)
+                status, verify, volumes, doctor, rebuild_volume, pin, unpin, offsite_sync)
 

@@ -13,6 +13,8 @@ trap 'printf "%s: error: line %s: command failed: %s\n" "$PROG" "$LINENO" "$BASH
 
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=offsite.sh
+source "$(dirname "${BASH_SOURCE[0]}")/offsite.sh"
 
 PURGE=${SANDBOX_PURGE:-0}
 [[ $(id -u) == 0 ]] || die "run as root"
@@ -60,6 +62,7 @@ if [[ -d $STATE ]]; then
         say "sshd: not running"
     fi
     cron_stop_if_unused
+    offsite_down
     rm -f "$SOCK" "$STATE/dockerd.pid" "$STATE/sshd.pid" "$STATE/compose.applied"
     unmount_below
 else
@@ -72,6 +75,7 @@ if [[ $PURGE == 1 ]]; then
         [[ $EXEC == "$STATE"/* ]] || rm -rf --one-file-system "$EXEC"
         say "state: removed $STATE"
     fi
+    offsite_purge
     # The login user, only if the sandbox made it (its home carries our marker).
     if id -u "$LOGIN" >/dev/null 2>&1 && [[ -f $HOME_DIR/.aimms-ops-sandbox ]]; then
         for pid in $(pgrep -u "$LOGIN" || true); do kill -KILL "$pid" 2>/dev/null || true; done

@@ -15,6 +15,8 @@ trap 'printf "%s: error: line %s: command failed: %s\n" "$PROG" "$LINENO" "$BASH
 
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=offsite.sh
+source "$(dirname "${BASH_SOURCE[0]}")/offsite.sh"
 
 T_START=$EPOCHREALTIME
 [[ $(id -u) == 0 ]] || die "run as root"
@@ -38,6 +40,8 @@ PACKAGES=(
     /usr/bin/pgrep:procps
     /usr/bin/curl:curl
     /usr/bin/python3:python3-minimal
+    /usr/bin/rclone:rclone
+    /usr/bin/age:age
 )
 # The image: its package list is the cache key of the root file system tarball. Like
 # the official postgres:15 image, it carries no pigz, zstd or igzip: the backup's
@@ -639,5 +643,8 @@ step_compose
 step_data
 step_cron
 step_files
+step_s3
+step_vault
+step_offsite_files
 step_check_ssh
 say "ready in $(since "$T_START") s: ssh -F $OUT/ssh_config $HOST_ALIAS"

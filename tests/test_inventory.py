@@ -167,6 +167,10 @@ WRONG_TYPES = [
     ("hosts.aidset.ping.url", "https://x/a b", "http(s) URL"),
     ("hosts.aidset.ping.kind", "nagios", "healthchecks or uptime-kuma"),
     ("hosts.aidset.ping.verify_url", 5, "http(s) URL"),
+    # Offsite targets (tests/test_offsite_unit.py tries each target key).
+    ("hosts.aidset.offsite", {"name": "s3"}, "a list of targets"),
+    ("hosts.aidset.offsite_recipients", ["not-a-key"], "age public keys"),
+    ("hosts.aidset.offsite_identity", 5, "age identity file"),
 ]
 
 #: Keys that hold settings; every one of them must appear in WRONG_TYPES above.

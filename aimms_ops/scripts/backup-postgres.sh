@@ -24,6 +24,7 @@
 #   --allow-shrink       accept a backup less than half the size of those before it (ALLOW_SHRINK=1)
 #   --ping-url URL       tell a monitor how the run went                 (PING_URL)
 #   --ping-kind KIND     healthchecks (default) or uptime-kuma           (PING_KIND)
+#   --offsite-config F   push encrypted copies to the targets in F (OFFSITE_CONFIG; offsite.sh)
 #   --label NAME         added to the file name (letters, digits, - and _)
 #   --prune-only         apply retention only, make no backup
 #   --dry-run            with --prune-only: print what would be removed, remove nothing
@@ -53,6 +54,7 @@ set -Eeuo pipefail
 umask 077
 
 # @include lib.sh
+# @include offsite.sh
 
 MARKER='-- PostgreSQL database cluster dump complete'
 NAME_RE='^aimms_postgres_[0-9]{8}_[0-9]{6}(_[A-Za-z0-9_-]+)?\.sql\.gz$'
@@ -73,6 +75,7 @@ SAFETY_PIN_DAYS=${SAFETY_PIN_DAYS:-14}
 ALLOW_SHRINK=${ALLOW_SHRINK:-0}
 PING_URL=${PING_URL:-}
 PING_KIND=${PING_KIND:-healthchecks}
+OFFSITE_CONFIG=${OFFSITE_CONFIG:-}
 LABEL=""
 PRUNE_ONLY=0
 DRY_RUN=0
@@ -121,6 +124,7 @@ while [ $# -gt 0 ]; do
         --allow-shrink) ALLOW_SHRINK=1 ;;
         --ping-url) PING_URL=${2:-}; shift ;;
         --ping-kind) PING_KIND=${2:-}; shift ;;
+        --offsite-config) OFFSITE_CONFIG=${2:-}; shift ;;
         --label) LABEL=${2:-}; shift ;;
         --prune-only) PRUNE_ONLY=1 ;;
         --dry-run) DRY_RUN=1 ;;
@@ -477,6 +481,8 @@ report "result.seconds=$seconds"
 report "result.container=$cname"
 [ -z "$suspicious" ] || report "result.suspicious=${suspicious# }"
 
+# Offsite copies first: a backup goes to the targets before retention may remove it.
+offsite_after_backup
 if [[ $suspicious == " suspicious:"* ]]; then
     log "retention skipped:$suspicious (if intended: fab backup --allow-shrink, or allow_shrink in the inventory)"
 elif [ "$NO_PRUNE" = 0 ]; then
