@@ -139,8 +139,7 @@ def _restore_source(remote: Any, file: str | None, target: str, identity: str | 
 def verify_offsite(c: Any, file: str, target: str | None, identity: str | None,
                    as_json: bool) -> None:
     """verify --offsite[=NAME]: read each copy back, decrypt it here, check it whole."""
-    from . import offsite
-    from . import restore as rs
+    from . import dumpsource, offsite
 
     rows: list[Check] = []
     results = []
@@ -158,7 +157,7 @@ def verify_offsite(c: Any, file: str, target: str | None, identity: str | None,
                 tmp = Path(tempfile.mkdtemp(prefix="aimms-ops-verify-"))
                 try:
                     got = offsite.fetch(remote, cp, tmp, ids, id_path)
-                    dump = rs.inspect_local(got.path)
+                    dump = dumpsource.inspect_local(got.path)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
                 if not dump.ok:

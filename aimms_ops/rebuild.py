@@ -38,10 +38,10 @@ from .compose import (
     facts_args,
     parse_facts,
 )
+from .dumpsource import DumpInfo, conninfo
 from .errors import OpsError
 from .inventory import Host
 from .remote import Progress, Remote
-from .restore import DumpInfo
 
 STEPS = ("stop", "keep", "rm", "create", "start", "wait", "restore", "verify")
 STATE_FILE = ".rebuild-state"
@@ -453,7 +453,7 @@ def step_commands(host: Host, facts: RebuildFacts, dump: DumpInfo, *, keep: str 
     for db in dump.databases:
         verify.append(_in_container(
             ["docker", "exec", "-i", PLACEHOLDER, "psql", "-X", "-q", "-A", "-t", "-v",
-             "ON_ERROR_STOP=1", "-U", su, "-d", restore.conninfo(db)],
+             "ON_ERROR_STOP=1", "-U", su, "-d", conninfo(db)],
             "SQL on stdin: count(*) of every table"))
     cmds["verify"] = tuple(verify)
     return cmds
@@ -1038,7 +1038,7 @@ def _verify(remote: Remote, plan: RebuildPlan,
     counts = []
     for db in plan.dump.databases:
         res = remote.run(["docker", "exec", "-i", cid, "psql", "-X", "-q", "-A", "-t", "-v",
-                          "ON_ERROR_STOP=1", "-U", su, "-d", restore.conninfo(db)],
+                          "ON_ERROR_STOP=1", "-U", su, "-d", conninfo(db)],
                          stdin=COUNT_SQL.encode(), what="psql")
         if not res.ok:
             raise OpsError(f"cannot count the rows of {db}: {res.last_error_line()}")

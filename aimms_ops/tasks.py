@@ -444,13 +444,13 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
 
 
 def _inspect(remote: Any, file: str):
-    from . import restore as rs
+    from . import dumpsource
 
-    local = rs.local_dump(file)
+    local = dumpsource.local_dump(file)
     if local is not None:
         with output.transfer_progress(f"verifying {local.name}", local.stat().st_size) as adv:
-            return rs.inspect_local(local, progress=adv)
-    return rs.resolve_source(remote, file)
+            return dumpsource.inspect_local(local, progress=adv)
+    return dumpsource.resolve_source(remote, file)
 
 
 def _print_restore_plan(plan: Any) -> None:

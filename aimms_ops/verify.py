@@ -1,7 +1,7 @@
 """``fab verify``: is a backup restorable? Its checks, and with ``deep`` a real trial restore.
 
 Without ``deep`` the backup is read once on the host, exactly as ``fab restore``
-checks a dump before touching anything (:func:`restore.inspect_remote`): recorded
+checks a dump before touching anything (:func:`dumpsource.inspect_remote`): recorded
 sha256, gzip stream, header and completion marker. With ``deep`` the packaged
 ``verify-backup.sh`` (the script cron runs weekly) restores it into a throwaway
 container from the production image, reports databases, tables and rows, and
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from . import backups
 from .checks import Check, State, worst
+from .dumpsource import DumpInfo, inspect_remote
 from .errors import OpsError
 from .install import VERIFY_SCRIPT, verify_args
 from .inventory import Host
 from .remote import Remote
-from .restore import DumpInfo, inspect_remote
 
 CHECK_ORDER = ("checksum", "gzip stream", "dump header", "completion marker")
 

@@ -12,8 +12,8 @@ import pytest
 from aimms_ops import doctor, install, shell, status, verify, volumes
 from aimms_ops.backups import BackupFile
 from aimms_ops.checks import Check, State
+from aimms_ops.dumpsource import DumpInfo
 from aimms_ops.errors import OpsError
-from aimms_ops.restore import DumpInfo
 
 from .test_backups_unit import _host
 

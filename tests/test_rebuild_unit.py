@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from aimms_ops import inventory, rebuild
+from aimms_ops.dumpsource import DumpInfo
 from aimms_ops.errors import OpsError
 from aimms_ops.rebuild import Command, RebuildFacts, Step, VolumeSpec, VolumeUser
-from aimms_ops.restore import DumpInfo
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = inventory.load(REPO / "inventory.yml").host(None)

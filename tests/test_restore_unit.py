@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aimms_ops import restore
+from aimms_ops import dumpsource, restore
 
 DUMP = (Path(__file__).parent / "data" / "cluster-dump.sql").read_text()
 
@@ -20,7 +20,7 @@ def _write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 def test_inspect_local_good_gz_lists_databases(tmp_path):
     p = _write(tmp_path, "d.sql.gz", gzip.compress(DUMP.encode()))
-    info = restore.inspect_local(p)
+    info = dumpsource.inspect_local(p)
     assert info.ok, info.problems
     assert info.databases == ("template1", "My DB", "aimms_web", "postgres")
     assert info.format == "gz" and info.sha256_recorded is None
@@ -29,7 +29,7 @@ def test_inspect_local_good_gz_lists_databases(tmp_path):
 def test_inspect_local_multi_member_gzip(tmp_path):
     half = len(DUMP) // 2
     data = gzip.compress(DUMP[:half].encode()) + gzip.compress(DUMP[half:].encode())
-    info = restore.inspect_local(_write(tmp_path, "d.sql.gz", data))
+    info = dumpsource.inspect_local(_write(tmp_path, "d.sql.gz", data))
     assert info.ok, info.problems
 
 
@@ -42,7 +42,7 @@ def test_inspect_local_multi_member_gzip(tmp_path):
     (lambda: b"", "empty"),
 ])
 def test_inspect_local_refusals(tmp_path, make, problem):
-    info = restore.inspect_local(_write(tmp_path, "d.sql.gz", make()))
+    info = dumpsource.inspect_local(_write(tmp_path, "d.sql.gz", make()))
     assert not info.ok
     assert any(problem in p for p in info.problems), info.problems
 
@@ -50,12 +50,12 @@ def test_inspect_local_refusals(tmp_path, make, problem):
 def test_inspect_local_checks_recorded_sha(tmp_path):
     p = _write(tmp_path, "d.sql.gz", gzip.compress(DUMP.encode()))
     (tmp_path / "d.sql.gz.sha256").write_text("f" * 64 + "  d.sql.gz\n")
-    info = restore.inspect_local(p)
+    info = dumpsource.inspect_local(p)
     assert any("sha256 mismatch" in x for x in info.problems)
 
 
 def test_inspect_plain_sql(tmp_path):
-    info = restore.inspect_local(_write(tmp_path, "d.sql", DUMP.encode()))
+    info = dumpsource.inspect_local(_write(tmp_path, "d.sql", DUMP.encode()))
     assert info.ok and info.format == "plain"
 
 

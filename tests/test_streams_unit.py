@@ -12,11 +12,11 @@ import zlib
 import paramiko
 import pytest
 
-from aimms_ops import remote, restore, ssh
+from aimms_ops import dumpsource, remote, ssh
 
 
-def _inflate_all(data: bytes, step: int) -> tuple[bytes, restore._Inflater, int]:
-    inflater = restore._Inflater()
+def _inflate_all(data: bytes, step: int) -> tuple[bytes, dumpsource._Inflater, int]:
+    inflater = dumpsource._Inflater()
     pieces = [p for i in range(0, len(data), step) for p in inflater.feed(data[i:i + step])]
     return b"".join(pieces), inflater, max((len(p) for p in pieces), default=0)
 
@@ -33,7 +33,7 @@ def test_inflater_pieces_stay_small_however_well_the_dump_compresses():
     plain = b"\0" * (64 * 1024 * 1024)  # compresses about 1000:1
     out, _, biggest = _inflate_all(gzip.compress(plain, 1), 1 << 20)
     assert out == plain
-    assert biggest <= restore.INFLATE_PIECE
+    assert biggest <= dumpsource.INFLATE_PIECE
 
 
 def test_inflater_sees_a_truncated_stream():
@@ -51,7 +51,7 @@ def test_inspect_local_finds_databases_across_chunk_boundaries(tmp_path):
                      + ["-- PostgreSQL database cluster dump complete", ""])
     f = tmp_path / "a.sql.gz"
     f.write_bytes(gzip.compress(body.encode()))
-    info = restore.inspect_local(f)
+    info = dumpsource.inspect_local(f)
     assert info.ok, info.problems
     assert info.databases == tuple(f"db{i}" for i in range(12))
     assert info.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()

@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aimms_ops import backups, inventory, restore, tasks
+from aimms_ops import backups, dumpsource, inventory, tasks
 from aimms_ops.errors import OpsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,10 +125,10 @@ def test_a_restore_source_reaches_the_host_only_as_a_backup_path(host, value):
     """Anything that is not a local file reaches the host only as backup_dir/NAME."""
     remote = RecordingRemote(host)
     try:
-        restore.resolve_source(remote, value)  # type: ignore[arg-type]
+        dumpsource.resolve_source(remote, value)  # type: ignore[arg-type]
     except OpsError as exc:
         _one_clear_line(exc)
-    if restore.local_dump(value) is not None:
+    if dumpsource.local_dump(value) is not None:
         return
     for call in remote.calls:
         assert call[0] == "inspect-dump.sh"
