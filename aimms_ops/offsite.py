@@ -437,7 +437,11 @@ def judge(listings: list, pushes: dict, now: datetime, max_age: int,
     checks = []
     for lst in listings:
         name = f"offsite {lst.target}"
-        at, ok, reason = pushes.get(lst.target, pushes.get("all", (None, True, "")))
+        # The newest of the target's own result and one for all targets (settings missing).
+        mine, every = pushes.get(lst.target), pushes.get("all")
+        if mine is None or (every is not None and every[0] and mine[0] and every[0] > mine[0]):
+            mine = every
+        at, ok, reason = mine or (None, True, "")
         if not ok:
             when = f" {format_age((now - at).total_seconds())} ago" if at else ""
             checks.append(Check(name, State.CRITICAL, f"last push failed{when}: {reason}",

@@ -507,7 +507,11 @@ def status(c, json=False, max_age="26h"):
             report = st.status(remote, seconds, str(max_age).strip())
             from .offsite_tasks import offsite_status_checks
 
-            report.checks += offsite_status_checks(remote, seconds, str(max_age).strip())
+            off = offsite_status_checks(remote, seconds, str(max_age).strip())
+            report.checks += off
+            if off and all(ch.ok for ch in off):
+                report.ok_text += "; offsite copies current on " + ", ".join(
+                    ch.name.removeprefix("offsite ") for ch in off)
     except OpsError as exc:
         line = st.unknown_line(str(exc))
         if json:

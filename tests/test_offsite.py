@@ -560,3 +560,37 @@ def test_the_sandbox_brings_killed_targets_back(off, sandbox):
     off.__init__(sandbox)
     off.install()
     assert off.fab("offsite-sync").returncode == 0
+
+
+def test_offsite_sync_waits_for_the_backup_lock_then_names_its_holder(off, tmp_path):
+    inv = off.variant(tmp_path, lambda h: h.update(lock_timeout=2))
+    off.install(inv)
+    lock = f"{off.backup_dir}/.backup.lock"
+    holder = subprocess.Popen(
+        ["ssh", "-F", str(off.sb.ssh_config), "-o", "BatchMode=yes", "aidset",
+         f"exec 9>>{lock}; flock 9; echo 'pid 4242 since test' > {lock}.owner; "
+         "echo held; sleep 30"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = off.fab("offsite-sync", inventory=inv)
+        assert proc.returncode != 0
+        line = fab_error_line(proc)
+        assert "still running after 2s" in line and "pid 4242" in line
+    finally:
+        holder.kill()
+        holder.wait()
+        off.install()
+
+
+def test_a_backup_before_install_backups_says_so_and_is_kept(off, tmp_path):
+    conf = f"{off.host['backup_script']}.offsite"
+    off.sb.ssh(f"rm -f {conf}")
+    try:
+        since = off.log_size()
+        name, proc = off.backup()
+        assert "RESULT offsite all failed:" in proc.stderr
+        assert "run fab install-backups" in proc.stderr
+        assert name in off.sb.sh(f"ls {off.backup_dir}")
+        assert sum("RESULT offsite" in ln for ln in off.log_lines(since)) == 1
+    finally:
+        off.install()

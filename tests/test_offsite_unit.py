@@ -232,5 +232,8 @@ def test_push_results_and_status_checks():
     assert checks[1].state.name == "OK" and "newest copy" in checks[1].detail
     late = offsite.judge([vault], pushes, now + timedelta(days=3), 26 * 3600, "26h")
     assert late[0].state.name == "CRITICAL" and "old (max 26h)" in late[0].detail
+    later = {**pushes, "all": (datetime(2026, 12, 1, 3, 30, tzinfo=UTC), False,
+                               "offsite settings missing (run fab install-backups)")}
+    assert "settings missing" in offsite.judge([vault], later, now, 26 * 3600, "26h")[0].detail
     empty = offsite.judge([offsite.TargetListing("s3", True)], {}, now, 60, "1m")
     assert "no copy" in empty[0].detail
