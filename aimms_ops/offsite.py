@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import shell
-from .backups import NAME_RE, SHA_RE, created_from_name, validate_name
+from .backups import NAME_RE, SAFETY_LABELS, SHA_RE, created_from_name, validate_name
 from .checks import Check, State
 from .errors import ConnectionLost, OpsError, shown
 from .inventory import Host
@@ -28,9 +28,6 @@ from .offsite_config import IDENTITY_ENV, Target, conf_path
 from .remote import Remote
 
 RUN_SCRIPT = "offsite-run.sh"
-#: Labels of the safety copies restore and rebuild-volume take first: a copy of one is
-#: never what ``latest`` means (the same rule, and labels, as the host's latest).
-SAFETY_LABELS = ("pre-restore", "pre-rebuild")
 _PUSH_RESULT = re.compile(r"^(\S+) (?:backup|offsite)\[\d+\] RESULT offsite (\S+) "
                           r"(ok|failed:)\s*(.*)$")
 
@@ -60,7 +57,7 @@ class OffsiteCopy:
 
     @property
     def safety(self) -> bool:
-        """A copy of a safety backup (taken before a restore or a rebuild)."""
+        """A copy of a safety backup (backups.SAFETY_LABELS): never what latest means."""
         m = NAME_RE.fullmatch(self.name)
         return bool(m and m.group(3) in SAFETY_LABELS)
 
