@@ -72,9 +72,13 @@ def test_the_seeds_manual_backup_command_makes_a_good_backup(managed):
     assert sb.ssh(f"cd {sb.home}/{BACKUPS} && sha256sum -c {name}.sha256",
                   check=False).returncode == 0
     assert "# aimms-ops:backup" in sb.sh("crontab -l")
-    # The seed's "test backup integrity": the head of the dump.
+    # The seed's "test backup integrity": the head of the dump, which starts with the
+    # preface of database properties (comment lines), then pg_dumpall's own header.
     head = sb.sh(f"gunzip -c {sb.home}/{BACKUPS}/{name} | head -100")
-    assert "-- PostgreSQL database cluster dump" in head
+    assert head.startswith("-- aimms-ops: properties of database template1")
+    first = sb.sh(f"gunzip -c {sb.home}/{BACKUPS}/{name} | grep -m 1 -n -x "
+                  "'-- PostgreSQL database cluster dump'")
+    assert first.strip(), "no cluster dump header"
 
 
 def test_the_seeds_bare_script_without_settings_says_what_is_missing(managed):
