@@ -22,10 +22,9 @@ from . import shell
 from .errors import ConnectionLost, OpsError, shown
 from .inventory import Host
 from .remote import Remote
-from .retention import Pin, parse_pin
+from .retention import NAME_RE, Pin, parse_pin
 
 BACKUP_SCRIPT = "backup-postgres.sh"
-NAME_RE = re.compile(r"^aimms_postgres_(\d{8})_(\d{6})(?:_([A-Za-z0-9_-]{1,64}))?\.sql\.gz")
 LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}")
 SHA_RE = re.compile(r"^[0-9a-f]{64}")
 #: Labels of the safety copies that restore and rebuild take first: pinned for

@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+#: The name of a backup, the one definition (backups, the host scripts through lib.sh):
+#: its UTC date and time, an optional label.
 NAME_RE = re.compile(r"^aimms_postgres_(\d{8})_(\d{6})(?:_([A-Za-z0-9_-]{1,64}))?\.sql\.gz$")
 PIN_SUFFIX = ".pin"
 #: The calendar period of each bucket rule (ISO week for weekly), in the order applied.

@@ -58,6 +58,13 @@ def _packaged(name: str) -> str:
     return (where / name).read_text(encoding="utf-8")
 
 
+def name_ere() -> str:
+    """The backup name pattern (retention.NAME_RE) as a POSIX ERE for bash's ``=~``."""
+    from .retention import NAME_RE
+
+    return NAME_RE.pattern.replace("(?:", "(").replace("\\d", "[0-9]")
+
+
 def script_text(name: str) -> str:
     """The text of a packaged shell script with its includes inlined.
 
@@ -73,7 +80,7 @@ def script_text(name: str) -> str:
         lines = [ln for ln in body.splitlines() if not ln.startswith("#!")]
         return "\n".join(lines).strip("\n")
 
-    return _INCLUDE.sub(inline, _packaged(name))
+    return _INCLUDE.sub(inline, _packaged(name)).replace("@BACKUP_NAME_ERE@", name_ere())
 
 
 def script_command(name: str, args: Iterable[str | int] = ()) -> str:

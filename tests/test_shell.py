@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aimms_ops import shell
+from aimms_ops import retention, shell
 
 
 @settings(max_examples=200, deadline=None)
@@ -43,3 +44,17 @@ def test_script_text_inlines_the_library():
 def test_script_names_are_checked(name):
     with pytest.raises(ValueError):
         shell.script_text(name)
+
+
+def test_the_backup_name_pattern_reaches_the_scripts_from_its_one_definition():
+    """retention.NAME_RE is the one pattern: rendered scripts carry it as an ERE."""
+    ere = shell.name_ere()
+    for name in ("backup-postgres.sh", "verify-backup.sh", "pin.sh", "offsite-run.sh"):
+        text = shell.script_text(name)
+        assert "@BACKUP_NAME_ERE@" not in text
+        assert f"BACKUP_NAME_RE='{ere}'" in text
+    # The ERE accepts exactly what the Python pattern accepts.
+    for n in ("aimms_postgres_20260101_020000.sql.gz", "aimms_postgres_20260101_020000_a-b.sql.gz",
+              "aimms_postgres_2026_020000.sql.gz", "aimms_postgres_20260101_020000_.sql.gz",
+              "aimms_postgres_20260101_020000_" + "x" * 65 + ".sql.gz"):
+        assert bool(re.fullmatch(ere, n)) == bool(retention.NAME_RE.fullmatch(n)), n

@@ -57,7 +57,6 @@ umask 077
 # @include offsite.sh
 
 MARKER='-- PostgreSQL database cluster dump complete'
-NAME_RE='^aimms_postgres_[0-9]{8}_[0-9]{6}(_[A-Za-z0-9_-]+)?\.sql\.gz$'
 
 BACKUP_DIR=${BACKUP_DIR:-}
 LOG_FILE=${LOG_FILE:-}
@@ -264,7 +263,7 @@ prune_decided() {
         return 1
     fi
     while IFS=$'\t' read -r action name rule reason; do
-        [[ $name =~ $NAME_RE ]] || continue
+        [[ $name =~ $BACKUP_NAME_RE ]] || continue
         report "prune.$action=$name $rule $reason"
         if [ "$action" = remove ] && [ "$DRY_RUN" = 0 ]; then
             rm -f -- "$BACKUP_DIR/$name" "$BACKUP_DIR/$name.sha256" "$BACKUP_DIR/$name.pin"
@@ -296,7 +295,7 @@ prune_by_days() {
     now=$(date +%s)
     cutoff=$((now - RETENTION_DAYS * 86400))
     while IFS=$'\t' read -r mtime size name; do
-        [[ $name =~ $NAME_RE ]] || continue
+        [[ $name =~ $BACKUP_NAME_RE ]] || continue
         age_d=$(((now - ${mtime%.*}) / 86400))
         if [ -e "$BACKUP_DIR/$name.pin" ]; then
             [ "$size" -gt 0 ] && i=$((i + 1))

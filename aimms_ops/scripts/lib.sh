@@ -8,6 +8,11 @@
 # Returns non-zero when the line could not be written.
 say() { (printf '%s\n' "$1") 2>/dev/null; }
 
+# The name of a backup: retention.NAME_RE, written in by the package when a script is
+# rendered. Groups 1 and 2 are its UTC date and time, 4 its label.
+# shellcheck disable=SC2034  # read by the scripts that include this file
+BACKUP_NAME_RE='@BACKUP_NAME_ERE@'
+
 # ISO 8601 UTC timestamp.
 now_utc() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 

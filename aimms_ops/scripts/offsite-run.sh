@@ -46,7 +46,7 @@ valid_target() {
     for t in $OFFSITE_TARGETS; do [ "$t" = "$1" ] && return 0; done
     fail "no offsite target named $1 on $(hostname) (targets: $OFFSITE_TARGETS; run fab install-backups)"
 }
-valid_name() { [[ $1 =~ $OFFSITE_NAME_RE ]] || fail "not a backup name: $1" 64; }
+valid_name() { [[ $1 =~ $BACKUP_NAME_RE ]] || fail "not a backup name: $1" 64; }
 
 OFFSITE_WORK=$(mktemp -d "${TMPDIR:-/tmp}/aimms-offsite.XXXXXX") || fail "cannot create a temporary dir"
 trap 'rm -rf -- "$OFFSITE_WORK"' EXIT

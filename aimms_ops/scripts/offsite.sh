@@ -13,7 +13,6 @@
 # environment variables: no key is ever on a command line or in a log.
 # shellcheck disable=SC2317  # functions called indirectly
 
-OFFSITE_NAME_RE='^aimms_postgres_([0-9]{8})_([0-9]{6})(_[A-Za-z0-9_-]+)?\.sql\.gz$'
 
 # offsite_load: read OFFSITE_CONFIG. Returns non-zero (with OFFSITE_ERROR) when unusable.
 offsite_load() {
@@ -193,7 +192,7 @@ offsite_has() {
 # offsite_epoch NAME: the backup's time from its name (UTC), in seconds.
 offsite_epoch() {
     local d t
-    [[ $1 =~ $OFFSITE_NAME_RE ]] || { echo 0; return; }
+    [[ $1 =~ $BACKUP_NAME_RE ]] || { echo 0; return; }
     d=${BASH_REMATCH[1]} t=${BASH_REMATCH[2]}
     date -u -d "${d:0:4}-${d:4:2}-${d:6:2} ${t:0:2}:${t:2:2}:${t:4:2}" +%s
 }
@@ -209,7 +208,7 @@ offsite_plan() {
         find "$BACKUP_DIR" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' -printf '%f\n' |
             while read -r name; do [ -s "$BACKUP_DIR/$name.sha256" ] && printf '%s\n' "$name"; done
     } | sort -u | while read -r name; do
-        [[ $name =~ $OFFSITE_NAME_RE ]] || continue
+        [[ $name =~ $BACKUP_NAME_RE ]] || continue
         printf '%s%s\t%s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" "$name"
     done | sort -r | cut -f2 | while read -r name; do
         e=$(offsite_epoch "$name")

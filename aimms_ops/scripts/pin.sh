@@ -7,9 +7,8 @@ set -euo pipefail
 umask 077
 # @include lib.sh
 
-NAME_RE='^aimms_postgres_[0-9]{8}_[0-9]{6}(_[A-Za-z0-9_-]+)?\.sql\.gz$'
 action=$1 dir=$2 name=$3
-[[ $name =~ $NAME_RE ]] || { echo "not a backup name: $name" >&2; exit 64; }
+[[ $name =~ $BACKUP_NAME_RE ]] || { echo "not a backup name: $name" >&2; exit 64; }
 [ -f "$dir/$name" ] || { echo "no backup named $name in $dir" >&2; exit 66; }
 trap drop_lock_notes EXIT
 take_lock "$dir/.backup.lock" exclusive 60 "$action" || {

@@ -48,7 +48,6 @@ umask 077
 
 # @include lib.sh
 
-NAME_RE='^aimms_postgres_[0-9]{8}_[0-9]{6}(_[A-Za-z0-9_-]+)?\.sql\.gz$'
 
 read -r -d '' SCANNER <<'PYTHON'
 # @include dumpscan.py
@@ -109,7 +108,7 @@ done
 [ -n "$LOG_FILE" ] || usage_error "LOG_FILE is not set (--log-file)"
 [ -n "$COMPOSE_PROJECT" ] || usage_error "COMPOSE_PROJECT is not set (--project)"
 [[ $WAIT =~ ^[0-9]+$ ]] || usage_error "--wait must be a whole number of seconds"
-if [ "$FILE" != latest ] && ! [[ $FILE =~ $NAME_RE ]]; then
+if [ "$FILE" != latest ] && ! [[ $FILE =~ $BACKUP_NAME_RE ]]; then
     usage_error "not a backup name: $FILE"
 fi
 
@@ -206,7 +205,7 @@ if [ "$FILE" = latest ]; then
         ! -name '*_pre-restore.sql.gz' ! -name '*_pre-rebuild.sql.gz' \
         -printf '%T@\t%f\n' | sort -t $'\t' -k1,1nr | cut -f2 |
         while read -r n; do
-            [[ $n =~ $NAME_RE ]] && ! is_safety_copy "$n" && { echo "$n"; break; }
+            [[ $n =~ $BACKUP_NAME_RE ]] && ! is_safety_copy "$n" && { echo "$n"; break; }
         done)
     [ -n "$NAME" ] || fail file "there are no regular backups in $BACKUP_DIR"
 else
