@@ -30,7 +30,7 @@ from pathlib import PurePosixPath
 
 import yaml
 
-from . import restore, shell
+from . import restore, shell, units
 from .compose import (
     compose_services_using,
     compose_volumes,
@@ -492,15 +492,6 @@ def get_back_commands(host: Host, compose_cmd: tuple[str, ...], image: str,
     )
 
 
-def _kb(kb: int) -> str:
-    size = float(kb)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "KiB" else f"{size:.0f} KiB"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 def _refuse(message: str, hint: str = "nothing was stopped or changed") -> OpsError:
     return OpsError(f"refusing to rebuild: {message}", hint)
 
@@ -653,13 +644,14 @@ def _check_volume(host: Host, facts: RebuildFacts, spec: VolumeSpec | None,
                       f"{facts.measure_error or 'no answer'}")
     need = facts.size_kb + facts.size_kb // 20 + DISK_MARGIN_KB
     where = facts.docker_root or "docker's data root"
+    held, free, needed = (units.size(kb * 1024) for kb in (facts.size_kb, facts.avail_kb, need))
     if facts.avail_kb < need:
-        raise _refuse(f"not enough disk to keep the old data: {vol} holds {_kb(facts.size_kb)}, "
-                      f"the copy needs {_kb(need)} free under {where}, {_kb(facts.avail_kb)} "
+        raise _refuse(f"not enough disk to keep the old data: {vol} holds {held}, "
+                      f"the copy needs {needed} free under {where}, {free} "
                       "are free", "nothing was stopped or changed; free some space, or pass "
                       "--no-keep-old to rebuild without keeping the old data")
-    return [*checks, ("disk", f"{vol} holds {_kb(facts.size_kb)}; {_kb(facts.avail_kb)} free "
-                              f"under {where} (the copy needs {_kb(need)})")]
+    return [*checks, ("disk", f"{vol} holds {held}; {free} free "
+                              f"under {where} (the copy needs {needed})")]
 
 
 def _step_action(name: str, done: dict[str, str], *, keep: str | None, volume: str,
@@ -1009,7 +1001,7 @@ def _restore(remote: Remote, plan: RebuildPlan,
     with ctx as advance:
         # This run holds the cluster lock already (locked()).
         report = restore.execute(remote, rplan, progress=advance, lock=False)
-    return f"{', '.join(report.databases)} restored in {report.seconds:.1f} s"
+    return f"{', '.join(report.databases)} restored in {units.duration(report.seconds)}"
 
 
 def parse_counts(text: str) -> list[tuple[str, int]]:

@@ -17,7 +17,7 @@ from typing import Any
 from fabric import Connection
 from invoke import Collection, Exit, task
 
-from . import output
+from . import output, units
 from .checks import State
 from .errors import OpsError, shown
 
@@ -109,25 +109,6 @@ def confirm(expected: str, action: str, yes: bool) -> None:
         raise OpsError("not confirmed: nothing was changed", code=2)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _age(created: Any) -> str:
-    from datetime import UTC, datetime
-
-    secs = max(0, int((datetime.now(UTC) - created).total_seconds()))
-    if secs < 3600:
-        return f"{secs // 60}m"
-    if secs < 86400 * 2:
-        return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
-    return f"{secs // 86400}d{(secs % 86400) // 3600}h"
-
-
 def _download_dir(inv: Any, dest: str | None) -> Path:
     return Path(os.path.expanduser(dest or inv.download_dir))
 
@@ -170,7 +151,8 @@ def backup(c, label=None, download=False, allow_shrink=False):
             "  " + line.split(" ", 2)[-1]), allow_shrink=allow_shrink)
         elapsed = time.monotonic() - started
         output.table(["name", "size", "sha256", "duration"],
-                     [[result.name, _human(result.size), result.sha256, f"{elapsed:.1f} s"]],
+                     [[result.name, units.size(result.size), result.sha256,
+                       units.duration(elapsed)]],
                      title=f"backup made on {remote.name}: {result.path}")
         if result.pruned:
             output.note(f"retention removed {len(result.pruned)}: {', '.join(result.pruned)}")
@@ -197,9 +179,9 @@ def _do_download(remote: Any, b: Any, dest: Path) -> None:
         output.note(f"{d.path} is already here and matches sha256 {d.sha256}")
         return
     rate = (d.size - d.resumed_from) / d.seconds if d.seconds else 0
-    resumed = f", resumed at {_human(d.resumed_from)}" if d.resumed_from else ""
-    output.note(f"downloaded {d.path} ({_human(d.size)} in {d.seconds:.1f} s, "
-                f"{_human(rate)}/s{resumed}); sha256 {d.sha256} verified")
+    resumed = f", resumed at {units.size(d.resumed_from)}" if d.resumed_from else ""
+    output.note(f"downloaded {d.path} ({units.size(d.size)} in {units.duration(d.seconds)}, "
+                f"{units.size(rate)}/s{resumed}); sha256 {d.sha256} verified")
 
 
 @ops_task(help={"json": "print a JSON list of objects instead of tables"})
@@ -215,12 +197,13 @@ def list_backups(c, json=False):
         output.print_json([b.as_dict() for b in remote_list + local_list])
         return
     output.table(["name", "size", "age", "checksum", "pinned"],
-                 [[b.name, _human(b.size), _age(b.created), b.checksum_state, _pin_cell(b)]
+                 [[b.name, units.size(b.size), units.age_of(b.created), b.checksum_state,
+                   _pin_cell(b)]
                   for b in remote_list],
                  title=f"backups on {remote.name}:{remote.host.backup_dir}")
     if local_list:
         output.table(["name", "size", "age", "checksum"],
-                     [[b.name, _human(b.size), _age(b.created), b.checksum_state]
+                     [[b.name, units.size(b.size), units.age_of(b.created), b.checksum_state]
                       for b in local_list],
                      title=f"downloaded to {_download_dir(inv, None)}")
 
@@ -414,7 +397,7 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False):
                 raise OpsError(f"nothing was restored: the safety backup failed: {exc.message}",
                                "fix that first, or pass --no-safety-backup to restore "
                                "without one") from None
-            output.note(f"  kept {safety.path} ({_human(safety.size)})")
+            output.note(f"  kept {safety.path} ({units.size(safety.size)})")
         try:
             with output.transfer_progress("restoring", plan.dump.size) as advance:
                 report = rs.execute(remote, plan, progress=advance)
@@ -425,7 +408,7 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False):
     output.table(["database", "table", "rows (estimate)"],
                  [[t.database, t.table, t.rows] for t in report.tables],
                  title=f"restored {', '.join(report.databases)} on {plan.host} in "
-                 f"{report.seconds:.1f} s ({_human(report.rate)}/s of dump)")
+                 f"{units.duration(report.seconds)} ({units.size(report.rate)}/s of dump)")
 
 
 def _inspect(remote: Any, file: str):
@@ -447,11 +430,11 @@ def _print_restore_plan(plan: Any) -> None:
     rows = [
         ["host", plan.host],
         ["container", plan.container],
-        ["dump", f"{d.source} ({d.location}, {_human(d.size)}, {d.format})"],
+        ["dump", f"{d.source} ({d.location}, {units.size(d.size)}, {d.format})"],
         ["checks", f"sha256 {sha}; stream and completion marker OK"],
         ["dump holds", ", ".join(shown(db) for db in d.databases)],
         ["dropped and recreated", ", ".join(
-            f"{shown(db)} (now {_human(plan.current_sizes[db])})" if db in plan.current_sizes
+            f"{shown(db)} (now {units.size(plan.current_sizes[db])})" if db in plan.current_sizes
             else f"{shown(db)} (new)" for db in plan.affected)],
     ]
     if plan.kept_databases:
@@ -589,17 +572,9 @@ def _show_kept(kept: list[Any]) -> None:
     total = sum(v.size_bytes or 0 for v in kept)
     output.table(["kept volume", "kept from", "size", "age", "to remove it"],
                  [[v.name, v.kept_from, v.size or "?",
-                   _age_seconds(v.age_seconds), f"fab rebuild-volume --drop-kept={v.name}"]
+                   units.age(v.age_seconds), f"fab rebuild-volume --drop-kept={v.name}"]
                   for v in kept],
-                 title=f"volumes kept by earlier rebuilds: {len(kept)}, {_human(total)}")
-
-
-def _age_seconds(secs: int | None) -> str:
-    from datetime import UTC, datetime, timedelta
-
-    if secs is None:
-        return "?"
-    return _age(datetime.now(UTC) - timedelta(seconds=secs))
+                 title=f"volumes kept by earlier rebuilds: {len(kept)}, {units.size(total)}")
 
 
 @ops_task(help={"json": "print one JSON object instead of the table",
@@ -709,7 +684,7 @@ def _drop_kept(c: Any, name: str, *, yes: bool, dry_run: bool) -> None:
         output.table(["remove kept volume", ""],
                      [["host", remote.name], ["volume", kept.name],
                       ["kept from", kept.kept_from or "?"], ["size", kept.size or "?"],
-                      ["age", _age_seconds(kept.age_seconds)],
+                      ["age", units.age(kept.age_seconds)],
                       ["command", f"docker volume rm {kept.name}"]],
                      title=f"the old data in {kept.name} is deleted for good")
         if dry_run:
@@ -728,7 +703,7 @@ def _rebuild_event(total: int) -> Callable:
         if event == "start":
             output.note(f"[{n}/{total}] {step.name}: {step.title} ...")
         elif event == "ran":
-            output.note(f"[{n}/{total}] {step.name}: done in {seconds:.1f} s"
+            output.note(f"[{n}/{total}] {step.name}: done in {units.duration(seconds)}"
                         + (f" ({detail})" if detail else ""))
         else:
             output.note(f"[{n}/{total}] {step.name}: {event}: {detail}")
@@ -743,7 +718,7 @@ def _show_rebuild_plan(plan: Any, as_json: bool) -> None:
     head = [
         ["host", plan.host],
         ["volume", f"{plan.volume} (deleted and created again, empty)"],
-        ["backup", f"{plan.dump.source} ({plan.dump.location}, {_human(plan.dump.size)})"],
+        ["backup", f"{plan.dump.source} ({plan.dump.location}, {units.size(plan.dump.size)})"],
         ["old data kept in", plan.keep or "NOT KEPT (--no-keep-old)"],
         ["services", ", ".join(plan.services) + " (stopped and started again)"],
         ["untouched", f"{plan.redis_volume} (Redis volume)"],
@@ -774,7 +749,7 @@ def _show_rebuild_report(report: Any) -> None:
     output.table(["step", "result", "seconds", "detail"],
                  [[s.name, s.action, f"{s.seconds:.1f}", s.detail] for s in report.steps],
                  title=f"rebuilt {plan.volume} on {plan.host} from {plan.dump.source} "
-                 f"in {report.seconds:.1f} s (run {plan.run_id})")
+                 f"in {units.duration(report.seconds)} (run {plan.run_id})")
     output.table(["database", "table", "rows"],
                  [[t.database, t.table, t.rows] for t in report.tables],
                  title=f"databases present: {', '.join(report.databases)}")

@@ -49,14 +49,6 @@ def test_parse_max_age_refuses_with_one_line(text):
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (59, "0m"), (45 * 60, "45m"), (2 * 3600 + 5 * 60, "2h05m"), (30 * 3600 + 10, "30h"),
-    (80 * 3600, "3d8h"), (-5, "0m"),
-])
-def test_format_age(seconds, text):
-    assert status.format_age(seconds) == text
-
-
 # --- the log ---------------------------------------------------------------------------
 
 LOG = "\n".join([
