@@ -477,9 +477,14 @@ _STACK_ROWS = ("docker", "postgres container", "volume ")
 
 
 def stack_checks(hf: HostFacts, host: Host) -> list[Check]:
-    """Docker, the postgres container and the volumes (external), from ``fab check``'s rows."""
+    """Docker, the postgres container, the volumes (external) and a backup dir the next
+    backup cannot write to, from ``fab check``'s rows (a missing backup dir is the newest
+    backup's check)."""
     rows = connection_checks(hf.facts, host, fingerprint=hf.fingerprint)
-    return [r for r in rows if r.name.startswith(_STACK_ROWS)]
+    unwritable = hf.facts.get("backup_dir.exists") == "1" and \
+        hf.facts.get("backup_dir.writable") != "1"
+    return [r for r in rows if r.name.startswith(_STACK_ROWS)
+            or (r.name == "backup dir" and unwritable)]
 
 
 def disk_from(hf: HostFacts) -> DiskOutlook | None:
