@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from .conftest import FAB, REPO, Sandbox
 
 
@@ -270,6 +272,15 @@ def available_tasks(sandbox: Sandbox) -> set[str]:
         _TASKS = {line.split()[0] for line in proc.stdout.splitlines()
                   if line.startswith("  ") and not line.startswith("   ")}
     return _TASKS
+
+
+def require_task(sandbox: Sandbox, task: str) -> None:
+    """Fail, not skip, when ``fab -l`` does not list ``task``: a renamed or removed task
+    must not silently take its rows out of a suite."""
+    if task not in available_tasks(sandbox):
+        pytest.fail(f"fab -l does not list {task}: rename it in this suite's rows too, or "
+                    f"remove its rows with the task (fab -l lists: "
+                    f"{', '.join(sorted(available_tasks(sandbox)))})", pytrace=False)
 
 
 def error_line(proc) -> str:
