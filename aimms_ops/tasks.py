@@ -81,7 +81,15 @@ def check_hosts_argument(argv: list[str]) -> None:
 def _inventory():
     from . import inventory
 
-    return inventory.load()
+    inv = inventory.load()
+    for line in inv.warnings:
+        _warn_once(line)
+    return inv
+
+
+@functools.cache
+def _warn_once(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _open(c: Any, inv: Any = None):
