@@ -839,12 +839,11 @@ StepEvent = Callable[[Step, str, float, str], None]
 def execute(remote: Remote, plan: RebuildPlan, *,
             on_step: StepEvent | None = None,
             restore_progress: Callable[[int], AbstractContextManager[Progress]] | None = None,
-            stop_after: str | None = None) -> RebuildReport:
+            ) -> RebuildReport:
     """Run the plan's steps in order, recording each on the host before and after.
 
     ``on_step(step, event, seconds, detail)`` is told "start", "ran", "done before" and
-    "skipped". ``stop_after`` (a step name) raises KeyboardInterrupt right after that
-    step is recorded as done: the same as a Ctrl-C there, for tests.
+    "skipped".
     """
     rec = _Record(remote, plan)
     by = operator()
@@ -895,8 +894,6 @@ def execute(remote: Remote, plan: RebuildPlan, *,
             rec.append(f"done={step.name} seconds={seconds:.1f}")
             results.append(StepResult(step.name, "ran", seconds, detail))
             tell(step, "ran", seconds, detail)
-            if stop_after == step.name:
-                raise KeyboardInterrupt
         where = "the end"
         rec.append("finished=ok")
         rec.close(plan.state_file + DONE_SUFFIX)

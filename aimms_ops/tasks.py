@@ -610,9 +610,6 @@ def doctor(c, json=False, ping=False):
         raise Exit(f"doctor: {report.state.name}: {', '.join(bad)}", code=int(report.state))
 
 
-REBUILD_STOP_ENV = "AIMMS_OPS_REBUILD_STOP_AFTER"
-
-
 @ops_task(help={
     "file": "a local .sql.gz or .sql, the name of a backup on the host, or latest",
     "yes": "do not ask for confirmation (needed when not run from a terminal)",
@@ -669,8 +666,7 @@ def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, ne
                 report = rb.execute(
                     remote, plan, on_step=_rebuild_event(len(plan.steps)),
                     restore_progress=lambda total: output.transfer_progress("restoring",
-                                                                            total),
-                    stop_after=os.environ.get(REBUILD_STOP_ENV) or None)
+                                                                            total))
             except KeyboardInterrupt:
                 raise OpsError("interrupted: the stack may be down",
                                f"run the same command again: it continues where it stopped "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -248,6 +249,48 @@ def start_fab(sandbox: Sandbox, *args: str, inventory: Path | None = None,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     return Running(proc)
+
+
+def interrupt_when(sandbox: Sandbox, *args: str, line: str, sig: int = signal.SIGINT,
+                   timeout: float = 300, inventory: Path | None = None) -> Running:
+    """Run fab with ``args`` and send it ``sig`` (Ctrl-C) the moment it prints a line
+    holding ``line`` on stderr (a step it reports, e.g. ``] rm: done in``), as an
+    operator watching it would; returns the ended run, its output collected.
+
+    The signal comes while fab goes on to what follows that line: a test says what
+    must hold wherever in the next moment it lands.
+    """
+    run = start_fab(sandbox, *args, inventory=inventory)
+    assert run.proc.stdout is not None and run.proc.stderr is not None
+    out: list[str] = []
+    err: list[str] = []
+    seen = threading.Event()
+
+    def drain_stdout() -> None:
+        out.extend(iter(run.proc.stdout.readline, ""))  # type: ignore[union-attr]
+
+    def drain_stderr() -> None:
+        for text in iter(run.proc.stderr.readline, ""):  # type: ignore[union-attr]
+            err.append(text)
+            if line in text and not seen.is_set():
+                run.signal(sig)
+                seen.set()
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (drain_stdout, drain_stderr)]
+    for t in readers:
+        t.start()
+    try:
+        run.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        run.proc.kill()
+        raise AssertionError(f"fab hung for {timeout} s; stderr: {''.join(err)}") from None
+    finally:
+        for t in readers:
+            t.join(30)
+    run.stdout, run.stderr = "".join(out), "".join(err)
+    assert seen.is_set(), f"fab ended (rc={run.returncode}) without printing {line!r}: " \
+        f"{run.stderr}"
+    return run
 
 
 # --- waiting and the task list ---------------------------------------------------------
