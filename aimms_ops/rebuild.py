@@ -38,7 +38,7 @@ from .compose import (
     facts_args,
     parse_facts,
 )
-from .errors import OpsError
+from .errors import InternalError, OpsError
 from .inventory import Host
 from .remote import Progress, Remote
 from .restore import DumpInfo
@@ -406,8 +406,8 @@ def step_commands(host: Host, facts: RebuildFacts, dump: DumpInfo, *, keep: str 
     image = facts.image
     su = host.postgres.superuser
     if keep in (vol, host.volumes.redis):
-        raise OpsError(f"refusing the plan: the copy of the old data would go into {keep}",
-                       "this is a bug in aimms-ops; nothing was changed")
+        raise InternalError(f"refusing the plan: the copy of the old data would go into "
+                            f"{keep}; nothing was changed")
     # Named after the run: a copy still running after an interrupted run makes the
     # next attempt fail on the name instead of copying at the same time.
     def throwaway(what: str) -> list[str]:
@@ -465,9 +465,8 @@ def refuse_redis(steps: tuple[Step, ...], redis_volume: str) -> None:
         for cmd in step.commands:
             for word in cmd.argv:
                 if word == redis_volume or word.startswith(redis_volume + ":"):
-                    raise OpsError(f"refusing the plan: step {step.name} names the Redis volume "
-                                   f"{redis_volume}", "this is a bug in aimms-ops; nothing was "
-                                   "changed")
+                    raise InternalError(f"refusing the plan: step {step.name} names the "
+                                        f"Redis volume {redis_volume}; nothing was changed")
 
 
 def get_back_commands(host: Host, compose_cmd: tuple[str, ...], image: str,
