@@ -1,4 +1,4 @@
-"""The one error type for problems the user must fix."""
+"""The one error type for problems the user must fix, and the one for bugs of aimms-ops."""
 
 from __future__ import annotations
 
@@ -19,6 +19,15 @@ class OpsError(Exception):
         if self.hint:
             return f"{self.message} ({self.hint})"
         return self.message
+
+
+class InternalError(AssertionError):
+    """A bug in aimms-ops: something the code promises broke, which no operator can fix.
+
+    Deliberately not an OpsError: the task layer reports it as an internal error (exit
+    70, "set AIMMS_OPS_DEBUG=1 to see the traceback"), never as advice to the operator.
+    Its message still says what was (not) changed.
+    """
 
 
 def shown(value: object, limit: int = 80) -> str:

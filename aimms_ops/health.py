@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import units
 from .checks import Check, State
 from .compose import compose_volumes, decode_config, facts_args, parse_facts
 from .inventory import Host
@@ -12,15 +13,6 @@ def gather_facts(remote: Remote) -> dict[str, str]:
     """Run facts.sh on the host and parse what it prints."""
     res = remote.run_script("facts.sh", *facts_args(remote.host))
     return parse_facts(res.stdout)
-
-
-def _human_kb(kb: int) -> str:
-    size = float(kb) * 1024
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
 
 
 def connection_checks(facts: dict[str, str], host: Host, *, fingerprint: str) -> list[Check]:
@@ -92,7 +84,7 @@ def connection_checks(facts: dict[str, str], host: Host, *, fingerprint: str) ->
         avail = int(facts.get("backup_dir.avail_kb", "0") or 0)
         writable = facts.get("backup_dir.writable") == "1"
         state = ok if writable else crit
-        detail = f"{host.backup_dir}, {_human_kb(avail)} free"
+        detail = f"{host.backup_dir}, {units.size(avail * 1024)} free"
         rows.append(Check("backup dir", state, detail if writable else detail + ", not writable",
                           "" if writable else f"chown the directory to {facts.get('ssh.user')}"))
     return rows

@@ -47,8 +47,11 @@ class Compose:
 @dataclass(frozen=True)
 class Postgres:
     superuser: str
-    app_user: str
-    databases: tuple[str, ...]
+
+
+#: Keys of ``postgres`` that nothing reads: still accepted (any value), each with a
+#: warning that it is ignored and may be removed. They go in a later release.
+IGNORED_POSTGRES_KEYS = ("app_user", "databases")
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,8 @@ class Inventory:
     default_host: str
     hosts: Mapping[str, Host]
     download_dir: str = "./backups"
+    #: One line each, for keys that are accepted but ignored (the task layer prints them).
+    warnings: tuple[str, ...] = ()
 
     def host(self, name: str | None) -> Host:
         """The host called ``name``, or the default host when ``name`` is None."""
@@ -148,6 +153,12 @@ class _Checker:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def ignored(self, key: str) -> None:
+        """Record a key that is accepted but read by nothing."""
+        self.warnings.append(f"warning: {self.path}: {key} is ignored (aimms-ops does not "
+                             "use it) and may be removed from the inventory")
 
     def fail(self, key: str, expected: str, value: Any = None, *, missing: bool = False) -> None:
         if missing:
@@ -206,15 +217,13 @@ _EXPECT = {
     "cron_schedule": 'a cron schedule of five fields, like "0 2 * * *"',
     "retention_days": "a whole number of days, at least 1",
     "compose": "a mapping with project_dir, file, project, postgres_service",
-    "postgres": "a mapping with superuser, app_user, databases",
+    "postgres": "a mapping with superuser",
     "volumes": "a mapping with postgres and redis volume names",
     "project_dir": "an absolute path",
     "file": "a file name or absolute path",
     "project": "a compose project name",
     "postgres_service": "a compose service name",
     "superuser": "a PostgreSQL role name",
-    "app_user": "a PostgreSQL role name",
-    "databases": "a non-empty list of database names",
     "postgres_volume": "a docker volume name",
 }
 
@@ -343,20 +352,15 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
             postgres_service=ck.value(ck_, f"{key}.compose", "postgres_service", _is_name,
                                       _EXPECT["postgres_service"]),
         )
-    pg_ = ck.mapping(d["postgres"], f"{key}.postgres", {"superuser", "app_user", "databases"},
-                     {"superuser", "app_user", "databases"}
+    pg_ = ck.mapping(d["postgres"], f"{key}.postgres",
+                     {"superuser", *IGNORED_POSTGRES_KEYS}, {"superuser"}
                      ) if d.get("postgres") is not None else None
     if pg_ is not None:
-        dbs = ck.value(pg_, f"{key}.postgres", "databases",
-                       lambda v: isinstance(v, list) and len(v) > 0 and all(map(is_db_name, v)),
-                       _EXPECT["databases"])
-        postgres = Postgres(
-            superuser=ck.value(pg_, f"{key}.postgres", "superuser", is_db_name,
-                               _EXPECT["superuser"]),
-            app_user=ck.value(pg_, f"{key}.postgres", "app_user", is_db_name,
-                              _EXPECT["app_user"]),
-            databases=tuple(dbs or ()),
-        )
+        for k in IGNORED_POSTGRES_KEYS:
+            if k in pg_:
+                ck.ignored(f"{key}.postgres.{k}")
+        postgres = Postgres(superuser=ck.value(pg_, f"{key}.postgres", "superuser", is_db_name,
+                                               _EXPECT["superuser"]))
     vol_ = ck.mapping(d["volumes"], f"{key}.volumes", {"postgres", "redis"},
                       {"postgres", "redis"}) if d.get("volumes") is not None else None
     if vol_ is not None:
@@ -451,7 +455,8 @@ def parse(text: str, path: Path) -> Inventory:
             hosts[str(n)] = host
     ck.raise_if_any()
     assert isinstance(default, str)  # raise_if_any refused anything else
-    return Inventory(path=path, default_host=default, hosts=hosts, download_dir=download_dir)
+    return Inventory(path=path, default_host=default, hosts=hosts, download_dir=download_dir,
+                     warnings=tuple(ck.warnings))
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Inventory:

@@ -429,7 +429,7 @@ def parse_push_results(log_text: str) -> dict[str, tuple[datetime | None, bool, 
 def judge(listings: list, pushes: dict, now: datetime, max_age: int,
                   max_age_text: str) -> list[Check]:
     """One check per target (pure): its newest whole copy and its last push."""
-    from .status import format_age
+    from .units import age as format_age
 
     checks = []
     for lst in listings:

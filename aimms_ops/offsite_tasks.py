@@ -15,10 +15,10 @@ from typing import Any
 
 from invoke import Exit
 
-from . import output
+from . import output, units
 from .checks import Check, State
 from .errors import OpsError
-from .tasks import _age, _download_dir, _human, _inventory, _open
+from .tasks import _download_dir, _inventory, _open
 
 
 def sync_task(c: Any, target: str | None, dry_run: bool) -> None:
@@ -93,11 +93,11 @@ def _show_offsite(remote: Any, remote_list: list, listings: list) -> None:
         rows = []
         for cp in lst.copies:
             state = "whole" if cp.complete else "INCOMPLETE"
-            verified = (f"verified {_age(cp.verified_at)} ago" if cp.verified_at
+            verified = (f"verified {units.age_of(cp.verified_at)} ago" if cp.verified_at
                         else "not verified")
             where = "host + offsite" if cp.name in on_host else "ONLY OFFSITE"
-            rows.append([cp.name, _human(cp.plaintext_size), _age(cp.created) if cp.created
-                         else "?", state, verified, where])
+            age = units.age_of(cp.created) if cp.created else "?"
+            rows.append([cp.name, units.size(cp.plaintext_size), age, state, verified, where])
         rows += [[f"{name} (partial upload)", "", "", "partial", "", ""]
                  for name in lst.partial]
         output.table(["name", "size", "age", "copy", "verified", "where"], rows,

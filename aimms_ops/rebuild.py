@@ -30,7 +30,7 @@ from pathlib import PurePosixPath
 
 import yaml
 
-from . import restore, shell
+from . import restore, shell, units
 from .compose import (
     compose_services_using,
     compose_volumes,
@@ -39,7 +39,7 @@ from .compose import (
     parse_facts,
 )
 from .dumpsource import DumpInfo, conninfo
-from .errors import OpsError
+from .errors import InternalError, OpsError
 from .inventory import Host
 from .remote import Progress, Remote
 
@@ -406,8 +406,8 @@ def step_commands(host: Host, facts: RebuildFacts, dump: DumpInfo, *, keep: str 
     image = facts.image
     su = host.postgres.superuser
     if keep in (vol, host.volumes.redis):
-        raise OpsError(f"refusing the plan: the copy of the old data would go into {keep}",
-                       "this is a bug in aimms-ops; nothing was changed")
+        raise InternalError(f"refusing the plan: the copy of the old data would go into "
+                            f"{keep}; nothing was changed")
     # Named after the run: a copy still running after an interrupted run makes the
     # next attempt fail on the name instead of copying at the same time.
     def throwaway(what: str) -> list[str]:
@@ -465,9 +465,8 @@ def refuse_redis(steps: tuple[Step, ...], redis_volume: str) -> None:
         for cmd in step.commands:
             for word in cmd.argv:
                 if word == redis_volume or word.startswith(redis_volume + ":"):
-                    raise OpsError(f"refusing the plan: step {step.name} names the Redis volume "
-                                   f"{redis_volume}", "this is a bug in aimms-ops; nothing was "
-                                   "changed")
+                    raise InternalError(f"refusing the plan: step {step.name} names the "
+                                        f"Redis volume {redis_volume}; nothing was changed")
 
 
 def get_back_commands(host: Host, compose_cmd: tuple[str, ...], image: str,
@@ -490,15 +489,6 @@ def get_back_commands(host: Host, compose_cmd: tuple[str, ...], image: str,
         "# delete it once it is no longer needed:",
         shell.join(["docker", "volume", "rm", keep]),
     )
-
-
-def _kb(kb: int) -> str:
-    size = float(kb)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "KiB" else f"{size:.0f} KiB"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def _refuse(message: str, hint: str = "nothing was stopped or changed") -> OpsError:
@@ -653,13 +643,14 @@ def _check_volume(host: Host, facts: RebuildFacts, spec: VolumeSpec | None,
                       f"{facts.measure_error or 'no answer'}")
     need = facts.size_kb + facts.size_kb // 20 + DISK_MARGIN_KB
     where = facts.docker_root or "docker's data root"
+    held, free, needed = (units.size(kb * 1024) for kb in (facts.size_kb, facts.avail_kb, need))
     if facts.avail_kb < need:
-        raise _refuse(f"not enough disk to keep the old data: {vol} holds {_kb(facts.size_kb)}, "
-                      f"the copy needs {_kb(need)} free under {where}, {_kb(facts.avail_kb)} "
+        raise _refuse(f"not enough disk to keep the old data: {vol} holds {held}, "
+                      f"the copy needs {needed} free under {where}, {free} "
                       "are free", "nothing was stopped or changed; free some space, or pass "
                       "--no-keep-old to rebuild without keeping the old data")
-    return [*checks, ("disk", f"{vol} holds {_kb(facts.size_kb)}; {_kb(facts.avail_kb)} free "
-                              f"under {where} (the copy needs {_kb(need)})")]
+    return [*checks, ("disk", f"{vol} holds {held}; {free} free "
+                              f"under {where} (the copy needs {needed})")]
 
 
 def _step_action(name: str, done: dict[str, str], *, keep: str | None, volume: str,
@@ -847,12 +838,11 @@ StepEvent = Callable[[Step, str, float, str], None]
 def execute(remote: Remote, plan: RebuildPlan, *,
             on_step: StepEvent | None = None,
             restore_progress: Callable[[int], AbstractContextManager[Progress]] | None = None,
-            stop_after: str | None = None) -> RebuildReport:
+            ) -> RebuildReport:
     """Run the plan's steps in order, recording each on the host before and after.
 
     ``on_step(step, event, seconds, detail)`` is told "start", "ran", "done before" and
-    "skipped". ``stop_after`` (a step name) raises KeyboardInterrupt right after that
-    step is recorded as done: the same as a Ctrl-C there, for tests.
+    "skipped".
     """
     rec = _Record(remote, plan)
     by = operator()
@@ -903,8 +893,6 @@ def execute(remote: Remote, plan: RebuildPlan, *,
             rec.append(f"done={step.name} seconds={seconds:.1f}")
             results.append(StepResult(step.name, "ran", seconds, detail))
             tell(step, "ran", seconds, detail)
-            if stop_after == step.name:
-                raise KeyboardInterrupt
         where = "the end"
         rec.append("finished=ok")
         rec.close(plan.state_file + DONE_SUFFIX)
@@ -1009,7 +997,7 @@ def _restore(remote: Remote, plan: RebuildPlan,
     with ctx as advance:
         # This run holds the cluster lock already (locked()).
         report = restore.execute(remote, rplan, progress=advance, lock=False)
-    return f"{', '.join(report.databases)} restored in {report.seconds:.1f} s"
+    return f"{', '.join(report.databases)} restored in {units.duration(report.seconds)}"
 
 
 def parse_counts(text: str) -> list[tuple[str, int]]:

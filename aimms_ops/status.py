@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from . import shell
+from . import shell, units
 from .backups import BackupFile, parse_listing
 from .checks import Check, State, worst
 from .compose import facts_args, parse_facts
@@ -29,42 +29,19 @@ from .remote import Remote
 PREFIX = "AIMMS-OPS"
 DEFAULT_MAX_AGE = "26h"
 _SECTIONS = ("facts", "backups", "status")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhd])\s*$")
-_UNITS = {"m": 60, "h": 3600, "d": 86400}
 _RESULT = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] RESULT (ok|failed:)\s*(.*)$")
 
 
-# --- durations and sizes ---------------------------------------------------------------
+# --- durations ------------------------------------------------------------------------
 
 
 def parse_max_age(text: str) -> int:
     """``26h``, ``90m``, ``2d`` (or ``1.5d``) as seconds; anything else is an OpsError."""
-    m = _DURATION.match(str(text))
-    if not m or float(m.group(1)) <= 0:
+    seconds = units.parse_duration(text)
+    if seconds is None:
         raise OpsError(f"invalid --max-age {shown(text, 40)}: expected a positive number "
                        "followed by m, h or d, like 26h, 90m or 2d", code=3)
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
-
-
-def format_age(seconds: float) -> str:
-    """A short age: ``45m``, ``2h05m``, ``30h``, ``3d4h``."""
-    secs = max(0, int(seconds))
-    if secs < 3600:
-        return f"{secs // 60}m"
-    if secs < 10 * 3600:
-        return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
-    if secs < 72 * 3600:
-        return f"{secs // 3600}h"
-    return f"{secs // 86400}d{(secs % 86400) // 3600}h"
-
-
-def human(n: float) -> str:
-    """Bytes in binary units: ``1.9 MiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return seconds
 
 
 # --- the facts -------------------------------------------------------------------------
@@ -290,9 +267,9 @@ def check_newest(backups: list[BackupFile] | None, now: datetime, max_age: int,
     age = (now - newest.created).total_seconds()
     if age > max_age:
         return Check(name, State.CRITICAL,
-                     f"newest good backup is {format_age(age)} old (max {max_age_text})",
+                     f"newest good backup is {units.age(age)} old (max {max_age_text})",
                      "see fab doctor and fab logs; make one now: fab backup")
-    return Check(name, State.OK, f"newest backup {format_age(age)} ago ({human(newest.size)}, "
+    return Check(name, State.OK, f"newest backup {units.age(age)} ago ({units.size(newest.size)}, "
                  f"{newest.name})")
 
 
@@ -307,20 +284,22 @@ def check_size(backups: list[BackupFile] | None,
     if not good:
         return Check(name, State.UNKNOWN, "no good backup to measure")
     if len(good) < 2:
-        return Check(name, State.OK, f"{human(good[0].size)}; no earlier backup to compare with")
+        return Check(name, State.OK,
+                     f"{units.size(good[0].size)}; no earlier backup to compare with")
     newest, previous = good[0], [b.size for b in good[1:6]]
     median = statistics.median(previous)
     allowed = any(r.ok and r.name == newest.name and " shrink allowed: " in r.detail
                   for r in runs or [])
     if median > 0 and newest.size * 2 < median and allowed:
-        return Check(name, State.OK, f"{human(newest.size)}, less than half of the "
-                     f"{human(median)} before it: accepted (--allow-shrink)")
+        return Check(name, State.OK, f"{units.size(newest.size)}, less than half of the "
+                     f"{units.size(median)} before it: accepted (--allow-shrink)")
     if median > 0 and newest.size * 2 < median:
         return Check(name, State.WARNING,
-                     f"newest backup is {human(newest.size)}, less than half of the "
-                     f"{human(median)} before it",
+                     f"newest backup is {units.size(newest.size)}, less than half of the "
+                     f"{units.size(median)} before it",
                      "check that no database or table went missing: fab verify --deep")
-    return Check(name, State.OK, f"{human(newest.size)}, previous ones {human(median)} (median)")
+    return Check(name, State.OK,
+                 f"{units.size(newest.size)}, previous ones {units.size(median)} (median)")
 
 
 def check_last_run(runs: list[LoggedRun]) -> Check:
@@ -430,15 +409,15 @@ def check_disk(outlook: DiskOutlook | None, backups: list[BackupFile] | None,
     good = good_backups(backups)
     last = good[0].size if good else 0
     free = outlook.free
-    detail = f"{human(free)} free in {backup_dir}"
+    detail = f"{units.size(free)} free in {backup_dir}"
     if outlook.days_left is not None:
         detail += f", about {outlook.days_left:.0f} days left at the present growth " \
-                  f"({human(outlook.growth_per_day or 0)}/day)"
+                  f"({units.size(outlook.growth_per_day or 0)}/day)"
     elif outlook.growth_per_day is not None:
         detail += ", backups not growing"
     if last and free < last * 12 // 10:
         return Check(name, State.CRITICAL, f"only {detail}: the next backup "
-                     f"({human(last)} last time) will not fit",
+                     f"({units.size(last)} last time) will not fit",
                      "free space, or lower retention_days and run fab prune")
     if (last and free < 3 * last) or (outlook.days_left is not None and outlook.days_left < 14):
         return Check(name, State.WARNING, f"only {detail}",
@@ -480,27 +459,32 @@ def check_verify(runs: list[LoggedRun], host: Host, now: datetime,
             since_at = None
         if since_at is not None and now - since_at > period + timedelta(days=1):
             return Check(name, State.WARNING, "no deep verify logged since it was scheduled "
-                         f"{format_age((now - since_at).total_seconds())} ago",
+                         f"{units.age((now - since_at).total_seconds())} ago",
                          "is cron running? see fab doctor; run one: fab verify --deep")
         return Check(name, State.OK, "no deep verify has run yet "
                      f"(scheduled {host.verify_schedule})")
     age = (now - run.at).total_seconds()
     if not run.ok:
-        return Check(name, State.CRITICAL, f"last deep verify failed {format_age(age)} ago: "
+        return Check(name, State.CRITICAL, f"last deep verify failed {units.age(age)} ago: "
                      f"{run.reason}", "see fab logs; run fab verify --deep --file=latest")
     if age > (period + timedelta(days=1)).total_seconds():
-        return Check(name, State.WARNING, f"last deep verify is {format_age(age)} old "
+        return Check(name, State.WARNING, f"last deep verify is {units.age(age)} old "
                      f"({run.name})", "is cron running? see fab doctor")
-    return Check(name, State.OK, f"ok {format_age(age)} ago ({run.detail})")
+    return Check(name, State.OK, f"ok {units.age(age)} ago ({run.detail})")
 
 
 _STACK_ROWS = ("docker", "postgres container", "volume ")
 
 
 def stack_checks(hf: HostFacts, host: Host) -> list[Check]:
-    """Docker, the postgres container and the volumes (external), from ``fab check``'s rows."""
+    """Docker, the postgres container, the volumes (external) and a backup dir the next
+    backup cannot write to, from ``fab check``'s rows (a missing backup dir is the newest
+    backup's check)."""
     rows = connection_checks(hf.facts, host, fingerprint=hf.fingerprint)
-    return [r for r in rows if r.name.startswith(_STACK_ROWS)]
+    unwritable = hf.facts.get("backup_dir.exists") == "1" and \
+        hf.facts.get("backup_dir.writable") != "1"
+    return [r for r in rows if r.name.startswith(_STACK_ROWS)
+            or (r.name == "backup dir" and unwritable)]
 
 
 def disk_from(hf: HostFacts) -> DiskOutlook | None:
@@ -607,13 +591,13 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
         age = (now - newest.created).total_seconds()
         perf["age"] = f"{int(age)}s;;{max_age};0"
         perf["size"] = f"{newest.size}B;;;0"
-        ok_parts.append(f"newest backup {format_age(age)} ago ({human(newest.size)})")
+        ok_parts.append(f"newest backup {units.age(age)} ago ({units.size(newest.size)})")
     ok_parts.append("last run ok")
     if verify is not None and verify.detail.startswith("ok "):
         ok_parts.append(f"deep verify {verify.detail.split(' (')[0]}")
     if disk is not None:
         perf["free"] = f"{disk.free}B;;;0;{disk.total}"
-        ok_parts.append(f"{human(disk.free)} free")
+        ok_parts.append(f"{units.size(disk.free)} free")
     pings = hf.pings
     return StatusReport(host.name, checks, max_age, now, newest, last_run(runs, "backup"),
                         last_run(runs, "verify"), disk, perf, "; ".join(ok_parts),

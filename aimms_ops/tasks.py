@@ -17,7 +17,7 @@ from typing import Any
 from fabric import Connection
 from invoke import Collection, Exit, task
 
-from . import output
+from . import output, units
 from .checks import State
 from .errors import OpsError, shown
 
@@ -81,7 +81,15 @@ def check_hosts_argument(argv: list[str]) -> None:
 def _inventory():
     from . import inventory
 
-    return inventory.load()
+    inv = inventory.load()
+    for line in inv.warnings:
+        _warn_once(line)
+    return inv
+
+
+@functools.cache
+def _warn_once(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _open(c: Any, inv: Any = None):
@@ -107,25 +115,6 @@ def confirm(expected: str, action: str, yes: bool) -> None:
         answer = ""
     if answer.strip() != expected:
         raise OpsError("not confirmed: nothing was changed", code=2)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _age(created: Any) -> str:
-    from datetime import UTC, datetime
-
-    secs = max(0, int((datetime.now(UTC) - created).total_seconds()))
-    if secs < 3600:
-        return f"{secs // 60}m"
-    if secs < 86400 * 2:
-        return f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
-    return f"{secs // 86400}d{(secs % 86400) // 3600}h"
 
 
 def _download_dir(inv: Any, dest: str | None) -> Path:
@@ -170,7 +159,8 @@ def backup(c, label=None, download=False, allow_shrink=False):
             "  " + line.split(" ", 2)[-1]), allow_shrink=allow_shrink)
         elapsed = time.monotonic() - started
         output.table(["name", "size", "sha256", "duration"],
-                     [[result.name, _human(result.size), result.sha256, f"{elapsed:.1f} s"]],
+                     [[result.name, units.size(result.size), result.sha256,
+                       units.duration(elapsed)]],
                      title=f"backup made on {remote.name}: {result.path}")
         if result.pruned:
             output.note(f"retention removed {len(result.pruned)}: {', '.join(result.pruned)}")
@@ -197,9 +187,9 @@ def _do_download(remote: Any, b: Any, dest: Path) -> None:
         output.note(f"{d.path} is already here and matches sha256 {d.sha256}")
         return
     rate = (d.size - d.resumed_from) / d.seconds if d.seconds else 0
-    resumed = f", resumed at {_human(d.resumed_from)}" if d.resumed_from else ""
-    output.note(f"downloaded {d.path} ({_human(d.size)} in {d.seconds:.1f} s, "
-                f"{_human(rate)}/s{resumed}); sha256 {d.sha256} verified")
+    resumed = f", resumed at {units.size(d.resumed_from)}" if d.resumed_from else ""
+    output.note(f"downloaded {d.path} ({units.size(d.size)} in {units.duration(d.seconds)}, "
+                f"{units.size(rate)}/s{resumed}); sha256 {d.sha256} verified")
 
 
 @ops_task(help={"json": "print a JSON list of objects instead of tables"})
@@ -217,12 +207,13 @@ def list_backups(c, json=False):
         output.print_json(_offsite_json(remote_list + local_list, listings))
         return
     output.table(["name", "size", "age", "checksum", "pinned"],
-                 [[b.name, _human(b.size), _age(b.created), b.checksum_state, _pin_cell(b)]
+                 [[b.name, units.size(b.size), units.age_of(b.created), b.checksum_state,
+                   _pin_cell(b)]
                   for b in remote_list],
                  title=f"backups on {remote.name}:{remote.host.backup_dir}")
     if local_list:
         output.table(["name", "size", "age", "checksum"],
-                     [[b.name, _human(b.size), _age(b.created), b.checksum_state]
+                     [[b.name, units.size(b.size), units.age_of(b.created), b.checksum_state]
                       for b in local_list],
                      title=f"downloaded to {_download_dir(inv, None)}")
     _show_offsite(remote, remote_list, listings)
@@ -429,7 +420,7 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
                 raise OpsError(f"nothing was restored: the safety backup failed: {exc.message}",
                                "fix that first, or pass --no-safety-backup to restore "
                                "without one") from None
-            output.note(f"  kept {safety.path} ({_human(safety.size)})")
+            output.note(f"  kept {safety.path} ({units.size(safety.size)})")
         try:
             with output.transfer_progress("restoring", plan.dump.size) as advance:
                 report = rs.execute(remote, plan, progress=advance)
@@ -440,7 +431,7 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
     output.table(["database", "table", "rows (estimate)"],
                  [[t.database, t.table, t.rows] for t in report.tables],
                  title=f"restored {', '.join(report.databases)} on {plan.host} in "
-                 f"{report.seconds:.1f} s ({_human(report.rate)}/s of dump)")
+                 f"{units.duration(report.seconds)} ({units.size(report.rate)}/s of dump)")
 
 
 def _inspect(remote: Any, file: str):
@@ -462,11 +453,11 @@ def _print_restore_plan(plan: Any) -> None:
     rows = [
         ["host", plan.host],
         ["container", plan.container],
-        ["dump", f"{d.source} ({d.location}, {_human(d.size)}, {d.format})"],
+        ["dump", f"{d.source} ({d.location}, {units.size(d.size)}, {d.format})"],
         ["checks", f"sha256 {sha}; stream and completion marker OK"],
         ["dump holds", ", ".join(shown(db) for db in d.databases)],
         ["dropped and recreated", ", ".join(
-            f"{shown(db)} (now {_human(plan.current_sizes[db])})" if db in plan.current_sizes
+            f"{shown(db)} (now {units.size(plan.current_sizes[db])})" if db in plan.current_sizes
             else f"{shown(db)} (new)" for db in plan.affected)],
     ]
     if plan.kept_databases:
@@ -620,17 +611,9 @@ def _show_kept(kept: list[Any]) -> None:
     total = sum(v.size_bytes or 0 for v in kept)
     output.table(["kept volume", "kept from", "size", "age", "to remove it"],
                  [[v.name, v.kept_from, v.size or "?",
-                   _age_seconds(v.age_seconds), f"fab rebuild-volume --drop-kept={v.name}"]
+                   units.age(v.age_seconds), f"fab rebuild-volume --drop-kept={v.name}"]
                   for v in kept],
-                 title=f"volumes kept by earlier rebuilds: {len(kept)}, {_human(total)}")
-
-
-def _age_seconds(secs: int | None) -> str:
-    from datetime import UTC, datetime, timedelta
-
-    if secs is None:
-        return "?"
-    return _age(datetime.now(UTC) - timedelta(seconds=secs))
+                 title=f"volumes kept by earlier rebuilds: {len(kept)}, {units.size(total)}")
 
 
 @ops_task(help={"json": "print one JSON object instead of the table",
@@ -656,9 +639,6 @@ def doctor(c, json=False, ping=False):
     if report.state is not State.OK:
         bad = [ch.name for ch in report.checks if not ch.ok]
         raise Exit(f"doctor: {report.state.name}: {', '.join(bad)}", code=int(report.state))
-
-
-REBUILD_STOP_ENV = "AIMMS_OPS_REBUILD_STOP_AFTER"
 
 
 @ops_task(help={
@@ -723,8 +703,7 @@ def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, ne
                 report = rb.execute(
                     remote, plan, on_step=_rebuild_event(len(plan.steps)),
                     restore_progress=lambda total: output.transfer_progress("restoring",
-                                                                            total),
-                    stop_after=os.environ.get(REBUILD_STOP_ENV) or None)
+                                                                            total))
             except KeyboardInterrupt:
                 raise OpsError("interrupted: the stack may be down",
                                f"run the same command again: it continues where it stopped "
@@ -746,7 +725,7 @@ def _drop_kept(c: Any, name: str, *, yes: bool, dry_run: bool) -> None:
         output.table(["remove kept volume", ""],
                      [["host", remote.name], ["volume", kept.name],
                       ["kept from", kept.kept_from or "?"], ["size", kept.size or "?"],
-                      ["age", _age_seconds(kept.age_seconds)],
+                      ["age", units.age(kept.age_seconds)],
                       ["command", f"docker volume rm {kept.name}"]],
                      title=f"the old data in {kept.name} is deleted for good")
         if dry_run:
@@ -765,7 +744,7 @@ def _rebuild_event(total: int) -> Callable:
         if event == "start":
             output.note(f"[{n}/{total}] {step.name}: {step.title} ...")
         elif event == "ran":
-            output.note(f"[{n}/{total}] {step.name}: done in {seconds:.1f} s"
+            output.note(f"[{n}/{total}] {step.name}: done in {units.duration(seconds)}"
                         + (f" ({detail})" if detail else ""))
         else:
             output.note(f"[{n}/{total}] {step.name}: {event}: {detail}")
@@ -780,7 +759,7 @@ def _show_rebuild_plan(plan: Any, as_json: bool) -> None:
     head = [
         ["host", plan.host],
         ["volume", f"{plan.volume} (deleted and created again, empty)"],
-        ["backup", f"{plan.dump.source} ({plan.dump.location}, {_human(plan.dump.size)})"],
+        ["backup", f"{plan.dump.source} ({plan.dump.location}, {units.size(plan.dump.size)})"],
         ["old data kept in", plan.keep or "NOT KEPT (--no-keep-old)"],
         ["services", ", ".join(plan.services) + " (stopped and started again)"],
         ["untouched", f"{plan.redis_volume} (Redis volume)"],
@@ -811,7 +790,7 @@ def _show_rebuild_report(report: Any) -> None:
     output.table(["step", "result", "seconds", "detail"],
                  [[s.name, s.action, f"{s.seconds:.1f}", s.detail] for s in report.steps],
                  title=f"rebuilt {plan.volume} on {plan.host} from {plan.dump.source} "
-                 f"in {report.seconds:.1f} s (run {plan.run_id})")
+                 f"in {units.duration(report.seconds)} (run {plan.run_id})")
     output.table(["database", "table", "rows"],
                  [[t.database, t.table, t.rows] for t in report.tables],
                  title=f"databases present: {', '.join(report.databases)}")

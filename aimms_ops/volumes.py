@@ -271,9 +271,15 @@ def gather_command(host: Host) -> str:
 
 
 def parse_gathered(text: str, host: Host, now: datetime | None = None) -> list[VolumeReport]:
+    """The volumes, or an OpsError when Docker does not answer: then nothing can be said
+    of them (an unreachable daemon lists no volume, which is not "does not exist")."""
     facts_part, _, engine_part = text.partition("@@engine\n")
-    return report(parse_key_values(facts_part.replace("@@facts\n", "", 1)),
-                  parse_engine(engine_part), host, now)
+    facts = parse_key_values(facts_part.replace("@@facts\n", "", 1))
+    if facts.get("docker.ok") != "1":
+        raise OpsError(f"docker is not reachable on {host.name}: "
+                       f"{facts.get('docker.error') or 'no answer'}",
+                       "start the Docker daemon on the host, or see fab check")
+    return report(facts, parse_engine(engine_part), host, now)
 
 
 def volumes(remote: Remote) -> list[VolumeReport]:

@@ -570,8 +570,6 @@ hosts:
       postgres_service: postgres
     postgres:
       superuser: postgres
-      app_user: aimms_user
-      databases: [aimms_web]
     volumes:
       postgres: $VOL_PG
       redis: $VOL_REDIS

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from .conftest import FAB, REPO, Sandbox
 
@@ -248,6 +251,48 @@ def start_fab(sandbox: Sandbox, *args: str, inventory: Path | None = None,
     return Running(proc)
 
 
+def interrupt_when(sandbox: Sandbox, *args: str, line: str, sig: int = signal.SIGINT,
+                   timeout: float = 300, inventory: Path | None = None) -> Running:
+    """Run fab with ``args`` and send it ``sig`` (Ctrl-C) the moment it prints a line
+    holding ``line`` on stderr (a step it reports, e.g. ``] rm: done in``), as an
+    operator watching it would; returns the ended run, its output collected.
+
+    The signal comes while fab goes on to what follows that line: a test says what
+    must hold wherever in the next moment it lands.
+    """
+    run = start_fab(sandbox, *args, inventory=inventory)
+    assert run.proc.stdout is not None and run.proc.stderr is not None
+    out: list[str] = []
+    err: list[str] = []
+    seen = threading.Event()
+
+    def drain_stdout() -> None:
+        out.extend(iter(run.proc.stdout.readline, ""))  # type: ignore[union-attr]
+
+    def drain_stderr() -> None:
+        for text in iter(run.proc.stderr.readline, ""):  # type: ignore[union-attr]
+            err.append(text)
+            if line in text and not seen.is_set():
+                run.signal(sig)
+                seen.set()
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (drain_stdout, drain_stderr)]
+    for t in readers:
+        t.start()
+    try:
+        run.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        run.proc.kill()
+        raise AssertionError(f"fab hung for {timeout} s; stderr: {''.join(err)}") from None
+    finally:
+        for t in readers:
+            t.join(30)
+    run.stdout, run.stderr = "".join(out), "".join(err)
+    assert seen.is_set(), f"fab ended (rc={run.returncode}) without printing {line!r}: " \
+        f"{run.stderr}"
+    return run
+
+
 # --- waiting and the task list ---------------------------------------------------------
 
 
@@ -270,6 +315,15 @@ def available_tasks(sandbox: Sandbox) -> set[str]:
         _TASKS = {line.split()[0] for line in proc.stdout.splitlines()
                   if line.startswith("  ") and not line.startswith("   ")}
     return _TASKS
+
+
+def require_task(sandbox: Sandbox, task: str) -> None:
+    """Fail, not skip, when ``fab -l`` does not list ``task``: a renamed or removed task
+    must not silently take its rows out of a suite."""
+    if task not in available_tasks(sandbox):
+        pytest.fail(f"fab -l does not list {task}: rename it in this suite's rows too, or "
+                    f"remove its rows with the task (fab -l lists: "
+                    f"{', '.join(sorted(available_tasks(sandbox)))})", pytrace=False)
 
 
 def error_line(proc) -> str:

@@ -23,7 +23,7 @@ def _host(**kw) -> Host:
         retention_days=7,
         compose=Compose("/home/ec2-user/aimms-web", "docker-compose.prod.yml", "aimms-web",
                         "postgres"),
-        postgres=Postgres("postgres", "aimms_user", ("aimms_web",)),
+        postgres=Postgres("postgres"),
         volumes=Volumes("aimms_postgres_data_prod", "aimms_redis_data_prod"),
     )
     base.update(kw)

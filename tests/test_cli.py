@@ -82,3 +82,18 @@ def test_the_inventory_is_found_here_then_in_the_users_config(sandbox, tmp_path)
     line = fab_error_line(_run("check", cwd=tmp_path, env={"HOME": str(tmp_path / "none"),
                                                            "XDG_CONFIG_HOME": ""}))
     assert "AIMMS_OPS_INVENTORY is not set" in line
+
+
+def test_an_ignored_inventory_key_is_one_warning_line_on_stderr_once(sandbox, tmp_path):
+    inv = tmp_path / "inv.yml"
+    inv.write_text(sandbox.inventory.read_text().replace(
+        "      superuser: postgres\n",
+        "      superuser: postgres\n      app_user: aimms_user\n      databases: [aimms_web]\n"))
+    proc = _run("list-backups", env={"AIMMS_OPS_INVENTORY": str(inv)})
+    assert proc.returncode == 0, proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
+    assert warnings == [f"warning: {inv}: hosts.aidset.postgres.{k} is ignored (aimms-ops does "
+                        "not use it) and may be removed from the inventory"
+                        for k in ("app_user", "databases")], proc.stderr
+    assert "warning:" not in _run("list-backups", env={
+        "AIMMS_OPS_INVENTORY": str(sandbox.inventory)}).stderr

@@ -49,14 +49,6 @@ def test_parse_max_age_refuses_with_one_line(text):
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (59, "0m"), (45 * 60, "45m"), (2 * 3600 + 5 * 60, "2h05m"), (30 * 3600 + 10, "30h"),
-    (80 * 3600, "3d8h"), (-5, "0m"),
-])
-def test_format_age(seconds, text):
-    assert status.format_age(seconds) == text
-
-
 # --- the log ---------------------------------------------------------------------------
 
 LOG = "\n".join([
@@ -332,6 +324,20 @@ def test_status_flags_a_volume_that_is_not_external_and_a_stopped_postgres():
     assert "; volume aimms_redis_data_prod: exists, but is not declared external" in rep.summary
 
 
+def test_status_is_critical_when_the_next_backup_cannot_write_its_dir():
+    h = _host()
+    cron = "\n".join(install.cron_entries(h).values())
+    text = _gathered([_b(1)], crontab=cron)
+    rep = _report(text, h)
+    assert rep.state is State.OK and "backup dir" not in {c.name for c in rep.checks}
+    rep = _report(text.replace("backup_dir.writable=1", "backup_dir.writable=0"), h)
+    assert rep.state is State.CRITICAL
+    assert rep.summary.startswith("AIMMS-OPS CRITICAL - backup dir: /home/ec2-user/"
+                                  "postgres-backups, 10.0 GiB free, not writable")
+    assert [c.fix for c in rep.checks if c.name == "backup dir"] == [
+        "chown the directory to ec2-user"]
+
+
 def test_status_json_shape():
     h = _host(verify_schedule="0 4 * * 0")
     cron = "\n".join(install.cron_entries(h).values())
@@ -476,6 +482,17 @@ def test_volumes_report():
     assert any(d.startswith(compose) for d in redis.destroyed_by)
     assert redis.as_dict()["mounted_by"] == [{"container": "aimms-web-redis-1",
                                               "state": "exited"}]
+
+
+def test_volumes_refuse_to_guess_when_docker_does_not_answer():
+    """No daemon lists no volume: that is "docker is not reachable", not "does not exist"."""
+    text = "@@facts\ndocker.ok=0\ndocker.error=Cannot connect to the Docker daemon\n@@engine\n"
+    with pytest.raises(OpsError, match="docker is not reachable on aidset: Cannot connect") as e:
+        volumes.parse_gathered(text, _host())
+    assert "start the Docker daemon" in e.value.hint
+    good = f"@@facts\ndocker.ok=1\ncompose.config_b64={_b64(COMPOSE)}\n@@engine\n{ENGINE}"
+    assert [v.name for v in volumes.parse_gathered(good, _host())][:1] == [
+        "aimms_postgres_data_prod"]
 
 
 def test_volume_prune_needs_all_from_api_1_42():

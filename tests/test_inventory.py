@@ -35,8 +35,6 @@ def test_production_inventory_mirrors_the_seed():
     assert h.retention_days == 7
     assert h.compose.file_path == "/home/ec2-user/aimms-web/docker-compose.prod.yml"
     assert h.postgres.superuser == "postgres"
-    assert h.postgres.app_user == "aimms_user"
-    assert h.postgres.databases == ("aimms_web",)
     assert h.volumes.names() == ("aimms_postgres_data_prod", "aimms_redis_data_prod")
     assert h.accept_new_host_key is False
 
@@ -115,9 +113,6 @@ WRONG_TYPES = [
     ("hosts.aidset.compose.project", "my project", "compose project name"),
     ("hosts.aidset.compose.project_dir", "~/aimms", "an absolute path"),
     ("hosts.aidset.compose.postgres_service", "pg;reboot", "service name"),
-    ("hosts.aidset.postgres.databases", [], "non-empty list"),
-    ("hosts.aidset.postgres.databases", "aimms_web", "non-empty list"),
-    ("hosts.aidset.postgres.databases", ["ok", "bad name"], "non-empty list"),
     ("hosts.aidset.postgres.superuser", 3, "role name"),
     ("hosts.aidset.volumes.postgres", "$(reboot)", "volume name"),
     ("hosts.aidset.volumes", ["a"], "a mapping"),
@@ -147,7 +142,6 @@ WRONG_TYPES = [
     ("hosts.aidset.compose.file", "../docker-compose.yml", "file name or absolute path"),
     ("hosts.aidset.compose.project", "", "compose project name"),
     ("hosts.aidset.postgres", "postgres", "a mapping"),
-    ("hosts.aidset.postgres.app_user", ["x"], "role name"),
     ("hosts.aidset.postgres.superuser", "postgres; DROP", "role name"),
     ("hosts.aidset.volumes.redis", "a b", "volume name"),
     ("hosts.aidset.volumes.postgres", "", "volume name"),
@@ -181,7 +175,7 @@ ALL_KEYS = {
     *(f"hosts.aidset.{k}" for k in inventory._HOST_KEYS),
     *(f"hosts.aidset.compose.{k}" for k in ("project_dir", "file", "project",
                                             "postgres_service")),
-    *(f"hosts.aidset.postgres.{k}" for k in ("superuser", "app_user", "databases")),
+    "hosts.aidset.postgres.superuser",
     *(f"hosts.aidset.volumes.{k}" for k in ("postgres", "redis")),
 }
 
@@ -205,7 +199,7 @@ def test_wrong_type_names_file_key_and_expectation(tmp_path, key, value, expecte
 
 @pytest.mark.parametrize("key", [
     "hosts.aidset.backup_dir", "hosts.aidset.compose", "hosts.aidset.compose.file",
-    "hosts.aidset.postgres.databases", "hosts.aidset.volumes.redis", "default_host",
+    "hosts.aidset.postgres.superuser", "hosts.aidset.volumes.redis", "default_host",
     "hosts.aidset.retention_days",
 ])
 def test_missing_value(tmp_path, key):
@@ -330,3 +324,29 @@ def test_no_inventory_anywhere_names_every_place_looked(tmp_path, monkeypatch):
     assert inventory.ENV_VAR in msg and "./inventory.yml" in msg
     assert str(tmp_path / "xdg" / "aimms-ops" / "inventory.yml") in msg
     assert "\n" not in msg
+
+
+# --- keys accepted but ignored ------------------------------------------------------------
+
+
+def test_the_inventories_shipped_hold_no_ignored_key():
+    assert inventory.load(REPO / "inventory.yml").warnings == ()
+    assert "app_user" not in (REPO / "sandbox" / "up.sh").read_text()
+
+
+@pytest.mark.parametrize("value", ["aimms_user", ["aimms_web"], None, 5, "not; a role"])
+def test_app_user_and_databases_are_accepted_with_a_warning_each(tmp_path, value):
+    data = _good()
+    data["hosts"]["aidset"]["postgres"].update(app_user=value, databases=value)
+    inv = _load(tmp_path, data)
+    assert inv.host(None).postgres == inventory.Postgres("postgres")
+    assert inv.warnings == tuple(
+        f"warning: {tmp_path / 'inv.yml'}: hosts.aidset.postgres.{k} is ignored (aimms-ops "
+        "does not use it) and may be removed from the inventory" for k in ("app_user", "databases"))
+
+
+def test_a_wrong_key_beside_an_ignored_one_is_still_refused(tmp_path):
+    data = _good()
+    data["hosts"]["aidset"]["postgres"].update(app_user="x", bogus=1)
+    with pytest.raises(OpsError, match=r"hosts\.aidset\.postgres\.bogus: expected no such key"):
+        _load(tmp_path, data)

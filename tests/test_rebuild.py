@@ -9,6 +9,7 @@ destroy events.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from . import faults
 from .conftest import REPO, fab_error_line
 
 pytestmark = pytest.mark.integration
@@ -24,7 +26,6 @@ VOL = "aimms_postgres_data_prod"
 REDIS = "aimms_redis_data_prod"
 IMAGE = "aimms-ops-sandbox/postgres:15"
 KEPT_LABEL = f"label=org.aimms-ops.kept-from={VOL}"
-STOP_ENV = "AIMMS_OPS_REBUILD_STOP_AFTER"
 
 
 
@@ -211,14 +212,16 @@ def _interrupt_and_continue(sandbox, name: str, other: str, before: tuple) -> No
     since = host_now(sandbox)
     old_kept = kept(sandbox)
 
-    # Killed right after the volume was deleted.
-    proc = sandbox.fab("rebuild-volume", f"--file={name}", "--yes", env={STOP_ENV: "rm"})
+    # Ctrl-C right after the volume was deleted (the moment fab says so, before the new
+    # one is created or while it is).
+    proc = faults.interrupt_when(sandbox, "rebuild-volume", f"--file={name}", "--yes",
+                                 line="] rm: done in")
     assert proc.returncode == 130, proc.stderr
     assert "run the same command again" in fab_error_line(proc)
-    assert "done=rm" in sandbox.sh(f"cat {state_file(sandbox)}")
-    assert sandbox.ssh(f"docker volume inspect {VOL}", check=False).returncode != 0
+    state = sandbox.sh(f"cat {state_file(sandbox)}")
+    assert "done=rm" in state and "done=start" not in state, state
     last = audit_lines(sandbox)[-1]
-    assert " result=interrupted " in last and " at=rm " in last, last
+    assert " result=interrupted " in last and re.search(r" at=(rm|create) ", last), last
 
     # Another backup is refused while that run is unfinished; nothing is touched.
     proc = sandbox.fab("rebuild-volume", f"--file={other}", "--yes")
@@ -226,13 +229,14 @@ def _interrupt_and_continue(sandbox, name: str, other: str, before: tuple) -> No
     line = fab_error_line(proc)
     assert "unfinished rebuild" in line and f"--file={name}" in line, line
 
-    # latest means the unfinished run's backup; killed again before the restore.
-    proc = sandbox.fab("rebuild-volume", "--file=latest", "--yes", env={STOP_ENV: "wait"})
+    # latest means the unfinished run's backup; Ctrl-C again before the restore ran.
+    proc = faults.interrupt_when(sandbox, "rebuild-volume", "--file=latest", "--yes",
+                                 line="] wait: done in")
     assert proc.returncode == 130, proc.stderr
     assert f"continuing the unfinished rebuild with its backup {name}" in proc.stderr
     assert "rm: done before" in proc.stderr
     state = sandbox.sh(f"cat {state_file(sandbox)}")
-    assert "done=wait" in state and "begin=restore" not in state
+    assert "done=wait" in state and "done=restore" not in state, state
 
     # The third run finishes it.
     proc = sandbox.fab("rebuild-volume", f"--file={name}", "--yes")
@@ -250,12 +254,17 @@ def _interrupt_and_continue(sandbox, name: str, other: str, before: tuple) -> No
 def test_a_failed_copy_leaves_the_volume_and_starts_the_stack_again(sandbox, backup):
     name, before = backup
     since = host_now(sandbox)
-    proc = sandbox.fab("rebuild-volume", f"--file={name}", "--yes", env={STOP_ENV: "stop"})
+    # Ctrl-C once the stack is down, before (or as) the copy of the old data begins.
+    proc = faults.interrupt_when(sandbox, "rebuild-volume", f"--file={name}", "--yes",
+                                 line="] stop: done in")
     assert proc.returncode == 130, proc.stderr
     assert states(sandbox) == {}  # compose down removed the containers
-    run = next(ln.split("=", 1)[1] for ln in sandbox.sh(f"cat {state_file(sandbox)}").split()
-               if ln.startswith("run="))
-    # A copy of the interrupted run still running holds the name of the copy container.
+    state = sandbox.sh(f"cat {state_file(sandbox)}")
+    assert "done=stop" in state and "begin=rm" not in state, state
+    run = next(ln.split("=", 1)[1] for ln in state.split() if ln.startswith("run="))
+    # A copy of the interrupted run still running holds the name of the copy container
+    # (a copy that did start before the Ctrl-C landed is replaced by this one).
+    sandbox.ssh(f"docker rm -f aimms-ops-copy-{run}", check=False)
     sandbox.ssh(f"docker create --name aimms-ops-copy-{run} {IMAGE} true")
     try:
         proc = sandbox.fab("rebuild-volume", f"--file={name}", "--yes")

@@ -11,7 +11,7 @@ import pytest
 
 from aimms_ops import inventory, rebuild
 from aimms_ops.dumpsource import DumpInfo
-from aimms_ops.errors import OpsError
+from aimms_ops.errors import InternalError, OpsError
 from aimms_ops.rebuild import Command, RebuildFacts, Step, VolumeSpec, VolumeUser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,8 +205,30 @@ def test_redis_volume_is_never_named():
             assert not any(REDIS in w for w in c.argv), c.shown
     for word in (REDIS, f"{REDIS}:/data"):
         bad = Step("keep", "x", (Command("x", ("docker", "run", "-v", word)),), "run")
-        with pytest.raises(OpsError, match="names the Redis volume"):
+        with pytest.raises(InternalError, match="names the Redis volume") as exc:
             rebuild.refuse_redis((*p.steps, bad), REDIS)
+        assert not isinstance(exc.value, OpsError)  # a bug, not the operator's to fix
+
+
+def test_a_bug_ends_as_an_internal_error_not_as_advice(monkeypatch):
+    from invoke import Exit
+
+    from aimms_ops.tasks import DEBUG_ENV, ops_task
+
+    @ops_task()
+    def broken(c):
+        rebuild.refuse_redis((Step("keep", "x", (Command("x", ("-v", REDIS)),), "run"),),
+                             REDIS)
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(Exit) as exc:
+        broken.body(None)
+    assert exc.value.code == 70
+    assert str(exc.value.message).startswith("internal error: InternalError: refusing the "
+                                             "plan: step keep names the Redis volume")
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(InternalError):
+        broken.body(None)
 
 
 # --- resuming an interrupted run -----------------------------------------------------

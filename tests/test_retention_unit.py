@@ -415,7 +415,7 @@ def _host(**kw) -> inventory.Host:
         name="aidset", backup_dir="/b", backup_script="/s.sh", log_file="/l.log",
         cron_schedule="0 2 * * *", retention_days=7,
         compose=Compose("/c", "dc.yml", "aimms-web", "postgres"),
-        postgres=Postgres("postgres", "aimms_user", ("aimms_web",)),
+        postgres=Postgres("postgres"),
         volumes=Volumes("pg", "redis"), ping=Ping("https://hc-ping.com/x"))
     base.update(kw)
     return Host(**base)

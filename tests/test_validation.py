@@ -201,8 +201,7 @@ def test_any_value_of_any_inventory_key_is_refused_naming_it_or_safe(key, value)
     for name in (h.compose.project, h.compose.postgres_service, h.volumes.postgres,
                  h.volumes.redis):
         assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name), name
-    for name in (h.postgres.superuser, h.postgres.app_user, *h.postgres.databases):
-        assert inventory.is_db_name(name), name
+    assert inventory.is_db_name(h.postgres.superuser), h.postgres.superuser
     for sched in (h.cron_schedule, h.verify_schedule):
         assert sched is None or ("\n" not in sched and ";" not in sched and "$" not in sched
                                  and "`" not in sched and "|" not in sched)
