@@ -261,7 +261,10 @@ def check_newest(backups: list[BackupFile] | None, now: datetime, max_age: int,
                      "run: fab install-backups, then fab backup")
     good = good_backups(backups)
     if not good:
-        return Check(name, State.CRITICAL, f"no good backup (with a .sha256) in {backup_dir}",
+        safety = [b for b in backups if b.safety]
+        what = (f"only safety copies ({len(safety)}), no regular backup," if safety
+                else "no good backup (with a .sha256)")
+        return Check(name, State.CRITICAL, f"{what} in {backup_dir}",
                      "make one: fab backup; then see fab doctor")
     newest = good[0]
     age = (now - newest.created).total_seconds()

@@ -76,7 +76,7 @@ def test_the_seeds_manual_backup_command_makes_a_good_backup(managed):
     # preface of database properties (comment lines), then pg_dumpall's own header.
     head = sb.sh(f"gunzip -c {sb.home}/{BACKUPS}/{name} | head -100")
     assert head.startswith("-- aimms-ops: properties of database template1")
-    first = sb.sh(f"gunzip -c {sb.home}/{BACKUPS}/{name} | grep -m 1 -n -x "
+    first = sb.sh(f"gunzip -c {sb.home}/{BACKUPS}/{name} | grep -m 1 -n -x -e "
                   "'-- PostgreSQL database cluster dump'")
     assert first.strip(), "no cluster dump header"
 

@@ -192,7 +192,9 @@ def test_restore_from_s3_onto_an_empty_backup_dir_is_exact(off, tmp_path):
                    f"--identity={off.env['SANDBOX_AGE_IDENTITY']}", "--yes", inventory=inv)
     assert proc.returncode == 0, proc.stderr
     assert sb.dumpall() == before
-    assert off.fab("status", inventory=inv).returncode == 0
+    # The host holds the restore's safety copy only: not yet a regular backup.
+    status = off.fab("status", inventory=inv)
+    assert status.returncode == 2 and "only safety copies (1), no regular backup" in status.stdout
     # The restore's safety backup was pushed too, and is never what latest means: a
     # second restore (say the first was cut short) picks the same copy.
     assert any(p.name.endswith("_pre-restore.sql.gz.age") for p in off.dir_of("s3").iterdir())
