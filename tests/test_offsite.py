@@ -206,6 +206,10 @@ def test_restore_from_s3_onto_an_empty_backup_dir_is_exact(off, tmp_path):
     # The copy was decrypted here, into the download folder, verified.
     got = list((tmp_path / "backups").glob("aimms_postgres_*.sql.gz"))
     assert got and (got[0].stat().st_mode & 0o777) == 0o600
+    # The runbook's last step: the new host's first regular backup, then all is well.
+    assert off.fab("backup", inventory=inv).returncode == 0
+    status = off.fab("status", inventory=inv)
+    assert status.returncode == 0, status.stdout
 
 
 def test_rebuild_volume_from_an_offsite_copy_plans_with_the_verified_copy(off, tmp_path):
