@@ -64,16 +64,21 @@ class LoggedRun:
                 "name": self.name, "reason": self.reason, "detail": self.detail}
 
 
+def _logged_at(stamp: str) -> datetime | None:
+    """The UTC time a log line starts with (``now_utc`` of lib.sh), or None."""
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def parse_results(text: str) -> list[LoggedRun]:
     """The RESULT lines of the log, oldest first (pure)."""
     runs = []
     for line in text.splitlines():
         m = _RESULT.match(line.strip())
-        if not m:
-            continue
-        try:
-            at = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        except ValueError:
+        at = _logged_at(m.group(1)) if m else None
+        if m is None or at is None:
             continue
         ok = m.group(4) == "ok"
         rest = m.group(5).strip()
@@ -114,11 +119,8 @@ def parse_pings(text: str) -> list[LoggedPing]:
     out = []
     for line in text.splitlines():
         m = _PING.match(line.strip())
-        if not m:
-            continue
-        try:
-            at = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        except ValueError:
+        at = _logged_at(m.group(1)) if m else None
+        if m is None or at is None:
             continue
         ok = m.group(5) == "ok"
         out.append(LoggedPing(m.group(2), at, m.group(4), ok,
