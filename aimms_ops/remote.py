@@ -181,8 +181,8 @@ class Remote:
             if stdin:
                 ch.sendall(stdin)
             ch.shutdown_write()
-        except (OSError, paramiko.SSHException):
-            pass
+        except (OSError, paramiko.SSHException, EOFError):
+            pass  # the command's end (or the connection's) is read by _finish
         return self._finish(ch, line, out, err, what)
 
     def run_script(self, name: str, *args: str | int, stdin: bytes | None = None,
@@ -277,12 +277,12 @@ class Remote:
         wait between them, which bounds the memory.
         """
         ch = self._channel(command)
-        ch.shutdown_write()
         err = _Drain(ch.recv_stderr, None)
         err.start()
         writer = _Writer(dst)
         writer.start()
         try:
+            ch.shutdown_write()
             while True:
                 data = ch.recv(RECV_CHUNK)
                 if not data:
@@ -294,6 +294,11 @@ class Remote:
         except (OSError, paramiko.SSHException, EOFError) as exc:
             ch.close()
             writer.abort()
+            transport = self.conn.client.get_transport()
+            if isinstance(exc, EOFError) or transport is None or not transport.is_active():
+                raise ConnectionLost(f"the SSH connection to {self.name} was lost during "
+                                     f"{what}", "run the task again: it resumes where it "
+                                     "stopped") from None
             raise OpsError(f"{what} from {self.name} failed: {exc}",
                            "run the task again: it resumes where it stopped") from None
         except BaseException:

@@ -19,7 +19,7 @@ from invoke import Collection, Exit, task
 
 from . import output, units
 from .checks import State
-from .errors import OpsError, shown
+from .errors import ConnectionLost, OpsError, shown
 
 DEBUG_ENV = "AIMMS_OPS_DEBUG"
 
@@ -46,6 +46,13 @@ def ops_task(*, help: dict[str, str] | None = None, **task_options: Any) -> Call
             except KeyboardInterrupt:
                 raise Exit("interrupted: run the same command again to finish (downloads "
                            "resume, rebuilds continue where they stopped)", code=130) from None
+            except EOFError:
+                # paramiko's word for a transport that closed under a call that has no
+                # ConnectionLost of its own: the connection is gone, nothing else.
+                lost = ConnectionLost("the SSH connection was lost", "check the network and "
+                                      "run the task again (downloads resume where they "
+                                      "stopped)")
+                raise Exit(f"error: {lost}", code=lost.code) from None
             except Exception as exc:
                 if os.environ.get(DEBUG_ENV):
                     raise
