@@ -2,7 +2,8 @@
 
 import sys
 
-from aimms_ops.tasks import check_hosts_argument, ns
+from aimms_ops.cli import ns
+from aimms_ops.cli.base import check_hosts_argument
 
 check_hosts_argument(sys.argv)
 

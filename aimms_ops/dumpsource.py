@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backups import NAME_HINT, NAME_RE, SHA_RE
-from .dump.facts import FactsFeeder
-from .errors import OpsError, shown
-from .remote import Progress, Remote
+from aimms_ops.backup.names import NAME_HINT, SHA_RE
+from aimms_ops.backup.retention import NAME_RE
+from aimms_ops.dump.facts import FactsFeeder
+from aimms_ops.errors import OpsError, shown
+from aimms_ops.remote import Progress, Remote
 
 #: Bytes read from a local dump per step, and the most one decompression step yields.
 READ_CHUNK = 1024 * 1024

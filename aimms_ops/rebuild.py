@@ -30,18 +30,19 @@ from pathlib import PurePosixPath
 
 import yaml
 
-from . import restore, shell, units
-from .compose import (
+from aimms_ops import restore, units
+from aimms_ops.dumpsource import DumpInfo, conninfo
+from aimms_ops.errors import InternalError, OpsError
+from aimms_ops.host import shell
+from aimms_ops.host.compose import (
     compose_services_using,
     compose_volumes,
     decode_config,
     facts_args,
     parse_facts,
 )
-from .dumpsource import DumpInfo, conninfo
-from .errors import InternalError, OpsError
-from .inventory import Host
-from .remote import Progress, Remote
+from aimms_ops.inventory.model import Host
+from aimms_ops.remote import Progress, Remote
 
 STEPS = ("stop", "keep", "rm", "create", "start", "wait", "restore", "verify")
 STATE_FILE = ".rebuild-state"

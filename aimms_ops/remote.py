@@ -18,10 +18,10 @@ from typing import BinaryIO, Protocol
 import paramiko
 from fabric import Connection
 
-from . import shell
-from .errors import ConnectionLost, OpsError
-from .inventory import Host
-from .ssh import WINDOW_SIZE, SshTarget, connect, resolve
+from aimms_ops.errors import ConnectionLost, OpsError
+from aimms_ops.host import shell
+from aimms_ops.inventory.model import Host
+from aimms_ops.ssh import WINDOW_SIZE, SshTarget, connect, resolve
 
 #: Bytes read or sent per call on an upload. 256 KiB measured fastest for sendall.
 CHUNK = 256 * 1024

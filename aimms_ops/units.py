@@ -45,6 +45,11 @@ def age(seconds: float | None) -> str:
     return f"{secs // 86400}d{(secs % 86400) // 3600}h"
 
 
+def iso(when: datetime) -> str:
+    """A moment as JSON gives it: UTC, ISO 8601, to the second, ``Z`` (``2026-01-01T02:00:00Z``)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def age_of(when: datetime, now: datetime | None = None) -> str:
     """:func:`age` of a moment (an aware datetime): how long before ``now`` (default: now)."""
     return age(((now or datetime.now(UTC)) - when).total_seconds())

@@ -145,7 +145,7 @@ class Sandbox:
             raise SystemExit(f"bench: no sandbox in {out}: run `make sandbox` first")
         os.environ["AIMMS_OPS_INVENTORY"] = str(self.inventory_file)
         sys.path.insert(0, str(REPO))
-        from aimms_ops import inventory
+        from aimms_ops.inventory import loader as inventory
 
         self.host = inventory.load(str(self.inventory_file)).host(None)
         self.alias = self.host.name

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from aimms_ops import inventory
+from aimms_ops.inventory import loader as inventory
 from aimms_ops.remote import open_host
 
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aimms_ops import backups, install
+from aimms_ops.backup import install, listing, names, run, settings
 from aimms_ops.errors import OpsError
-from aimms_ops.inventory import Compose, Host, Postgres, Volumes
-from aimms_ops.shell import SCRIPTS_DIR
+from aimms_ops.host.shell import SCRIPTS_DIR
+from aimms_ops.inventory.model import Compose, Host, Postgres, Volumes
 
 
 def _host(**kw) -> Host:
@@ -36,7 +36,7 @@ def _host(**kw) -> Host:
     "aimms_postgres_20261125_020000_a_b-C9.sql.gz",
 ])
 def test_valid_names(name):
-    assert backups.validate_name(name) == name
+    assert names.validate_name(name) == name
 
 
 @pytest.mark.parametrize("name", [
@@ -48,7 +48,7 @@ def test_valid_names(name):
 ])
 def test_invalid_names_refused(name):
     with pytest.raises(OpsError, match="not a backup name"):
-        backups.validate_name(name)
+        names.validate_name(name)
 
 
 @given(st.text(max_size=80))
@@ -56,14 +56,14 @@ def test_label_accepts_only_safe_words(label):
     ok = bool(label) and len(label) <= 64 and all(
         c.isascii() and (c.isalnum() or c in "-_") for c in label)
     if ok:
-        assert backups.validate_label(label) == label
+        assert names.validate_label(label) == label
     else:
         with pytest.raises(OpsError, match="letters, digits, - and _ only"):
-            backups.validate_label(label)
+            names.validate_label(label)
 
 
 def test_created_from_name():
-    assert backups.created_from_name("aimms_postgres_20261125_020304_x.sql.gz") == datetime(
+    assert names.created_from_name("aimms_postgres_20261125_020304_x.sql.gz") == datetime(
         2026, 11, 25, 2, 3, 4, tzinfo=UTC)
 
 
@@ -75,7 +75,7 @@ LISTING = (
 
 
 def test_parse_listing():
-    items = backups.parse_listing(LISTING, "/b/")
+    items = listing.parse_listing(LISTING, "/b/")
     assert [b.name for b in items] == ["aimms_postgres_20261125_020000.sql.gz",
                                       "aimms_postgres_20261124_020000_pre-restore.sql.gz"]
     first, second = items
@@ -85,17 +85,17 @@ def test_parse_listing():
     assert second.label == "pre-restore"
     d = first.as_dict()
     assert d["created"].endswith("Z") and d["location"] == "remote"
-    assert backups.parse_listing("missing\n", "/b") is None
+    assert listing.parse_listing("missing\n", "/b") is None
 
 
 def test_pick_latest_and_by_name():
-    items = backups.parse_listing(LISTING, "/b")
-    assert backups.pick(items, "latest").name == items[0].name
-    assert backups.pick(items, items[1].name) == items[1]
+    items = listing.parse_listing(LISTING, "/b")
+    assert listing.pick(items, "latest").name == items[0].name
+    assert listing.pick(items, items[1].name) == items[1]
     with pytest.raises(OpsError, match="no backup named"):
-        backups.pick(items, "aimms_postgres_20200101_000000.sql.gz")
+        listing.pick(items, "aimms_postgres_20200101_000000.sql.gz")
     with pytest.raises(OpsError, match="no backups on the host"):
-        backups.pick([], "latest")
+        listing.pick([], "latest")
 
 
 def test_parse_prune_and_result():
@@ -103,16 +103,16 @@ def test_parse_prune_and_result():
            "prune.keep=a.sql.gz min_keep newest 1 of 3 kept\n"
            "prune.keep=c.sql.gz monthly[oldest] the oldest backup\n"
            "prune.remove=b.sql.gz older older than 7 days (9d old)\n")
-    assert backups.parse_result(out) == {"result.name": "n.sql.gz", "result.size": "10"}
-    assert backups.parse_prune(out) == [
-        backups.PruneDecision("a.sql.gz", "keep", "newest 1 of 3 kept", "min_keep"),
-        backups.PruneDecision("c.sql.gz", "keep", "the oldest backup", "monthly[oldest]"),
-        backups.PruneDecision("b.sql.gz", "remove", "older than 7 days (9d old)", "older"),
+    assert run.parse_result(out) == {"result.name": "n.sql.gz", "result.size": "10"}
+    assert run.parse_prune(out) == [
+        run.PruneDecision("a.sql.gz", "keep", "newest 1 of 3 kept", "min_keep"),
+        run.PruneDecision("c.sql.gz", "keep", "the oldest backup", "monthly[oldest]"),
+        run.PruneDecision("b.sql.gz", "remove", "older than 7 days (9d old)", "older"),
     ]
 
 
 def test_script_args_carry_every_setting():
-    args = backups.script_args(_host(), "--echo")
+    args = settings.script_args(_host(), "--echo")
     assert args[-1] == "--echo"
     pairs = dict(zip(args[:-1:2], args[1:-1:2], strict=True))
     assert pairs["--backup-dir"] == "/home/ec2-user/postgres-backups"
@@ -157,19 +157,19 @@ def test_the_host_scripts_know_the_same_safety_labels():
     text = (SCRIPTS_DIR / "lib.sh").read_text()
     labels = re.search(r"^SAFETY_LABELS=\((.*)\)$", text, re.M)
     assert labels is not None
-    assert tuple(labels.group(1).split()) == backups.SAFETY_LABELS
+    assert tuple(labels.group(1).split()) == names.SAFETY_LABELS
 
 
 def test_latest_is_the_newest_regular_backup_never_a_safety_copy():
-    def b(name: str) -> backups.BackupFile:
-        return backups.BackupFile(name, "/x/" + name, 1, None, datetime(2026, 1, 1, tzinfo=UTC),
+    def b(name: str) -> names.BackupFile:
+        return names.BackupFile(name, "/x/" + name, 1, None, datetime(2026, 1, 1, tzinfo=UTC),
                                   "remote")
 
-    listing = [b("aimms_postgres_20260102_000000_pre-restore.sql.gz"),
-               b("aimms_postgres_20260101_000000.sql.gz")]
-    assert backups.pick(listing, "latest").name == "aimms_postgres_20260101_000000.sql.gz"
+    found = [b("aimms_postgres_20260102_000000_pre-restore.sql.gz"),
+             b("aimms_postgres_20260101_000000.sql.gz")]
+    assert listing.pick(found, "latest").name == "aimms_postgres_20260101_000000.sql.gz"
     with pytest.raises(OpsError, match="only safety copies"):
-        backups.pick(listing[:1], "latest")
+        listing.pick(found[:1], "latest")
     with pytest.raises(OpsError, match="reserved"):
-        backups.validate_label("pre-restore")
-    assert backups.validate_label("pre-restore", safety=True) == "pre-restore"
+        names.validate_label("pre-restore")
+    assert names.validate_label("pre-restore", safety=True) == "pre-restore"

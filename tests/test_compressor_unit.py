@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from aimms_ops.checks import State
-from aimms_ops.doctor import compressor_check
-from aimms_ops.shell import SCRIPTS_DIR
+from aimms_ops.host.shell import SCRIPTS_DIR
+from aimms_ops.monitor.checks import State
+from aimms_ops.monitor.doctor import compressor_check
 
 
 def _pick(tmp_path: Path, tools: list[str], level: int = 1, want: str = "auto") -> str:

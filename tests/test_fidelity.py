@@ -17,7 +17,7 @@ import time
 import pytest
 import yaml
 
-from aimms_ops import shell
+from aimms_ops.host import shell
 
 from .conftest import STABLE_TEXT, md5_sql
 

@@ -9,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aimms_ops import doctor, install, shell, status, verify, volumes
-from aimms_ops.backups import BackupFile
-from aimms_ops.checks import Check, State
+from aimms_ops.backup import install
+from aimms_ops.backup.names import BackupFile
 from aimms_ops.dumpsource import DumpInfo
 from aimms_ops.errors import OpsError
+from aimms_ops.host import shell
+from aimms_ops.monitor import disk, doctor, hostfacts, runlog, status, verify, volumes
+from aimms_ops.monitor.checks import Check, State
 
 from .test_backups_unit import _host
 
@@ -67,7 +69,7 @@ LOG = "\n".join([
 
 
 def test_parse_results_reads_backup_and_verify_lines():
-    runs = status.parse_results(LOG)
+    runs = runlog.parse_results(LOG)
     assert [(r.kind, r.pid, r.ok) for r in runs] == [
         ("backup", 100, True), ("backup", 200, False), ("verify", 300, True),
         ("verify", 400, False)]
@@ -75,16 +77,16 @@ def test_parse_results_reads_backup_and_verify_lines():
     assert runs[1].reason.startswith("the postgres container") and runs[1].name is None
     assert runs[3].name == "aimms_postgres_20261125_020001.sql.gz"
     assert runs[3].reason == "gzip stream: the file does not decompress"
-    assert status.last_run(runs, "backup").pid == 200
-    assert status.last_run(runs, "verify").pid == 400
-    assert status.last_run([], "backup") is None
+    assert runlog.last_run(runs, "backup").pid == 200
+    assert runlog.last_run(runs, "verify").pid == 400
+    assert runlog.last_run([], "backup") is None
 
 
 def test_last_run_failed_is_critical_with_reason_and_fix():
-    c = status.check_last_run(status.parse_results(LOG))
+    c = status.check_last_run(runlog.parse_results(LOG))
     assert c.state is State.CRITICAL
     assert "is not running" in c.detail and "start postgres" in c.fix
-    ok = status.check_last_run(status.parse_results(LOG.splitlines()[1]))
+    ok = status.check_last_run(runlog.parse_results(LOG.splitlines()[1]))
     assert ok.state is State.OK and "aimms_postgres_20261124_020001.sql.gz" in ok.detail
     assert status.check_last_run([]).state is State.WARNING
 
@@ -173,24 +175,24 @@ def test_cron_entries_add_the_verify_line_only_when_scheduled():
 def test_disk_outlook_growth_and_days_left():
     # Three backups a day apart, each 100 bytes bigger: 100 B/day per backup, 3 kept.
     bs = [_b(0, 1200), _b(24, 1100), _b(48, 1000)]
-    o = status.disk_outlook(30_000, 100_000, bs)
+    o = disk.disk_outlook(30_000, 100_000, bs)
     assert o.growth_per_day == pytest.approx(300)
     assert o.days_left == pytest.approx(100)
-    assert status.disk_outlook(30_000, 0, [_b(0), _b(1)]).growth_per_day is None
-    shrinking = status.disk_outlook(30_000, 0, [_b(0, 900), _b(24, 1000)])
+    assert disk.disk_outlook(30_000, 0, [_b(0), _b(1)]).growth_per_day is None
+    shrinking = disk.disk_outlook(30_000, 0, [_b(0, 900), _b(24, 1000)])
     assert shrinking.days_left is None and shrinking.growth_per_day < 0
 
 
 def test_check_disk_states():
     bs = [_b(0, 1000)]
-    assert status.check_disk(status.disk_outlook(1100, 0, bs), bs, "/b").state is State.CRITICAL
-    assert status.check_disk(status.disk_outlook(2000, 0, bs), bs, "/b").state is State.WARNING
-    ok = status.check_disk(status.disk_outlook(10**9, 0, bs), bs, "/b")
+    assert disk.check_disk(disk.disk_outlook(1100, 0, bs), bs, "/b").state is State.CRITICAL
+    assert disk.check_disk(disk.disk_outlook(2000, 0, bs), bs, "/b").state is State.WARNING
+    ok = disk.check_disk(disk.disk_outlook(10**9, 0, bs), bs, "/b")
     assert ok.state is State.OK and "free in /b" in ok.detail
     grow = [_b(0, 1200), _b(24, 1100), _b(48, 1000)]
-    soon = status.check_disk(status.disk_outlook(3000, 0, grow), grow, "/b")
+    soon = disk.check_disk(disk.disk_outlook(3000, 0, grow), grow, "/b")
     assert soon.state is State.WARNING and "10 days left" in soon.detail
-    assert status.check_disk(None, bs, "/b").state is State.UNKNOWN
+    assert disk.check_disk(None, bs, "/b").state is State.UNKNOWN
 
 
 # --- deep verify in status -----------------------------------------------------------------
@@ -206,7 +208,7 @@ def test_schedule_period(schedule, days):
 def test_check_verify():
     h = _host(verify_schedule="0 4 * * 0")
     assert status.check_verify([], _host(), NOW, {}) is None
-    runs = status.parse_results(LOG)
+    runs = runlog.parse_results(LOG)
     failed = status.check_verify(runs, h, NOW, {})
     assert failed.state is State.CRITICAL and "gzip stream" in failed.detail
     ok_runs = [r for r in runs if r.pid == 300]
@@ -287,7 +289,7 @@ env.PATH=/usr/bin:/bin
 
 def _report(text: str, host=None, max_age: str = "26h") -> status.StatusReport:
     host = host or _host()
-    hf = status.parse_gathered(text, host, "ssh-ed25519 SHA256:x")
+    hf = hostfacts.parse_gathered(text, host, "ssh-ed25519 SHA256:x")
     return status.judge(hf, host, status.parse_max_age(max_age), max_age)
 
 
@@ -358,14 +360,14 @@ def test_status_json_shape():
 
 
 def test_split_sections_and_missing_output():
-    assert status.split_sections("x\n@@facts\na=1\n@@status\nb=2\n") == {
+    assert hostfacts.split_sections("x\n@@facts\na=1\n@@status\nb=2\n") == {
         "facts": "a=1\n", "status": "b=2\n"}
     with pytest.raises(OpsError, match="printed nothing usable"):
-        status.parse_gathered("", _host())
+        hostfacts.parse_gathered("", _host())
 
 
 def test_gather_command_is_one_remote_command_of_three_scripts():
-    cmd = status.gather_command(_host())
+    cmd = hostfacts.gather_command(_host())
     assert cmd.count("bash -c ") == 3
     assert "echo @@facts" in cmd and "echo @@backups" in cmd and "echo @@status" in cmd
 
@@ -377,7 +379,7 @@ def test_doctor_flags_stopped_postgres_with_its_log_and_a_modified_script():
     h = _host()
     cron = "\n".join(install.cron_entries(h).values())
     record = "container_id=0123456789abcdef\ncontainer_name=aimms-web-postgres-1\n"
-    hf = status.parse_gathered(_gathered([_b(1)], crontab=cron, running=False, record=record,
+    hf = hostfacts.parse_gathered(_gathered([_b(1)], crontab=cron, running=False, record=record,
                                          script_sha="b" * 64, log=LOG), h)
     rep = doctor.diagnose(hf, h)
     rows = {c.name: c for c in rep.checks}
@@ -400,18 +402,18 @@ def test_doctor_flags_stopped_postgres_with_its_log_and_a_modified_script():
 def test_doctor_container_changed_since_install():
     h = _host()
     record = "container_id=ffffffffffff\ncontainer_name=aimms_web_postgres_1\n"
-    hf = status.parse_gathered(_gathered([_b(1)], crontab="", record=record), h)
+    hf = hostfacts.parse_gathered(_gathered([_b(1)], crontab="", record=record), h)
     c = doctor.check_container_changed(hf, h)
     assert c.state is State.WARNING
     assert "was aimms_web_postgres_1 (ffffffffffff), now aimms-web-postgres-1" in c.detail
-    hf = status.parse_gathered(_gathered([_b(1)], crontab=""), h)
+    hf = hostfacts.parse_gathered(_gathered([_b(1)], crontab=""), h)
     assert doctor.check_container_changed(hf, h).state is State.WARNING  # no record
 
 
 def test_doctor_cron_daemon():
-    hf = status.HostFacts({}, {"cron.daemon": "0"}, [])
+    hf = hostfacts.HostFacts({}, {"cron.daemon": "0"}, [])
     assert doctor.check_cron_daemon(hf).state is State.WARNING
-    assert doctor.check_cron_daemon(status.HostFacts({}, {}, [])) is None
+    assert doctor.check_cron_daemon(hostfacts.HostFacts({}, {}, [])) is None
 
 
 # --- install record ------------------------------------------------------------------------
@@ -437,8 +439,8 @@ def test_install_record_changes_only_with_the_container_or_the_schedule():
 
 def test_verify_script_lives_next_to_the_backup_script():
     h = _host()
-    assert install.verify_script_path(h) == "/home/ec2-user/verify-backup.sh"
-    assert install.record_path(h) == "/home/ec2-user/backup-postgres.sh.installed"
+    assert h.layout.verify_script == "/home/ec2-user/verify-backup.sh"
+    assert h.layout.install_record == "/home/ec2-user/backup-postgres.sh.installed"
 
 
 # --- volumes -------------------------------------------------------------------------------
@@ -592,8 +594,8 @@ def test_verify_script_is_one_file_with_the_restore_filter():
     ("3.11", State.OK), ("3.6", State.OK), ("3.5", State.WARNING), ("", State.WARNING),
 ])
 def test_python3_on_the_host_is_checked_for_restores(seen, state):
-    check = doctor.check_python(status.HostFacts({}, {"python3.version": seen}, []))
+    check = doctor.check_python(hostfacts.HostFacts({}, {"python3.version": seen}, []))
     assert check.state is state
     if state is not State.OK:
         assert "python3" in check.fix
-    assert doctor.check_python(status.HostFacts({}, {}, [])) is None
+    assert doctor.check_python(hostfacts.HostFacts({}, {}, [])) is None

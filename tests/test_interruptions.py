@@ -277,7 +277,7 @@ def _check_install(sandbox) -> None:
     assert again.returncode == 0 and "nothing to change" in again.stderr, again.stderr
     crontab = sandbox.sh("crontab -l")
     assert crontab.count("# aimms-ops:backup") == 1, crontab
-    from aimms_ops import shell
+    from aimms_ops.host import shell
 
     want = hashlib.sha256(shell.script_text("backup-postgres.sh").encode()).hexdigest()
     assert sandbox.sh("sha256sum ~/backup-postgres.sh").split()[0] == want

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aimms_ops import inventory
 from aimms_ops.errors import OpsError
+from aimms_ops.inventory import loader, model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,14 +18,14 @@ def _good() -> dict:
     return yaml.safe_load((REPO / "inventory.yml").read_text())
 
 
-def _load(tmp_path: Path, data) -> inventory.Inventory:
+def _load(tmp_path: Path, data) -> model.Inventory:
     p = tmp_path / "inv.yml"
     p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
-    return inventory.load(p)
+    return loader.load(p)
 
 
 def test_production_inventory_mirrors_the_seed():
-    inv = inventory.load(REPO / "inventory.yml")
+    inv = loader.load(REPO / "inventory.yml")
     h = inv.host(None)
     assert h.name == "aidset"
     assert h.backup_dir == "/home/ec2-user/postgres-backups"
@@ -44,8 +44,8 @@ def test_env_var_selects_inventory(tmp_path, monkeypatch):
     data["hosts"]["other"] = data["hosts"]["aidset"]
     p = tmp_path / "x.yml"
     p.write_text(yaml.safe_dump(data))
-    monkeypatch.setenv(inventory.ENV_VAR, str(p))
-    inv = inventory.load()
+    monkeypatch.setenv(model.ENV_VAR, str(p))
+    inv = loader.load()
     assert inv.path == p
     assert inv.host("other").name == "other"
 
@@ -58,7 +58,7 @@ def test_unknown_host_lists_known(tmp_path):
 
 def test_missing_file(tmp_path):
     with pytest.raises(OpsError, match=r"nope\.yml: inventory file not found"):
-        inventory.load(tmp_path / "nope.yml")
+        loader.load(tmp_path / "nope.yml")
 
 
 @pytest.mark.parametrize("text, match", [
@@ -169,10 +169,10 @@ WRONG_TYPES = [
 
 #: Keys that hold settings; every one of them must appear in WRONG_TYPES above.
 ALL_KEYS = {
-    *(f"hosts.aidset.retention.{k}" for k in inventory._RETENTION_KEYS),
+    *(f"hosts.aidset.retention.{k}" for k in loader._RETENTION_KEYS),
     *(f"hosts.aidset.ping.{k}" for k in ("url", "kind", "verify_url")),
     "default_host", "hosts", "download_dir",
-    *(f"hosts.aidset.{k}" for k in inventory._HOST_KEYS),
+    *(f"hosts.aidset.{k}" for k in loader._HOST_KEYS),
     *(f"hosts.aidset.compose.{k}" for k in ("project_dir", "file", "project",
                                             "postgres_service")),
     "hosts.aidset.postgres.superuser",
@@ -300,28 +300,28 @@ def test_the_inventory_is_looked_for_in_the_env_then_here_then_the_users_config(
     here, home = tmp_path / "here", tmp_path / "home"
     here.mkdir()
     monkeypatch.chdir(here)
-    monkeypatch.delenv(inventory.ENV_VAR, raising=False)
+    monkeypatch.delenv(model.ENV_VAR, raising=False)
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.setenv("HOME", str(home))
     user = _write_good(home / ".config" / "aimms-ops" / "inventory.yml")
-    assert inventory.load().path == user
+    assert loader.load().path == user
     local = _write_good(here / "inventory.yml")
-    assert inventory.load().path.resolve() == local
+    assert loader.load().path.resolve() == local
     named = _write_good(tmp_path / "named.yml")
-    monkeypatch.setenv(inventory.ENV_VAR, str(named))
-    assert inventory.load().path == named
+    monkeypatch.setenv(model.ENV_VAR, str(named))
+    assert loader.load().path == named
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    assert inventory.config_inventory() == tmp_path / "xdg" / "aimms-ops" / "inventory.yml"
+    assert loader.config_inventory() == tmp_path / "xdg" / "aimms-ops" / "inventory.yml"
 
 
 def test_no_inventory_anywhere_names_every_place_looked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(inventory.ENV_VAR, raising=False)
+    monkeypatch.delenv(model.ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     with pytest.raises(OpsError) as exc:
-        inventory.load()
+        loader.load()
     msg = str(exc.value)
-    assert inventory.ENV_VAR in msg and "./inventory.yml" in msg
+    assert model.ENV_VAR in msg and "./inventory.yml" in msg
     assert str(tmp_path / "xdg" / "aimms-ops" / "inventory.yml") in msg
     assert "\n" not in msg
 
@@ -330,7 +330,7 @@ def test_no_inventory_anywhere_names_every_place_looked(tmp_path, monkeypatch):
 
 
 def test_the_inventories_shipped_hold_no_ignored_key():
-    assert inventory.load(REPO / "inventory.yml").warnings == ()
+    assert loader.load(REPO / "inventory.yml").warnings == ()
     assert "app_user" not in (REPO / "sandbox" / "up.sh").read_text()
 
 
@@ -339,7 +339,7 @@ def test_app_user_and_databases_are_accepted_with_a_warning_each(tmp_path, value
     data = _good()
     data["hosts"]["aidset"]["postgres"].update(app_user=value, databases=value)
     inv = _load(tmp_path, data)
-    assert inv.host(None).postgres == inventory.Postgres("postgres")
+    assert inv.host(None).postgres == model.Postgres("postgres")
     assert inv.warnings == tuple(
         f"warning: {tmp_path / 'inv.yml'}: hosts.aidset.postgres.{k} is ignored (aimms-ops "
         "does not use it) and may be removed from the inventory" for k in ("app_user", "databases"))

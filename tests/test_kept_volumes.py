@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from aimms_ops import volumes as vol
 from aimms_ops.errors import OpsError
-from aimms_ops.inventory import load
+from aimms_ops.inventory.loader import load
+from aimms_ops.monitor import volumes as vol
 
 from .conftest import FAB, REPO, fab_error_line
 

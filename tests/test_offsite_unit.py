@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aimms_ops import inventory, offsite, offsite_config
 from aimms_ops.errors import OpsError
+from aimms_ops.inventory import loader, model
+from aimms_ops.offsite import config as offsite_config
+from aimms_ops.offsite import copies, sync
 
 RECIPIENT = "age12h65j4h7w30xwa34kv5dl554nhvgz07p8qxjw5prmky68x7ks4jqufuk0k"
 KNOWN = ("[127.0.0.1]:2201 ssh-ed25519 "
@@ -45,10 +47,10 @@ GOOD = {
 }
 
 
-def _load(tmp_path: Path, data: dict) -> inventory.Inventory:
+def _load(tmp_path: Path, data: dict) -> model.Inventory:
     p = tmp_path / "inv.yml"
     p.write_text(yaml.safe_dump(data))
-    return inventory.load(p)
+    return loader.load(p)
 
 
 def _with(change) -> dict:
@@ -138,7 +140,7 @@ def test_offsite_structure_problems(tmp_path, change, expected):
 
 
 def test_a_host_without_offsite_has_no_offsite_setting(tmp_path):
-    from aimms_ops.backups import script_settings
+    from aimms_ops.backup.settings import script_settings
 
     data = _with(lambda h: [h.pop(k) for k in ("offsite", "offsite_recipients",
                                                 "offsite_identity")])
@@ -176,29 +178,29 @@ LIST = "\n".join([
 
 
 def test_parse_list():
-    s3, vault = offsite.parse_list(LIST)
+    s3, vault = copies.parse_list(LIST)
     assert s3.ok and [c.name for c in s3.copies] == [N2, N1]
     assert not s3.copies[0].complete and s3.copies[1].complete
     assert s3.partial == ["aimms_postgres_20261201_030000.sql.gz"]
     assert s3.newest().name == N1
-    safety = offsite.OffsiteCopy("s3", "aimms_postgres_20261202_020000_pre-restore.sql.gz",
+    safety = copies.OffsiteCopy("s3", "aimms_postgres_20261202_020000_pre-restore.sql.gz",
                                  SHA1, 1, SHA2, 5, None, 5)
     assert safety.safety and safety.complete
-    assert offsite.TargetListing("s3", True, copies=[safety, *s3.copies]).newest().name == N1
+    assert copies.TargetListing("s3", True, copies=[safety, *s3.copies]).newest().name == N1
     assert not vault.ok and "key mismatch" in vault.error
     d = s3.copies[1].as_dict()
     assert d["location"] == "offsite" and d["target"] == "s3" and d["sha256"] == SHA1
 
 
 def test_pick_copy_refuses_incomplete_and_unknown():
-    s3 = offsite.parse_list(LIST)[0]
-    assert offsite.pick_copy(s3, "latest").name == N1
+    s3 = copies.parse_list(LIST)[0]
+    assert copies.pick_copy(s3, "latest").name == N1
     with pytest.raises(OpsError, match="incomplete"):
-        offsite.pick_copy(s3, N2)
+        copies.pick_copy(s3, N2)
     with pytest.raises(OpsError, match="no copy"):
-        offsite.pick_copy(s3, "aimms_postgres_20200101_000000.sql.gz")
+        copies.pick_copy(s3, "aimms_postgres_20200101_000000.sql.gz")
     with pytest.raises(OpsError, match="not a backup name"):
-        offsite.pick_copy(s3, "../etc/passwd")
+        copies.pick_copy(s3, "../etc/passwd")
 
 
 def test_parse_sync():
@@ -209,7 +211,7 @@ def test_parse_sync():
         "offsite.result=vault failed: upload of x failed: connection refused",
         "noise",
     ])
-    s3, vault = offsite.parse_sync(out, ["s3", "vault"])
+    s3, vault = sync.parse_sync(out, ["s3", "vault"])
     assert s3.ok and s3.pushed == (N2,) and s3.removed == ((N1, "older than 7 days (9d old)"),)
     assert not vault.ok and vault.detail.startswith("upload of x failed")
 
@@ -221,19 +223,19 @@ def test_push_results_and_status_checks():
         "2026-12-01T02:00:11Z backup[7] RESULT offsite vault ok pushed=1 pruned=0 seconds=1",
         "2026-12-01T03:00:00Z offsite[9] RESULT offsite vault ok pushed=0 pruned=0 seconds=0",
     ])
-    pushes = offsite.parse_push_results(log)
+    pushes = copies.parse_push_results(log)
     assert pushes["s3"][1] is False and pushes["s3"][2] == "bucket gone"
     assert pushes["vault"][0] == datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
-    s3 = offsite.parse_list(LIST)[0]
-    vault = offsite.TargetListing("vault", True, copies=[s3.copies[1]])
+    s3 = copies.parse_list(LIST)[0]
+    vault = copies.TargetListing("vault", True, copies=[s3.copies[1]])
     now = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
-    checks = offsite.judge([s3, vault], pushes, now, 26 * 3600, "26h")
+    checks = copies.judge([s3, vault], pushes, now, 26 * 3600, "26h")
     assert checks[0].state.name == "CRITICAL" and "last push failed" in checks[0].detail
     assert checks[1].state.name == "OK" and "newest copy" in checks[1].detail
-    late = offsite.judge([vault], pushes, now + timedelta(days=3), 26 * 3600, "26h")
+    late = copies.judge([vault], pushes, now + timedelta(days=3), 26 * 3600, "26h")
     assert late[0].state.name == "CRITICAL" and "old (max 26h)" in late[0].detail
     later = {**pushes, "all": (datetime(2026, 12, 1, 3, 30, tzinfo=UTC), False,
                                "offsite settings missing (run fab install-backups)")}
-    assert "settings missing" in offsite.judge([vault], later, now, 26 * 3600, "26h")[0].detail
-    empty = offsite.judge([offsite.TargetListing("s3", True)], {}, now, 60, "1m")
+    assert "settings missing" in copies.judge([vault], later, now, 26 * 3600, "26h")[0].detail
+    empty = copies.judge([copies.TargetListing("s3", True)], {}, now, 60, "1m")
     assert "no copy" in empty[0].detail

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from aimms_ops import inventory, rebuild
+from aimms_ops import rebuild
 from aimms_ops.dumpsource import DumpInfo
 from aimms_ops.errors import InternalError, OpsError
+from aimms_ops.inventory import loader as inventory
 from aimms_ops.rebuild import Command, RebuildFacts, Step, VolumeSpec, VolumeUser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,7 +214,7 @@ def test_redis_volume_is_never_named():
 def test_a_bug_ends_as_an_internal_error_not_as_advice(monkeypatch):
     from invoke import Exit
 
-    from aimms_ops.tasks import DEBUG_ENV, ops_task
+    from aimms_ops.cli.base import DEBUG_ENV, ops_task
 
     @ops_task()
     def broken(c):

@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aimms_ops import install, inventory, shell
-from aimms_ops.retention import Backup, Pin, Policy, decide
+from aimms_ops.backup import install
+from aimms_ops.backup.retention import Backup, Pin, Policy, decide
+from aimms_ops.host import shell
+from aimms_ops.inventory import loader as inventory
 
 from .conftest import REPO, fab_error_line
 

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aimms_ops import inventory, retention, shell
+from aimms_ops.backup import retention
+from aimms_ops.backup.retention import Backup, Pin, Policy, decide
 from aimms_ops.errors import OpsError
-from aimms_ops.retention import Backup, Pin, Policy, decide
+from aimms_ops.host import shell
+from aimms_ops.inventory import loader, model
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = 86400
@@ -281,7 +283,7 @@ def test_retention_days_keeps_exactly_what_it_kept_before(seed):
 
 
 def test_the_legacy_inventory_gives_the_day_based_policy(tmp_path):
-    inv = inventory.load(REPO / "inventory.yml")
+    inv = loader.load(REPO / "inventory.yml")
     p = inv.host(None).policy
     assert (p.within_days, p.min_keep, p.rules_text) == (7, 3, "")
 
@@ -372,7 +374,7 @@ def test_the_host_entry_point_reads_the_dir_and_its_pins(tmp_path, capsys):
 # --- the inventory --------------------------------------------------------------------------
 
 
-def _inv(tmp_path: Path, **host_changes) -> inventory.Inventory:
+def _inv(tmp_path: Path, **host_changes) -> model.Inventory:
     data = yaml.safe_load((REPO / "inventory.yml").read_text())
     h = data["hosts"]["aidset"]
     for k, v in host_changes.items():
@@ -382,7 +384,7 @@ def _inv(tmp_path: Path, **host_changes) -> inventory.Inventory:
             h[k] = v
     p = tmp_path / "inv.yml"
     p.write_text(yaml.safe_dump(data))
-    return inventory.load(p)
+    return loader.load(p)
 
 
 def test_a_gfs_inventory_needs_no_retention_days(tmp_path):
@@ -408,8 +410,8 @@ def test_an_inventory_without_any_retention_is_refused(tmp_path):
 # --- what the tasks read back: listings with pins, status of the guard and the pings ----------
 
 
-def _host(**kw) -> inventory.Host:
-    from aimms_ops.inventory import Compose, Host, Ping, Postgres, Volumes
+def _host(**kw) -> model.Host:
+    from aimms_ops.inventory.model import Compose, Host, Ping, Postgres, Volumes
 
     base = dict(
         name="aidset", backup_dir="/b", backup_script="/s.sh", log_file="/l.log",
@@ -424,7 +426,7 @@ def _host(**kw) -> inventory.Host:
 def test_a_listing_carries_pins_and_latest_is_never_a_safety_copy():
     import base64
 
-    from aimms_ops import backups
+    from aimms_ops.backup import listing
 
     now = int(time_now())
     pin = base64.b64encode(retention.pin_text("me@laptop", now, "why not",
@@ -433,14 +435,14 @@ def test_a_listing_carries_pins_and_latest_is_never_a_safety_copy():
     text = (f"{now}\t10\taimms_postgres_20261130_100000_pre-restore.sql.gz\t{sha}\t{pin}\n"
             f"{now - 9}\t10\taimms_postgres_20261130_020000.sql.gz\t{sha}\t-\n"
             f"{now - 99}\t10\taimms_postgres_20261129_020000.sql.gz\t{sha}\n")
-    listing = backups.parse_listing(text, "/b")
-    assert [b.pinned for b in listing] == [True, False, False]
-    d = listing[0].as_dict()
+    found = listing.parse_listing(text, "/b")
+    assert [b.pinned for b in found] == [True, False, False]
+    d = found[0].as_dict()
     assert (d["pinned"], d["pin_reason"], d["pinned_by"]) == (True, "why not", "me@laptop")
     assert d["pinned_until"].endswith("Z") and "pin" not in d
-    assert backups.pick(listing, "latest").name == "aimms_postgres_20261130_020000.sql.gz"
+    assert listing.pick(found, "latest").name == "aimms_postgres_20261130_020000.sql.gz"
     with pytest.raises(OpsError, match="only safety copies"):
-        backups.pick(listing[:1], "latest")
+        listing.pick(found[:1], "latest")
 
 
 def time_now() -> float:
@@ -448,14 +450,14 @@ def time_now() -> float:
 
 
 def test_status_reads_the_last_ping_and_an_accepted_shrink():
-    from aimms_ops import status
-    from aimms_ops.backups import BackupFile
-    from aimms_ops.checks import State
+    from aimms_ops.backup.names import BackupFile
+    from aimms_ops.monitor import runlog, status
+    from aimms_ops.monitor.checks import State
 
     log = ("2026-12-01T02:00:00Z backup[7] ping start: ok (healthchecks)\n"
            "2026-12-01T02:00:09Z backup[7] ping ok: failed: curl: (7) Failed to connect "
            "to 127.0.0.1 port 9 (healthchecks)\n")
-    pings = status.parse_pings(log)
+    pings = runlog.parse_pings(log)
     assert [(p.event, p.ok) for p in pings] == [("start", True), ("ok", False)]
     check = status.check_ping(pings, _host())
     assert check.state is State.WARNING and "curl: (7)" in check.detail
@@ -468,11 +470,11 @@ def test_status_reads_the_last_ping_and_an_accepted_shrink():
              for i, size in enumerate([100, 1000, 1000, 1000, 1000, 1000])]
     assert status.check_size(files).state is State.WARNING
     assert "100 B" in status.check_size(files).detail
-    runs = status.parse_results(
+    runs = runlog.parse_results(
         f"2026-12-01T02:00:09Z backup[7] RESULT ok {files[0].name} size=100 sha256=x "
         "seconds=1 shrink allowed: size dropped from 1000B to 100B\n")
     assert status.check_size(files, runs).state is State.OK
-    suspicious = status.parse_results(
+    suspicious = runlog.parse_results(
         f"2026-12-01T02:00:09Z backup[7] RESULT ok {files[0].name} size=100 sha256=x "
         "seconds=1 suspicious: size dropped from 1000B to 100B\n")
     assert status.check_size(files, suspicious).state is State.WARNING
@@ -480,23 +482,23 @@ def test_status_reads_the_last_ping_and_an_accepted_shrink():
 
 
 def test_the_settings_carry_the_policy_the_pins_and_the_ping():
-    from aimms_ops import backups
-    from aimms_ops.inventory import Retention
+    from aimms_ops.backup import settings
+    from aimms_ops.inventory.model import Retention
 
     host = _host(retention_days=0, retention=Retention(keep_daily=7, keep_monthly=3),
                  allow_shrink=True, safety_pin_days=5)
-    s = backups.script_settings(host)
+    s = settings.script_settings(host)
     assert s["RETENTION_DAYS"] == "0" and s["RETENTION_RULES"] == "daily=7 monthly=3"
     assert (s["SAFETY_PIN_DAYS"], s["ALLOW_SHRINK"], s["PING_URL"], s["PING_KIND"]) == (
         "5", "1", "https://hc-ping.com/x", "healthchecks")
-    args = backups.script_args(host)
+    args = settings.script_args(host)
     assert "--allow-shrink" in args and "--retention-rules" in args
     assert "PING_URL_VERIFY" not in " ".join(args)  # the verify job's, in the conf only
 
 
 def test_a_prune_removes_nothing_unless_its_decision_is_the_one_shown(tmp_path):
     """fab prune confirms a plan, then the host removes exactly that or nothing."""
-    from aimms_ops import backups as bk
+    from aimms_ops.backup import run as bk
 
     now = time_now()
     stamps = [now - i * DAY - 3600 for i in range(12)]

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from aimms_ops import shell
+from aimms_ops.host import shell
 
 SCRIPTS = sorted(p.name for p in shell.SCRIPTS_DIR.glob("*.sh") if p.name != "lib.sh")
 

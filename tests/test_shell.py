@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aimms_ops import retention, shell
+from aimms_ops.backup import retention
+from aimms_ops.host import shell
 
 
 @settings(max_examples=200, deadline=None)

@@ -19,8 +19,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aimms_ops import backups, dumpsource, inventory, tasks
+from aimms_ops import dumpsource
+from aimms_ops.backup import listing, names, retention
+from aimms_ops.cli import base as tasks
 from aimms_ops.errors import OpsError
+from aimms_ops.inventory import loader, model
 
 REPO = Path(__file__).resolve().parents[1]
 SAFE_WORD = re.compile(r"^[A-Za-z0-9_.$-]+$")
@@ -55,7 +58,7 @@ def _one_clear_line(exc: OpsError) -> None:
 @given(hostile)
 def test_a_label_is_refused_or_a_plain_word(value):
     try:
-        got = backups.validate_label(value)
+        got = names.validate_label(value)
     except OpsError as exc:
         _one_clear_line(exc)
         return
@@ -70,11 +73,11 @@ def test_a_label_is_refused_or_a_plain_word(value):
     st.sampled_from([".sql.gz", ".sql.gz/../x", ".sql.gz\n", ".sql.gz;id", "/..", ".sql"]))))
 def test_a_backup_name_is_refused_or_a_plain_file_name(value):
     try:
-        got = backups.validate_name(value)
+        got = names.validate_name(value)
     except OpsError as exc:
         _one_clear_line(exc)
         return
-    assert got == value and backups.NAME_RE.fullmatch(got)
+    assert got == value and retention.NAME_RE.fullmatch(got)
     assert "/" not in got and ".." not in got and not got.startswith("-")
     assert shlex.quote(got) == got
 
@@ -82,7 +85,7 @@ def test_a_backup_name_is_refused_or_a_plain_file_name(value):
 @PROPS
 @given(hostile)
 def test_a_database_name_is_refused_or_an_identifier(value):
-    if not inventory.is_db_name(value):
+    if not loader.is_db_name(value):
         return
     assert SAFE_WORD.fullmatch(value) and not value.startswith(("-", "$"))
     assert len(value) <= 63 and "/" not in value and ".." not in value
@@ -103,7 +106,7 @@ def test_a_whole_number_flag_is_refused_or_an_int(value):
 class RecordingRemote:
     """Stands in for the host: records the scripts that would run, runs nothing."""
 
-    host: inventory.Host
+    host: model.Host
     calls: list[tuple] = field(default_factory=list)
     name: str = "aidset"
 
@@ -116,7 +119,7 @@ class RecordingRemote:
 
 @pytest.fixture(scope="module")
 def host():
-    return inventory.load(REPO / "inventory.yml").host(None)
+    return loader.load(REPO / "inventory.yml").host(None)
 
 
 @PROPS
@@ -133,16 +136,16 @@ def test_a_restore_source_reaches_the_host_only_as_a_backup_path(host, value):
     for call in remote.calls:
         assert call[0] == "inspect-dump.sh"
         folder, _, name = call[1].rpartition("/")
-        assert folder == host.backup_dir and backups.NAME_RE.fullmatch(name), call
+        assert folder == host.backup_dir and retention.NAME_RE.fullmatch(name), call
 
 
 @PROPS
 @given(hostile)
 def test_picking_a_backup_by_a_hostile_name_never_finds_one(value):
-    listing = backups.parse_listing(
+    found = listing.parse_listing(
         "1700000000\t10\taimms_postgres_20260101_020000.sql.gz\t-\n", "/b")
     try:
-        got = backups.pick(listing, value)
+        got = listing.pick(found, value)
     except OpsError as exc:
         _one_clear_line(exc)
         return
@@ -190,7 +193,7 @@ def _safe_path(p: str) -> bool:
 def test_any_value_of_any_inventory_key_is_refused_naming_it_or_safe(key, value):
     path = Path("/nonexistent/inv.yml")
     try:
-        inv = inventory.parse(yaml.safe_dump(_with(key, value)), path)
+        inv = loader.parse(yaml.safe_dump(_with(key, value)), path)
     except OpsError as exc:
         _one_clear_line(exc)
         assert str(path) in str(exc)
@@ -201,7 +204,7 @@ def test_any_value_of_any_inventory_key_is_refused_naming_it_or_safe(key, value)
     for name in (h.compose.project, h.compose.postgres_service, h.volumes.postgres,
                  h.volumes.redis):
         assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name), name
-    assert inventory.is_db_name(h.postgres.superuser), h.postgres.superuser
+    assert loader.is_db_name(h.postgres.superuser), h.postgres.superuser
     for sched in (h.cron_schedule, h.verify_schedule):
         assert sched is None or ("\n" not in sched and ";" not in sched and "$" not in sched
                                  and "`" not in sched and "|" not in sched)
@@ -212,5 +215,5 @@ def test_any_value_of_any_inventory_key_is_refused_naming_it_or_safe(key, value)
     assert re.fullmatch(r"[a-z0-9= ]*", h.policy.rules_text)
     assert isinstance(h.safety_pin_days, int) and h.safety_pin_days >= 0
     assert isinstance(h.allow_shrink, bool)
-    assert h.ping is None or (inventory.is_ping_url(h.ping.url)
+    assert h.ping is None or (loader.is_ping_url(h.ping.url)
                               and h.ping.kind in ("healthchecks", "uptime-kuma"))

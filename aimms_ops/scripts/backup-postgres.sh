@@ -85,45 +85,17 @@ REPORT=0
 
 usage_error() { printf 'backup-postgres.sh: %s\n' "$1" >&2; exit 64; }
 
-# The config file is read first so that flags override it.
-args=("$@")
-conf_given=0
-for ((i = 0; i < ${#args[@]}; i++)); do
-    if [ "${args[$i]}" = "--config" ]; then
-        conf_given=1
-        conf=${args[$((i + 1))]:-}
-        [ -r "$conf" ] || usage_error "cannot read config file: $conf"
-        # shellcheck source=/dev/null
-        . "$conf"
-    fi
-done
-# Run as a file without --config (the seed's `backup-postgres.sh`, its cron line):
-# the settings installed beside it.
-if [ "$conf_given" = 0 ] && [ -n "${BASH_SOURCE[0]:-}" ] && [ -f "${BASH_SOURCE[0]}.conf" ]; then
-    conf=${BASH_SOURCE[0]}.conf
-    [ -r "$conf" ] || usage_error "cannot read config file: $conf"
-    # shellcheck source=/dev/null
-    . "$conf"
-fi
+# The settings file is read first so that flags override it; run as a file without
+# --config (the seed's `backup-postgres.sh`, its cron line), the one installed beside it.
+beside=()
+[ -z "${BASH_SOURCE[0]:-}" ] || beside=("${BASH_SOURCE[0]}.conf")
+read_settings "${beside[@]}" -- "$@"
 while [ $# -gt 0 ]; do
     case $1 in
         --config) shift ;;
-        --backup-dir) BACKUP_DIR=${2:-}; shift ;;
-        --log-file) LOG_FILE=${2:-}; shift ;;
-        --project) COMPOSE_PROJECT=${2:-}; shift ;;
-        --service) COMPOSE_SERVICE=${2:-}; shift ;;
-        --superuser) PG_SUPERUSER=${2:-}; shift ;;
-        --retention-days) RETENTION_DAYS=${2:-}; shift ;;
-        --min-keep) MIN_KEEP=${2:-}; shift ;;
-        --lock-timeout) LOCK_TIMEOUT=${2:-}; shift ;;
+# @include settings-flags.sh
         --gzip-level) GZIP_LEVEL=${2:-}; shift ;;
         --compressor) COMPRESSOR=${2:-}; shift ;;
-        --retention-rules) RETENTION_RULES=${2:-}; shift ;;
-        --safety-pin-days) SAFETY_PIN_DAYS=${2:-}; shift ;;
-        --allow-shrink) ALLOW_SHRINK=1 ;;
-        --ping-url) PING_URL=${2:-}; shift ;;
-        --ping-kind) PING_KIND=${2:-}; shift ;;
-        --offsite-config) OFFSITE_CONFIG=${2:-}; shift ;;
         --label) LABEL=${2:-}; shift ;;
         --prune-only) PRUNE_ONLY=1 ;;
         --dry-run) DRY_RUN=1 ;;
@@ -234,8 +206,8 @@ lock_or_fail() {
 }
 what=backup
 [ "$PRUNE_ONLY" = 1 ] && what=retention
-lock_or_fail "$BACKUP_DIR/.cluster.lock" shared "$what" "a restore or rebuild of the cluster"
-lock_or_fail "$BACKUP_DIR/.backup.lock" exclusive "$what" "another backup or retention run"
+lock_or_fail "$BACKUP_DIR/$CLUSTER_LOCK" shared "$what" "a restore or rebuild of the cluster"
+lock_or_fail "$BACKUP_DIR/$BACKUP_LOCK" exclusive "$what" "another backup or retention run"
 
 # Whatever a killed run left under a temporary name is garbage: we hold the lock.
 find "$BACKUP_DIR" -maxdepth 1 -name '.aimms_postgres_*.tmp' -type f -delete 2>/dev/null || true

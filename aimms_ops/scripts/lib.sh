@@ -13,6 +13,38 @@ say() { (printf '%s\n' "$1") 2>/dev/null; }
 # shellcheck disable=SC2034  # read by the scripts that include this file
 BACKUP_NAME_RE='@BACKUP_NAME_ERE@'
 
+# The host's lock files in the backup dir (aimms_ops.host.layout.LOCK_FILES), written in
+# the same way; take_lock below is the one way to hold them.
+# shellcheck disable=SC2034  # read by the scripts that include this file
+CLUSTER_LOCK='@CLUSTER_LOCK@' BACKUP_LOCK='@BACKUP_LOCK@' VERIFY_LOCK='@VERIFY_LOCK@'
+
+# read_settings DEFAULT... -- ARG...: source the settings file of every --config FILE
+# among ARGs (in order), or, when there is none, the first DEFAULT file that exists (the
+# settings installed beside the script). Flags parsed after it override what it set.
+# An unreadable file is a usage error (the script's usage_error).
+read_settings() {
+    local _defaults=() _given=0 _i _conf
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do _defaults+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    local _args=("$@")
+    for ((_i = 0; _i < ${#_args[@]}; _i++)); do
+        [ "${_args[$_i]}" = --config ] || continue
+        _given=1
+        _conf=${_args[$((_i + 1))]:-}
+        [ -r "$_conf" ] || usage_error "cannot read config file: $_conf"
+        # shellcheck source=/dev/null
+        . "$_conf"
+    done
+    [ "$_given" = 0 ] || return 0
+    for _conf in "${_defaults[@]}"; do
+        [ -f "$_conf" ] || continue
+        [ -r "$_conf" ] || usage_error "cannot read config file: $_conf"
+        # shellcheck source=/dev/null
+        . "$_conf"
+        return 0
+    done
+}
+
 # ISO 8601 UTC timestamp.
 now_utc() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 

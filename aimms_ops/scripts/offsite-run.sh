@@ -67,7 +67,7 @@ case $cmd in
         [ -z "$target" ] || valid_target "$target"
         [ -d "$BACKUP_DIR" ] || fail "backup dir $BACKUP_DIR does not exist (run fab install-backups)"
         # The backup's lock: a backup (and its push) and a sync never run at once.
-        LOCK="$BACKUP_DIR/.backup.lock"
+        LOCK="$BACKUP_DIR/$BACKUP_LOCK"
         exec 9>>"$LOCK" || fail "cannot open lock file $LOCK"
         if ! flock -n 9; then
             holder=$(cat -- "$LOCK.owner" 2>/dev/null || true)

@@ -11,8 +11,8 @@ action=$1 dir=$2 name=$3
 [[ $name =~ $BACKUP_NAME_RE ]] || { echo "not a backup name: $name" >&2; exit 64; }
 [ -f "$dir/$name" ] || { echo "no backup named $name in $dir" >&2; exit 66; }
 trap drop_lock_notes EXIT
-take_lock "$dir/.backup.lock" exclusive 60 "$action" || {
-    echo "a backup or retention run holds $dir/.backup.lock (${LOCK_HELD_BY:-unknown holder}); try again when it ends" >&2
+take_lock "$dir/$BACKUP_LOCK" exclusive 60 "$action" || {
+    echo "a backup or retention run holds $dir/$BACKUP_LOCK (${LOCK_HELD_BY:-unknown holder}); try again when it ends" >&2
     exit 75
 }
 case $action in

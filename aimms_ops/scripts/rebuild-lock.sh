@@ -12,7 +12,7 @@ umask 077
 dir=$1 owner=$2
 mkdir -p -- "$dir" || exit 1
 trap drop_lock_notes EXIT
-take_lock "$dir/.cluster.lock" exclusive 0 "$owner"
+take_lock "$dir/$CLUSTER_LOCK" exclusive 0 "$owner"
 case $? in
     0) ;;
     75) kind=${LOCK_HELD_BY%% *}
@@ -20,7 +20,7 @@ case $? in
         echo "busy=${kind:-unknown}"
         echo "holder=$LOCK_HELD_BY"
         exit 75 ;;
-    *) echo "cannot open $dir/.cluster.lock" >&2; exit 1 ;;
+    *) echo "cannot open $dir/$CLUSTER_LOCK" >&2; exit 1 ;;
 esac
 echo "locked=1"
 cat >/dev/null

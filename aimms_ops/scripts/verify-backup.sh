@@ -66,35 +66,16 @@ REPORT=0
 
 usage_error() { printf 'verify-backup.sh: %s\n' "$1" >&2; exit 64; }
 
-args=("$@")
-conf_given=0
-for ((i = 0; i < ${#args[@]}; i++)); do
-    if [ "${args[$i]}" = "--config" ]; then
-        conf_given=1
-        conf=${args[$((i + 1))]:-}
-        [ -r "$conf" ] || usage_error "cannot read config file: $conf"
-        # shellcheck source=/dev/null
-        . "$conf"
-    fi
-done
 # Run as a file without --config: its own settings beside it, else the backup script's.
-if [ "$conf_given" = 0 ] && [ -n "${BASH_SOURCE[0]:-}" ]; then
-    for conf in "${BASH_SOURCE[0]}.conf" "$(dirname -- "${BASH_SOURCE[0]}")/backup-postgres.sh.conf"; do
-        [ -f "$conf" ] || continue
-        [ -r "$conf" ] || usage_error "cannot read config file: $conf"
-        # shellcheck source=/dev/null
-        . "$conf"
-        break
-    done
-fi
+beside=()
+[ -z "${BASH_SOURCE[0]:-}" ] ||
+    beside=("${BASH_SOURCE[0]}.conf" "$(dirname -- "${BASH_SOURCE[0]}")/backup-postgres.sh.conf")
+read_settings "${beside[@]}" -- "$@"
+# shellcheck disable=SC2034  # every setting's flag is accepted; this script reads a few
 while [ $# -gt 0 ]; do
     case $1 in
         --config) shift ;;
-        --backup-dir) BACKUP_DIR=${2:-}; shift ;;
-        --log-file) LOG_FILE=${2:-}; shift ;;
-        --project) COMPOSE_PROJECT=${2:-}; shift ;;
-        --service) COMPOSE_SERVICE=${2:-}; shift ;;
-        --superuser) PG_SUPERUSER=${2:-}; shift ;;
+# @include settings-flags.sh
         --file) FILE=${2:-}; shift ;;
         --protect) PROTECT+=("${2:-}"); shift ;;
         --wait) WAIT=${2:-}; shift ;;
@@ -221,9 +202,9 @@ log "START verify of $NAME ($(human "$size")): trial restore into a throwaway co
 
 # The locks (lib.sh): one verify at a time, and none while a restore or a rebuild
 # changes the cluster it reads its image and environment from.
-take_lock "$BACKUP_DIR/.verify.lock" exclusive 0 verify ||
-    fail lock "another verify is running (${LOCK_HELD_BY:-lock $BACKUP_DIR/.verify.lock})"
-take_lock "$BACKUP_DIR/.cluster.lock" shared "${LOCK_TIMEOUT:-600}" verify ||
+take_lock "$BACKUP_DIR/$VERIFY_LOCK" exclusive 0 verify ||
+    fail lock "another verify is running (${LOCK_HELD_BY:-lock $BACKUP_DIR/$VERIFY_LOCK})"
+take_lock "$BACKUP_DIR/$CLUSTER_LOCK" shared "${LOCK_TIMEOUT:-600}" verify ||
     fail lock "a restore or rebuild of the cluster is still running after ${LOCK_TIMEOUT:-600}s (${LOCK_HELD_BY:-unknown holder})"
 
 # --- checksum ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from .inventory import Host
+from aimms_ops.inventory.model import Host
 
 
 def parse_facts(text: str) -> dict[str, str]:

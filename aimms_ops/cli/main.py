@@ -2,7 +2,7 @@
 
 The same tasks, flags and ``-H`` as ``fab`` in the checkout (Fabric's "Distributing a
 CLI"), from any directory: the tasks come from the package, not from a fabfile, and
-the inventory is found as :func:`aimms_ops.inventory.inventory_path` says.
+the inventory is found as :func:`aimms_ops.inventory.loader.inventory_path` says.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import sys
 from fabric import Config, Executor
 from fabric.main import Fab
 
-from . import __version__
-from .tasks import check_hosts_argument, ns
+from aimms_ops import __version__
+from aimms_ops.cli import ns
+from aimms_ops.cli.base import check_hosts_argument
 
 NAME = "aimms-ops"
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import shell
+from aimms_ops.host import shell
 
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}")
 RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}")
@@ -92,7 +92,7 @@ class Offsite:
         return bool(self.targets)
 
     def target(self, name: str) -> Target:
-        from .errors import OpsError, shown
+        from aimms_ops.errors import OpsError, shown
 
         for t in self.targets:
             if t.name == name:
@@ -300,8 +300,3 @@ def conf_text(off: Offsite) -> str:
              "# Edit inventory.yml and run fab install-backups again instead."]
     lines += [f"{k}={shell.quote(v)}" for k, v in settings(off).items()]
     return "\n".join(lines) + "\n"
-
-
-def conf_path(backup_script: str) -> str:
-    """Where the offsite settings are installed: next to the backup script."""
-    return f"{backup_script}.offsite"

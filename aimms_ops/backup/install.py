@@ -16,19 +16,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import posixpath
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from . import shell
-from .backups import BACKUP_SCRIPT, script_settings
-from .compose import parse_facts
-from .errors import OpsError
-from .inventory import Host
-from .remote import Remote
+from aimms_ops.backup.settings import script_settings
+from aimms_ops.errors import OpsError
+from aimms_ops.host import shell
+from aimms_ops.host.compose import parse_facts
+from aimms_ops.host.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
+from aimms_ops.inventory.model import Host
+from aimms_ops.remote import Remote
 
 MARK = "# aimms-ops:"
-VERIFY_SCRIPT = "verify-backup.sh"
 
 
 @dataclass(frozen=True)
@@ -70,16 +69,6 @@ def conf_text(host: Host, env: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def verify_script_path(host: Host) -> str:
-    """Where the deep verify script is installed: next to the backup script."""
-    return posixpath.join(posixpath.dirname(host.backup_script), VERIFY_SCRIPT)
-
-
-def record_path(host: Host) -> str:
-    """The install record (``key=value``) kept next to the backup script."""
-    return f"{host.backup_script}.installed"
-
-
 def verify_args(host: Host) -> list[str]:
     """The deep verify script's arguments besides its settings: the volumes to protect."""
     args: list[str] = []
@@ -90,11 +79,11 @@ def verify_args(host: Host) -> list[str]:
 
 def cron_entries(host: Host) -> dict[str, str]:
     """The cron lines this tool owns on ``host``, by marker name."""
-    cmd = shell.join([host.backup_script, "--config", host.config_file])
+    cmd = shell.join([host.backup_script, "--config", host.layout.config_file])
     log = shell.quote(host.log_file)
     entries = {"backup": f"{host.cron_schedule} {cmd} >>{log} 2>&1 {MARK}backup"}
     if host.verify_schedule:
-        vcmd = shell.join([verify_script_path(host), "--config", host.config_file,
+        vcmd = shell.join([host.layout.verify_script, "--config", host.layout.config_file,
                            "--file", "latest", *verify_args(host)])
         entries["verify"] = f"{host.verify_schedule} {vcmd} >>{log} 2>&1 {MARK}verify"
     return entries
@@ -180,9 +169,9 @@ def _sha(text: str) -> str:
 def plan(remote: Remote) -> InstallPlan:
     """Read the host's state and compute what ``install-backups`` would change."""
     host = remote.host
-    res = remote.run_script("install-state.sh", host.backup_script, host.config_file,
-                            host.backup_dir, host.log_file, verify_script_path(host),
-                            record_path(host), host.compose.project,
+    res = remote.run_script("install-state.sh", host.backup_script, host.layout.config_file,
+                            host.backup_dir, host.log_file, host.layout.verify_script,
+                            host.layout.install_record, host.compose.project,
                             host.compose.postgres_service)
     if not res.ok:
         raise OpsError(f"cannot read the install state on {remote.name}: "
@@ -204,10 +193,10 @@ def plan(remote: Remote) -> InstallPlan:
     if host.verify_schedule:
         p.verify_text = shell.script_text(VERIFY_SCRIPT)
     if host.offsite:
-        from . import offsite_config
+        from aimms_ops.offsite import config as offsite_config
 
         p.offsite_text = offsite_config.conf_text(host.offsite)
-        st.update(_file_state(remote, "offsite", offsite_config.conf_path(host.backup_script)))
+        st.update(_file_state(remote, "offsite", host.layout.offsite_config))
     for item, key, path, text, mode in _files(p):
         have = st.get(f"{key}.sha256", "")
         if not have:
@@ -245,7 +234,7 @@ def plan(remote: Remote) -> InstallPlan:
             what += f", was {old_record.get('container_name', '?')} " \
                     f"({old_record['container_id'][:12]})"
         p.changes.append(Change("install record", "update" if old_record else "create",
-                                f"{record_path(host)}: {what}"))
+                                f"{host.layout.install_record}: {what}"))
     return p
 
 
@@ -253,9 +242,9 @@ def _files(p: InstallPlan) -> list[tuple[str, str, str, str, str]]:
     """(item, state key, path, text, mode) of the files the plan installs."""
     host = p.host
     files = [("backup script", "script", host.backup_script, p.script_text, "700"),
-             ("settings", "conf", host.config_file, p.conf_text, "600")]
+             ("settings", "conf", host.layout.config_file, p.conf_text, "600")]
     if p.verify_text is not None:
-        files.append(("verify script", "verify", verify_script_path(host), p.verify_text,
+        files.append(("verify script", "verify", host.layout.verify_script, p.verify_text,
                       "700"))
     if p.offsite_text is not None:
         files.append(("offsite settings", "offsite", f"{host.backup_script}.offsite",
@@ -285,7 +274,7 @@ def apply(remote: Remote, p: InstallPlan) -> list[str]:
     files = [(item, path, text, mode, "0" if key in ("conf", "offsite") else "1")
              for item, key, path, text, mode in _files(p)]
     if p.record_text is not None:
-        files.append(("install record", record_path(host), p.record_text, "600", "0"))
+        files.append(("install record", host.layout.install_record, p.record_text, "600", "0"))
     for item, path, text, mode, keep in files:
         if item not in items:
             continue

@@ -13,12 +13,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import shell
-from .compose import compose_services_using, compose_volumes, decode_config, facts_args
-from .compose import parse_facts as parse_key_values
-from .errors import OpsError, shown
-from .inventory import Host
-from .remote import Remote
+from aimms_ops.errors import OpsError, shown
+from aimms_ops.host import shell
+from aimms_ops.host.compose import (
+    compose_services_using,
+    compose_volumes,
+    decode_config,
+    facts_args,
+)
+from aimms_ops.host.compose import parse_facts as parse_key_values
+from aimms_ops.inventory.model import Host
+from aimms_ops.remote import Remote
 
 #: The label rebuild-volume puts on the volume that keeps the old data.
 KEPT_LABEL = "org.aimms-ops.kept-from"

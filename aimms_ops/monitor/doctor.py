@@ -10,23 +10,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from . import shell
-from .backups import BACKUP_SCRIPT
-from .checks import Check, State, worst
-from .health import connection_checks
-from .install import VERIFY_SCRIPT, conf_text, record_path, verify_script_path
-from .inventory import Host
-from .remote import Remote
-from .status import (
-    HostFacts,
-    check_cron,
-    check_disk,
-    check_last_run,
-    check_verify,
-    disk_from,
-    gather,
-    last_run,
-)
+from aimms_ops.backup.install import conf_text
+from aimms_ops.host import shell
+from aimms_ops.host.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
+from aimms_ops.inventory.model import Host
+from aimms_ops.monitor.checks import Check, State, worst
+from aimms_ops.monitor.disk import check_disk, disk_from
+from aimms_ops.monitor.health import connection_checks
+from aimms_ops.monitor.hostfacts import HostFacts, gather
+from aimms_ops.monitor.runlog import last_run
+from aimms_ops.monitor.status import check_cron, check_last_run, check_verify
+from aimms_ops.remote import Remote
 
 
 def _sha(text: str) -> str:
@@ -77,7 +71,7 @@ def check_container_changed(hf: HostFacts, host: Host) -> Check:
     record = hf.record
     cid = hf.facts.get("container.id", "")
     if not record:
-        return Check(name, State.WARNING, f"no install record ({record_path(host)})",
+        return Check(name, State.WARNING, f"no install record ({host.layout.install_record})",
                      "run: fab install-backups")
     was_id = record.get("container_id", "")
     was = f"{record.get('container_name') or '?'} ({was_id[:12] or 'none'})"
@@ -116,17 +110,18 @@ def check_files(hf: HostFacts, host: Host) -> list[Check]:
                                  host.backup_script, State.CRITICAL, "700")]
     env = {"PATH": x.get("env.PATH", ""), "DOCKER_HOST": x.get("env.DOCKER_HOST", "")}
     conf = check_installed_file("settings", x.get("conf.sha256", ""), x.get("conf.mode", ""),
-                                conf_text(host, env), host.config_file, State.CRITICAL, "600")
+                                conf_text(host, env), host.layout.config_file, State.CRITICAL,
+                                "600")
     if conf.state is State.WARNING and "differs" in conf.detail:
         conf = Check("settings", State.WARNING,
-                     f"{host.config_file} does not match the inventory",
+                     f"{host.layout.config_file} does not match the inventory",
                      "run: fab install-backups")
     rows.append(conf)
     if host.verify_schedule:
         rows.append(check_installed_file("verify script", x.get("verify.sha256", ""),
                                          x.get("verify.mode", ""),
                                          shell.script_text(VERIFY_SCRIPT),
-                                         verify_script_path(host), State.WARNING, "700"))
+                                         host.layout.verify_script, State.WARNING, "700"))
     return rows
 
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import backups
-from .checks import Check, State, worst
-from .dumpsource import DumpInfo, inspect_remote
-from .errors import OpsError
-from .install import VERIFY_SCRIPT, verify_args
-from .inventory import Host
-from .remote import Remote
+from aimms_ops.backup import listing, names
+from aimms_ops.backup.install import verify_args
+from aimms_ops.backup.settings import VERIFY_KEYS
+from aimms_ops.backup.settings import script_args as settings_args
+from aimms_ops.dumpsource import DumpInfo, inspect_remote
+from aimms_ops.errors import OpsError
+from aimms_ops.host.layout import VERIFY_SCRIPT
+from aimms_ops.inventory.model import Host
+from aimms_ops.monitor.checks import Check, State, worst
+from aimms_ops.remote import Remote
 
 CHECK_ORDER = ("checksum", "gzip stream", "dump header", "completion marker")
 
@@ -179,17 +182,15 @@ def parse_deep(stdout: str) -> DeepOutput:
 
 def script_args(host: Host, file: str) -> list[str]:
     """Every setting of the deep verify script for ``host``, and the file to verify."""
-    return ["--backup-dir", host.backup_dir, "--log-file", host.log_file,
-            "--project", host.compose.project, "--service", host.compose.postgres_service,
-            "--superuser", host.postgres.superuser, *verify_args(host), "--file", file]
+    return settings_args(host, *verify_args(host), "--file", file, keys=VERIFY_KEYS)
 
 
 def verify(remote: Remote, file: str, deep: bool,
            on_log: Callable[[str], None] | None = None) -> VerifyReport:
     """Verify backup ``file`` (a name or ``latest``) on the host."""
     if file != "latest":
-        backups.validate_name(file)
-    b = backups.pick(backups.list_remote(remote), file)
+        names.validate_name(file)
+    b = listing.pick(listing.list_remote(remote), file)
     if not deep:
         dump = inspect_remote(remote, b.path)
         checks = checks_of(dump)

@@ -1,38 +1,37 @@
 """``fab status``: are the backups good right now? As checks, a summary line and an exit code.
 
-The facts come from one SSH round trip (:func:`gather`: facts.sh, list-backups.sh
-and status-facts.sh run in one remote command); everything else here is pure
-functions over those facts, tested with canned text. The exit code and the first
-line follow the monitoring plugin convention (Nagios, Icinga): 0 OK, 1 WARNING,
+The facts come from one SSH round trip (:mod:`aimms_ops.monitor.hostfacts`); everything
+here is pure functions over those facts, tested with canned text. The exit code and the
+first line follow the monitoring plugin convention (Nagios, Icinga): 0 OK, 1 WARNING,
 2 CRITICAL, 3 UNKNOWN, then ``AIMMS-OPS STATE - what matters``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from . import shell, units
-from .backups import BackupFile, parse_listing
-from .checks import Check, State, worst
-from .compose import facts_args, parse_facts
-from .errors import OpsError, shown
-from .health import connection_checks
-from .install import MARK, cron_entries, parse_record, record_path, verify_script_path
-from .inventory import Host
-from .remote import Remote
+from aimms_ops import units
+from aimms_ops.backup.install import (
+    MARK,
+    cron_entries,
+)
+from aimms_ops.backup.listing import good_backups
+from aimms_ops.backup.names import BackupFile
+from aimms_ops.errors import OpsError, shown
+from aimms_ops.inventory.model import Host
+from aimms_ops.monitor.checks import Check, State, worst
+from aimms_ops.monitor.disk import DiskOutlook, check_disk, disk_from
+from aimms_ops.monitor.health import connection_checks
+from aimms_ops.monitor.hostfacts import HostFacts, gather
+from aimms_ops.monitor.runlog import LoggedPing, LoggedRun, last_run
+from aimms_ops.remote import Remote
 
 PREFIX = "AIMMS-OPS"
+
+
 DEFAULT_MAX_AGE = "26h"
-_SECTIONS = ("facts", "backups", "status")
-_RESULT = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] RESULT (ok|failed:)\s*(.*)$")
-
-
-# --- durations ------------------------------------------------------------------------
 
 
 def parse_max_age(text: str) -> int:
@@ -42,90 +41,6 @@ def parse_max_age(text: str) -> int:
         raise OpsError(f"invalid --max-age {shown(text, 40)}: expected a positive number "
                        "followed by m, h or d, like 26h, 90m or 2d", code=3)
     return seconds
-
-
-# --- the facts -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoggedRun:
-    """One ``RESULT`` line of the backup log: how a backup or verify run ended."""
-
-    kind: str  # "backup" or "verify"
-    pid: int
-    at: datetime
-    ok: bool
-    name: str | None  # the backup made (backup) or verified (verify)
-    reason: str | None  # why it failed
-    detail: str  # the rest of the line
-
-    def as_dict(self) -> dict[str, object]:
-        return {"result": "ok" if self.ok else "failed", "at": _iso(self.at),
-                "name": self.name, "reason": self.reason, "detail": self.detail}
-
-
-def _logged_at(stamp: str) -> datetime | None:
-    """The UTC time a log line starts with (``now_utc`` of lib.sh), or None."""
-    try:
-        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
-def parse_results(text: str) -> list[LoggedRun]:
-    """The RESULT lines of the log, oldest first (pure)."""
-    runs = []
-    for line in text.splitlines():
-        m = _RESULT.match(line.strip())
-        at = _logged_at(m.group(1)) if m else None
-        if m is None or at is None:
-            continue
-        ok = m.group(4) == "ok"
-        rest = m.group(5).strip()
-        name = None
-        reason = None
-        if ok:
-            name = rest.split(" ", 1)[0] or None
-        else:
-            reason = rest
-            tail = re.search(r" \((aimms_postgres_[^ ()]+\.sql\.gz)\)$", rest)
-            if tail:
-                name = tail.group(1)
-                reason = rest[: tail.start()]
-        runs.append(LoggedRun(m.group(2), int(m.group(3)), at, ok, name, reason, rest))
-    return runs
-
-
-_PING = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] ping (\S+): (ok|failed: .*?)(?: \((\S+)\))?$")
-
-
-@dataclass(frozen=True)
-class LoggedPing:
-    """One ``ping EVENT: ok|failed: WHY`` line of the log: how a ping to the monitor went."""
-
-    kind: str  # "backup" or "verify"
-    at: datetime
-    event: str  # start, ok, exit:N, fail
-    ok: bool
-    error: str | None
-
-    def as_dict(self) -> dict[str, object]:
-        return {"job": self.kind, "at": _iso(self.at), "event": self.event,
-                "result": "ok" if self.ok else "failed", "error": self.error}
-
-
-def parse_pings(text: str) -> list[LoggedPing]:
-    """The ping lines of the log, oldest first (pure)."""
-    out = []
-    for line in text.splitlines():
-        m = _PING.match(line.strip())
-        at = _logged_at(m.group(1)) if m else None
-        if m is None or at is None:
-            continue
-        ok = m.group(5) == "ok"
-        out.append(LoggedPing(m.group(2), at, m.group(4), ok,
-                              None if ok else m.group(5)[len("failed: "):]))
-    return out
 
 
 def check_ping(pings: list[LoggedPing], host: Host) -> Check | None:
@@ -142,116 +57,6 @@ def check_ping(pings: list[LoggedPing], host: Host) -> Check | None:
     return Check(name, State.WARNING, f"last ping failed: {last.kind} {last.event} at {when}: "
                  f"{last.error}", "the monitor did not hear of that run: check the ping URL "
                  "and that the host reaches it (fab doctor --ping)")
-
-
-def last_run(runs: list[LoggedRun], kind: str) -> LoggedRun | None:
-    for run in reversed(runs):
-        if run.kind == kind:
-            return run
-    return None
-
-
-def _b64(value: str) -> str:
-    try:
-        return base64.b64decode(value).decode("utf-8", "replace") if value else ""
-    except (binascii.Error, ValueError):
-        return ""
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """Everything status and doctor judge, read in one SSH round trip."""
-
-    facts: dict[str, str]  # facts.sh
-    extra: dict[str, str]  # status-facts.sh
-    backups: list[BackupFile] | None  # None: the backup dir does not exist
-    fingerprint: str = ""
-
-    @property
-    def now(self) -> datetime:
-        epoch = self.extra.get("now.epoch", "")
-        if epoch.isdigit():
-            return datetime.fromtimestamp(int(epoch), tz=UTC)
-        return datetime.now(UTC)
-
-    @property
-    def runs(self) -> list[LoggedRun]:
-        return parse_results(_b64(self.extra.get("log.results_b64", "")))
-
-    @property
-    def pings(self) -> list[LoggedPing]:
-        return parse_pings(_b64(self.extra.get("log.pings_b64", "")))
-
-    @property
-    def log_tail(self) -> list[str]:
-        return _b64(self.extra.get("log.tail_b64", "")).splitlines()
-
-    @property
-    def container_log(self) -> list[str]:
-        return _b64(self.extra.get("container.log_b64", "")).splitlines()
-
-    @property
-    def crontab(self) -> str | None:
-        """The login user's crontab, or None when crontab is not installed."""
-        if self.extra.get("crontab.available") != "1":
-            return None
-        return _b64(self.extra.get("crontab.b64", ""))
-
-    @property
-    def record(self) -> dict[str, str]:
-        return parse_record(_b64(self.extra.get("record.b64", "")))
-
-
-def split_sections(text: str) -> dict[str, str]:
-    """The output of :func:`gather_command`, cut at its ``@@NAME`` lines (pure)."""
-    out: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        if line.startswith("@@") and line[2:] in _SECTIONS:
-            current = line[2:]
-            out.setdefault(current, [])
-        elif current is not None:
-            out[current].append(line)
-    return {k: "\n".join(v) + "\n" for k, v in out.items()}
-
-
-def parse_gathered(text: str, host: Host, fingerprint: str = "") -> HostFacts:
-    """Parse the output of :func:`gather_command` (pure)."""
-    sections = split_sections(text)
-    if "status" not in sections:
-        raise OpsError("the status scripts printed nothing usable",
-                       "run fab check to see what fails on the host")
-    return HostFacts(parse_facts(sections.get("facts", "")), parse_facts(sections["status"]),
-                     parse_listing(sections.get("backups", ""), host.backup_dir), fingerprint)
-
-
-def gather_command(host: Host) -> str:
-    """One remote command running facts.sh, list-backups.sh and status-facts.sh."""
-    status_args = [host.compose.project, host.compose.postgres_service, host.backup_script,
-                   host.config_file, verify_script_path(host), record_path(host),
-                   host.log_file]
-    parts = []
-    for section, script, args in (("facts", "facts.sh", facts_args(host)),
-                                  ("backups", "list-backups.sh", [host.backup_dir]),
-                                  ("status", "status-facts.sh", status_args)):
-        parts.append(shell.join(["echo", f"@@{section}"]))
-        parts.append(shell.script_command(script, args))
-    return "; ".join(parts)
-
-
-def gather(remote: Remote) -> HostFacts:
-    """Read every fact status and doctor need, in one SSH round trip."""
-    res = remote.run(gather_command(remote.host), what="the status scripts")
-    return parse_gathered(res.stdout, remote.host, remote.server_key_fingerprint)
-
-
-# --- judging (pure) --------------------------------------------------------------------
-
-
-def good_backups(backups: list[BackupFile] | None) -> list[BackupFile]:
-    """The regular backups with a recorded checksum, newest first (no safety copies)."""
-    return sorted((b for b in backups or [] if b.sha256 and not b.safety),
-                  key=lambda b: b.created, reverse=True)
 
 
 def check_newest(backups: list[BackupFile] | None, now: datetime, max_age: int,
@@ -368,68 +173,6 @@ def _schedule(cron_line: str) -> str:
     return fields[0] if cron_line.startswith("@") else " ".join(fields[:5])
 
 
-@dataclass(frozen=True)
-class DiskOutlook:
-    free: int
-    total: int
-    growth_per_day: float | None  # bytes per day the backups add, None when unknown
-    days_left: float | None
-
-    def as_dict(self) -> dict[str, object]:
-        return {"free_bytes": self.free, "total_bytes": self.total,
-                "growth_bytes_per_day": None if self.growth_per_day is None
-                else round(self.growth_per_day),
-                "days_left": None if self.days_left is None else round(self.days_left, 1)}
-
-
-def disk_outlook(free: int, total: int, backups: list[BackupFile] | None) -> DiskOutlook:
-    """Free space and how many days it lasts at the present growth of the backups.
-
-    Retention keeps about as many backups as there are now, so the backup dir grows
-    as each backup grows: the growth per day is the slope of the backup sizes over
-    time (least squares, bytes per day per backup) times the number of backups kept.
-    Unknown with backups of less than a day apart; ``days_left`` is None when not growing.
-    """
-    good = good_backups(backups)
-    if len(good) < 2:
-        return DiskOutlook(free, total, None, None)
-    xs = [b.created.timestamp() / 86400 for b in good]
-    ys = [float(b.size) for b in good]
-    if max(xs) - min(xs) < 1:
-        return DiskOutlook(free, total, None, None)
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
-        (x - mx) ** 2 for x in xs)
-    growth = slope * len(good)
-    days = free / growth if growth > 0 else None
-    return DiskOutlook(free, total, growth, days)
-
-
-def check_disk(outlook: DiskOutlook | None, backups: list[BackupFile] | None,
-               backup_dir: str) -> Check:
-    """Free space in the backup dir: room for the next backup, and days left."""
-    name = "disk"
-    if outlook is None:
-        return Check(name, State.UNKNOWN, f"free space of {backup_dir} unknown")
-    good = good_backups(backups)
-    last = good[0].size if good else 0
-    free = outlook.free
-    detail = f"{units.size(free)} free in {backup_dir}"
-    if outlook.days_left is not None:
-        detail += f", about {outlook.days_left:.0f} days left at the present growth " \
-                  f"({units.size(outlook.growth_per_day or 0)}/day)"
-    elif outlook.growth_per_day is not None:
-        detail += ", backups not growing"
-    if last and free < last * 12 // 10:
-        return Check(name, State.CRITICAL, f"only {detail}: the next backup "
-                     f"({units.size(last)} last time) will not fit",
-                     "free space, or lower retention_days and run fab prune")
-    if (last and free < 3 * last) or (outlook.days_left is not None and outlook.days_left < 14):
-        return Check(name, State.WARNING, f"only {detail}",
-                     "free space, or lower retention_days and run fab prune")
-    return Check(name, State.OK, detail)
-
-
 def schedule_period(schedule: str | None) -> timedelta:
     """How often a cron schedule runs, roughly: hourly, daily, weekly or monthly."""
     if not schedule:
@@ -492,14 +235,6 @@ def stack_checks(hf: HostFacts, host: Host) -> list[Check]:
             or (r.name == "backup dir" and unwritable)]
 
 
-def disk_from(hf: HostFacts) -> DiskOutlook | None:
-    avail, size = hf.facts.get("backup_dir.avail_kb", ""), hf.facts.get("backup_dir.size_kb", "")
-    if not avail.isdigit():
-        return None
-    return disk_outlook(int(avail) * 1024, int(size) * 1024 if size.isdigit() else 0,
-                        hf.backups)
-
-
 @dataclass
 class StatusReport:
     host: str
@@ -526,7 +261,7 @@ class StatusReport:
         newest = None
         if self.newest is not None:
             newest = {"name": self.newest.name, "size": self.newest.size,
-                      "created": _iso(self.newest.created), "sha256": self.newest.sha256,
+                      "created": units.iso(self.newest.created), "sha256": self.newest.sha256,
                       "age_seconds": int((self.checked_at - self.newest.created)
                                          .total_seconds())}
         return {
@@ -534,7 +269,7 @@ class StatusReport:
             "state": self.state.name,
             "exit_code": int(self.state),
             "summary": self.summary,
-            "checked_at": _iso(self.checked_at),
+            "checked_at": units.iso(self.checked_at),
             "max_age_seconds": self.max_age,
             "checks": [c.as_dict() for c in self.checks],
             "newest_backup": newest,
@@ -612,7 +347,3 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
 def status(remote: Remote, max_age: int, max_age_text: str) -> StatusReport:
     """Gather the facts of the host (one SSH round trip) and judge them."""
     return judge(gather(remote), remote.host, max_age, max_age_text)
-
-
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

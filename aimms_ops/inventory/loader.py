@@ -1,145 +1,42 @@
-"""The inventory: which hosts exist and where everything lives on them.
+"""Find, load and validate ``inventory.yml``.
 
-``inventory.yml`` (or the file named by ``AIMMS_OPS_INVENTORY``) is loaded and
-validated in full before anything connects; every problem is one line naming
-the file, the key and what was expected.
+The file (or the one named by ``AIMMS_OPS_INVENTORY``) is loaded and validated in full
+before anything connects; every problem is one line naming the file, the key and
+what was expected, and all of them are reported at once.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import OpsError, shown
-from .offsite_config import Offsite
-from .offsite_config import parse as parse_offsite
-from .retention import Policy
-
-ENV_VAR = "AIMMS_OPS_INVENTORY"
-DEFAULT_FILE = "inventory.yml"
+from aimms_ops.errors import OpsError
+from aimms_ops.inventory.model import (
+    DEFAULT_FILE,
+    ENV_VAR,
+    IGNORED_POSTGRES_KEYS,
+    Compose,
+    Host,
+    Inventory,
+    Ping,
+    Postgres,
+    Retention,
+    Volumes,
+)
+from aimms_ops.offsite.config import parse as parse_offsite
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}")
+
+
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+")
-
-
-@dataclass(frozen=True)
-class Compose:
-    project_dir: str
-    file: str
-    project: str
-    postgres_service: str
-
-    @property
-    def file_path(self) -> str:
-        """The compose file's absolute path on the host."""
-        if self.file.startswith("/"):
-            return self.file
-        return f"{self.project_dir.rstrip('/')}/{self.file}"
-
-
-@dataclass(frozen=True)
-class Postgres:
-    superuser: str
-
-
-#: Keys of ``postgres`` that nothing reads: still accepted (any value), each with a
-#: warning that it is ignored and may be removed. They go in a later release.
-IGNORED_POSTGRES_KEYS = ("app_user", "databases")
-
-
-@dataclass(frozen=True)
-class Volumes:
-    postgres: str
-    redis: str
-
-    def names(self) -> tuple[str, ...]:
-        return (self.postgres, self.redis)
-
-
-@dataclass(frozen=True)
-class Retention:
-    """The ``retention`` mapping: GFS counts (borg prune's rules); 0 means not used."""
-
-    keep_daily: int = 0
-    keep_weekly: int = 0
-    keep_monthly: int = 0
-    keep_yearly: int = 0
-
-
-@dataclass(frozen=True)
-class Ping:
-    """Where the host's jobs report how they went (``ping``)."""
-
-    url: str
-    kind: str = "healthchecks"
-    verify_url: str | None = None
-
-
-@dataclass(frozen=True)
-class Host:
-    """One host of the inventory, as the tasks see it."""
-
-    name: str
-    backup_dir: str
-    backup_script: str
-    log_file: str
-    cron_schedule: str
-    retention_days: int
-    compose: Compose
-    postgres: Postgres
-    volumes: Volumes
-    min_keep: int = 3
-    ssh_config: str | None = None
-    accept_new_host_key: bool = False
-    verify_schedule: str | None = None
-    lock_timeout: int = 600
-    retention: Retention | None = None
-    safety_pin_days: int = 14
-    allow_shrink: bool = False
-    ping: Ping | None = None
-
-    @property
-    def policy(self) -> Policy:
-        """The retention policy: the ``retention`` rules, or ``retention_days`` alone."""
-        r = self.retention or Retention()
-        return Policy(within_days=self.retention_days, daily=r.keep_daily,
-                      weekly=r.keep_weekly, monthly=r.keep_monthly, yearly=r.keep_yearly,
-                      min_keep=self.min_keep)
-    offsite: Offsite = field(default_factory=Offsite)
-
-    @property
-    def config_file(self) -> str:
-        """Where the backup script reads its settings on the host."""
-        return f"{self.backup_script}.conf"
-
-
-@dataclass(frozen=True)
-class Inventory:
-    path: Path
-    default_host: str
-    hosts: Mapping[str, Host]
-    download_dir: str = "./backups"
-    #: One line each, for keys that are accepted but ignored (the task layer prints them).
-    warnings: tuple[str, ...] = ()
-
-    def host(self, name: str | None) -> Host:
-        """The host called ``name``, or the default host when ``name`` is None."""
-        key = name or self.default_host
-        try:
-            return self.hosts[key]
-        except KeyError:
-            known = ", ".join(sorted(self.hosts)) or "none"
-            raise OpsError(
-                f"{self.path}: no host named {shown(key)} in the inventory (hosts: {known})",
-                "pass -H with one of those names, or add the host to the inventory",
-            ) from None
 
 
 class _Checker:
@@ -261,12 +158,20 @@ _HOST_KEYS = {
     "verify_schedule", "lock_timeout", "retention", "safety_pin_days", "allow_shrink", "ping",
     "offsite", "offsite_recipients", "offsite_identity",
 }
+
+
 _HOST_REQUIRED = {
     "backup_dir", "backup_script", "log_file", "cron_schedule",
     "compose", "postgres", "volumes",
 }
+
+
 _RETENTION_KEYS = {"keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "min_keep"}
+
+
 _PING_KINDS = ("healthchecks", "uptime-kuma")
+
+
 _URL = re.compile(r"^https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]{1,500}$")
 
 

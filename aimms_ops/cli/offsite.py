@@ -1,8 +1,7 @@
 """The command line of the offsite copies: ``fab offsite-sync`` and the offsite parts of
 ``list-backups``, ``verify --offsite``, ``restore --from`` and ``status``.
 
-Kept apart from tasks.py, which declares the tasks and imports this module inside them
-(never at import time: this module uses tasks.py's helpers); the logic is in offsite.py.
+The logic is in :mod:`aimms_ops.offsite`; this module renders it.
 """
 
 from __future__ import annotations
@@ -15,23 +14,24 @@ from typing import Any
 
 from invoke import Exit
 
-from . import output, units
-from .checks import Check, State
-from .errors import OpsError
-from .tasks import _download_dir, _inventory, _open
+from aimms_ops import units
+from aimms_ops.cli.base import connect, download_dir, load_inventory, ops_task
+from aimms_ops.errors import OpsError
+from aimms_ops.monitor.checks import Check, State
+from aimms_ops.output import console as output
 
 
 def sync_task(c: Any, target: str | None, dry_run: bool) -> None:
     """fab offsite-sync (tasks.py declares it): sync on the host, print what it did."""
-    from . import offsite
+    from aimms_ops.offsite import copies, sync
 
     if target == "":
         raise OpsError("--target= names no target",
                        "leave --target out for every target, or give --target=NAME")
-    with _open(c) as remote:
+    with connect(c) as remote:
         if target is not None:
-            offsite.require(remote.host, target)
-        results = offsite.sync(remote, target, dry_run, on_log=None)
+            copies.require(remote.host, target)
+        results = sync.sync(remote, target, dry_run, on_log=None)
     rows = []
     for r in results:
         rows += [[r.target, "push", name, "would push" if dry_run else "pushed"]
@@ -58,16 +58,16 @@ def sync_task(c: Any, target: str | None, dry_run: bool) -> None:
 # --- list-backups ------------------------------------------------------------------------
 
 
-def _offsite_listings(remote: Any) -> list:
+def offsite_listings(remote: Any) -> list:
     """The copies on every target of the host; [] when it has none."""
-    from . import offsite
+    from aimms_ops.offsite import copies
 
     if not remote.host.offsite:
         return []
-    return offsite.list_copies(remote)
+    return copies.list_copies(remote)
 
 
-def _offsite_json(backups: list, listings: list) -> list[dict]:
+def offsite_json(backups: list, listings: list) -> list[dict]:
     """list-backups --json: each backup with the targets holding it, then every copy."""
     out = []
     for b in backups:
@@ -81,7 +81,7 @@ def _offsite_json(backups: list, listings: list) -> list[dict]:
     return out
 
 
-def _show_offsite(remote: Any, remote_list: list, listings: list) -> None:
+def show_offsite(remote: Any, remote_list: list, listings: list) -> None:
     if not listings:
         return
     on_host = {b.name for b in remote_list}
@@ -115,18 +115,18 @@ def _show_offsite(remote: Any, remote_list: list, listings: list) -> None:
 # --- restore --from ----------------------------------------------------------------------
 
 
-def _restore_source(remote: Any, file: str | None, target: str, identity: str | None) -> str:
+def offsite_source(remote: Any, file: str | None, target: str, identity: str | None) -> str:
     """restore --from=TARGET: the local path of the verified, decrypted copy of ``file``."""
-    from . import offsite
+    from aimms_ops.offsite import copies, fetch
 
-    offsite.require(remote.host, target)
-    ids, id_path = offsite.load_identities(remote.host, identity)
-    listing = offsite.list_copies(remote, target)[0]
-    cp = offsite.pick_copy(listing, file or "latest")
-    dest = _download_dir(_inventory(), None)
+    copies.require(remote.host, target)
+    ids, id_path = fetch.load_identities(remote.host, identity)
+    listing = copies.list_copies(remote, target)[0]
+    cp = copies.pick_copy(listing, file or "latest")
+    dest = download_dir(load_inventory(), None)
     with output.transfer_progress(f"fetching {cp.name}.age from {target}",
                                   cp.encrypted_size) as advance:
-        got = offsite.fetch(remote, cp, dest, ids, id_path, progress=advance)
+        got = fetch.fetch(remote, cp, dest, ids, id_path, progress=advance)
     output.note(f"fetched {cp.name} from offsite {target} in {got.seconds:.1f} s: encrypted "
                 f"sha256 {cp.encrypted_sha256[:16]}… and, decrypted here with {id_path}, "
                 f"sha256 {cp.plaintext_sha256[:16]}… verified; kept in {got.path}")
@@ -139,31 +139,32 @@ def _restore_source(remote: Any, file: str | None, target: str, identity: str | 
 def verify_offsite(c: Any, file: str, target: str | None, identity: str | None,
                    as_json: bool) -> None:
     """verify --offsite[=NAME]: read each copy back, decrypt it here, check it whole."""
-    from . import dumpsource, offsite
+    from aimms_ops import dumpsource
+    from aimms_ops.offsite import copies, fetch
 
     rows: list[Check] = []
     results = []
-    with _open(c) as remote:
-        targets = offsite.require(remote.host, target)
-        ids, id_path = offsite.load_identities(remote.host, identity)
-        listings = {lst.target: lst for lst in offsite.list_copies(remote, target)}
+    with connect(c) as remote:
+        targets = copies.require(remote.host, target)
+        ids, id_path = fetch.load_identities(remote.host, identity)
+        listings = {lst.target: lst for lst in copies.list_copies(remote, target)}
         for t in targets:
             lst = listings.get(t.name)
             name = f"offsite {t.name}"
             try:
                 if lst is None:
                     raise OpsError("not listed by the host (run fab install-backups)")
-                cp = offsite.pick_copy(lst, file)
+                cp = copies.pick_copy(lst, file)
                 tmp = Path(tempfile.mkdtemp(prefix="aimms-ops-verify-"))
                 try:
-                    got = offsite.fetch(remote, cp, tmp, ids, id_path)
+                    got = fetch.fetch(remote, cp, tmp, ids, id_path)
                     dump = dumpsource.inspect_local(got.path)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
                 if not dump.ok:
                     raise OpsError(f"the copy of {cp.name} on {t.name} decrypts but is not a "
                                    f"good dump: {'; '.join(dump.problems)}")
-                offsite.mark_verified(remote, cp)
+                fetch.mark_verified(remote, cp)
                 detail = (f"{cp.name}: encrypted sha256 and plaintext sha256 match, gzip "
                           f"stream and completion marker OK ({', '.join(dump.databases)})")
                 rows.append(Check(name, State.OK, detail))
@@ -190,15 +191,30 @@ def verify_offsite(c: Any, file: str, target: str | None, identity: str | None,
 
 def offsite_status_checks(remote: Any, max_age: int, max_age_text: str) -> list[Check]:
     """fab status: a check per offsite target of the host ([] when it has none)."""
-    from . import offsite
+    from aimms_ops.offsite import copies
 
     if not remote.host.offsite:
         return []
     try:
-        listings = offsite.list_copies(remote)
+        listings = copies.list_copies(remote)
     except OpsError as exc:
         return [Check("offsite", State.CRITICAL, exc.message, exc.hint or "")]
     res = remote.run(["bash", "-c", 'grep -a "RESULT offsite " -- "$1" | tail -n 200',
                       "push-results", remote.host.log_file], what="the push results")
-    return offsite.judge(listings, offsite.parse_push_results(res.stdout), datetime.now(UTC),
+    return copies.judge(listings, copies.parse_push_results(res.stdout), datetime.now(UTC),
                          max_age, max_age_text)
+
+
+@ops_task(help={
+    "target": "only this offsite target (default: every target of the host)",
+    "dry_run": "print what would be pushed and pruned, change nothing",
+})
+def offsite_sync(c, target=None, dry_run=False):
+    """Push every good backup an offsite target lacks, then apply the target's retention.
+
+    The host does it (it holds the store's credentials), under the backup's lock:
+    each backup encrypted with age to offsite_recipients, its sha256 and the
+    encrypted object's recorded beside it. Idempotent: a second run pushes nothing.
+    A target is pruned only when every push to it in this run succeeded.
+    """
+    sync_task(c, target, dry_run)

@@ -11,7 +11,10 @@ import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+SCRIPTS_DIR = PACKAGE_DIR / "scripts"
+#: The ``.py`` includes: modules of the package that the host runs as they are.
+_PY_INCLUDES = {"retention.py": PACKAGE_DIR / "backup" / "retention.py"}
 _SCRIPT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.sh")
 
 
@@ -44,6 +47,8 @@ _INCLUDE = re.compile(r"^# @include ([a-z0-9][a-z0-9_-]*\.(?:sh|awk|py))$", re.M
 
 #: The include that stands for the dump scanner, the ``aimms_ops.dump`` package as one file.
 DUMP_SCANNER = "dumpscan.py"
+#: The include that stands for the flags of the settings (aimms_ops.backup.settings).
+SETTINGS_FLAGS = "settings-flags.sh"
 
 
 def _packaged(name: str) -> str:
@@ -51,16 +56,20 @@ def _packaged(name: str) -> str:
     only, run by the host's python3, so that the host and this machine run the very
     same code), the dump scanner the ``aimms_ops.dump`` package joined into one file."""
     if name == DUMP_SCANNER:
-        from .dump import host_script
+        from aimms_ops.dump import host_script
 
         return host_script()
-    where = SCRIPTS_DIR.parent if name.endswith(".py") else SCRIPTS_DIR
-    return (where / name).read_text(encoding="utf-8")
+    if name == SETTINGS_FLAGS:
+        from aimms_ops.backup.settings import flag_cases
+
+        return flag_cases()
+    path = _PY_INCLUDES[name] if name.endswith(".py") else SCRIPTS_DIR / name
+    return path.read_text(encoding="utf-8")
 
 
 def name_ere() -> str:
     """The backup name pattern (retention.NAME_RE) as a POSIX ERE for bash's ``=~``."""
-    from .retention import NAME_RE
+    from aimms_ops.backup.retention import NAME_RE
 
     return NAME_RE.pattern.replace("(?:", "(").replace("\\d", "[0-9]")
 
@@ -80,7 +89,17 @@ def script_text(name: str) -> str:
         lines = [ln for ln in body.splitlines() if not ln.startswith("#!")]
         return "\n".join(lines).strip("\n")
 
-    return _INCLUDE.sub(inline, _packaged(name)).replace("@BACKUP_NAME_ERE@", name_ere())
+    text = _INCLUDE.sub(inline, _packaged(name))
+    for key, value in _placeholders().items():
+        text = text.replace(f"@{key}@", value)
+    return text
+
+
+def _placeholders() -> dict[str, str]:
+    """The facts written into the scripts when they are rendered (``@KEY@`` in lib.sh)."""
+    from aimms_ops.host.layout import LOCK_FILES
+
+    return {"BACKUP_NAME_ERE": name_ere(), **LOCK_FILES}
 
 
 def script_command(name: str, args: Iterable[str | int] = ()) -> str:

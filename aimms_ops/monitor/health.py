@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from . import units
-from .checks import Check, State
-from .compose import compose_volumes, decode_config, facts_args, parse_facts
-from .inventory import Host
-from .remote import Remote
+from aimms_ops import units
+from aimms_ops.host.compose import compose_volumes, decode_config, facts_args, parse_facts
+from aimms_ops.inventory.model import Host
+from aimms_ops.monitor.checks import Check, State
+from aimms_ops.remote import Remote
 
 
 def gather_facts(remote: Remote) -> dict[str, str]:

@@ -1,0 +1,165 @@
+"""Making a backup and applying retention on the host, with the packaged script.
+
+The backup is made on the host by ``backup-postgres.sh`` (the same file cron runs);
+this module builds its arguments, parses what it reports and returns data for the
+task layer to render.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aimms_ops.backup.names import validate_label, validate_name, validate_reason
+from aimms_ops.backup.settings import script_args
+from aimms_ops.errors import ConnectionLost, OpsError
+from aimms_ops.host.layout import BACKUP_SCRIPT
+from aimms_ops.remote import Remote
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """What one run of the backup script made."""
+
+    name: str
+    path: str
+    size: int
+    sha256: str
+    seconds: int
+    container: str
+    pruned: tuple[str, ...] = ()
+    suspicious: str | None = None  # "suspicious: size dropped from X to Y" (the guard)
+
+
+@dataclass(frozen=True)
+class PruneDecision:
+    name: str
+    action: str  # "keep" or "remove"
+    reason: str
+    rule: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "action": self.action, "rule": self.rule,
+                "reason": self.reason}
+
+
+def parse_result(stdout: str) -> dict[str, str]:
+    """The ``result.KEY=VALUE`` lines of the backup script."""
+    out: dict[str, str] = {}
+    for line in stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.startswith("result."):
+            out[key] = value
+    return out
+
+
+#: The rules a prune line can name (retention.py's, and the day-based fallback's).
+_RULE = re.compile(r"^(?:pinned|min_keep|within|older|empty|none|orphan|"
+                   r"(?:daily|weekly|monthly|yearly)(?:\[oldest\])?)$")
+
+
+def parse_prune(stdout: str) -> list[PruneDecision]:
+    """The ``prune.keep=NAME RULE REASON`` / ``prune.remove=...`` lines, in order."""
+    decisions = []
+    for line in stdout.splitlines():
+        for action in ("keep", "remove"):
+            prefix = f"prune.{action}="
+            if line.startswith(prefix):
+                name, _, rest = line[len(prefix):].partition(" ")
+                rule, _, reason = rest.partition(" ")
+                if not _RULE.fullmatch(rule):
+                    rule, reason = "", rest
+                decisions.append(PruneDecision(name, action, reason, rule))
+    return decisions
+
+
+def run_backup(remote: Remote, label: str | None = None,
+               on_log: Callable[[str], None] | None = None, *,
+               safety: bool = False, allow_shrink: bool = False) -> BackupResult:
+    """Make a backup now with the packaged script (the one cron runs).
+
+    ``safety``: a safety copy, labelled with one of SAFETY_LABELS, which the script
+    pins for ``safety_pin_days``. ``allow_shrink`` accepts a backup that the size-drop
+    guard would call suspicious.
+    """
+    extra = ["--echo", "--report"]
+    if allow_shrink:
+        extra.append("--allow-shrink")
+    if label:
+        extra += ["--label", validate_label(label, safety=safety)]
+    try:
+        res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra),
+                                on_stderr=on_log)
+    except ConnectionLost as exc:
+        raise ConnectionLost(f"{exc.message} (the backup itself goes on on the host)",
+                             "see its RESULT line with fab logs, and fab list-backups",
+                             code=exc.code) from None
+    if not res.ok:
+        raise OpsError(f"backup on {remote.name} failed: {_failure_reason(res.stderr)}",
+                       f"see fab logs; nothing was published in {remote.host.backup_dir}")
+    r = parse_result(res.stdout)
+    try:
+        return BackupResult(
+            name=r["result.name"], path=r["result.path"], size=int(r["result.size"]),
+            sha256=r["result.sha256"], seconds=int(r["result.seconds"]),
+            container=r.get("result.container", ""),
+            pruned=tuple(d.name for d in parse_prune(res.stdout) if d.action == "remove"),
+            suspicious=r.get("result.suspicious"),
+        )
+    except (KeyError, ValueError):
+        raise OpsError(f"the backup script on {remote.name} reported no result",
+                       "see fab logs") from None
+
+
+def _failure_reason(stderr: str) -> str:
+    for line in reversed(stderr.splitlines()):
+        if "RESULT failed:" in line:
+            return line.split("RESULT failed:", 1)[1].strip()
+        if line.startswith(("backup failed:", "backup-postgres.sh:")):
+            return line.split(":", 1)[1].strip()
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def plan_digest(plan: list[PruneDecision]) -> str:
+    """What the host checks before it removes anything: the decision it would apply must
+    be the one shown (sha256 of its ``ACTION<TAB>NAME`` lines; orphans aside)."""
+    text = "".join(f"{d.action}\t{d.name}\n" for d in plan if d.rule != "orphan")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def prune(remote: Remote, *, dry_run: bool,
+          expect: list[PruneDecision] | None = None) -> list[PruneDecision]:
+    """Apply (or with ``dry_run`` only plan) the retention policy on the host.
+
+    With ``expect`` (the plan a dry run returned) the host removes nothing unless its
+    decision is still exactly that one.
+    """
+    extra = ["--prune-only", "--report"] + (["--dry-run"] if dry_run else [])
+    if expect is not None:
+        extra += ["--expect-plan", plan_digest(expect)]
+    res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra))
+    if not res.ok:
+        raise OpsError(f"retention on {remote.name} failed: {_failure_reason(res.stderr)}",
+                       "see fab logs")
+    return parse_prune(res.stdout)
+
+
+def set_pin(remote: Remote, name: str, *, pinned: bool, by: str = "",
+            reason: str = "") -> bool:
+    """Pin (or unpin) the backup ``name`` on the host; unpin returns whether it was pinned."""
+    validate_name(name)
+    host = remote.host
+    if pinned:
+        args = ["pin", host.backup_dir, name, by, validate_reason(reason)]
+    else:
+        args = ["unpin", host.backup_dir, name]
+    res = remote.run_script("pin.sh", *args)
+    if res.rc == 66:
+        raise OpsError(f"no backup named {name} on {remote.name}", "see fab list-backups")
+    if not res.ok:
+        raise OpsError(f"cannot {'pin' if pinned else 'unpin'} {name} on {remote.name}: "
+                       f"{res.last_error_line()}")
+    return pinned or "was=1" in res.stdout.splitlines()

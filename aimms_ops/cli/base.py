@@ -1,0 +1,140 @@
+"""What every task shares: the error boundary, the inventory, the connection, confirmation.
+
+Tasks are thin: they load the inventory, connect, call a domain module and render
+what it returns. Every problem the operator can fix ends as one line on stderr and a
+non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fabric import Connection
+from invoke import Exit, task
+
+from aimms_ops.errors import ConnectionLost, OpsError, shown
+
+DEBUG_ENV = "AIMMS_OPS_DEBUG"
+
+
+def host_name(c: Any) -> str | None:
+    """The host named with ``fab -H NAME``, or None for the inventory's default."""
+    if isinstance(c, Connection):
+        return c.original_host
+    return None
+
+
+def ops_task(*, help: dict[str, str] | None = None, **task_options: Any) -> Callable:
+    """Declare a task whose user-facing failures end as one clean line."""
+
+    def deco(fn: Callable) -> Any:
+        @functools.wraps(fn)
+        def wrapper(c: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(c, *args, **kwargs)
+            except Exit:
+                raise
+            except OpsError as exc:
+                raise Exit(f"error: {exc}", code=exc.code) from None
+            except KeyboardInterrupt:
+                raise Exit("interrupted: run the same command again to finish (downloads "
+                           "resume, rebuilds continue where they stopped)", code=130) from None
+            except EOFError:
+                # paramiko's word for a transport that closed under a call that has no
+                # ConnectionLost of its own: the connection is gone, nothing else.
+                lost = ConnectionLost("the SSH connection was lost", "check the network and "
+                                      "run the task again (downloads resume where they "
+                                      "stopped)")
+                raise Exit(f"error: {lost}", code=lost.code) from None
+            except Exception as exc:
+                if os.environ.get(DEBUG_ENV):
+                    raise
+                raise Exit(f"internal error: {type(exc).__name__}: {exc} "
+                           f"(set {DEBUG_ENV}=1 to see the traceback)", code=70) from None
+
+        return task(help=help or {}, **task_options)(wrapper)
+
+    return deco
+
+
+def check_hosts_argument(argv: list[str]) -> None:
+    """Refuse a ``-H`` value that is not text (bytes that are not UTF-8) with one line.
+
+    Fabric builds the connection for ``-H`` before any task runs and fails on such a
+    name with a traceback; the fabfile calls this first.
+    """
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("-H", "--hosts") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(("--hosts=", "-H")) and arg not in ("-H",):
+            value = arg.split("=", 1)[1] if arg.startswith("--hosts=") else arg[2:]
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SystemExit(f"error: -H {shown(value)} is not a host name (not valid UTF-8 "
+                             "text); name a host of the inventory") from None
+
+
+def load_inventory():
+    from aimms_ops.inventory import loader as inventory
+
+    inv = inventory.load()
+    for line in inv.warnings:
+        _warn_once(line)
+    return inv
+
+
+@functools.cache
+def _warn_once(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def connect(c: Any, inv: Any = None):
+    from aimms_ops.remote import open_host
+
+    inv = inv or load_inventory()
+    return open_host(inv.host(host_name(c)))
+
+
+def confirm(expected: str, action: str, yes: bool) -> None:
+    """Typed confirmation of a destructive ``action``: the operator types ``expected``.
+
+    ``--yes`` skips it; without a terminal and without ``--yes`` it refuses.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise OpsError(f"refusing to {action} without confirmation: stdin is not a terminal",
+                       "pass --yes to confirm from a script", code=2)
+    try:
+        answer = input(f"Type {expected} to {action}: ")
+    except EOFError:
+        answer = ""
+    if answer.strip() != expected:
+        raise OpsError("not confirmed: nothing was changed", code=2)
+
+
+def download_dir(inv: Any, dest: str | None) -> Path:
+    return Path(os.path.expanduser(dest or inv.download_dir))
+
+
+def whole_number(flag: str, value: Any) -> int:
+    """Parse an integer flag here: Invoke's own int flags end in a traceback on bad input."""
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise OpsError(f"{flag} must be a whole number, got {shown(value, 24)}") from None
+
+
+def operator_name() -> str:
+    from aimms_ops.rebuild import operator
+
+    return operator()

@@ -1,0 +1,112 @@
+"""``fab restore``: the plan, the confirmation, the safety copy, the restore.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aimms_ops import units
+from aimms_ops.cli.base import confirm, connect, ops_task
+from aimms_ops.errors import OpsError, shown
+from aimms_ops.output import console as output
+
+
+@ops_task(help={
+    "file": "a local .sql.gz or .sql, the name of a backup on the host, or latest",
+    "database": "restore only this database of the dump (recreated first); default: all",
+    "yes": "do not ask for confirmation (needed when not run from a terminal)",
+    "no_safety_backup": "skip the pre-restore backup of the current state",
+    "from_": "restore from the copy on this offsite target (decrypted here, verified first)",
+    "identity": "the age identity file that decrypts offsite copies (with --from)",
+})
+def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from_=None,
+            identity=None):
+    """Restore a pg_dumpall backup onto the host: the whole cluster, or --database.
+
+    With --from=TARGET the backup is the copy on that offsite target (the host's backup
+    dir may be empty): fetched through the host, checked, decrypted on this machine
+    into the download folder and checked again; then restored as a local file.
+    """
+    from aimms_ops import restore as rs
+    from aimms_ops.backup import listing, run
+
+    if not file:
+        raise OpsError("--file is required", "e.g. fab restore --file=latest")
+    with connect(c) as remote:
+        if from_ is not None:
+            from aimms_ops.cli.offsite import offsite_source
+
+            file = offsite_source(remote, file, from_, identity)
+        if file == "latest":
+            file = listing.pick(listing.list_remote(remote), "latest").name
+        dump = inspect_source(remote, file)
+        plan = rs.make_plan(remote, dump, database, safety_backup=not no_safety_backup)
+        _print_restore_plan(plan)
+        what = (f"restore {plan.database}" if plan.database else "restore the whole cluster")
+        confirm(remote.name, f"{what} on {remote.name}", yes)
+        if plan.safety_backup:
+            output.note("safety copy of the current state (label pre-restore) ...")
+            try:
+                safety = run.run_backup(remote, label="pre-restore", safety=True)
+            except OpsError as exc:
+                raise OpsError(f"nothing was restored: the safety backup failed: {exc.message}",
+                               "fix that first, or pass --no-safety-backup to restore "
+                               "without one") from None
+            output.note(f"  kept {safety.path} ({units.size(safety.size)})")
+        try:
+            with output.transfer_progress("restoring", plan.dump.size) as advance:
+                report = rs.execute(remote, plan, progress=advance)
+        except KeyboardInterrupt:
+            raise OpsError("interrupted: the restore was stopped part-way",
+                           f"{rs.failure_hint(plan)}; run it again: {rs.rerun_command(plan)}",
+                           code=130) from None
+    output.table(["database", "table", "rows (estimate)"],
+                 [[t.database, t.table, t.rows] for t in report.tables],
+                 title=f"restored {', '.join(report.databases)} on {plan.host} in "
+                 f"{units.duration(report.seconds)} ({units.size(report.rate)}/s of dump)")
+
+
+def inspect_source(remote: Any, file: str):
+    from aimms_ops import dumpsource
+
+    local = dumpsource.local_dump(file)
+    if local is not None:
+        with output.transfer_progress(f"verifying {local.name}", local.stat().st_size) as adv:
+            return dumpsource.inspect_local(local, progress=adv)
+    return dumpsource.resolve_source(remote, file)
+
+
+def _print_restore_plan(plan: Any) -> None:
+    d = plan.dump
+    if d.sha256_recorded:
+        sha = "matches its .sha256"
+    else:
+        sha = "no .sha256 beside it (gzip stream and completion marker checked)"
+    rows = [
+        ["host", plan.host],
+        ["container", plan.container],
+        ["dump", f"{d.source} ({d.location}, {units.size(d.size)}, {d.format})"],
+        ["checks", f"sha256 {sha}; stream and completion marker OK"],
+        ["dump holds", ", ".join(shown(db) for db in d.databases)],
+        ["dropped and recreated", ", ".join(
+            f"{shown(db)} (now {units.size(plan.current_sizes[db])})" if db in plan.current_sizes
+            else f"{shown(db)} (new)" for db in plan.affected)],
+    ]
+    if plan.kept_databases:
+        rows.append(["left as they are", ", ".join(shown(db) for db in plan.kept_databases)])
+    props = [db for db in ("template1", "postgres") if db in plan.affected]
+    if props:
+        rows.append(["their own properties", ", ".join(
+            f"{db}: from the {'dump' if db in d.properties else 'live cluster'}"
+            for db in props)])
+    if plan.database:
+        rows.append(["roles", "untouched (they must exist)"])
+    else:
+        rows.append(["roles", f"{len(d.roles)} set exactly as in the dump (attributes, "
+                     "password, settings, memberships)"])
+        if plan.other_roles:
+            rows.append(["roles not in the dump", "left as they are: " + ", ".join(
+                shown(r) for r in plan.other_roles)])
+    rows.append(["safety copy", "yes, label pre-restore (never what latest means)"
+                 if plan.safety_backup else "NO"])
+    output.table(["restore plan", ""], rows)

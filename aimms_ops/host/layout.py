@@ -1,0 +1,54 @@
+"""Where aimms-ops keeps its files on a host: one definition, read by every module.
+
+The inventory names three places (``backup_dir``, ``log_file``, ``backup_script``);
+everything else sits beside the backup script, so that the seed's bare
+``backup-postgres.sh`` finds its settings without a flag.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+#: The packaged scripts installed on the host (aimms_ops/scripts/).
+BACKUP_SCRIPT = "backup-postgres.sh"
+VERIFY_SCRIPT = "verify-backup.sh"
+
+#: The host's lock files, in the backup dir (the lock model is lib.sh's take_lock); the
+#: scripts get these names as $CLUSTER_LOCK, $BACKUP_LOCK and $VERIFY_LOCK.
+LOCK_FILES = {"CLUSTER_LOCK": ".cluster.lock", "BACKUP_LOCK": ".backup.lock",
+              "VERIFY_LOCK": ".verify.lock"}
+
+
+@dataclass(frozen=True)
+class HostLayout:
+    """The host's files, from the inventory's ``backup_dir``, ``log_file`` and ``backup_script``."""
+
+    backup_dir: str
+    log_file: str
+    backup_script: str
+
+    @property
+    def config_file(self) -> str:
+        """The backup script's settings (written by install-backups), beside the script."""
+        return f"{self.backup_script}.conf"
+
+    @property
+    def install_record(self) -> str:
+        """What the backups were installed for (``key=value``), beside the script."""
+        return f"{self.backup_script}.installed"
+
+    @property
+    def offsite_config(self) -> str:
+        """The offsite targets the backup script pushes to, beside the script."""
+        return f"{self.backup_script}.offsite"
+
+    @property
+    def cluster_lock(self) -> str:
+        """Restore and rebuild hold it exclusive; backup and the deep verify shared."""
+        return posixpath.join(self.backup_dir, LOCK_FILES["CLUSTER_LOCK"])
+
+    @property
+    def verify_script(self) -> str:
+        """The deep verify script, in the backup script's folder."""
+        return posixpath.join(posixpath.dirname(self.backup_script), VERIFY_SCRIPT)
