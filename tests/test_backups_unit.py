@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aimms_ops.backup import install, listing, names, run, settings
+from aimms_ops.backup.retention import Policy
 from aimms_ops.errors import OpsError
 from aimms_ops.host.shell import SCRIPTS_DIR
 from aimms_ops.inventory.model import Compose, Host, Postgres, Volumes
@@ -20,7 +21,7 @@ def _host(**kw) -> Host:
         name="aidset", backup_dir="/home/ec2-user/postgres-backups",
         backup_script="/home/ec2-user/backup-postgres.sh",
         log_file="/home/ec2-user/postgres-backup.log", cron_schedule="0 2 * * *",
-        retention_days=7,
+        policy=Policy(within_days=7),
         compose=Compose("/home/ec2-user/aimms-web", "docker-compose.prod.yml", "aimms-web",
                         "postgres"),
         postgres=Postgres("postgres"),

@@ -32,7 +32,7 @@ def test_production_inventory_mirrors_the_seed():
     assert h.backup_script == "/home/ec2-user/backup-postgres.sh"
     assert h.log_file == "/home/ec2-user/postgres-backup.log"
     assert h.cron_schedule == "0 2 * * *"
-    assert h.retention_days == 7
+    assert h.policy.within_days == 7
     assert h.compose.file_path == "/home/ec2-user/aimms-web/docker-compose.prod.yml"
     assert h.postgres.superuser == "postgres"
     assert h.volumes.names() == ("aimms_postgres_data_prod", "aimms_redis_data_prod")

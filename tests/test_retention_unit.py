@@ -415,7 +415,7 @@ def _host(**kw) -> model.Host:
 
     base = dict(
         name="aidset", backup_dir="/b", backup_script="/s.sh", log_file="/l.log",
-        cron_schedule="0 2 * * *", retention_days=7,
+        cron_schedule="0 2 * * *", policy=Policy(within_days=7),
         compose=Compose("/c", "dc.yml", "aimms-web", "postgres"),
         postgres=Postgres("postgres"),
         volumes=Volumes("pg", "redis"), ping=Ping("https://hc-ping.com/x"))
@@ -483,9 +483,7 @@ def test_status_reads_the_last_ping_and_an_accepted_shrink():
 
 def test_the_settings_carry_the_policy_the_pins_and_the_ping():
     from aimms_ops.backup import settings
-    from aimms_ops.inventory.model import Retention
-
-    host = _host(retention_days=0, retention=Retention(keep_daily=7, keep_monthly=3),
+    host = _host(policy=Policy(daily=7, monthly=3),
                  allow_shrink=True, safety_pin_days=5)
     s = settings.script_settings(host)
     assert s["RETENTION_DAYS"] == "0" and s["RETENTION_RULES"] == "daily=7 monthly=3"

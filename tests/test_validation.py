@@ -208,8 +208,8 @@ def test_any_value_of_any_inventory_key_is_refused_naming_it_or_safe(key, value)
     for sched in (h.cron_schedule, h.verify_schedule):
         assert sched is None or ("\n" not in sched and ";" not in sched and "$" not in sched
                                  and "`" not in sched and "|" not in sched)
-    assert isinstance(h.retention_days, int) and h.retention_days >= 1
-    assert isinstance(h.min_keep, int) and h.min_keep >= 1
+    assert isinstance(h.policy.within_days, int) and h.policy.within_days >= 1
+    assert isinstance(h.policy.min_keep, int) and h.policy.min_keep >= 1
     assert isinstance(h.lock_timeout, int) and h.lock_timeout >= 0
     assert isinstance(h.accept_new_host_key, bool)
     assert re.fullmatch(r"[a-z0-9= ]*", h.policy.rules_text)

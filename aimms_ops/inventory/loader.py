@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from aimms_ops.backup.retention import Policy
 from aimms_ops.errors import OpsError
 from aimms_ops.inventory.model import (
     DEFAULT_FILE,
@@ -25,7 +26,6 @@ from aimms_ops.inventory.model import (
     Inventory,
     Ping,
     Postgres,
-    Retention,
     Volumes,
 )
 from aimms_ops.offsite.config import parse as parse_offsite
@@ -180,8 +180,8 @@ def is_ping_url(v: Any) -> bool:
     return isinstance(v, str) and bool(_URL.fullmatch(v)) and "'" not in v
 
 
-def _parse_retention(ck: _Checker, key: str, d: dict) -> tuple[Retention | None, int, int]:
-    """(the GFS rules or None, retention_days or 0, min_keep) of one host."""
+def _parse_retention(ck: _Checker, key: str, d: dict) -> Policy:
+    """The retention policy of one host: retention_days, the retention mapping, min_keep."""
     days = ck.value(d, key, "retention_days", _is_int(1), _EXPECT["retention_days"], 0)
     min_keep = ck.value(d, key, "min_keep", _is_int(1), "a whole number, at least 1", 3)
     raw = d.get("retention")
@@ -190,11 +190,11 @@ def _parse_retention(ck: _Checker, key: str, d: dict) -> tuple[Retention | None,
             ck.fail(f"{key}.retention_days", "retention_days, or a retention mapping "
                     "(keep_daily, keep_weekly, keep_monthly, keep_yearly, min_keep)",
                     missing=True)
-        return None, days, min_keep
+        return Policy(within_days=days, min_keep=min_keep)
     rk = f"{key}.retention"
     r = ck.mapping(raw, rk, _RETENTION_KEYS, set())
     if r is None:  # recorded in ck
-        return None, days, min_keep
+        return Policy(within_days=days, min_keep=min_keep)
     counts = {k: ck.value(r, rk, k, _is_int(0), "a whole number, at least 0", 0)
               for k in sorted(_RETENTION_KEYS - {"min_keep"})}
     min_keep = ck.value(r, rk, "min_keep", _is_int(1), "a whole number, at least 1", min_keep)
@@ -204,7 +204,8 @@ def _parse_retention(ck: _Checker, key: str, d: dict) -> tuple[Retention | None,
     if not days and not any(counts.values()):
         ck.fail(rk, "at least one of keep_daily, keep_weekly, keep_monthly, keep_yearly "
                 "above 0", raw)
-    return Retention(**counts), days, min_keep
+    return Policy(within_days=days, min_keep=min_keep,
+                  **{k.removeprefix("keep_"): v for k, v in counts.items()})
 
 
 def _parse_ping(ck: _Checker, key: str, d: dict) -> Ping | None:
@@ -274,13 +275,11 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
                               "a docker volume name"),
             redis=ck.value(vol_, f"{key}.volumes", "redis", _is_name, "a docker volume name"),
         )
-    retention, days, min_keep = _parse_retention(ck, key, d)
+    policy = _parse_retention(ck, key, d)
     scalars = {
         "cron_schedule": ck.value(d, key, "cron_schedule", is_cron_schedule,
                                   _EXPECT["cron_schedule"]),
-        "retention_days": days,
-        "min_keep": min_keep,
-        "retention": retention,
+        "policy": policy,
         "safety_pin_days": ck.value(d, key, "safety_pin_days", _is_int(0),
                                     "a whole number of days (0: no pin)", 14),
         "allow_shrink": ck.value(d, key, "allow_shrink", lambda v: isinstance(v, bool),
@@ -293,7 +292,7 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
         "lock_timeout": ck.value(d, key, "lock_timeout", _is_int(0),
                                  "a whole number of seconds", 600),
     }
-    offsite = parse_offsite(d, key, days, min_keep, base)
+    offsite = parse_offsite(d, key, policy.within_days, policy.min_keep, base)
     ck.problems += offsite.problems
     if len(ck.problems) != before or compose is None or postgres is None or volumes is None:
         return None

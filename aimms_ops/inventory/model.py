@@ -53,16 +53,6 @@ class Volumes:
 
 
 @dataclass(frozen=True)
-class Retention:
-    """The ``retention`` mapping: GFS counts (borg prune's rules); 0 means not used."""
-
-    keep_daily: int = 0
-    keep_weekly: int = 0
-    keep_monthly: int = 0
-    keep_yearly: int = 0
-
-
-@dataclass(frozen=True)
 class Ping:
     """Where the host's jobs report how they went (``ping``)."""
 
@@ -80,27 +70,19 @@ class Host:
     backup_script: str
     log_file: str
     cron_schedule: str
-    retention_days: int
     compose: Compose
     postgres: Postgres
     volumes: Volumes
-    min_keep: int = 3
+    #: retention_days (within_days), the retention mapping's GFS counts, min_keep
+    policy: Policy = field(default_factory=Policy)
     ssh_config: str | None = None
     accept_new_host_key: bool = False
     verify_schedule: str | None = None
     lock_timeout: int = 600
-    retention: Retention | None = None
     safety_pin_days: int = 14
     allow_shrink: bool = False
     ping: Ping | None = None
 
-    @property
-    def policy(self) -> Policy:
-        """The retention policy: the ``retention`` rules, or ``retention_days`` alone."""
-        r = self.retention or Retention()
-        return Policy(within_days=self.retention_days, daily=r.keep_daily,
-                      weekly=r.keep_weekly, monthly=r.keep_monthly, yearly=r.keep_yearly,
-                      min_keep=self.min_keep)
     offsite: Offsite = field(default_factory=Offsite)
 
     @property
