@@ -59,3 +59,76 @@ def test_the_backup_name_pattern_reaches_the_scripts_from_its_one_definition():
               "aimms_postgres_2026_020000.sql.gz", "aimms_postgres_20260101_020000_.sql.gz",
               "aimms_postgres_20260101_020000_" + "x" * 65 + ".sql.gz"):
         assert bool(re.fullmatch(ere, n)) == bool(retention.NAME_RE.fullmatch(n)), n
+
+
+def _lib(snippet: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``snippet`` after the rendered lib.sh (and a usage_error like the scripts')."""
+    text = (shell.script_text("facts.sh").split("\n", 1)[0] + "\n"
+            + "usage_error() { printf 'usage: %s\\n' \"$1\" >&2; exit 64; }\n"
+            + shell._packaged("lib.sh") + "\n" + snippet)
+    for key, value in shell._placeholders().items():
+        text = text.replace(f"@{key}@", value)
+    return subprocess.run(["bash", "-c", text, "lib", *args], capture_output=True, text=True,
+                          check=False)
+
+
+def test_the_lock_names_reach_the_scripts_from_the_host_layout():
+    from aimms_ops.host.layout import LOCK_FILES, HostLayout
+
+    out = _lib('printf "%s %s %s" "$CLUSTER_LOCK" "$BACKUP_LOCK" "$VERIFY_LOCK"').stdout
+    assert out.split() == [LOCK_FILES[k] for k in ("CLUSTER_LOCK", "BACKUP_LOCK", "VERIFY_LOCK")]
+    assert HostLayout("/b", "/l", "/s.sh").cluster_lock == "/b/" + LOCK_FILES["CLUSTER_LOCK"]
+    for name in ("backup-postgres.sh", "verify-backup.sh", "pin.sh", "offsite-run.sh",
+                 "rebuild-lock.sh"):
+        text = shell.script_text(name)
+        assert "@CLUSTER_LOCK@" not in text and ".cluster.lock\"" not in text, name
+
+
+def test_every_setting_has_its_flag_in_both_scripts_and_in_fab(tmp_path):
+    """The settings table renders the scripts' flag parsing, so a flag fab passes is one the
+    scripts take: each flag of script_args sets the variable of its setting."""
+    from aimms_ops.backup import settings
+
+    for name in ("backup-postgres.sh", "verify-backup.sh"):
+        text = shell.script_text(name)
+        assert "@include" not in text
+        for s in settings.SETTINGS:
+            if s.flag:
+                body = f"{s.key}=1" if s.switch else f"{s.key}=${{2:-}}; shift"
+                assert f"        {s.flag}) {body} ;;" in text, (name, s.flag)
+    # The rendered script parses them: a flag of the table sets its setting, any other
+    # argument is refused, before the script touches anything.
+    script = tmp_path / "backup-postgres.sh"
+    script.write_text(shell.script_text("backup-postgres.sh"))
+
+    def run(*a: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(script), *a], capture_output=True, text=True,
+                              check=False, cwd=tmp_path)
+
+    got = run("--backup-dir", str(tmp_path))
+    assert got.returncode == 64 and "LOG_FILE is not set" in got.stderr, got.stderr
+    got = run("--backup-dir", str(tmp_path), "--log-file", str(tmp_path / "l"), "--bogus")
+    assert got.returncode == 64 and "unknown argument: --bogus" in got.stderr, got.stderr
+
+
+def test_read_settings_takes_the_config_flag_else_the_first_file_beside(tmp_path):
+    first, second = tmp_path / "a.conf", tmp_path / "b.conf"
+    second.write_text("BACKUP_DIR=/second\n")
+    got = _lib(f'read_settings {first} {second} -- "$@"; echo "${{BACKUP_DIR:-none}}"')
+    assert got.stdout.strip() == "/second"
+    first.write_text("BACKUP_DIR=/first\n")
+    got = _lib(f'read_settings {first} {second} -- "$@"; echo "${{BACKUP_DIR:-none}}"')
+    assert got.stdout.strip() == "/first"
+    given = tmp_path / "given.conf"
+    given.write_text("BACKUP_DIR=/given\n")
+    got = _lib(f'read_settings {first} -- "$@"; echo "$BACKUP_DIR"', "--config", str(given))
+    assert got.stdout.strip() == "/given"
+    got = _lib('read_settings -- "$@"; echo reached', "--config", str(tmp_path / "nope"))
+    assert got.returncode == 64 and "cannot read config file" in got.stderr
+    assert "reached" not in got.stdout
+
+
+def test_missing_tools_names_exactly_the_tools_not_on_the_path():
+    got = _lib("missing_tools bash no-such-tool-here cat also-not-here")
+    assert got.stdout.split() == ["no-such-tool-here", "also-not-here"]
+    assert _lib("missing_tools bash cat").stdout == ""

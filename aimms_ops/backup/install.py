@@ -49,6 +49,8 @@ class InstallPlan:
     record_text: str | None = None
     compressor: dict[str, str] = field(default_factory=dict)
     offsite_text: str | None = None
+    #: what the host lacks for this inventory, one line each (the backups still install)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -196,6 +198,10 @@ def plan(remote: Remote) -> InstallPlan:
         from aimms_ops.offsite import config as offsite_config
 
         p.offsite_text = offsite_config.conf_text(host.offsite)
+        missing = st.get("offsite.missing", "")
+        if missing:
+            p.warnings.append(f"{missing} not installed on {remote.name}: the offsite copies "
+                              f"will fail until it is (apt-get install {missing})")
         st.update(_file_state(remote, "offsite", host.layout.offsite_config))
     for item, key, path, text, mode in _files(p):
         have = st.get(f"{key}.sha256", "")

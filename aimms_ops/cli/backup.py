@@ -225,6 +225,8 @@ def install_backups(c, dry_run=False):
     with connect(c) as remote:
         plan = install.plan(remote)
         _note_compressor(remote.name, plan.compressor)
+        for line in plan.warnings:
+            output.note(f"warning: {line}")
         if not plan.changed:
             output.note(f"{remote.name}: backups already installed; nothing to change")
             return

@@ -108,9 +108,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-[ -n "$BACKUP_DIR" ] || usage_error "BACKUP_DIR is not set (--backup-dir, or the settings file beside the script: fab install-backups writes it)"
-[ -n "$LOG_FILE" ] || usage_error "LOG_FILE is not set (--log-file)"
-[ -n "$COMPOSE_PROJECT" ] || usage_error "COMPOSE_PROJECT is not set (--project)"
+require_settings "the settings file beside the script: fab install-backups writes it"
 [[ $LABEL =~ ^[A-Za-z0-9_-]*$ ]] || usage_error "a label allows letters, digits, - and _ only"
 [ ${#LABEL} -le 64 ] || usage_error "a label is at most 64 characters"
 for n in RETENTION_DAYS MIN_KEEP LOCK_TIMEOUT GZIP_LEVEL SAFETY_PIN_DAYS ALLOW_SHRINK; do

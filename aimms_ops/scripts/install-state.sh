@@ -5,15 +5,10 @@
 set -uo pipefail
 # @include lib.sh
 script=$1 conf=$2 dir=$3 log=$4 verify=${5:-} record=${6:-} project=${7:-} service=${8:-}
-for pair in "script:$script" "conf:$conf" ${verify:+"verify:$verify"}; do
-    key=${pair%%:*} path=${pair#*:}
-    if [ -f "$path" ]; then
-        echo "$key.sha256=$(sha256sum -- "$path" | cut -d' ' -f1)"
-        echo "$key.mode=$(stat -c %a -- "$path")"
-    else
-        echo "$key.sha256="
-    fi
-done
+file_facts script "$script"
+file_facts conf "$conf"
+[ -z "$verify" ] || file_facts verify "$verify"
+echo "offsite.missing=$(missing_tools rclone age)"
 if [ -d "$dir" ]; then echo "dir.mode=$(stat -c %a -- "$dir")"; else echo "dir.mode="; fi
 if [ -f "$log" ]; then echo "log.mode=$(stat -c %a -- "$log")"; else echo "log.mode="; fi
 if command -v crontab >/dev/null 2>&1; then

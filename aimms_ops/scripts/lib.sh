@@ -45,6 +45,32 @@ read_settings() {
     done
 }
 
+# require_settings HINT: the settings every script needs, else a usage error (HINT says
+# where they come from).
+require_settings() {
+    [ -n "$BACKUP_DIR" ] || usage_error "BACKUP_DIR is not set (--backup-dir, or $1)"
+    [ -n "$LOG_FILE" ] || usage_error "LOG_FILE is not set (--log-file)"
+    [ -n "$COMPOSE_PROJECT" ] || usage_error "COMPOSE_PROJECT is not set (--project)"
+}
+
+# file_facts KEY PATH: KEY.sha256= and KEY.mode= of an installed file (the sha256 empty,
+# and no mode, when it is absent).
+file_facts() {
+    if [ -f "$2" ]; then
+        echo "$1.sha256=$(sha256sum -- "$2" | cut -d' ' -f1)"
+        echo "$1.mode=$(stat -c %a -- "$2")"
+    else
+        echo "$1.sha256="
+    fi
+}
+
+# missing_tools TOOL...: print those of TOOLs that are not on the PATH (space-separated).
+missing_tools() {
+    local t missing=()
+    for t in "$@"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
+    printf '%s' "${missing[*]}"
+}
+
 # ISO 8601 UTC timestamp.
 now_utc() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 

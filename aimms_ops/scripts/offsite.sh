@@ -35,10 +35,10 @@ offsite_get() {
 
 # offsite_tools: are rclone and age here? Sets OFFSITE_ERROR when not.
 offsite_tools() {
-    local t missing=()
-    for t in rclone age; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
-    if [ ${#missing[@]} -gt 0 ]; then
-        OFFSITE_ERROR="${missing[*]} not installed on $(hostname) (install it: apt-get install ${missing[*]})"
+    local missing
+    missing=$(missing_tools rclone age)
+    if [ -n "$missing" ]; then
+        OFFSITE_ERROR="$missing not installed on $(hostname) (install it: apt-get install $missing)"
         return 1
     fi
 }

@@ -10,15 +10,9 @@ project=$1 service=$2 script=$3 conf=$4 verify=$5 record=$6 log=$7
 echo "now.epoch=$(date +%s)"
 
 # The installed files: sha256 and mode, empty when absent.
-for pair in "script:$script" "conf:$conf" "verify:$verify"; do
-    key=${pair%%:*} path=${pair#*:}
-    if [ -f "$path" ]; then
-        echo "$key.sha256=$(sha256sum -- "$path" | cut -d' ' -f1)"
-        echo "$key.mode=$(stat -c %a -- "$path")"
-    else
-        echo "$key.sha256="
-    fi
-done
+file_facts script "$script"
+file_facts conf "$conf"
+file_facts verify "$verify"
 if [ -r "$record" ]; then echo "record.b64=$(base64 -w0 <"$record")"; fi
 
 if command -v crontab >/dev/null 2>&1; then

@@ -85,9 +85,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-[ -n "$BACKUP_DIR" ] || usage_error "BACKUP_DIR is not set (--backup-dir, or --config the backup script's settings file)"
-[ -n "$LOG_FILE" ] || usage_error "LOG_FILE is not set (--log-file)"
-[ -n "$COMPOSE_PROJECT" ] || usage_error "COMPOSE_PROJECT is not set (--project)"
+require_settings "--config the backup script's settings file"
 [[ $WAIT =~ ^[0-9]+$ ]] || usage_error "--wait must be a whole number of seconds"
 if [ "$FILE" != latest ] && ! [[ $FILE =~ $BACKUP_NAME_RE ]]; then
     usage_error "not a backup name: $FILE"
