@@ -160,12 +160,28 @@ docker_ok() {
     [[ -S $SOCK ]] && timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1
 }
 
-dockerd_pid() {
+# pid_with PIDFILE MARK: the pid in PIDFILE when that process is alive and its command
+# line holds MARK (a path of this instance), else nothing.
+pid_with() {
     local pid
-    pid=$(pid_from "$STATE/dockerd.pid")
-    proc_has "$pid" "$SOCK" && printf '%s' "$pid"
+    pid=$(pid_from "$1")
+    proc_has "$pid" "$2" && printf '%s' "$pid"
     return 0
 }
+
+# ensure_host_key FILE COMMENT: an ed25519 key in FILE with its .pub beside it; a missing
+# or unreadable one is made anew (status 0 then, 1 when the key was there).
+ensure_host_key() {
+    if [[ ! -s $1 ]] || ! ssh-keygen -y -f "$1" >/dev/null 2>&1; then
+        rm -f "$1" "$1.pub"
+        ssh-keygen -q -t ed25519 -N '' -C "$2" -f "$1"
+        return 0
+    fi
+    [[ -s $1.pub ]] || ssh-keygen -y -f "$1" >"$1.pub"
+    return 1
+}
+
+dockerd_pid() { pid_with "$STATE/dockerd.pid" "$SOCK"; }
 
 # Start this instance's dockerd, clearing what a killed one left behind.
 dockerd_start() {
@@ -223,12 +239,7 @@ dockerd_stop() {
 }
 
 # ---------------------------------------------------------------- sshd
-sshd_pid() {
-    local pid
-    pid=$(pid_from "$STATE/sshd.pid")
-    proc_has "$pid" "$SSHD_CONFIG" && printf '%s' "$pid"
-    return 0
-}
+sshd_pid() { pid_with "$STATE/sshd.pid" "$SSHD_CONFIG"; }
 
 sshd_stop() {
     local pid

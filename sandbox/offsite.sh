@@ -25,12 +25,7 @@ S3_CREDENTIALS=$HOME_DIR/.config/aimms-ops/s3-credentials
 OFFSITE_KEY=$HOME_DIR/.ssh/offsite_ed25519
 
 s3_pid() { pids_with "$S3_DATA" | head -n1; }
-vault_sshd_pid() {
-    local pid
-    pid=$(pid_from "$STATE/vault-sshd.pid")
-    proc_has "$pid" "$VAULT_SSHD_CONFIG" && printf '%s' "$pid"
-    return 0
-}
+vault_sshd_pid() { pid_with "$STATE/vault-sshd.pid" "$VAULT_SSHD_CONFIG"; }
 
 # A free port on 127.0.0.1 from 30000-39999, starting where NAME and $1 hash.
 free_port() {
@@ -108,12 +103,7 @@ step_vault() {
     chown "$LOGIN:$LOGIN" "$OFFSITE_KEY" "$OFFSITE_KEY.pub" 2>/dev/null || true
     chmod 600 "$OFFSITE_KEY"
     ssh-keygen -y -f "$OFFSITE_KEY" | write_if_changed "$VAULT_HOME/.ssh/authorized_keys" 600 "$VAULT:$VAULT" || true
-    if [[ ! -s $VAULT_HOST_KEY ]] || ! ssh-keygen -y -f "$VAULT_HOST_KEY" >/dev/null 2>&1; then
-        rm -f "$VAULT_HOST_KEY" "$VAULT_HOST_KEY.pub"
-        ssh-keygen -q -t ed25519 -N '' -C "aimms-ops-sandbox-$NAME-vault" -f "$VAULT_HOST_KEY"
-        changed=1
-    fi
-    [[ -s $VAULT_HOST_KEY.pub ]] || ssh-keygen -y -f "$VAULT_HOST_KEY" >"$VAULT_HOST_KEY.pub"
+    if ensure_host_key "$VAULT_HOST_KEY" "aimms-ops-sandbox-$NAME-vault"; then changed=1; fi
     VAULT_PORT=$(pid_from "$STATE/vault_port")
     pid=$(vault_sshd_pid)
     if [[ -z $VAULT_PORT ]] || { ! port_is_ours "$VAULT_PORT" "$pid" && port_taken "$VAULT_PORT"; }; then

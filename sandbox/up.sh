@@ -190,12 +190,7 @@ step_sshd() {
     local pid changed=0 t0=$EPOCHREALTIME
     mkdir -p /run/sshd
     chmod 755 /run/sshd
-    if [[ ! -s $HOST_KEY ]] || ! ssh-keygen -y -f "$HOST_KEY" >/dev/null 2>&1; then
-        rm -f "$HOST_KEY" "$HOST_KEY.pub"
-        ssh-keygen -q -t ed25519 -N '' -C "aimms-ops-sandbox-$NAME-host" -f "$HOST_KEY"
-        changed=1
-    fi
-    [[ -s $HOST_KEY.pub ]] || ssh-keygen -y -f "$HOST_KEY" >"$HOST_KEY.pub"
+    if ensure_host_key "$HOST_KEY" "aimms-ops-sandbox-$NAME-host"; then changed=1; fi
     PORT=$(pid_from "$STATE/ssh_port")
     pid=$(sshd_pid)
     if [[ -z $PORT ]] || { ! port_is_ours "$PORT" "$pid" && port_taken "$PORT"; }; then
