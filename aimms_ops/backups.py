@@ -21,7 +21,7 @@ from pathlib import Path
 from . import shell
 from .errors import ConnectionLost, OpsError, shown
 from .inventory import Host
-from .remote import Remote
+from .remote import DiskFile, Remote
 from .retention import NAME_RE, Pin, parse_pin
 
 BACKUP_SCRIPT = "backup-postgres.sh"
@@ -460,7 +460,7 @@ def _download(remote: Remote, backup: BackupFile, dest: Path, expected: str,
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "ab") as fh:
-        writer = _HashingWriter(fh, h)
+        writer = _HashingWriter(DiskFile(fh), h)
         cmd = shell.join(["tail", "-c", f"+{offset + 1}", "--", backup.path])
         if offset < backup.size:
             ctx = progress_factory(backup.size, offset) if progress_factory else None

@@ -98,3 +98,41 @@ def test_transport_prefers_gcm_refuses_3des_and_rekeys_like_openssh():
     finally:
         a.close()
         b.close()
+
+
+def test_bulk_pipe_passes_a_trickle_on_and_every_byte_in_order():
+    import threading
+
+    pipe = remote._BulkPipe()
+    pipe.feed(b"ready\n")  # far below BULK: still handed over (after TRICKLE at most)
+    assert pipe.read(1 << 20) == b"ready\n"
+    got: list[bytes] = []
+
+    def read_all() -> None:
+        while data := pipe.read(8 << 20):
+            got.append(data)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    pieces = [bytes([i % 251]) * 32768 for i in range(3 * remote._BulkPipe.BULK // 32768)]
+    for piece in pieces:
+        pipe.feed(piece)
+    pipe.feed(b"tail")
+    pipe.close()
+    reader.join(10)
+    assert not reader.is_alive()
+    assert b"".join(got) == b"".join(pieces) + b"tail"
+
+
+def test_disk_file_hands_steps_to_the_disk_and_keeps_every_byte(tmp_path, monkeypatch):
+    monkeypatch.setattr(remote, "WRITEBACK_STEP", 64 * 1024)
+    target = tmp_path / "f.part"
+    target.write_bytes(b"resumed from here:")
+    data = os.urandom(1_000_003)
+    with target.open("ab") as fh:
+        disk = remote.DiskFile(fh)
+        for i in range(0, len(data), 40_000):
+            disk.write(data[i:i + 40_000])
+        if remote._sync_file_range() is not None:
+            assert disk.dropped > len(b"resumed from here:")  # written back as it went
+    assert target.read_bytes() == b"resumed from here:" + data
