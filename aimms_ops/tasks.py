@@ -402,11 +402,13 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
     dir may be empty): fetched through the host, checked, decrypted on this machine
     into the download folder and checked again; then restored as a local file.
     """
-    from . import backups
+    from . import backups, dumpsource
     from . import restore as rs
 
     if not file:
         raise OpsError("--file is required", "e.g. fab restore --file=latest")
+    # A local dump is checked while the connection is made.
+    check = dumpsource.start_local_check(file) if from_ is None and file != "latest" else None
     with _open(c) as remote:
         if from_ is not None:
             from .offsite_tasks import _restore_source
@@ -414,7 +416,7 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
             file = _restore_source(remote, file, from_, identity)
         if file == "latest":
             file = backups.pick(backups.list_remote(remote), "latest").name
-        dump = _inspect(remote, file)
+        dump = _inspect(remote, file, check)
         plan = rs.make_plan(remote, dump, database, safety_backup=not no_safety_backup)
         _print_restore_plan(plan)
         what = (f"restore {plan.database}" if plan.database else "restore the whole cluster")
@@ -441,13 +443,14 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
                  f"{units.duration(report.seconds)} ({units.size(report.rate)}/s of dump)")
 
 
-def _inspect(remote: Any, file: str):
+def _inspect(remote: Any, file: str, check: Any = None):
     from . import dumpsource
 
     local = dumpsource.local_dump(file)
     if local is not None:
+        check = check or dumpsource.LocalCheck(local)
         with output.transfer_progress(f"verifying {local.name}", local.stat().st_size) as adv:
-            return dumpsource.inspect_local(local, progress=adv)
+            return check.result(progress=adv)
     return dumpsource.resolve_source(remote, file)
 
 
