@@ -1,20 +1,24 @@
-"""`make bench`: aimms-ops against the same jobs done by hand with OpenSSH, side by side.
+"""`make bench`: each job of aimms-ops next to the same job done by hand, in one table.
 
 The sandbox database is seeded to a chosen size (default about 1 GB of pg_dumpall:
-random text and jsonb rows), then each job and its by-hand anchor run alternately,
-several rounds, in the same run. Medians, ratios and peak memory are printed as a
-markdown table and written to bench/results/ (git-ignored).
+random text and jsonb rows). Then, in rounds, each job and its by-hand anchor run
+alternately (the order reversed every round); the table gives medians, the ratio, the
+target, the CPU-seconds of each side (this machine's processes and the sandbox host's:
+its sshd sessions, its Docker daemons, the postgres container) and the machine's load
+average seen during the job. A target is judged only on a quiet enough sample.
 
     python bench/run.py [--size 1G] [--rounds 3] [--rss-size 100M] [--jobs ...]
+    BENCH_MB=200 make bench                       # a quick run, a few minutes
 
-Environment: SANDBOX_NAME (the sandbox instance), BENCH_ROWS (rows of orders,
-overrides --size), BENCH_SIZE, BENCH_ROUNDS. Needs the sandbox up (`make sandbox`).
+Environment: SANDBOX_NAME (the sandbox instance), BENCH_MB or BENCH_SIZE, BENCH_ROWS,
+BENCH_ROUNDS, BENCH_RSS_SIZE. Needs the sandbox up (`make sandbox`).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import glob
 import json
 import os
 import platform
@@ -25,20 +29,57 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-#: pg_dumpall bytes per row of the sandbox's orders table (measured: 242 at 4.2 M rows; the
-#: customers table adds a tenth). The real size of each run is measured and printed.
+sys.path.insert(0, str(REPO))
+
+from bench.offsite_push import BY_HAND  # noqa: E402
+from tests.sandbox_client import Sandbox, _read_env, from_out  # noqa: E402
+
+#: pg_dumpall bytes per row of the sandbox's orders table (measured: 242 at 4.2 M rows).
 BYTES_PER_ROW = 242
-JOBS = ("backup", "download", "upload", "restore")
-#: Optional jobs (--jobs), not in the default run.
-EXTRA_JOBS = ("levels",)
-LEVELS = (1, 3, 6)
+JOBS = ("backup", "restore-local", "restore-host", "download", "upload", "offsite")
 XFER_NAME = "aimms_postgres_20000101_000000_benchxfer.sql.gz"
 SRC_LABEL = "benchsrc"
+#: A sample is judged only when the 1-minute load average stayed at most this much above
+#: the number of cores (the job itself accounts for about one) and no side's rounds
+#: spread more than SPREAD around their median.
+QUIET_LOAD_ABOVE_CORES = 1.0
+SPREAD = 0.25
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    title: str
+    ours: str
+    anchor: str
+    #: "time": ours/anchor must be <= target; "throughput": anchor/ours must be >= target.
+    kind: str
+    target: float
+
+
+TABLE = {
+    "backup": Job("backup", "backup (dump, compress, check, hash on the host)", "`fab backup`",
+                  "floor: `ssh aidset 'docker exec C pg_dumpall > /dev/null'`", "time", 1.0),
+    "restore-local": Job("restore-local", "restore of a local .sql.gz",
+                         "`fab restore --file=F --yes --no-safety-backup`",
+                         "`gunzip -c F \\| ssh aidset 'docker exec -i C psql'`", "time", 1.1),
+    "restore-host": Job("restore-host", "restore of a backup on the host",
+                        "`fab restore --file=NAME --yes --no-safety-backup`",
+                        "`ssh aidset 'gunzip -c F \\| docker exec -i C psql'`", "time", 1.1),
+    "download": Job("download", "download, verified", "`fab download --file=NAME`",
+                    "`scp aidset:F .`", "throughput", 1.2),
+    "upload": Job("upload", "upload stream alone", "`Remote.stream_to_remote` into `cat`",
+                  "`ssh aidset 'cat > /dev/null' < F`", "throughput", 0.7),
+    "offsite": Job("offsite", "offsite push to the sandbox's S3 server",
+                   "`fab offsite-sync --target=s3`", "`age -r KEY < F \\| rclone rcat` on the host",
+                   "throughput", 0.9),
+}
 
 
 # --- small helpers ---------------------------------------------------------------------
@@ -67,117 +108,166 @@ def say(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
-@dataclass
-class Measured:
-    seconds: float
-    maxrss_kb: int
-    rc: int
-    stderr: str = ""
-    stdout: str = ""
-
-
-def measure(argv: list[str] | str, *, stdin: Path | None = None, env: dict | None = None,
-            capture: bool = False) -> Measured:
-    """Run ``argv`` (a string runs under bash -o pipefail) and time it; peak RSS by wait4."""
-    if isinstance(argv, str):
-        argv = ["bash", "-o", "pipefail", "-c", argv]
-    fin = stdin.open("rb") if stdin else subprocess.DEVNULL
-    try:
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=fin, env=env,
-                                stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
-        out, err = proc.communicate()
-        seconds = time.monotonic() - started
-    finally:
-        if stdin:
-            fin.close()  # type: ignore[union-attr]
-    # communicate() reaped the child: its rusage is in RUSAGE_CHILDREN only as a max over
-    # all children, so fab and the upload child are run through _rss() instead.
-    return Measured(seconds, 0, proc.returncode, err.decode(errors="replace"),
-                    (out or b"").decode(errors="replace"))
-
-
-def measure_rss(argv: list[str], *, env: dict | None = None) -> Measured:
-    """Run ``argv`` (one process, e.g. fab) and return its time and its own peak RSS."""
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
-    out, err = b"", b""
-    # Read both pipes to the end, then reap with wait4 for this child's own rusage.
-    import selectors
-
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-    sel.register(proc.stderr, selectors.EVENT_READ)  # type: ignore[arg-type]
-    bufs = {proc.stdout: [], proc.stderr: []}
-    while sel.get_map():
-        for key, _ in sel.select():
-            data = os.read(key.fd, 65536)
-            if not data:
-                sel.unregister(key.fileobj)
-            else:
-                bufs[key.fileobj].append(data)  # type: ignore[index]
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out = b"".join(bufs[proc.stdout])  # type: ignore[index]
-    err = b"".join(bufs[proc.stderr])  # type: ignore[index]
-    return Measured(seconds, usage.ru_maxrss, proc.returncode, err.decode(errors="replace"),
-                    out.decode(errors="replace"))
-
-
 def tail(text: str, n: int = 3) -> str:
     return " | ".join(ln for ln in text.strip().splitlines()[-n:])
 
 
-# --- the sandbox -----------------------------------------------------------------------
+def load1() -> float:
+    return os.getloadavg()[0]
 
 
-class Sandbox:
-    """The sandbox host of this checkout (sandbox/ssh_config, inventory.yml)."""
+# --- CPU-seconds of the sandbox host ------------------------------------------------------
 
-    def __init__(self) -> None:
-        out = Path(os.environ.get("SANDBOX_OUT", REPO / "sandbox"))
-        self.ssh_config = out / "ssh_config"
-        self.inventory_file = out / "inventory.yml"
-        if not self.ssh_config.is_file() or not self.inventory_file.is_file():
-            raise SystemExit(f"bench: no sandbox in {out}: run `make sandbox` first")
-        os.environ["AIMMS_OPS_INVENTORY"] = str(self.inventory_file)
-        sys.path.insert(0, str(REPO))
-        from aimms_ops.inventory import loader as inventory
 
-        self.host = inventory.load(str(self.inventory_file)).host(None)
-        self.alias = self.host.name
-        self.ssh = ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", self.alias]
-        self.env = dict(os.environ, AIMMS_OPS_INVENTORY=str(self.inventory_file))
+def _proc_times(pid: int, children: bool) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime: its reaped sessions
+    return ticks / os.sysconf("SC_CLK_TCK")
 
-    def sh(self, command: str, *, check: bool = True, timeout: float = 1800) -> str:
-        """Run ``command`` on the host (untimed helper), return stdout."""
-        proc = subprocess.run([*self.ssh, command], capture_output=True, text=True,
-                              timeout=timeout, check=False)
-        if check and proc.returncode != 0:
-            raise SystemExit(f"bench: on the host, `{command}` failed: {tail(proc.stderr)}")
-        return proc.stdout
 
-    def container(self) -> str:
-        c = self.host.compose
-        name = self.sh(
-            "docker ps --format '{{.Names}}'"
-            f" --filter label=com.docker.compose.project={shlex.quote(c.project)}"
-            f" --filter label=com.docker.compose.service={shlex.quote(c.postgres_service)}"
-        ).split()
-        if not name:
-            raise SystemExit("bench: the postgres container is not running")
-        return name[0]
+class HostCPU:
+    """CPU-seconds used so far by the sandbox host: its sshd (with every session it has
+    reaped: the shells, cat, docker CLI, the host's python3, igzip, age, rclone), its
+    dockerd, containerd and shims, its S3 server, and the postgres container's cgroup.
+    These are the sandbox's own processes, so other work on the machine is not in it."""
 
-    def psql(self, sql: str, db: str = "postgres") -> str:
-        return self.sh(f"docker exec {self.container()} psql -X -At -U postgres -d {db} "
-                       f"-c {shlex.quote(sql)}").strip()
+    def __init__(self, sb: Sandbox) -> None:
+        self.state = sb.env.get("SANDBOX_STATE", "")
+        self.sb = sb
+        self._cgroup: str | None = None
+
+    def _sshd_pids(self) -> list[int]:
+        pids = []
+        for name in ("sshd.pid", "vault-sshd.pid"):
+            try:
+                pids.append(int(Path(self.state, name).read_text().split()[0]))
+            except (OSError, ValueError, IndexError):
+                pass
+        return pids
+
+    def _daemons(self, skip: set[int]) -> list[int]:
+        out = []
+        for d in glob.glob("/proc/[0-9]*"):
+            pid = int(d.rsplit("/", 1)[1])
+            if pid in skip:
+                continue
+            try:
+                cmd = Path(d, "cmdline").read_bytes()
+            except OSError:
+                continue
+            if self.state and self.state.encode() + b"/" in cmd:
+                out.append(pid)
+        return out
+
+    def _container_usage(self) -> float:
+        if self._cgroup is None:
+            cid = self.sb.container()
+            hits = glob.glob(f"/sys/fs/cgroup/cpuacct/docker/{cid}*/cpuacct.usage") + \
+                glob.glob(f"/sys/fs/cgroup/system.slice/docker-{cid}*.scope/cpu.stat")
+            self._cgroup = hits[0] if hits else ""
+        if not self._cgroup:
+            return 0.0
+        try:
+            text = Path(self._cgroup).read_text()
+        except OSError:
+            self._cgroup = None  # the container was recreated
+            return 0.0
+        if self._cgroup.endswith("cpuacct.usage"):
+            return int(text) / 1e9
+        m = re.search(r"usage_usec (\d+)", text)
+        return int(m.group(1)) / 1e6 if m else 0.0
+
+    def now(self) -> float:
+        sshd = self._sshd_pids()
+        total = sum(_proc_times(p, children=True) for p in sshd)
+        total += sum(_proc_times(p, children=False) for p in self._daemons(set(sshd)))
+        return total + self._container_usage()
+
+
+# --- one timed run ---------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    seconds: float
+    cpu_here: float
+    cpu_host: float
+    maxrss_kb: int
+    load: float
+
+
+@dataclass
+class Side:
+    runs: list[Run] = field(default_factory=list)
+
+    def med(self, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in self.runs)
+
+    def spread(self) -> float:
+        s = [r.seconds for r in self.runs]
+        return (max(s) - min(s)) / statistics.median(s) if len(s) > 1 else 0.0
+
+
+class Timer:
+    def __init__(self, sb: Sandbox) -> None:
+        self.sb = sb
+        self.host = HostCPU(sb)
+        self.env = {**os.environ, "AIMMS_OPS_INVENTORY": str(sb.inventory)}
+
+    def run(self, argv: list[str] | str, *, stdin: Path | None = None,
+            env: dict[str, str] | None = None) -> tuple[Run, str]:
+        """Run ``argv`` (a string runs under bash -o pipefail); time, CPU and peak RSS."""
+        if isinstance(argv, str):
+            argv = ["bash", "-o", "pipefail", "-c", argv]
+        fin = stdin.open("rb") if stdin else subprocess.DEVNULL
+        load_before, host_before = load1(), self.host.now()
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(argv, stdin=fin, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, env=env or self.env)
+            assert proc.stdout is not None
+            out = proc.stdout.read()
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            if stdin:
+                fin.close()  # type: ignore[union-attr]
+        seconds = time.monotonic() - started
+        time.sleep(0.3)  # the host's sshd reaps the session
+        rc = os.waitstatus_to_exitcode(status)
+        text = out.decode(errors="replace")
+        if rc != 0:
+            raise SystemExit(f"bench: {shlex.join(argv)[:200]} failed ({rc}): {tail(text)}")
+        return Run(seconds, usage.ru_utime + usage.ru_stime, self.host.now() - host_before,
+                   usage.ru_maxrss, max(load_before, load1())), text
+
+    def ssh_line(self, remote_cmd: str) -> str:
+        return shlex.join(["ssh", "-F", str(self.sb.ssh_config), "-o", "BatchMode=yes",
+                           "aidset", remote_cmd])
+
+
+# --- the sandbox, prepared --------------------------------------------------------------
+
+
+class Bed:
+    """The sandbox seeded for a phase, and the files the jobs use."""
+
+    def __init__(self, sb: Sandbox, timer: Timer, work: Path) -> None:
+        self.sb = sb
+        self.t = timer
+        self.work = work
+        inv = sb.inventory.read_text()
+        m = re.search(r"(?m)^\s*backup_dir:\s*(\S+)", inv)
+        self.backup_dir = (m.group(1) if m else f"{sb.home}/postgres-backups").rstrip("/")
+        self.fab = [str(BIN / "fab")]
 
     def settle(self) -> None:
         """Let the previous job's writes land before timing the next one."""
-        self.psql("CHECKPOINT")
+        self.sb.psql("CHECKPOINT", "postgres")
         subprocess.run(["sync"], check=False)
 
     def seed(self, rows: int) -> None:
@@ -189,234 +279,191 @@ class Sandbox:
             raise SystemExit(f"bench: sandbox/up.sh failed: {tail(proc.stderr + proc.stdout)}")
         say(f"sandbox seeded with {rows} rows in orders ({time.monotonic() - started:.0f} s)")
 
-    def orders_rows(self) -> int:
-        out = self.psql("SELECT count(*) FROM orders", "aimms_web")
-        return int(out) if out.isdigit() else -1
+    def fab_run(self, *args: str, env: dict[str, str] | None = None) -> Run:
+        return self.t.run([*self.fab, *args], env=env)[0]
 
-    def dump_size(self) -> int:
-        return int(self.sh(f"docker exec {self.container()} pg_dumpall -U postgres | wc -c"))
+    def prepare(self, size: int, rows: int, jobs: tuple[str, ...]) -> dict:
+        self.seed(rows)
+        c = self.sb.container()
+        dump = int(self.sb.sh(f"docker exec {c} pg_dumpall -U postgres | wc -c"))
+        say(f"pg_dumpall is {human(dump)} ({rows} rows in orders)")
+        self.rows = int(self.sb.psql("SELECT count(*) FROM orders"))
+        self.sb.sh(f"rm -f {self.backup_dir}/aimms_postgres_*_{SRC_LABEL}.sql.gz*")
+        self.fab_run("backup", "--label", SRC_LABEL)
+        self.src_name = self.sb.sh(
+            f"cd {self.backup_dir} && ls -t aimms_postgres_*_{SRC_LABEL}.sql.gz").split()[0]
+        srcdir = self.work / "restore-source"
+        shutil.rmtree(srcdir, ignore_errors=True)
+        self.fab_run("download", f"--file={self.src_name}", f"--dest={srcdir}")
+        self.src = srcdir / self.src_name
+        # The transfer file: SIZE bytes of that backup repeated (compressed, so it does
+        # not compress further), named like a backup so that fab download accepts it.
+        reps = size // self.src.stat().st_size + 1
+        x = XFER_NAME
+        self.sb.sh(f"cd {self.backup_dir} && for i in $(seq {reps}); do cat "
+                   f"{self.src_name}; done 2>/dev/null | head -c {size} > {x}.tmp && "
+                   f"sha256sum {x}.tmp | sed 's/\\.tmp$//' > {x}.sha256 && mv {x}.tmp {x}")
+        self.xfer_local = self.work / "xfer" / XFER_NAME
+        if "upload" in jobs:
+            self.fab_run("download", f"--file={XFER_NAME}", f"--dest={self.xfer_local.parent}")
+        if "offsite" in jobs:
+            self.offsite(True)
+            env = {**self.t.env, "AIMMS_OPS_INVENTORY": str(self.offsite_inventory)}
+            self.fab_run("offsite-sync", "--target=s3", env=env)  # all but the bench file
+            self.offsite(False)
+        return {"rows": rows, "dump_bytes": dump, "backup_bytes": self.src.stat().st_size,
+                "xfer_bytes": size}
+
+    def offsite(self, on: bool) -> None:
+        """Offsite settings installed on the host, or removed (the backup job must not
+        push: its anchor does not)."""
+        if on:
+            env = {**self.t.env, "AIMMS_OPS_INVENTORY": str(self.offsite_inventory)}
+            self.fab_run("install-backups", env=env)
+        else:
+            self.sb.ssh("rm -f ~/backup-postgres.sh.offsite", check=False)
 
     @property
-    def backup_dir(self) -> str:
-        return self.host.backup_dir.rstrip("/")
+    def offsite_inventory(self) -> Path:
+        return self.sb.inventory.with_name("inventory-offsite.yml")
 
+    def cleanup(self) -> None:
+        """Leave no bench file on the host (fab's "latest" must stay a real backup)."""
+        d = self.backup_dir
+        self.sb.ssh(f"rm -f {d}/{XFER_NAME} {d}/{XFER_NAME}.sha256 {d}/{XFER_NAME}.tmp "
+                    f"{d}/aimms_postgres_*_{SRC_LABEL}.sql.gz* "
+                    f"{d}/aimms_postgres_*_benchrun.sql.gz*", check=False)
+        for p in self._store_copies(XFER_NAME):
+            p.unlink()
+        shutil.rmtree(self.work, ignore_errors=True)
 
-# --- the jobs ---------------------------------------------------------------------------
+    def _store_copies(self, name: str) -> list[Path]:
+        env = self.sb.inventory.with_name("offsite.env")
+        data = _read_env(env).get("SANDBOX_S3_DATA") if env.is_file() else None
+        if not data:
+            return []
+        return [Path(p) for p in glob.glob(f"{data}/**/{name}.age*", recursive=True)]
 
+    # --- the jobs: (ours, anchor), each a callable returning a Run -------------------
 
-@dataclass
-class Result:
-    """Every timing of one job in one phase, by variant, plus peak RSS of fab."""
+    def pair(self, job: str) -> tuple[Callable[[], Run], Callable[[], Run]]:
+        return getattr(self, "job_" + job.replace("-", "_"))()
 
-    seconds: dict[str, list[float]] = field(default_factory=dict)
-    rss_kb: list[int] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, variant: str, seconds: float) -> None:
-        self.seconds.setdefault(variant, []).append(seconds)
-
-    def median(self, variant: str) -> float:
-        return statistics.median(self.seconds[variant])
-
-
-class Bench:
-    def __init__(self, sb: Sandbox, work: Path) -> None:
-        self.sb = sb
-        self.work = work
-        self.fab = [str(BIN / "fab")]
-
-    def fab_run(self, *args: str) -> Measured:
-        m = measure_rss([*self.fab, *args], env=self.sb.env)
-        if m.rc != 0:
-            raise SystemExit(f"bench: fab {' '.join(args)} failed ({m.rc}): {tail(m.stderr)}")
-        return m
-
-    def anchor(self, command: str, *, stdin: Path | None = None) -> float:
-        m = measure(command, stdin=stdin)
-        if m.rc != 0:
-            raise SystemExit(f"bench: `{command}` failed ({m.rc}): {tail(m.stderr)}")
-        return m.seconds
-
-    def ssh_line(self, remote_cmd: str) -> str:
-        return shlex.join(self.sb.ssh) + " " + shlex.quote(remote_cmd)
-
-    # backup: fab backup / the floor / today's script ------------------------------------
-
-    def backup(self, res: Result, order: int) -> None:
+    def job_backup(self):
         c = self.sb.container()
-        tmp = f"{self.sb.backup_dir}/.bench-today.sql.gz"
 
-        def tool() -> None:
-            self.sb.settle()
-            m = self.fab_run("backup", "--label", "benchrun")
-            res.add("fab backup", m.seconds)
-            res.rss_kb.append(m.maxrss_kb)
-            self.sb.sh(f"rm -f {self.sb.backup_dir}/aimms_postgres_*_benchrun.sql.gz*")
+        def ours() -> Run:
+            self.settle()
+            r = self.fab_run("backup", "--label", "benchrun")
+            self.sb.sh(f"rm -f {self.backup_dir}/aimms_postgres_*_benchrun.sql.gz*")
+            return r
 
-        def floor() -> None:
-            self.sb.settle()
-            res.add("dump floor", self.anchor(self.ssh_line(
-                f"docker exec {c} pg_dumpall -U postgres > /dev/null")))
+        def anchor() -> Run:
+            self.settle()
+            return self.t.run(self.t.ssh_line(
+                f"docker exec {c} pg_dumpall -U postgres > /dev/null"))[0]
+        return ours, anchor
 
-        def today() -> None:
-            self.sb.settle()
-            res.add("dump | gzip (today)", self.anchor(self.ssh_line(
-                f"docker exec {c} pg_dumpall -U postgres | gzip > {tmp}")))
-            self.sb.sh(f"rm -f {tmp}")
+    def _restored(self, what: str) -> None:
+        got = int(self.sb.psql("SELECT count(*) FROM orders"))
+        if got != self.rows:
+            raise SystemExit(f"bench: after {what}, orders has {got} rows, not {self.rows}")
 
-        steps = [tool, floor, today]
-        for step in steps if order == 0 else steps[::-1]:
-            step()
+    def _empty(self) -> None:
+        # The same starting state for both: aimms_web absent, roles present.
+        self.sb.psql("DROP DATABASE IF EXISTS aimms_web WITH (FORCE)", "postgres")
+        self.settle()
 
-    # download: fab download / scp -----------------------------------------------------
+    def _restore_pair(self, ours_file: str, by_hand: str):
+        def ours() -> Run:
+            self._empty()
+            r = self.fab_run("restore", f"--file={ours_file}", "--yes", "--no-safety-backup")
+            self._restored("fab restore")
+            return r
 
-    def download(self, res: Result, order: int) -> None:
+        def anchor() -> Run:
+            self._empty()
+            r = self.t.run(by_hand)[0]
+            self._restored("the by-hand restore")
+            return r
+        return ours, anchor
+
+    def job_restore_local(self):
+        c = self.sb.container()
+        return self._restore_pair(str(self.src), f"gunzip -c {shlex.quote(str(self.src))} | "
+                                  + self.t.ssh_line(f"docker exec -i {c} psql -U postgres")
+                                  + " >/dev/null")
+
+    def job_restore_host(self):
+        c = self.sb.container()
+        path = f"{self.backup_dir}/{self.src_name}"
+        return self._restore_pair(self.src_name, self.t.ssh_line(
+            f"gunzip -c {path} | docker exec -i {c} psql -U postgres >/dev/null"))
+
+    def job_download(self):
         dest = self.work / "download"
-        local = dest / XFER_NAME
         scp_dst = self.work / "scp.bin"
 
-        def tool() -> None:
+        def ours() -> Run:
             shutil.rmtree(dest, ignore_errors=True)
-            self.sb.settle()
-            m = self.fab_run("download", f"--file={XFER_NAME}", f"--dest={dest}")
-            res.add("fab download", m.seconds)
-            res.rss_kb.append(m.maxrss_kb)
+            self.settle()
+            return self.fab_run("download", f"--file={XFER_NAME}", f"--dest={dest}")
 
-        def scp() -> None:
+        def anchor() -> Run:
             scp_dst.unlink(missing_ok=True)
-            self.sb.settle()
-            res.add("scp", self.anchor(shlex.join([
-                "scp", "-q", "-F", str(self.sb.ssh_config),
-                f"{self.sb.alias}:{self.sb.backup_dir}/{XFER_NAME}", str(scp_dst)])))
+            self.settle()
+            r = self.t.run(["scp", "-q", "-F", str(self.sb.ssh_config),
+                            f"aidset:{self.backup_dir}/{XFER_NAME}", str(scp_dst)])[0]
+            scp_dst.unlink(missing_ok=True)
+            return r
+        return ours, anchor
 
-        for step in (tool, scp) if order == 0 else (scp, tool):
-            step()
-        if local.stat().st_size != scp_dst.stat().st_size:
-            raise SystemExit("bench: fab download and scp gave files of different sizes")
-        scp_dst.unlink(missing_ok=True)
+    def job_upload(self):
+        src = self.xfer_local
 
-    # upload stream: Remote.stream_to_remote / ssh 'cat > /dev/null' < f ---------------
+        def ours() -> Run:
+            self.settle()
+            return self.t.run([sys.executable, str(REPO / "bench" / "upload_stream.py"),
+                               str(src)])[0]
 
-    def upload(self, res: Result, order: int) -> None:
-        src = self.work / "download" / XFER_NAME
+        def anchor() -> Run:
+            self.settle()
+            return self.t.run(self.t.ssh_line("cat > /dev/null"), stdin=src)[0]
+        return ours, anchor
 
-        def tool() -> None:
-            self.sb.settle()
-            m = measure_rss([sys.executable, str(REPO / "bench" / "upload_stream.py"),
-                             str(src)], env=self.sb.env)
-            if m.rc != 0:
-                raise SystemExit(f"bench: upload stream failed: {tail(m.stderr)}")
-            info = json.loads(m.stdout)
-            res.add("library stream", info["connect"] + info["stream"])
-            res.add("library stream, process wall", m.seconds)
-            res.rss_kb.append(m.maxrss_kb)
-            res.notes.append(f"paramiko cipher {info['cipher']}")
+    def job_offsite(self):
+        env = {**self.t.env, "AIMMS_OPS_INVENTORY": str(self.offsite_inventory)}
+        path = f"{self.backup_dir}/{XFER_NAME}"
+        conf = self.sb.sh("ls ~/backup-postgres.sh.offsite").strip()
 
-        def ssh() -> None:
-            self.sb.settle()
-            res.add("ssh cat", self.anchor(self.ssh_line("cat > /dev/null"), stdin=src))
+        def ours() -> Run:
+            for p in self._store_copies(XFER_NAME):
+                p.unlink()
+            time.sleep(1.5)  # the sandbox S3 server's directory cache
+            return self.fab_run("offsite-sync", "--target=s3", env=env)
 
-        for step in (tool, ssh) if order == 0 else (ssh, tool):
-            step()
-
-    # restore: fab restore --file / gunzip -c f | ssh 'docker exec -i C psql' -----------
-
-    def restore(self, res: Result, order: int, src: Path, rows: int) -> None:
-        c = self.sb.container()
-
-        def empty() -> None:
-            # The same starting state for both: aimms_web absent, roles present.
-            self.sb.psql("DROP DATABASE IF EXISTS aimms_web WITH (FORCE)")
-            self.sb.settle()
-
-        def check(what: str) -> None:
-            got = self.sb.orders_rows()
-            if got != rows:
-                raise SystemExit(f"bench: after {what}, orders has {got} rows, not {rows}")
-
-        def tool() -> None:
-            empty()
-            m = self.fab_run("restore", f"--file={src}", "--yes", "--no-safety-backup")
-            res.add("fab restore", m.seconds)
-            res.rss_kb.append(m.maxrss_kb)
-            check("fab restore")
-
-        def by_hand() -> None:
-            empty()
-            res.add("gunzip | ssh psql", self.anchor(
-                f"gunzip -c {shlex.quote(str(src))} | "
-                + self.ssh_line(f"docker exec -i {c} psql -U postgres") + " >/dev/null"))
-            check("the by-hand restore")
-
-        for step in (tool, by_hand) if order == 0 else (by_hand, tool):
-            step()
+        def anchor() -> Run:
+            return self.t.run(self.t.ssh_line(
+                f"bash -c {shlex.quote(BY_HAND)} by-hand {shlex.quote(conf)} "
+                f"{shlex.quote(path)}"))[0]
+        return ours, anchor
 
 
-    # levels: the dump compressed on the host at several gzip levels (the container, like
-    # the official postgres image, has no pigz) ------------------------------------------
-
-    def levels(self, res: Result, order: int) -> None:
-        c = self.sb.container()
-        for level in LEVELS if order == 0 else LEVELS[::-1]:
-            self.sb.settle()
-            m = measure(self.ssh_line(
-                f"docker exec {c} pg_dumpall -U postgres | pigz -{level} | wc -c"),
-                capture=True)
-            if m.rc != 0:
-                raise SystemExit(f"bench: pigz -{level} failed: {tail(m.stderr)}")
-            res.add(f"pigz -{level}", m.seconds)
-            res.notes.append(f"pigz -{level}={m.stdout.strip()}")
-
-
-# --- a phase: one database size, all jobs, N rounds ---------------------------------------
-
-
-def prepare(sb: Sandbox, bench: Bench, size: int, rows: int) -> dict:
-    """Seed, make the restore source and the transfer file; return what was made."""
-    sb.seed(rows)
-    dump = sb.dump_size()
-    say(f"pg_dumpall is {human(dump)} ({rows} rows in orders)")
-    # The restore source: a real backup made by the tool, downloaded with its .sha256.
-    sb.sh(f"rm -f {sb.backup_dir}/aimms_postgres_*_{SRC_LABEL}.sql.gz*")
-    bench.fab_run("backup", "--label", SRC_LABEL)
-    name = sb.sh(f"cd {sb.backup_dir} && ls -t aimms_postgres_*_{SRC_LABEL}.sql.gz").split()[0]
-    srcdir = bench.work / "restore-source"
-    shutil.rmtree(srcdir, ignore_errors=True)
-    bench.fab_run("download", f"--file={name}", f"--dest={srcdir}")
-    src = srcdir / name
-    # The transfer file: SIZE bytes of that backup repeated (compressed, so it does not
-    # compress further), named like a backup so that fab download accepts it.
-    reps = size // src.stat().st_size + 1
-    sb.sh(f"cd {sb.backup_dir} && for i in $(seq {reps}); do cat {name}; done 2>/dev/null "
-          f"| head -c {size} > {XFER_NAME}.tmp && sha256sum {XFER_NAME}.tmp "
-          f"| sed 's/\\.tmp$//' > {XFER_NAME}.sha256 && mv {XFER_NAME}.tmp {XFER_NAME}")
-    return {"rows": rows, "dump_bytes": dump, "backup_bytes": src.stat().st_size,
-            "xfer_bytes": size, "src": src}
-
-
-def cleanup(sb: Sandbox, work: Path) -> None:
-    """Leave no bench file on the host (fab's "latest" must stay a real backup)."""
-    sb.sh(f"rm -f {sb.backup_dir}/{XFER_NAME} {sb.backup_dir}/{XFER_NAME}.sha256 "
-          f"{sb.backup_dir}/{XFER_NAME}.tmp {sb.backup_dir}/aimms_postgres_*_{SRC_LABEL}.sql.gz* "
-          f"{sb.backup_dir}/aimms_postgres_*_benchrun.sql.gz* {sb.backup_dir}/.bench-today.sql.gz",
-          check=False)
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def run_phase(sb: Sandbox, bench: Bench, size: int, rows: int, rounds: int,
-              jobs: tuple[str, ...]) -> dict:
-    made = prepare(sb, bench, size, rows)
-    results = {j: Result() for j in jobs}
+def run_phase(bed: Bed, size: int, rows: int, rounds: int, jobs: tuple[str, ...]) -> dict:
+    made = bed.prepare(size, rows, jobs)
+    sides = {j: (Side(), Side()) for j in jobs}
     for r in range(rounds):
-        order = r % 2
         for job in jobs:
-            say(f"round {r + 1}/{rounds}: {job}")
-            if job == "restore":
-                bench.restore(results[job], order, made["src"], rows)
-            else:
-                getattr(bench, job)(results[job], order)
-    made["src"] = str(made["src"])
-    return {"made": made, "rounds": rounds, "results": results}
+            say(f"round {r + 1}/{rounds}: {job} (load {load1():.2f})")
+            if job == "offsite":
+                bed.offsite(True)
+            ours, anchor = bed.pair(job)
+            steps = [(ours, 0), (anchor, 1)]
+            for fn, i in steps if r % 2 == 0 else steps[::-1]:
+                sides[job][i].runs.append(fn())
+            if job == "offsite":
+                bed.offsite(False)
+    return {"made": made, "rounds": rounds, "sides": sides}
 
 
 # --- reporting ---------------------------------------------------------------------------
@@ -431,224 +478,168 @@ def machine() -> dict:
             return "?"
 
     model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    import cryptography
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
     import paramiko
 
-    return {
-        "cpus": os.cpu_count(), "cpu": model, "memory_gib": round(mem / 2**30),
-        "kernel": platform.release(), "python": platform.python_version(),
-        "paramiko": paramiko.__version__, "cryptography": cryptography.__version__,
-        "openssh": first(["ssh", "-V"]),
-    }
+    return {"cpus": os.cpu_count() or 1, "cpu": model, "kernel": platform.release(),
+            "python": platform.python_version(), "paramiko": paramiko.__version__,
+            "openssh": first(["ssh", "-V"])}
 
 
-def ssh_cipher(sb: Sandbox) -> str:
-    proc = subprocess.run([*sb.ssh[:-1], "-v", sb.alias, "true"], capture_output=True,
-                          text=True, check=False)
-    m = re.search(r"kex: server->client cipher: (\S+)", proc.stderr)
-    return m.group(1) if m else "?"
+def judge(job: Job, ours: Side, anchor: Side, cpus: int) -> tuple[float, str]:
+    t, a = ours.med("seconds"), anchor.med("seconds")
+    ratio = t / a if job.kind == "time" else a / t
+    met = ratio <= job.target if job.kind == "time" else ratio >= job.target
+    load = max(r.load for r in ours.runs + anchor.runs)
+    spread = max(ours.spread(), anchor.spread())
+    if load > cpus + QUIET_LOAD_ABOVE_CORES or spread > SPREAD:
+        return ratio, (f"not judged: noisy (load {load:.1f}, rounds spread "
+                       f"{spread * 100:.0f} %); {'met' if met else 'missed'} on this sample")
+    return ratio, "met" if met else "**missed**"
 
 
-def fab_list_time(sb: Sandbox, n: int = 5) -> float:
-    times = []
-    for _ in range(n):
-        m = measure([str(BIN / "fab"), "-l"], env=sb.env)
-        times.append(m.seconds)
-    return statistics.median(times)
+def cell(side: Side, nbytes: int | None) -> str:
+    t = side.med("seconds")
+    rate = f", {nbytes / t / 1e6:.0f} MB/s" if nbytes else ""
+    return (f"{t:.2f} s{rate}; CPU {side.med('cpu_here'):.1f} here + "
+            f"{side.med('cpu_host'):.1f} host")
 
 
-def rate(nbytes: int, seconds: float) -> str:
-    return f"{nbytes / seconds / 1e6:.0f} MB/s"
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
-
-
-def x(ratio: float) -> str:
-    """A ratio to two decimals, or four where two would hide which side of a target it is."""
-    text = f"{ratio:.2f}"
-    return f"{ratio:.4f}x" if text in ("1.15", "0.70") else f"{text}x"
-
-
-def main_table(phase: dict, fab_l: float) -> tuple[str, dict]:
-    res: dict[str, Result] = phase["results"]
+def main_table(phase: dict, cpus: int) -> str:
     made = phase["made"]
-    n = phase["rounds"]
-    rows = ["| job | aimms-ops | anchor, by hand, same run | ratio | target | |",
-            "| --- | --- | --- | --- | --- | --- |"]
-    ratios: dict[str, float] = {}
-    if "backup" in res:
-        r = res["backup"]
-        t, f, g = r.median("fab backup"), r.median("dump floor"), r.median("dump | gzip (today)")
-        ratios["backup"] = t / f
-        rows.append(f"| backup of a {human(made['dump_bytes'])} dump (dump + compress on the "
-                    f"host) | `fab backup` {t:.1f} s | floor `docker exec C pg_dumpall > "
-                    f"/dev/null` {f:.1f} s; today's `pg_dumpall \\| gzip > f` {g:.1f} s | "
-                    f"{x(t / f)} the floor ({x(t / g)} today's) | ≤ 1.15x | "
-                    f"{verdict(t / f <= 1.15)} |")
-    if "download" in res:
-        r = res["download"]
-        t, a = r.median("fab download"), r.median("scp")
-        b = made["xfer_bytes"]
-        ratios["download"] = a / t
-        rows.append(f"| download of a {human(b)} backup | `fab download` {t:.1f} s "
-                    f"({rate(b, t)}) | `scp` {a:.1f} s ({rate(b, a)}) | {x(a / t)} the "
-                    f"throughput | ≥ 0.7x | {verdict(a / t >= 0.7)} |")
-    if "upload" in res:
-        r = res["upload"]
-        t, a = r.median("library stream"), r.median("ssh cat")
-        b = made["xfer_bytes"]
-        ratios["upload"] = a / t
-        rows.append(f"| upload stream alone, {human(b)} | `Remote.stream_to_remote` into "
-                    f"`cat > /dev/null` {t:.1f} s ({rate(b, t)}) | `ssh aidset 'cat > "
-                    f"/dev/null' < f` {a:.1f} s ({rate(b, a)}) | {x(a / t)} the throughput "
-                    f"| ≥ 0.7x | {verdict(a / t >= 0.7)} |")
-    if "restore" in res:
-        r = res["restore"]
-        t, a = r.median("fab restore"), r.median("gunzip | ssh psql")
-        ratios["restore"] = t / a
-        rows.append(f"| restore from a local file ({human(made['backup_bytes'])} .sql.gz) | "
-                    f"`fab restore --file=F --yes --no-safety-backup` {t:.1f} s | `gunzip -c "
-                    f"F \\| ssh aidset 'docker exec -i C psql -U postgres'` {a:.1f} s | "
-                    f"{x(t / a)} | ≤ 1.15x | {verdict(t / a <= 1.15)} |")
-    if "levels" in res:
-        r = res["levels"]
-        sizes = dict(n.split("=") for n in r.notes)
-        for level in LEVELS:
-            key = f"pigz -{level}"
-            rows.append(f"| compression on the host, `docker exec C pg_dumpall \\| {key}` | "
-                        f"{r.median(key):.1f} s, {human(int(sizes[key]))} | | | | |")
-    ratios["fab -l"] = fab_l
-    rows.append(f"| `fab -l` | {fab_l:.2f} s | | | < 0.5 s | {verdict(fab_l < 0.5)} |")
-    note = f"Medians of {n} rounds, each pair run alternately (order reversed every round)."
-    return "\n".join(rows) + "\n\n" + note, ratios
+    rows = ["| job | aimms-ops | by hand, same run | ratio | target | verdict | load seen |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, (ours, anchor) in phase["sides"].items():
+        job = TABLE[name]
+        nbytes = made["xfer_bytes"] if job.kind == "throughput" else None
+        ratio, verdict = judge(job, ours, anchor, cpus)
+        loads = [r.load for r in ours.runs + anchor.runs]
+        what = "of the time" if job.kind == "time" else "the throughput"
+        sign = "≤" if job.kind == "time" else "≥"
+        rows.append(f"| {job.title} | {job.ours} {cell(ours, nbytes)} | {job.anchor} "
+                    f"{cell(anchor, nbytes)} | {ratio:.2f}x {what} | {sign} {job.target}x | "
+                    f"{verdict} | {min(loads):.1f}–{max(loads):.1f} |")
+    return "\n".join(rows)
 
 
 def rss_table(phases: list[tuple[str, dict]]) -> tuple[str, int]:
-    head = "| fab process | " + " | ".join(f"peak RSS at {label}" for label, _ in phases) \
+    head = "| process | " + " | ".join(f"peak RSS at {label}" for label, _ in phases) \
         + " | target |"
     rows = [head, "| --- |" + " --- |" * (len(phases) + 1)]
-    names = {"backup": "`fab backup`", "download": "`fab download`",
-             "upload": "upload stream (its own process)", "restore": "`fab restore --file`"}
     worst = 0
-    for job, label in names.items():
+    for name, job in TABLE.items():
         cells = []
         for _, ph in phases:
-            r = ph["results"].get(job)
-            if r is None or not r.rss_kb:
+            sides = ph["sides"].get(name)
+            if sides is None:
                 cells.append("")
                 continue
-            peak = max(r.rss_kb)
+            peak = max(r.maxrss_kb for r in sides[0].runs)
             worst = max(worst, peak)
             cells.append(f"{peak / 1024:.0f} MiB")
-        rows.append(f"| {label} | " + " | ".join(cells) + " | ≤ 150 MB |")
+        if any(cells):
+            rows.append(f"| {job.ours} | " + " | ".join(cells) + " | ≤ 150 MB |")
     return "\n".join(rows), worst
 
 
-def raw(phase: dict) -> dict:
-    return {
-        "made": phase["made"], "rounds": phase["rounds"],
-        "results": {j: {"seconds": r.seconds, "rss_kb": r.rss_kb,
-                        "notes": sorted(set(r.notes))}
-                    for j, r in phase["results"].items()},
-    }
-
-
-def load() -> str:
-    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+def fab_list_time(timer: Timer, n: int = 5) -> tuple[float, float]:
+    runs = [timer.run([str(BIN / "fab"), "-l"])[0] for _ in range(n)]
+    return statistics.median(r.seconds for r in runs), max(r.load for r in runs)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", default=os.environ.get("BENCH_SIZE", "1G"),
-                    help="size of the pg_dumpall to seed and of the transfer file (1G)")
+    default_size = (os.environ["BENCH_MB"] + "M" if os.environ.get("BENCH_MB")
+                    else os.environ.get("BENCH_SIZE", "1G"))
+    ap.add_argument("--size", default=default_size,
+                    help="size of the pg_dumpall to seed and of the transfer file (1G; "
+                    "env BENCH_MB or BENCH_SIZE)")
     ap.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_ROWS", "0")),
                     help="rows of orders to seed (overrides --size; env BENCH_ROWS)")
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")))
     ap.add_argument("--rss-size", default=os.environ.get("BENCH_RSS_SIZE", "100M"),
                     help="the small size at which peak memory is also measured (100M); "
                     "0 skips that phase")
-    ap.add_argument("--jobs", default=",".join(JOBS),
-                    help=f"comma-separated, of {','.join(JOBS + EXTRA_JOBS)} (default: "
-                    "all but levels)")
+    ap.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated, of {JOBS}")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
 
     jobs = tuple(j for j in args.jobs.split(",") if j)
-    bad = [j for j in jobs if j not in JOBS + EXTRA_JOBS]
+    bad = [j for j in jobs if j not in JOBS]
     if bad:
-        raise SystemExit(f"bench: unknown job(s) {bad}; choose from {JOBS + EXTRA_JOBS}")
-    if "upload" in jobs and "download" not in jobs:
-        jobs = tuple(j for j in JOBS + EXTRA_JOBS if j in jobs or j == "download")
+        raise SystemExit(f"bench: unknown job(s) {bad}; choose from {','.join(JOBS)}")
+    if args.rounds < 1:
+        raise SystemExit("bench: --rounds must be at least 1")
     size = parse_size(args.size)
     rows = args.rows or max(1000, size // BYTES_PER_ROW)
     if args.rows:
         size = args.rows * BYTES_PER_ROW
     small = parse_size(args.rss_size) if args.rss_size not in ("", "0") else 0
 
+    out_dir = REPO / "sandbox"
+    if not (out_dir / "env").is_file():
+        raise SystemExit("bench: no sandbox in sandbox/: run `make sandbox` first")
+    sb = from_out(out_dir)
     out = Path(args.out)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    sb = Sandbox()
-    bench = Bench(sb, work)
+    timer = Timer(sb)
+    bed = Bed(sb, timer, work)
+    info = machine()
     started = dt.datetime.now(dt.UTC)
-    info = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-            "load_start": load(), "openssh_cipher": ssh_cipher(sb)}
-    say(f"{info['machine']['cpus']} cores, {info['load_start']}")
-
+    load_start = os.getloadavg()
+    say(f"{info['cpus']} cores, load average {load_start[0]:.2f}")
     phases: list[tuple[str, dict]] = []
     try:
         if small and small < size:
             say(f"phase 1: peak memory at {human(small)} (1 round)")
-            phases.append((human(small), run_phase(sb, bench, small, max(1000, small
-                                                                          // BYTES_PER_ROW),
+            phases.append((human(small), run_phase(bed, small, max(1000, small // BYTES_PER_ROW),
                                                    1, jobs)))
         say(f"phase {len(phases) + 1}: {human(size)}, {args.rounds} rounds")
-        main_phase = run_phase(sb, bench, size, rows, args.rounds, jobs)
+        main_phase = run_phase(bed, size, rows, args.rounds, jobs)
         phases.append((human(size), main_phase))
+        fab_l, fab_l_load = fab_list_time(timer)
+    except AssertionError as exc:  # the sandbox client's one line
+        raise SystemExit(f"bench: {str(exc).splitlines()[0]}") from None
     finally:
-        cleanup(sb, work)
-    fab_l = fab_list_time(sb)
-    info["load_end"] = load()
-
-    table, ratios = main_table(main_phase, fab_l)
-    rtable, worst = rss_table(phases)
-    m = info["machine"]
+        bed.offsite(False)
+        bed.cleanup()
+    load_end = os.getloadavg()
     made = main_phase["made"]
-    ciphers = sorted({n for r in main_phase["results"].values() for n in r.notes
-                      if "cipher" in n})
+    rtable, worst = rss_table(phases)
     text = "\n".join([
-        f"Run on {info['date']}: {m['cpus']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
-        f"Linux {m['kernel']}, Python {m['python']}, paramiko {m['paramiko']}, "
-        f"cryptography {m['cryptography']}, {m['openssh']}. The sandbox host is on the "
-        f"same machine over loopback (sshd, dockerd, PostgreSQL 15 share the cores). "
-        f"{info['load_start']} at the start, {info['load_end']} at the end. Ciphers: "
-        f"OpenSSH {info['openssh_cipher']}, aimms-ops "
-        f"{', '.join(ciphers)}"
-        f". Database: {made['rows']} rows in orders, pg_dumpall {human(made['dump_bytes'])},"
-        f" its backup {human(made['backup_bytes'])}.",
+        f"Run on {started:%Y-%m-%d %H:%M} UTC: {info['cpus']} cores ({info['cpu']}), Linux "
+        f"{info['kernel']}, Python {info['python']}, paramiko {info['paramiko']}, "
+        f"{info['openssh']}. The sandbox host is on the same machine over loopback (its sshd, "
+        f"dockerd and PostgreSQL share the cores with the client), and the machine was shared "
+        f"with other work: load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} "
+        f"at the end. Database: {made['rows']} rows in orders, pg_dumpall "
+        f"{human(made['dump_bytes'])}, its backup {human(made['backup_bytes'])}; transfers "
+        f"of {human(made['xfer_bytes'])}. Medians of {args.rounds} rounds, each pair "
+        "alternated (order reversed every round). CPU: seconds of this machine's processes "
+        "(`here`) and of the sandbox host's (`host`: its sshd sessions, Docker daemons, "
+        "S3 server and the postgres container).",
         "",
-        table,
+        main_table(main_phase, info["cpus"]),
         "",
         rtable,
         "",
-        f"Worst peak RSS: {worst / 1024:.0f} MiB ({verdict(worst / 1024 <= 150)}).",
+        f"Worst peak RSS: {worst / 1024:.0f} MiB ({'met' if worst / 1024 <= 150 else 'missed'}"
+        f"); `fab -l` {fab_l:.2f} s, median of 5 (target < 0.5 s: "
+        f"{'met' if fab_l < 0.5 else 'missed'}; load {fab_l_load:.1f}).",
     ])
     print(text)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     (out / f"{stamp}.md").write_text(text + "\n")
     (out / f"{stamp}.json").write_text(json.dumps({
-        "info": info, "ratios": ratios, "worst_rss_kb": worst,
-        "phases": {label: raw(ph) for label, ph in phases}}, indent=2, default=str) + "\n")
+        "info": info, "fab_l": fab_l, "worst_rss_kb": worst,
+        "phases": {label: {"made": ph["made"], "sides": {
+            j: [[r.__dict__ for r in s.runs] for s in sides]
+            for j, sides in ph["sides"].items()}} for label, ph in phases}},
+        indent=2) + "\n")
     (out / "latest.md").write_text(text + "\n")
     say(f"results in {out}/{stamp}.md and .json")
     return 0

@@ -40,8 +40,44 @@ def test_inflater_sees_a_truncated_stream():
     data = gzip.compress(os.urandom(10000))
     _, inflater, _ = _inflate_all(data[:-4], 1024)
     assert not inflater.eof
-    with pytest.raises(zlib.error):
+    with pytest.raises(dumpsource.INFLATE_ERRORS):
         _inflate_all(data[:20] + b"\xff" * 50 + data[70:], 1024)
+
+
+def test_the_check_decompresses_with_isal_and_falls_back_to_zlib(monkeypatch):
+    import builtins
+
+    assert dumpsource.INFLATE.__name__ == "isal.isal_zlib"  # a dependency of the package
+    real_import = builtins.__import__
+
+    def no_isal(name, *args, **kwargs):
+        if name.startswith("isal"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_isal)
+    module, errors = dumpsource._inflate_module()
+    assert module is zlib and errors == (zlib.error,)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "fine"])
+def test_inspect_local_hashes_the_whole_file_whatever_the_stream(tmp_path, damage):
+    body = ("-- PostgreSQL database cluster dump\n" + "SELECT 1;\n" * 200_000
+            + "-- PostgreSQL database cluster dump complete\n").encode()
+    data = gzip.compress(body)
+    if damage == "truncated":
+        data = data[:-100]
+    elif damage == "corrupt":
+        data = data[:200] + b"\xff" * 64 + data[264:]
+    f = tmp_path / "a.sql.gz"
+    f.write_bytes(data)
+    seen: list[int] = []
+    info = dumpsource.inspect_local(f, progress=seen.append)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert info.size == sum(seen) == len(data)
+    assert info.ok == (damage == "fine"), info.problems
+    if damage != "fine":
+        assert "gzip stream is damaged or truncated" in info.problems[0]
 
 
 def test_inspect_local_finds_databases_across_chunk_boundaries(tmp_path):
@@ -98,3 +134,41 @@ def test_transport_prefers_gcm_refuses_3des_and_rekeys_like_openssh():
     finally:
         a.close()
         b.close()
+
+
+def test_bulk_pipe_passes_a_trickle_on_and_every_byte_in_order():
+    import threading
+
+    pipe = remote._BulkPipe()
+    pipe.feed(b"ready\n")  # far below BULK: still handed over (after TRICKLE at most)
+    assert pipe.read(1 << 20) == b"ready\n"
+    got: list[bytes] = []
+
+    def read_all() -> None:
+        while data := pipe.read(8 << 20):
+            got.append(data)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    pieces = [bytes([i % 251]) * 32768 for i in range(3 * remote._BulkPipe.BULK // 32768)]
+    for piece in pieces:
+        pipe.feed(piece)
+    pipe.feed(b"tail")
+    pipe.close()
+    reader.join(10)
+    assert not reader.is_alive()
+    assert b"".join(got) == b"".join(pieces) + b"tail"
+
+
+def test_disk_file_hands_steps_to_the_disk_and_keeps_every_byte(tmp_path, monkeypatch):
+    monkeypatch.setattr(remote, "WRITEBACK_STEP", 64 * 1024)
+    target = tmp_path / "f.part"
+    target.write_bytes(b"resumed from here:")
+    data = os.urandom(1_000_003)
+    with target.open("ab") as fh:
+        disk = remote.DiskFile(fh)
+        for i in range(0, len(data), 40_000):
+            disk.write(data[i:i + 40_000])
+        if remote._sync_file_range() is not None:
+            assert disk.dropped > len(b"resumed from here:")  # written back as it went
+    assert target.read_bytes() == b"resumed from here:" + data

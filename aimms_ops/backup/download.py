@@ -13,7 +13,7 @@ from pathlib import Path
 from aimms_ops.backup.names import SHA_RE, BackupFile
 from aimms_ops.errors import ConnectionLost, OpsError
 from aimms_ops.host import shell
-from aimms_ops.remote import Remote
+from aimms_ops.remote import DiskFile, Remote
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def _download(remote: Remote, backup: BackupFile, dest: Path, expected: str,
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "ab") as fh:
-        writer = _HashingWriter(fh, h)
+        writer = _HashingWriter(DiskFile(fh), h)
         cmd = shell.join(["tail", "-c", f"+{offset + 1}", "--", backup.path])
         if offset < backup.size:
             ctx = progress_factory(backup.size, offset) if progress_factory else None

@@ -27,11 +27,14 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
     dir may be empty): fetched through the host, checked, decrypted on this machine
     into the download folder and checked again; then restored as a local file.
     """
+    from aimms_ops import dumpsource
     from aimms_ops import restore as rs
     from aimms_ops.backup import listing, run
 
     if not file:
         raise OpsError("--file is required", "e.g. fab restore --file=latest")
+    # A local dump is checked while the connection is made.
+    check = dumpsource.start_local_check(file) if from_ is None and file != "latest" else None
     with connect(c) as remote:
         if from_ is not None:
             from aimms_ops.cli.offsite import offsite_source
@@ -39,7 +42,7 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
             file = offsite_source(remote, file, from_, identity)
         if file == "latest":
             file = listing.pick(listing.list_remote(remote), "latest").name
-        dump = inspect_source(remote, file)
+        dump = inspect_source(remote, file, check)
         plan = rs.make_plan(remote, dump, database, safety_backup=not no_safety_backup)
         _print_restore_plan(plan)
         what = (f"restore {plan.database}" if plan.database else "restore the whole cluster")
@@ -66,13 +69,16 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
                  f"{units.duration(report.seconds)} ({units.size(report.rate)}/s of dump)")
 
 
-def inspect_source(remote: Any, file: str):
+def inspect_source(remote: Any, file: str, check: Any = None):
+    """The dump ``file`` names, read once: a local file (checked here, by ``check`` when
+    it was started already) or a backup on the host."""
     from aimms_ops import dumpsource
 
     local = dumpsource.local_dump(file)
     if local is not None:
+        check = check or dumpsource.LocalCheck(local)
         with output.transfer_progress(f"verifying {local.name}", local.stat().st_size) as adv:
-            return dumpsource.inspect_local(local, progress=adv)
+            return check.result(progress=adv)
     return dumpsource.resolve_source(remote, file)
 
 

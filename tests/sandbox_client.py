@@ -1,0 +1,138 @@
+"""The client of the sandbox host that the tests and the benchmarks share.
+
+It reaches the sandbox through OpenSSH (not the code under test). Plain Python: no
+pytest, so that bench/run.py can use it too.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FAB = REPO / ".venv" / "bin" / "fab"
+
+
+@dataclass
+class Sandbox:
+    inventory: Path
+    ssh_config: Path
+    env: dict[str, str]
+
+    @property
+    def docker_host(self) -> str:
+        return self.env["DOCKER_HOST"]
+
+    @property
+    def user(self) -> str:
+        return self.env["SANDBOX_USER"]
+
+    @property
+    def home(self) -> str:
+        return f"/home/{self.user}"
+
+    def ssh(self, command: str, *, check: bool = True, input: bytes | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run ``command`` on the sandbox host through OpenSSH (not the code under test)."""
+        proc = subprocess.run(
+            ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", "aidset", command],
+            input=input, capture_output=True, timeout=timeout, check=False,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ssh {command!r} failed ({proc.returncode}): "
+                                 f"{proc.stderr.decode(errors='replace')}")
+        return proc
+
+    def sh(self, command: str, **kw) -> str:
+        return self.ssh(command, **kw).stdout.decode()
+
+    def container(self) -> str:
+        return self.sh("docker ps -q --filter label=com.docker.compose.project=aimms-web "
+                       "--filter label=com.docker.compose.service=postgres").strip()
+
+    def psql(self, sql: str, db: str = "aimms_web", *, check: bool = True) -> str:
+        cmd = (f"docker exec -i {self.container()} psql -X -q -A -t -v ON_ERROR_STOP=1 "
+               f"-U postgres -d {shlex.quote(db)}")
+        return self.ssh(cmd, input=sql.encode(), check=check).stdout.decode().strip()
+
+    def app_session(self) -> subprocess.Popen:
+        """An application session open on aimms_web (kill it when done)."""
+        return subprocess.Popen(
+            ["ssh", "-F", str(self.ssh_config), "aidset",
+             f"docker exec -i {self.container()} psql -U aimms_user -d aimms_web "
+             "-c 'select pg_sleep(300)'"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Wait until postgres in the sandbox accepts connections again."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cid = self.container()
+            if cid and self.ssh(f"docker exec {cid} pg_isready -U postgres -d aimms_web",
+                                check=False).returncode == 0:
+                return
+            time.sleep(0.5)
+        raise AssertionError("postgres did not become ready")
+
+    def tables(self, db: str = "aimms_web") -> list[str]:
+        return self.psql("SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) "
+                         "FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', "
+                         "'information_schema') ORDER BY 1", db).split()
+
+    def checksums(self, db: str = "aimms_web") -> dict[str, str]:
+        """Per-table md5 of the ordered rows, plus every sequence's state."""
+        parts = [f"SELECT '{t}', {md5_sql(t)}" for t in self.tables(db)]
+        parts.append("SELECT 'seq:' || sequencename, coalesce(last_value, 0)::text "
+                     "FROM pg_sequences")
+        out = self.psql(STABLE_TEXT + " UNION ALL ".join(parts) + ";", db)
+        return dict(line.split("|", 1) for line in out.splitlines() if line)
+
+    def dumpall(self) -> str:
+        """pg_dumpall of the whole cluster, without the random \\restrict keys."""
+        text = self.sh(f"docker exec {self.container()} pg_dumpall -U postgres")
+        return "\n".join(ln for ln in text.splitlines()
+                         if not ln.startswith(("\\restrict", "\\unrestrict")))
+
+    def fab(self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 600, inventory: Path | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "AIMMS_OPS_INVENTORY": str(inventory or self.inventory),
+                    **(env or {})}
+        full_env.pop("AIMMS_OPS_DEBUG", None)
+        return subprocess.run(
+            [str(FAB), *args], input=input, text=True, capture_output=True, env=full_env,
+            timeout=timeout, check=False, cwd=cwd or REPO,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+
+#: Session settings that make a row's text the same on any cluster (timestamptz, dates).
+STABLE_TEXT = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 3; "
+
+
+def md5_sql(table: str) -> str:
+    """SQL for the md5 of a table's rows in a fixed order (the table name is trusted)."""
+    order = 'x::text COLLATE "C"'  # the same order whatever the cluster's locale
+    return (f"(SELECT md5(coalesce(string_agg(x::text, E'\\n' ORDER BY {order}), '')) "
+            f"FROM {table} x)")
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            env[key.strip()] = shlex.split(value)[0] if value.strip() else ""
+    return env
+
+
+def from_out(out: Path) -> Sandbox:
+    """The sandbox whose files sandbox/up.sh wrote into ``out``."""
+    return Sandbox(inventory=out / "inventory.yml", ssh_config=out / "ssh_config",
+                   env=_read_env(out / "env"))
+
