@@ -21,7 +21,7 @@ from aimms_ops.backup.names import NAME_HINT, SHA_RE
 from aimms_ops.backup.retention import NAME_RE
 from aimms_ops.dump.facts import FactsFeeder
 from aimms_ops.errors import OpsError, shown
-from aimms_ops.remote import Progress, Remote
+from aimms_ops.host.remote import Progress, Remote
 
 #: Bytes read from a local dump per step, and the most one decompression step yields.
 READ_CHUNK = 1024 * 1024

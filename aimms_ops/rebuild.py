@@ -41,8 +41,8 @@ from aimms_ops.host.compose import (
     facts_args,
     parse_facts,
 )
+from aimms_ops.host.remote import Progress, Remote
 from aimms_ops.inventory.model import Host
-from aimms_ops.remote import Progress, Remote
 
 STEPS = ("stop", "keep", "rm", "create", "start", "wait", "restore", "verify")
 STATE_FILE = ".rebuild-state"

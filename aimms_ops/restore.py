@@ -22,8 +22,8 @@ from aimms_ops.dumpsource import DumpInfo, conninfo, db_hex, db_name
 from aimms_ops.errors import ConnectionLost, OpsError, shown
 from aimms_ops.host import shell
 from aimms_ops.host.compose import facts_args, parse_facts
+from aimms_ops.host.remote import Progress, Remote
 from aimms_ops.inventory.model import Host
-from aimms_ops.remote import Progress, Remote
 
 #: psql's message for a failed statement; the lines after it until the next ``psql:``
 #: line belong to it (a name may hold a newline).

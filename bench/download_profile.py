@@ -25,8 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from aimms_ops import remote, ssh  # noqa: E402
 from aimms_ops.backup import download as backups  # noqa: E402
+from aimms_ops.host import remote, ssh  # noqa: E402
 from aimms_ops.inventory import loader, model  # noqa: E402
 
 

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from aimms_ops import ssh
 from aimms_ops.errors import OpsError
+from aimms_ops.host import ssh
 
 SAMPLE = """\
 user deploy

@@ -12,7 +12,8 @@ import zlib
 import paramiko
 import pytest
 
-from aimms_ops import dumpsource, remote, ssh
+from aimms_ops import dumpsource
+from aimms_ops.host import remote, ssh
 
 
 def _inflate_all(data: bytes, step: int) -> tuple[bytes, dumpsource._Inflater, int]:

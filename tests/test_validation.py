@@ -112,7 +112,7 @@ class RecordingRemote:
 
     def run_script(self, name, *args, **kw):
         self.calls.append((name, *args))
-        from aimms_ops.remote import RunResult
+        from aimms_ops.host.remote import RunResult
 
         return RunResult(name, 0, "exists=0\n", "")
 

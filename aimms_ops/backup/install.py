@@ -24,8 +24,8 @@ from aimms_ops.errors import OpsError
 from aimms_ops.host import shell
 from aimms_ops.host.compose import parse_facts
 from aimms_ops.host.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
+from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
-from aimms_ops.remote import Remote
 
 MARK = "# aimms-ops:"
 

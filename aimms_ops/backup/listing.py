@@ -11,7 +11,7 @@ from pathlib import Path
 from aimms_ops.backup.names import SHA_RE, BackupFile, validate_name
 from aimms_ops.backup.retention import NAME_RE, Pin, parse_pin
 from aimms_ops.errors import OpsError
-from aimms_ops.remote import Remote
+from aimms_ops.host.remote import Remote
 
 
 def parse_listing(text: str, backup_dir: str) -> list[BackupFile] | None:

@@ -16,7 +16,7 @@ from aimms_ops.backup.names import validate_label, validate_name, validate_reaso
 from aimms_ops.backup.settings import script_args
 from aimms_ops.errors import ConnectionLost, OpsError
 from aimms_ops.host.layout import BACKUP_SCRIPT
-from aimms_ops.remote import Remote
+from aimms_ops.host.remote import Remote
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from aimms_ops.backup.install import conf_text
 from aimms_ops.host import shell
 from aimms_ops.host.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
+from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.checks import Check, State, worst
 from aimms_ops.monitor.disk import check_disk, disk_from
@@ -20,7 +21,6 @@ from aimms_ops.monitor.health import connection_checks
 from aimms_ops.monitor.hostfacts import HostFacts, gather
 from aimms_ops.monitor.runlog import last_run
 from aimms_ops.monitor.status import check_cron, check_last_run, check_verify
-from aimms_ops.remote import Remote
 
 
 def _sha(text: str) -> str:

@@ -11,17 +11,15 @@ import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from aimms_ops.backup.install import (
-    parse_record,
-)
+from aimms_ops.backup.install import parse_record
 from aimms_ops.backup.listing import parse_listing
 from aimms_ops.backup.names import BackupFile
 from aimms_ops.errors import OpsError
 from aimms_ops.host import shell
 from aimms_ops.host.compose import facts_args, parse_facts
+from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.runlog import LoggedPing, LoggedRun, parse_pings, parse_results
-from aimms_ops.remote import Remote
 
 _SECTIONS = ("facts", "backups", "status")
 

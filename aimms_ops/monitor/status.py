@@ -13,20 +13,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from aimms_ops import units
-from aimms_ops.backup.install import (
-    MARK,
-    cron_entries,
-)
+from aimms_ops.backup.install import MARK, cron_entries
 from aimms_ops.backup.listing import good_backups
 from aimms_ops.backup.names import BackupFile
 from aimms_ops.errors import OpsError, shown
+from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.checks import Check, State, worst
 from aimms_ops.monitor.disk import DiskOutlook, check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks
 from aimms_ops.monitor.hostfacts import HostFacts, gather
 from aimms_ops.monitor.runlog import LoggedPing, LoggedRun, last_run
-from aimms_ops.remote import Remote
 
 PREFIX = "AIMMS-OPS"
 

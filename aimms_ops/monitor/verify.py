@@ -20,9 +20,9 @@ from aimms_ops.backup.settings import script_args as settings_args
 from aimms_ops.dumpsource import DumpInfo, inspect_remote
 from aimms_ops.errors import OpsError
 from aimms_ops.host.layout import VERIFY_SCRIPT
+from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.checks import Check, State, worst
-from aimms_ops.remote import Remote
 
 CHECK_ORDER = ("checksum", "gzip stream", "dump header", "completion marker")
 

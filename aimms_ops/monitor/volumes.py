@@ -22,8 +22,8 @@ from aimms_ops.host.compose import (
     facts_args,
 )
 from aimms_ops.host.compose import parse_facts as parse_key_values
+from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
-from aimms_ops.remote import Remote
 
 #: The label rebuild-volume puts on the volume that keeps the old data.
 KEPT_LABEL = "org.aimms-ops.kept-from"

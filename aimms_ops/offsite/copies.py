@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from aimms_ops.backup.names import SAFETY_LABELS, SHA_RE, created_from_name, validate_name
 from aimms_ops.backup.retention import NAME_RE
 from aimms_ops.errors import OpsError, shown
+from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.checks import Check, State
 from aimms_ops.offsite.config import Target
-from aimms_ops.remote import Remote
 
 RUN_SCRIPT = "offsite-run.sh"
 

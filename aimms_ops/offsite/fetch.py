@@ -16,10 +16,10 @@ from pathlib import Path
 
 from aimms_ops.errors import OpsError
 from aimms_ops.host import shell
+from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.offsite.config import IDENTITY_ENV
 from aimms_ops.offsite.copies import RUN_SCRIPT, OffsiteCopy, run_args, script_error
-from aimms_ops.remote import Remote
 
 
 def load_identities(host: Host, explicit: str | None = None) -> tuple[list, str]:

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aimms_ops.errors import ConnectionLost
+from aimms_ops.host.remote import Remote
 from aimms_ops.offsite.copies import RUN_SCRIPT, require, run_args, script_error
-from aimms_ops.remote import Remote
 
 
 @dataclass(frozen=True)

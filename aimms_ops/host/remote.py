@@ -25,8 +25,8 @@ from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 
 from aimms_ops.errors import ConnectionLost, OpsError
 from aimms_ops.host import shell
+from aimms_ops.host.ssh import WINDOW_SIZE, SshTarget, connect, resolve
 from aimms_ops.inventory.model import Host
-from aimms_ops.ssh import WINDOW_SIZE, SshTarget, connect, resolve
 
 #: Bytes read or sent per call on an upload. 256 KiB measured fastest for sendall.
 CHUNK = 256 * 1024
