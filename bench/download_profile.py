@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from aimms_ops.backup import download as backups  # noqa: E402
-from aimms_ops.host import remote, ssh  # noqa: E402
+from aimms_ops.host import remote, ssh, streams  # noqa: E402
 from aimms_ops.inventory import loader, model  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def one(host: model.Host, path: str, sink: str, out_dir: Path) -> tuple[float, f
         else:
             target = out_dir / "dl"
             with target.open("wb") as fh:
-                disk = remote.DiskFile(fh) if sink == "file" else fh
+                disk = streams.DiskFile(fh) if sink == "file" else fh
                 w = backups._HashingWriter(disk, hashlib.sha256())
                 rem.stream_from_remote(f"cat -- {path}", w)
                 fh.flush()

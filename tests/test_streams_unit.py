@@ -13,7 +13,7 @@ import paramiko
 import pytest
 
 from aimms_ops import dumpsource
-from aimms_ops.host import remote, ssh
+from aimms_ops.host import remote, ssh, streams
 
 
 def _inflate_all(data: bytes, step: int) -> tuple[bytes, dumpsource._Inflater, int]:
@@ -107,14 +107,14 @@ class _Failing(io.RawIOBase):
 
 def test_writer_keeps_order_and_raises_the_disk_error_in_the_receiver():
     sink = io.BytesIO()
-    w = remote._Writer(sink)
+    w = streams.Writer(sink)
     w.start()
     for i in range(100):
         w.put(bytes([i]) * 10)
     w.finish()
     assert sink.getvalue() == b"".join(bytes([i]) * 10 for i in range(100))
 
-    w = remote._Writer(_Failing(after=3))
+    w = streams.Writer(_Failing(after=3))
     w.start()
     with pytest.raises(OSError, match="No space left"):
         for _ in range(1000):
@@ -140,7 +140,7 @@ def test_transport_prefers_gcm_refuses_3des_and_rekeys_like_openssh():
 def test_bulk_pipe_passes_a_trickle_on_and_every_byte_in_order():
     import threading
 
-    pipe = remote._BulkPipe()
+    pipe = streams.BulkPipe()
     pipe.feed(b"ready\n")  # far below BULK: still handed over (after TRICKLE at most)
     assert pipe.read(1 << 20) == b"ready\n"
     got: list[bytes] = []
@@ -151,7 +151,7 @@ def test_bulk_pipe_passes_a_trickle_on_and_every_byte_in_order():
 
     reader = threading.Thread(target=read_all)
     reader.start()
-    pieces = [bytes([i % 251]) * 32768 for i in range(3 * remote._BulkPipe.BULK // 32768)]
+    pieces = [bytes([i % 251]) * 32768 for i in range(3 * streams.BulkPipe.BULK // 32768)]
     for piece in pieces:
         pipe.feed(piece)
     pipe.feed(b"tail")
@@ -162,14 +162,14 @@ def test_bulk_pipe_passes_a_trickle_on_and_every_byte_in_order():
 
 
 def test_disk_file_hands_steps_to_the_disk_and_keeps_every_byte(tmp_path, monkeypatch):
-    monkeypatch.setattr(remote, "WRITEBACK_STEP", 64 * 1024)
+    monkeypatch.setattr(streams, "WRITEBACK_STEP", 64 * 1024)
     target = tmp_path / "f.part"
     target.write_bytes(b"resumed from here:")
     data = os.urandom(1_000_003)
     with target.open("ab") as fh:
-        disk = remote.DiskFile(fh)
+        disk = streams.DiskFile(fh)
         for i in range(0, len(data), 40_000):
             disk.write(data[i:i + 40_000])
-        if remote._sync_file_range() is not None:
+        if streams._sync_file_range() is not None:
             assert disk.dropped > len(b"resumed from here:")  # written back as it went
     assert target.read_bytes() == b"resumed from here:" + data

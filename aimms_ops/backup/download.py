@@ -13,7 +13,8 @@ from pathlib import Path
 from aimms_ops.backup.names import SHA_RE, BackupFile
 from aimms_ops.errors import ConnectionLost, OpsError
 from aimms_ops.host import shell
-from aimms_ops.host.remote import DiskFile, Remote
+from aimms_ops.host.remote import Remote
+from aimms_ops.host.streams import DiskFile
 
 
 @dataclass(frozen=True)
