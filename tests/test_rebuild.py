@@ -161,7 +161,9 @@ def test_dry_run_json(sandbox, backup):
     plan = json.loads(proc.stdout)
     assert [s["step"] for s in plan["steps"]] == ["stop", "keep", "rm", "create", "start",
                                                    "wait", "restore", "verify"]
-    assert plan["steps"][2]["commands"] == [f"docker volume rm {VOL}"]
+    assert plan["steps"][2]["commands"] == [{"command": f"docker volume rm {VOL}",
+                                             "shown": f"docker volume rm {VOL}",
+                                             "stdin": None}]
     assert plan["keep"].startswith(f"{VOL}_before_rebuild_")
 
 

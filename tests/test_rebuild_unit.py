@@ -12,8 +12,9 @@ import pytest
 from aimms_ops import rebuild
 from aimms_ops.dumpsource import DumpInfo
 from aimms_ops.errors import InternalError, OpsError
+from aimms_ops.host import shell
 from aimms_ops.inventory import loader as inventory
-from aimms_ops.rebuild import Command, RebuildFacts, Step, VolumeSpec, VolumeUser
+from aimms_ops.rebuild import Command, RebuildFacts, Step, VolumeSpec, VolumeUser, run
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = inventory.load(REPO / "inventory.yml").host(None)
@@ -93,10 +94,41 @@ def test_fresh_plan_runs_every_step_in_order_with_exact_commands():
     assert shown.index(f"docker volume rm {VOL}") > shown.index(f"{cd} down")
     assert f"docker volume create {VOL}" in shown
     assert f"{cd} up -d" in shown
-    # Every command that is sent is the one that is shown.
+    # Every command is the line that is sent: a plain one is shown as it is, a packaged
+    # script by its name and arguments; nothing is left to fill in at run time.
     for s in p.steps:
         for c in s.commands:
-            assert c.line in ("", c.shown) or s.name == "wait"
+            if c.script:
+                assert c.line == shell.script_command(c.script, c.argv[1:]), c.shown
+                assert c.shown.startswith(shlex.join(c.argv) + "   # aimms-ops script")
+            else:
+                assert c.line == c.shown and c.line.endswith(shlex.join(c.argv[-3:]))
+
+
+def test_commands_that_use_the_container_find_it_on_the_host():
+    p = plan()
+    for name in ("restore", "verify"):
+        for c in p.step(name).commands:
+            assert c.script in ("postgres-exec.sh", "restore-stream.sh"), c.shown
+            assert c.argv[1:3] == (HOST.compose.project, HOST.compose.postgres_service)
+    busy, stream, *estimates = p.step("restore").commands
+    assert "pg_stat_activity" in busy.argv[-1] and busy.reads == "idle"
+    # The rebuild holds the cluster lock itself: the stream takes none.
+    assert stream.argv[1:] == (HOST.compose.project, HOST.compose.postgres_service,
+                               HOST.postgres.superuser, "gz", BACKUP, "", "",
+                               str(HOST.lock_timeout))
+    assert [c.about for c in estimates] == list(DUMP.databases)
+    listing, *counts = p.step("verify").commands
+    assert listing.reads == "databases" and [c.about for c in counts] == list(DUMP.databases)
+
+
+def test_dry_run_json_holds_the_exact_lines():
+    data = plan().as_dict()
+    steps = data["steps"]
+    assert isinstance(steps, list)
+    sent = [c.line for s in plan().steps for c in s.commands]
+    assert [c["command"] for s in steps for c in s["commands"]] == sent
+    assert all(c["stdin"] is None for s in steps for c in s["commands"])
 
 
 def test_stop_never_removes_volumes():
@@ -122,9 +154,10 @@ def test_keep_name_is_utc():
 
 def test_restore_of_a_local_dump_is_streamed():
     local = replace(DUMP, source="/tmp/x.sql.gz", location="local")
-    busy, cmd = plan(dump=local).step("restore").commands
-    assert "pg_stat_activity" in busy.shown and rebuild.PLACEHOLDER in busy.shown
-    assert cmd.argv[-1] == "-" and "< /tmp/x.sql.gz" in cmd.shown
+    _, cmd, *_ = plan(dump=local).step("restore").commands
+    assert cmd.argv[5] == "-" and cmd.stdin_file == "/tmp/x.sql.gz"
+    assert "< /tmp/x.sql.gz" in cmd.shown
+    assert cmd.as_dict()["stdin"] == "/tmp/x.sql.gz"
 
 
 def test_volume_is_recreated_with_its_labels():
@@ -354,9 +387,9 @@ def test_counts_and_copy_check():
     assert rebuild.parse_counts("public.a=3\npublic.we=ird=4\nnoise\n") == [
         ("public.a", 3), ("public.we=ird", 4)]
     p = plan()
-    assert "3 files" in rebuild._check_copy("/from 3 100\n/to 3 100\n", p)
+    assert "3 files" in run._check_copy("/from 3 100\n/to 3 100\n", p)
     with pytest.raises(OpsError, match="does not match"):
-        rebuild._check_copy("/from 3 100\n/to 2 60\n", p)
+        run._check_copy("/from 3 100\n/to 2 60\n", p)
 
 
 def test_error_line_skips_docker_help_hints():
@@ -365,3 +398,31 @@ def test_error_line_skips_docker_help_hints():
     assert rebuild.error_line(err).startswith("docker: Error response from daemon: Conflict")
     assert rebuild.error_line("just this\n") == "just this"
     assert rebuild.error_line("") == ""
+
+
+def test_the_executor_reads_each_command_as_the_plan_says():
+    from aimms_ops.host.remote import RunResult
+
+    p = plan()
+    reads = {c.reads for s in p.steps for c in s.commands}
+    assert reads == {"", "copy", "volume-rm", "wait", "idle", "restore", "estimates",
+                     "databases", "counts"}
+    found = run._Found()
+    listing, *counts = p.step("verify").commands
+
+    def ok(stdout: str) -> RunResult:
+        return RunResult(command="x", rc=0, stdout=stdout, stderr="")
+
+    with pytest.raises(OpsError, match="missing after the restore: aimms_web"):
+        run._read(listing, ok("postgres\ntemplate1\n"), p, found, "postgres")
+    assert run._read(listing, ok("postgres\ntemplate1\naimms_web\n"), p, found, "x") is None
+    said = run._read(counts[1], ok("public.orders=3\npublic.a=ird=1\n"), p, found, "x")
+    assert said == "3 databases, 2 tables counted"
+    assert found.tables == [run.TableCount("aimms_web", "public.orders", 3),
+                            run.TableCount("aimms_web", "public.a=ird", 1)]
+    busy = p.step("restore").commands[0]
+    with pytest.raises(OpsError, match=r"another restore is still running.*of postgres"):
+        run._read(busy, ok("1\n"), p, found, "postgres")
+    (wait,) = p.step("wait").commands
+    assert run._read(wait, ok("container=0123456789abcdef\nseconds=3\n"), p, found, "x") == \
+        "container 0123456789ab"

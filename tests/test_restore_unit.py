@@ -84,3 +84,26 @@ def test_inspect_plain_sql(tmp_path):
 ])
 def test_explain_failure(stderr, expected):
     assert restore.explain_failure(stderr) == expected
+
+
+def test_restore_plan_holds_the_exact_commands_it_sends():
+    from aimms_ops.host import shell
+    from aimms_ops.inventory import loader as inventory
+
+    host = inventory.load(Path(__file__).resolve().parents[1] / "inventory.yml").host(None)
+    remote = dumpsource.DumpInfo(f"{host.backup_dir}/b.sql.gz", "remote", 10, "gz", "x", None,
+                                 ("template1", "My DB", "postgres"))
+    stream, *estimates = restore.restore_commands(host, remote, "My DB", lock=True)
+    args = (host.compose.project, host.compose.postgres_service, host.postgres.superuser, "gz",
+            remote.source, "4d79204442", restore.cluster_lock(host), str(host.lock_timeout))
+    assert stream.argv == ("restore-stream.sh", *args) and stream.stdin_file == ""
+    assert stream.line == shell.script_command("restore-stream.sh", args)
+    # One database: only its estimates; the container is found on the host.
+    (est,) = estimates
+    assert est.about == "My DB" and est.script == "postgres-exec.sh"
+    assert "dbname='My DB'" in est.argv and "ANALYZE" in est.argv[-1]
+
+    local = dumpsource.DumpInfo("/tmp/b.sql.gz", "local", 10, "gz", "x", None, ("postgres",))
+    stream, _ = restore.restore_commands(host, local, None, lock=False)
+    assert stream.argv[5:] == ("-", "", "", str(host.lock_timeout))
+    assert stream.stdin_file == "/tmp/b.sql.gz" and "< /tmp/b.sql.gz" in stream.shown

@@ -64,7 +64,9 @@ def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, ne
         if dry_run:
             plan = rb.prepare(remote, dump, keep_old=not no_keep_old, new_run=new_run)
             _show_rebuild_plan(plan, json)
-            output.note("dry run: nothing was changed")
+            output.note("dry run: nothing was changed" + (
+                "" if plan.resumed else "; a run started later names its own run id and "
+                "kept volume, in those commands"))
             return
         with rb.locked(remote):
             plan = rb.prepare(remote, dump, keep_old=not no_keep_old, new_run=new_run)
@@ -146,9 +148,7 @@ def _show_rebuild_plan(plan: Any, as_json: bool) -> None:
     output.table(["check", "result"], [list(c) for c in plan.checks],
                  title="preflight (nothing is stopped before all of these pass)")
     # Plain lines, one command per line, so that they can be read and copied as they are.
-    from aimms_ops import rebuild as rb
-
-    print(f"steps, in order ({rb.PLACEHOLDER}: found once the stack is up):")
+    print("steps, in order, with the commands they send (--json: each exactly as sent):")
     for i, step in enumerate(plan.steps, 1):
         action = {"run": "RUN ", "done": "done", "skip": "skip"}[step.action]
         note = f"  [{step.note}]" if step.note else ""

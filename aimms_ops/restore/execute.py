@@ -1,0 +1,164 @@
+"""Running a restore plan: the stream, its failures in one line, the row estimates."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aimms_ops.errors import ConnectionLost, OpsError
+from aimms_ops.host import shell
+from aimms_ops.host.commands import Command
+from aimms_ops.host.compose import parse_facts
+from aimms_ops.host.remote import Progress, Remote
+
+from .plan import RestorePlan
+
+
+@dataclass(frozen=True)
+class TableRows:
+    """Rows of one table of a database (an estimate, or counted)."""
+
+    database: str
+    table: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    databases: tuple[str, ...]
+    tables: tuple[TableRows, ...]
+    seconds: float
+    bytes_streamed: int
+
+    @property
+    def rate(self) -> float:
+        return self.bytes_streamed / self.seconds if self.seconds else 0.0
+
+
+#: The exit status of restore-stream.sh when another restore holds the lock.
+LOCK_BUSY = 75
+
+#: psql's message for a failed statement; the lines after it until the next ``psql:``
+#: line belong to it (a name may hold a newline).
+_PSQL_ERR = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|error):\s+(.*)$")
+_INSERTED = re.compile(r"^aimms-ops: inserted (\d+) lines after line (\d+)$")
+
+
+def execute(remote: Remote, plan: RestorePlan, progress: Progress | None = None,
+            on_stderr: Callable[[str], None] | None = None) -> RestoreReport:
+    """Send the commands of ``plan`` (the stream, then the estimates); raise on a failure."""
+    stream, *estimates = plan.commands
+    seconds = run_stream(remote, stream, plan.dump.size, progress=progress,
+                         on_stderr=on_stderr, hint=failure_hint(plan),
+                         cut_hint=f"{failure_hint(plan)}; run it again: {rerun_command(plan)}")
+    tables: list[TableRows] = []
+    for cmd in estimates:
+        tables += read_estimates(remote, cmd)
+    return RestoreReport(plan.affected, tuple(tables), seconds, plan.dump.size)
+
+
+def run_stream(remote: Remote, cmd: Command, size: int, *, progress: Progress | None,
+               on_stderr: Callable[[str], None] | None, hint: str, cut_hint: str) -> float:
+    """Send restore-stream.sh (``cmd``); its seconds, or an OpsError in one line.
+
+    ``hint`` goes with a failure, ``cut_hint`` with a connection lost part-way.
+    """
+    started = time.monotonic()
+    try:
+        if cmd.stdin_file:
+            with open(cmd.stdin_file, "rb") as fh:
+                res = remote.stream_to_remote(fh, cmd.line, progress=progress,
+                                              on_stderr=on_stderr, what="the restore stream")
+        else:
+            res = remote.run(cmd.line, on_stderr=on_stderr, what=cmd.script)
+            if progress is not None:
+                progress(size)
+    except ConnectionLost as exc:
+        # restore-stream.sh stops the restore when its session ends.
+        raise ConnectionLost(f"restore on {remote.name} stopped part-way: {exc.message}",
+                             cut_hint, code=exc.code) from None
+    seconds = time.monotonic() - started
+    if res.rc == LOCK_BUSY:
+        raise OpsError(f"restore on {remote.name} refused: {explain_failure(res.stderr)}",
+                       "nothing was restored; run it again once that run has ended",
+                       code=75)
+    if not res.ok:
+        raise OpsError(f"restore on {remote.name} failed: {explain_failure(res.stderr)}", hint)
+    return seconds
+
+
+def failure_hint(plan: RestorePlan) -> str:
+    """What a restore that stopped part-way leaves, and where the state before it is."""
+    if plan.safety_backup:
+        return ("the databases being restored may be partly restored; the state before the "
+                "restore is in the pre-restore safety copy (fab list-backups)")
+    return "the databases being restored may be partly restored"
+
+
+def rerun_command(plan: RestorePlan) -> str:
+    """The exact command that restores the same dump again (never ``latest``)."""
+    src = plan.dump.source
+    name = src.rsplit("/", 1)[-1] if plan.dump.location == "remote" else src
+    args = ["fab", "restore", f"--file={name}"]
+    if plan.database is not None:
+        args.append(f"--database={plan.database}")
+    return shell.join([*args, "--no-safety-backup"])
+
+
+def explain_failure(stderr: str) -> str:
+    """One line from the restore pipeline's stderr: psql's whole error with the dump's line.
+
+    psql's message may span lines (a name with a newline): they are joined, the newlines
+    shown as ``\\n``. Its line number counts the filter's inserted blocks, which are
+    taken off again; an error inside one is said to be in what aimms-ops inserted.
+    """
+    lines = stderr.splitlines()
+    inserted = [(int(m.group(2)), int(m.group(1))) for m in map(_INSERTED.match, lines) if m]
+    for i, line in enumerate(lines):
+        m = _PSQL_ERR.match(line.strip())
+        if not m:
+            continue
+        text = m.group(3)
+        for more in lines[i + 1:]:
+            if more.startswith(("psql:", "aimms-ops: ")):
+                break
+            text += "\\n" + more
+        n = int(m.group(1))
+        shift, inside = 0, None
+        for after, count in inserted:
+            if n > after + count:
+                shift += count
+            elif n > after:
+                inside = after - shift
+        if inside is not None:
+            return (f"psql stopped in what aimms-ops inserted after line {inside} of the "
+                    f"dump: {m.group(2)}: {text}")
+        return f"psql stopped at line {n - shift} of the dump: {m.group(2)}: {text}"
+    for line in lines:
+        if line.startswith("aimms-ops: ") and not line.startswith(
+                ("aimms-ops: status", "aimms-ops: inserted", "aimms-ops: properties")):
+            return line[len("aimms-ops: "):]
+    for line in lines:
+        # psql that could not even start (no such database, no server): its own words.
+        if line.startswith(("psql: error: ", "Error response from daemon: ")):
+            return line
+    status = [ln for ln in lines if ln.startswith("aimms-ops: status")]
+    if status:
+        stages = ("reading the dump", "decompressing", "filtering", "psql")
+        codes = status[-1].split()[2:]
+        failed = [f"{s} exited {c}" for s, c in zip(stages, codes, strict=False) if c != "0"]
+        return ", ".join(failed) or status[-1]
+    rest = [ln for ln in lines if ln.strip()]
+    return rest[-1] if rest else "no message"
+
+
+def read_estimates(remote: Remote, cmd: Command) -> list[TableRows]:
+    """Send one of the plan's estimate commands: the tables and row estimates of its
+    database (none when it fails: the restore itself succeeded)."""
+    res = remote.run(cmd.line, what="psql")
+    if not res.ok:
+        return []
+    return [TableRows(cmd.about, key, int(value))
+            for key, value in parse_facts(res.stdout).items() if value.isdigit()]
