@@ -43,7 +43,9 @@ from tests.sandbox_client import Sandbox, _read_env, from_out  # noqa: E402
 #: pg_dumpall bytes per row of the sandbox's orders table (measured: 242 at 4.2 M rows).
 BYTES_PER_ROW = 242
 JOBS = ("backup", "restore-local", "restore-host", "download", "upload", "offsite")
-XFER_NAME = "aimms_postgres_20000101_000000_benchxfer.sql.gz"
+#: Named like a backup of now: an older one would be out of the offsite target's
+#: retention, and never pushed.
+XFER_NAME = f"aimms_postgres_{dt.datetime.now(dt.UTC):%Y%m%d_%H%M%S}_benchxfer.sql.gz"
 SRC_LABEL = "benchsrc"
 #: A sample is judged only when the 1-minute load average stayed at most this much above
 #: the number of cores (the job itself accounts for about one) and no side's rounds
@@ -263,6 +265,10 @@ class Bed:
         inv = sb.inventory.read_text()
         m = re.search(r"(?m)^\s*backup_dir:\s*(\S+)", inv)
         self.backup_dir = (m.group(1) if m else f"{sb.home}/postgres-backups").rstrip("/")
+        # The offsite inventory's host has a backup dir of its own: what it pushes.
+        off = self.offsite_inventory
+        m = re.search(r"(?m)^\s*backup_dir:\s*(\S+)", off.read_text()) if off.is_file() else None
+        self.offsite_dir = m.group(1).rstrip("/") if m else self.backup_dir
         self.fab = [str(BIN / "fab")]
 
     def settle(self) -> None:
@@ -307,6 +313,10 @@ class Bed:
         if "upload" in jobs:
             self.fab_run("download", f"--file={XFER_NAME}", f"--dest={self.xfer_local.parent}")
         if "offsite" in jobs:
+            o = self.offsite_dir
+            if o != self.backup_dir:
+                self.sb.sh(f"mkdir -p {o} && cp {self.backup_dir}/{x} {self.backup_dir}/{x}.sha256 "
+                           f"{o}/")
             self.offsite(True)
             env = {**self.t.env, "AIMMS_OPS_INVENTORY": str(self.offsite_inventory)}
             self.fab_run("offsite-sync", "--target=s3", env=env)  # all but the bench file
@@ -330,7 +340,8 @@ class Bed:
     def cleanup(self) -> None:
         """Leave no bench file on the host (fab's "latest" must stay a real backup)."""
         d = self.backup_dir
-        self.sb.ssh(f"rm -f {d}/{XFER_NAME} {d}/{XFER_NAME}.sha256 {d}/{XFER_NAME}.tmp "
+        self.sb.ssh(f"rm -f {d}/aimms_postgres_*_benchxfer.sql.gz* "
+                    f"{self.offsite_dir}/aimms_postgres_*_benchxfer.sql.gz* "
                     f"{d}/aimms_postgres_*_{SRC_LABEL}.sql.gz* "
                     f"{d}/aimms_postgres_*_benchrun.sql.gz*", check=False)
         for p in self._store_copies(XFER_NAME):
@@ -433,14 +444,18 @@ class Bed:
 
     def job_offsite(self):
         env = {**self.t.env, "AIMMS_OPS_INVENTORY": str(self.offsite_inventory)}
-        path = f"{self.backup_dir}/{XFER_NAME}"
+        path = f"{self.offsite_dir}/{XFER_NAME}"
         conf = self.sb.sh("ls ~/backup-postgres.sh.offsite").strip()
 
         def ours() -> Run:
             for p in self._store_copies(XFER_NAME):
                 p.unlink()
             time.sleep(1.5)  # the sandbox S3 server's directory cache
-            return self.fab_run("offsite-sync", "--target=s3", env=env)
+            run = self.fab_run("offsite-sync", "--target=s3", env=env)
+            if not self._store_copies(XFER_NAME):
+                raise SystemExit(f"bench: fab offsite-sync pushed no copy of {XFER_NAME}: "
+                                 "its time is not one to compare")
+            return run
 
         def anchor() -> Run:
             return self.t.run(self.t.ssh_line(

@@ -181,6 +181,18 @@ ensure_host_key() {
     return 1
 }
 
+# await_port PORT PIDFN: wait up to 10 s until the process PIDFN prints listens on PORT;
+# prints that pid (or the last one PIDFN printed).
+await_port() {
+    local i pid=
+    for ((i = 0; i < 100; i++)); do
+        pid=$($2)
+        port_is_ours "$1" "$pid" && break
+        sleep 0.1
+    done
+    printf '%s' "$pid"
+}
+
 dockerd_pid() { pid_with "$STATE/dockerd.pid" "$SOCK"; }
 
 # Start this instance's dockerd, clearing what a killed one left behind.

@@ -68,11 +68,7 @@ step_s3() {
         (umask 077 && RCLONE_AUTH_KEY="\"$kid,$sec\"" RCLONE_CONFIG=/dev/null \
             launch_detached "$S3_RCLONE" serve s3 --addr "127.0.0.1:$port" \
             --dir-cache-time 1s --log-file "$S3_LOG" "$S3_DATA" >/dev/null 2>&1)
-        for ((i = 0; i < 100; i++)); do
-            pid=$(s3_pid)
-            port_is_ours "$port" "$pid" && break
-            sleep 0.1
-        done
+        pid=$(await_port "$port" s3_pid)
         if port_is_ours "$port" "$pid"; then
             S3_PORT=$port
             say "s3: started on 127.0.0.1:$S3_PORT (bucket $S3_BUCKET) in $(since "$t0") s"
@@ -140,11 +136,7 @@ EOF
         die "sshd rejects $VAULT_SSHD_CONFIG: $(last_line "$STATE/vault-sshd-test.log")"
     launch_detached /usr/sbin/sshd -f "$VAULT_SSHD_CONFIG" -E "$STATE/vault-sshd.log" >/dev/null 2>&1
     wait $! || die "the vault sshd failed to start (log: $STATE/vault-sshd.log)"
-    for ((i = 0; i < 100; i++)); do
-        pid=$(vault_sshd_pid)
-        port_is_ours "$VAULT_PORT" "$pid" && break
-        sleep 0.1
-    done
+    pid=$(await_port "$VAULT_PORT" vault_sshd_pid)
     port_is_ours "$VAULT_PORT" "$pid" ||
         die "the vault sshd did not listen on 127.0.0.1:$VAULT_PORT (log: $STATE/vault-sshd.log)"
     say "vault: $VAULT@127.0.0.1:$VAULT_PORT started in $(since "$t0") s${what:+ (${what[*]})}"

@@ -209,12 +209,7 @@ step_sshd() {
             die "sshd rejects $SSHD_CONFIG: $(last_line "$STATE/sshd-test.log")"
         launch_detached /usr/sbin/sshd -f "$SSHD_CONFIG" -E "$STATE/sshd.log" >/dev/null 2>&1
         wait $! || die "sshd failed to start: $(last_line "$STATE/sshd.log") (log: $STATE/sshd.log)"
-        local i
-        for ((i = 0; i < 100; i++)); do
-            pid=$(sshd_pid)
-            port_is_ours "$PORT" "$pid" && break
-            sleep 0.1
-        done
+        pid=$(await_port "$PORT" sshd_pid)
         if port_is_ours "$PORT" "$pid"; then
             say "sshd: started on 127.0.0.1:$PORT in $(since "$t0") s"
             return

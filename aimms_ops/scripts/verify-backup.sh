@@ -120,31 +120,32 @@ human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || printf '%sB' "$1"; }
 
 # Remove the throwaway container and volume (only those this run made), then make sure
 # they are gone. Safe to call twice.
+# remove_made container|volume NAME RM-COMMAND...: remove what this run made (retried
+# while docker still has it), then check that it is gone; a line in problems if not.
+remove_made() {
+    local kind=$1 name=$2 i
+    shift 2
+    for i in 1 2 3 4 5; do
+        "$@" >/dev/null 2>&1 && break
+        docker "$kind" inspect "$name" >/dev/null 2>&1 || break
+        sleep "$i"
+    done
+    if docker "$kind" inspect "$name" >/dev/null 2>&1; then
+        problems+=("$kind $name is still there ($*)")
+    else
+        log "removed $kind $name"
+        REMOVED=1
+    fi
+}
+
 cleanup() {
     local problems=()
     if [ "$MADE_CONTAINER" = 1 ]; then
-        docker rm -f -v "$CONTAINER" >/dev/null 2>&1
-        if docker container inspect "$CONTAINER" >/dev/null 2>&1; then
-            problems+=("container $CONTAINER is still there (docker rm -f -v $CONTAINER)")
-        else
-            log "removed container $CONTAINER"
-            REMOVED=1
-        fi
+        remove_made container "$CONTAINER" docker rm -f -v "$CONTAINER"
         MADE_CONTAINER=0
     fi
     if [ "$MADE_VOLUME" = 1 ]; then
-        local i
-        for i in 1 2 3 4 5; do
-            docker volume rm "$VOLUME" >/dev/null 2>&1 && break
-            docker volume inspect "$VOLUME" >/dev/null 2>&1 || break
-            sleep "$i"
-        done
-        if docker volume inspect "$VOLUME" >/dev/null 2>&1; then
-            problems+=("volume $VOLUME is still there (docker volume rm $VOLUME)")
-        else
-            log "removed volume $VOLUME"
-            REMOVED=1
-        fi
+        remove_made volume "$VOLUME" docker volume rm "$VOLUME"
         MADE_VOLUME=0
     fi
     if [ -n "$WORK" ]; then rm -rf -- "$WORK"; WORK=""; fi
