@@ -208,8 +208,8 @@ def test_restore_sends_the_commands_of_its_plan_and_nothing_after(sandbox, recor
     """fab restore's plan (restore.restore_commands, pure) is what the host receives last:
     the stream, then the row estimates, byte for byte."""
     from aimms_ops import restore
-    from aimms_ops.dumpsource import DumpInfo
     from aimms_ops.inventory import loader as inventory
+    from aimms_ops.restore.source import DumpInfo
 
     name = make_backup(sandbox)
     proc = sandbox.fab("verify", f"--file={name}", "--json")

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from aimms_ops import rebuild
-from aimms_ops.dumpsource import DumpInfo
 from aimms_ops.errors import InternalError, OpsError
 from aimms_ops.host import shell
 from aimms_ops.inventory import loader as inventory
 from aimms_ops.rebuild import Command, RebuildFacts, Step, VolumeSpec, VolumeUser, run
+from aimms_ops.restore.source import DumpInfo
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = inventory.load(REPO / "inventory.yml").host(None)

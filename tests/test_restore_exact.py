@@ -261,8 +261,8 @@ def test_a_backup_started_during_a_restore_waits_for_it(awkward, sandbox):
 
 
 def test_an_interrupted_restore_names_the_exact_file_to_rerun(awkward, sandbox):
-    from aimms_ops.dumpsource import DumpInfo
     from aimms_ops.restore import RestorePlan, rerun_command
+    from aimms_ops.restore.source import DumpInfo
 
     dump = DumpInfo(f"{sandbox.home}/postgres-backups/{awkward['name']}", "remote", 1, "gz",
                     "x", None, ("aimms_web",))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from aimms_ops import dumpsource, restore
+from aimms_ops import restore
+from aimms_ops.restore import source as dumpsource
 
 DUMP = (Path(__file__).parent / "data" / "cluster-dump.sql").read_text()
 

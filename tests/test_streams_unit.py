@@ -12,8 +12,8 @@ import zlib
 import paramiko
 import pytest
 
-from aimms_ops import dumpsource
 from aimms_ops.host import remote, ssh, streams
+from aimms_ops.restore import source as dumpsource
 
 
 def _inflate_all(data: bytes, step: int) -> tuple[bytes, dumpsource._Inflater, int]:

@@ -19,11 +19,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aimms_ops import dumpsource
 from aimms_ops.backup import listing, names, retention
 from aimms_ops.cli import base as tasks
 from aimms_ops.errors import OpsError
 from aimms_ops.inventory import loader, model
+from aimms_ops.restore import source as dumpsource
 
 REPO = Path(__file__).resolve().parents[1]
 SAFE_WORD = re.compile(r"^[A-Za-z0-9_.$-]+$")

@@ -139,8 +139,8 @@ def offsite_source(remote: Any, file: str | None, target: str, identity: str | N
 def verify_offsite(c: Any, file: str, target: str | None, identity: str | None,
                    as_json: bool) -> None:
     """verify --offsite[=NAME]: read each copy back, decrypt it here, check it whole."""
-    from aimms_ops import dumpsource
     from aimms_ops.offsite import copies, fetch
+    from aimms_ops.restore import source as dumpsource
 
     rows: list[Check] = []
     results = []

@@ -9,7 +9,7 @@ from typing import Any
 
 from aimms_ops import units
 from aimms_ops.cli.base import confirm, connect, ops_task
-from aimms_ops.cli.restore import inspect_source
+from aimms_ops.cli.restore import named_dump
 from aimms_ops.errors import OpsError
 from aimms_ops.output import console as output
 
@@ -37,7 +37,6 @@ def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, ne
     deletes the volume a second time. The Redis volume is never touched.
     """
     from aimms_ops import rebuild as rb
-    from aimms_ops.backup import listing as backups
 
     if drop_kept is not None:
         if file:
@@ -48,19 +47,14 @@ def rebuild_volume(c, file=None, yes=False, dry_run=False, no_keep_old=False, ne
     if not file:
         raise OpsError("--file is required", "e.g. fab rebuild-volume --file=latest")
     with connect(c) as remote:
-        if from_ is not None:
-            from aimms_ops.cli.offsite import offsite_source
-
-            file = offsite_source(remote, file, from_, identity)
-        if file == "latest":
+        def unfinished() -> str | None:
             recorded = None if new_run else rb.recorded_backup_name(remote)
             if recorded:
                 output.note(f"latest: continuing the unfinished rebuild with its backup "
                             f"{recorded}")
-                file = recorded
-            else:
-                file = backups.pick(backups.list_remote(remote), "latest").name
-        dump = inspect_source(remote, file)
+            return recorded
+
+        dump = named_dump(remote, file, from_, identity, latest=unfinished)
         if dry_run:
             plan = rb.prepare(remote, dump, keep_old=not no_keep_old, new_run=new_run)
             _show_rebuild_plan(plan, json)

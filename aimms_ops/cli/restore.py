@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aimms_ops import units
@@ -27,22 +28,16 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
     dir may be empty): fetched through the host, checked, decrypted on this machine
     into the download folder and checked again; then restored as a local file.
     """
-    from aimms_ops import dumpsource
     from aimms_ops import restore as rs
-    from aimms_ops.backup import listing, run
+    from aimms_ops.backup import run
+    from aimms_ops.restore import source as dumpsource
 
     if not file:
         raise OpsError("--file is required", "e.g. fab restore --file=latest")
     # A local dump is checked while the connection is made.
     check = dumpsource.start_local_check(file) if from_ is None and file != "latest" else None
     with connect(c) as remote:
-        if from_ is not None:
-            from aimms_ops.cli.offsite import offsite_source
-
-            file = offsite_source(remote, file, from_, identity)
-        if file == "latest":
-            file = listing.pick(listing.list_remote(remote), "latest").name
-        dump = inspect_source(remote, file, check)
+        dump = named_dump(remote, file, from_, identity, check=check)
         plan = rs.make_plan(remote, dump, database, safety_backup=not no_safety_backup)
         _print_restore_plan(plan)
         what = (f"restore {plan.database}" if plan.database else "restore the whole cluster")
@@ -69,10 +64,27 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
                  f"{units.duration(report.seconds)} ({units.size(report.rate)}/s of dump)")
 
 
+def named_dump(remote: Any, file: str, from_: str | None, identity: str | None, *,
+               check: Any = None, latest: Callable[[], str | None] | None = None):
+    """The dump that ``--file`` (and ``--from``) name, read once: the copy on an offsite
+    target, fetched and decrypted here; a backup on the host, ``latest`` being the newest
+    regular one unless ``latest()`` names another; or a local file."""
+    if from_ is not None:
+        from aimms_ops.cli.offsite import offsite_source
+
+        file = offsite_source(remote, file, from_, identity)
+    if file == "latest":
+        from aimms_ops.backup import listing
+
+        file = (latest() if latest else None) or listing.pick(
+            listing.list_remote(remote), "latest").name
+    return inspect_source(remote, file, check)
+
+
 def inspect_source(remote: Any, file: str, check: Any = None):
     """The dump ``file`` names, read once: a local file (checked here, by ``check`` when
     it was started already) or a backup on the host."""
-    from aimms_ops import dumpsource
+    from aimms_ops.restore import source as dumpsource
 
     local = dumpsource.local_dump(file)
     if local is not None:

@@ -1,7 +1,7 @@
 """``fab verify``: is a backup restorable? Its checks, and with ``deep`` a real trial restore.
 
 Without ``deep`` the backup is read once on the host, exactly as ``fab restore``
-checks a dump before touching anything (:func:`dumpsource.inspect_remote`): recorded
+checks a dump before touching anything (:func:`aimms_ops.restore.source.inspect_remote`): recorded
 sha256, gzip stream, header and completion marker. With ``deep`` the packaged
 ``verify-backup.sh`` (the script cron runs weekly) restores it into a throwaway
 container from the production image, reports databases, tables and rows, and
@@ -17,12 +17,12 @@ from aimms_ops.backup import listing, names
 from aimms_ops.backup.install import verify_args
 from aimms_ops.backup.settings import VERIFY_KEYS
 from aimms_ops.backup.settings import script_args as settings_args
-from aimms_ops.dumpsource import DumpInfo, inspect_remote
 from aimms_ops.errors import OpsError
 from aimms_ops.host.layout import VERIFY_SCRIPT
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.checks import Check, State, worst
+from aimms_ops.restore.source import DumpInfo, inspect_remote
 
 CHECK_ORDER = ("checksum", "gzip stream", "dump header", "completion marker")
 

@@ -12,8 +12,7 @@ any step.
 """
 
 from aimms_ops.host.commands import Command
-
-from .commands import (
+from aimms_ops.rebuild.commands import (
     BUSY_SQL,
     COPY_SH,
     COUNT_SH,
@@ -22,7 +21,7 @@ from .commands import (
     get_back_commands,
     step_commands,
 )
-from .facts import (
+from aimms_ops.rebuild.facts import (
     RebuildFacts,
     VolumeSpec,
     VolumeUser,
@@ -32,9 +31,17 @@ from .facts import (
     project_label,
     service_image,
 )
-from .plan import STEP_TITLES, RebuildPlan, Step, build_plan, gather, prepare, refuse_redis
-from .preflight import DISK_MARGIN_KB
-from .run import (
+from aimms_ops.rebuild.plan import (
+    STEP_TITLES,
+    RebuildPlan,
+    Step,
+    build_plan,
+    gather,
+    prepare,
+    refuse_redis,
+)
+from aimms_ops.rebuild.preflight import DISK_MARGIN_KB
+from aimms_ops.rebuild.run import (
     RebuildReport,
     StepResult,
     TableCount,
@@ -43,7 +50,7 @@ from .run import (
     locked,
     parse_counts,
 )
-from .state import (
+from aimms_ops.rebuild.state import (
     AUDIT_FILE,
     DONE_SUFFIX,
     STATE_FILE,

@@ -8,13 +8,12 @@ wait-postgres.sh, restore-stream.sh): no command is completed at run time.
 
 from __future__ import annotations
 
-from aimms_ops.dumpsource import DumpInfo, conninfo
 from aimms_ops.errors import InternalError
 from aimms_ops.host.commands import Command, in_dir, in_postgres, plain, script
 from aimms_ops.inventory.model import Host
+from aimms_ops.rebuild.facts import RebuildFacts, VolumeSpec
 from aimms_ops.restore import restore_commands
-
-from .facts import RebuildFacts, VolumeSpec
+from aimms_ops.restore.source import DumpInfo, conninfo
 
 #: How long the new cluster may take to accept connections after the start.
 WAIT_TIMEOUT = 180

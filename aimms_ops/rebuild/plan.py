@@ -12,17 +12,28 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
-from aimms_ops.dumpsource import DumpInfo
 from aimms_ops.errors import InternalError
 from aimms_ops.host.commands import Command
 from aimms_ops.host.compose import facts_args, parse_facts
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
-
-from .commands import get_back_commands, step_commands
-from .facts import RebuildFacts, VolumeSpec, add_volume_facts, parse_stack_facts, service_image
-from .preflight import check_backup, check_stack, check_volume, recorded_run, refuse
-from .state import AUDIT_FILE, STATE_FILE, STEPS, RunState, keep_name, new_run_id
+from aimms_ops.rebuild.commands import get_back_commands, step_commands
+from aimms_ops.rebuild.facts import (
+    RebuildFacts,
+    VolumeSpec,
+    add_volume_facts,
+    parse_stack_facts,
+    service_image,
+)
+from aimms_ops.rebuild.preflight import (
+    check_backup,
+    check_stack,
+    check_volume,
+    recorded_run,
+    refuse,
+)
+from aimms_ops.rebuild.state import AUDIT_FILE, STATE_FILE, STEPS, RunState, keep_name, new_run_id
+from aimms_ops.restore.source import DumpInfo
 
 STEP_TITLES = {
     "stop": "stop the stack (compose down, volumes kept)",

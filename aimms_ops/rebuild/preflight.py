@@ -5,14 +5,13 @@ what it found for the plan's table."""
 from __future__ import annotations
 
 from aimms_ops import units
-from aimms_ops.dumpsource import DumpInfo
 from aimms_ops.errors import OpsError
 from aimms_ops.host import shell
 from aimms_ops.host.compose import compose_services_using, compose_volumes
 from aimms_ops.inventory.model import Host
-
-from .facts import RebuildFacts, VolumeSpec, config_services, project_label
-from .state import RunState, backup_name, parse_state
+from aimms_ops.rebuild.facts import RebuildFacts, VolumeSpec, config_services, project_label
+from aimms_ops.rebuild.state import RunState, backup_name, parse_state
+from aimms_ops.restore.source import DumpInfo
 
 #: Free space asked for beyond the volume's size when its data is kept.
 DISK_MARGIN_KB = 64 * 1024

@@ -20,10 +20,9 @@ from aimms_ops.host import shell
 from aimms_ops.host.commands import Command
 from aimms_ops.host.compose import parse_facts
 from aimms_ops.host.remote import Progress, Remote, RunResult
+from aimms_ops.rebuild.plan import RebuildPlan, Step
+from aimms_ops.rebuild.state import DONE_SUFFIX, audit_line, header_lines, operator
 from aimms_ops.restore import TableRows, run_stream
-
-from .plan import RebuildPlan, Step
-from .state import DONE_SUFFIX, audit_line, header_lines, operator
 
 #: Rows counted in one table of the rebuilt cluster.
 TableCount = TableRows

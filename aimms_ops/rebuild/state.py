@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING
 
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
-
-from .facts import VolumeSpec
+from aimms_ops.rebuild.facts import VolumeSpec
 
 if TYPE_CHECKING:
-    from .plan import RebuildPlan
+    from aimms_ops.rebuild.plan import RebuildPlan
 
 STEPS = ("stop", "keep", "rm", "create", "start", "wait", "restore", "verify")
 STATE_FILE = ".rebuild-state"

@@ -8,11 +8,11 @@ CONTAINER psql`` with ON_ERROR_STOP. The filter makes the replay exact on a live
 cluster: every database of the dump, template1 and postgres included, is dropped
 (``WITH (FORCE)``) and recreated with its properties; the roles of the dump are set
 exactly as it says (settings, memberships); see aimms_ops.dump.restore_filter.
-Where the dump comes from, and what it holds: dumpsource. The plan (plan.py) holds
+Where the dump comes from, and what it holds: source.py. The plan (plan.py) holds
 the exact commands the restore sends; execute.py sends those and reads their output.
 """
 
-from .execute import (
+from aimms_ops.restore.execute import (
     LOCK_BUSY,
     RestoreReport,
     TableRows,
@@ -23,7 +23,7 @@ from .execute import (
     rerun_command,
     run_stream,
 )
-from .plan import (
+from aimms_ops.restore.plan import (
     RestorePlan,
     cluster_facts,
     cluster_lock,

@@ -12,8 +12,7 @@ from aimms_ops.host import shell
 from aimms_ops.host.commands import Command
 from aimms_ops.host.compose import parse_facts
 from aimms_ops.host.remote import Progress, Remote
-
-from .plan import RestorePlan
+from aimms_ops.restore.plan import RestorePlan
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aimms_ops.dumpsource import DumpInfo, conninfo, db_hex, db_name
 from aimms_ops.errors import OpsError, shown
 from aimms_ops.host.commands import Command, in_postgres, script
 from aimms_ops.host.compose import facts_args, parse_facts
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
+from aimms_ops.restore.source import DumpInfo, conninfo, db_hex, db_name
 
 #: Row estimates of a restored database, after ANALYZE.
 ESTIMATE_SQL = ("ANALYZE; SELECT schemaname || '.' || relname || '=' || n_live_tup "
