@@ -24,9 +24,21 @@ import traceback
 from typing import Any
 
 
+def _forget() -> None:
+    """Empty every functools cache of aimms_ops, so that a run prints what it would
+    print in a process of its own (a warning printed once per process, say)."""
+    for name, module in list(sys.modules.items()):
+        if name == "aimms_ops" or name.startswith("aimms_ops."):
+            for value in list(vars(module).values()):
+                clear = getattr(value, "cache_clear", None)
+                if callable(clear):
+                    clear()
+
+
 def _run_one(argv: list[str]) -> int:
     from fabric.main import make_program
 
+    _forget()
     sys.argv = argv
     try:
         make_program().run(argv, exit=True)
