@@ -1,4 +1,10 @@
-"""Fixtures: the sandbox host (real sshd, docker, compose, PostgreSQL) and helpers."""
+"""Fixtures: the sandbox host (real sshd, docker, compose, PostgreSQL) and helpers.
+
+tests/unit/ holds the tests of the pure logic (no sandbox); tests/integration/ those
+that run against the sandbox host, each marked ``integration`` (added below, whatever
+the file says), so that ``pytest -m "not integration"`` runs the unit tests alone. The
+fixtures here reach both folders.
+"""
 
 from __future__ import annotations
 
@@ -112,14 +118,15 @@ class Sandbox:
     def fab_many(self, runs: list[tuple[list[str], Path | None, Path | None]],
                  timeout: float = 900) -> list[subprocess.CompletedProcess]:
         """Run many ``fab`` command lines, each ``(args, inventory, cwd)``, in one process
-        (tests/cli_batch.py): each as :meth:`fab` runs it, with its own exit status and
+        (tests/integration/cli_batch.py): each as :meth:`fab` runs it, with its own exit status and
         output, without starting Python and Fabric again for each."""
         env = {k: v for k, v in os.environ.items() if k != "AIMMS_OPS_DEBUG"}
         cases = [{"argv": [os.fsencode(a).hex() for a in args],
                   "cwd": str(cwd or REPO),
                   "env": {"AIMMS_OPS_INVENTORY": str(inventory or self.inventory)}}
                  for args, inventory, cwd in runs]
-        proc = subprocess.run([str(FAB.parent / "python"), str(REPO / "tests" / "cli_batch.py")],
+        batch = REPO / "tests" / "integration" / "cli_batch.py"
+        proc = subprocess.run([str(FAB.parent / "python"), str(batch)],
                               input=json.dumps(cases), text=True, capture_output=True,
                               env=env, timeout=timeout, check=False, cwd=REPO)
         assert proc.returncode == 0, proc.stderr
@@ -157,6 +164,17 @@ def sandbox() -> Sandbox:
     out = REPO / "sandbox"
     return Sandbox(inventory=out / "inventory.yml", ssh_config=out / "ssh_config",
                    env=_read_env(out / "env"))
+
+
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/integration/ is an integration test."""
+    for item in items:
+        if INTEGRATION_DIR in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.integration)
 
 
 def fab_error_line(proc: subprocess.CompletedProcess) -> str:

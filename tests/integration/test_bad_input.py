@@ -87,7 +87,7 @@ def _listing(sandbox) -> str:
                          ids=[f"{t} {o or ''}" for t, o, *_ in ARGUMENTS])
 def test_hostile_values(sandbox, small_backup, tmp_path, task, option, others, outcome, legit):
     """Every shape of VALUES for one argument, each its own command line, run in one
-    process (tests/cli_batch.py) to spare starting Fabric a dozen times."""
+    process (tests/integration/cli_batch.py) to spare starting Fabric a dozen times."""
     name = task if option else others[0]
     faults.require_task(sandbox, name)
     others = [a.replace("{name}", small_backup) for a in others]

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from . import clusters as cl
-from .clusters import AWKWARD_DB, EQ_DB, ROLE_GROUP, ROLE_NL, ROLE_Q, qi, ql
+from .. import clusters as cl
+from ..clusters import AWKWARD_DB, EQ_DB, ROLE_GROUP, ROLE_NL, ROLE_Q, qi, ql
 
 pytestmark = pytest.mark.integration
 

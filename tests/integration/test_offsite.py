@@ -531,7 +531,7 @@ def test_hostile_offsite_arguments_are_refused_with_one_line(off, tmp_path, args
     canary = tmp_path / "canary"
     argvs = [[a.replace("{v}", value.replace("{c}", str(canary))) for a in args]
              for value in HOSTILE]
-    # Each value its own command line, all in one process (tests/cli_batch.py).
+    # Each value its own command line, all in one process (tests/integration/cli_batch.py).
     for argv, proc in zip(argvs, off.sb.fab_many([(a, off.inventory, None) for a in argvs]),
                           strict=True):
         assert proc.returncode != 0, (argv, proc.stdout)

@@ -20,7 +20,7 @@ from aimms_ops import inventory, retention, shell
 from aimms_ops.errors import OpsError
 from aimms_ops.retention import Backup, Pin, Policy, decide
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAY = 86400
 
 

@@ -70,7 +70,7 @@ def _refused_everywhere(sandbox, tmp_path: Path, known_hosts: str, expect: str,
     before = _host_state(sandbox)
     for task in TASKS:
         faults.require_task(sandbox, task[0])  # a renamed task fails here, not skipped
-    # Each task its own command line, all in one process (tests/cli_batch.py).
+    # Each task its own command line, all in one process (tests/integration/cli_batch.py).
     for task, proc in zip(TASKS, sandbox.fab_many([(t, inv, None) for t in TASKS]),
                           strict=True):
         assert proc.returncode != 0, task

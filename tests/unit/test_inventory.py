@@ -11,7 +11,7 @@ import yaml
 from aimms_ops import inventory
 from aimms_ops.errors import OpsError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _good() -> dict:

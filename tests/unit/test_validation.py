@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from aimms_ops import backups, dumpsource, inventory, tasks
 from aimms_ops.errors import OpsError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAFE_WORD = re.compile(r"^[A-Za-z0-9_.$-]+$")
 
 #: Pieces of hostile input, combined by the strategies below.
