@@ -40,8 +40,9 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q -m "not integration"
 
+# The whole suite; the 25 slowest tests are listed at the end, to keep it in check.
 test: venv lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 bench: venv sandbox
 	$(BIN)/python bench/run.py

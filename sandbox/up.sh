@@ -380,7 +380,7 @@ wait_healthy() {
     say "compose: warning: postgres container still reports health=$health"
 }
 
-# The sandbox runs compose v1, as Debian 12 ships it. tests/test_compose_v2.py puts a
+# The sandbox runs compose v1, as Debian 12 ships it. tests/integration/test_compose_v2.py puts a
 # compose v2 plugin (with a marker file beside it) in the login user's
 # ~/.docker/cli-plugins and runs the stack under it; a run that did not clean up (killed)
 # is undone here: the v2 stack goes down (volumes kept) and the plugin goes away, so that

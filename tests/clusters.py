@@ -199,6 +199,12 @@ def ensure_regression_db(sandbox: Sandbox) -> str:
     return _regression_sh(sandbox)
 
 
+def prepare_regression(sandbox: Sandbox) -> None:
+    """Step 1 of ``ensure_regression_db`` alone: the regression suite's tree, regress.so
+    and pg_regress on this machine (cached), the database left as it is."""
+    _regression_sh(sandbox, "--prepare-only")
+
+
 def remove_regression_db(sandbox: Sandbox) -> None:
     """Drop database ``regression`` and the ``regress_*`` roles (and end a pg_regress a
     killed run left running): the cluster as tidy as the other tests expect."""

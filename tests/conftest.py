@@ -1,8 +1,15 @@
-"""Fixtures: the sandbox host (real sshd, docker, compose, PostgreSQL) and helpers."""
+"""Fixtures: the sandbox host (real sshd, docker, compose, PostgreSQL) and helpers.
+
+tests/unit/ holds the tests of the pure logic (no sandbox); tests/integration/ those
+that run against the sandbox host, each marked ``integration`` (added below, whatever
+the file says), so that ``pytest -m "not integration"`` runs the unit tests alone. The
+fixtures here reach both folders.
+"""
 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +26,17 @@ def sandbox() -> Sandbox:
     out = REPO / "sandbox"
     return Sandbox(inventory=out / "inventory.yml", ssh_config=out / "ssh_config",
                    env=_read_env(out / "env"))
+
+
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/integration/ is an integration test."""
+    for item in items:
+        if INTEGRATION_DIR in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.integration)
 
 
 def fab_error_line(proc: subprocess.CompletedProcess) -> str:

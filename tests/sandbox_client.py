@@ -6,6 +6,7 @@ pytest, so that bench/run.py can use it too.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -109,6 +110,26 @@ class Sandbox:
             timeout=timeout, check=False, cwd=cwd or REPO,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
+
+    def fab_many(self, runs: list[tuple[list[str], Path | None, Path | None]],
+                 timeout: float = 900) -> list[subprocess.CompletedProcess]:
+        """Run many ``fab`` command lines, each ``(args, inventory, cwd)``, in one process
+        (tests/integration/cli_batch.py): each as :meth:`fab` runs it, with its own exit
+        status and output, without starting Python and Fabric again for each."""
+        env = {k: v for k, v in os.environ.items() if k != "AIMMS_OPS_DEBUG"}
+        cases = [{"argv": [os.fsencode(a).hex() for a in args],
+                  "cwd": str(cwd or REPO),
+                  "env": {"AIMMS_OPS_INVENTORY": str(inventory or self.inventory)}}
+                 for args, inventory, cwd in runs]
+        batch = REPO / "tests" / "integration" / "cli_batch.py"
+        proc = subprocess.run([str(FAB.parent / "python"), str(batch)],
+                              input=json.dumps(cases), text=True, capture_output=True,
+                              env=env, timeout=timeout, check=False, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        results = json.loads(proc.stdout)
+        assert len(results) == len(runs), proc.stderr
+        return [subprocess.CompletedProcess(["fab", *args], r["rc"], r["stdout"], r["stderr"])
+                for (args, _, _), r in zip(runs, results, strict=True)]
 
 
 #: Session settings that make a row's text the same on any cluster (timestamptz, dates).

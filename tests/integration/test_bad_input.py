@@ -83,48 +83,51 @@ def _listing(sandbox) -> str:
     return "\n".join(p.name for p in Path(sandbox.home, "postgres-backups").iterdir())
 
 
-def _cases():
-    for task, option, others, outcome, legit in ARGUMENTS:
-        for shape in VALUES:
-            yield pytest.param(task, option, others,
-                               "safe" if shape in legit else outcome, shape,
-                               id=f"{task} {option or ''}={shape}")
-
-
-@pytest.mark.parametrize("task, option, others, outcome, shape", list(_cases()))
-def test_hostile_value(sandbox, small_backup, tmp_path, task, option, others, outcome, shape):
+@pytest.mark.parametrize("task, option, others, outcome, legit", ARGUMENTS,
+                         ids=[f"{t} {o or ''}" for t, o, *_ in ARGUMENTS])
+def test_hostile_values(sandbox, small_backup, tmp_path, task, option, others, outcome, legit):
+    """Every shape of VALUES for one argument, each its own command line, run in one
+    process (tests/integration/cli_batch.py) to spare starting Fabric a dozen times."""
     name = task if option else others[0]
     faults.require_task(sandbox, name)
-    value = VALUES[shape].format(canary=CANARY)
     others = [a.replace("{name}", small_backup) for a in others]
-    args = [task, value, *others] if option is None else [task, f"{option}={value}", *others]
     listing = _listing(sandbox)
-    # Run from a folder of our own, three levels down, so that relative paths
-    # (a --dest of ../../x) stay inside it.
-    cwd = tmp_path / "a" / "b" / "c"
-    cwd.mkdir(parents=True)
-    proc = sandbox.fab("-r", str(REPO), *args, cwd=cwd, timeout=300)
-    assert "Traceback" not in proc.stderr + proc.stdout
-    if outcome == "refused":
-        assert proc.returncode != 0, proc.stdout
-    if proc.returncode != 0:
-        line = faults.error_line(proc)
-        assert len(line) < 400, line
-        if outcome == "refused":  # refused before doing anything: that line alone
-            lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-            assert lines == [line], proc.stderr
+    runs, expect = [], []
+    for shape, template in VALUES.items():
+        value = template.format(canary=CANARY)
+        args = [task, value, *others] if option is None else [task, f"{option}={value}",
+                                                              *others]
+        # Run from a folder of our own, three levels down, so that relative paths
+        # (a --dest of ../../x) stay inside it.
+        cwd = tmp_path / shape / "a" / "b" / "c"
+        cwd.mkdir(parents=True)
+        runs.append((["-r", str(REPO), *args], None, cwd))
+        expect.append((shape, value, "safe" if shape in legit else outcome))
+    for (shape, _value, must), proc in zip(expect, sandbox.fab_many(runs), strict=True):
+        assert "Traceback" not in proc.stderr + proc.stdout, (shape, proc.stderr)
+        if must == "refused":
+            assert proc.returncode != 0, (shape, proc.stdout)
+        if proc.returncode != 0:
+            line = faults.error_line(proc)
+            assert len(line) < 400, (shape, line)
+            if must == "refused":  # refused before doing anything: that line alone
+                lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+                assert lines == [line], (shape, proc.stderr)
+    # Nothing removes a canary: one look after the runs covers each of them.
     after = _no_canary(sandbox)
-    if task == "pin" and sorted(after.split()) != sorted(listing.split()):
+    new = set(after.split()) - set(listing.split())
+    if option == "--reason":
         # A legitimate reason: the pin file beside the backup is all that is new.
-        assert set(after.split()) - set(listing.split()) == {small_backup + ".pin"}, after
+        assert new <= {small_backup + ".pin"}, after
         sandbox.ssh(f"rm -f -- ~/postgres-backups/{small_backup}.pin")
-    elif sorted(after.split()) != sorted(listing.split()):
+    elif new:
         # A legitimate label: the new backup carries it, nothing else is new.
-        assert outcome == "safe" and task == "backup", after
-        new = set(after.split()) - set(listing.split())
-        assert new and all(f.split(".")[0].endswith("_" + value) for f in new), new
+        assert task == "backup", after
+        labels = {value for _, value, must in expect if must == "safe"}
+        assert all(any(f.split(".")[0].endswith("_" + v) for v in labels) for f in new), new
         sandbox.ssh("cd ~/postgres-backups && rm -f -- " + " ".join(sorted(new)))
-    # Nothing was written outside our folder, whatever the value.
+    assert set(listing.split()) <= set(after.split()), "a run removed a backup"
+    # Nothing was written outside our folders, whatever the value.
     assert not list(REPO.glob("*touch*")) and not (REPO / "out").exists()
 
 
@@ -135,17 +138,16 @@ def test_hostile_value(sandbox, small_backup, tmp_path, task, option, others, ou
     ("[1, 2]\n", "expected a mapping"),
     ("default_host: aidset\nhosts: !!python/object/apply:os.system ['touch CANARY']\n",
      "YAML"),
-])
-@pytest.mark.parametrize("task", [["backup"], ["restore", "--file=latest", "--yes"],
-                                  ["download"], ["prune", "--yes"], ["install-backups"]],
-                         ids=lambda t: t[0])
-def test_a_bad_inventory_stops_every_task_before_it_connects(sandbox, tmp_path, task,
-                                                              content, match):
+], ids=["wrong type", "unknown key", "not a mapping", "python tag"])
+def test_a_bad_inventory_stops_every_task_before_it_connects(sandbox, tmp_path, content, match):
     inv = tmp_path / "inv.yml"
     inv.write_text(content.replace("CANARY", CANARY))
-    proc = sandbox.fab(*task, inventory=inv)
-    assert proc.returncode != 0
-    line = fab_error_line(proc)
-    assert match in line and str(inv) in line, line
-    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [line]
+    tasks = [["backup"], ["restore", "--file=latest", "--yes"], ["download"],
+             ["prune", "--yes"], ["install-backups"]]
+    for task, proc in zip(tasks, sandbox.fab_many([(t, inv, None) for t in tasks]),
+                          strict=True):
+        assert proc.returncode != 0, task
+        line = fab_error_line(proc)
+        assert match in line and str(inv) in line, (task, line)
+        assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [line], task
     _no_canary(sandbox)

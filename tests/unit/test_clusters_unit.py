@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .clusters import conninfo, normalize_dump, qi, ql
+from ..clusters import conninfo, normalize_dump, qi, ql
 
 CHILD_ORIGINAL = """\
 --

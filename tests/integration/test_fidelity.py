@@ -13,6 +13,8 @@ import os
 import re
 import shlex
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
@@ -198,54 +200,90 @@ def _next_minute(sb) -> tuple[str, float]:
     return f"{int(when[0])} {int(when[1])} * * *", float(target)
 
 
-def test_a_schedule_due_in_the_next_minute_fires_under_cron(managed, tmp_path):
-    """install-backups with a schedule due within a minute: the real cron daemon runs
-    the job, in cron's own environment, and the backup it makes is good for status."""
+@dataclass
+class CronDue:
+    schedule: str
+    at: float  # the epoch the schedule is due
+    inventory: Path  # the inventory it was installed with
+    home: str  # its script, settings, backup dir and log
+    env_file: str  # where the operator's own cron line records cron's environment
+    before: set[str]  # the backups in its backup dir before it fired
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cron_due(managed, tmp_path_factory):
+    """install-backups with a schedule due in the next minute, when the module starts:
+    the module's other tests run while cron waits for that minute, and the test of
+    the firing comes last. It has a script, settings, backup dir and log of its own,
+    so that its job changes nothing the other tests look at."""
     sb = managed
     schedule, at = _next_minute(sb)
+    home = f"{sb.home}/cron-due"
+    sb.ssh(f"rm -rf {home} && mkdir -m 700 {home}")
     inv = yaml.safe_load(sb.inventory.read_text())
-    inv["hosts"]["aidset"]["cron_schedule"] = schedule
-    inv["hosts"]["aidset"]["ssh_config"] = str(sb.ssh_config)
-    soon = tmp_path / "inventory.yml"
+    host = inv["hosts"]["aidset"]
+    host.update(cron_schedule=schedule, ssh_config=str(sb.ssh_config),
+                backup_script=f"{home}/backup-postgres.sh", backup_dir=f"{home}/backups",
+                log_file=f"{home}/backup.log")
+    soon = tmp_path_factory.mktemp("cron") / "inventory.yml"
     soon.write_text(yaml.safe_dump(inv))
-    before = _names(sb)
     proc = sb.fab("install-backups", inventory=soon)
     assert proc.returncode == 0, proc.stderr
     # Beside it, a line of the operator's own that records cron's environment.
-    envf = f"{sb.home}/.aimms-ops-cron-env"
-    sb.ssh(f"rm -f {envf}; (crontab -l; echo '{schedule} env > {envf}') | crontab -")
+    envf = f"{home}/cron-env"
+    sb.ssh(f"(crontab -l; echo '{schedule} env > {envf}') | crontab -")
     try:
-        assert f"{schedule} {sb.home}/backup-postgres.sh --config" in sb.sh("crontab -l")
-        deadline = at + 75
+        yield CronDue(schedule, at, soon, home, envf, set())
+    finally:
+        sb.ssh(f"crontab -l | grep -v {shlex.quote(envf)} | crontab -; rm -rf {home}")
+        proc = sb.fab("install-backups")
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_a_schedule_due_in_the_next_minute_fires_under_cron(managed, cron_due):
+    """install-backups with a schedule due within a minute: the real cron daemon runs
+    the job, in cron's own environment, and the backup it makes is good for status."""
+    sb, due = managed, cron_due
+    backups = f"{due.home}/backups"
+
+    def names() -> set[str]:
+        out = sb.sh(f"cd {backups} 2>/dev/null && ls -1 aimms_postgres_*.sql.gz 2>/dev/null "
+                    "|| true")
+        return set(out.split())
+
+    try:
+        assert (f"{due.schedule} {due.home}/backup-postgres.sh --config"
+                in sb.sh("crontab -l")), "another install replaced the schedule under test"
+        deadline = due.at + 75
         new: set[str] = set()
         while time.time() < deadline:
-            new = _names(sb) - before
-            if new and sb.ssh(f"test -s {envf}", check=False).returncode == 0:
+            new = names() - due.before
+            if new and sb.ssh(f"test -s {due.env_file}", check=False).returncode == 0:
                 break
             time.sleep(2)
-        assert new, f"cron did not run the backup within 75 s of {schedule!r}"
+        assert new, f"cron did not run the backup within 75 s of {due.schedule!r}"
         name = new.pop()
-        log = sb.sh(f"tail -n 20 {sb.home}/postgres-backup.log")
+        log = sb.sh(f"tail -n 20 {due.home}/backup.log")
         assert f"RESULT ok {name}" in log, log
         done = re.search(rf"(\S+) backup\[\d+\] RESULT ok {re.escape(name)}", log)
         assert done and calendar.timegm(time.strptime(done.group(1), "%Y-%m-%dT%H:%M:%SZ")
-                                        ) >= at
-        cron_env = dict(ln.split("=", 1) for ln in sb.sh(f"cat {envf}").splitlines()
+                                        ) >= due.at
+        cron_env = dict(ln.split("=", 1) for ln in sb.sh(f"cat {due.env_file}").splitlines()
                         if "=" in ln)
         assert "SSH_CONNECTION" not in cron_env and "DOCKER_HOST" not in cron_env
         assert cron_env.get("PATH") == "/usr/bin:/bin", cron_env
-        assert sb.fab("status", inventory=soon).returncode == 0
+        status = sb.fab("status", inventory=due.inventory)
+        assert status.returncode == 0, status.stdout
+        assert name in sb.fab("status", "--json", inventory=due.inventory).stdout
     finally:
-        sb.ssh(f"crontab -l | grep -v {shlex.quote(envf)} | crontab -; rm -f {envf}")
         proc = sb.fab("install-backups")
         assert proc.returncode == 0, proc.stderr
-    status = sb.fab("status")
-    assert status.returncode == 0, status.stdout
-    assert name in sb.fab("status", "--json").stdout
+    assert sb.fab("status").returncode == 0
 
 
 def test_doctor_is_ok_on_a_healthy_sandbox(managed):
     sb = managed
+    assert sb.fab("install-backups").returncode == 0  # the schedule of the cron test gone
     sb.ssh(f"{sb.home}/backup-postgres.sh")
     proc = sb.fab("doctor")
     assert proc.returncode == 0, proc.stdout + proc.stderr

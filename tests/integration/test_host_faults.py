@@ -12,9 +12,10 @@ renamed task must not take its rows out of the table unseen).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +34,22 @@ CRIT = "AIMMS-OPS CRITICAL - "  # fab status's line (what else it names comes af
 
 @dataclass
 class Row:
+    """What one task must do under a fault: work (exit 0), or end with exactly ``code``
+    and an error line holding every one of ``expect``'s words. No row accepts any
+    outcome: a failing row names its exit status."""
+
     task: str
     args: list[str]
     expect: object  # OK, or the words the error line must hold (cause, fix)
     changes_nothing: bool = False  # a refused restore: the data is as it was
-    code: int | None = None  # the exact exit status it must end with (None: any but 0)
+    code: int | None = None  # the exact exit status (0 for OK; required otherwise)
+
+    def __post_init__(self) -> None:
+        if self.expect == OK:
+            assert self.code in (None, 0), self.id
+            self.code = 0
+        elif self.code is None or self.code == 0:
+            raise TypeError(f"row {self.id}: a failing row says its exit status (code=)")
 
     @property
     def id(self) -> str:
@@ -83,14 +95,10 @@ def run_row(sandbox, fault: Fault, row: Row, name: str, tmp_path: Path) -> None:
     before = sandbox.checksums() if row.changes_nothing and fault.data_checks else None
     backups_before = sandbox.sh("ls -1A ~/postgres-backups") if row.changes_nothing else None
     proc = sandbox.fab(row.task, *args, inventory=fault.inventory, timeout=300)
+    assert proc.returncode == row.code, (proc.returncode, proc.stdout, proc.stderr)
     if row.expect == OK:
-        assert proc.returncode == 0, proc.stderr
-        assert "Traceback" not in proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout
     else:
-        if row.code is None:
-            assert proc.returncode != 0, proc.stdout
-        else:
-            assert proc.returncode == row.code, (proc.returncode, proc.stdout, proc.stderr)
         # A monitoring task's line may be its first line on stdout (fab status).
         line = faults.error_line(proc) if row.code == CRITICAL else fab_error_line(proc)
         shown = line + "\n" + proc.stdout
@@ -107,10 +115,10 @@ COMPOSE = "cd ~/aimms-web && docker-compose -p aimms-web -f docker-compose.prod.
 # --- postgres stopped ----------------------------------------------------------------------
 
 POSTGRES_STOPPED = [
-    Row("backup", [], ("is not running", "docker compose up -d postgres")),
+    Row("backup", [], ("is not running", "docker compose up -d postgres"), code=1),
     Row("restore", ["--file={name}", "--yes"], ("is not running", "start it"),
-        changes_nothing=True),
-    Row("check", [], ("check failed: postgres container", "docker compose up -d postgres")),
+        changes_nothing=True, code=1),
+    Row("check", [], ("check failed: postgres container", "docker compose up -d postgres"), code=2),
     Row("list-backups", [], OK),
     Row("download", ["--file={name}", "--dest={tmp}/dl"], OK),
     Row("prune", ["--dry-run"], OK),
@@ -145,10 +153,10 @@ class TestPostgresStopped:
 # --- the Docker daemon down ------------------------------------------------------------------
 
 DOCKER_DOWN = [
-    Row("backup", [], ("docker is not reachable", "start it")),
+    Row("backup", [], ("docker is not reachable", "start it"), code=1),
     Row("restore", ["--file={name}", "--yes"],
-        ("docker is not reachable", "start the Docker daemon"), changes_nothing=True),
-    Row("check", [], ("check failed: docker", "start the Docker daemon")),
+        ("docker is not reachable", "start the Docker daemon"), changes_nothing=True, code=1),
+    Row("check", [], ("check failed: docker", "start the Docker daemon"), code=2),
     Row("list-backups", [], OK),
     Row("download", ["--file={name}", "--dest={tmp}/dl"], OK),
     Row("prune", ["--dry-run"], OK),
@@ -185,10 +193,10 @@ class TestDockerDown:
 # --- the backup dir full -------------------------------------------------------------------
 
 BACKUP_DIR_FULL = [
-    Row("backup", [], ("free", "space")),
+    Row("backup", [], ("free", "space"), code=1),
     Row("restore", ["--file={name}", "--yes"],
         ("nothing was restored: the safety backup failed", "--no-safety-backup"),
-        changes_nothing=True),
+        changes_nothing=True, code=1),
     Row("list-backups", [], OK),
     Row("download", ["--file={name}", "--dest={tmp}/dl"], OK),
     Row("prune", ["--yes"], OK),
@@ -229,12 +237,12 @@ class TestBackupDirFull:
 # --- the backup dir missing, or impossible to create ---------------------------------------
 
 BACKUP_DIR_MISSING = [
-    Row("check", [], ("backup dir", "fab install-backups")),
+    Row("check", [], ("backup dir", "fab install-backups"), code=2),
     Row("list-backups", [], OK),
     Row("download", ["--file=latest", "--dest={tmp}/dl"], ("no backups on the host",
-                                                            "fab backup")),
+                                                            "fab backup"), code=1),
     Row("restore", ["--file=latest", "--yes"], ("no backups on the host", "fab backup"),
-        changes_nothing=True),
+        changes_nothing=True, code=1),
     Row("status", [], (CRIT, "newest backup: backup dir", "does not exist"),
         code=CRITICAL),
     Row("verify", [], ("there are no backups on the host yet", "fab backup"), code=1),
@@ -262,11 +270,11 @@ class TestBackupDirMissing:
 
 
 BACKUP_DIR_UNCREATABLE = [
-    Row("backup", [], ("cannot create backup dir", "Permission denied", "create it for")),
+    Row("backup", [], ("cannot create backup dir", "Permission denied", "create it for"), code=1),
     Row("restore", ["--file={tmp}/{name}", "--yes"],
         ("nothing was restored: the safety backup failed", "--no-safety-backup"),
-        changes_nothing=True),
-    Row("check", [], ("backup dir", "does not exist")),
+        changes_nothing=True, code=1),
+    Row("check", [], ("backup dir", "does not exist"), code=2),
     Row("list-backups", [], OK),
 ]
 
@@ -295,12 +303,12 @@ class TestBackupDirUncreatable:
 # --- the backup dir not writable -------------------------------------------------------------
 
 BACKUP_DIR_READ_ONLY = [
-    Row("backup", [], ("not writable", "chown it")),
+    Row("backup", [], ("not writable", "chown it"), code=1),
     Row("restore", ["--file={name}", "--yes"],
         ("nothing was restored: the safety backup failed", "not writable"),
-        changes_nothing=True),
-    Row("prune", ["--yes"], ("not writable", "chown it")),
-    Row("check", [], ("check failed: backup dir", "chown")),
+        changes_nothing=True, code=1),
+    Row("prune", ["--yes"], ("not writable", "chown it"), code=1),
+    Row("check", [], ("check failed: backup dir", "chown"), code=2),
     Row("list-backups", [], OK),
     Row("download", ["--file={name}", "--dest={tmp}/dl"], OK),
     # The next backup cannot be written: CRITICAL now, not when it fails tonight.
@@ -333,14 +341,16 @@ class TestBackupDirNotWritable:
 
 LOCK_HELD = [
     # A restore holds the cluster lock: backups and retention wait for it, naming it.
-    Row("backup", [], ("a restore or rebuild of the cluster is still running", "restore pid")),
+    Row("backup", [], ("a restore or rebuild of the cluster is still running", "restore pid"),
+        code=1),
     Row("prune", ["--yes"], ("a restore or rebuild of the cluster is still running",
-                             "restore pid")),
+                             "restore pid"), code=1),
     Row("restore", ["--file={name}", "--yes"],
         ("nothing was restored: the safety backup failed",
-         "a restore or rebuild of the cluster is still running"), changes_nothing=True),
+         "a restore or rebuild of the cluster is still running"), changes_nothing=True, code=1),
     Row("restore", ["--file={name}", "--yes", "--no-safety-backup"],
-        ("the cluster is busy", "restore pid", "nothing was restored"), changes_nothing=True),
+        ("the cluster is busy", "restore pid", "nothing was restored"), changes_nothing=True,
+        code=75),
     Row("list-backups", [], OK),
     Row("download", ["--file={name}", "--dest={tmp}/dl"], OK),
     Row("check", [], OK),
@@ -396,17 +406,35 @@ class TestLockHeld:
         run_row(sandbox, fault, row, small_backup, tmp_path)
 
 
+def _waiting_for(uid: int, lock: str) -> bool:
+    """Whether a process of user ``uid`` waits (``flock -w``) for ``lock``."""
+    for pid in (int(e) for e in os.listdir("/proc") if e.isdigit()):
+        if faults._uid(pid) != uid or not faults.cmdline(pid).startswith("flock -w"):
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith("/" + lock)
+                   for fd in os.listdir(f"/proc/{pid}/fd")):
+                return True
+    return False
+
+
 def test_a_restore_waits_for_the_one_before_it(sandbox, small_backup, tmp_path):
-    """Within lock_timeout a second restore waits for the first one instead of failing."""
+    """Within lock_timeout a second restore waits for the first one instead of failing:
+    it is seen waiting for the lock while it is held, and restores once it is released."""
     want = sandbox.checksums()
-    holder = _hold(sandbox, ".cluster.lock", 8)
-    started = time.monotonic()
-    proc = sandbox.fab("restore", f"--file={small_backup}", "--yes", "--no-safety-backup",
-                       inventory=_inventory(sandbox, tmp_path, lock_timeout=60))
-    waited = time.monotonic() - started
-    holder.proc.wait(30)
-    assert proc.returncode == 0, proc.stderr
-    assert waited >= 7, f"the restore did not wait for the lock ({waited:.1f} s)"
+    holder = _hold(sandbox, ".cluster.lock", 600)
+    try:
+        run = faults.start_fab(sandbox, "restore", f"--file={small_backup}", "--yes",
+                               "--no-safety-backup",
+                               inventory=_inventory(sandbox, tmp_path, lock_timeout=600))
+        uid = int(subprocess.run(["id", "-u", sandbox.user], capture_output=True, text=True,
+                                 check=True).stdout)
+        faults.wait_until(lambda: _waiting_for(uid, ".cluster.lock")
+                          or run.proc.poll() is not None, timeout=120)
+        assert run.proc.poll() is None, "the restore ended instead of waiting for the lock"
+    finally:
+        _release(sandbox, holder)
+    assert run.wait(300) == 0, run.stderr
     assert sandbox.checksums() == want
 
 

@@ -4,6 +4,11 @@ and its second SSH host, pushed by the sandbox host's own rclone and age. No moc
 Each test installs the inventory it needs first (sandbox/inventory-offsite.yml, or a
 variant of it in tmp_path), and empties what it needs empty, so that it passes after
 a killed run left anything behind.
+
+The tests that only read a pushed backup share one (the ``pushed`` fixture, made once
+per module on an empty backup dir and empty targets); they come first, and each one
+that changes a copy puts it back. The others start from an empty backup dir and empty
+targets of their own (``off.fresh()``), so that a push moves only what the test made.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import shlex
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,6 +46,8 @@ class Offsite:
         self.backup_dir = self.host["backup_dir"]
         self.log = self.host["log_file"]
         self._current = self.inventory
+        #: the inventory the host was last installed with (None: not known)
+        self.installed: Path | None = None
 
     def dir_of(self, target: str) -> Path:
         return self.s3_dir if target == "s3" else self.vault_dir
@@ -59,15 +67,30 @@ class Offsite:
         return self.sb.fab(*args, inventory=inventory or self.inventory, **kw)
 
     def install(self, inventory: Path | None = None) -> None:
+        self.installed = None
         proc = self.fab("install-backups", inventory=inventory)
         assert proc.returncode == 0, proc.stderr
+        self.installed = inventory or self.inventory
 
-    def clear_targets(self) -> None:
+    def remove_copies(self, name: str | None = None) -> None:
+        """Remove the copies of ``name`` (None: every object) from both targets."""
+        removed = 0
         for d in (self.s3_dir, self.vault_dir):
             if d.is_dir():
                 for p in d.iterdir():
-                    p.unlink()
-        self.settle()
+                    if name is None or p.name.startswith(name + "."):
+                        p.unlink()
+                        removed += 1
+        if removed:
+            self.settle()
+
+    def clear_targets(self) -> None:
+        self.remove_copies()
+
+    def fresh(self) -> None:
+        """No backup on the host and nothing on the targets."""
+        self.clear_backups()
+        self.clear_targets()
 
     @staticmethod
     def settle() -> None:
@@ -105,11 +128,35 @@ class Offsite:
         return int(out or 0)
 
 
+@pytest.fixture(scope="module")
+def offsite(sandbox) -> Offsite:
+    return Offsite(sandbox)
+
+
 @pytest.fixture
-def off(sandbox) -> Offsite:
-    o = Offsite(sandbox)
-    o.install()
-    return o
+def off(offsite) -> Offsite:
+    """The offsite inventory installed on the host (again when a test installed another)."""
+    if offsite.installed != offsite.inventory:
+        offsite.install()
+    offsite._current = offsite.inventory
+    return offsite
+
+
+@dataclass
+class Pushed:
+    name: str
+    proc: subprocess.CompletedProcess  # the backup that pushed it
+    local: bytes  # the backup's bytes on the host
+
+
+@pytest.fixture(scope="module")
+def pushed(offsite) -> Pushed:
+    """One backup, pushed to both targets: the host's backup dir and the targets hold it
+    alone. A test that changes a copy puts it back; the last one removes it from the host."""
+    offsite.install()
+    offsite.fresh()
+    name, proc = offsite.backup()
+    return Pushed(name, proc, offsite.local_bytes(name))
 
 
 def _sha(data: bytes) -> str:
@@ -118,11 +165,12 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_a_backup_leaves_an_encrypted_copy_on_each_target(off):
-    off.clear_targets()
-    name, proc = off.backup()
+# --- the tests that share the pushed backup -------------------------------------------
+
+
+def test_a_backup_leaves_an_encrypted_copy_on_each_target(off, pushed):
+    name, proc, local = pushed.name, pushed.proc, pushed.local
     assert "RESULT offsite s3 ok" in proc.stderr and "RESULT offsite vault ok" in proc.stderr
-    local = off.local_bytes(name)
     for target in ("s3", "vault"):
         obj = (off.dir_of(target) / f"{name}.age").read_bytes()
         assert obj.startswith(b"age-encryption.org/v1\n")
@@ -137,12 +185,77 @@ def test_a_backup_leaves_an_encrypted_copy_on_each_target(off):
         assert int(meta["encrypted_size"]) == len(obj)
 
 
-def test_offsite_sync_twice_changes_nothing(off):
-    off.clear_targets()
+def test_verify_offsite_reads_each_copy_back(off, pushed):
+    proc = off.fab("verify", "--offsite")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("completion marker OK") == 2
+    assert (off.dir_of("s3") / f"{pushed.name}.age.verified").is_file()
+
+
+def test_a_restore_with_the_wrong_identity_touches_nothing(off, pushed, tmp_path):
+    name = pushed.name
+    other = tmp_path / "other.key"
+    other.write_text(str(pyrage.x25519.Identity.generate()) + "\n")
+    before = off.sb.dumpall()
+    inv = off.variant(tmp_path, download_dir=str(tmp_path / "backups"))
+    proc = off.fab("restore", f"--file={name}", "--from=vault", "--yes",
+                   f"--identity={other}", inventory=inv)
+    assert proc.returncode != 0
+    assert "cannot decrypt the copy" in fab_error_line(proc)
+    assert off.sb.dumpall() == before
+    assert not (tmp_path / "backups" / name).exists()
+
+
+def test_a_corrupt_object_is_named_by_verify_and_a_restore_from_it_touches_nothing(off, pushed,
+                                                                                  tmp_path):
+    name = pushed.name
+    obj = off.dir_of("s3") / f"{name}.age"
+    good = obj.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF
+    obj.write_bytes(bytes(data))
+    off.settle()
+    try:
+        proc = off.fab("verify", "--offsite=s3")
+        assert proc.returncode == 2
+        line = fab_error_line(proc)
+        assert f"the copy of {name} on s3 is corrupt" in line
+        before = off.sb.dumpall()
+        inv = off.variant(tmp_path, download_dir=str(tmp_path / "backups"))
+        proc = off.fab("restore", f"--file={name}", "--from=s3", "--yes", inventory=inv)
+        assert proc.returncode != 0
+        assert "is corrupt" in fab_error_line(proc)
+        assert off.sb.dumpall() == before
+        assert not list((tmp_path / "backups").glob("*"))
+    finally:
+        obj.write_bytes(good)
+        off.settle()
+
+
+def test_a_copy_whose_plaintext_differs_is_named_and_pushed_again(off, pushed):
+    name = pushed.name
+    meta = off.dir_of("s3") / f"{name}.age.meta"
+    good = off.meta("s3", name)["plaintext_sha256"]
+    meta.write_text(meta.read_text().replace(good, "0" * 64))
+    off.settle()
+    proc = off.fab("verify", "--offsite=s3")
+    assert proc.returncode == 2
+    assert "differs from the recorded" in fab_error_line(proc)
+    since = off.log_size()
+    proc = off.fab("offsite-sync", "--target=s3")
+    assert proc.returncode == 0, proc.stderr
+    lines = off.log_lines(since)
+    assert sum("differs from the local backup" in ln for ln in lines) == 1
+    assert off.meta("s3", name)["plaintext_sha256"] == good
+    assert off.fab("verify", "--offsite=s3").returncode == 0
+
+
+def test_offsite_sync_twice_changes_nothing(off, pushed):
+    off.remove_copies(pushed.name)  # the first sync has something to push
     first = off.fab("offsite-sync")
     assert first.returncode == 0, first.stderr
     stamps = {p: p.stat().st_mtime_ns for t in ("s3", "vault") for p in off.dir_of(t).iterdir()}
-    assert stamps
+    assert all(off.dir_of(t) / f"{pushed.name}.age.meta" in stamps for t in ("s3", "vault"))
     second = off.fab("offsite-sync")
     assert second.returncode == 0, second.stderr
     assert "s3: nothing to change" in second.stderr
@@ -153,27 +266,49 @@ def test_offsite_sync_twice_changes_nothing(off):
     assert dry.returncode == 0 and "nothing to change" in dry.stderr
 
 
-def test_list_backups_shows_where_the_copies_are_and_those_only_offsite(off):
+def test_list_backups_shows_where_the_copies_are_and_those_only_offsite(off, pushed):
     import json
 
-    off.clear_targets()
-    name, _ = off.backup()
+    name = pushed.name
     gone, _ = off.backup()
-    off.sb.ssh(f"rm -f {off.backup_dir}/{gone} {off.backup_dir}/{gone}.sha256")
-    proc = off.fab("list-backups")
+    try:
+        off.sb.ssh(f"rm -f {off.backup_dir}/{gone} {off.backup_dir}/{gone}.sha256")
+        proc = off.fab("list-backups")
+        assert proc.returncode == 0, proc.stderr
+        assert "ONLY OFFSITE" in proc.stdout and "host + offsite" in proc.stdout
+        items = json.loads(off.fab("list-backups", "--json").stdout)
+        on_host = next(i for i in items if i["name"] == name and i["location"] == "remote")
+        assert sorted(on_host["offsite"]) == ["s3", "vault"]
+        copies = [i for i in items if i["location"] == "offsite" and i["name"] == gone]
+        assert sorted(c["target"] for c in copies) == ["s3", "vault"]
+        assert all(c["complete"] for c in copies)
+    finally:
+        off.sb.ssh(f"rm -f {off.backup_dir}/{gone} {off.backup_dir}/{gone}.sha256")
+        off.remove_copies(gone)
+
+
+def test_rebuild_volume_from_an_offsite_copy_plans_with_the_verified_copy(off, pushed,
+                                                                          tmp_path):
+    """The last test of the pushed backup: the host's backups are lost."""
+    name = pushed.name
+    off.clear_backups()
+    inv = off.variant(tmp_path, download_dir=str(tmp_path / "backups"))
+    proc = off.fab("rebuild-volume", "--file=latest", "--from=vault", "--dry-run", "--json",
+                   inventory=inv)
     assert proc.returncode == 0, proc.stderr
-    assert "ONLY OFFSITE" in proc.stdout and "host + offsite" in proc.stdout
-    items = json.loads(off.fab("list-backups", "--json").stdout)
-    on_host = next(i for i in items if i["name"] == name and i["location"] == "remote")
-    assert sorted(on_host["offsite"]) == ["s3", "vault"]
-    copies = [i for i in items if i["location"] == "offsite" and i["name"] == gone]
-    assert sorted(c["target"] for c in copies) == ["s3", "vault"]
-    assert all(c["complete"] for c in copies)
+    import json
+
+    plan = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
+    assert plan["backup"]["source"] == str(tmp_path / "backups" / name)
+    assert plan["backup"]["location"] == "local"
+
+
+# --- the tests that make their own backups ---------------------------------------------
 
 
 def test_restore_from_s3_onto_an_empty_backup_dir_is_exact(off, tmp_path):
     sb = off.sb
-    off.clear_targets()
+    off.fresh()
     before = sb.dumpall()
     off.backup()
     # Production moves on, then the host's backups are lost.
@@ -212,84 +347,6 @@ def test_restore_from_s3_onto_an_empty_backup_dir_is_exact(off, tmp_path):
     assert status.returncode == 0, status.stdout
 
 
-def test_rebuild_volume_from_an_offsite_copy_plans_with_the_verified_copy(off, tmp_path):
-    off.clear_targets()
-    name, _ = off.backup()
-    off.clear_backups()
-    inv = off.variant(tmp_path, download_dir=str(tmp_path / "backups"))
-    proc = off.fab("rebuild-volume", "--file=latest", "--from=vault", "--dry-run", "--json",
-                   inventory=inv)
-    assert proc.returncode == 0, proc.stderr
-    import json
-
-    plan = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
-    assert plan["backup"]["source"] == str(tmp_path / "backups" / name)
-    assert plan["backup"]["location"] == "local"
-
-
-def test_verify_offsite_reads_each_copy_back(off):
-    off.clear_targets()
-    name, _ = off.backup()
-    proc = off.fab("verify", "--offsite")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("completion marker OK") == 2
-    assert (off.dir_of("s3") / f"{name}.age.verified").is_file()
-
-
-def test_a_corrupt_object_is_named_by_verify_and_a_restore_from_it_touches_nothing(off, tmp_path):
-    off.clear_targets()
-    name, _ = off.backup()
-    obj = off.dir_of("s3") / f"{name}.age"
-    data = bytearray(obj.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    obj.write_bytes(bytes(data))
-    off.settle()
-    proc = off.fab("verify", "--offsite=s3")
-    assert proc.returncode == 2
-    line = fab_error_line(proc)
-    assert f"the copy of {name} on s3 is corrupt" in line
-    before = off.sb.dumpall()
-    inv = off.variant(tmp_path, download_dir=str(tmp_path / "backups"))
-    proc = off.fab("restore", f"--file={name}", "--from=s3", "--yes", inventory=inv)
-    assert proc.returncode != 0
-    assert "is corrupt" in fab_error_line(proc)
-    assert off.sb.dumpall() == before
-    assert not list((tmp_path / "backups").glob("*"))
-
-
-def test_a_restore_with_the_wrong_identity_touches_nothing(off, tmp_path):
-    off.clear_targets()
-    name, _ = off.backup()
-    other = tmp_path / "other.key"
-    other.write_text(str(pyrage.x25519.Identity.generate()) + "\n")
-    before = off.sb.dumpall()
-    inv = off.variant(tmp_path, download_dir=str(tmp_path / "backups"))
-    proc = off.fab("restore", f"--file={name}", "--from=vault", "--yes",
-                   f"--identity={other}", inventory=inv)
-    assert proc.returncode != 0
-    assert "cannot decrypt the copy" in fab_error_line(proc)
-    assert off.sb.dumpall() == before
-    assert not (tmp_path / "backups" / name).exists()
-
-
-def test_a_copy_whose_plaintext_differs_is_named_and_pushed_again(off):
-    off.clear_targets()
-    name, _ = off.backup()
-    meta = off.dir_of("s3") / f"{name}.age.meta"
-    good = off.meta("s3", name)["plaintext_sha256"]
-    meta.write_text(meta.read_text().replace(good, "0" * 64))
-    off.settle()
-    proc = off.fab("verify", "--offsite=s3")
-    assert proc.returncode == 2
-    assert "differs from the recorded" in fab_error_line(proc)
-    since = off.log_size()
-    proc = off.fab("offsite-sync", "--target=s3")
-    assert proc.returncode == 0, proc.stderr
-    lines = off.log_lines(since)
-    assert sum("differs from the local backup" in ln for ln in lines) == 1
-    assert off.meta("s3", name)["plaintext_sha256"] == good
-    assert off.fab("verify", "--offsite=s3").returncode == 0
-
 
 def _check_failed_push(off, proc, since: int, target: str, reason: str, name: str) -> None:
     """A failed push: the backup succeeded, is on the host and good; one line in the
@@ -313,7 +370,7 @@ def _check_failed_push(off, proc, since: int, target: str, reason: str, name: st
 ])
 def test_a_failed_s3_push_keeps_the_backup_and_the_next_run_catches_up(off, tmp_path, fault,
                                                                         reason):
-    off.clear_targets()
+    off.fresh()
     host_creds = off.sb.sh("echo ~/.config/aimms-ops").strip()
 
     def change(h):
@@ -344,7 +401,7 @@ def test_a_failed_s3_push_keeps_the_backup_and_the_next_run_catches_up(off, tmp_
 
 
 def test_an_ssh_target_with_an_unknown_host_key_is_refused(off, tmp_path):
-    off.clear_targets()
+    off.fresh()
     key = tmp_path / "k"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     other = key.with_suffix(".pub").read_text().split()[:2]
@@ -366,8 +423,7 @@ def test_an_ssh_target_with_an_unknown_host_key_is_refused(off, tmp_path):
 
 
 def test_a_store_stopped_mid_push_fails_cleanly_and_the_next_run_catches_up(off, sandbox):
-    off.clear_targets()
-    off.fab("offsite-sync")
+    off.fresh()
     # A large (fake) backup, so that the push takes long enough to be cut.
     name = time.strftime("aimms_postgres_%Y%m%d_%H%M%S_big.sql.gz", time.gmtime())
     path = f"{off.backup_dir}/{name}"
@@ -473,13 +529,16 @@ HOSTILE = ["$(touch {c})", "`touch {c}`", "x;touch {c}", "a b\ntouch {c}", "../.
 ])
 def test_hostile_offsite_arguments_are_refused_with_one_line(off, tmp_path, args):
     canary = tmp_path / "canary"
-    for value in HOSTILE:
-        argv = [a.replace("{v}", value.replace("{c}", str(canary))) for a in args]
-        proc = off.fab(*argv)
+    argvs = [[a.replace("{v}", value.replace("{c}", str(canary))) for a in args]
+             for value in HOSTILE]
+    # Each value its own command line, all in one process (tests/integration/cli_batch.py).
+    for argv, proc in zip(argvs, off.sb.fab_many([(a, off.inventory, None) for a in argvs]),
+                          strict=True):
         assert proc.returncode != 0, (argv, proc.stdout)
         fab_error_line(proc)
-        assert not canary.exists()
-        assert off.sb.ssh(f"test ! -e {canary}", check=False).returncode == 0
+    # Nothing removes a canary: one look here and on the host covers every value above.
+    assert not canary.exists()
+    assert off.sb.ssh(f"test ! -e {canary}", check=False).returncode == 0, "a value ran there"
 
 
 def test_the_store_key_is_never_on_a_command_line_in_the_log_or_the_output(off):
@@ -507,7 +566,7 @@ def test_the_store_key_is_never_on_a_command_line_in_the_log_or_the_output(off):
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     try:
-        off.clear_targets()
+        off.fresh()
         _, proc = off.backup()
         sync = off.fab("offsite-sync")
         listing = off.fab("list-backups")
@@ -524,7 +583,7 @@ def test_the_store_key_is_never_on_a_command_line_in_the_log_or_the_output(off):
 
 
 def test_a_full_disk_on_the_ssh_target_fails_the_push_not_the_backup(off, tmp_path):
-    off.clear_targets()
+    off.fresh()
     user = off.env["SANDBOX_VAULT_USER"]
     full = Path(f"/home/{user}/offsite-full")
     subprocess.run(["umount", str(full)], capture_output=True, check=False)  # a killed run
@@ -575,14 +634,19 @@ def test_offsite_sync_waits_for_the_backup_lock_then_names_its_holder(off, tmp_p
     holder = subprocess.Popen(
         ["ssh", "-F", str(off.sb.ssh_config), "-o", "BatchMode=yes", "aidset",
          f"exec 9>>{lock}; flock 9; echo 'pid 4242 since test' > {lock}.owner; "
-         "echo held; sleep 30"], stdout=subprocess.PIPE, text=True)
+         "echo held $$; exec sleep 300"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None
+    word, pid = [*holder.stdout.readline().split(), "", ""][:2]
     try:
-        assert holder.stdout.readline().strip() == "held"
+        assert word == "held" and pid.isdigit()
         proc = off.fab("offsite-sync", inventory=inv)
         assert proc.returncode != 0
         line = fab_error_line(proc)
         assert "still running after 2s" in line and "pid 4242" in line
     finally:
+        # The lock is held by the sleep on the host: end it there, not only our ssh.
+        if pid.isdigit():
+            off.sb.ssh(f"kill {pid} 2>/dev/null; true")
         holder.kill()
         holder.wait()
         off.install()
@@ -590,6 +654,7 @@ def test_offsite_sync_waits_for_the_backup_lock_then_names_its_holder(off, tmp_p
 
 def test_a_backup_before_install_backups_says_so_and_is_kept(off, tmp_path):
     conf = f"{off.host['backup_script']}.offsite"
+    off.installed = None  # installed again after this test
     off.sb.ssh(f"rm -f {conf}")
     try:
         since = off.log_size()

@@ -22,7 +22,7 @@ from aimms_ops.errors import OpsError
 from aimms_ops.host import shell
 from aimms_ops.inventory import loader, model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAY = 86400
 
 

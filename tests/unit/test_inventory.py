@@ -11,7 +11,7 @@ import yaml
 from aimms_ops.errors import OpsError
 from aimms_ops.inventory import loader, model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _good() -> dict:

@@ -91,7 +91,7 @@ def test_restore_plan_holds_the_exact_commands_it_sends():
     from aimms_ops.host import shell
     from aimms_ops.inventory import loader as inventory
 
-    host = inventory.load(Path(__file__).resolve().parents[1] / "inventory.yml").host(None)
+    host = inventory.load(Path(__file__).resolve().parents[2] / "inventory.yml").host(None)
     remote = dumpsource.DumpInfo(f"{host.backup_dir}/b.sql.gz", "remote", 10, "gz", "x", None,
                                  ("template1", "My DB", "postgres"))
     stream, *estimates = restore.restore_commands(host, remote, "My DB", lock=True)

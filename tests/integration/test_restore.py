@@ -214,11 +214,11 @@ def test_wrong_confirmation_refuses(ready):
     b = _backup(sandbox)
     before = sandbox.checksums()
     script = (f"AIMMS_OPS_INVENTORY={shlex.quote(str(sandbox.inventory))} "
-              f"{shlex.quote(str(Path(__file__).resolve().parents[1] / '.venv/bin/fab'))} "
+              f"{shlex.quote(str(Path(__file__).resolve().parents[2] / '.venv/bin/fab'))} "
               f"restore --file={b['name']}")
     proc = subprocess.run(["script", "-qec", script, "/dev/null"], input="wrong-host\n",
                           text=True, capture_output=True, timeout=120, check=False,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[2])
     assert "Type aidset to restore" in proc.stdout
     assert "not confirmed" in proc.stdout
     assert sandbox.checksums() == before

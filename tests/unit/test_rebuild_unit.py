@@ -16,7 +16,7 @@ from aimms_ops.inventory import loader as inventory
 from aimms_ops.rebuild import Command, RebuildFacts, Step, VolumeSpec, VolumeUser, run
 from aimms_ops.restore.source import DumpInfo
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOST = inventory.load(REPO / "inventory.yml").host(None)
 VOL, REDIS = HOST.volumes.postgres, HOST.volumes.redis
 NOW = datetime(2026, 11, 25, 8, 30, 0, tzinfo=UTC)

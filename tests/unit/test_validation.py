@@ -25,7 +25,7 @@ from aimms_ops.errors import OpsError
 from aimms_ops.inventory import loader, model
 from aimms_ops.restore import source as dumpsource
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAFE_WORD = re.compile(r"^[A-Za-z0-9_.$-]+$")
 
 #: Pieces of hostile input, combined by the strategies below.

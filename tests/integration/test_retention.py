@@ -75,8 +75,8 @@ def _name(ts: float, label: str = "") -> str:
 
 
 def _valid_dump_on_host(sandbox, d: str) -> str:
-    """A small, real, valid backup file (tests/data's cluster dump, gzipped) in ``d``."""
-    data = gzip.compress((REPO / "tests" / "data" / "cluster-dump.sql").read_bytes())
+    """A small, real, valid backup file (tests/unit/data's cluster dump, gzipped) in ``d``."""
+    data = gzip.compress((REPO / "tests" / "unit" / "data" / "cluster-dump.sql").read_bytes())
     sandbox.ssh(f"cat > {d}/.seed.gz", input=data)
     return f"{d}/.seed.gz"
 

@@ -278,13 +278,19 @@ def test_lock_held_too_long_fails_clearly(installed, tmp_path):
         "  aidset:\n", "  aidset:\n    lock_timeout: 1\n", 1))
     holder = subprocess.Popen(
         ["ssh", "-F", str(sandbox.ssh_config), "aidset",
-         f"flock ~/{BACKUP_DIR}/.backup.lock sleep 8"], stdin=subprocess.DEVNULL)
+         f"exec flock ~/{BACKUP_DIR}/.backup.lock sh -c 'echo held $$; exec sleep 300'"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None
+    word, pid = [*holder.stdout.readline().split(), "", ""][:2]  # the lock is held now
     try:
-        time.sleep(1.5)
+        assert word == "held" and pid.isdigit()
         proc = sandbox.fab("backup", inventory=inv)
         assert proc.returncode != 0
         assert "another backup or retention run is still running" in fab_error_line(proc)
     finally:
+        # The sleep on the host holds the lock: end it there, not only our ssh client.
+        if pid.isdigit():
+            sandbox.ssh(f"kill {pid} 2>/dev/null; true")
         holder.terminate()
         holder.wait()
 
