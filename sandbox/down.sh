@@ -7,9 +7,7 @@
 #   bash sandbox/down.sh
 #   SANDBOX_NAME=t2 SANDBOX_PURGE=1 bash sandbox/down.sh
 set -euo pipefail
-set -E
 PROG=down.sh
-trap 'printf "%s: error: line %s: command failed: %s\n" "$PROG" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -9,6 +9,9 @@ export LC_ALL=C
 umask 022
 
 PROG=${PROG:-$(basename "$0")}
+# A command that fails names the script, its line and itself (set -E: in functions too).
+set -E
+trap 'printf "%s: error: line %s: command failed: %s\n" "$PROG" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 say() { printf '%s\n' "$*"; }
 die() {

@@ -24,9 +24,7 @@
 # The last line printed is `regression: ready (...)`, `regression: built in N s (...)` or
 # the error.
 set -euo pipefail
-set -E
 PROG=regression.sh
-trap 'printf "%s: error: line %s: command failed: %s\n" "$PROG" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -9,9 +9,7 @@
 # (/var/lib/aimms-ops-sandbox), SANDBOX_OUT (<repo>/sandbox). Idempotent: when all is
 # up it checks and changes nothing. Writes $SANDBOX_OUT/{ssh_config,inventory.yml,env}.
 set -euo pipefail
-set -E
 PROG=up.sh
-trap 'printf "%s: error: line %s: command failed: %s\n" "$PROG" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -86,3 +87,10 @@ def facts_args(host: Host) -> list[str]:
         host.compose.postgres_service, host.postgres.superuser, host.backup_dir,
         *host.volumes.names(),
     ]
+
+
+def project_label(project: str) -> str:
+    """The compose project label of containers, as compose v1 and v2 write it (lower
+    case, characters other than a-z 0-9 - _ removed). lib.sh's compose_project_label is
+    the host's side of it; a unit test keeps the two equal."""
+    return re.sub(r"[^a-z0-9_-]", "", project.lower())

@@ -20,6 +20,7 @@ from aimms_ops.host.compose import (
     compose_volumes,
     decode_config,
     facts_args,
+    project_label,
 )
 from aimms_ops.host.compose import parse_facts as parse_key_values
 from aimms_ops.host.remote import Remote
@@ -179,13 +180,13 @@ def report(facts: dict[str, str], engine: EngineFacts, host: Host,
     one of the project's containers (pure)."""
     config = decode_config(facts)
     decls = compose_volumes(config)
-    project_label = re.sub(r"[^a-z0-9_-]", "", host.compose.project.lower())
+    label = project_label(host.compose.project)
     mounted: dict[str, list[Mounter]] = {}
     project_vols: list[str] = []
     for c in engine.containers:
         for m in filter(None, c["mounts"].split(",")):
             mounted.setdefault(m, []).append(Mounter(c["name"], c["state"]))
-            if c["project"] == project_label and m in engine.volumes:
+            if c["project"] == label and m in engine.volumes:
                 project_vols.append(m)
     live = set(host.volumes.names())
     kept = [k for k in sorted(engine.kept) if k not in live and k in engine.volumes]

@@ -28,7 +28,6 @@ from aimms_ops.rebuild.facts import (
     add_volume_facts,
     config_services,
     parse_stack_facts,
-    project_label,
     service_image,
 )
 from aimms_ops.rebuild.plan import (
@@ -74,6 +73,6 @@ __all__ = [
     "TableCount", "VolumeSpec", "VolumeUser", "add_volume_facts", "audit_line",
     "backup_name", "build_plan", "config_services", "error_line", "execute", "gather",
     "get_back_commands", "header_lines", "keep_name", "locked", "new_run_id", "operator",
-    "parse_counts", "parse_stack_facts", "parse_state", "prepare", "project_label",
+    "parse_counts", "parse_stack_facts", "parse_state", "prepare",
     "read_state", "recorded_backup_name", "refuse_redis", "service_image", "step_commands",
 ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -141,10 +140,5 @@ def config_services(config_yaml: str) -> tuple[str, ...]:
         return ()
     services = data.get("services") if isinstance(data, dict) else None
     return tuple(str(s) for s in services) if isinstance(services, dict) else ()
-
-
-def project_label(project: str) -> str:
-    """The compose project label of containers (as compose v1 and v2 write it)."""
-    return re.sub(r"[^a-z0-9_-]", "", project.lower())
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from aimms_ops import units
 from aimms_ops.errors import OpsError
 from aimms_ops.host import shell
-from aimms_ops.host.compose import compose_services_using, compose_volumes
+from aimms_ops.host.compose import compose_services_using, compose_volumes, project_label
 from aimms_ops.inventory.model import Host
-from aimms_ops.rebuild.facts import RebuildFacts, VolumeSpec, config_services, project_label
+from aimms_ops.rebuild.facts import RebuildFacts, VolumeSpec, config_services
 from aimms_ops.rebuild.state import RunState, backup_name, parse_state
 from aimms_ops.restore.source import DumpInfo
 

@@ -132,3 +132,12 @@ def test_missing_tools_names_exactly_the_tools_not_on_the_path():
     got = _lib("missing_tools bash no-such-tool-here cat also-not-here")
     assert got.stdout.split() == ["no-such-tool-here", "also-not-here"]
     assert _lib("missing_tools bash cat").stdout == ""
+
+
+@pytest.mark.parametrize("project", ["aimms-web", "AIMMS_Web", "my.project 2", "Ünï-cödé", "a/b$c"])
+def test_the_compose_label_is_the_same_on_both_sides(project):
+    """host.compose.project_label and lib.sh's compose_project_label name the same label."""
+    from aimms_ops.host.compose import project_label
+
+    got = _lib('compose_project_label "$1"', project)
+    assert got.returncode == 0 and got.stdout == project_label(project), got.stderr
