@@ -37,6 +37,26 @@ def shown(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
+def problem(where: str, expected: str, value: object = None, *, missing: bool = False,
+            unknown: bool = False) -> str:
+    """One problem of a file, on one line: where, what was expected, what was found.
+
+    ``missing``: the key is not there; ``unknown``: the key itself is the problem (its
+    path names it already)."""
+    if unknown:
+        return f"{where}: expected {expected}"
+    if missing:
+        return f"{where}: missing; expected {expected}"
+    return f"{where}: expected {expected}, got {shown(value, 60)}"
+
+
+def key_path(parent: str, key: object) -> str:
+    """``parent.key``, the place of a key in a file, on one line whatever the key holds
+    (a key that is not plain printable text is shown quoted)."""
+    text = key if isinstance(key, str) and key.isprintable() and key else shown(key, 40)
+    return f"{parent}.{text}" if parent else text
+
+
 class ConnectionLost(OpsError):
     """The SSH connection dropped while a remote command was running.
 

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from aimms_ops.backup.retention import Policy
-from aimms_ops.errors import OpsError
+from aimms_ops.errors import OpsError, key_path, problem
 from aimms_ops.inventory.model import (
     DEFAULT_FILE,
     ENV_VAR,
@@ -57,15 +57,9 @@ class _Checker:
         self.warnings.append(f"warning: {self.path}: {key} is ignored (aimms-ops does not "
                              "use it) and may be removed from the inventory")
 
-    def fail(self, key: str, expected: str, value: Any = None, *, missing: bool = False) -> None:
-        if missing:
-            msg = f"{key}: missing; expected {expected}"
-        else:
-            shown = repr(value)
-            if len(shown) > 60:
-                shown = shown[:57] + "..."
-            msg = f"{key}: expected {expected}, got {shown}"
-        self.problems.append(msg)
+    def fail(self, key: str, expected: str, value: Any = None, *, missing: bool = False,
+             unknown: bool = False) -> None:
+        self.problems.append(problem(key, expected, value, missing=missing, unknown=unknown))
 
     def raise_if_any(self) -> None:
         """One OpsError for all the problems found: the file, then each key's problem."""
@@ -86,8 +80,9 @@ class _Checker:
             return None
         for k in data:
             if not isinstance(k, str) or k not in allowed:
-                where = f"{key}.{k}" if key else str(k)
-                self.fail(where, "no such key; known keys: " + ", ".join(sorted(allowed)), k)
+                where = key_path(key, k)
+                self.fail(where, "no such key; known keys: " + ", ".join(sorted(allowed)),
+                          unknown=True)
         for k in sorted(required):
             if k not in data or data[k] is None:
                 where = f"{key}.{k}" if key else k
@@ -225,7 +220,7 @@ def _parse_ping(ck: _Checker, key: str, d: dict) -> Ping | None:
 
 def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
     """The host ``name``, or None when it has problems (all recorded in ``ck``)."""
-    key = f"hosts.{name}"
+    key = key_path("hosts", name)
     before = len(ck.problems)
     if not _is_name(name):
         ck.fail(key, "a host name of letters, digits, '.', '-' and '_'", name)

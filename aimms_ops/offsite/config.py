@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aimms_ops.errors import key_path, problem
 from aimms_ops.host import shell
 
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}")
@@ -135,14 +136,9 @@ def parse(data: Mapping[str, Any], key: str, retention_days: int, min_keep: int,
     """
     problems: list[str] = []
 
-    def bad(where: str, expected: str, value: Any = None, missing: bool = False) -> None:
-        if missing:
-            problems.append(f"{where}: missing; expected {expected}")
-            return
-        text = repr(value)
-        if len(text) > 60:
-            text = text[:57] + "..."
-        problems.append(f"{where}: expected {expected}, got {text}")
+    def bad(where: str, expected: str, value: Any = None, missing: bool = False,
+            unknown: bool = False) -> None:
+        problems.append(problem(where, expected, value, missing=missing, unknown=unknown))
 
     raw = data.get("offsite")
     recips_raw = data.get("offsite_recipients")
@@ -204,8 +200,8 @@ def _parse_target(t: Any, where: str, retention_days: int, min_keep: int,
         if k not in allowed:
             secretish = isinstance(k, str) and any(w in k.lower() for w in (
                 "secret", "access_key", "password", "token"))
-            fail(f"{where}.{k}", _KEYS_ELSEWHERE if secretish else
-                 "no such key; known keys: " + ", ".join(sorted(allowed)), k)
+            fail(key_path(where, k), _KEYS_ELSEWHERE if secretish else
+                 "no such key; known keys: " + ", ".join(sorted(allowed)), unknown=True)
 
     def get(k: str, check: Callable[[Any], bool], expected: str, default: Any = None,
             required: bool = False) -> Any:
