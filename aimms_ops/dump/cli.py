@@ -1,5 +1,6 @@
 """The command line of the host script: ``inspect`` and ``filter``, reading stdin."""
 
+import os
 import sys
 
 from .facts import Facts, print_facts, read_facts
@@ -15,16 +16,31 @@ def _read(stream):
         yield chunk
 
 
+def _alive(pid):
+    """Whether process ``pid`` still exists (the operator's session, for the filter)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def _props_file(path):
     with open(path, "rb") as fh:
         return fh.read().splitlines(True)
 
 
 def main(argv):
-    """``inspect`` < dump: facts; ``filter [--only HEX] [--props DB=FILE]… [--facts FILE]``.
+    """``inspect`` < dump: facts; ``filter [--only HEX] [--props DB=FILE]… [--facts FILE]
+    [--session PID]``.
 
     The filter reads the dump on stdin and writes what psql is to replay on stdout;
-    ``--facts`` also writes what ``inspect`` would print to FILE, at the end.
+    ``--facts`` also writes what ``inspect`` would print to FILE, at the end. With
+    ``--session``, the stream stops as if the dump ended there once process PID (the
+    operator's SSH session) is gone, whatever is still on its way in the pipes: psql
+    then rolls back the table it was loading, and nothing goes on unobserved.
     """
     if not argv or argv[0] not in ("inspect", "filter"):
         sys.stderr.write("usage: dumpscan inspect | filter [--only HEXNAME] [--props DB=FILE]\n")
@@ -33,7 +49,7 @@ def main(argv):
     if argv[0] == "inspect":
         print_facts(read_facts(_read(stdin)), sys.stdout)
         return 0
-    only, props, facts_path = None, {}, None
+    only, props, facts_path, session = None, {}, None, None
     args = argv[1:]
     while args:
         opt = args.pop(0)
@@ -41,6 +57,8 @@ def main(argv):
             only = bytes.fromhex(args.pop(0))
         elif opt == "--facts" and args:
             facts_path = args.pop(0)
+        elif opt == "--session" and args and args[0].isdigit():
+            session = int(args.pop(0))
         elif opt == "--props" and args:
             name, _, path = args.pop(0).partition("=")
             try:
@@ -64,6 +82,9 @@ def main(argv):
     rc = 0
     try:
         for chunk in _read(stdin):
+            if session is not None and not _alive(session):
+                log("aimms-ops: the operator's session ended: the restore stops here")
+                break
             reader.feed(chunk)
         reader.close()
         out.flush()

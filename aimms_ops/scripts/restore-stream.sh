@@ -122,6 +122,8 @@ read_source() {
 }
 
 filter=(python3 -c "$SCANNER" filter "${props[@]}")
+# The filter stops the stream too once the session is gone, whatever the pipes still hold.
+[[ $session =~ ^[0-9]+$ ]] && filter+=(--session "$session")
 [ -n "$only_hex" ] && filter+=(--only "$only_hex")
 read_source 2>>"$errf" |
     "${unzip[@]}" 2>>"$errf" |

@@ -6,6 +6,7 @@ dumps written here that hold what breaks a line-pattern filter.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -229,3 +230,15 @@ def test_lexer_ends_statements_only_outside_quotes_and_comments(sql, closes):
     lex = Lexer()
     lex.feed(sql.encode())
     assert lex.at_boundary is closes
+
+
+def test_the_filter_stops_the_stream_once_the_operators_session_is_gone():
+    """--session PID: while PID lives the stream is the same as without it; once it is gone
+    the filter ends the stream as a cut one (the restore fails, psql replays no more)."""
+    alive, _ = run_filter(AWKWARD, "--session", str(os.getpid()))
+    assert alive == run_filter(AWKWARD)[0]
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    out, err = run_filter(AWKWARD, "--session", str(gone.pid), rc=3)
+    assert "the operator's session ended" in err and "completion marker" in err
+    assert "CREATE TABLE" not in out
