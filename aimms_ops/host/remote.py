@@ -8,6 +8,8 @@ a full window can never deadlock a command.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -175,12 +177,17 @@ class Remote:
                 return
             yield None
         finally:
-            try:
-                ch.shutdown_write()
-                ch.status_event.wait(10)
-            except (OSError, paramiko.SSHException, EOFError):
-                pass
-            ch.close()
+            def release() -> None:
+                try:
+                    ch.shutdown_write()
+                    ch.status_event.wait(10)
+                except (OSError, paramiko.SSHException, EOFError):
+                    pass
+                ch.close()
+
+            # Bounded: after a Ctrl-C that landed inside paramiko, its locks may never
+            # come free again; the process ends anyway, and so does the held command.
+            bounded(release, 12)
 
     # --- streams ---------------------------------------------------------------------
 
@@ -271,3 +278,21 @@ def open_host(host: Host) -> Remote:
     target = resolve(host.name, host.ssh_config)
     conn = connect(target, accept_new=host.accept_new_host_key)
     return Remote(host, conn, target)
+
+
+def bounded(fn: Callable[[], object], seconds: float) -> bool:
+    """Run ``fn`` for at most ``seconds`` (in a daemon thread); whether it finished.
+
+    For the clean-up of an interrupted task: a KeyboardInterrupt can land anywhere in
+    paramiko, even while it holds a lock of the transport, and a clean-up that then
+    waits on the transport must not keep the task from ending. What ``fn`` raises is
+    its own failure to clean up, and is dropped.
+    """
+    def run() -> None:
+        with contextlib.suppress(Exception):  # a clean-up that fails did not happen
+            fn()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive()

@@ -19,7 +19,7 @@ from aimms_ops.errors import OpsError
 from aimms_ops.host import shell
 from aimms_ops.host.commands import Command
 from aimms_ops.host.compose import parse_facts
-from aimms_ops.host.remote import Progress, Remote, RunResult
+from aimms_ops.host.remote import Progress, Remote, RunResult, bounded
 from aimms_ops.rebuild.plan import RebuildPlan, Step
 from aimms_ops.rebuild.state import DONE_SUFFIX, audit_line, header_lines, operator
 from aimms_ops.restore import TableRows, run_stream
@@ -177,7 +177,7 @@ def execute(remote: Remote, plan: RebuildPlan, *,
         rec.close(plan.state_file + DONE_SUFFIX)
         audit("ok", steps=",".join(r.name for r in results if r.action == "ran"))
     except KeyboardInterrupt:
-        audit("interrupted", at=where)
+        bounded(lambda: audit("interrupted", at=where), 10)
         raise
     except OpsError as exc:
         try:
