@@ -20,41 +20,6 @@ from aimms_ops.errors import OpsError
 from aimms_ops.monitor.checks import Check, State
 from aimms_ops.output import console as output
 
-
-def sync_task(c: Any, target: str | None, dry_run: bool) -> None:
-    """fab offsite-sync (tasks.py declares it): sync on the host, print what it did."""
-    from aimms_ops.offsite import copies, sync
-
-    if target == "":
-        raise OpsError("--target= names no target",
-                       "leave --target out for every target, or give --target=NAME")
-    with connect(c) as remote:
-        if target is not None:
-            copies.require(remote.host, target)
-        results = sync.sync(remote, target, dry_run, on_log=None)
-    rows = []
-    for r in results:
-        rows += [[r.target, "push", name, "would push" if dry_run else "pushed"]
-                 for name in r.pushed]
-        rows += [[r.target, "remove", name, reason] for name, reason in r.removed]
-    if rows:
-        output.table(["target", "action", "backup", "why"], rows,
-                     title=f"offsite-sync of {remote.name}" + (" (dry run)" if dry_run else ""))
-    failed = [r for r in results if not r.ok]
-    for r in results:
-        if r.ok:
-            what = "nothing to change" if not r.pushed and not r.removed else (
-                f"{len(r.pushed)} {'to push' if dry_run else 'pushed'}, "
-                f"{len(r.removed)} {'to remove' if dry_run else 'removed'}")
-            output.note(f"{r.target}: {what}" + (f" ({r.detail})" if r.detail and not dry_run
-                                                  else ""))
-    if failed:
-        raise Exit("error: " + "; ".join(f"offsite {r.target} failed: {r.detail}"
-                                        for r in failed)
-                   + " (the local backups are kept; fix it and run fab offsite-sync again)",
-                   code=1)
-
-
 # --- list-backups ------------------------------------------------------------------------
 
 
@@ -217,4 +182,33 @@ def offsite_sync(c, target=None, dry_run=False):
     encrypted object's recorded beside it. Idempotent: a second run pushes nothing.
     A target is pruned only when every push to it in this run succeeded.
     """
-    sync_task(c, target, dry_run)
+    from aimms_ops.offsite import copies, sync
+
+    if target == "":
+        raise OpsError("--target= names no target",
+                       "leave --target out for every target, or give --target=NAME")
+    with connect(c) as remote:
+        if target is not None:
+            copies.require(remote.host, target)
+        results = sync.sync(remote, target, dry_run, on_log=None)
+    rows = []
+    for r in results:
+        rows += [[r.target, "push", name, "would push" if dry_run else "pushed"]
+                 for name in r.pushed]
+        rows += [[r.target, "remove", name, reason] for name, reason in r.removed]
+    if rows:
+        output.table(["target", "action", "backup", "why"], rows,
+                     title=f"offsite-sync of {remote.name}" + (" (dry run)" if dry_run else ""))
+    failed = [r for r in results if not r.ok]
+    for r in results:
+        if r.ok:
+            what = "nothing to change" if not r.pushed and not r.removed else (
+                f"{len(r.pushed)} {'to push' if dry_run else 'pushed'}, "
+                f"{len(r.removed)} {'to remove' if dry_run else 'removed'}")
+            output.note(f"{r.target}: {what}" + (f" ({r.detail})" if r.detail and not dry_run
+                                                  else ""))
+    if failed:
+        raise Exit("error: " + "; ".join(f"offsite {r.target} failed: {r.detail}"
+                                        for r in failed)
+                   + " (the local backups are kept; fix it and run fab offsite-sync again)",
+                   code=1)
