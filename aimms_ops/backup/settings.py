@@ -26,7 +26,7 @@ class Setting:
 
 
 def _ping(attr: str, default: str = "") -> Callable[[Host], str]:
-    return lambda h: (getattr(h.ping, attr) or default) if h.ping else default
+    return lambda h: str(getattr(h.ping, attr) or default) if h.ping else default
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -45,6 +45,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PING_URL", "--ping-url", _ping("url")),
     Setting("PING_KIND", "--ping-kind", _ping("kind", "healthchecks")),
     Setting("PING_URL_VERIFY", None, _ping("verify_url")),
+    Setting("PING_TIMEOUT", "--ping-timeout", _ping("timeout", "45")),
     # the targets the script pushes to after a good backup (offsite.sh)
     Setting("OFFSITE_CONFIG", "--offsite-config",
             lambda h: h.layout.offsite_config if h.offsite else None),

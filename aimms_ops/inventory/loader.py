@@ -203,19 +203,26 @@ def _parse_retention(ck: _Checker, key: str, d: dict) -> Policy:
                   **{k.removeprefix("keep_"): v for k, v in counts.items()})
 
 
+#: The shortest ping.timeout: curl gets a third of it a try (lib.sh ping_send).
+PING_TIMEOUT_MIN = 3
+
+
 def _parse_ping(ck: _Checker, key: str, d: dict) -> Ping | None:
     raw = d.get("ping")
     if raw is None:
         return None
     pk = f"{key}.ping"
-    p = ck.mapping(raw, pk, {"url", "kind", "verify_url"}, {"url"})
+    p = ck.mapping(raw, pk, {"url", "kind", "verify_url", "timeout"}, {"url"})
     if p is None:  # recorded in ck
         return None
     expected = "an http(s) URL (no spaces or quotes)"
     return Ping(url=ck.value(p, pk, "url", is_ping_url, expected),
                 kind=ck.value(p, pk, "kind", lambda v: v in _PING_KINDS,
                               "healthchecks or uptime-kuma", "healthchecks"),
-                verify_url=ck.value(p, pk, "verify_url", is_ping_url, expected))
+                verify_url=ck.value(p, pk, "verify_url", is_ping_url, expected),
+                timeout=ck.value(p, pk, "timeout", _is_int(PING_TIMEOUT_MIN),
+                                 f"a whole number of seconds, at least {PING_TIMEOUT_MIN}",
+                                 Ping.timeout))
 
 
 def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:

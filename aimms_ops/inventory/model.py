@@ -59,6 +59,8 @@ class Ping:
     url: str
     kind: str = "healthchecks"
     verify_url: str | None = None
+    #: Seconds a ping may take in all, retries included (``ping.timeout``).
+    timeout: int = 45
 
 
 @dataclass(frozen=True)

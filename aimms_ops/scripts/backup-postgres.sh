@@ -24,6 +24,7 @@
 #   --allow-shrink       accept a backup less than half the size of those before it (ALLOW_SHRINK=1)
 #   --ping-url URL       tell a monitor how the run went                 (PING_URL)
 #   --ping-kind KIND     healthchecks (default) or uptime-kuma           (PING_KIND)
+#   --ping-timeout S     a ping takes at most S seconds, retries included (PING_TIMEOUT)
 #   --offsite-config F   push encrypted copies to the targets in F (OFFSITE_CONFIG; offsite.sh)
 #   --label NAME         added to the file name (letters, digits, - and _)
 #   --prune-only         apply retention only, make no backup
@@ -74,6 +75,7 @@ SAFETY_PIN_DAYS=${SAFETY_PIN_DAYS:-14}
 ALLOW_SHRINK=${ALLOW_SHRINK:-0}
 PING_URL=${PING_URL:-}
 PING_KIND=${PING_KIND:-healthchecks}
+PING_TIMEOUT=${PING_TIMEOUT:-45}
 OFFSITE_CONFIG=${OFFSITE_CONFIG:-}
 LABEL=""
 PRUNE_ONLY=0
@@ -111,10 +113,11 @@ done
 require_settings "the settings file beside the script: fab install-backups writes it"
 [[ $LABEL =~ ^[A-Za-z0-9_-]*$ ]] || usage_error "a label allows letters, digits, - and _ only"
 [ ${#LABEL} -le 64 ] || usage_error "a label is at most 64 characters"
-for n in RETENTION_DAYS MIN_KEEP LOCK_TIMEOUT GZIP_LEVEL SAFETY_PIN_DAYS ALLOW_SHRINK; do
+for n in RETENTION_DAYS MIN_KEEP LOCK_TIMEOUT GZIP_LEVEL SAFETY_PIN_DAYS ALLOW_SHRINK PING_TIMEOUT; do
     [[ ${!n} =~ ^[0-9]+$ ]] || usage_error "$n must be a whole number"
 done
 [ "$MIN_KEEP" -ge 1 ] || usage_error "MIN_KEEP must be at least 1"
+[ "$PING_TIMEOUT" -ge 3 ] || usage_error "PING_TIMEOUT must be at least 3"
 if [ "$GZIP_LEVEL" -lt 1 ] || [ "$GZIP_LEVEL" -gt 9 ]; then usage_error "GZIP_LEVEL must be 1..9"; fi
 case $COMPRESSOR in
     auto | igzip | pigz | gzip) ;;

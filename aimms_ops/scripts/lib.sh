@@ -283,14 +283,18 @@ size_drop() {
 #     start with its end; BODY_FILE (at most 100 kB) is POSTed.
 #   KIND uptime-kuma: URL?status=up|down&msg=MSG&ping=MS (ok and log are up, start is
 #     not sent: Uptime Kuma has no start signal).
-# curl only, bounded: -m 10 per try, --retry 3 (refused connections too), no new try
-# after 30 s, and the whole call killed after 45 s. The URL goes to curl on stdin, not
-# on its command line. Prints curl's error on failure; never fails the caller's run.
-PING_BOUND=45
+# curl only, bounded by PING_TIMEOUT seconds (ping.timeout, default 45): each try gets a
+# third of it (at most 10 s), --retry 3 (refused connections too), no new try after two
+# thirds, and the whole call is killed at PING_TIMEOUT. The URL goes to curl on stdin,
+# not on its command line. Prints curl's error on failure; never fails the caller's run.
 ping_send() {
     local kind=$1 url=$2 event=$3 rid=$4 msg=${5:-} body=${6:-} ms=${7:-} full args err
+    local bound=${PING_TIMEOUT:-45} try
+    [[ $bound =~ ^[0-9]+$ ]] && [ "$bound" -ge 3 ] || bound=45
     command -v curl >/dev/null 2>&1 || { echo "curl is not installed on the host"; return 1; }
-    args=(-fsS -m 10 --retry 3 --retry-connrefused --retry-max-time 30 -o /dev/null -K -)
+    try=$((bound / 3 < 10 ? bound / 3 : 10))
+    args=(-fsS -m "$try" --retry 3 --retry-connrefused --retry-max-time $((bound * 2 / 3))
+          -o /dev/null -K -)
     case $kind in
         healthchecks)
             case $event in
@@ -316,10 +320,10 @@ ping_send() {
             ;;
         *) echo "unknown ping kind $kind"; return 1 ;;
     esac
-    if err=$(printf 'url = "%s"\n' "$full" | timeout -k 2 "$PING_BOUND" curl "${args[@]}" 2>&1); then
+    if err=$(printf 'url = "%s"\n' "$full" | timeout -k 2 "$bound" curl "${args[@]}" 2>&1); then
         return 0
     fi
-    [ -n "$err" ] || err="no answer within ${PING_BOUND}s"
+    [ -n "$err" ] || err="no answer within ${bound}s"
     printf '%s\n' "${err//$'\n'/ }"
     return 1
 }
@@ -338,7 +342,7 @@ new_rid() { cat /proc/sys/kernel/random/uuid 2>/dev/null || echo "$$-$(date +%s)
 # job_ping URL EVENT [MSG] [FIRST_BODY_LINE]: ping URL (nothing when empty) for the
 # running job and log how that went, with the job's log (the caller's) lines as the
 # body. Uses PING_KIND, PING_RID, LOG_FILE, RUN_ID and STARTED of the caller and its
-# log function. Never fails the run; each ping takes at most PING_BOUND seconds.
+# log function. Never fails the run; each ping takes at most PING_TIMEOUT seconds.
 job_ping() {
     # shellcheck disable=SC2153  # STARTED, like RUN_ID, is the calling script's
     local url=$1 event=$2 body="" why ms=$((($(date +%s) - STARTED) * 1000))

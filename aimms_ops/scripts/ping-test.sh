@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# ping-test.sh KIND URL: send a test ping from this host, as the backup script would
+# ping-test.sh KIND URL [TIMEOUT]: send a test ping from this host, as the backup script would
 # (healthchecks: URL/log, which changes no state; uptime-kuma: status=up). Prints
 # ok=1 and the seconds taken, or ok=0 and curl's error.
 set -uo pipefail
 # @include lib.sh
 
-kind=$1 url=$2
+kind=$1 url=$2 PING_TIMEOUT=${3:-45}
 started=$(date +%s)
 rid=$(cat /proc/sys/kernel/random/uuid 2>/dev/null || echo "$$-$started")
 body=$(mktemp "${TMPDIR:-/tmp}/aimms-ping.XXXXXX") || exit 1

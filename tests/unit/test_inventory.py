@@ -161,6 +161,8 @@ WRONG_TYPES = [
     ("hosts.aidset.ping.url", "https://x/a b", "http(s) URL"),
     ("hosts.aidset.ping.kind", "nagios", "healthchecks or uptime-kuma"),
     ("hosts.aidset.ping.verify_url", 5, "http(s) URL"),
+    ("hosts.aidset.ping.timeout", 2, "at least 3"),
+    ("hosts.aidset.ping.timeout", "45", "whole number of seconds"),
     # Offsite targets (tests/test_offsite_unit.py tries each target key).
     ("hosts.aidset.offsite", {"name": "s3"}, "a list of targets"),
     ("hosts.aidset.offsite_recipients", ["not-a-key"], "age public keys"),
@@ -170,7 +172,7 @@ WRONG_TYPES = [
 #: Keys that hold settings; every one of them must appear in WRONG_TYPES above.
 ALL_KEYS = {
     *(f"hosts.aidset.retention.{k}" for k in loader._RETENTION_KEYS),
-    *(f"hosts.aidset.ping.{k}" for k in ("url", "kind", "verify_url")),
+    *(f"hosts.aidset.ping.{k}" for k in ("url", "kind", "verify_url", "timeout")),
     "default_host", "hosts", "download_dir",
     *(f"hosts.aidset.{k}" for k in loader._HOST_KEYS),
     *(f"hosts.aidset.compose.{k}" for k in ("project_dir", "file", "project",

@@ -29,3 +29,33 @@ def test_rendered_script_parses_and_has_no_include_left(name):
     text = shell.script_text(name)
     assert "# @include" not in text
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+
+
+def _ping_test(tmp_path, curl_body: str, *timeout: str) -> tuple[str, list[str]]:
+    """Run ping-test.sh with a ``curl`` on PATH that records its arguments, then runs
+    ``curl_body``; its output and the arguments curl got."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/args"\n'
+                                  f"{curl_body}\n")
+    (bin_dir / "curl").chmod(0o755)
+    script = tmp_path / "ping-test.sh"
+    script.write_text(shell.script_text("ping-test.sh"))
+    proc = subprocess.run(["bash", str(script), "healthchecks", "http://127.0.0.1:9/p",
+                           *timeout], capture_output=True, text=True, check=False,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    return proc.stdout, (tmp_path / "args").read_text().splitlines()
+
+
+@pytest.mark.parametrize("timeout, per_try, retry_for", [((), "10", "30"), (("6",), "2", "4"),
+                                                         (("90",), "10", "60")])
+def test_a_ping_is_bounded_by_its_timeout(tmp_path, timeout, per_try, retry_for):
+    out, args = _ping_test(tmp_path, "exit 0", *timeout)
+    assert "ok=1" in out
+    assert args[args.index("-m") + 1] == per_try
+    assert args[args.index("--retry-max-time") + 1] == retry_for
+
+
+def test_a_ping_that_never_answers_is_killed_at_its_timeout(tmp_path):
+    out, _ = _ping_test(tmp_path, "exec sleep 60", "3")
+    assert "ok=0" in out and "error=no answer within 3s" in out
