@@ -88,6 +88,20 @@ def sshd_pid(sandbox: Sandbox) -> int:
     return _own_pid(sandbox, "sshd")
 
 
+def container_processes(sandbox: Sandbox) -> list[int]:
+    """The processes inside this instance's containers, whatever containers it runs now.
+
+    Each container's processes descend from a ``containerd-shim`` whose ``-address`` is
+    this instance's containerd socket (the shims are re-parented to init, so they are
+    not below this instance's dockerd). Another instance's containers are not included.
+    """
+    address = f"-address {state_dir(sandbox)}/run/containerd/"
+    tree = process_tree()
+    shims = [p for p in (q for kids in tree.values() for q in kids)
+             if cmdline(p).startswith("/usr/bin/containerd-shim") and address in cmdline(p)]
+    return [p for shim in shims for p in descendants(shim, tree)]
+
+
 def sessions_running(sandbox: Sandbox, marker: str) -> list[int]:
     """The per-connection sshd processes of this instance whose session runs ``marker``.
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import time
@@ -194,16 +193,17 @@ def _wait_for(cond, timeout: float) -> None:
 
 # --- restore and the tasks that restore ----------------------------------------------------
 
-def _loading_bulk() -> bool:
-    """True while a backend of the cluster runs a COPY into the bulk database.
+def _loading_bulk(sandbox) -> bool:
+    """True while a backend of this instance's cluster runs a COPY into the bulk database.
 
     Seen in this machine's process table (the container's processes are there, with
-    the title postgres gives them), so the moment is caught within milliseconds. The
-    first such COPY of a restore is bulk_a's.
+    the title postgres gives them), so the moment is caught within milliseconds. Only
+    this instance's containers are looked at: another instance's restore is not this
+    one's moment. The first such COPY of a restore is bulk_a's.
     """
     return any(faults.cmdline(p).startswith("postgres: ") and f" {BULK_DB} " in faults.cmdline(p)
                and faults.cmdline(p).rstrip().endswith("COPY")
-               for p in (int(e) for e in os.listdir("/proc") if e.isdigit()))
+               for p in faults.container_processes(sandbox))
 
 
 #: (task, dump source, how it is cut, extra args, the host stops it at once). The rerun
@@ -234,9 +234,9 @@ def test_restore_cut_short_then_rerun_is_exact(sandbox, bulk, bulk_local, task, 
         # Cut as soon as bulk_a is being loaded (bulk_b comes after it).
         if how == "dropped":
             faults.drop_connection(sandbox, "restore-stream.sh", timeout=300,
-                                   when=_loading_bulk, every=0.005)
+                                   when=lambda: _loading_bulk(sandbox), every=0.005)
         else:
-            faults.wait_until(_loading_bulk, 300, every=0.005)
+            faults.wait_until(lambda: _loading_bulk(sandbox), 300, every=0.005)
             run.signal(signal.SIGINT)
         rc = run.wait(120)
         line = faults.error_line(run)
