@@ -259,10 +259,16 @@ def start_fab(sandbox: Sandbox, *args: str, inventory: Path | None = None,
     full_env = {**os.environ, "AIMMS_OPS_INVENTORY": str(inventory or sandbox.inventory),
                 **(env or {})}
     full_env.pop("AIMMS_OPS_DEBUG", None)
+    # SIGINT as a terminal gives it, whatever this run inherited: a test run started in
+    # the background (``&`` of a non-interactive shell) ignores SIGINT, and so would fab.
     proc = subprocess.Popen([str(FAB), *args], env=full_env, cwd=REPO, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=_default_sigint)
     return Running(proc)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def interrupt_when(sandbox: Sandbox, *args: str, line: str, sig: int = signal.SIGINT,
