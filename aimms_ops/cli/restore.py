@@ -30,6 +30,7 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
     """
     from aimms_ops import restore as rs
     from aimms_ops.backup import run
+    from aimms_ops.host.remote import in_background
     from aimms_ops.restore import source as dumpsource
 
     if not file:
@@ -37,8 +38,11 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
     # A local dump is checked while the connection is made.
     check = dumpsource.start_local_check(file) if from_ is None and file != "latest" else None
     with connect(c) as remote:
+        # The live cluster is read while the dump is checked: neither needs the other.
+        live = in_background(lambda: rs.live_cluster(remote))
         dump = named_dump(remote, file, from_, identity, check=check)
-        plan = rs.make_plan(remote, dump, database, safety_backup=not no_safety_backup)
+        plan = rs.make_plan(remote, dump, database, safety_backup=not no_safety_backup,
+                            live=live.result)
         _print_restore_plan(plan)
         what = (f"restore {plan.database}" if plan.database else "restore the whole cluster")
         confirm(remote.name, f"{what} on {remote.name}", yes)

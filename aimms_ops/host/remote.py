@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Generic, TypeVar
 
 import paramiko
 from fabric import Connection
@@ -23,6 +23,8 @@ from aimms_ops.host import shell
 from aimms_ops.host.ssh import WINDOW_SIZE, SshTarget, connect, resolve
 from aimms_ops.host.streams import BulkPipe, Drain, Writable, Writer
 from aimms_ops.inventory.model import Host
+
+T = TypeVar("T")
 
 #: Bytes read or sent per call on an upload. 256 KiB measured fastest for sendall.
 CHUNK = 256 * 1024
@@ -278,6 +280,39 @@ def open_host(host: Host) -> Remote:
     target = resolve(host.name, host.ssh_config)
     conn = connect(target, accept_new=host.accept_new_host_key)
     return Remote(host, conn, target)
+
+
+class Pending(Generic[T]):
+    """A call running in a daemon thread beside the task's own work (:func:`in_background`)."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], T]) -> None:
+        try:
+            self._result = fn()
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller by result())
+            self._error = exc
+
+    def result(self) -> T:
+        """Wait for the call; what it returned, or what it raised, raised here."""
+        while self._thread.is_alive():
+            self._thread.join(0.1)  # a Ctrl-C here reaches the task at once
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+
+def in_background(fn: Callable[[], T]) -> Pending[T]:
+    """Start ``fn`` now in a daemon thread, on its own channels of the same connection.
+
+    For reads that do not depend on each other (the live cluster's facts while the dump
+    is checked): a task interrupted meanwhile does not wait for it.
+    """
+    return Pending(fn)
 
 
 def bounded(fn: Callable[[], object], seconds: float) -> bool:

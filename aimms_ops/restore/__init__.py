@@ -19,24 +19,27 @@ from aimms_ops.restore.execute import (
     execute,
     explain_failure,
     failure_hint,
+    parse_estimates,
     read_estimates,
     rerun_command,
     run_stream,
 )
 from aimms_ops.restore.plan import (
+    LiveCluster,
     RestorePlan,
     cluster_facts,
     cluster_lock,
     container_of,
     estimate_commands,
+    live_cluster,
     make_plan,
     restore_commands,
     stream_command,
 )
 
 __all__ = [
-    "LOCK_BUSY", "RestorePlan", "RestoreReport", "TableRows", "cluster_facts", "cluster_lock",
-    "container_of", "estimate_commands", "execute", "explain_failure", "failure_hint",
-    "make_plan", "read_estimates", "rerun_command", "restore_commands", "run_stream",
-    "stream_command",
+    "LOCK_BUSY", "LiveCluster", "RestorePlan", "RestoreReport", "TableRows", "cluster_facts",
+    "cluster_lock", "container_of", "estimate_commands", "execute", "explain_failure",
+    "failure_hint", "live_cluster", "make_plan", "parse_estimates", "read_estimates",
+    "rerun_command", "restore_commands", "run_stream", "stream_command",
 ]

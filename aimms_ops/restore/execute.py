@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from aimms_ops.errors import ConnectionLost, OpsError
 from aimms_ops.host import shell
 from aimms_ops.host.commands import Command
-from aimms_ops.host.compose import parse_facts
 from aimms_ops.host.remote import Progress, Remote
 from aimms_ops.restore.plan import RestorePlan
 
@@ -54,7 +53,7 @@ def execute(remote: Remote, plan: RestorePlan, progress: Progress | None = None,
                          cut_hint=f"{failure_hint(plan)}; run it again: {rerun_command(plan)}")
     tables: list[TableRows] = []
     for cmd in estimates:
-        tables += read_estimates(remote, cmd)
+        tables += read_estimates(remote, cmd, plan.affected)
     return RestoreReport(plan.affected, tuple(tables), seconds, plan.dump.size)
 
 
@@ -153,11 +152,23 @@ def explain_failure(stderr: str) -> str:
     return rest[-1] if rest else "no message"
 
 
-def read_estimates(remote: Remote, cmd: Command) -> list[TableRows]:
-    """Send one of the plan's estimate commands: the tables and row estimates of its
-    database (none when it fails: the restore itself succeeded)."""
-    res = remote.run(cmd.line, what="psql")
-    if not res.ok:
-        return []
-    return [TableRows(cmd.about, key, int(value))
-            for key, value in parse_facts(res.stdout).items() if value.isdigit()]
+def read_estimates(remote: Remote, cmd: Command,
+                   databases: tuple[str, ...]) -> list[TableRows]:
+    """Send the plan's estimate command: the tables and row estimates of ``databases``
+    (none for a database whose psql failed: the restore itself succeeded)."""
+    return parse_estimates(remote.run(cmd.line, what="psql").stdout, databases)
+
+
+def parse_estimates(stdout: str, databases: tuple[str, ...]) -> list[TableRows]:
+    """``database=I`` lines, each followed by ``schema.table=rows`` lines of that database."""
+    tables: list[TableRows] = []
+    current: str | None = None
+    for line in stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or not value.isdigit():
+            continue
+        if key == "database":
+            current = databases[int(value)] if int(value) < len(databases) else None
+        elif current is not None:
+            tables.append(TableRows(current, key, int(value)))
+    return tables

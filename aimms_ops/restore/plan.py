@@ -3,6 +3,7 @@ exact commands the restore sends (the stream, then the row estimates)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aimms_ops.errors import OpsError, shown
@@ -62,13 +63,18 @@ def stream_command(host: Host, dump: DumpInfo, database: str | None, *,
                   reads="restore")
 
 
+#: Runs ESTIMATE_SQL in each database given ($1 the SQL, $2 the role, then conninfos),
+#: in one ``docker exec``: ``database=I`` before the lines of the I-th database.
+_ESTIMATE_EACH = ('sql=$1 u=$2; shift 2; i=0; for c; do echo "database=$i"; '
+                  'psql -X -q -A -t -U "$u" -d "$c" -c "$sql"; i=$((i + 1)); done')
+
+
 def estimate_commands(host: Host, databases: tuple[str, ...]) -> tuple[Command, ...]:
-    """ANALYZE, then the tables and row estimates, of each database."""
-    return tuple(
-        in_postgres(host.compose.project, host.compose.postgres_service,
-                    ["psql", "-X", "-q", "-A", "-t", "-U", host.postgres.superuser, "-d",
-                     conninfo(db), "-c", ESTIMATE_SQL], reads="estimates", about=db)
-        for db in databases)
+    """ANALYZE, then the tables and row estimates, of each database: one command."""
+    return (in_postgres(host.compose.project, host.compose.postgres_service,
+                        ["sh", "-c", _ESTIMATE_EACH, "sh", ESTIMATE_SQL,
+                         host.postgres.superuser, *(conninfo(db) for db in databases)],
+                        reads="estimates", about=", ".join(databases)),)
 
 
 def restore_commands(host: Host, dump: DumpInfo, database: str | None, *,
@@ -97,9 +103,31 @@ def container_of(remote: Remote) -> str:
     return facts.get("container.name") or cid
 
 
+@dataclass(frozen=True)
+class LiveCluster:
+    """What the restore plan needs of the live cluster: none of it depends on the dump."""
+
+    container: str
+    sizes: dict[str, int]  # database -> bytes
+    roles: tuple[str, ...]  # not pg_*
+
+
+def live_cluster(remote: Remote) -> LiveCluster:
+    """The running container, its databases with their sizes, and its roles."""
+    container = container_of(remote)
+    sizes, roles = cluster_facts(remote, container)
+    return LiveCluster(container, sizes, tuple(roles))
+
+
 def make_plan(remote: Remote, dump: DumpInfo, database: str | None,
-              safety_backup: bool) -> RestorePlan:
-    """Refuse a bad dump or a database the dump does not hold before anything is touched."""
+              safety_backup: bool,
+              live: Callable[[], LiveCluster] | None = None) -> RestorePlan:
+    """Refuse a bad dump or a database the dump does not hold before anything is touched.
+
+    ``live`` gives the live cluster when the caller started reading it already (beside
+    the check of the dump); else it is read now. Either way, the dump's own problems
+    are reported first.
+    """
     if not dump.ok:
         raise OpsError(f"refusing to restore {dump.source}: {'; '.join(dump.problems)}",
                        "nothing was changed; pick another backup (fab list-backups)")
@@ -107,10 +135,10 @@ def make_plan(remote: Remote, dump: DumpInfo, database: str | None,
         raise OpsError(f"the dump holds no database {shown(database)}; it holds: "
                        f"{', '.join(shown(d) for d in dump.databases)}",
                        "pick one of those with --database (matched exactly)")
-    container = container_of(remote)
-    sizes, roles = cluster_facts(remote, container)
-    return RestorePlan(remote.name, container, dump, database, safety_backup, sizes,
-                       tuple(r for r in roles if r not in dump.roles) if not database else (),
+    cluster = live() if live is not None else live_cluster(remote)
+    return RestorePlan(remote.name, cluster.container, dump, database, safety_backup,
+                       cluster.sizes, tuple(r for r in cluster.roles if r not in dump.roles)
+                       if not database else (),
                        restore_commands(remote.host, dump, database, lock=True))
 
 

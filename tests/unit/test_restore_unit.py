@@ -102,9 +102,20 @@ def test_restore_plan_holds_the_exact_commands_it_sends():
     # One database: only its estimates; the container is found on the host.
     (est,) = estimates
     assert est.about == "My DB" and est.script == "postgres-exec.sh"
-    assert "dbname='My DB'" in est.argv and "ANALYZE" in est.argv[-1]
+    assert est.argv[-1] == "dbname='My DB'" and "ANALYZE" in est.argv[-3]
+    # The whole cluster: every database in one command, in the dump's order.
+    _, whole = restore.restore_commands(host, remote, None, lock=True)
+    assert whole.argv[-3:] == ("dbname='template1'", "dbname='My DB'", "dbname='postgres'")
 
     local = dumpsource.DumpInfo("/tmp/b.sql.gz", "local", 10, "gz", "x", None, ("postgres",))
     stream, _ = restore.restore_commands(host, local, None, lock=False)
     assert stream.argv[5:] == ("-", "", "", str(host.lock_timeout))
     assert stream.stdin_file == "/tmp/b.sql.gz" and "< /tmp/b.sql.gz" in stream.shown
+
+
+def test_estimates_are_read_for_each_database_in_order():
+    out = ("database=0\npublic.t=3\ndatabase=1\npublic.t=7\ns.x=0\ndatabase=2\n"
+           "database=3\n")  # the third database's psql failed; no fourth database
+    assert restore.parse_estimates(out, ("a", "b", "c")) == [
+        restore.TableRows("a", "public.t", 3), restore.TableRows("b", "public.t", 7),
+        restore.TableRows("b", "s.x", 0)]
