@@ -8,22 +8,38 @@ fixtures here reach both folders.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from .sandbox_client import FAB, REPO, STABLE_TEXT, Sandbox, _read_env, md5_sql
+from .sandbox_client import (
+    FAB,
+    REPO,
+    SANDBOX_NAME,
+    SANDBOX_OUT,
+    STABLE_TEXT,
+    Sandbox,
+    _read_env,
+    md5_sql,
+)
 
-__all__ = ["FAB", "REPO", "STABLE_TEXT", "Sandbox", "_read_env", "fab_error_line", "md5_sql"]
+# Every sandbox/up.sh a test runs, and everything it starts, is this worker's instance.
+os.environ["SANDBOX_NAME"] = SANDBOX_NAME
+os.environ["SANDBOX_OUT"] = str(SANDBOX_OUT)
+
+__all__ = ["FAB", "REPO", "SANDBOX_NAME", "SANDBOX_OUT", "STABLE_TEXT", "Sandbox", "_read_env",
+           "fab_error_line", "md5_sql"]
 
 
 @pytest.fixture(scope="session")
 def sandbox() -> Sandbox:
     """The sandbox host, brought up by the same code as `make sandbox`."""
+    SANDBOX_OUT.mkdir(exist_ok=True)
     subprocess.run(["bash", str(REPO / "sandbox" / "up.sh")], cwd=REPO, check=True,
                    stdin=subprocess.DEVNULL, timeout=1800)
-    out = REPO / "sandbox"
+    out = SANDBOX_OUT
     return Sandbox(inventory=out / "inventory.yml", ssh_config=out / "ssh_config",
                    env=_read_env(out / "env"))
 

@@ -18,6 +18,27 @@ REPO = Path(__file__).resolve().parents[1]
 FAB = REPO / ".venv" / "bin" / "fab"
 
 
+def own_instance(environ: dict[str, str] | os._Environ[str] = os.environ) -> tuple[str, Path]:
+    """The sandbox instance (SANDBOX_NAME) and the folder of its files (SANDBOX_OUT) of
+    this test process.
+
+    The first (or only) pytest worker uses the instance the environment names (default
+    ``aidset``, files in sandbox/); worker N of ``pytest -n`` uses instance NAME-N with
+    its files in sandbox/worker-N/, so that workers never share a host, a cluster or a
+    process to watch.
+    """
+    name = environ.get("SANDBOX_NAME") or "aidset"
+    out = Path(environ["SANDBOX_OUT"]) if environ.get("SANDBOX_OUT") else REPO / "sandbox"
+    worker = environ.get("PYTEST_XDIST_WORKER", "gw0")
+    n = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    if n:
+        return f"{name[:17]}-{n}", REPO / "sandbox" / f"worker-{n}"
+    return name, out
+
+
+SANDBOX_NAME, SANDBOX_OUT = own_instance()
+
+
 @dataclass
 class Sandbox:
     inventory: Path

@@ -10,6 +10,7 @@ carries the ``integration`` marker (tests/conftest.py adds it), so that
 from ..conftest import (  # noqa: F401 - named for the tests of this folder
     FAB,
     REPO,
+    SANDBOX_OUT,
     STABLE_TEXT,
     Sandbox,
     _read_env,

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, _read_env, fab_error_line
+from .conftest import REPO, SANDBOX_OUT, _read_env, fab_error_line
 
 pyrage = pytest.importorskip("pyrage")
 
@@ -35,7 +35,7 @@ MARKER = b"-- PostgreSQL database cluster dump complete"
 class Offsite:
     def __init__(self, sandbox) -> None:
         self.sb = sandbox
-        self.env = _read_env(REPO / "sandbox" / "offsite.env")
+        self.env = _read_env(SANDBOX_OUT / "offsite.env")
         self.inventory = Path(self.env["SANDBOX_OFFSITE_INVENTORY"])
         data = yaml.safe_load(self.inventory.read_text())
         self.host = data["hosts"]["aidset"]
@@ -544,7 +544,7 @@ def test_hostile_offsite_arguments_are_refused_with_one_line(off, tmp_path, args
 def test_the_store_key_is_never_on_a_command_line_in_the_log_or_the_output(off):
     import threading
 
-    env = _read_env(REPO / "sandbox" / "offsite.env")
+    env = _read_env(SANDBOX_OUT / "offsite.env")
     secret = (Path(env["SANDBOX_S3_DATA"]).parent / "s3-auth").read_text().split()[1]
     seen: list[str] = []
     stop = threading.Event()
