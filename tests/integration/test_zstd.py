@@ -216,3 +216,36 @@ def test_doctor_reports_zstd_on_a_zstd_host(sandbox, zinv):
         assert proc.returncode == 0, proc.stdout
     finally:
         assert sb.fab("install-backups").returncode == 0
+
+
+def test_a_zstd_backup_goes_offsite_under_its_own_name_and_restores_from_there(sandbox,
+                                                                              tmp_path):
+    """The copy is NAME.age of the .sql.zst; verify --offsite and restore --from read it."""
+    pytest.importorskip("pyrage")
+    from .test_offsite import Offsite
+
+    off = Offsite(sandbox)
+    inv = off.variant(tmp_path, lambda h: h.update(compression="zstd"))
+    try:
+        off.install(inv)
+        off.fresh()
+        before = sandbox.dumpall()
+        name, proc = off.backup(inv)
+        assert name.endswith(".sql.zst"), name
+        assert "RESULT offsite s3 ok" in proc.stderr and "RESULT offsite vault ok" in proc.stderr
+        for target in ("s3", "vault"):
+            assert (off.dir_of(target) / f"{name}.age").is_file(), target
+            meta = off.meta(target, name)
+            assert meta["plaintext_sha256"] == hashlib.sha256(off.local_bytes(name)).hexdigest()
+        got = off.fab("verify", "--offsite", inventory=inv)
+        assert got.returncode == 0, got.stdout + got.stderr
+        assert " ".join(got.stdout.split()).count("zstd stream and completion marker OK") == 2
+        sandbox.psql(CHANGE)
+        off.clear_backups()
+        proc = off.fab("restore", "--file=latest", "--from=s3", "--yes", "--no-safety-backup",
+                       f"--identity={off.env['SANDBOX_AGE_IDENTITY']}", inventory=inv)
+        assert proc.returncode == 0, proc.stderr
+        assert sandbox.dumpall() == before
+    finally:
+        off.fresh()
+        assert sandbox.fab("install-backups").returncode == 0
