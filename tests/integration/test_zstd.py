@@ -249,3 +249,28 @@ def test_a_zstd_backup_goes_offsite_under_its_own_name_and_restores_from_there(s
     finally:
         off.fresh()
         assert sandbox.fab("install-backups").returncode == 0
+
+
+def test_rebuild_volume_from_a_zstd_backup_is_exact(sandbox, zinv):
+    """The emergency sequence with a .sql.zst: the host decompresses it with zstd -dc."""
+    from .test_rebuild import backup_dir, content, kept, wreck
+
+    sb = sandbox
+    sb.wait_ready()
+    name = _backup(sb, zinv)
+    before = content(sb)
+    plan = sb.fab("rebuild-volume", f"--file={name}", "--dry-run", inventory=zinv)
+    assert plan.returncode == 0, plan.stderr
+    assert f"restore-stream.sh aimms-web postgres postgres zst {backup_dir(sb)}/{name}" in \
+        plan.stdout, plan.stdout
+    old_kept = kept(sb)
+    try:
+        wreck(sb)
+        proc = sb.fab("rebuild-volume", f"--file={name}", "--yes", inventory=zinv, timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        sb.wait_ready(timeout=5)
+        assert content(sb) == before
+    finally:
+        for vol in kept(sb) - old_kept:
+            sb.ssh(f"docker volume rm {vol}", check=False)
+        sb.wait_ready(timeout=120)
