@@ -71,7 +71,7 @@ class Job:
 TABLE = {
     "backup": Job("backup", "backup (dump, compress, check, hash on the host)", "`fab backup`",
                   "floor: `ssh aidset 'docker exec C pg_dumpall > /dev/null'`", "time", 1.0),
-    "backup-zstd": Job("backup-zstd", "backup with `compression: zstd` (.sql.zst, zstd -3 -T0 "
+    "backup-zstd": Job("backup-zstd", "backup with `compression: zstd` (.sql.zst, zstd -1 -T0 "
                        "on the host): the smallest files, at their own cost",
                        "`fab backup` (zstd inventory)",
                        "floor: `ssh aidset 'docker exec C pg_dumpall > /dev/null'`", "time",

@@ -20,7 +20,7 @@
 #   --gzip-level N       1 (fastest) .. 9 (smallest)           (GZIP_LEVEL)
 #   --compressor NAME    with gzip: auto (default: igzip, else pigz, else gzip), igzip,
 #                        pigz or gzip; on the host, always the .gz format (COMPRESSOR)
-#   --zstd-level N       with zstd: 1 (fastest) .. 19 (smallest), default 3 (ZSTD_LEVEL)
+#   --zstd-level N       with zstd: 1 (fastest, default) .. 19 (smallest) (ZSTD_LEVEL)
 #   --retention-rules R  GFS rules, e.g. "daily=7 weekly=4 monthly=12 yearly=2" (RETENTION_RULES)
 #   --safety-pin-days N  pin pre-restore/pre-rebuild safety copies N days (SAFETY_PIN_DAYS)
 #   --allow-shrink       accept a backup less than half the size of those before it (ALLOW_SHRINK=1)
@@ -71,7 +71,7 @@ LOCK_TIMEOUT=${LOCK_TIMEOUT:-600}
 GZIP_LEVEL=${GZIP_LEVEL:-1}
 COMPRESSOR=${COMPRESSOR:-auto}
 COMPRESSION=${COMPRESSION:-${BACKUP_COMPRESSIONS[0]}}
-ZSTD_LEVEL=${ZSTD_LEVEL:-3}
+ZSTD_LEVEL=${ZSTD_LEVEL:-1}
 RETENTION_RULES=${RETENTION_RULES:-}
 RETENTION_PYTHON=${RETENTION_PYTHON:-python3}
 SAFETY_PIN_DAYS=${SAFETY_PIN_DAYS:-14}

@@ -9,7 +9,7 @@
 say() { (printf '%s\n' "$1") 2>/dev/null; }
 
 # The name of a backup: retention.NAME_RE, written in by the package when a script is
-# rendered. Groups 1 and 2 are its UTC date and time, 4 its label.
+# rendered. Groups 1 and 2 are its UTC date and time, 4 its label, 5 its ending.
 # shellcheck disable=SC2034  # read by the scripts that include this file
 BACKUP_NAME_RE='@BACKUP_NAME_ERE@'
 # The compressions a backup is made with and the file name ending of each, in the same
