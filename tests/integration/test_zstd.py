@@ -3,7 +3,8 @@
 A host whose inventory says ``compression: zstd`` makes ``.sql.zst`` backups (zstd on
 the host, not in the container); every task reads them beside the ``.sql.gz`` ones:
 list-backups and latest, verify (quick and deep), download with its checksum, restore
-(a file on the host and a local one) proved exact by pg_dumpall, retention of both
+(a file on the host and a local one) and rebuild-volume proved exact by pg_dumpall, pins
+and retention of both
 formats under one policy, offsite copies, and a host without zstd that fails in one
 line. Each test makes the backups it needs and removes what it made.
 """
@@ -150,19 +151,26 @@ def test_gzip_and_zstd_backups_are_pruned_under_one_policy(sandbox, tmp_path):
                    f"sed 's/{src}/{old}/' {q(src)}.sha256 > {q(old)}.sha256 && "
                    f"touch -d '-{days} days' {q(old)} {q(old)}.sha256")
         sb.ssh(f"cd {shlex.quote(d)} && touch -d '-9 days' {shlex.quote(gz)}")
+        # A pin follows the backup's full name, whatever its format.
+        pinned = next(o for o, days in olds.items() if days == 30)
+        got = sb.fab("pin", f"--file={pinned}", "--reason=zstd kept", inventory=z_inv)
+        assert got.returncode == 0, got.stderr
+        assert sb.ssh(f"test -s {shlex.quote(d)}/{pinned}.pin", check=False).returncode == 0
         plan = sb.fab("prune", "--dry-run", "--json", inventory=z_inv)
         assert plan.returncode == 0, plan.stderr
         decided = {p["name"]: p for p in json.loads(plan.stdout)}
         # the zst is the newest, the gz the second newest (9 days old: min_keep keeps it)
         assert decided[zst]["action"] == "keep" and decided[gz]["action"] == "keep"
         assert decided[gz]["rule"] == "min_keep", decided[gz]
-        for old in olds:
+        assert decided[pinned]["action"] == "keep" and decided[pinned]["rule"] == "pinned"
+        for old in set(olds) - {pinned}:
             assert decided[old]["action"] == "remove", decided[old]
         proc = sb.fab("prune", "--yes", inventory=gz_inv)
         assert proc.returncode == 0, proc.stderr
         left = sb.sh(f"ls -1A {shlex.quote(d)}").split()
         assert sorted(n for n in left if not n.startswith(".")) == sorted(
-            [gz, f"{gz}.sha256", zst, f"{zst}.sha256"])
+            [gz, f"{gz}.sha256", zst, f"{zst}.sha256", pinned, f"{pinned}.sha256",
+             f"{pinned}.pin"])
     finally:
         sb.ssh(f"rm -rf -- {shlex.quote(d)}", check=False)
 
