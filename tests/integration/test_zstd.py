@@ -4,9 +4,8 @@ A host whose inventory says ``compression: zstd`` makes ``.sql.zst`` backups (zs
 the host, not in the container); every task reads them beside the ``.sql.gz`` ones:
 list-backups and latest, verify (quick and deep), download with its checksum, restore
 (a file on the host and a local one) and rebuild-volume proved exact by pg_dumpall, pins
-and retention of both
-formats under one policy, offsite copies, and a host without zstd that fails in one
-line. Each test makes the backups it needs and removes what it made.
+and retention of both formats under one policy, offsite copies, and a host without zstd
+that fails in one line. Each test makes the backups it needs and removes what it made.
 """
 
 from __future__ import annotations
