@@ -33,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
@@ -42,7 +44,8 @@ from tests.sandbox_client import Sandbox, _read_env, from_out  # noqa: E402
 
 #: pg_dumpall bytes per row of the sandbox's orders table (measured: 242 at 4.2 M rows).
 BYTES_PER_ROW = 242
-JOBS = ("backup", "restore-local", "restore-host", "download", "upload", "offsite")
+JOBS = ("backup", "backup-zstd", "restore-local", "restore-host", "download", "upload",
+        "offsite")
 #: Named like a backup of now: an older one would be out of the offsite target's
 #: retention, and never pushed.
 XFER_NAME = f"aimms_postgres_{dt.datetime.now(dt.UTC):%Y%m%d_%H%M%S}_benchxfer.sql.gz"
@@ -62,12 +65,17 @@ class Job:
     anchor: str
     #: "time": ours/anchor must be <= target; "throughput": anchor/ours must be >= target.
     kind: str
-    target: float
+    target: float | None  # None: measured at its own cost, not judged
 
 
 TABLE = {
     "backup": Job("backup", "backup (dump, compress, check, hash on the host)", "`fab backup`",
                   "floor: `ssh aidset 'docker exec C pg_dumpall > /dev/null'`", "time", 1.0),
+    "backup-zstd": Job("backup-zstd", "backup with `compression: zstd` (.sql.zst, zstd -1 -T0 "
+                       "on the host): the smallest files, at their own cost",
+                       "`fab backup` (zstd inventory)",
+                       "floor: `ssh aidset 'docker exec C pg_dumpall > /dev/null'`", "time",
+                       None),
     "restore-local": Job("restore-local", "restore of a local .sql.gz",
                          "`fab restore --file=F --yes --no-safety-backup`",
                          "`gunzip -c F \\| ssh aidset 'docker exec -i C psql'`", "time", 1.1),
@@ -201,6 +209,7 @@ class Run:
     cpu_host: float
     maxrss_kb: int
     load: float
+    out_bytes: int = 0  # a backup job: the size of the file it made
 
 
 @dataclass
@@ -270,6 +279,11 @@ class Bed:
         m = re.search(r"(?m)^\s*backup_dir:\s*(\S+)", off.read_text()) if off.is_file() else None
         self.offsite_dir = m.group(1).rstrip("/") if m else self.backup_dir
         self.fab = [str(BIN / "fab")]
+        # The same host with compression: zstd (the backup-zstd job).
+        self.zstd_inventory = work / "inventory-zstd.yml"
+        data = yaml.safe_load(sb.inventory.read_text())
+        data["hosts"][data["default_host"]]["compression"] = "zstd"
+        self.zstd_inventory.write_text(yaml.safe_dump(data))
 
     def settle(self) -> None:
         """Let the previous job's writes land before timing the next one."""
@@ -343,7 +357,7 @@ class Bed:
         self.sb.ssh(f"rm -f {d}/aimms_postgres_*_benchxfer.sql.gz* "
                     f"{self.offsite_dir}/aimms_postgres_*_benchxfer.sql.gz* "
                     f"{d}/aimms_postgres_*_{SRC_LABEL}.sql.gz* "
-                    f"{d}/aimms_postgres_*_benchrun.sql.gz*", check=False)
+                    f"{d}/aimms_postgres_*_benchrun.sql.*", check=False)
         for p in self._store_copies(XFER_NAME):
             p.unlink()
         shutil.rmtree(self.work, ignore_errors=True)
@@ -360,13 +374,16 @@ class Bed:
     def pair(self, job: str) -> tuple[Callable[[], Run], Callable[[], Run]]:
         return getattr(self, "job_" + job.replace("-", "_"))()
 
-    def job_backup(self):
+    def job_backup(self, env: dict[str, str] | None = None):
         c = self.sb.container()
 
         def ours() -> Run:
             self.settle()
-            r = self.fab_run("backup", "--label", "benchrun")
-            self.sb.sh(f"rm -f {self.backup_dir}/aimms_postgres_*_benchrun.sql.gz*")
+            r = self.fab_run("backup", "--label", "benchrun", env=env)
+            made = self.sb.sh(f"stat -c %s {self.backup_dir}/aimms_postgres_*_benchrun.sql.*z*"
+                              " | head -n 1")
+            r.out_bytes = int(made.split()[0]) if made.strip() else 0
+            self.sb.sh(f"rm -f {self.backup_dir}/aimms_postgres_*_benchrun.sql.*")
             return r
 
         def anchor() -> Run:
@@ -374,6 +391,9 @@ class Bed:
             return self.t.run(self.t.ssh_line(
                 f"docker exec {c} pg_dumpall -U postgres > /dev/null"))[0]
         return ours, anchor
+
+    def job_backup_zstd(self):
+        return self.job_backup({**self.t.env, "AIMMS_OPS_INVENTORY": str(self.zstd_inventory)})
 
     def _restored(self, what: str) -> None:
         got = int(self.sb.psql("SELECT count(*) FROM orders"))
@@ -507,6 +527,8 @@ def machine() -> dict:
 def judge(job: Job, ours: Side, anchor: Side, cpus: int) -> tuple[float, str]:
     t, a = ours.med("seconds"), anchor.med("seconds")
     ratio = t / a if job.kind == "time" else a / t
+    if job.target is None:
+        return ratio, "its own cost (no target)"
     met = ratio <= job.target if job.kind == "time" else ratio >= job.target
     load = max(r.load for r in ours.runs + anchor.runs)
     spread = max(ours.spread(), anchor.spread())
@@ -519,7 +541,8 @@ def judge(job: Job, ours: Side, anchor: Side, cpus: int) -> tuple[float, str]:
 def cell(side: Side, nbytes: int | None) -> str:
     t = side.med("seconds")
     rate = f", {nbytes / t / 1e6:.0f} MB/s" if nbytes else ""
-    return (f"{t:.2f} s{rate}; CPU {side.med('cpu_here'):.1f} here + "
+    made = f", file {human(side.med('out_bytes'))}" if side.med("out_bytes") else ""
+    return (f"{t:.2f} s{rate}{made}; CPU {side.med('cpu_here'):.1f} here + "
             f"{side.med('cpu_host'):.1f} host")
 
 
@@ -534,8 +557,9 @@ def main_table(phase: dict, cpus: int) -> str:
         loads = [r.load for r in ours.runs + anchor.runs]
         what = "of the time" if job.kind == "time" else "the throughput"
         sign = "≤" if job.kind == "time" else "≥"
+        target = f"{sign} {job.target}x" if job.target is not None else "none"
         rows.append(f"| {job.title} | {job.ours} {cell(ours, nbytes)} | {job.anchor} "
-                    f"{cell(anchor, nbytes)} | {ratio:.2f}x {what} | {sign} {job.target}x | "
+                    f"{cell(anchor, nbytes)} | {ratio:.2f}x {what} | {target} | "
                     f"{verdict} | {min(loads):.1f}–{max(loads):.1f} |")
     return "\n".join(rows)
 

@@ -1,6 +1,7 @@
 """What a backup is called: its name, label, checksum format and pin reason.
 
-The name pattern itself is ``retention.NAME_RE`` (the host runs that file too).
+The name pattern itself is ``retention.NAME_RE`` and the file name endings of the
+compressions ``retention.EXTENSIONS`` (the host runs that file too).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from aimms_ops.backup.retention import NAME_RE, Pin
+from aimms_ops.backup.retention import EXTENSIONS, NAME_RE, Pin
 from aimms_ops.errors import OpsError, shown
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}")
@@ -24,8 +25,35 @@ SHA_RE = re.compile(r"^[0-9a-f]{64}")
 SAFETY_LABELS = ("pre-restore", "pre-rebuild")
 
 
-NAME_HINT = ("expected a name like aimms_postgres_20260101_020000.sql.gz, or latest; "
-             "see fab list-backups")
+#: The compressions a backup can be made with (inventory ``compression``); the first
+#: is the default.
+COMPRESSIONS = tuple(c for c, _ in EXTENSIONS)
+DEFAULT_COMPRESSION = COMPRESSIONS[0]
+#: The file name endings of the backups, as one regular expression (no groups).
+EXTENSION_RE = "(?:" + "|".join(re.escape(ext) for _, ext in EXTENSIONS) + ")"
+#: The compression of each dump format (names.dump_format): ``gz`` is gzip, ``zst`` zstd.
+FORMAT_COMPRESSION = {ext.rsplit(".", 1)[1]: c for c, ext in EXTENSIONS}
+#: What a dump file given to restore or rebuild-volume may be.
+DUMP_FILE_HINT = (f"a local {', '.join(ext for _, ext in EXTENSIONS)} or .sql, the name of a "
+                  "backup on the host, or latest")
+
+NAME_HINT = (f"expected a name like aimms_postgres_20260101_020000{EXTENSIONS[0][1]} (or "
+             f"{', '.join(ext for _, ext in EXTENSIONS[1:])}), or latest; see fab list-backups")
+
+
+def dump_format(name: str) -> str:
+    """The format of a dump file by its name: ``gz`` or ``zst`` (the last part of an
+    ending of EXTENSIONS: any ``.gz``, any ``.zst``), else ``plain`` (a ``.sql``)."""
+    for fmt in FORMAT_COMPRESSION:
+        if name.endswith("." + fmt):
+            return fmt
+    return "plain"
+
+
+def stream_check(fmt: str) -> str:
+    """The name of the check that a dump of format ``fmt`` decompresses to its end:
+    ``gzip stream`` or ``zstd stream`` (``gzip stream`` for plain SQL, as before)."""
+    return f"{FORMAT_COMPRESSION.get(fmt, DEFAULT_COMPRESSION)} stream"
 
 
 @dataclass(frozen=True)

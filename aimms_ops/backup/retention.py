@@ -30,9 +30,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+#: The compressions a backup is made with (the inventory's ``compression``, the first the
+#: default) and the file name ending of each: the one definition (names, the host
+#: scripts through lib.sh).
+EXTENSIONS = (("gzip", ".sql.gz"), ("zstd", ".sql.zst"))
 #: The name of a backup, the one definition (backups, the host scripts through lib.sh):
-#: its UTC date and time, an optional label.
-NAME_RE = re.compile(r"^aimms_postgres_(\d{8})_(\d{6})(?:_([A-Za-z0-9_-]{1,64}))?\.sql\.gz$")
+#: its UTC date and time, an optional label, one of the EXTENSIONS.
+NAME_RE = re.compile(r"^aimms_postgres_(\d{8})_(\d{6})(?:_([A-Za-z0-9_-]{1,64}))?(?:"
+                     + "|".join(re.escape(ext) for _, ext in EXTENSIONS) + ")$")
 PIN_SUFFIX = ".pin"
 #: The calendar period of each bucket rule (ISO week for weekly), in the order applied.
 PERIODS = (("daily", "%Y-%m-%d"), ("weekly", "%G-W%V"), ("monthly", "%Y-%m"), ("yearly", "%Y"))

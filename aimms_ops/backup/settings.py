@@ -38,6 +38,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RETENTION_DAYS", "--retention-days", lambda h: str(h.policy.within_days)),
     Setting("MIN_KEEP", "--min-keep", lambda h: str(h.policy.min_keep)),
     Setting("LOCK_TIMEOUT", "--lock-timeout", lambda h: str(h.lock_timeout)),
+    # gzip (.sql.gz) or zstd (.sql.zst): what the backups, safety copies included, are made with
+    Setting("COMPRESSION", "--compression", lambda h: h.compression),
     Setting("RETENTION_RULES", "--retention-rules", lambda h: h.policy.rules_text),
     Setting("SAFETY_PIN_DAYS", "--safety-pin-days", lambda h: str(h.safety_pin_days)),
     Setting("ALLOW_SHRINK", "--allow-shrink", lambda h: "1" if h.allow_shrink else "0",

@@ -224,7 +224,7 @@ def install_backups(c, dry_run=False):
 
     with connect(c) as remote:
         plan = install.plan(remote)
-        _note_compressor(remote.name, plan.compressor)
+        _note_compressor(remote.name, plan.compressor, remote.host.compression)
         for line in plan.warnings:
             output.note(f"warning: {line}")
         if not plan.changed:
@@ -241,10 +241,10 @@ def install_backups(c, dry_run=False):
         output.note(f"{remote.name}: {len(plan.changes)} change(s) applied")
 
 
-def _note_compressor(host: str, facts: dict[str, str]) -> None:
+def _note_compressor(host: str, facts: dict[str, str], compression: str) -> None:
     from aimms_ops.monitor.doctor import compressor_check
 
-    found = compressor_check(facts)
+    found = compressor_check(facts, compression)
     if found is not None:
         output.note(f"{host}: backups compressed on the host by {found.detail}"
                     + (f"; {found.fix}" if found.fix else ""))

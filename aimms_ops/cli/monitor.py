@@ -81,7 +81,7 @@ def status(c, json=False, max_age="26h"):
     "identity": "the age identity file that decrypts offsite copies (with --offsite)",
 }, optional=["offsite"])
 def verify(c, file="latest", deep=False, json=False, offsite=None, identity=None):
-    """Verify a backup on the host: checksum, gzip stream, completion marker; --deep restores it.
+    """Verify a backup on the host: checksum, its stream, completion marker; --deep restores it.
 
     --deep starts a throwaway container from the production postgres image, with a
     volume of its own and no network, restores the backup into it as fab restore

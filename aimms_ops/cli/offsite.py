@@ -104,6 +104,7 @@ def offsite_source(remote: Any, file: str | None, target: str, identity: str | N
 def verify_offsite(c: Any, file: str, target: str | None, identity: str | None,
                    as_json: bool) -> None:
     """verify --offsite[=NAME]: read each copy back, decrypt it here, check it whole."""
+    from aimms_ops.backup.names import stream_check
     from aimms_ops.offsite import copies, fetch
     from aimms_ops.restore import source as dumpsource
 
@@ -130,8 +131,9 @@ def verify_offsite(c: Any, file: str, target: str | None, identity: str | None,
                     raise OpsError(f"the copy of {cp.name} on {t.name} decrypts but is not a "
                                    f"good dump: {'; '.join(dump.problems)}")
                 fetch.mark_verified(remote, cp)
-                detail = (f"{cp.name}: encrypted sha256 and plaintext sha256 match, gzip "
-                          f"stream and completion marker OK ({', '.join(dump.databases)})")
+                detail = (f"{cp.name}: encrypted sha256 and plaintext sha256 match, "
+                          f"{stream_check(dump.format)} and completion marker OK "
+                          f"({', '.join(dump.databases)})")
                 rows.append(Check(name, State.OK, detail))
                 results.append({"target": t.name, "file": cp.name, "state": "OK",
                                 "detail": detail})

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aimms_ops import units
+from aimms_ops.backup.names import DUMP_FILE_HINT
 from aimms_ops.cli.base import confirm, connect, ops_task
 from aimms_ops.cli.restore import named_dump
 from aimms_ops.errors import OpsError
@@ -15,7 +16,7 @@ from aimms_ops.output import console as output
 
 
 @ops_task(help={
-    "file": "a local .sql.gz or .sql, the name of a backup on the host, or latest",
+    "file": DUMP_FILE_HINT,
     "yes": "do not ask for confirmation (needed when not run from a terminal)",
     "dry_run": "print the checks and every command in order, change nothing",
     "no_keep_old": "do not keep a copy of the old volume's data (not recommended)",

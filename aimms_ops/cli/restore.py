@@ -7,13 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 from aimms_ops import units
+from aimms_ops.backup.names import DUMP_FILE_HINT, stream_check
 from aimms_ops.cli.base import confirm, connect, ops_task
 from aimms_ops.errors import OpsError, shown
 from aimms_ops.output import console as output
 
 
 @ops_task(help={
-    "file": "a local .sql.gz or .sql, the name of a backup on the host, or latest",
+    "file": DUMP_FILE_HINT,
     "database": "restore only this database of the dump (recreated first); default: all",
     "yes": "do not ask for confirmation (needed when not run from a terminal)",
     "no_safety_backup": "skip the pre-restore backup of the current state",
@@ -103,7 +104,7 @@ def _print_restore_plan(plan: Any) -> None:
     if d.sha256_recorded:
         sha = "matches its .sha256"
     else:
-        sha = "no .sha256 beside it (gzip stream and completion marker checked)"
+        sha = f"no .sha256 beside it ({stream_check(d.format)} and completion marker checked)"
     rows = [
         ["host", plan.host],
         ["container", plan.container],

@@ -97,9 +97,12 @@ def script_text(name: str) -> str:
 
 def _placeholders() -> dict[str, str]:
     """The facts written into the scripts when they are rendered (``@KEY@`` in lib.sh)."""
+    from aimms_ops.backup.retention import EXTENSIONS
     from aimms_ops.host.layout import LOCK_FILES
 
-    return {"BACKUP_NAME_ERE": name_ere(), **LOCK_FILES}
+    return {"BACKUP_NAME_ERE": name_ere(),
+            "BACKUP_COMPRESSIONS": " ".join(c for c, _ in EXTENSIONS),
+            "BACKUP_EXTENSIONS": " ".join(ext for _, ext in EXTENSIONS), **LOCK_FILES}
 
 
 def script_command(name: str, args: Iterable[str | int] = ()) -> str:

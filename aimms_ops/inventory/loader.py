@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from aimms_ops.backup.names import COMPRESSIONS, DEFAULT_COMPRESSION
 from aimms_ops.backup.retention import Policy
 from aimms_ops.errors import OpsError, key_path, problem
 from aimms_ops.inventory.model import (
@@ -151,7 +152,7 @@ _HOST_KEYS = {
     "ssh_config", "accept_new_host_key", "backup_dir", "backup_script", "log_file",
     "cron_schedule", "retention_days", "min_keep", "compose", "postgres", "volumes",
     "verify_schedule", "lock_timeout", "retention", "safety_pin_days", "allow_shrink", "ping",
-    "offsite", "offsite_recipients", "offsite_identity",
+    "offsite", "offsite_recipients", "offsite_identity", "compression",
 }
 
 
@@ -293,6 +294,8 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
                                     'a cron schedule of five fields, like "0 4 * * 0"'),
         "lock_timeout": ck.value(d, key, "lock_timeout", _is_int(0),
                                  "a whole number of seconds", 600),
+        "compression": ck.value(d, key, "compression", lambda v: v in COMPRESSIONS,
+                                " or ".join(COMPRESSIONS), DEFAULT_COMPRESSION),
     }
     offsite = parse_offsite(d, key, policy.within_days, policy.min_keep, base)
     ck.problems += offsite.problems

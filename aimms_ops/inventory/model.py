@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aimms_ops.backup.names import DEFAULT_COMPRESSION
 from aimms_ops.backup.retention import Policy
 from aimms_ops.errors import OpsError, shown
 from aimms_ops.host.layout import HostLayout
@@ -84,6 +85,8 @@ class Host:
     safety_pin_days: int = 14
     allow_shrink: bool = False
     ping: Ping | None = None
+    #: how the backups are compressed: gzip (.sql.gz) or zstd (.sql.zst); names.COMPRESSIONS
+    compression: str = DEFAULT_COMPRESSION
 
     offsite: Offsite = field(default_factory=Offsite)
 

@@ -16,6 +16,7 @@ from aimms_ops.host.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.checks import Check, State, worst
+from aimms_ops.monitor.compressor import compressor_check
 from aimms_ops.monitor.disk import check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks
 from aimms_ops.monitor.hostfacts import HostFacts, gather
@@ -152,35 +153,6 @@ def check_python(hf: HostFacts) -> Check | None:
                      "which restores and deep verifies need", fix)
     return Check("python3", State.OK, f"python3 {seen} (restores and deep verifies read the dump "
                  "with it)")
-#: How to get igzip (ISA-L), the fastest of the three, on the usual hosts.
-GET_IGZIP = ("install ISA-L's igzip for about 2x pigz's speed, same .gz format: "
-             "apt-get install isal (Debian, Ubuntu), dnf install isa-l (Fedora, "
-             "Amazon Linux 2023, from EPEL elsewhere)")
-
-
-def compressor_check(facts: dict[str, str]) -> Check | None:
-    """Which compressor the backup uses on the host, and how to get a faster one (pure).
-
-    ``facts`` are the ``compressor.*`` lines of the host scripts; None when the host
-    did not report them. Only gzip missing altogether fails: a slower tool still makes
-    good backups, so igzip and pigz are OK and gzip alone is OK with a hint.
-    """
-    if "compressor.name" not in facts:
-        return None
-    name = facts.get("compressor.name", "")
-    check = facts.get("compressor.check", "") or name
-    have = facts.get("compressor.have", "") or "none"
-    if not name:
-        return Check("compressor", State.CRITICAL, "no gzip on the host: no backup can be made",
-                     "install gzip")
-    detail = {"igzip": "igzip -1 (ISA-L), the fastest",
-              "pigz": "pigz -1 (threads)",
-              "gzip": "gzip -1 (one thread, the slowest)"}.get(name, name)
-    detail += f"; the written stream checked by {check} -dc (installed: {have})"
-    fix = "" if name == "igzip" else GET_IGZIP
-    return Check("compressor", State.OK, detail, fix)
-
-
 def run_lines(log_tail: list[str], kind: str, pid: int) -> list[str]:
     """The lines of one run (``backup[PID]``) among the last lines of the log."""
     tag = f" {kind}[{pid}] "
@@ -221,7 +193,7 @@ def diagnose(hf: HostFacts, host: Host) -> DoctorReport:
     python = check_python(hf)
     if python is not None:
         checks.append(python)
-    compressor = compressor_check(hf.extra)
+    compressor = compressor_check(hf.extra, host.compression)
     if compressor is not None:
         checks.append(compressor)
     checks.append(check_last_run(runs))

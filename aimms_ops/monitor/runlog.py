@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aimms_ops import units
+from aimms_ops.backup.names import EXTENSION_RE
 
 _RESULT = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] RESULT (ok|failed:)\s*(.*)$")
 
@@ -53,7 +54,7 @@ def parse_results(text: str) -> list[LoggedRun]:
             name = rest.split(" ", 1)[0] or None
         else:
             reason = rest
-            tail = re.search(r" \((aimms_postgres_[^ ()]+\.sql\.gz)\)$", rest)
+            tail = re.search(rf" \((aimms_postgres_[^ ()]+{EXTENSION_RE})\)$", rest)
             if tail:
                 name = tail.group(1)
                 reason = rest[: tail.start()]

@@ -20,6 +20,7 @@ from aimms_ops.errors import OpsError, shown
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.checks import Check, State, worst
+from aimms_ops.monitor.compressor import GET_ZSTD, compressor_check
 from aimms_ops.monitor.disk import DiskOutlook, check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks
 from aimms_ops.monitor.hostfacts import HostFacts, gather
@@ -136,6 +137,8 @@ def fix_for_failure(reason: str) -> str:
         return "a restore or rebuild-volume was running: the next backup runs after it"
     if "another backup" in r or "lock" in r:
         return "a backup is still running or hung: see fab logs and the lock owner"
+    if "zstd is not installed" in r:
+        return GET_ZSTD
     if "pg_dumpall" in r or "dump failed" in r:
         return "see the postgres log: fab doctor"
     return "see fab logs"
@@ -320,6 +323,9 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
     ping = check_ping(hf.pings, host)
     if ping is not None:
         checks.append(ping)
+    compressor = compressor_check(hf.extra, host.compression)
+    if compressor is not None and compressor.state is State.CRITICAL:
+        checks.append(compressor)  # no backup can be made: the next one fails
     good = good_backups(hf.backups)
     newest = good[0] if good else None
     perf: dict[str, str] = {}

@@ -2,7 +2,8 @@
 
 Without ``deep`` the backup is read once on the host, exactly as ``fab restore``
 checks a dump before touching anything (:func:`aimms_ops.restore.source.inspect_remote`): recorded
-sha256, gzip stream, header and completion marker. With ``deep`` the packaged
+sha256, the compressed stream (``gzip stream``, or ``zstd stream`` for a ``.sql.zst``),
+header and completion marker. With ``deep`` the packaged
 ``verify-backup.sh`` (the script cron runs weekly) restores it into a throwaway
 container from the production image, reports databases, tables and rows, and
 removes the container and its volume whatever happens.
@@ -84,14 +85,15 @@ class VerifyReport:
 def checks_of(dump: DumpInfo) -> list[Check]:
     """The named checks of a dump inspected by ``restore.inspect_*`` (pure)."""
     found: dict[str, Check] = {}
+    stream = names.stream_check(dump.format)  # named after the compression
     for problem in dump.problems:
         if problem.startswith("sha256 mismatch"):
             found["checksum"] = Check("checksum", State.CRITICAL, problem,
                                       "the file changed after it was written: use another "
                                       "backup (fab list-backups)")
-        elif problem.startswith(("the gzip stream", "cannot read")):
-            found["gzip stream"] = Check("gzip stream", State.CRITICAL, problem,
-                                         "the file is damaged or cut short: use another backup")
+        elif problem.startswith(("the gzip stream", "the zstd stream", "cannot read")):
+            found[stream] = Check(stream, State.CRITICAL, problem,
+                                  _FIXES["gzip stream"])
         elif problem.startswith("not a pg_dumpall dump"):
             found["dump header"] = Check("dump header", State.CRITICAL, problem,
                                          "this is not a backup made by pg_dumpall")
@@ -111,10 +113,10 @@ def checks_of(dump: DumpInfo) -> list[Check]:
         else:
             found["checksum"] = Check("checksum", State.OK,
                                       f"matches its .sha256 ({dump.sha256[:16]}…)")
-    stream_bad = "gzip stream" in found
+    stream_bad = stream in found
     header_bad = "dump header" in found
-    if "gzip stream" not in found:
-        found["gzip stream"] = Check("gzip stream", State.OK, "decompresses to its end")
+    if stream not in found:
+        found[stream] = Check(stream, State.OK, "decompresses to its end")
     for name, ok_detail in (("dump header", "a pg_dumpall cluster dump"),
                             ("completion marker", "present")):
         if name in found:
@@ -123,7 +125,7 @@ def checks_of(dump: DumpInfo) -> list[Check]:
             found[name] = Check(name, State.UNKNOWN, "not checked: an earlier check failed")
         else:
             found[name] = Check(name, State.OK, ok_detail)
-    ordered = [found.pop(n) for n in CHECK_ORDER]
+    ordered = [found.pop(stream if n == "gzip stream" else n) for n in CHECK_ORDER]
     return ordered + list(found.values())
 
 
@@ -136,6 +138,7 @@ def _first_failed(checks: list[Check]) -> str | None:
 
 _FIXES = {"checksum": "the file changed after it was written: use another backup",
           "gzip stream": "the file is damaged or cut short: use another backup",
+          "zstd stream": "the file is damaged or cut short: use another backup",
           "dump header": "this is not a backup made by pg_dumpall",
           "completion marker": "the dump was cut short: use another backup",
           "restore": "the dump does not replay: see the error; use another backup",

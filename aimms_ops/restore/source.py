@@ -1,6 +1,7 @@
 """Where a dump comes from and what it is: a local file or a backup on the host, read once.
 
-Before anything is touched a dump is checked (recorded sha256, the whole gzip stream)
+Before anything is touched a dump is checked (recorded sha256, the whole gzip or zstd
+stream)
 and read as psql reads it by the dump scanner (``aimms_ops.dump``): header, databases,
 roles, the preface of properties, the completion marker. On the host the same scanner
 runs (``inspect-dump.sh``).
@@ -17,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from aimms_ops.backup.names import NAME_HINT, SHA_RE
+from aimms_ops.backup.names import (
+    DUMP_FILE_HINT,
+    FORMAT_COMPRESSION,
+    NAME_HINT,
+    SHA_RE,
+    dump_format,
+)
 from aimms_ops.backup.retention import NAME_RE
 from aimms_ops.dump.facts import FactsFeeder
 from aimms_ops.errors import OpsError, shown
@@ -65,7 +72,7 @@ class DumpInfo:
     source: str  # the local path, or the path on the host
     location: str  # "local" or "remote"
     size: int
-    format: str  # "gz" or "plain"
+    format: str  # "gz", "zst" or "plain" (names.dump_format)
     sha256: str
     sha256_recorded: str | None
     databases: tuple[str, ...]
@@ -88,8 +95,9 @@ def _check(size: int, sha: str, recorded: str | None, stream_ok: bool, stream_er
         problems.append(f"sha256 mismatch: the file is {sha[:16]}…, its .sha256 says "
                         f"{recorded[:16]}…")
     if not stream_ok:
-        problems.append(f"the gzip stream is damaged or truncated ({stream_error})"
-                        if fmt == "gz" else f"cannot read the file ({stream_error})")
+        kind = FORMAT_COMPRESSION.get(fmt)
+        problems.append(f"the {kind} stream is damaged or truncated ({stream_error})"
+                        if kind else f"cannot read the file ({stream_error})")
     elif not header:
         problems.append("not a pg_dumpall dump: no cluster dump header")
     elif not complete:
@@ -105,9 +113,8 @@ def inspect_local(path: Path, progress: Progress | None = None) -> DumpInfo:
     not their sum.
     """
     if not path.is_file():
-        raise OpsError(f"no such file: {path}", "give a local .sql.gz or .sql, or the name of "
-                       "a backup on the host (see fab list-backups)")
-    fmt = "gz" if path.name.endswith(".gz") else "plain"
+        raise OpsError(f"no such file: {path}", f"give {DUMP_FILE_HINT} (see fab list-backups)")
+    fmt = dump_format(path.name)
     recorded = _recorded_sha(path.with_name(path.name + ".sha256"))
     scan = FactsFeeder()
     feeder = _Feeder(path, fmt, progress)
@@ -189,7 +196,7 @@ class _Feeder(threading.Thread):
     def __init__(self, path: Path, fmt: str, progress: Progress | None) -> None:
         super().__init__(daemon=True)
         self.path = path
-        self.inflater = _Inflater() if fmt == "gz" else None
+        self.inflater = _inflater(fmt)
         self.progress = progress
         self.pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=SCAN_QUEUE)
         self.size = 0
@@ -221,7 +228,7 @@ class _Feeder(threading.Thread):
         try:
             for data in (self.inflater.feed(chunk) if self.inflater is not None else [chunk]):
                 self._put(data)
-        except INFLATE_ERRORS as exc:
+        except STREAM_ERRORS as exc:
             self.stream_ok, self.stream_error = False, str(exc)
 
     def _put(self, item: bytes | None) -> None:
@@ -266,6 +273,57 @@ class _Inflater:
                 data = self._z.unconsumed_tail
         while not self._z.eof and (out := self._z.decompress(b"", INFLATE_PIECE)):
             yield out
+
+
+class StreamError(ValueError):
+    """A compressed stream that does not decompress (zstd's errors, as one type)."""
+
+
+#: What a stream that does not decompress raises, whatever its format.
+STREAM_ERRORS: tuple[type[Exception], ...] = (*INFLATE_ERRORS, StreamError)
+
+
+class _ZstdInflater:
+    """Decompresses a (possibly multi-frame) zstd stream in pieces of bounded size.
+
+    zstandard's decompressobj yields all it can of the input it is given: the input goes
+    in small slices, so no piece of output is much larger than ``INFLATE_PIECE``.
+    """
+
+    SLICE = 64 * 1024
+
+    def __init__(self) -> None:
+        import zstandard
+
+        self._errors = zstandard.ZstdError
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._z = self._new()
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._z.eof)
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        view = memoryview(chunk)
+        for at in range(0, len(view), self.SLICE):
+            data = bytes(view[at:at + self.SLICE])
+            while data:
+                if self._z.eof:  # the next zstd frame
+                    self._z = self._new()
+                try:
+                    out = self._z.decompress(data)
+                except self._errors as exc:
+                    raise StreamError(str(exc)) from None
+                for i in range(0, len(out), INFLATE_PIECE):
+                    yield out[i:i + INFLATE_PIECE]
+                data = self._z.unused_data if self._z.eof else b""
+
+
+def _inflater(fmt: str) -> _Inflater | _ZstdInflater | None:
+    """The decompressor of a dump format (None: plain SQL, read as it is)."""
+    if fmt == "gz":
+        return _Inflater()
+    return _ZstdInflater() if fmt == "zst" else None
 
 
 def _recorded_sha(side: Path) -> str | None:
@@ -322,7 +380,8 @@ def local_dump(file: str) -> Path | None:
 
 
 def resolve_source(remote: Remote, file: str) -> DumpInfo:
-    """``file`` is a local path (.sql.gz or .sql), or the name of a backup on the host."""
+    """``file`` is a local path (.sql.gz, .sql.zst or .sql), or the name of a backup on the
+    host."""
     if not file:
         raise OpsError("--file is required", "give a local dump or a backup name, or latest")
     local = local_dump(file)
@@ -330,7 +389,7 @@ def resolve_source(remote: Remote, file: str) -> DumpInfo:
         return inspect_local(local)
     if NAME_RE.fullmatch(file):
         return inspect_remote(remote, f"{remote.host.backup_dir.rstrip('/')}/{file}")
-    if "/" in file or file.endswith((".sql", ".sql.gz", ".gz")):
-        raise OpsError(f"no such file: {shown(file)}", "give a local .sql.gz or .sql, or the "
-                       "name of a backup on the host (see fab list-backups)")
+    if "/" in file or file.endswith(".sql") or dump_format(file) != "plain":
+        raise OpsError(f"no such file: {shown(file)}", f"give {DUMP_FILE_HINT} "
+                       "(see fab list-backups)")
     raise OpsError(f"not a local file nor a backup name: {shown(file)}", NAME_HINT)

@@ -16,9 +16,11 @@
 #   --retention-days N   remove backups older than N days...  (RETENTION_DAYS)
 #   --min-keep N         ...but never the newest N good ones  (MIN_KEEP)
 #   --lock-timeout S     wait at most S seconds for a running backup (LOCK_TIMEOUT)
+#   --compression NAME   gzip (default: .sql.gz) or zstd (.sql.zst)  (COMPRESSION)
 #   --gzip-level N       1 (fastest) .. 9 (smallest)           (GZIP_LEVEL)
-#   --compressor NAME    auto (default: igzip, else pigz, else gzip), igzip, pigz or
-#                        gzip; on the host, always the .gz format    (COMPRESSOR)
+#   --compressor NAME    with gzip: auto (default: igzip, else pigz, else gzip), igzip,
+#                        pigz or gzip; on the host, always the .gz format (COMPRESSOR)
+#   --zstd-level N       with zstd: 1 (fastest, default) .. 19 (smallest) (ZSTD_LEVEL)
 #   --retention-rules R  GFS rules, e.g. "daily=7 weekly=4 monthly=12 yearly=2" (RETENTION_RULES)
 #   --safety-pin-days N  pin pre-restore/pre-rebuild safety copies N days (SAFETY_PIN_DAYS)
 #   --allow-shrink       accept a backup less than half the size of those before it (ALLOW_SHRINK=1)
@@ -35,8 +37,8 @@
 #   --echo               also print the log lines on stderr
 #   --report             print the result.* and prune.* lines below on stdout
 #
-# A backup is aimms_postgres_YYYYMMDD_HHMMSS[_LABEL].sql.gz (UTC) with a .sha256
-# beside it. It is written under a temporary name, tested (gzip stream and the
+# A backup is aimms_postgres_YYYYMMDD_HHMMSS[_LABEL].sql.gz (UTC; .sql.zst with zstd)
+# with a .sha256 beside it. It is written under a temporary name, tested (its stream and the
 # dump's completion marker), fsynced, its checksum written, and only then renamed
 # into place. Any failure exits non-zero and leaves nothing that looks like a backup.
 # Retention runs only after a good backup and never removes the newest MIN_KEEP.
@@ -69,6 +71,8 @@ MIN_KEEP=${MIN_KEEP:-3}
 LOCK_TIMEOUT=${LOCK_TIMEOUT:-600}
 GZIP_LEVEL=${GZIP_LEVEL:-1}
 COMPRESSOR=${COMPRESSOR:-auto}
+COMPRESSION=${COMPRESSION:-${BACKUP_COMPRESSIONS[0]}}
+ZSTD_LEVEL=${ZSTD_LEVEL:-1}
 RETENTION_RULES=${RETENTION_RULES:-}
 RETENTION_PYTHON=${RETENTION_PYTHON:-python3}
 SAFETY_PIN_DAYS=${SAFETY_PIN_DAYS:-14}
@@ -98,6 +102,7 @@ while [ $# -gt 0 ]; do
 # @include settings-flags.sh
         --gzip-level) GZIP_LEVEL=${2:-}; shift ;;
         --compressor) COMPRESSOR=${2:-}; shift ;;
+        --zstd-level) ZSTD_LEVEL=${2:-}; shift ;;
         --label) LABEL=${2:-}; shift ;;
         --prune-only) PRUNE_ONLY=1 ;;
         --dry-run) DRY_RUN=1 ;;
@@ -113,7 +118,7 @@ done
 require_settings "the settings file beside the script: fab install-backups writes it"
 [[ $LABEL =~ ^[A-Za-z0-9_-]*$ ]] || usage_error "a label allows letters, digits, - and _ only"
 [ ${#LABEL} -le 64 ] || usage_error "a label is at most 64 characters"
-for n in RETENTION_DAYS MIN_KEEP LOCK_TIMEOUT GZIP_LEVEL SAFETY_PIN_DAYS ALLOW_SHRINK PING_TIMEOUT; do
+for n in RETENTION_DAYS MIN_KEEP LOCK_TIMEOUT GZIP_LEVEL ZSTD_LEVEL SAFETY_PIN_DAYS ALLOW_SHRINK PING_TIMEOUT; do
     [[ ${!n} =~ ^[0-9]+$ ]] || usage_error "$n must be a whole number"
 done
 [ "$MIN_KEEP" -ge 1 ] || usage_error "MIN_KEEP must be at least 1"
@@ -123,6 +128,9 @@ case $COMPRESSOR in
     auto | igzip | pigz | gzip) ;;
     *) usage_error "COMPRESSOR must be auto, igzip, pigz or gzip" ;;
 esac
+if [ "$ZSTD_LEVEL" -lt 1 ] || [ "$ZSTD_LEVEL" -gt 19 ]; then usage_error "ZSTD_LEVEL must be 1..19"; fi
+EXT=$(backup_ext "$COMPRESSION") ||
+    usage_error "COMPRESSION must be one of: ${BACKUP_COMPRESSIONS[*]} (got '$COMPRESSION')"
 
 [[ $RETENTION_RULES =~ ^[a-z0-9=\ ]*$ ]] || usage_error "RETENTION_RULES: expected e.g. daily=7 weekly=4"
 case $PING_KIND in healthchecks | uptime-kuma) ;; *) usage_error "PING_KIND: healthchecks or uptime-kuma" ;; esac
@@ -290,21 +298,27 @@ prune_by_days() {
                 log "retention: removed $name (${age_d}d old)"
             fi
         fi
-    done < <(find "$BACKUP_DIR" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' \
-        -printf '%T@\t%s\t%f\n' | sort -t $'\t' -k1,1nr)
+    done < <(backup_files "$BACKUP_DIR" -printf '%T@\t%s\t%f\n' | sort -t $'\t' -k1,1nr)
     return 0
 }
 
 # A checksum or a pin whose backup is gone is an orphan.
 prune_orphans() {
-    local side
-    for side in "$BACKUP_DIR"/aimms_postgres_*.sql.gz.sha256 "$BACKUP_DIR"/aimms_postgres_*.sql.gz.pin; do
-        [ -e "$side" ] || continue
-        if [ ! -e "${side%.*}" ]; then
-            report "prune.remove=$(basename -- "$side") orphan ${side##*.} file without a backup"
-            [ "$DRY_RUN" = 0 ] && rm -f -- "$side"
-        fi
+    local side ext
+    for ext in "${BACKUP_EXTENSIONS[@]}"; do
+        for side in "$BACKUP_DIR"/aimms_postgres_*"$ext".sha256 "$BACKUP_DIR"/aimms_postgres_*"$ext".pin; do
+            prune_orphan "$side"
+        done
     done
+    return 0
+}
+prune_orphan() {
+    local side=$1
+    [ -e "$side" ] || return 0
+    if [ ! -e "${side%.*}" ]; then
+        report "prune.remove=$(basename -- "$side") orphan ${side##*.} file without a backup"
+        [ "$DRY_RUN" = 0 ] && rm -f -- "$side"
+    fi
     return 0
 }
 
@@ -328,7 +342,7 @@ cname=$(docker inspect --format '{{.Name}}' "$cid" | sed 's#^/##')
 log "container $cname ($cid)"
 
 # The newest backup's size (awk reads all its input: no early exit to SIGPIPE the find).
-last=$(find "$BACKUP_DIR" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' -printf '%T@ %s\n' |
+last=$(backup_files "$BACKUP_DIR" -printf '%T@ %s\n' |
     awk '$1 > t { t = $1; s = $2 } END { print s + 0 }')
 avail=$(($(df -Pk "$BACKUP_DIR" | awk 'NR==2 {print $4}') * 1024))
 need=$(((${last:-0} * 12) / 10))
@@ -338,11 +352,11 @@ fi
 log "disk: $(human "$avail") free, last backup $(human "${last:-0}")"
 
 stamp=$(date -u +%Y%m%d_%H%M%S)
-name="aimms_postgres_${stamp}${LABEL:+_$LABEL}.sql.gz"
+name="aimms_postgres_${stamp}${LABEL:+_$LABEL}$EXT"
 while [ -e "$BACKUP_DIR/$name" ]; do
     sleep 1
     stamp=$(date -u +%Y%m%d_%H%M%S)
-    name="aimms_postgres_${stamp}${LABEL:+_$LABEL}.sql.gz"
+    name="aimms_postgres_${stamp}${LABEL:+_$LABEL}$EXT"
 done
 final="$BACKUP_DIR/$name"
 tmp="$BACKUP_DIR/.$name.tmp"
@@ -355,13 +369,19 @@ sumf="$work/sha256"
 TMP_FILES+=("$tmp" "$errf" "$tailf" "$fifo" "$sumf" "$final.sha256.tmp")
 
 # Compress on the host, where the faster tools can be (the official postgres image
-# has neither pigz nor igzip): the raw dump crosses docker exec's pipe once, into
-# igzip (ISA-L) when present, else pigz, else gzip; always the .gz format. pg_dumpall's
-# own status is reported on stderr (a pipe would hide it); the completion marker is
-# checked as well. The written stream is checked by the fastest decompressor present.
-pick_compressor "$GZIP_LEVEL" "$COMPRESSOR" ||
-    fail "compressor $COMPRESSOR is not installed on the host (install it, or set COMPRESSOR=auto)"
-pick_decompressor || fail "no gzip on the host (install gzip)"
+# has neither pigz, igzip nor zstd): the raw dump crosses docker exec's pipe once, into
+# igzip (ISA-L) when present, else pigz, else gzip, always the .gz format; or, with
+# COMPRESSION=zstd, into zstd (never another format instead). pg_dumpall's own status
+# is reported on stderr (a pipe would hide it); the completion marker is checked as
+# well. The written stream is checked by the fastest decompressor of its format.
+if [ "$COMPRESSION" = zstd ]; then
+    pick_zstd "$ZSTD_LEVEL" ||
+        fail "compression is zstd but zstd is not installed on the host (install zstd there, or set compression: gzip in the inventory)"
+else
+    pick_compressor "$GZIP_LEVEL" "$COMPRESSOR" ||
+        fail "compressor $COMPRESSOR is not installed on the host (install it, or set COMPRESSOR=auto)"
+fi
+pick_decompressor "$name" || fail "no $UNZIP_MISSING on the host (install $UNZIP_MISSING)"
 host_unzip=("${UNZIP[@]}")
 # The checksum is taken from the same stream while it is written (reading the file
 # back afterwards cost a second pass: 1 s per GB); openssl hashes about three times
@@ -413,7 +433,7 @@ sum=$(cut -d' ' -f1 "$sumf")
 if [ "$hash_status" != 0 ] || ! [[ $sum =~ ^[0-9a-f]{64}$ ]]; then
     fail "the checksum of $tmp failed: ${errline:-${hasher[0]} status $hash_status}"
 fi
-log "dump complete: $(human "$size"), gzip stream and completion marker checked"
+log "dump complete: $(human "$size"), $COMPRESSION stream and completion marker checked"
 
 sync -- "$tmp" || fail "fsync of $tmp failed"
 printf '%s  %s\n' "$sum" "$name" >"$final.sha256.tmp"

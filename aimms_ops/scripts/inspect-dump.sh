@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # inspect-dump.sh FILE: check a dump on this host before anything is touched.
 # key=value lines: exists, size, sha256 (computed), sha256_recorded (from FILE.sha256,
-# or empty), format (gz|plain), stream (ok|bad: the whole file decompresses), then what
+# or empty), format (gz|zst|plain), stream (ok|bad: the whole file decompresses), then what
 # the dump scanner (aimms_ops/dumpscan.py) found reading it as psql would: header,
 # complete (the completion marker at a statement boundary), db=HEX per database
 # section, role=HEX per role, preface=HEX per database whose properties the dump
 # carries. Read-only; one pass over the file.
 set -uo pipefail
+# @include lib.sh
 
 read -r -d '' SCANNER <<'PYTHON'
 # @include dumpscan.py
@@ -27,9 +28,13 @@ recorded=""
 if [ -r "$f.sha256" ]; then recorded=$(cut -d' ' -f1 <"$f.sha256" | head -n 1); fi
 echo "sha256_recorded=$recorded"
 case $f in
-    *.gz) format=gz
-          if command -v igzip >/dev/null 2>&1; then unzip=(igzip -dc)
-          elif command -v pigz >/dev/null 2>&1; then unzip=(pigz -dc); else unzip=(gzip -dc); fi ;;
+    *.gz | *.zst)  # igzip, else pigz, else gzip; zstd for a .zst
+        format=${f##*.}
+        if ! pick_decompressor "dump.$format"; then
+            echo "aimms-ops: $UNZIP_MISSING is not installed on this host; reading a .$format dump needs it (install $UNZIP_MISSING)" >&2
+            exit 69
+        fi
+        unzip=("${UNZIP[@]}") ;;
     *) format=plain; unzip=(cat) ;;
 esac
 echo "format=$format"

@@ -9,9 +9,34 @@
 say() { (printf '%s\n' "$1") 2>/dev/null; }
 
 # The name of a backup: retention.NAME_RE, written in by the package when a script is
-# rendered. Groups 1 and 2 are its UTC date and time, 4 its label.
+# rendered. Groups 1 and 2 are its UTC date and time, 4 its label, 5 its ending.
 # shellcheck disable=SC2034  # read by the scripts that include this file
 BACKUP_NAME_RE='@BACKUP_NAME_ERE@'
+# The compressions a backup is made with and the file name ending of each, in the same
+# order (retention.EXTENSIONS, written in the same way); the first is the default.
+# shellcheck disable=SC2206  # the lists are plain words
+BACKUP_COMPRESSIONS=(@BACKUP_COMPRESSIONS@) BACKUP_EXTENSIONS=(@BACKUP_EXTENSIONS@)
+
+# backup_ext COMPRESSION: the file name ending of a backup made with COMPRESSION.
+backup_ext() {
+    local i
+    for i in "${!BACKUP_COMPRESSIONS[@]}"; do
+        if [ "${BACKUP_COMPRESSIONS[$i]}" = "$1" ]; then
+            printf '%s' "${BACKUP_EXTENSIONS[$i]}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# backup_files DIR [FIND_ACTION...]: the backup files in DIR, every compression (find's
+# -type f -name tests, then FIND_ACTION, e.g. -printf '%f\n'; without one, the paths).
+backup_files() {
+    local dir=$1 ext names=()
+    shift
+    for ext in "${BACKUP_EXTENSIONS[@]}"; do names+=(-o -name "aimms_postgres_*$ext"); done
+    find "$dir" -maxdepth 1 -type f \( "${names[@]:1}" \) "$@"
+}
 
 # The host's lock files in the backup dir (aimms_ops.host.layout.LOCK_FILES), written in
 # the same way; take_lock below is the one way to hold them.
@@ -183,8 +208,9 @@ SAFETY_LABELS=(pre-restore pre-rebuild)
 # is_safety_copy NAME: whether backup NAME is a safety copy (never what latest means).
 is_safety_copy() {
     local label
+    [[ $1 =~ $BACKUP_NAME_RE ]] || return 1
     for label in "${SAFETY_LABELS[@]}"; do
-        [[ $1 == *_"$label".sql.gz ]] && return 0
+        [ "${BASH_REMATCH[4]}" = "$label" ] && return 0
     done
     return 1
 }
@@ -219,11 +245,21 @@ pick_compressor() {
     return 1
 }
 
-# pick_decompressor: set UNZIP to the fastest gzip decompressor present (stdin to
-# stdout): igzip, else pigz, else gzip.
-# shellcheck disable=SC2034  # UNZIP is used by the scripts that include this file
+# pick_decompressor [FILE]: set UNZIP to the decompressor of FILE (stdin to stdout):
+# zstd for a .zst (a .sql.zst backup), else the fastest gzip decompressor present:
+# igzip, else pigz, else gzip. Fails when there is none (UNZIP_MISSING then names what
+# to install).
+# shellcheck disable=SC2034,SC2120  # UNZIP is used by the scripts that include this file
 pick_decompressor() {
-    local tool
+    local tool zst
+    UNZIP_MISSING=gzip
+    zst=$(backup_ext zstd)
+    if [[ ${1:-} == *."${zst##*.}" ]]; then
+        UNZIP_MISSING=zstd
+        command -v zstd >/dev/null 2>&1 || return 1
+        UNZIP=(zstd -q -dc)
+        return 0
+    fi
     for tool in igzip pigz gzip; do
         if command -v "$tool" >/dev/null 2>&1; then
             UNZIP=("$tool" -dc)
@@ -233,12 +269,22 @@ pick_decompressor() {
     return 1
 }
 
-# compressor_facts: key=value lines naming the compressor a backup run here would use
-# (with this PATH: the settings file gives cron the same one), and which of the three
-# are installed.
+# pick_zstd LEVEL: set ZIP to zstd at LEVEL with a thread per core (stdin to stdout),
+# ZIP_NAME and ZIP_LEVEL. Fails when zstd is not installed.
+# shellcheck disable=SC2034  # ZIP* are used by the scripts that include this file
+pick_zstd() {
+    command -v zstd >/dev/null 2>&1 || return 1
+    ZIP_NAME=zstd
+    ZIP_LEVEL=$1
+    ZIP=(zstd -q -T0 -"$1" -c)
+}
+
+# compressor_facts: key=value lines naming the gzip compressor a backup run here would
+# use (with this PATH: the settings file gives cron the same one), and which of the
+# compressors are installed (zstd too, for a host whose compression is zstd).
 compressor_facts() {
     local tool have=""
-    for tool in igzip pigz gzip; do
+    for tool in igzip pigz gzip zstd; do
         if command -v "$tool" >/dev/null 2>&1; then have="$have${have:+ }$tool"; fi
     done
     if pick_compressor 1; then echo "compressor.name=$ZIP_NAME"; else echo "compressor.name="; fi
@@ -267,8 +313,7 @@ size_drop() {
         if [ "$f" = "$skip" ] || [ ! -e "$dir/$f.sha256" ]; then continue; fi
         sizes+=("$s")
         [ "${#sizes[@]}" -lt 5 ] || break
-    done < <(find "$dir" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' \
-        -printf '%T@\t%s\t%f\n' 2>/dev/null | sort -t $'\t' -k1,1nr)
+    done < <(backup_files "$dir" -printf '%T@\t%s\t%f\n' 2>/dev/null | sort -t $'\t' -k1,1nr)
     [ "${#sizes[@]}" -gt 0 ] || return 0
     median=$(printf '%s\n' "${sizes[@]}" | sort -n | awk '{ a[NR] = $1 }
         END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%d\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }')

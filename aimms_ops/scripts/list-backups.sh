@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# list-backups.sh BACKUP_DIR: one line per backup, newest first:
+# list-backups.sh BACKUP_DIR: one line per backup (every compression), newest first:
 #   MTIME<TAB>SIZE<TAB>NAME<TAB>SHA256-or-dash<TAB>PIN-base64-or-dash
 # Prints "missing" alone when the directory does not exist. Read-only.
 set -euo pipefail
+# @include lib.sh
 dir=$1
 if [ ! -d "$dir" ]; then
     echo missing
     exit 0
 fi
-find "$dir" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' -printf '%T@\t%s\t%f\n' |
+backup_files "$dir" -printf '%T@\t%s\t%f\n' |
     sort -t $'\t' -k1,1nr |
     while IFS=$'\t' read -r mtime size name; do
         sum=-

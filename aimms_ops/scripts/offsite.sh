@@ -205,7 +205,7 @@ offsite_plan() {
     now=$(date +%s)
     {
         cut -f1 "$copies" | grep -v '^partial$' || true
-        find "$BACKUP_DIR" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' -printf '%f\n' |
+        backup_files "$BACKUP_DIR" -printf '%f\n' |
             while read -r name; do [ -s "$BACKUP_DIR/$name.sha256" ] && printf '%s\n' "$name"; done
     } | sort -u | while read -r name; do
         [[ $name =~ $BACKUP_NAME_RE ]] || continue

@@ -3,7 +3,7 @@
 # Replays a pg_dumpall dump into the postgres container of the compose service:
 #   SOURCE  "-" to read the dump from stdin (streamed from the operator's machine),
 #           or the absolute path of a dump on this host (nothing crosses the network)
-#   FORMAT  gz or plain
+#   FORMAT  gz, zst or plain
 #   DATABASE_HEX  restore only that database's section (its name in hex); all when empty
 #   LOCK    the cluster lock (lib.sh), held exclusive; none when empty (the caller holds it)
 #   WAIT    seconds to wait for whoever holds LOCK (default 60)
@@ -41,7 +41,12 @@ if [ -z "$cid" ]; then
 fi
 
 case $format in
-    gz) pick_decompressor; unzip=("${UNZIP[@]}") ;;  # igzip, else pigz, else gzip
+    gz | zst)  # igzip, else pigz, else gzip; zstd for zst
+        if ! pick_decompressor "dump.$format"; then
+            echo "aimms-ops: $UNZIP_MISSING is not installed on this host; the restore of a .$format dump needs it (install $UNZIP_MISSING)" >&2
+            exit 69
+        fi
+        unzip=("${UNZIP[@]}") ;;
     plain) unzip=(cat) ;;
     *) echo "aimms-ops: unknown format $format" >&2; exit 64 ;;
 esac

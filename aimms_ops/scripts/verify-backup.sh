@@ -31,6 +31,7 @@
 #                      (aimms-ops-verify-STAMP-PID) and refused when they exist or name
 #                      anything of production
 #   gzip stream        the dump decompresses to its end          } checked while it is
+#   (zstd stream)      (the same, for a .sql.zst)                }
 #   dump header        it is a pg_dumpall cluster dump           } streamed through the
 #   restore            psql (ON_ERROR_STOP) replays it all       } same dump scanner
 #   completion marker  the dump ends with its completion marker  } as real restores do
@@ -181,9 +182,7 @@ job_ping "$PING_URL_VERIFY" start
 [ -d "$BACKUP_DIR" ] || fail file "backup dir $BACKUP_DIR does not exist"
 if [ "$FILE" = latest ]; then
     # latest: the newest backup that is not a safety copy of a restore or a rebuild.
-    NAME=$(find "$BACKUP_DIR" -maxdepth 1 -type f -name 'aimms_postgres_*.sql.gz' \
-        ! -name '*_pre-restore.sql.gz' ! -name '*_pre-rebuild.sql.gz' \
-        -printf '%T@\t%f\n' | sort -t $'\t' -k1,1nr | cut -f2 |
+    NAME=$(backup_files "$BACKUP_DIR" -printf '%T@\t%f\n' | sort -t $'\t' -k1,1nr | cut -f2 |
         while read -r n; do
             [[ $n =~ $BACKUP_NAME_RE ]] && ! is_safety_copy "$n" && { echo "$n"; break; }
         done)
@@ -318,7 +317,12 @@ check start OK "$CONTAINER from the image of $prod_name, volume $VOLUME, no netw
 if ! command -v python3 >/dev/null 2>&1; then
     fail restore "python3 is not installed on this host; reading the dump needs it (install python3)"
 fi
-pick_decompressor; unzip=("${UNZIP[@]}")  # igzip, else pigz, else gzip
+# zstd for a .sql.zst; else igzip, else pigz, else gzip
+pick_decompressor "$NAME" || fail restore "$UNZIP_MISSING is not installed on this host; reading $NAME needs it (install $UNZIP_MISSING)"
+unzip=("${UNZIP[@]}")
+# The stream check is named after the format: "gzip stream" or "zstd stream".
+stream="gzip stream"
+[ "${unzip[0]}" != zstd ] || stream="zstd stream"
 
 # replay PASS: the dump through the restore filter into the throwaway server. The
 # second pass replays onto what the first made, with that cluster's properties, as a
@@ -348,12 +352,12 @@ psql_error() {
 replay 1
 # A stage killed by SIGPIPE (141) only saw a later stage stop: not a fault of its own.
 if [ "${st[0]}" != 0 ] && [ "${st[0]}" != 141 ]; then
-    fail "gzip stream" "the file does not decompress to its end: $(tail -n 1 "$WORK/unzip.err")"
+    fail "$stream" "the file does not decompress to its end: $(tail -n 1 "$WORK/unzip.err")"
 fi
 if [ "${st[0]}" = 0 ]; then
-    check "gzip stream" OK "decompresses to its end"
+    check "$stream" OK "decompresses to its end"
 else
-    check "gzip stream" UNKNOWN "not read to its end: a later stage stopped first"
+    check "$stream" UNKNOWN "not read to its end: a later stage stopped first"
 fi
 if grep -qx 'header=0' "$WORK/inspect" 2>/dev/null; then
     fail "dump header" "not a pg_dumpall cluster dump (no header)"

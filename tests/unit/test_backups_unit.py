@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from aimms_ops.backup import install, listing, names, run, settings
@@ -54,6 +54,7 @@ def test_invalid_names_refused(name):
 
 @given(st.text(max_size=80))
 def test_label_accepts_only_safe_words(label):
+    assume(label not in names.SAFETY_LABELS)  # reserved: refused with their own message
     ok = bool(label) and len(label) <= 64 and all(
         c.isascii() and (c.isalnum() or c in "-_") for c in label)
     if ok:

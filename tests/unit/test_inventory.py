@@ -154,6 +154,9 @@ WRONG_TYPES = [
     ("hosts.aidset.retention.bogus", 1, "no such key"),
     ("hosts.aidset.safety_pin_days", -1, "whole number of days"),
     ("hosts.aidset.allow_shrink", "yes", "true or false"),
+    ("hosts.aidset.compression", "xz", "expected gzip or zstd, got 'xz'"),
+    ("hosts.aidset.compression", "ZSTD", "expected gzip or zstd, got 'ZSTD'"),
+    ("hosts.aidset.compression", True, "expected gzip or zstd"),
     ("hosts.aidset.ping", "https://hc-ping.com/x", "a mapping"),
     ("hosts.aidset.ping", {"kind": "healthchecks"}, "missing"),
     ("hosts.aidset.ping.url", "ftp://x", "http(s) URL"),
@@ -197,6 +200,12 @@ def test_wrong_type_names_file_key_and_expectation(tmp_path, key, value, expecte
     assert key in msg
     assert expected in msg
     assert "\n" not in msg
+
+
+def test_compression_is_gzip_unless_the_host_says_zstd(tmp_path):
+    assert _load(tmp_path, _good()).host(None).compression == "gzip"
+    inv = _load(tmp_path, _set(_good(), "hosts.aidset.compression", "zstd"))
+    assert inv.host(None).compression == "zstd"
 
 
 @pytest.mark.parametrize("key", [
