@@ -1,11 +1,30 @@
 """The command line of the host script: ``inspect`` and ``filter``, reading stdin."""
 
+import fcntl
 import os
+import stat
 import sys
 
 from .facts import Facts, print_facts, read_facts
 from .reader import READ_CHUNK, Reader, Tee
 from .restore_filter import RestoreFilter
+
+#: fcntl's F_SETPIPE_SZ (Linux); the size asked for, the most an unprivileged user may
+#: set by default (/proc/sys/fs/pipe-max-size).
+_F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1024 * 1024
+
+
+def _widen_pipes(*fds):
+    """Give the pipes on ``fds`` a 1 MiB buffer instead of 64 KiB: a gigabyte then
+    crosses in a sixteenth of the wake-ups (the check of a 1 GB dump on the host took
+    half the time). Anything that is not a pipe, or a smaller limit, is left as it is."""
+    for fd in fds:
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass
 
 
 def _read(stream):
@@ -45,6 +64,7 @@ def main(argv):
     if not argv or argv[0] not in ("inspect", "filter"):
         sys.stderr.write("usage: dumpscan inspect | filter [--only HEXNAME] [--props DB=FILE]\n")
         return 64
+    _widen_pipes(0, 1)
     stdin = sys.stdin.buffer
     if argv[0] == "inspect":
         print_facts(read_facts(_read(stdin)), sys.stdout)

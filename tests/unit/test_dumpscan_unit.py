@@ -242,3 +242,22 @@ def test_the_filter_stops_the_stream_once_the_operators_session_is_gone():
     out, err = run_filter(AWKWARD, "--session", str(gone.pid), rc=3)
     assert "the operator's session ended" in err and "completion marker" in err
     assert "CREATE TABLE" not in out
+
+
+def test_the_host_script_widens_the_pipes_it_reads_and_writes(tmp_path):
+    """A gigabyte through a 64 KiB pipe costs a wake-up per 64 KiB: the scanner asks for 1 MiB."""
+    import fcntl
+    import os
+
+    from aimms_ops.dump import cli
+
+    r, w = os.pipe()
+    plain = tmp_path / "f"
+    plain.write_bytes(b"")
+    with open(plain, "rb") as fh:
+        try:
+            cli._widen_pipes(r, w, fh.fileno())  # a file is left as it is, without an error
+            assert fcntl.fcntl(r, 1032) == cli.PIPE_SIZE  # F_GETPIPE_SZ
+        finally:
+            os.close(r)
+            os.close(w)
