@@ -384,12 +384,7 @@ fi
 pick_decompressor "$name" || fail "no $UNZIP_MISSING on the host (install $UNZIP_MISSING)"
 host_unzip=("${UNZIP[@]}")
 # The checksum is taken from the same stream while it is written (reading the file
-# back afterwards cost a second pass: 1 s per GB); openssl hashes about three times
-# faster than sha256sum where the CPU has SHA instructions.
-hasher=(sha256sum)
-if command -v openssl >/dev/null 2>&1 && printf '' | openssl dgst -sha256 -r >/dev/null 2>&1; then
-    hasher=(openssl dgst -sha256 -r)
-fi
+# back afterwards cost a second pass: 1 s per GB), by lib.sh's sha256_stream.
 # Before the dump, its preface: the properties of template1 and postgres, which a plain
 # pg_dumpall leaves out (settings, connection limit, comment, ACL, role settings in
 # them), as comment lines that psql skips and aimms-ops' restore reads (aimms_ops/dump).
@@ -411,7 +406,7 @@ log "dumping with pg_dumpall -U $PG_SUPERUSER, compressed by $where"
 trap - ERR
 set +e
 mkfifo -m 600 -- "$fifo" || fail "cannot create $fifo"
-"${hasher[@]}" <"$fifo" >"$sumf" 2>>"$errf" &
+sha256_stream <"$fifo" >"$sumf" 2>>"$errf" &
 hash_pid=$!
 dump 2>"$errf" | tee -- "$tmp" "$fifo" 2>>"$errf" | "${host_unzip[@]}" 2>>"$errf" | tail -c 4096 >"$tailf"
 status=("${PIPESTATUS[@]}")
@@ -431,7 +426,7 @@ size=$(stat -c %s -- "$tmp")
 [ "$size" -gt 0 ] || fail "the backup is empty"
 sum=$(cut -d' ' -f1 "$sumf")
 if [ "$hash_status" != 0 ] || ! [[ $sum =~ ^[0-9a-f]{64}$ ]]; then
-    fail "the checksum of $tmp failed: ${errline:-${hasher[0]} status $hash_status}"
+    fail "the checksum of $tmp failed: ${errline:-sha256 status $hash_status}"
 fi
 log "dump complete: $(human "$size"), $COMPRESSION stream and completion marker checked"
 

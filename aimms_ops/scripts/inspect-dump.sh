@@ -42,7 +42,7 @@ sumf=$(mktemp)
 trap 'rm -f -- "$sumf"' EXIT
 # The hash reads the file beside the decompressor (a second read, from the page cache),
 # not through a tee: one pipe less for the whole dump to cross.
-sha256sum -- "$f" | cut -d' ' -f1 >"$sumf" &
+sha256_stream <"$f" >"$sumf" &
 "${unzip[@]}" <"$f" 2>/dev/null |
     python3 -c "$SCANNER" inspect
 status=("${PIPESTATUS[@]}")

@@ -78,11 +78,23 @@ require_settings() {
     [ -n "$COMPOSE_PROJECT" ] || usage_error "COMPOSE_PROJECT is not set (--project)"
 }
 
+# sha256_stream: the sha256 of stdin, in hex, on stdout. openssl where it works (about
+# three times sha256sum's speed where the CPU has SHA instructions), else sha256sum.
+sha256_stream() {
+    local out
+    if command -v openssl >/dev/null 2>&1 && printf '' | openssl dgst -sha256 -r >/dev/null 2>&1; then
+        out=$(openssl dgst -sha256 -r) || return
+    else
+        out=$(sha256sum) || return
+    fi
+    printf '%s\n' "${out%% *}"
+}
+
 # file_facts KEY PATH: KEY.sha256= and KEY.mode= of an installed file (the sha256 empty,
 # and no mode, when it is absent).
 file_facts() {
     if [ -f "$2" ]; then
-        echo "$1.sha256=$(sha256sum -- "$2" | cut -d' ' -f1)"
+        echo "$1.sha256=$(sha256_stream <"$2")"
         echo "$1.mode=$(stat -c %a -- "$2")"
     else
         echo "$1.sha256="

@@ -227,14 +227,6 @@ offsite_plan() {
     done
 }
 
-offsite_hasher() {
-    if command -v openssl >/dev/null 2>&1 && printf '' | openssl dgst -sha256 -r >/dev/null 2>&1; then
-        openssl dgst -sha256 -r
-    else
-        sha256sum
-    fi
-}
-
 # offsite_push_one TARGET NAME: encrypt BACKUP_DIR/NAME and upload it, then its .meta.
 # The plaintext read is checked against the backup's .sha256 on the way.
 offsite_push_one() {
@@ -248,9 +240,9 @@ offsite_push_one() {
     mkfifo -m 600 "$w/e.fifo" || { OFFSITE_ERROR="cannot create a fifo in $w"; return 1; }
     # The plaintext is hashed by a second reader of the file (from the page cache), the
     # encrypted stream through a fifo: one pass, no copy of the backup anywhere.
-    offsite_hasher <"$file" >"$w/p.sum" 2>/dev/null &
+    sha256_stream <"$file" >"$w/p.sum" 2>/dev/null &
     local hp=$!
-    offsite_hasher <"$w/e.fifo" >"$w/e.sum" 2>/dev/null &
+    sha256_stream <"$w/e.fifo" >"$w/e.sum" 2>/dev/null &
     local he=$!
     age "${recips[@]}" <"$file" 2>"$w/age.err" | tee -- "$w/e.fifo" 2>"$w/tee.err" |
         offsite_rclone "$t" rcat "$OFFSITE_BASE/$name.age" 2>"$w/rclone.err"

@@ -207,7 +207,7 @@ take_lock "$BACKUP_DIR/$CLUSTER_LOCK" shared "${LOCK_TIMEOUT:-600}" verify ||
 
 # --- checksum ------------------------------------------------------------------------
 [ "$size" -gt 0 ] || fail checksum "the file is empty"
-sum=$(sha256sum -- "$path" | cut -d' ' -f1)
+sum=$(sha256_stream <"$path")
 report "verify.sha256=$sum"
 recorded=""
 if [ -r "$path.sha256" ]; then recorded=$(cut -d' ' -f1 <"$path.sha256" | head -n 1); fi
