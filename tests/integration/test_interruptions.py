@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from aimms_ops.backup.retention import NAME_RE
+
 from . import faults
 from .conftest import fab_error_line
 
@@ -100,12 +102,16 @@ def _wait_restore_gone(sandbox) -> None:
 
 
 def _verify_all_backups(sandbox) -> list[str]:
-    """Every backup in the dir passes gzip -t and its .sha256; no temporary file is left."""
+    """Every backup in the dir (.sql.gz or .sql.zst, whatever earlier tests left) passes
+    gzip -t or zstd -t and its .sha256; no temporary file is left."""
     files = sandbox.sh(f"ls -1A ~/{BACKUPS}").split()
     assert not [f for f in files if f.endswith(".tmp")], files
-    names = [f for f in files if f.startswith("aimms_postgres_") and f.endswith(".sql.gz")]
-    sandbox.ssh(f"cd ~/{BACKUPS} && for f in aimms_postgres_*.sql.gz; do gzip -t \"$f\" && "
-                "sha256sum --quiet -c \"$f.sha256\" || exit 1; done", timeout=600)
+    names = [f for f in files if NAME_RE.match(f)]
+    sandbox.ssh(f"cd ~/{BACKUPS} && for f in aimms_postgres_*.sql.gz; do [ -e \"$f\" ] || "
+                "continue; gzip -t \"$f\" && sha256sum --quiet -c \"$f.sha256\" || exit 1; "
+                "done && for f in aimms_postgres_*.sql.zst; do [ -e \"$f\" ] || continue; "
+                "zstd -q -t \"$f\" && sha256sum --quiet -c \"$f.sha256\" || exit 1; done",
+                timeout=600)
     return names
 
 
@@ -299,7 +305,7 @@ def _reset_prune(sandbox) -> None:
 def _check_prune(sandbox) -> None:
     left = sandbox.sh(f"ls -1A ~/{BACKUPS}").split()
     assert not [f for f in left if f.startswith("aimms_postgres_201901")], left
-    names = {f for f in left if f.endswith(".sql.gz")}
+    names = {f for f in left if NAME_RE.match(f)}  # .sql.gz and .sql.zst alike
     assert not [f for f in left if f.endswith(".sha256") and f[:-7] not in names]
     assert len(names) >= 3
 
