@@ -5,6 +5,7 @@
 set -uo pipefail
 # @include lib.sh
 
+# shellcheck disable=SC2034  # PING_TIMEOUT is read by lib.sh's ping_send
 kind=$1 url=$2 PING_TIMEOUT=${3:-45}
 started=$(date +%s)
 rid=$(cat /proc/sys/kernel/random/uuid 2>/dev/null || echo "$$-$started")
