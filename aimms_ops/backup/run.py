@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aimms_ops.backup.names import validate_label, validate_name, validate_reason
-from aimms_ops.backup.settings import script_args
+from aimms_ops.backup.settings import script_args, secret_input
 from aimms_ops.errors import ConnectionLost, OpsError
 from aimms_ops.host.layout import BACKUP_SCRIPT
 from aimms_ops.host.remote import Remote
@@ -91,7 +91,7 @@ def run_backup(remote: Remote, label: str | None = None,
         extra += ["--label", validate_label(label, safety=safety)]
     try:
         res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra),
-                                on_stderr=on_log)
+                                stdin=secret_input(remote.host), on_stderr=on_log)
     except ConnectionLost as exc:
         raise ConnectionLost(f"{exc.message} (the backup itself goes on on the host)",
                              "see its RESULT line with fab logs, and fab list-backups",
@@ -140,7 +140,8 @@ def prune(remote: Remote, *, dry_run: bool,
     extra = ["--prune-only", "--report"] + (["--dry-run"] if dry_run else [])
     if expect is not None:
         extra += ["--expect-plan", plan_digest(expect)]
-    res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra))
+    res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra),
+                            stdin=secret_input(remote.host))
     if not res.ok:
         raise OpsError(f"retention on {remote.name} failed: {_failure_reason(res.stderr)}",
                        "see fab logs")

@@ -23,6 +23,10 @@ class Setting:
     flag: str | None
     value: Callable[[Host], str | None]  # None: not set for this host
     switch: bool = False  # a flag without a value, given when the value is "1"
+    #: Never on a command line (the host's process list shows it to every user): fab
+    #: sends it on the script's stdin (:func:`secret_input`), cron's run reads the
+    #: settings file. The flag stays, for a run by hand.
+    secret: bool = False
 
 
 def _ping(attr: str, default: str = "") -> Callable[[Host], str]:
@@ -44,7 +48,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SAFETY_PIN_DAYS", "--safety-pin-days", lambda h: str(h.safety_pin_days)),
     Setting("ALLOW_SHRINK", "--allow-shrink", lambda h: "1" if h.allow_shrink else "0",
             switch=True),
-    Setting("PING_URL", "--ping-url", _ping("url")),
+    Setting("PING_URL", "--ping-url", _ping("url"), secret=True),
     Setting("PING_KIND", "--ping-kind", _ping("kind", "healthchecks")),
     Setting("PING_URL_VERIFY", None, _ping("verify_url")),
     Setting("PING_TIMEOUT", "--ping-timeout", _ping("timeout", "45")),
@@ -64,18 +68,40 @@ def script_settings(host: Host) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+#: The flag that makes a script read its secret settings from stdin (``KEY=VALUE`` lines).
+SECRETS_FLAG = "--settings-stdin"
+
+
 def script_args(host: Host, *extra: str, keys: tuple[str, ...] | None = None) -> list[str]:
-    """The flags that give a script every setting of ``host`` (or those in ``keys``)."""
+    """The flags that give a script every setting of ``host`` (or those in ``keys``).
+
+    A secret setting is not among them: :data:`SECRETS_FLAG` is, and the caller sends
+    :func:`secret_input` on the script's stdin.
+    """
     args: list[str] = []
+    secrets = False
     for s in SETTINGS:
         value = s.value(host)
         if s.flag is None or value is None or (keys is not None and s.key not in keys):
             continue
-        if s.switch:
+        if s.secret:
+            secrets = True
+        elif s.switch:
             args += [s.flag] if value == "1" else []
         else:
             args += [s.flag, value]
-    return [*args, *extra]
+    return [*args, *([SECRETS_FLAG] if secrets else []), *extra]
+
+
+def secret_input(host: Host) -> bytes:
+    """The secret settings of ``host`` as the script reads them on stdin: ``KEY=VALUE``
+    lines (the inventory allows no newline in them)."""
+    lines = []
+    for s in SETTINGS:
+        value = s.value(host)
+        if s.secret and s.flag is not None and value is not None:
+            lines.append(f"{s.key}={value}\n")
+    return "".join(lines).encode()
 
 
 def flag_cases() -> str:
@@ -86,4 +112,8 @@ def flag_cases() -> str:
             continue
         body = f"{s.key}=1" if s.switch else f"{s.key}=${{2:-}}; shift"
         arms.append(f"        {s.flag}) {body} ;;")
+    secret = [s for s in SETTINGS if s.secret and s.flag is not None]
+    reads = " ".join(f"{s.key}=*) {s.key}=${{_line#{s.key}=}} ;;" for s in secret)
+    arms.append(f"        {SECRETS_FLAG}) while IFS= read -r _line; do case $_line in "
+                f"{reads} esac; done ;;")
     return "\n".join(arms)

@@ -215,7 +215,8 @@ def send_test_ping(remote: Remote) -> list[Check]:
     for job, url in (("backup", ping.url), ("verify", ping.verify_url)):
         if not url:
             continue
-        res = remote.run_script("ping-test.sh", ping.kind, url, ping.timeout)
+        res = remote.run_script("ping-test.sh", ping.kind, "-", ping.timeout,
+                                stdin=f"{url}\n".encode())
         facts = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
         secs = facts.get("seconds", "?")
         if facts.get("ok") == "1":

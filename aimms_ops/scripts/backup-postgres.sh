@@ -25,6 +25,8 @@
 #   --safety-pin-days N  pin pre-restore/pre-rebuild safety copies N days (SAFETY_PIN_DAYS)
 #   --allow-shrink       accept a backup less than half the size of those before it (ALLOW_SHRINK=1)
 #   --ping-url URL       tell a monitor how the run went                 (PING_URL)
+#   --settings-stdin     read secret settings (PING_URL=URL lines) from stdin: fab sends
+#                        them there, never on the command line the host's ps shows
 #   --ping-kind KIND     healthchecks (default) or uptime-kuma           (PING_KIND)
 #   --ping-timeout S     a ping takes at most S seconds, retries included (PING_TIMEOUT)
 #   --offsite-config F   push encrypted copies to the targets in F (OFFSITE_CONFIG; offsite.sh)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ping-test.sh KIND URL [TIMEOUT]: send a test ping from this host, as the backup script would
+# ping-test.sh KIND URL|- [TIMEOUT]: send a test ping from this host, as the backup script would
 # (healthchecks: URL/log, which changes no state; uptime-kuma: status=up). Prints
 # ok=1 and the seconds taken, or ok=0 and curl's error.
 set -uo pipefail
@@ -7,6 +7,8 @@ set -uo pipefail
 
 # shellcheck disable=SC2034  # PING_TIMEOUT is read by lib.sh's ping_send
 kind=$1 url=$2 PING_TIMEOUT=${3:-45}
+# "-": the URL is the first line of stdin (fab sends it there, off the command line).
+[ "$url" != - ] || IFS= read -r url
 started=$(date +%s)
 rid=$(cat /proc/sys/kernel/random/uuid 2>/dev/null || echo "$$-$started")
 body=$(mktemp "${TMPDIR:-/tmp}/aimms-ping.XXXXXX") || exit 1

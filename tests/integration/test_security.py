@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 import subprocess
 import threading
 import uuid
@@ -190,6 +192,39 @@ def test_no_password_in_command_lines_logs_or_output(installed, tmp_path):
         for out in outputs:
             assert secret not in out
     installed.ssh(f"rm -f ~/{BACKUPS}/*_ps-sample.sql.gz*")
+
+
+def test_the_ping_url_never_reaches_a_command_line(installed, tmp_path):
+    """A ping URL is a capability (whoever has it can report for the job): fab sends it on
+    the script's stdin, and the host still pings it (the log says the ping was tried)."""
+    import yaml
+
+    token = f"ping-token-{uuid.uuid4().hex}"
+    with socket.socket() as s:  # a port nothing listens on: each ping fails at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = yaml.safe_load(installed.inventory.read_text())
+    data["hosts"]["aidset"]["ping"] = {"url": f"http://127.0.0.1:{port}/ping/{token}",
+                                       "timeout": 3}
+    inv = tmp_path / "inventory-ping.yml"
+    inv.write_text(yaml.safe_dump(data))
+    with Sampler(installed) as sampler:
+        backup = installed.fab("backup", "--label=ping-sample", inventory=inv)
+        doctor = installed.fab("doctor", "--ping", "--json", inventory=inv)
+    assert backup.returncode == 0, backup.stderr
+    seen = sampler.lines
+    assert any("backup-postgres.sh" in ln for ln in sampler.remote_lines)
+    assert any("ping-test.sh" in ln for ln in sampler.remote_lines)
+    assert not [ln for ln in seen if token in ln], "the ping URL is in a command line"
+    # The URL did reach curl on the host: its error names the port.
+    log = installed.sh("tail -n 40 ~/postgres-backup.log")
+    assert "ping start: failed" in log and "ping ok: failed" in log
+    assert f"port {port}" in log, log
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["test ping (backup)"]["state"] == "CRITICAL"
+    assert f"port {port}" in checks["test ping (backup)"]["detail"]
+    assert token not in backup.stdout + backup.stderr + doctor.stdout + doctor.stderr
+    installed.ssh(f"rm -f ~/{BACKUPS}/*_ping-sample.sql.gz*")
 
 
 def test_dump_contents_never_reach_the_log_or_the_output(installed, tmp_path):

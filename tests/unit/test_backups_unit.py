@@ -115,8 +115,8 @@ def test_parse_prune_and_result():
 
 def test_script_args_carry_every_setting():
     args = settings.script_args(_host(), "--echo")
-    assert args[-1] == "--echo"
-    pairs = dict(zip(args[:-1:2], args[1:-1:2], strict=True))
+    assert args[-2:] == [settings.SECRETS_FLAG, "--echo"]  # the ping URL (none) on stdin
+    pairs = dict(zip(args[:-2:2], args[1:-2:2], strict=True))
     assert pairs["--backup-dir"] == "/home/ec2-user/postgres-backups"
     assert pairs["--project"] == "aimms-web" and pairs["--min-keep"] == "3"
 
@@ -175,3 +175,17 @@ def test_latest_is_the_newest_regular_backup_never_a_safety_copy():
     with pytest.raises(OpsError, match="reserved"):
         names.validate_label("pre-restore")
     assert names.validate_label("pre-restore", safety=True) == "pre-restore"
+
+
+def test_the_ping_url_goes_on_stdin_never_among_the_flags():
+    from dataclasses import replace
+
+    from aimms_ops.inventory.model import Ping
+
+    host = replace(_host(), ping=Ping(url="https://hc-ping.com/secret-uuid"))
+    args = settings.script_args(host, "--echo")
+    assert "https://hc-ping.com/secret-uuid" not in args and "--ping-url" not in args
+    assert settings.SECRETS_FLAG in args
+    assert settings.secret_input(host) == b"PING_URL=https://hc-ping.com/secret-uuid\n"
+    # The script reads it there: the flag's arm in the rendered flag parsing.
+    assert f"{settings.SECRETS_FLAG}) while IFS= read -r _line" in settings.flag_cases()
