@@ -8,7 +8,6 @@ a full window can never deadlock a command.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -305,6 +304,11 @@ class Pending(Generic[T]):
             raise self._error
         return self._result  # type: ignore[return-value]
 
+    def ended_within(self, seconds: float) -> bool:
+        """Wait at most ``seconds``; whether the call has ended (what it raised is kept)."""
+        self._thread.join(seconds)
+        return not self._thread.is_alive()
+
 
 def in_background(fn: Callable[[], T]) -> Pending[T]:
     """Start ``fn`` now in a daemon thread, on its own channels of the same connection.
@@ -321,13 +325,6 @@ def bounded(fn: Callable[[], object], seconds: float) -> bool:
     For the clean-up of an interrupted task: a KeyboardInterrupt can land anywhere in
     paramiko, even while it holds a lock of the transport, and a clean-up that then
     waits on the transport must not keep the task from ending. What ``fn`` raises is
-    its own failure to clean up, and is dropped.
+    its own failure to clean up, and is dropped (never asked for).
     """
-    def run() -> None:
-        with contextlib.suppress(Exception):  # a clean-up that fails did not happen
-            fn()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    return not t.is_alive()
+    return Pending(fn).ended_within(seconds)

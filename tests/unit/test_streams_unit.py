@@ -173,3 +173,25 @@ def test_disk_file_hands_steps_to_the_disk_and_keeps_every_byte(tmp_path, monkey
         if streams._sync_file_range() is not None:
             assert disk.dropped > len(b"resumed from here:")  # written back as it went
     assert target.read_bytes() == b"resumed from here:" + data
+
+
+def test_background_calls_give_their_result_or_error_and_bounded_ones_never_wait_long():
+    import threading
+
+    import pytest
+
+    from aimms_ops.host.remote import bounded, in_background
+
+    assert in_background(lambda: 42).result() == 42
+
+    def fails() -> None:
+        raise ValueError("no answer")
+
+    with pytest.raises(ValueError, match="no answer"):
+        in_background(fails).result()
+    assert bounded(fails, 5) is True  # ended; its error is dropped
+    release = threading.Event()
+    try:
+        assert bounded(release.wait, 0.05) is False  # still running: not waited for
+    finally:
+        release.set()
