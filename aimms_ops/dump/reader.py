@@ -31,7 +31,7 @@ class Reader:
     def __init__(self, handler):
         self.handler = handler
         self.lexer = Lexer()
-        self.carry = b""
+        self.carry = []  # the input not consumed yet: the start of one line, in pieces
         self.pending = []  # lines of the statement being read
         self.in_copy = False
         self.section = None
@@ -42,9 +42,16 @@ class Reader:
         self.copy_rows_cut = False
 
     def feed(self, data):
+        """Read the next chunk of the dump; a line may be cut anywhere between chunks."""
         if self.carry:
-            data = self.carry + data
-            self.carry = b""
+            # An unfinished line is only put together once its end has come: a row
+            # of many megabytes read 1 MiB at a time is copied once, not once a chunk.
+            if b"\n" not in data:
+                self.carry.append(data)
+                return
+            self.carry.append(data)
+            data = b"".join(self.carry)
+            self.carry = []
         pos, n = 0, len(data)
         while pos < n:
             if self.in_copy:
@@ -52,23 +59,27 @@ class Reader:
                 continue
             nl = data.find(b"\n", pos)
             if nl < 0:
-                self.carry = data[pos:]
+                self.carry = [data[pos:]]
                 return
             self._line(data[pos:nl + 1])
             pos = nl + 1
 
     def _copy(self, data, pos):
-        """Pass COPY rows through up to and including the ``\\.`` line."""
+        """Pass COPY rows through up to and including the ``\\.`` line.
+
+        Only whole lines are passed on; the unfinished last line is kept in ``carry``,
+        from where it starts (``pos`` when the chunk holds no line end after it).
+        """
         if data.startswith(b"\\.\n", pos):
             end = pos + 3
         else:
             j = data.find(b"\n\\.\n", pos)
             if j < 0:
-                # Keep the last (maybe partial) line for the next chunk.
-                cut = data.rfind(b"\n", pos) + 1
+                cut = data.rfind(b"\n", pos) + 1 or pos
                 if cut > pos:
                     self.handler.copy(data[pos:cut])
-                self.carry = data[cut:]
+                if cut < len(data):
+                    self.carry = [data[cut:]]
                 return len(data)
             end = j + 4
         self.handler.copy(data[pos:end])
@@ -118,7 +129,7 @@ class Reader:
 
     def close(self):
         if self.carry:
-            rest, self.carry = self.carry, b""
+            rest, self.carry = b"".join(self.carry), []
             if self.in_copy:
                 self.handler.copy(rest)
             else:
