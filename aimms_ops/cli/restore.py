@@ -15,15 +15,24 @@ from aimms_ops.output import console as output
 
 @ops_task(help={
     "file": DUMP_FILE_HINT,
-    "database": "restore only this database of the dump (recreated first); default: all",
+    "database": "restore only this database of the dump; default: all",
+    "as_": "with --database: restore it under this new name beside the live one, "
+           "which is left untouched",
+    "dry_run": "print the plan (who is cut off, what is replaced), change nothing",
     "yes": "do not ask for confirmation (needed when not run from a terminal)",
     "no_safety_backup": "skip the pre-restore backup of the current state",
     "from_": "restore from the copy on this offsite target (decrypted here, verified first)",
     "identity": "the age identity file that decrypts offsite copies (with --from)",
 })
 def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from_=None,
-            identity=None):
+            identity=None, as_=None, dry_run=False):
     """Restore a pg_dumpall backup onto the host: the whole cluster, or --database.
+
+    All or nothing: every database is rebuilt beside the live one under a name no
+    application uses; once all are rebuilt they are swapped in, in one transaction
+    (the sessions on the replaced databases ended then), and the replaced ones are kept
+    aside (fab restore-undo puts them back, fab drop-replaced removes them). A failure
+    before the swap leaves the live cluster as it was.
 
     With --from=TARGET the backup is the copy on that offsite target (the host's backup
     dir may be empty): fetched through the host, checked, decrypted on this machine
@@ -43,9 +52,13 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
         live = in_background(lambda: rs.live_cluster(remote))
         dump = named_dump(remote, file, from_, identity, check=check)
         plan = rs.make_plan(remote, dump, database, safety_backup=not no_safety_backup,
-                            live=live.result)
+                            live=live.result, as_name=as_)
         _print_restore_plan(plan)
-        what = (f"restore {plan.database}" if plan.database else "restore the whole cluster")
+        if dry_run or c.config.run.dry:
+            output.note("dry run: nothing was changed")
+            return
+        what = (f"restore {plan.database} as {plan.as_name}" if plan.as_name else
+                f"restore {plan.database}" if plan.database else "restore the whole cluster")
         confirm(remote.name, f"{what} on {remote.name}", yes)
         if plan.safety_backup:
             output.note("safety copy of the current state (label pre-restore) ...")
@@ -67,6 +80,10 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
                  [[t.database, t.table, t.rows] for t in report.tables],
                  title=f"restored {', '.join(report.databases)} on {plan.host} in "
                  f"{units.duration(report.seconds)} ({units.size(report.rate)}/s of dump)")
+    if report.aside:
+        output.note("the databases replaced are kept aside: " + ", ".join(
+            f"{db} as {aside}" for db, aside in report.aside.items()))
+        output.note("put them back: fab restore-undo; remove them: fab drop-replaced")
 
 
 def named_dump(remote: Any, file: str, from_: str | None, identity: str | None, *,
@@ -111,10 +128,22 @@ def _print_restore_plan(plan: Any) -> None:
         ["dump", f"{d.source} ({d.location}, {units.size(d.size)}, {d.format})"],
         ["checks", f"sha256 {sha}; stream and completion marker OK"],
         ["dump holds", ", ".join(shown(db) for db in d.databases)],
-        ["dropped and recreated", ", ".join(
-            f"{shown(db)} (now {units.size(plan.current_sizes[db])})" if db in plan.current_sizes
-            else f"{shown(db)} (new)" for db in plan.affected)],
+        ["rebuilt beside, then swapped in", ", ".join(
+            f"{shown(db)} (replaces the live one, {units.size(plan.current_sizes[db])})"
+            if db in plan.current_sizes else f"{shown(db)} (new)" for db in plan.affected)],
+        ["if any step fails", "nothing is changed: the rebuilt copies are removed"],
+        ["the replaced ones", "kept aside until fab drop-replaced (fab restore-undo puts "
+         "them back)" if plan.replaced else "none"],
+        ["sessions ended at the swap", "; ".join(
+            f"{shown(s.database)}: {s.user}@{s.client}"
+            + (f" ({shown(s.application)})" if s.application else "")
+            for s in plan.sessions) or "none now (any open then are ended)"],
+        ["disk", f"about {units.size(plan.needed)} needed beside the live databases"
+         + (f", {units.size(plan.free)} free" if plan.free is not None else "")],
     ]
+    if plan.as_name:
+        rows[5] = ["restored as", f"{shown(plan.database)} of the dump as the new database "
+                   f"{shown(plan.as_name)}; {shown(plan.database)} on the host is untouched"]
     if plan.kept_databases:
         rows.append(["left as they are", ", ".join(shown(db) for db in plan.kept_databases)])
     props = [db for db in ("template1", "postgres") if db in plan.affected]
@@ -126,7 +155,8 @@ def _print_restore_plan(plan: Any) -> None:
         rows.append(["roles", "untouched (they must exist)"])
     else:
         rows.append(["roles", f"{len(d.roles)} set exactly as in the dump (attributes, "
-                     "password, settings, memberships)"])
+                     "password, settings, memberships) in the swap's transaction; the "
+                     "missing ones made first (dropped again if the restore fails)"])
         if plan.other_roles:
             rows.append(["roles not in the dump", "left as they are: " + ", ".join(
                 shown(r) for r in plan.other_roles)])

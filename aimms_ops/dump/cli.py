@@ -5,9 +5,21 @@ import os
 import stat
 import sys
 
+from .beside import Beside
 from .facts import Facts, print_facts, read_facts
 from .reader import READ_CHUNK, Reader, Tee
 from .restore_filter import RestoreFilter
+from .swap import (
+    Cluster,
+    SwapError,
+    discard,
+    drop_aside,
+    drop_replaced,
+    prepare,
+    set_aside,
+    swap,
+    undo,
+)
 
 #: fcntl's F_SETPIPE_SZ (Linux); the size asked for, the most an unprivileged user may
 #: set by default (/proc/sys/fs/pipe-max-size).
@@ -61,20 +73,27 @@ def main(argv):
     operator's SSH session) is gone, whatever is still on its way in the pipes: psql
     then rolls back the table it was loading, and nothing goes on unobserved.
     """
+    if argv and argv[0] in SWAP_MODES:
+        return swap_main(argv[0], argv[1:])
     if not argv or argv[0] not in ("inspect", "filter"):
-        sys.stderr.write("usage: dumpscan inspect | filter [--only HEXNAME] [--props DB=FILE]\n")
+        sys.stderr.write("usage: dumpscan inspect | filter [--only HEXNAME] [--props DB=FILE]"
+                         " [--beside STATE] | prepare|swap|discard ...\n")
         return 64
     _widen_pipes(0, 1)
     stdin = sys.stdin.buffer
     if argv[0] == "inspect":
         print_facts(read_facts(_read(stdin)), sys.stdout)
         return 0
-    only, props, facts_path, session = None, {}, None, None
+    only, props, facts_path, session, beside = None, {}, None, None, None
     args = argv[1:]
     while args:
         opt = args.pop(0)
         if opt == "--only" and args:
             only = bytes.fromhex(args.pop(0))
+        elif opt == "--beside" and args:
+            beside = Beside(args.pop(0))
+        elif opt == "--tablespaces" and args and beside is not None:
+            beside.tablespaces = set(bytes.fromhex(h) for h in args.pop(0).split(",") if h)
         elif opt == "--facts" and args:
             facts_path = args.pop(0)
         elif opt == "--session" and args and args[0].isdigit():
@@ -94,7 +113,7 @@ def main(argv):
         sys.stderr.write(msg + "\n")
         sys.stderr.flush()
 
-    filt = RestoreFilter(out, log, only=only, props=props)
+    filt = RestoreFilter(out, log, only=only, props=props, beside=beside)
     facts = Facts()
     reader = Reader(Tee(filt, facts) if facts_path else filt)
     filt.attach(reader)
@@ -111,12 +130,55 @@ def main(argv):
     except BrokenPipeError:
         log("aimms-ops: psql stopped reading the restore stream")
         rc = 141
+    if beside is not None:
+        beside.close()
     if facts_path:
         with open(facts_path, "w") as fh:
             print_facts(facts, fh)
     if rc:
         return rc
     return 0 if reader.complete else 3
+
+
+SWAP_MODES = ("prepare", "swap", "discard", "drop-replaced", "undo", "drop-aside", "aside")
+
+
+def swap_main(mode, argv):
+    """``MODE CONTAINER SUPERUSER STATE [STAMP [AS_HEX]]``, MODE one of SWAP_MODES: the
+    steps of a restore built beside the live cluster (swap.py); a failure in one line."""
+    if len(argv) < (3 if mode in ("prepare", "swap", "discard", "drop-replaced") else 2):
+        sys.stderr.write("usage: dumpscan %s CONTAINER SUPERUSER STATE [STAMP [AS_HEX]]\n"
+                         % mode)
+        return 64
+
+    def log(msg):
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+
+    cluster = Cluster(argv[0], argv[1])
+    state = argv[2] if len(argv) > 2 else ""
+    try:
+        if mode == "aside":
+            for name, original, stamp, _tmpl, _conn in set_aside(cluster):
+                sys.stdout.write("%s %s %s\n" % (name.hex(), original.hex(), stamp.decode()))
+        elif mode == "undo":
+            undo(cluster, log)
+        elif mode == "drop-aside":
+            drop_aside(cluster, log, set(bytes.fromhex(h) for h in argv[2:]) or None)
+        elif mode == "prepare":
+            prepare(cluster, state, log)
+        elif mode == "discard":
+            discard(cluster, state, log)
+        elif mode == "drop-replaced":
+            drop_replaced(cluster, state, log)
+        else:
+            stamp = (argv[3] if len(argv) > 3 else "").encode()
+            as_name = bytes.fromhex(argv[4]) if len(argv) > 4 and argv[4] else None
+            swap(cluster, state, stamp, log, as_name=as_name)
+    except SwapError as exc:
+        log("aimms-ops: %s failed: %s" % (mode, exc))
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,16 +1,22 @@
 """The restore filter: a dump rewritten so that psql replays it exactly onto a live cluster."""
 
+import re
+
+from .beside import connect_line, new_name, rename_statement
 from .lexer import (
     _CREATE_DB,
     _CREATE_ROLE,
     _DROP_DB,
     _DROP_ROLE,
+    _IDENT,
     _TABLESPACE,
     ident_name,
     sql_literal,
 )
 from .reader import PREFACE_LINE, PREFACE_TITLE, Reader
 
+_SET = re.compile(rb"\s*SET [a-z_]+ = [^;]*;\s*$")
+_TABLESPACE_NAME = re.compile(rb"\s*CREATE TABLESPACE (" + _IDENT + rb")")
 #: What of a preface block is a property of the database itself (pg_dump's TOC types).
 _PROPERTY_TYPES = (b"DATABASE", b"DATABASE PROPERTIES")
 _PROPERTY_OF_DB = (b"COMMENT", b"ACL", b"SECURITY LABEL")
@@ -41,11 +47,14 @@ class RestoreFilter:
     line K`` (K counted in the output), so psql's line numbers map back to the dump's.
     """
 
-    def __init__(self, out, log, only=None, props=None):
+    def __init__(self, out, log, only=None, props=None, beside=None):
         self.out = out
         self.log = log
         self.only = only
         self.props = dict(props or {})
+        #: Built beside the live cluster (a Beside): every database under its new name,
+        #: the globals but CREATE ROLE and CREATE TABLESPACE kept for the swap.
+        self.beside = beside
         self.reader = None
         self.globals = []  # ("line", bytes) | ("unit", [bytes]) until the first section
         self.out_lines = 0
@@ -91,6 +100,9 @@ class RestoreFilter:
             return None
         if kind == "section":
             self._flush_globals()
+            # Where each database starts, so that a failure names its database.
+            self.log("aimms-ops: database %s from line %d"
+                     % (r.section.hex(), self.out_lines + 1))
             self.section_created = False
             self.section_connected = False
             if self.only is not None:
@@ -103,11 +115,14 @@ class RestoreFilter:
             return self._write(line)
         if not self.keep:
             return self._blank(line)
-        if kind == "meta" and r.section is not None and not self.section_connected \
+        if kind == "meta" and r.section is not None \
                 and line.lstrip().startswith(b"\\connect"):
-            self.section_connected = True
-            if r.section in (b"template1", b"postgres") and not self.section_created:
-                self._recreate(r.section)
+            if not self.section_connected:
+                self.section_connected = True
+                if r.section in (b"template1", b"postgres") and not self.section_created:
+                    self._recreate(r.section)
+            if self.beside is not None:
+                return self._write(connect_line(line, new_name(r.section)))
         return self._write(line)
 
     def unit(self, lines):
@@ -118,6 +133,16 @@ class RestoreFilter:
         if not self.keep:
             return self._blank(b"".join(lines))
         text = b"".join(lines)
+        if r.section is not None and self.beside is not None:
+            if _CREATE_DB.match(text):
+                self.section_created = True
+                self.beside.rebuilt(r.section)
+            elif _DROP_DB.match(text):
+                # A --clean dump's drop: the live database is replaced by the swap.
+                return self._write(b"".join(b"-- aimms-ops: replaced by the swap: " + ln
+                                            for ln in lines))
+            return self._write(rename_statement(text, r.section, new_name(r.section),
+                                                ident_name))
         if r.section is not None:
             m = _CREATE_DB.match(text)
             if m:
@@ -172,6 +197,8 @@ class RestoreFilter:
             for kind, item in items:
                 self._blank(item if kind == "line" else b"".join(item))
             return
+        if self.beside is not None:
+            return self._globals_beside(items)
         roles = []
         tablespace = False
         for kind, item in items:
@@ -203,6 +230,44 @@ class RestoreFilter:
             if i == last and first is not None and not tablespace:
                 self._insert(b"COMMIT;\n")
 
+    def _globals_beside(self, items):
+        """The globals of a restore built beside: new roles and tablespaces made now (the
+        rebuilt databases need them), the rest kept for the swap's transaction."""
+        roles = [ident_name(m.group(1)) for m in (
+            _CREATE_ROLE.match(b"".join(it)) for k, it in items if k == "unit") if m]
+        deferred = [self._prelude(roles, transaction=False)]
+        for kind, item in items:
+            if kind == "line":
+                self._write(item)
+                continue
+            text = b"".join(item)
+            m = _CREATE_ROLE.match(text)
+            if m:
+                self.beside.role(ident_name(m.group(1)))
+                tag = self._tag(text)
+                self._write(b"DO " + tag + b"BEGIN " + text.rstrip(b"\r\n") +
+                            b" EXCEPTION WHEN duplicate_object THEN NULL; END" + tag + b";\n")
+            elif _TABLESPACE.match(text):
+                self._tablespace(text, item)
+            elif _DROP_ROLE.match(text) or _DROP_DB.match(text):
+                self._write(b"".join(b"-- aimms-ops kept it: " + ln for ln in item))
+            elif _SET.match(text):
+                self._write(text)
+                deferred.append(text)
+            else:
+                self._blank(text)
+                deferred.append(text)
+        self.beside.deferred(b"".join(deferred))
+
+    def _tablespace(self, text, item):
+        """CREATE TABLESPACE, left out when the cluster has it (``tablespaces``); its owner
+        and grants are set by the swap, with the roles."""
+        name = ident_name(_TABLESPACE_NAME.match(text).group(1))
+        if name in self.beside.tablespaces:
+            return self._write(b"".join(b"-- aimms-ops: the cluster has it: " + ln
+                                        for ln in item))
+        return self._write(text)
+
     def _prelude(self, roles, transaction):
         names = b", ".join(sql_literal(r) for r in roles) or b"NULL"
         tag = self._tag(names)
@@ -214,6 +279,7 @@ class RestoreFilter:
             b"      EXECUTE format('ALTER ROLE %I RESET ALL', r);\n"
             b"      EXECUTE format('ALTER ROLE %I PASSWORD NULL', r);\n"
             b"      EXECUTE format('COMMENT ON ROLE %I IS NULL', r);\n"
+            b"      EXECUTE format('ALTER ROLE %I CONNECTION LIMIT -1', r);\n"
             b"    END IF;\n  END LOOP;\n"
             b"  FOR m IN SELECT g.rolname AS grp, u.rolname AS mem FROM pg_auth_members a\n"
             b"      JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles u ON u.oid = a.member\n"
@@ -222,15 +288,28 @@ class RestoreFilter:
             b"  END LOOP;\nEND " + tag + b";\n")
 
     def _recreate(self, db):
-        """Drop template1 or postgres and create it again with its own properties."""
+        """Drop template1 or postgres and create it again with its own properties; built
+        beside, create it under its new name instead (the live one is left as it is)."""
         props = self.props.get(db)
-        lead = _NOT_TEMPLATE + b"\n" if db == b"template1" else b""
-        text = lead + b"DROP DATABASE IF EXISTS " + db + b" WITH (FORCE);\n"
+        beside = self.beside is not None
+        if beside:
+            self.beside.rebuilt(db)
+            to = new_name(db)
+            text = b""
+        else:
+            to = db
+            lead = _NOT_TEMPLATE + b"\n" if db == b"template1" else b""
+            text = lead + b"DROP DATABASE IF EXISTS " + db + b" WITH (FORCE);\n"
         if props:
-            text += b"".join(property_lines(props))
+            for ln in property_lines(props):
+                if beside and ln.lstrip().startswith(b"\\connect"):
+                    ln = connect_line(ln, to)
+                elif beside:
+                    ln = rename_statement(ln, db, to, ident_name)
+                text += ln
             where = "the dump" if db in self.preface_dbs else "the live cluster"
         else:
-            text += b"CREATE DATABASE " + db + b" WITH TEMPLATE = template0" + (
+            text += b"CREATE DATABASE " + to + b" WITH TEMPLATE = template0" + (
                 b" IS_TEMPLATE = true" if db == b"template1" else b"") + b";\n"
             where = "nowhere: created with defaults"
         self.log("aimms-ops: properties of database %s from %s" % (db.decode(), where))

@@ -19,6 +19,7 @@ from aimms_ops.host import shell
 from aimms_ops.host.compose import facts_args, parse_facts
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
+from aimms_ops.monitor.copies import RestoreCopy, parse_copies
 from aimms_ops.monitor.runlog import LoggedPing, LoggedRun, parse_pings, parse_results
 
 _SECTIONS = ("facts", "backups", "status")
@@ -71,6 +72,10 @@ class HostFacts:
         return _b64(self.extra.get("crontab.b64", ""))
 
     @property
+    def restore_copies(self) -> list[RestoreCopy]:
+        return parse_copies(_b64(self.extra.get("restore.copies_b64", "")))
+
+    @property
     def record(self) -> dict[str, str]:
         return parse_record(_b64(self.extra.get("record.b64", "")))
 
@@ -102,7 +107,7 @@ def gather_command(host: Host) -> str:
     """One remote command running facts.sh, list-backups.sh and status-facts.sh."""
     status_args = [host.compose.project, host.compose.postgres_service, host.backup_script,
                    host.layout.config_file, host.layout.verify_script, host.layout.install_record,
-                   host.log_file]
+                   host.log_file, host.postgres.superuser]
     parts = []
     for section, script, args in (("facts", "facts.sh", facts_args(host)),
                                   ("backups", "list-backups.sh", [host.backup_dir]),

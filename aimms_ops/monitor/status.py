@@ -21,6 +21,7 @@ from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.checks import Check, State, worst
 from aimms_ops.monitor.compressor import GET_ZSTD, compressor_check
+from aimms_ops.monitor.copies import RestoreCopy, check_copies
 from aimms_ops.monitor.disk import DiskOutlook, check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks
 from aimms_ops.monitor.hostfacts import HostFacts, gather
@@ -248,6 +249,7 @@ class StatusReport:
     perfdata: dict[str, str] = field(default_factory=dict)
     ok_text: str = "all checks passed"
     last_ping: LoggedPing | None = None
+    replaced: list[RestoreCopy] = field(default_factory=list)
 
     @property
     def state(self) -> State:
@@ -277,6 +279,7 @@ class StatusReport:
             "last_verify": self.last_verify.as_dict() if self.last_verify else None,
             "disk": self.disk.as_dict() if self.disk else None,
             "last_ping": self.last_ping.as_dict() if self.last_ping else None,
+            "replaced": [c.as_dict() for c in self.replaced],
         }
 
 
@@ -323,6 +326,10 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
     ping = check_ping(hf.pings, host)
     if ping is not None:
         checks.append(ping)
+    copies = hf.restore_copies
+    kept = check_copies(copies)
+    if kept is not None:
+        checks.append(kept)
     compressor = compressor_check(hf.extra, host.compression)
     if compressor is not None and compressor.state is State.CRITICAL:
         checks.append(compressor)  # no backup can be made: the next one fails
@@ -344,7 +351,7 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
     pings = hf.pings
     return StatusReport(host.name, checks, max_age, now, newest, last_run(runs, "backup"),
                         last_run(runs, "verify"), disk, perf, "; ".join(ok_parts),
-                        last_ping=pings[-1] if pings else None)
+                        last_ping=pings[-1] if pings else None, replaced=copies)
 
 
 def status(remote: Remote, max_age: int, max_age_text: str) -> StatusReport:

@@ -228,11 +228,12 @@ def _send(remote: Remote, plan: RebuildPlan, step: Step, cmd: Command, found: _F
     if cmd.reads == "restore":
         ctx = progress(plan.dump.size) if progress is not None else nullcontext(None)
         with ctx as advance:
-            seconds = run_stream(
+            result = run_stream(
                 remote, cmd, plan.dump.size, progress=advance, on_stderr=None,
-                hint="the databases being restored may be partly restored",
-                cut_hint="the databases being restored may be partly restored")
-        return f"{', '.join(plan.dump.databases)} restored in {units.duration(seconds)}"
+                hint="the new volume holds what the restore made of it",
+                cut_hint="the new volume holds what the restore made of it")
+        return (f"{', '.join(plan.dump.databases)} restored in "
+                f"{units.duration(result.seconds)}")
     res = remote.run(cmd.line, what=f"step {step.name}")
     if cmd.reads == "estimates":
         return None  # ANALYZE after the restore; the verify counts the rows exactly

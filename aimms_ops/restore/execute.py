@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from aimms_ops.errors import ConnectionLost, OpsError
+from aimms_ops.errors import ConnectionLost, OpsError, shown
 from aimms_ops.host import shell
 from aimms_ops.host.commands import Command
 from aimms_ops.host.remote import Progress, Remote
@@ -29,6 +29,8 @@ class RestoreReport:
     tables: tuple[TableRows, ...]
     seconds: float
     bytes_streamed: int
+    #: database -> the name the database it replaced is kept under
+    aside: dict[str, str] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -42,26 +44,51 @@ LOCK_BUSY = 75
 #: line belong to it (a name may hold a newline).
 _PSQL_ERR = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|error):\s+(.*)$")
 _INSERTED = re.compile(r"^aimms-ops: inserted (\d+) lines after line (\d+)$")
+_SECTION = re.compile(r"^aimms-ops: database ([0-9a-f]*) from line (\d+)$")
+#: The swap's report of each database it replaced (names shown as lexer.shown does).
+_REPLACED = re.compile(r"^aimms-ops: replaced (.*); the one it replaced is kept as (\S+)$")
+#: What the host says once a failed restore was undone.
+UNDONE = "aimms-ops: the live cluster is as it was"
+#: Lines of the host's that inform, never the reason of a failure.
+_INFO = ("aimms-ops: status", "aimms-ops: inserted", "aimms-ops: properties",
+         "aimms-ops: ended ", "aimms-ops: removed ", UNDONE, "aimms-ops: replaced ",
+         "aimms-ops: restored ", "aimms-ops: database ")
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    seconds: float
+    stderr: str
+
+    @property
+    def aside(self) -> dict[str, str]:
+        """database (as shown) -> the name the one it replaced is kept under."""
+        return {m.group(1): m.group(2) for m in map(_REPLACED.match, self.stderr.splitlines())
+                if m}
 
 
 def execute(remote: Remote, plan: RestorePlan, progress: Progress | None = None,
             on_stderr: Callable[[str], None] | None = None) -> RestoreReport:
     """Send the commands of ``plan`` (the stream, then the estimates); raise on a failure."""
     stream, *estimates = plan.commands
-    seconds = run_stream(remote, stream, plan.dump.size, progress=progress,
-                         on_stderr=on_stderr, hint=failure_hint(plan),
-                         cut_hint=f"{failure_hint(plan)}; run it again: {rerun_command(plan)}")
+    result = run_stream(remote, stream, plan.dump.size, progress=progress,
+                        on_stderr=on_stderr, hint=failure_hint(plan),
+                        cut_hint=f"{failure_hint(plan)}; run it again: {rerun_command(plan)}")
     tables: list[TableRows] = []
     for cmd in estimates:
         tables += read_estimates(remote, cmd, plan.affected)
-    return RestoreReport(plan.affected, tuple(tables), seconds, plan.dump.size)
+    return RestoreReport(plan.affected, tuple(tables), result.seconds, plan.dump.size,
+                         result.aside)
 
 
 def run_stream(remote: Remote, cmd: Command, size: int, *, progress: Progress | None,
-               on_stderr: Callable[[str], None] | None, hint: str, cut_hint: str) -> float:
-    """Send restore-stream.sh (``cmd``); its seconds, or an OpsError in one line.
+               on_stderr: Callable[[str], None] | None, hint: str,
+               cut_hint: str) -> StreamResult:
+    """Send restore-stream.sh (``cmd``); its seconds and messages, or an OpsError in one
+    line.
 
-    ``hint`` goes with a failure, ``cut_hint`` with a connection lost part-way.
+    ``hint`` goes with a failure, ``cut_hint`` with a connection lost part-way; both give
+    way to the host's own word that the live cluster is as it was.
     """
     started = time.monotonic()
     try:
@@ -83,16 +110,18 @@ def run_stream(remote: Remote, cmd: Command, size: int, *, progress: Progress | 
                        "nothing was restored; run it again once that run has ended",
                        code=75)
     if not res.ok:
+        if UNDONE in res.stderr:
+            hint = ("nothing was changed: the live cluster is as it was (what the restore "
+                    "had rebuilt beside it was removed)")
         raise OpsError(f"restore on {remote.name} failed: {explain_failure(res.stderr)}", hint)
-    return seconds
+    return StreamResult(seconds, res.stderr)
 
 
 def failure_hint(plan: RestorePlan) -> str:
-    """What a restore that stopped part-way leaves, and where the state before it is."""
-    if plan.safety_backup:
-        return ("the databases being restored may be partly restored; the state before the "
-                "restore is in the pre-restore safety copy (fab list-backups)")
-    return "the databases being restored may be partly restored"
+    """What a restore that stopped part-way leaves: the live databases as they were (the
+    copies are built beside them), maybe a half-built copy the next restore removes."""
+    return ("the live databases were not touched (the restore builds beside them); a "
+            "half-built copy left behind is removed by the next restore (fab status shows it)")
 
 
 def rerun_command(plan: RestorePlan) -> str:
@@ -130,14 +159,14 @@ def explain_failure(stderr: str) -> str:
                 shift += count
             elif n > after:
                 inside = after - shift
+        where = _database_at(lines, n)
         if inside is not None:
             return (f"psql stopped in what aimms-ops inserted after line {inside} of the "
-                    f"dump: {m.group(2)}: {text}")
-        return f"psql stopped at line {n - shift} of the dump: {m.group(2)}: {text}"
-    for line in lines:
-        if line.startswith("aimms-ops: ") and not line.startswith(
-                ("aimms-ops: status", "aimms-ops: inserted", "aimms-ops: properties")):
-            return line[len("aimms-ops: "):]
+                    f"dump{where}: {m.group(2)}: {text}")
+        return f"psql stopped at line {n - shift} of the dump{where}: {m.group(2)}: {text}"
+    reasons = [ln for ln in lines if ln.startswith("aimms-ops: ") and not ln.startswith(_INFO)]
+    for line in sorted(reasons, key=lambda ln: " failed: " not in ln):
+        return line[len("aimms-ops: "):]
     for line in lines:
         # psql that could not even start (no such database, no server): its own words.
         if line.startswith(("psql: error: ", "Error response from daemon: ")):
@@ -150,6 +179,19 @@ def explain_failure(stderr: str) -> str:
         return ", ".join(failed) or status[-1]
     rest = [ln for ln in lines if ln.strip()]
     return rest[-1] if rest else "no message"
+
+
+def _database_at(lines: list[str], n: int) -> str:
+    """``, in database 'NAME'`` for line ``n`` of the filter's output, from where the
+    filter said each database starts; empty in the globals."""
+    name = ""
+    for m in map(_SECTION.match, lines):
+        if m and int(m.group(2)) <= n:
+            try:
+                name = f", in database {shown(bytes.fromhex(m.group(1)).decode())}"
+            except ValueError:
+                name = f", in database {bytes.fromhex(m.group(1))!r}"
+    return name
 
 
 def read_estimates(remote: Remote, cmd: Command,

@@ -173,6 +173,38 @@ lock_holders() {
     printf "%s" "${notes[*]}"
 }
 
+# need_python3 WHAT: exit 69, naming WHAT, when this host has no python3.
+need_python3() {
+    command -v python3 >/dev/null 2>&1 && return 0
+    echo "aimms-ops: python3 is not installed on this host; $1 needs it (install python3)" >&2
+    exit 69
+}
+
+# running_container PROJECT SERVICE: the id of the service's running container on
+# stdout, or exit 10 saying it is not running.
+running_container() {
+    local id
+    id=$(resolve_container "$1" "$2")
+    if [ -z "$id" ]; then
+        echo "aimms-ops: the $2 container of compose project $1 is not running" >&2
+        exit 10
+    fi
+    echo "$id"
+}
+
+# lock_cluster LOCK WAIT WHAT: hold the cluster lock exclusive for WHAT, waiting up to
+# WAIT seconds; exit 75 naming its holder, 73 when it cannot be opened.
+lock_cluster() {
+    mkdir -p -- "$(dirname -- "$1")" 2>/dev/null || true
+    take_lock "$1" exclusive "$2" "$3"
+    case $? in
+        0) ;;
+        75) echo "aimms-ops: the cluster is busy after ${2}s: another restore, rebuild or backup holds it (${LOCK_HELD_BY:-unknown holder}); wait for it to end" >&2
+            exit 75 ;;
+        *) echo "aimms-ops: cannot open the lock $1" >&2; exit 73 ;;
+    esac
+}
+
 # take_lock LOCK shared|exclusive WAIT WHAT: hold LOCK until this script exits (its file
 # descriptor is inherited by the commands it starts, which hold it as long as they run).
 # Waits up to WAIT seconds (0: not at all). Returns 75 with LOCK_HELD_BY set to the

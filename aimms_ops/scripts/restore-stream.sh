@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# restore-stream.sh PROJECT SERVICE SUPERUSER FORMAT SOURCE [DATABASE_HEX [LOCK [WAIT]]]
+# restore-stream.sh PROJECT SERVICE SUPERUSER FORMAT SOURCE [DATABASE_HEX [LOCK [WAIT [KEEP [AS_HEX]]]]]
 # Replays a pg_dumpall dump into the postgres container of the compose service:
 #   SOURCE  "-" to read the dump from stdin (streamed from the operator's machine),
 #           or the absolute path of a dump on this host (nothing crosses the network)
@@ -7,6 +7,13 @@
 #   DATABASE_HEX  restore only that database's section (its name in hex); all when empty
 #   LOCK    the cluster lock (lib.sh), held exclusive; none when empty (the caller holds it)
 #   WAIT    seconds to wait for whoever holds LOCK (default 60)
+#   KEEP    keep: the databases replaced are kept aside (default); drop: dropped once
+#           replaced (a rebuild onto a new, empty cluster)
+#   AS_HEX  restore DATABASE_HEX's section as this new database (its name in hex)
+# All or nothing: every database is rebuilt beside the live one, under a name no
+# application uses, and only once all of them are rebuilt are they swapped in, in one
+# transaction with the dump's role changes (dumpscan swap). A failure before that
+# removes what the restore made (dumpscan discard): the live cluster is as it was.
 # No copy of the dump anywhere: source | decompress | dumpscan filter | psql. The filter
 # (aimms_ops/dumpscan.py, run by python3) reads the dump's structure and changes only
 # the statements it means to (see its RestoreFilter). psql runs with ON_ERROR_STOP; the
@@ -24,21 +31,14 @@ umask 077
 # @include lib.sh
 
 project=$1 service=$2 superuser=$3 format=$4 source=$5 only_hex=${6:-} lock=${7:-}
-lock_wait=${8:-60}
+lock_wait=${8:-60} keep=${9:-keep} as_hex=${10:-}
 
 read -r -d '' SCANNER <<'PYTHON'
 # @include dumpscan.py
 PYTHON
 
-if ! command -v python3 >/dev/null 2>&1; then
-    echo "aimms-ops: python3 is not installed on this host; the restore needs it to read the dump (install python3)" >&2
-    exit 69
-fi
-cid=$(resolve_container "$project" "$service")
-if [ -z "$cid" ]; then
-    echo "aimms-ops: the $service container of compose project $project is not running" >&2
-    exit 10
-fi
+need_python3 "the restore (it reads the dump)"
+cid=$(running_container "$project" "$service") || exit 10
 
 case $format in
     gz | zst)  # igzip, else pigz, else gzip; zstd for zst
@@ -59,23 +59,14 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/aimms-restore.XXXXXX") || exit 73
 errf=$work/stderr
 trap 'drop_lock_notes; rm -rf -- "$work"' EXIT
 
-if [ -n "$lock" ]; then
-    mkdir -p -- "$(dirname -- "$lock")" 2>/dev/null || true
-    take_lock "$lock" exclusive "$lock_wait" restore
-    case $? in
-        0) ;;
-        75) echo "aimms-ops: the cluster is busy after ${lock_wait}s: another restore, rebuild or backup holds it (${LOCK_HELD_BY:-unknown holder}); wait for it to end" >&2
-            exit 75 ;;
-        *) echo "aimms-ops: cannot open the lock $lock" >&2; exit 73 ;;
-    esac
-fi
+[ -z "$lock" ] || lock_cluster "$lock" "$lock_wait" restore
 
 # Commands before the stream must not read stdin: it is the dump, when streamed.
 pg() { docker exec -e PGOPTIONS='-c client_min_messages=warning' "$cid" "$@" </dev/null; }
 q() { pg psql -X -q -A -t -v ON_ERROR_STOP=1 -U "$superuser" -d template1 -c "$1"; }
 
-# Where psql starts: postgres, made first when the cluster has none; template1 when
-# postgres itself is the database being restored (it is dropped and recreated).
+# Where psql starts: postgres (never replaced while the stream runs), made first when
+# the cluster has none.
 if ! has_postgres=$(q "SELECT count(*) FROM pg_database WHERE datname = 'postgres'" 2>"$errf"); then
     echo "aimms-ops: postgres does not answer: $(tail -n 1 "$errf")" >&2
     exit 1
@@ -84,14 +75,18 @@ fi
 # shellcheck disable=SC2034  # read through ${!hex}
 hex_template1=74656d706c61746531 hex_postgres=706f737467726573
 start=postgres
-if [ "$only_hex" = "$hex_postgres" ]; then
-    start=template1
-elif [ "$has_postgres" = 0 ]; then
+if [ "$has_postgres" = 0 ]; then
     q "CREATE DATABASE postgres WITH TEMPLATE = template0" >/dev/null 2>"$errf" || {
         echo "aimms-ops: cannot create the missing postgres database: $(tail -n 1 "$errf")" >&2
         exit 1
     }
     echo "aimms-ops: the cluster had no postgres database: created it empty first" >&2
+fi
+scan() { python3 -c "$SCANNER" "$@"; }
+# What a killed restore left half-built goes; the roles the cluster has are noted.
+if ! scan prepare "$cid" "$superuser" "$work" </dev/null 2>>"$errf"; then
+    (cat -- "$errf" >&2)
+    exit 1
 fi
 
 # The live properties of template1 and postgres, for a dump without them in its preface.
@@ -126,7 +121,12 @@ read_source() {
     wait "$reader"
 }
 
-filter=(python3 -c "$SCANNER" filter "${props[@]}")
+# The tablespaces the cluster has: the dump's CREATE of those is left out.
+if ! tablespaces=$(q "SELECT string_agg(encode(convert_to(spcname, 'UTF8'), 'hex'), ',') FROM pg_tablespace" 2>>"$errf"); then
+    (cat -- "$errf" >&2)
+    exit 1
+fi
+filter=(python3 -c "$SCANNER" filter --beside "$work" --tablespaces "$tablespaces" "${props[@]}")
 # The filter stops the stream too once the session is gone, whatever the pipes still hold.
 [[ $session =~ ^[0-9]+$ ]] && filter+=(--session "$session")
 [ -n "$only_hex" ] && filter+=(--only "$only_hex")
@@ -137,8 +137,21 @@ read_source 2>>"$errf" |
         psql -X -q -v ON_ERROR_STOP=1 -U "$superuser" -d "$start" -f - >/dev/null 2>>"$errf"
 status=("${PIPESTATUS[@]}")
 echo "aimms-ops: status ${status[*]}" >>"$errf"
-(cat -- "$errf" >&2)
+ok=1
 for s in "${status[@]}"; do
-    [ "$s" = 0 ] || exit 1
+    [ "$s" = 0 ] || ok=0
 done
+# Nothing stops the last steps once they start: not the session's end, nor its pipe.
+trap '' HUP PIPE
+if [ "$ok" = 1 ]; then
+    scan swap "$cid" "$superuser" "$work" "$(date -u +%Y%m%d_%H%M%S)" "$as_hex" \
+        </dev/null 2>>"$errf" || ok=0
+fi
+if [ "$ok" = 0 ]; then
+    scan discard "$cid" "$superuser" "$work" </dev/null 2>>"$errf"
+elif [ "$keep" = drop ]; then
+    scan drop-replaced "$cid" "$superuser" "$work" </dev/null 2>>"$errf"
+fi
+(cat -- "$errf" >&2)
+[ "$ok" = 1 ] || exit 1
 exit 0

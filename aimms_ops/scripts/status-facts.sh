@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # status-facts.sh PROJECT SERVICE BACKUP_SCRIPT CONF_FILE VERIFY_SCRIPT RECORD_FILE LOG_FILE
+#                 SUPERUSER
 # What `fab status` and `fab doctor` need beyond facts.sh and list-backups.sh, as
 # key=value lines (multi-line values base64-encoded). Read-only.
 set -uo pipefail
 # @include lib.sh
 
-project=$1 service=$2 script=$3 conf=$4 verify=$5 record=$6 log=$7
+project=$1 service=$2 script=$3 conf=$4 verify=$5 record=$6 log=$7 superuser=${8:-postgres}
 
 echo "now.epoch=$(date +%s)"
 
@@ -46,6 +47,19 @@ if [ -n "$cid" ]; then
 container.finished_at={{.State.FinishedAt}}
 container.error={{.State.Error}}' "$cid" 2>/dev/null
     echo "container.log_b64=$(docker logs --tail 15 "$cid" 2>&1 | base64 -w0)"
+fi
+
+# The databases restores set aside or left half-built (aimms_ops/dump/beside.py): one
+# "NAME SIZE SETTING" line each, names and setting in hex.
+running=$(resolve_container "$project" "$service")
+if [ -n "$running" ]; then
+    echo "restore.copies_b64=$(docker exec "$running" psql -X -A -t -F ' ' -U "$superuser" \
+        -d template1 -c "SELECT encode(convert_to(d.datname, 'UTF8'), 'hex'),
+            pg_database_size(d.oid), coalesce(encode(convert_to((SELECT c FROM
+            pg_db_role_setting s, unnest(s.setconfig) c WHERE s.setdatabase = d.oid
+            AND s.setrole = 0 AND c LIKE 'aimms_ops.replaced=%'), 'UTF8'), 'hex'), '-')
+            FROM pg_database d WHERE d.datname ~ '^aimms_ops_(new|old)_'" 2>/dev/null |
+        base64 -w0)"
 fi
 
 # Restores and deep verifies read the dump with python3 (aimms_ops/dumpscan.py).

@@ -325,23 +325,37 @@ stream="gzip stream"
 [ "${unzip[0]}" != zstd ] || stream="zstd stream"
 
 # replay PASS: the dump through the restore filter into the throwaway server. The
-# second pass replays onto what the first made, with that cluster's properties, as a
-# restore onto a live cluster does.
+# second pass replays onto what the first made, with that cluster's properties, as
+# fab restore onto a live cluster does: every database rebuilt beside, then swapped in.
 replay() {
-    local props=() db
+    local props=() db beside=()
     if [ "$1" = 2 ]; then
         for db in template1 postgres; do
             docker exec "$CONTAINER" pg_dump -U "$PG_SUPERUSER" --create --schema-only \
                 --exclude-schema='*' "$db" >"$WORK/$db.props" 2>/dev/null &&
                 props+=(--props "$db=$WORK/$db.props")
         done
+        mkdir -p "$WORK/beside"
+        beside=(--beside "$WORK/beside")
+        python3 -c "$SCANNER" prepare "$CONTAINER" "$PG_SUPERUSER" "$WORK/beside" \
+            </dev/null 2>"$WORK/psql.err" || { st=(0 0 1); return; }
     fi
     "${unzip[@]}" <"$path" 2>"$WORK/unzip.err" |
-        python3 -c "$SCANNER" filter --facts "$WORK/inspect" "${props[@]}" 2>"$WORK/filter.err" |
+        python3 -c "$SCANNER" filter --facts "$WORK/inspect" "${beside[@]}" "${props[@]}" 2>"$WORK/filter.err" |
         docker exec -i -e PGOPTIONS='-c client_min_messages=warning' "$CONTAINER" \
             psql -X -q -v ON_ERROR_STOP=1 -U "$PG_SUPERUSER" -d postgres -f - >/dev/null 2>"$WORK/psql.err"
     st=("${PIPESTATUS[@]}")
     log "restore pass $1 stages: ${unzip[0]} ${st[0]}, filter ${st[1]}, psql ${st[2]}"
+    if [ "$1" = 2 ] && [ "${st[1]}" = 0 ] && [ "${st[2]}" = 0 ]; then
+        if python3 -c "$SCANNER" swap "$CONTAINER" "$PG_SUPERUSER" "$WORK/beside" \
+            "$(date -u +%Y%m%d_%H%M%S)" </dev/null 2>"$WORK/swap.err"; then
+            python3 -c "$SCANNER" drop-replaced "$CONTAINER" "$PG_SUPERUSER" "$WORK/beside" \
+                </dev/null 2>>"$WORK/swap.err"
+        else
+            st[2]=1
+            grep 'failed: ' "$WORK/swap.err" | sed 's/^aimms-ops: /psql: /' >"$WORK/psql.err"
+        fi
+    fi
 }
 
 # psql's first error, whole (a message may span lines), newlines shown as \n.

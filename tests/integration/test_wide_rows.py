@@ -48,7 +48,7 @@ def _counts(sandbox) -> str:
 def wide(sandbox):
     assert sandbox.fab("install-backups").returncode == 0
     sandbox.psql('DROP DATABASE IF EXISTS "wide rows" WITH (FORCE); '
-                 'CREATE DATABASE "wide rows"', "postgres")
+                 'CREATE DATABASE "wide rows" TEMPLATE template0', "postgres")
     sandbox.psql(SETUP, DB)
     proc = sandbox.fab("backup", "--label=wide", timeout=900)
     assert proc.returncode == 0, proc.stderr

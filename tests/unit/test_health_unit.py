@@ -347,7 +347,7 @@ def test_status_json_shape():
     json.dumps(d)
     assert list(d) == ["host", "state", "exit_code", "summary", "checked_at", "max_age_seconds",
                        "checks", "newest_backup", "last_backup_run", "last_verify", "disk",
-                       "last_ping"]
+                       "last_ping", "replaced"]
     assert d["state"] == "CRITICAL" and d["exit_code"] == 2
     assert set(d["checks"][0]) == {"name", "state", "detail", "fix"}
     assert d["newest_backup"]["age_seconds"] == 7200

@@ -113,10 +113,11 @@ def test_commands_that_use_the_container_find_it_on_the_host():
             assert c.argv[1:3] == (HOST.compose.project, HOST.compose.postgres_service)
     busy, stream, *estimates = p.step("restore").commands
     assert "pg_stat_activity" in busy.argv[-1] and busy.reads == "idle"
-    # The rebuild holds the cluster lock itself: the stream takes none.
+    # The rebuild holds the cluster lock itself: the stream takes none; the cluster is
+    # new, so what its swap replaces (the empty template1 and postgres) is dropped.
     assert stream.argv[1:] == (HOST.compose.project, HOST.compose.postgres_service,
                                HOST.postgres.superuser, "gz", BACKUP, "", "",
-                               str(HOST.lock_timeout))
+                               str(HOST.lock_timeout), "drop", "")
     (estimates,) = estimates  # one command for every database
     assert estimates.about == ", ".join(DUMP.databases)
     listing, *counts = p.step("verify").commands

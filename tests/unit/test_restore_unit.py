@@ -77,6 +77,14 @@ def test_inspect_plain_sql(tmp_path):
     ("aimms-ops: the postgres container of compose project p is not running\n",
      "the postgres container of compose project p is not running"),
     ("aimms-ops: status 0 1 0 0\n", "decompressing exited 1"),
+    # The database a failing line is in is named (the filter says where each starts).
+    (f"aimms-ops: database {b'app'.hex()} from line 10\naimms-ops: database "
+     f"{b'a b'.hex()} from line 50\npsql:<stdin>:60: ERROR:  boom\n",
+     "psql stopped at line 60 of the dump, in database 'a b': ERROR: boom"),
+    # A failed swap says so before what it did to undo it.
+    ("aimms-ops: status 0 0 0 0\naimms-ops: ended 1 session(s) on the databases being "
+     "replaced\naimms-ops: swap failed: ERROR:  x\naimms-ops: the live cluster is as it was",
+     "swap failed: ERROR:  x"),
     # psql that cannot start says why, not only its exit status.
     ('psql: error: connection to server on socket "/run/x" failed: FATAL:  database "q" does '
      'not exist\naimms-ops: status 141 141 141 2\n',
@@ -96,20 +104,24 @@ def test_restore_plan_holds_the_exact_commands_it_sends():
                                  ("template1", "My DB", "postgres"))
     stream, *estimates = restore.restore_commands(host, remote, "My DB", lock=True)
     args = (host.compose.project, host.compose.postgres_service, host.postgres.superuser, "gz",
-            remote.source, "4d79204442", restore.cluster_lock(host), str(host.lock_timeout))
+            remote.source, "4d79204442", restore.cluster_lock(host), str(host.lock_timeout),
+            "keep", "")
     assert stream.argv == ("restore-stream.sh", *args) and stream.stdin_file == ""
     assert stream.line == shell.script_command("restore-stream.sh", args)
     # One database: only its estimates; the container is found on the host.
     (est,) = estimates
     assert est.about == "My DB" and est.script == "postgres-exec.sh"
     assert est.argv[-1] == "dbname='My DB'" and "ANALYZE" in est.argv[-3]
+    # --as: the section of "My DB" restored as a new database, whose estimates are read.
+    stream, est = restore.restore_commands(host, remote, "My DB", lock=True, as_name="copy")
+    assert stream.argv[-2:] == ("keep", b"copy".hex()) and est.about == "copy"
     # The whole cluster: every database in one command, in the dump's order.
     _, whole = restore.restore_commands(host, remote, None, lock=True)
     assert whole.argv[-3:] == ("dbname='template1'", "dbname='My DB'", "dbname='postgres'")
 
     local = dumpsource.DumpInfo("/tmp/b.sql.gz", "local", 10, "gz", "x", None, ("postgres",))
     stream, _ = restore.restore_commands(host, local, None, lock=False)
-    assert stream.argv[5:] == ("-", "", "", str(host.lock_timeout))
+    assert stream.argv[5:] == ("-", "", "", str(host.lock_timeout), "drop", "")
     assert stream.stdin_file == "/tmp/b.sql.gz" and "< /tmp/b.sql.gz" in stream.shown
 
 

@@ -1,0 +1,270 @@
+"""The host's side of a restore built beside the live cluster: make room, swap in, undo.
+
+``prepare`` removes what an earlier restore that was killed left half-built and notes
+the roles the cluster has; the stream then rebuilds each database under its new name
+(restore_filter.py, ``--beside``). ``swap`` puts them in place in one transaction: the
+live databases are closed to new sessions, their sessions ended, then renamed aside and
+the rebuilt ones given their names, with the role changes the dump holds. ``discard``
+undoes everything the restore did before that (the rebuilt copies, the roles it made),
+so a restore that fails leaves the live cluster as it was. ``undo`` swaps the databases
+set aside by the last restore back in; ``drop`` removes databases set aside.
+
+Every SQL statement goes to psql in the postgres container through ``docker exec``
+(``Cluster``); names travel as SQL literals and identifiers quoted here, never through
+a shell.
+"""
+
+import subprocess
+import time
+
+from .beside import NEW_PREFIX, OLD_PREFIX, REPLACED_SETTING, SWAP_DB, aside_name, new_name
+from .lexer import shown, sql_literal
+
+
+class SwapError(Exception):
+    """A step of the swap failed: its message says which and psql's words."""
+
+
+def quote_ident(name):
+    return b'"' + name.replace(b'"', b'""') + b'"'
+
+
+class Cluster:
+    """psql in the postgres container, as the superuser."""
+
+    def __init__(self, container, superuser):
+        self.container = container
+        self.superuser = superuser
+
+    def psql(self, sql, db=b"template1"):
+        """Run ``sql`` (bytes) in ``db``; its output lines, or SwapError with psql's error."""
+        cmd = ["docker", "exec", "-i", "-e", "PGOPTIONS=-c client_min_messages=warning",
+               self.container, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+               "-U", self.superuser, "-d", db.decode("utf-8", "surrogateescape")]
+        proc = subprocess.run(cmd, input=sql, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            err = proc.stderr.decode("utf-8", "replace").strip().replace("\n", "\\n")
+            raise SwapError(err or "psql exited %d" % proc.returncode)
+        return proc.stdout.splitlines()
+
+    def databases(self):
+        """name -> (is template, allows connections) of every database."""
+        out = {}
+        for line in self.psql(b"SELECT encode(convert_to(datname, 'UTF8'), 'hex') || ' ' || "
+                              b"datistemplate::int || ' ' || datallowconn::int "
+                              b"FROM pg_database"):
+            hexname, tmpl, conn = line.split(b" ")
+            out[bytes.fromhex(hexname.decode())] = (tmpl == b"1", conn == b"1")
+        return out
+
+    def roles(self):
+        return set(bytes.fromhex(x.decode()) for x in self.psql(
+            b"SELECT encode(convert_to(rolname, 'UTF8'), 'hex') FROM pg_roles"))
+
+    def drop(self, name):
+        """Drop database ``name``, whatever it is (a template, closed to sessions)."""
+        q = quote_ident(name)
+        self.psql(b"ALTER DATABASE " + q + b" IS_TEMPLATE false;\n"
+                  b"ALTER DATABASE " + q + b" ALLOW_CONNECTIONS true;\n")
+        self.psql(b"DROP DATABASE IF EXISTS " + q + b" WITH (FORCE);\n")
+
+
+def _lines(path):
+    try:
+        with open(path, "rb") as fh:
+            return [ln.rstrip(b"\n") for ln in fh if ln.strip()]
+    except OSError:
+        return []
+
+
+def read_manifest(state):
+    """What the stream rebuilt: (databases, roles of the dump), names as bytes."""
+    dbs, roles = [], []
+    for line in _lines(state + "/manifest"):
+        kind, _, value = line.partition(b" ")
+        (dbs if kind == b"db" else roles).append(bytes.fromhex(value.decode()))
+    return dbs, roles
+
+
+def prepare(cluster, state, log):
+    """Remove rebuilt copies a killed restore left; note the roles the cluster has."""
+    for name in cluster.databases():
+        if name.startswith(NEW_PREFIX):
+            cluster.drop(name)
+            log("aimms-ops: removed %s, left half-built by an earlier restore"
+                % name.decode())
+    with open(state + "/roles", "wb") as fh:
+        for role in sorted(cluster.roles()):
+            fh.write(role.hex().encode() + b"\n")
+
+
+def discard(cluster, state, log):
+    """Undo what the restore did before its swap: the rebuilt copies and the roles it made."""
+    for name in cluster.databases():
+        if name.startswith(NEW_PREFIX):
+            cluster.drop(name)
+    before = set(bytes.fromhex(x.decode()) for x in _lines(state + "/roles"))
+    _dbs, dump_roles = read_manifest(state)
+    made = [r for r in dump_roles if r not in before and r in cluster.roles()]
+    for role in made:
+        cluster.psql(b"DROP ROLE IF EXISTS " + quote_ident(role) + b";\n")
+    log("aimms-ops: the live cluster is as it was: the rebuilt copies were removed%s"
+        % (" and the roles the restore made (%s) dropped" % ", ".join(shown(r) for r in made)
+           if made else ""))
+
+
+def _close(cluster, names, log, wait=15.0):
+    """Close ``names`` to new sessions and end theirs (from the swap's own database)."""
+    if not names:
+        return
+    lits = b", ".join(sql_literal(n) for n in names)
+    for n in names:
+        cluster.psql(b"ALTER DATABASE " + quote_ident(n) + b" ALLOW_CONNECTIONS false;\n",
+                     SWAP_DB)
+    deadline = time.time() + wait
+    while True:
+        out = cluster.psql(b"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           b"WHERE datname = ANY (ARRAY[" + lits + b"]::text[]) "
+                           b"AND pid <> pg_backend_pid();\n", SWAP_DB)
+        ended = int(out[0]) if out else 0
+        if ended == 0:
+            return
+        log("aimms-ops: ended %d session(s) on the databases being replaced" % ended)
+        if time.time() > deadline:
+            raise SwapError("sessions on the databases being replaced did not end within "
+                            "%d s" % wait)
+        time.sleep(0.2)
+
+
+def swap(cluster, state, stamp, log, as_name=None):
+    """Put the rebuilt databases in place, the live ones aside, the dump's role changes
+    with them: one transaction. On any failure the live cluster is left as it was."""
+    dbs, _roles = read_manifest(state)
+    if not dbs:
+        raise SwapError("the stream rebuilt no database")
+    live = cluster.databases()
+    targets = [(db, as_name if as_name is not None else db) for db in dbs]
+    for db, _target in targets:
+        if new_name(db) not in live:
+            raise SwapError("database %s was not rebuilt" % shown(db))
+    if as_name is not None and as_name in live:
+        raise SwapError("database %s exists already" % shown(as_name))
+    replaced = [t for _db, t in targets if t in live]
+    if SWAP_DB in live:
+        cluster.drop(SWAP_DB)
+    cluster.psql(b"CREATE DATABASE " + SWAP_DB + b" WITH TEMPLATE = template0;\n")
+    try:
+        try:
+            _close(cluster, replaced, log)
+            sql = [b"BEGIN;\n"]
+            try:
+                with open(state + "/deferred.sql", "rb") as fh:
+                    sql.append(fh.read())
+            except OSError:
+                pass
+            for db, target in targets:
+                q = quote_ident(target)
+                if target in live:
+                    tmpl, conn = live[target]
+                    aside = aside_name(target, stamp)
+                    note = b"%s %s %s %s" % (target.hex().encode(), stamp,
+                                             b"t" if tmpl else b"f", b"t" if conn else b"f")
+                    sql += [b"ALTER DATABASE ", q, b" RENAME TO ", aside, b";\n",
+                            b"ALTER DATABASE ", aside, b" IS_TEMPLATE false;\n",
+                            b"ALTER DATABASE ", aside, b" SET ", REPLACED_SETTING.encode(),
+                            b" = ", sql_literal(note), b";\n"]
+                sql += [b"ALTER DATABASE ", new_name(db), b" RENAME TO ", q, b";\n"]
+            sql.append(b"COMMIT;\n")
+            cluster.psql(b"".join(sql), SWAP_DB)
+        except SwapError:
+            for target in replaced:
+                if live[target][1]:
+                    cluster.psql(b"ALTER DATABASE " + quote_ident(target) +
+                                 b" ALLOW_CONNECTIONS true;\n", SWAP_DB)
+            raise
+    finally:
+        cluster.drop(SWAP_DB)
+    with open(state + "/aside", "wb") as fh:
+        for _db, target in targets:
+            if target in live:
+                fh.write(aside_name(target, stamp).hex().encode() + b"\n")
+                log("aimms-ops: replaced %s; the one it replaced is kept as %s"
+                    % (shown(target), aside_name(target, stamp).decode()))
+            else:
+                log("aimms-ops: restored %s (new)" % shown(target))
+
+
+def drop_replaced(cluster, state, log):
+    """Drop what the swap just set aside (a restore onto a new, empty cluster)."""
+    for line in _lines(state + "/aside"):
+        cluster.drop(bytes.fromhex(line.decode()))
+
+
+def set_aside(cluster):
+    """The databases set aside by restores: (aside name, original name, stamp, template,
+    allowed connections), newest first."""
+    out = []
+    for line in cluster.psql(
+            b"SELECT encode(convert_to(d.datname, 'UTF8'), 'hex') || ' ' || "
+            b"encode(convert_to(c, 'UTF8'), 'hex') FROM pg_database d "
+            b"JOIN pg_db_role_setting s ON s.setdatabase = d.oid AND s.setrole = 0, "
+            b"unnest(s.setconfig) c WHERE c LIKE '" + REPLACED_SETTING.encode() +
+            b"=%' AND d.datname LIKE '" + OLD_PREFIX + b"%'"):
+        aside_hex, conf_hex = line.split(b" ")
+        value = bytes.fromhex(conf_hex.decode()).split(b"=", 1)[1].split(b" ")
+        if len(value) != 4:
+            continue
+        out.append((bytes.fromhex(aside_hex.decode()), bytes.fromhex(value[0].decode()),
+                    value[1], value[2] == b"t", value[3] == b"t"))
+    out.sort(key=lambda a: a[2], reverse=True)
+    return out
+
+
+def undo(cluster, log):
+    """Swap the databases the last restore set aside back in; the restored ones go."""
+    aside = set_aside(cluster)
+    if not aside:
+        raise SwapError("no database was set aside by a restore")
+    stamp = aside[0][2]
+    last = [a for a in aside if a[2] == stamp]
+    live = cluster.databases()
+    if SWAP_DB in live:
+        cluster.drop(SWAP_DB)
+    cluster.psql(b"CREATE DATABASE " + SWAP_DB + b" WITH TEMPLATE = template0;\n")
+    gone = []
+    try:
+        present = [a[1] for a in last if a[1] in live]
+        _close(cluster, present, log)
+        sql = [b"BEGIN;\n"]
+        for name, original, _stamp, tmpl, conn in last:
+            q = quote_ident(original)
+            if original in live:
+                undone = new_name(original)
+                gone.append(undone)
+                sql += [b"ALTER DATABASE ", q, b" RENAME TO ", undone, b";\n"]
+            sql += [b"ALTER DATABASE ", name, b" RESET ", REPLACED_SETTING.encode(), b";\n",
+                    b"ALTER DATABASE ", name, b" RENAME TO ", q, b";\n",
+                    b"ALTER DATABASE ", q, b" IS_TEMPLATE ", b"true" if tmpl else b"false",
+                    b";\n", b"ALTER DATABASE ", q, b" ALLOW_CONNECTIONS ",
+                    b"true" if conn else b"false", b";\n"]
+        sql.append(b"COMMIT;\n")
+        cluster.psql(b"".join(sql), SWAP_DB)
+    except SwapError:
+        for original in (a[1] for a in last if a[1] in live):
+            cluster.psql(b"ALTER DATABASE " + quote_ident(original) +
+                         b" ALLOW_CONNECTIONS true;\n", SWAP_DB)
+        raise
+    finally:
+        cluster.drop(SWAP_DB)
+    for name in gone:
+        cluster.drop(name)
+    for name, original, _stamp, _tmpl, _conn in last:
+        log("aimms-ops: put back %s (it was kept as %s)" % (shown(original), name.decode()))
+
+
+def drop_aside(cluster, log, names=None):
+    """Drop the databases restores set aside (``names``: only those)."""
+    for name, original, _stamp, _tmpl, _conn in set_aside(cluster):
+        if names is None or name in names:
+            cluster.drop(name)
+            log("aimms-ops: dropped %s (%s before a restore)" % (name.decode(), shown(original)))
