@@ -1,6 +1,7 @@
 """The restore filter: a dump rewritten so that psql replays it exactly onto a live cluster."""
 
 from .lexer import (
+    _CLOSE_DB,
     _CREATE_DB,
     _CREATE_ROLE,
     _DROP_DB,
@@ -34,7 +35,9 @@ class RestoreFilter:
       the live cluster's, captured before the restore).
     - ``DROP ROLE`` of a --clean dump is kept as a comment, its ``DROP DATABASE`` gets
       ``WITH (FORCE)``.
-    One database (``only``): just that database's section, the rest as empty lines.
+    One database (``only``): just that database's section, the rest as empty lines, but
+    the ``ALTER DATABASE … ALLOW_CONNECTIONS false;`` after the completion marker that
+    closes that database again (the backup's, for a database that allows no connections).
 
     The output has the dump's lines in the same numbers, except for whole blocks the
     filter inserts, each reported on ``log`` as ``aimms-ops: inserted N lines after
@@ -102,6 +105,9 @@ class RestoreFilter:
                 self.keep = False
             return self._write(line)
         if not self.keep:
+            if kind == "meta" and r.complete and self.only is not None \
+                    and line.lstrip().startswith(b"\\connect"):
+                return self._write(line)  # where the closing statements below run
             return self._blank(line)
         if kind == "meta" and r.section is not None and not self.section_connected \
                 and line.lstrip().startswith(b"\\connect"):
@@ -115,9 +121,12 @@ class RestoreFilter:
         if r.section is None and r.seen_header and self.globals is not None:
             self.globals.append(("unit", lines))
             return None
-        if not self.keep:
-            return self._blank(b"".join(lines))
         text = b"".join(lines)
+        if not self.keep:
+            m = _CLOSE_DB.match(text) if r.complete and self.only is not None else None
+            if m and ident_name(m.group(1)) == self.only:
+                return self._write(text)  # the one database restored allows no connections
+            return self._blank(text)
         if r.section is not None:
             m = _CREATE_DB.match(text)
             if m:
