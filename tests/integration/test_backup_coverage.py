@@ -84,6 +84,10 @@ def test_closed_databases_are_backed_up_restored_closed_and_compared(sandbox, tm
     assert {CLOSED, SPACED} <= held and SIDE not in held, held
     coverage = next(c for c in report["checks"] if c["name"] == "databases")
     assert coverage["state"] == "OK", coverage
+    # The trial restore holds them too (it failed them as missing when they came back closed).
+    deep = sandbox.fab("verify", f"--file={name}", "--deep", "--json", inventory=inv)
+    assert deep.returncode == 0, deep.stdout + deep.stderr
+    assert {CLOSED, SPACED} <= {db["name"] for db in json.loads(deep.stdout)["databases"]}
 
     # A restore brings them back, still allowing no connections, with their rows.
     for db in (CLOSED, SPACED):
