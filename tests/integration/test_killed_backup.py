@@ -130,3 +130,27 @@ def test_a_backup_killed_after_it_published_says_what_it_published(sandbox, tmp_
     assert f"failed after it published {name}" in line, line
     assert "nothing was published" not in run.stderr
     sandbox.ssh(f"rm -rf {d} {d}.log")
+
+
+def test_a_backup_interrupted_while_it_dumps_closes_the_databases_it_opened(sandbox, tmp_path,
+                                                                            big_cluster):
+    inv, d = own_inventory(sandbox, tmp_path, "interrupted")
+    here = Path(d)
+    sandbox.psql(f"ALTER DATABASE {CLOSED} ALLOW_CONNECTIONS false", "postgres")
+    run = faults.start_fab(sandbox, "backup", inventory=inv)
+    faults.wait_until(lambda: any(here.glob(".aimms_postgres_*.tmp")) and _script_pid(here),
+                      timeout=120, every=0.01)
+    pid = _script_pid(here)
+    assert pid is not None and allowconn(sandbox)[CLOSED] == "1"
+    os.kill(pid, signal.SIGTERM)
+    assert run.wait(300) != 0
+    assert "interrupted" in fab_error_line(run)
+    _wait_lock_free(sandbox, d)
+    # Its own trap closed the database again and removed its files, at once.
+    assert allowconn(sandbox)[CLOSED] == "0"
+    assert not list(here.glob(".backup.allowconn")) and not list(here.glob(".*.tmp"))
+    assert not list(here.glob(f".*.lock.owner.{pid}"))
+    log = (here.parent / f"{here.name}.log").read_text()
+    assert "RESULT failed: interrupted" in log
+    assert f"connections to database {CLOSED} closed again" in log
+    sandbox.ssh(f"rm -rf {d} {d}.log")
