@@ -46,6 +46,16 @@ def _script_pid(d: Path) -> int | None:
     return int(notes[0].name.rsplit(".", 1)[1]) if notes else None
 
 
+def _dumping(sandbox, inv, here: Path) -> tuple[faults.Running, int | None]:
+    """A fab backup started with CLOSED allowing no connections, once its script dumps
+    (its temporary file is there); the run and the script's pid."""
+    sandbox.psql(f"ALTER DATABASE {CLOSED} ALLOW_CONNECTIONS false", "postgres")
+    run = faults.start_fab(sandbox, "backup", inventory=inv)
+    faults.wait_until(lambda: any(here.glob(".aimms_postgres_*.tmp")) and _script_pid(here),
+                      timeout=120, every=0.01)
+    return run, _script_pid(here)
+
+
 def _wait_lock_free(sandbox, d: str) -> None:
     """Wait until nothing holds the backup lock (the killed script's children let go)."""
     faults.wait_until(lambda: sandbox.ssh(f"flock -n {d}/.backup.lock true",
@@ -60,11 +70,7 @@ def test_a_backup_killed_while_it_dumps_is_seen_and_cleaned_up(sandbox, tmp_path
                                                                big_cluster):
     inv, d = own_inventory(sandbox, tmp_path, "killed")
     here = Path(d)
-    sandbox.psql(f"ALTER DATABASE {CLOSED} ALLOW_CONNECTIONS false", "postgres")
-    run = faults.start_fab(sandbox, "backup", inventory=inv)
-    faults.wait_until(lambda: any(here.glob(".aimms_postgres_*.tmp")) and _script_pid(here),
-                      timeout=120, every=0.01)
-    pid = _script_pid(here)
+    run, pid = _dumping(sandbox, inv, here)
     assert pid is not None and "backup-postgres.sh" in faults.cmdline(pid)
     assert allowconn(sandbox)[CLOSED] == "1"  # opened for the dump
     os.kill(pid, signal.SIGKILL)
@@ -136,11 +142,7 @@ def test_a_backup_interrupted_while_it_dumps_closes_the_databases_it_opened(sand
                                                                             big_cluster):
     inv, d = own_inventory(sandbox, tmp_path, "interrupted")
     here = Path(d)
-    sandbox.psql(f"ALTER DATABASE {CLOSED} ALLOW_CONNECTIONS false", "postgres")
-    run = faults.start_fab(sandbox, "backup", inventory=inv)
-    faults.wait_until(lambda: any(here.glob(".aimms_postgres_*.tmp")) and _script_pid(here),
-                      timeout=120, every=0.01)
-    pid = _script_pid(here)
+    run, pid = _dumping(sandbox, inv, here)
     assert pid is not None and allowconn(sandbox)[CLOSED] == "1"
     os.kill(pid, signal.SIGTERM)
     assert run.wait(300) != 0
