@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aimms_ops import units
+from aimms_ops.backup.listing import list_remote
 from aimms_ops.backup.names import validate_label, validate_name, validate_reason
 from aimms_ops.backup.settings import script_args, secret_input
 from aimms_ops.errors import ConnectionLost, OpsError
@@ -97,8 +99,7 @@ def run_backup(remote: Remote, label: str | None = None,
                              "see its RESULT line with fab logs, and fab list-backups",
                              code=exc.code) from None
     if not res.ok:
-        raise OpsError(f"backup on {remote.name} failed: {_failure_reason(res.stderr)}",
-                       f"see fab logs; nothing was published in {remote.host.backup_dir}")
+        raise _failure(remote, res.rc, res.stdout, res.stderr)
     r = parse_result(res.stdout)
     try:
         return BackupResult(
@@ -111,6 +112,47 @@ def run_backup(remote: Remote, label: str | None = None,
     except (KeyError, ValueError):
         raise OpsError(f"the backup script on {remote.name} reported no result",
                        "see fab logs") from None
+
+
+_TARGET = re.compile(r" dumping into (aimms_postgres_\S+) with ")
+
+
+def _failure(remote: Remote, rc: int, stdout: str, stderr: str) -> OpsError:
+    """What a backup run that did not end well leaves: the reason it gave (or that it
+    died, killed), and what the host really published, looked up there: a run killed
+    after it renamed its backup into place published a good backup all the same."""
+    died = "RESULT failed:" not in stderr and (rc < 0 or rc >= 128)
+    why = (f"the backup script died ({_signal_name(rc)}) before it logged a result" if died
+           else _failure_reason(stderr))
+    target = parse_result(stdout).get("result.name")
+    if target is None:
+        found = _TARGET.findall(stderr)
+        target = found[-1] if found else None
+    if target is None:
+        return OpsError(f"backup on {remote.name} failed: {why}",
+                        f"see fab logs; nothing was published in {remote.host.backup_dir}")
+    try:
+        published = next((b for b in list_remote(remote) if b.name == target and b.sha256),
+                         None)
+    except OpsError:
+        return OpsError(f"backup on {remote.name} failed: {why}; whether {target} was "
+                        "published could not be checked", "see fab list-backups and fab logs")
+    if published is not None:
+        return OpsError(f"backup on {remote.name} failed after it published {target} "
+                        f"({units.size(published.size)}, with its .sha256): {why}",
+                        "that backup is whole (checked before it was published); retention and "
+                        "offsite copies of the run may not have run: see fab logs")
+    return OpsError(f"backup on {remote.name} failed: {why}",
+                    f"see fab logs; {target} was not published (the next run removes its "
+                    "temporary file)")
+
+
+def _signal_name(rc: int) -> str:
+    if rc == 137:
+        return "status 137: SIGKILL"
+    if rc < 0:
+        return "killed by a signal"
+    return f"status {rc}"
 
 
 def _failure_reason(stderr: str) -> str:

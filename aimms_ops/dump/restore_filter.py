@@ -4,6 +4,7 @@ import re
 
 from .beside import connect_line, new_name, rename_statement
 from .lexer import (
+    _CLOSE_DB,
     _CREATE_DB,
     _CREATE_ROLE,
     _DROP_DB,
@@ -40,7 +41,9 @@ class RestoreFilter:
       the live cluster's, captured before the restore).
     - ``DROP ROLE`` of a --clean dump is kept as a comment, its ``DROP DATABASE`` gets
       ``WITH (FORCE)``.
-    One database (``only``): just that database's section, the rest as empty lines.
+    One database (``only``): just that database's section, the rest as empty lines, but
+    the ``ALTER DATABASE … ALLOW_CONNECTIONS false;`` after the completion marker that
+    closes that database again (the backup's, for a database that allows no connections).
 
     The output has the dump's lines in the same numbers, except for whole blocks the
     filter inserts, each reported on ``log`` as ``aimms-ops: inserted N lines after
@@ -114,6 +117,9 @@ class RestoreFilter:
                 self.keep = False
             return self._write(line)
         if not self.keep:
+            if kind == "meta" and r.complete and self.only is not None \
+                    and line.lstrip().startswith(b"\\connect"):
+                return self._write(line)  # where the closing statements below run
             return self._blank(line)
         if kind == "meta" and r.section is not None \
                 and line.lstrip().startswith(b"\\connect"):
@@ -130,9 +136,17 @@ class RestoreFilter:
         if r.section is None and r.seen_header and self.globals is not None:
             self.globals.append(("unit", lines))
             return None
-        if not self.keep:
-            return self._blank(b"".join(lines))
         text = b"".join(lines)
+        if not self.keep:
+            m = _CLOSE_DB.match(text) if r.complete and self.only is not None else None
+            if m and ident_name(m.group(1)) == self.only:
+                # The one database restored allows no connections.
+                return self._write(self._closed(text, m))
+            return self._blank(text)
+        if r.complete:
+            m = _CLOSE_DB.match(text)
+            if m:
+                return self._write(self._closed(text, m))
         if r.section is not None and self.beside is not None:
             if _CREATE_DB.match(text):
                 self.section_created = True
@@ -175,6 +189,14 @@ class RestoreFilter:
                      "the restore is incomplete")
 
     # -- the pieces
+    def _closed(self, text, m):
+        """The dump's closing of a database that allows no connections: built beside, it
+        closes the rebuilt copy (the swap gives it the name), never the live one."""
+        if self.beside is None:
+            return text
+        name = ident_name(m.group(1))
+        return rename_statement(text, name, new_name(name), ident_name)
+
     def _forced(self, text, m):
         rest = m.group(2)
         if b"FORCE" in rest:

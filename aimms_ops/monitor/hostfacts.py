@@ -20,7 +20,14 @@ from aimms_ops.host.compose import facts_args, parse_facts
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.copies import RestoreCopy, parse_copies
-from aimms_ops.monitor.runlog import LoggedPing, LoggedRun, parse_pings, parse_results
+from aimms_ops.monitor.runlog import (
+    LoggedPing,
+    LoggedRun,
+    LoggedStart,
+    parse_pings,
+    parse_results,
+    parse_starts,
+)
 
 _SECTIONS = ("facts", "backups", "status")
 
@@ -51,6 +58,15 @@ class HostFacts:
     @property
     def runs(self) -> list[LoggedRun]:
         return parse_results(_b64(self.extra.get("log.results_b64", "")))
+
+    @property
+    def starts(self) -> list[LoggedStart]:
+        return parse_starts(_b64(self.extra.get("log.results_b64", "")))
+
+    @property
+    def backup_lock_holders(self) -> set[int]:
+        """The pids holding the backup lock now (facts.sh: notes of live processes)."""
+        return {int(p) for p in self.facts.get("lock.backup.live", "").split() if p.isdigit()}
 
     @property
     def pings(self) -> list[LoggedPing]:

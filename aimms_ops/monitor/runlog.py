@@ -11,6 +11,8 @@ from aimms_ops import units
 from aimms_ops.backup.names import EXTENSION_RE
 
 _RESULT = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] RESULT (ok|failed:)\s*(.*)$")
+_START = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] START ")
+_DATABASES = re.compile(r"^\S+ backup\[(\d+)\] DATABASES ((?:[0-9a-f]+ ?)*)$")
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,24 @@ class LoggedRun:
     name: str | None  # the backup made (backup) or verified (verify)
     reason: str | None  # why it failed
     detail: str  # the rest of the line
+    databases: tuple[str, ...] | None = None  # what the run dumped (its DATABASES line)
+    seq: int = 0  # where in the log: later lines have higher numbers
+    died: bool = False  # a START with no RESULT and no live holder of the lock
 
     def as_dict(self) -> dict[str, object]:
-        return {"result": "ok" if self.ok else "failed", "at": units.iso(self.at),
+        result = "died" if self.died else "ok" if self.ok else "failed"
+        return {"result": result, "at": units.iso(self.at),
                 "name": self.name, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class LoggedStart:
+    """One ``START`` line: a run of backup or verify began."""
+
+    kind: str
+    pid: int
+    at: datetime
+    seq: int
 
 
 def _logged_at(stamp: str) -> datetime | None:
@@ -38,10 +54,31 @@ def _logged_at(stamp: str) -> datetime | None:
         return None
 
 
+def parse_starts(text: str) -> list[LoggedStart]:
+    """The START lines of the log, oldest first (pure)."""
+    out = []
+    for seq, line in enumerate(text.splitlines()):
+        m = _START.match(line.strip())
+        at = _logged_at(m.group(1)) if m else None
+        if m is not None and at is not None:
+            out.append(LoggedStart(m.group(2), int(m.group(3)), at, seq))
+    return out
+
+
 def parse_results(text: str) -> list[LoggedRun]:
-    """The RESULT lines of the log, oldest first (pure)."""
+    """The RESULT lines of the log, oldest first, each backup's with the databases its
+    run logged (pure)."""
     runs = []
-    for line in text.splitlines():
+    dumped: dict[int, tuple[str, ...]] = {}
+    for seq, line in enumerate(text.splitlines()):
+        d = _DATABASES.match(line.strip())
+        if d is not None:
+            try:
+                dumped[int(d.group(1))] = tuple(bytes.fromhex(h).decode("utf-8", "surrogateescape")
+                                                for h in d.group(2).split())
+            except ValueError:
+                pass
+            continue
         m = _RESULT.match(line.strip())
         at = _logged_at(m.group(1)) if m else None
         if m is None or at is None:
@@ -58,8 +95,29 @@ def parse_results(text: str) -> list[LoggedRun]:
             if tail:
                 name = tail.group(1)
                 reason = rest[: tail.start()]
-        runs.append(LoggedRun(m.group(2), int(m.group(3)), at, ok, name, reason, rest))
+        pid = int(m.group(3))
+        dbs = dumped.pop(pid, None) if m.group(2) == "backup" else None
+        runs.append(LoggedRun(m.group(2), pid, at, ok, name, reason, rest, dbs, seq))
     return runs
+
+
+def died_run(runs: list[LoggedRun], starts: list[LoggedStart], kind: str,
+             live: set[int]) -> LoggedRun | None:
+    """The last run of ``kind`` when it started, logged no result, and no live process
+    of that pid holds the lock (it was killed: SIGKILL, the host went down); else None.
+
+    ``runs`` and ``starts`` must come from the same text (their ``seq`` are compared).
+    """
+    start = next((s for s in reversed(starts) if s.kind == kind), None)
+    if start is None or start.pid in live:
+        return None
+    if any(r.kind == kind and r.seq > start.seq for r in runs):
+        return None
+    when = start.at.strftime("%Y-%m-%d %H:%M UTC")
+    reason = (f"the run started at {when} ({kind}[{start.pid}]) logged no result and holds "
+              "no lock: it was killed")
+    return LoggedRun(kind, start.pid, start.at, False, None, reason, reason, seq=start.seq,
+                     died=True)
 
 
 _PING = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] ping (\S+): (ok|failed: .*?)(?: \((\S+)\))?$")

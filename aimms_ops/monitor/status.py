@@ -22,10 +22,11 @@ from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.checks import Check, State, worst
 from aimms_ops.monitor.compressor import GET_ZSTD, compressor_check
 from aimms_ops.monitor.copies import RestoreCopy, check_copies
+from aimms_ops.monitor.coverage import check_coverage, live_databases
 from aimms_ops.monitor.disk import DiskOutlook, check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks
 from aimms_ops.monitor.hostfacts import HostFacts, gather
-from aimms_ops.monitor.runlog import LoggedPing, LoggedRun, last_run
+from aimms_ops.monitor.runlog import LoggedPing, LoggedRun, died_run, last_run
 
 PREFIX = "AIMMS-OPS"
 
@@ -111,10 +112,14 @@ def check_size(backups: list[BackupFile] | None,
                  f"{units.size(newest.size)}, previous ones {units.size(median)} (median)")
 
 
-def check_last_run(runs: list[LoggedRun]) -> Check:
-    """The last backup run's result from the log."""
+def check_last_run(runs: list[LoggedRun], died: LoggedRun | None = None) -> Check:
+    """The last backup run's result from the log; ``died``: it was killed (runlog.died_run)."""
     run = last_run(runs, "backup")
     name = "last run"
+    if died is not None:
+        return Check(name, State.CRITICAL, f"last backup died: {died.reason}",
+                     "see fab logs (and the host's kernel log for the OOM killer); the next "
+                     "run cleans up what it left: fab backup")
     if run is None:
         return Check(name, State.WARNING, "no backup run in the log yet",
                      "wait for cron, or run fab backup")
@@ -309,17 +314,35 @@ def unknown_line(message: str) -> str:
     return f"{PREFIX} UNKNOWN - {message}"
 
 
+def check_databases(hf: HostFacts, runs: list[LoggedRun]) -> Check | None:
+    """The newest good backup's databases (its run's DATABASES line) against the live
+    cluster's; None when there is no backup or the cluster gave no list (other checks
+    say why)."""
+    good = good_backups(hf.backups)
+    live = live_databases(hf.facts)
+    if not good or live is None:
+        return None
+    run = next((r for r in reversed(runs) if r.kind == "backup" and r.ok
+                and r.name == good[0].name), None)
+    dbs = list(run.databases) if run is not None and run.databases is not None else None
+    return check_coverage("databases", live, dbs, good[0].name)
+
+
 def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusReport:
     """The status of ``host`` from its facts (pure)."""
     now = hf.now
     runs = hf.runs
     disk = disk_from(hf)
+    died = died_run(runs, hf.starts, "backup", hf.backup_lock_holders)
     checks = [check_newest(hf.backups, now, max_age, max_age_text, host.backup_dir),
               check_size(hf.backups, runs),
-              check_last_run(runs),
+              check_last_run(runs, died),
               *check_cron(hf.crontab, host),
               check_disk(disk, hf.backups, host.backup_dir),
               *stack_checks(hf, host)]
+    databases = check_databases(hf, runs)
+    if databases is not None:
+        checks.append(databases)
     verify = check_verify(runs, host, now, hf.record)
     if verify is not None:
         checks.append(verify)
@@ -349,7 +372,7 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
         perf["free"] = f"{disk.free}B;;;0;{disk.total}"
         ok_parts.append(f"{units.size(disk.free)} free")
     pings = hf.pings
-    return StatusReport(host.name, checks, max_age, now, newest, last_run(runs, "backup"),
+    return StatusReport(host.name, checks, max_age, now, newest, died or last_run(runs, "backup"),
                         last_run(runs, "verify"), disk, perf, "; ".join(ok_parts),
                         last_ping=pings[-1] if pings else None, replaced=copies)
 

@@ -3,10 +3,10 @@
 Without ``deep`` the backup is read once on the host, exactly as ``fab restore``
 checks a dump before touching anything (:func:`aimms_ops.restore.source.inspect_remote`): recorded
 sha256, the compressed stream (``gzip stream``, or ``zstd stream`` for a ``.sql.zst``),
-header and completion marker. With ``deep`` the packaged
-``verify-backup.sh`` (the script cron runs weekly) restores it into a throwaway
-container from the production image, reports databases, tables and rows, and
-removes the container and its volume whatever happens.
+header and completion marker; then its databases against the live cluster's. With
+``deep`` the packaged ``verify-backup.sh`` (the script cron runs weekly) restores it
+into a throwaway container from the production image, reports databases, tables and
+rows, and removes the container and its volume whatever happens.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from aimms_ops.backup.install import verify_args
 from aimms_ops.backup.settings import VERIFY_KEYS
 from aimms_ops.backup.settings import script_args as settings_args
 from aimms_ops.errors import OpsError
+from aimms_ops.host.compose import facts_args, parse_facts
 from aimms_ops.host.layout import VERIFY_SCRIPT
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.checks import Check, State, worst
+from aimms_ops.monitor.coverage import check_coverage, live_databases
 from aimms_ops.restore.source import DumpInfo, inspect_remote
 
 CHECK_ORDER = ("checksum", "gzip stream", "dump header", "completion marker")
@@ -197,6 +199,10 @@ def verify(remote: Remote, file: str, deep: bool,
     if not deep:
         dump = inspect_remote(remote, b.path)
         checks = checks_of(dump)
+        if all(c.state is not State.CRITICAL for c in checks):
+            facts = parse_facts(remote.run_script("facts.sh", *facts_args(remote.host)).stdout)
+            checks.append(check_coverage("databases", live_databases(facts),
+                                         list(dump.databases), b.name))
         return VerifyReport(remote.name, b.name, b.path, dump.size, dump.sha256, False,
                             checks, databases=list(dump.databases),
                             failed_check=_first_failed(checks))

@@ -209,7 +209,7 @@ def check_as_name(as_name: str, database: str | None) -> None:
 #: roles, the sessions of other clients, and the free space where the data lives.
 _FACTS_SQL = (
     "SELECT 'db', pg_database_size(oid)::text, encode(convert_to(datname, 'UTF8'), 'hex') "
-    "FROM pg_database WHERE datallowconn AND datname !~ '^aimms_ops_(new|old)_' "
+    "FROM pg_database WHERE datname <> 'template0' AND datname !~ '^aimms_ops_(new|old)_' "
     "UNION ALL SELECT 'role', '0', encode(convert_to(rolname, 'UTF8'), 'hex') FROM pg_roles "
     "WHERE rolname !~ '^pg_' UNION ALL "
     "SELECT 'session', encode(convert_to(coalesce(application_name, ''), 'UTF8'), 'hex'), "

@@ -60,6 +60,7 @@ umask 077
 
 # @include lib.sh
 # @include offsite.sh
+# @include backup-dbs.sh
 
 MARKER='-- PostgreSQL database cluster dump complete'
 
@@ -172,6 +173,7 @@ ping_end() {
 }
 
 cleanup() {
+    close_dbs_again || true
     drop_lock_notes
     local f
     for f in "${TMP_FILES[@]}"; do rm -f -- "$f"; done
@@ -220,8 +222,8 @@ what=backup
 lock_or_fail "$BACKUP_DIR/$CLUSTER_LOCK" shared "$what" "a restore or rebuild of the cluster"
 lock_or_fail "$BACKUP_DIR/$BACKUP_LOCK" exclusive "$what" "another backup or retention run"
 
-# Whatever a killed run left under a temporary name is garbage: we hold the lock.
-find "$BACKUP_DIR" -maxdepth 1 -name '.aimms_postgres_*.tmp' -type f -delete 2>/dev/null || true
+# Whatever a killed run left is garbage: we hold the lock (lib.sh).
+clean_after_killed_run
 
 # --- retention -----------------------------------------------------------------------
 # retention.py, inlined: the one decision (the same code as fab prune --dry-run).
@@ -342,6 +344,8 @@ cid=$(resolve_container "$COMPOSE_PROJECT" "$COMPOSE_SERVICE")
     fail "the $COMPOSE_SERVICE container of compose project $COMPOSE_PROJECT is not running (start it: docker compose up -d $COMPOSE_SERVICE)"
 cname=$(docker inspect --format '{{.Name}}' "$cid" | sed 's#^/##')
 log "container $cname ($cid)"
+# A run killed with connections allowed on a database: put them back first (lib.sh).
+close_dbs_again || fail "$CLOSE_ERROR"
 
 # The newest backup's size (awk reads all its input: no early exit to SIGPIPE the find).
 last=$(backup_files "$BACKUP_DIR" -printf '%T@ %s\n' |
@@ -363,7 +367,7 @@ done
 final="$BACKUP_DIR/$name"
 tmp="$BACKUP_DIR/.$name.tmp"
 # Small side files live outside the backup dir, which may be the disk that is full.
-work=$(mktemp -d "${TMPDIR:-/tmp}/aimms-backup.XXXXXX") || fail "cannot create a temporary dir"
+work=$(mktemp -d "${TMPDIR:-/tmp}/aimms-backup.$$.XXXXXX") || fail "cannot create a temporary dir"
 errf="$work/stderr"
 tailf="$work/tail"
 fifo="$work/sha256.fifo"
@@ -397,10 +401,23 @@ preface='for db in template1 postgres; do
         printf "%s\n" "$p" | sed "s/^/-- | /"
     fi
 done; '
-inner=$preface'pg_dumpall -U "$1"; echo "aimms-ops: pg_dumpall status $?" >&2'
+# The restore's own side copies are never dumped (SIDE_COPY_PATTERNS, backup-dbs.sh).
+inner=$preface'pg_dumpall -U "$1" --exclude-database="$2" --exclude-database="$3"; '\
+'echo "aimms-ops: pg_dumpall status $?" >&2'
 where="$ZIP_NAME -$ZIP_LEVEL on the host"
-dump() { docker exec "$cid" sh -c "$inner" sh "$PG_SUPERUSER" | "${ZIP[@]}"; }
-log "dumping with pg_dumpall -U $PG_SUPERUSER, compressed by $where"
+# Databases that allow no connections are dumped too: allowed for the dump only, put back
+# right after it (and by the EXIT trap, or by the next run after a kill -9); the dump ends
+# with the statements that close them again on a restore (backup-dbs.sh).
+trailer="$work/trailer"
+open_closed_dbs "$trailer" || fail "$CLOSE_ERROR"
+dumped_dbs || fail "cannot list the databases to dump: $CLOSE_ERROR"
+dump() {
+    local rc=0
+    docker exec "$cid" sh -c "$inner" sh "$PG_SUPERUSER" "${SIDE_COPY_PATTERNS[@]}" || rc=$?
+    cat -- "$trailer"
+    return "$rc"
+}
+log "dumping into $name with pg_dumpall -U $PG_SUPERUSER, compressed by $where"
 
 # The written bytes are tested while they are written: tee's copy is decompressed
 # (what gzip -t does) and the end of the dump kept for the completion marker; a second
@@ -410,11 +427,13 @@ set +e
 mkfifo -m 600 -- "$fifo" || fail "cannot create $fifo"
 sha256_stream <"$fifo" >"$sumf" 2>>"$errf" &
 hash_pid=$!
-dump 2>"$errf" | tee -- "$tmp" "$fifo" 2>>"$errf" | "${host_unzip[@]}" 2>>"$errf" | tail -c 4096 >"$tailf"
+{ dump | "${ZIP[@]}"; } 2>"$errf" | tee -- "$tmp" "$fifo" 2>>"$errf" | "${host_unzip[@]}" 2>>"$errf" |
+    tail -c $((4096 + $(stat -c %s -- "$trailer"))) >"$tailf"
 status=("${PIPESTATUS[@]}")
 wait "$hash_pid"
 hash_status=$?
 set -e
+close_dbs_again || fail "$CLOSE_ERROR"
 trap 'fail "unexpected error at line $LINENO: $BASH_COMMAND"' ERR
 dump_status=$(sed -n 's/^aimms-ops: pg_dumpall status \([0-9]*\)$/\1/p' "$errf" | tail -n 1)
 errline=$(grep -v '^aimms-ops: pg_dumpall status' "$errf" | tail -n 1 || true)
@@ -448,6 +467,7 @@ if [ -n "$drop_from" ]; then
 fi
 mv -f -- "$final.sha256.tmp" "$final.sha256"
 mv -f -- "$tmp" "$final"
+log "published $name"
 # Safety copies of restore and rebuild are pinned (we hold the lock: no retention between).
 case $LABEL in
     pre-restore | pre-rebuild)

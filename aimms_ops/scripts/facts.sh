@@ -53,6 +53,11 @@ container.restart_count={{.RestartCount}}' "$cid" 2>/dev/null | sed 's#container
         echo "postgres.ready=0"
     fi
     echo "postgres.ready_detail=$(printf '%s' "$out" | tail -n 1)"
+    # Every database of the cluster (names as hex), for the backups' coverage.
+    if dbs=$(docker exec "$cid" psql -X -A -t -U "$superuser" -d template1 -c \
+        "SELECT encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_database ORDER BY 1" 2>/dev/null); then
+        echo "postgres.databases=$(printf '%s' "$dbs" | paste -sd' ' -)"
+    fi
 fi
 
 for vol in "$@"; do
@@ -69,6 +74,14 @@ if [ -d "$backup_dir" ]; then
     echo "backup_dir.exists=1"
     [ -w "$backup_dir" ] && echo "backup_dir.writable=1" || echo "backup_dir.writable=0"
     df -Pk "$backup_dir" | awk 'NR==2 {print "backup_dir.avail_kb=" $4; print "backup_dir.size_kb=" $2}'
+    # The pids that hold the backup lock now (a note of a live process; lib.sh's take_lock).
+    live=""
+    for f in "$backup_dir/$BACKUP_LOCK".owner.*; do
+        [ -e "$f" ] || continue
+        pid=${f##*.}
+        if [[ $pid =~ ^[0-9]+$ ]] && [ -d "/proc/$pid" ]; then live="$live $pid"; fi
+    done
+    echo "lock.backup.live=${live# }"
 else
     echo "backup_dir.exists=0"
 fi

@@ -32,8 +32,10 @@ fi
 
 if [ -f "$log" ]; then
     echo "log.exists=1"
-    echo "log.results_b64=$(grep -E '^[^ ]+ (backup|verify)\[[0-9]+\] RESULT ' -- "$log" |
-        tail -n 40 | base64 -w0)"
+    # RESULT lines, with the START and DATABASES lines of each run (fab status: a run
+    # that died, what the newest backup holds).
+    echo "log.results_b64=$(grep -E '^[^ ]+ (backup|verify)\[[0-9]+\] (RESULT|START|DATABASES) ' -- "$log" |
+        tail -n 120 | base64 -w0)"
     echo "log.tail_b64=$(tail -n 60 -- "$log" | base64 -w0)"
     echo "log.pings_b64=$(tail -n 5000 -- "$log" | grep -E '^[^ ]+ (backup|verify)\[[0-9]+\] ping ' |
         tail -n 10 | base64 -w0)"

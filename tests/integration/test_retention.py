@@ -225,8 +225,12 @@ def test_a_pin_shows_in_list_backups_and_a_safety_copy_is_pinned_not_latest(sand
 def test_a_dump_that_shrank_to_a_tenth_triggers_the_guard_and_nothing_is_pruned(sandbox,
                                                                                  tmp_path):
     inv, d = _inventory(sandbox, tmp_path, "guard", retention_days=7, min_keep=1)
-    allow = "ALTER DATABASE aimms_web ALLOW_CONNECTIONS true"
-    sandbox.psql(allow, db="postgres")  # in case a killed run of this test left it false
+    # A database the backup leaves out on purpose: a side copy of the restore's.
+    aside = "ALTER DATABASE aimms_web RENAME TO aimms_ops_old_guard"
+    back = ("DO $$BEGIN IF EXISTS (SELECT 1 FROM pg_database WHERE datname = "
+            "'aimms_ops_old_guard') THEN ALTER DATABASE aimms_ops_old_guard RENAME TO "
+            "aimms_web; END IF; END$$")
+    sandbox.psql(back, db="postgres")  # in case a killed run of this test left it aside
     _ok(sandbox.fab("backup", inventory=inv))
     full = _remote(sandbox, inv)[0]
     # Five real, valid backups before the next one: copies of that one, 1..4 and 30 days
@@ -237,8 +241,8 @@ def test_a_dump_that_shrank_to_a_tenth_triggers_the_guard_and_nothing_is_pruned(
             [(_name(now - a * 86400, "copy"), now - a * 86400) for a in ages])
     old = _name(now - 30 * 86400, "copy")
     assert old in _files(sandbox, d)
-    # The cluster shrinks: pg_dumpall skips a database that allows no connections.
-    sandbox.psql("ALTER DATABASE aimms_web ALLOW_CONNECTIONS false", db="postgres")
+    # The cluster shrinks: its application database is set aside, where no backup looks.
+    sandbox.psql(aside, db="postgres")
     try:
         proc = sandbox.fab("backup", inventory=inv)
         _ok(proc)
@@ -269,7 +273,7 @@ def test_a_dump_that_shrank_to_a_tenth_triggers_the_guard_and_nothing_is_pruned(
         size_check = next(c for c in report["checks"] if c["name"] == "backup size")
         assert size_check["state"] == "OK" and "allow-shrink" in size_check["detail"]
     finally:
-        sandbox.psql(allow, db="postgres")
+        sandbox.psql(back, db="postgres")
     sandbox.ssh(f"rm -rf {d} {d}.log")
 
 
