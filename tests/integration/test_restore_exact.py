@@ -267,7 +267,7 @@ def test_a_backup_started_during_a_restore_waits_for_it(awkward, sandbox):
     holder.wait(timeout=30)
     assert run.returncode == 0, run.stderr
     assert "waiting up to 60s for a restore or rebuild" in sandbox.sh(
-        f"tail -n 8 {home}/postgres-backup.log")
+        f"tail -n 40 {home}/postgres-backup.log")
 
 
 def test_an_interrupted_restore_names_the_exact_file_to_rerun(awkward, sandbox):
