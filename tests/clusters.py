@@ -205,9 +205,17 @@ def prepare_regression(sandbox: Sandbox) -> None:
     _regression_sh(sandbox, "--prepare-only")
 
 
+def drop_replaced(sandbox: Sandbox) -> None:
+    """Drop the databases restores set aside (``fab drop-replaced``): they hold objects of
+    the fixtures' roles, which could not be dropped while they are there."""
+    proc = sandbox.fab("drop-replaced", "--yes")
+    assert proc.returncode == 0, proc.stderr
+
+
 def remove_regression_db(sandbox: Sandbox) -> None:
     """Drop database ``regression`` and the ``regress_*`` roles (and end a pg_regress a
     killed run left running): the cluster as tidy as the other tests expect."""
+    drop_replaced(sandbox)
     _regression_sh(sandbox, "--remove")
 
 
@@ -400,6 +408,7 @@ SELECT concat_ws(',',
 def remove_awkward_db(sandbox: Sandbox) -> None:
     """Remove whatever of the awkward fixture exists (a killed run's half too), giving
     ``postgres`` back initdb's properties; template1's objects go too."""
+    drop_replaced(sandbox)
     _drop_awkward(sandbox)
     psql(sandbox, TEMPLATE1_DROP_SQL, "template1")
 

@@ -75,7 +75,7 @@ def _do_download(remote: Any, b: Any, dest: Path) -> None:
                 f"{units.size(rate)}/s{resumed}); sha256 {d.sha256} verified")
 
 
-@ops_task(help={"json": "print a JSON list of objects instead of tables"})
+@ops_task(reads_only=True, help={"json": "print a JSON list of objects instead of tables"})
 def list_backups(c, json=False):
     """List the backups on the host (newest first) and those already downloaded."""
     from aimms_ops.backup import listing
@@ -128,7 +128,7 @@ def download(c, file="latest", dest=None):
         _do_download(remote, b, download_dir(inv, dest))
 
 
-@ops_task(help={"lines": "how many lines of the log to show (default 50)"})
+@ops_task(reads_only=True, help={"lines": "how many lines of the log to show (default 50)"})
 def logs(c, lines="50"):
     """Show the end of the backup log on the host."""
     from aimms_ops.backup import listing

@@ -8,6 +8,7 @@ non-zero exit, never a traceback.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -29,13 +30,29 @@ def host_name(c: Any) -> str | None:
     return None
 
 
-def ops_task(*, help: dict[str, str] | None = None, **task_options: Any) -> Callable:
-    """Declare a task whose user-facing failures end as one clean line."""
+def ops_task(*, help: dict[str, str] | None = None, reads_only: bool = False,
+             **task_options: Any) -> Callable:
+    """Declare a task whose user-facing failures end as one clean line.
+
+    Fabric's ``--dry`` is honoured: a task with a ``--dry-run`` runs as a dry run, one
+    that only reads (``reads_only``) runs as it is, and any other is refused in one line
+    before it connects.
+    """
 
     def deco(fn: Callable) -> Any:
+        has_dry_run = "dry_run" in inspect.signature(fn).parameters
+
         @functools.wraps(fn)
         def wrapper(c: Any, *args: Any, **kwargs: Any) -> Any:
             try:
+                if fabric_dry(c) and not reads_only:
+                    if not has_dry_run:
+                        name = fn.__name__.replace("_", "-")
+                        raise OpsError(f"fab --dry: {name} has no dry run (it would change "
+                                       "the host or this machine)",
+                                       f"nothing was done; run it without --dry "
+                                       f"(fab --help {name})", code=2)
+                    kwargs["dry_run"] = True
                 return fn(c, *args, **kwargs)
             except Exit:
                 raise
@@ -60,6 +77,12 @@ def ops_task(*, help: dict[str, str] | None = None, **task_options: Any) -> Call
         return task(help=help or {}, **task_options)(wrapper)
 
     return deco
+
+
+def fabric_dry(c: Any) -> bool:
+    """Whether Fabric's (Invoke's) ``--dry`` was given."""
+    run = getattr(getattr(c, "config", None), "run", None)
+    return bool(getattr(run, "dry", False))
 
 
 def check_hosts_argument(argv: list[str]) -> None:

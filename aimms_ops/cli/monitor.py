@@ -15,7 +15,7 @@ from aimms_ops.monitor.checks import State
 from aimms_ops.output import console as output
 
 
-@ops_task()
+@ops_task(reads_only=True)
 def check(c):
     """Check the connection and the stack: ssh, docker, compose, postgres, volumes, backup dir."""
     from aimms_ops.monitor import health
@@ -31,7 +31,7 @@ def check(c):
         raise Exit(f"check failed: {', '.join(failed)}", code=int(worst(rows)) or 1)
 
 
-@ops_task(help={
+@ops_task(reads_only=True, help={
     "json": "print one JSON object instead of the summary line and the table",
     "max_age": "how old the newest good backup may be: 26h (default), 90m, 2d",
 })
@@ -128,7 +128,7 @@ def verify(c, file="latest", deep=False, json=False, offsite=None, identity=None
             "removed" if deep else " (checks only; --deep restores it for real)"))
 
 
-@ops_task(help={"json": "print a JSON list of objects instead of the table"})
+@ops_task(reads_only=True, help={"json": "print a JSON list of objects instead of the table"})
 def volumes(c, json=False):
     """The stack's volumes: external or not, size, who mounts them, what would destroy them."""
     from aimms_ops.monitor import volumes as vol

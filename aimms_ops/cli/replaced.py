@@ -25,7 +25,7 @@ def restore_undo(c, yes=False, dry_run=False):
         output.table(["undo the restore of " + last[0].when, ""],
                      [[a.original, f"{a.name} takes its place again; the restored one is "
                        "dropped"] for a in last])
-        if dry_run or c.config.run.dry:
+        if dry_run:
             output.note("dry run: nothing was changed")
             return
         confirm(remote.name, f"undo the last restore on {remote.name}", yes)
@@ -55,7 +55,7 @@ def drop_replaced(c, name=None, yes=False, dry_run=False):
             return
         output.table(["dropped for good", "it was", "kept since", "size"],
                      [[a.name, a.original, a.when, units.size(a.size)] for a in aside])
-        if dry_run or c.config.run.dry:
+        if dry_run:
             output.note("dry run: nothing was changed")
             return
         confirm(remote.name, f"drop {len(aside)} database(s) set aside on {remote.name}", yes)

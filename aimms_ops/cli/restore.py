@@ -54,7 +54,7 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
         plan = rs.make_plan(remote, dump, database, safety_backup=not no_safety_backup,
                             live=live.result, as_name=as_)
         _print_restore_plan(plan)
-        if dry_run or c.config.run.dry:
+        if dry_run:
             output.note("dry run: nothing was changed")
             return
         what = (f"restore {plan.database} as {plan.as_name}" if plan.as_name else

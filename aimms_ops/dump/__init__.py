@@ -19,7 +19,8 @@ the same file runs on the host as ``python3 -c "$SCRIPT" MODE …``.
 from pathlib import Path
 
 #: The modules of the host script, in the order they are joined.
-HOST_MODULES = ("lexer", "reader", "facts", "beside", "restore_filter", "swap", "cli")
+HOST_MODULES = ("lexer", "reader", "facts", "beside", "preface", "restore_filter", "swap",
+                "cli")
 _HERE = Path(__file__).resolve().parent
 
 

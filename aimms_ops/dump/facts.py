@@ -1,7 +1,7 @@
 """What a dump holds: its databases, roles, header, completion marker and preface."""
 
 from .lexer import _CREATE_ROLE, ident_name
-from .reader import PREFACE_LINE, PREFACE_TITLE, Reader
+from .reader import PREFACE_LINE, PREFACE_TITLE, Reader, preface_extra
 
 
 class Facts:
@@ -28,7 +28,9 @@ class Facts:
             self.first = line.rstrip(b"\r\n")
         if kind == "preface":
             body = line.rstrip(b"\r\n")
-            if body.startswith(PREFACE_TITLE):
+            if preface_extra(body) is not None:
+                pass  # the restore filter's (extension versions, ALTER ROLE ALL)
+            elif body.startswith(PREFACE_TITLE):
                 name = body[len(PREFACE_TITLE):].split(b" (", 1)[0]
                 self._preface_db = name
                 self.preface[name] = []

@@ -12,6 +12,15 @@ SECTION_SUFFIX = b'" dump'
 #: pg_dump --create wrote them, each line behind this prefix.
 PREFACE_TITLE = b"-- aimms-ops: properties of database "
 PREFACE_LINE = b"-- | "
+#: More of the preface: ``DBHEX NAMEHEX VERSION`` of each extension of each database
+#: (pg_dump's CREATE EXTENSION names no version, so the default one would be made), and
+#: the settings of ``ALTER ROLE ALL`` (pg_dumpall leaves them out): a title line, then
+#: one ``HEX`` line each (``name=value`` as pg_db_role_setting holds it).
+PREFACE_EXTENSION = b"-- aimms-ops: extension "
+PREFACE_ROLE_ALL = b"-- aimms-ops: settings of ALTER ROLE ALL"
+PREFACE_ROLE_ALL_LINE = b"-- aimms-ops: role all "
+_PREFACE = (PREFACE_TITLE, PREFACE_LINE, PREFACE_EXTENSION, PREFACE_ROLE_ALL,
+            PREFACE_ROLE_ALL_LINE)
 READ_CHUNK = 1024 * 1024
 _TOC = re.compile(rb"^-- (?:Data for )?Name: (.*); Type: (.*); Schema: (.*); Owner: (.*)$")
 
@@ -110,7 +119,7 @@ class Reader:
             if body == HEADER:
                 self.seen_header = True
                 return "header"
-            if body.startswith((PREFACE_TITLE, PREFACE_LINE)):
+            if body.startswith(_PREFACE):
                 return "preface"
             return "comment"
         if body.startswith(SECTION_PREFIX) and body.endswith(SECTION_SUFFIX):
@@ -138,6 +147,23 @@ class Reader:
             unit, self.pending = self.pending, []
             self.handler.unit(unit)
         self.handler.end(self)
+
+
+def preface_extra(body):
+    """A preface line that is not a database's properties: ("extension", DB, NAME,
+    VERSION), ("role_all",) for the title, ("role_all", SETTING); else None."""
+    try:
+        if body.startswith(PREFACE_EXTENSION):
+            db, name, version = body[len(PREFACE_EXTENSION):].split(b" ")
+            return ("extension", bytes.fromhex(db.decode()), bytes.fromhex(name.decode()),
+                    version)
+        if body == PREFACE_ROLE_ALL:
+            return ("role_all",)
+        if body.startswith(PREFACE_ROLE_ALL_LINE):
+            return ("role_all", bytes.fromhex(body[len(PREFACE_ROLE_ALL_LINE):].decode()))
+    except ValueError:
+        return ("bad",)
+    return None
 
 
 class Tee:

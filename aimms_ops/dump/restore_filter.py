@@ -14,13 +14,14 @@ from .lexer import (
     ident_name,
     sql_literal,
 )
-from .reader import PREFACE_LINE, PREFACE_TITLE, Reader
+from .preface import Preface, property_lines
+from .reader import PREFACE_LINE, PREFACE_TITLE, preface_extra
 
+#: What pg_dumpall says at its start, said again after each connection of a rebuild: a
+#: database whose default is default_transaction_read_only = on replays all the same.
+_WRITABLE = b"SET default_transaction_read_only = off;\n"
 _SET = re.compile(rb"\s*SET [a-z_]+ = [^;]*;\s*$")
 _TABLESPACE_NAME = re.compile(rb"\s*CREATE TABLESPACE (" + _IDENT + rb")")
-#: What of a preface block is a property of the database itself (pg_dump's TOC types).
-_PROPERTY_TYPES = (b"DATABASE", b"DATABASE PROPERTIES")
-_PROPERTY_OF_DB = (b"COMMENT", b"ACL", b"SECURITY LABEL")
 #: template1 is a template: it can be dropped only once it is not (what pg_dump does).
 _NOT_TEMPLATE = (b"UPDATE pg_catalog.pg_database SET datistemplate = false "
                  b"WHERE datname = 'template1';")
@@ -67,6 +68,8 @@ class RestoreFilter:
         self.tag_n = 0
         self.preface_dbs = set()
         self._preface_db = b""
+        #: What else the preface says: extension versions, ALTER ROLE ALL's settings.
+        self.preface = Preface()
 
     def attach(self, reader):
         self.reader = reader
@@ -90,7 +93,10 @@ class RestoreFilter:
         r = self.reader
         if kind == "preface":
             body = line.rstrip(b"\r\n")
-            if body.startswith(PREFACE_TITLE):
+            extra = preface_extra(body)
+            if extra is not None:
+                self.preface.take(extra)
+            elif body.startswith(PREFACE_TITLE):
                 self._preface_db = body[len(PREFACE_TITLE):].split(b" (", 1)[0]
                 self.preface_dbs.add(self._preface_db)
                 self.props[self._preface_db] = []
@@ -128,7 +134,9 @@ class RestoreFilter:
                 if r.section in (b"template1", b"postgres") and not self.section_created:
                     self._recreate(r.section)
             if self.beside is not None:
-                return self._write(connect_line(line, new_name(r.section)))
+                self._write(connect_line(line, new_name(r.section)))
+                # The database's own default (read only) must not stop its replay.
+                return self._insert(_WRITABLE)
         return self._write(line)
 
     def unit(self, lines):
@@ -155,6 +163,7 @@ class RestoreFilter:
                 # A --clean dump's drop: the live database is replaced by the swap.
                 return self._write(b"".join(b"-- aimms-ops: replaced by the swap: " + ln
                                             for ln in lines))
+            text = self.preface.versioned(text, r.section)
             return self._write(rename_statement(text, r.section, new_name(r.section),
                                                 ident_name))
         if r.section is not None:
@@ -279,6 +288,7 @@ class RestoreFilter:
             else:
                 self._blank(text)
                 deferred.append(text)
+        deferred.append(self.preface.role_all_sql())
         self.beside.deferred(b"".join(deferred))
 
     def _tablespace(self, text, item):
@@ -325,7 +335,7 @@ class RestoreFilter:
         if props:
             for ln in property_lines(props):
                 if beside and ln.lstrip().startswith(b"\\connect"):
-                    ln = connect_line(ln, to)
+                    ln = connect_line(ln, to) + _WRITABLE
                 elif beside:
                     ln = rename_statement(ln, db, to, ident_name)
                 text += ln
@@ -336,37 +346,3 @@ class RestoreFilter:
             where = "nowhere: created with defaults"
         self.log("aimms-ops: properties of database %s from %s" % (db.decode(), where))
         self._insert(text)
-
-
-def property_lines(props):
-    """Of pg_dump --create output for one database, only the database's own properties.
-
-    Extensions and other objects it may carry are left out: the dump's section makes
-    those. Meta-commands (``\\connect``, ``\\restrict``) are kept.
-    """
-    keep = []
-
-    class _Pick:
-        def line(self, line, kind):
-            if kind == "meta":
-                keep.append(line)
-
-        def unit(self, lines):
-            name, typ = reader.toc
-            if not typ or typ in _PROPERTY_TYPES or (
-                    typ in _PROPERTY_OF_DB and name.startswith(b"DATABASE ")):
-                keep.extend(lines)
-
-        def copy(self, data):
-            pass
-
-        def end(self, r):
-            pass
-
-    reader = Reader(_Pick())
-    reader.seen_header = True
-    reader.section = b"?"
-    for ln in props:
-        reader.feed(ln)
-    reader.close()
-    return keep

@@ -17,7 +17,15 @@ a shell.
 import subprocess
 import time
 
-from .beside import NEW_PREFIX, OLD_PREFIX, REPLACED_SETTING, SWAP_DB, aside_name, new_name
+from .beside import (
+    KEEP_REPLACED_DAYS,
+    NEW_PREFIX,
+    OLD_PREFIX,
+    REPLACED_SETTING,
+    SWAP_DB,
+    aside_name,
+    new_name,
+)
 from .lexer import shown, sql_literal
 
 
@@ -86,13 +94,21 @@ def read_manifest(state):
     return dbs, roles
 
 
-def prepare(cluster, state, log):
-    """Remove rebuilt copies a killed restore left; note the roles the cluster has."""
+def prepare(cluster, state, log, now=None):
+    """Remove rebuilt copies a killed restore left, and copies set aside more than
+    KEEP_REPLACED_DAYS ago; note the roles the cluster has."""
     for name in cluster.databases():
         if name.startswith(NEW_PREFIX):
             cluster.drop(name)
             log("aimms-ops: removed %s, left half-built by an earlier restore"
                 % name.decode())
+    limit = time.strftime("%Y%m%d_%H%M%S", time.gmtime(
+        (now or time.time()) - KEEP_REPLACED_DAYS * 86400)).encode()
+    for name, original, stamp, _tmpl, _conn in set_aside(cluster):
+        if stamp < limit:
+            cluster.drop(name)
+            log("aimms-ops: removed %s (%s before a restore of %s, kept %d days)"
+                % (name.decode(), shown(original), stamp.decode(), KEEP_REPLACED_DAYS))
     with open(state + "/roles", "wb") as fh:
         for role in sorted(cluster.roles()):
             fh.write(role.hex().encode() + b"\n")

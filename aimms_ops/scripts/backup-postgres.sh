@@ -401,6 +401,22 @@ preface='for db in template1 postgres; do
         printf "%s\n" "$p" | sed "s/^/-- | /"
     fi
 done; '
+# Then what pg_dumpall does not carry at all: ALTER ROLE ALL's settings, and the version
+# of each extension of each database (CREATE EXTENSION alone makes the default one).
+# shellcheck disable=SC2016  # expanded by the container's sh
+preface=$preface'printf -- "-- aimms-ops: settings of ALTER ROLE ALL\n"
+psql -X -A -t -U "$1" -d template1 -c "$4"
+psql -X -A -t -U "$1" -d template1 -c "$5" | while IFS= read -r db; do
+    PGDATABASE=$db psql -X -A -t -U "$1" -c "$6"
+done; '
+preface_sql=(
+    "SELECT '-- aimms-ops: role all ' || encode(convert_to(c, 'UTF8'), 'hex')
+       FROM pg_db_role_setting, unnest(setconfig) c WHERE setrole = 0 AND setdatabase = 0"
+    "SELECT datname FROM pg_database WHERE datallowconn AND datname !~ '^aimms_ops_(new|old)_'
+       AND datname !~ E'\\n'"
+    "SELECT '-- aimms-ops: extension ' || encode(convert_to(current_database(), 'UTF8'), 'hex')
+       || ' ' || encode(convert_to(extname, 'UTF8'), 'hex') || ' ' || extversion
+       FROM pg_extension WHERE extname <> 'plpgsql'")
 # The restore's own side copies are never dumped (SIDE_COPY_PATTERNS, backup-dbs.sh).
 inner=$preface'pg_dumpall -U "$1" --exclude-database="$2" --exclude-database="$3"; '\
 'echo "aimms-ops: pg_dumpall status $?" >&2'
@@ -413,7 +429,8 @@ open_closed_dbs "$trailer" || fail "$CLOSE_ERROR"
 dumped_dbs || fail "cannot list the databases to dump: $CLOSE_ERROR"
 dump() {
     local rc=0
-    docker exec "$cid" sh -c "$inner" sh "$PG_SUPERUSER" "${SIDE_COPY_PATTERNS[@]}" || rc=$?
+    docker exec "$cid" sh -c "$inner" sh "$PG_SUPERUSER" "${SIDE_COPY_PATTERNS[@]}" \
+        "${preface_sql[@]}" || rc=$?
     cat -- "$trailer"
     return "$rc"
 }

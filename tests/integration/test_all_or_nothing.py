@@ -139,7 +139,9 @@ def test_a_restore_that_fails_in_any_database_changes_nothing(sandbox, clean):
     assert state(sandbox) == before
 
 
-def test_template_databases_and_tablespaces_restore_exactly(sandbox, clean):
+def test_what_once_stopped_a_restore_now_restores_exactly(sandbox, clean):
+    """A database marked IS_TEMPLATE in a tablespace the cluster has, one whose sessions
+    are read only by default, a role connection limit set after the backup."""
     cid = sandbox.container()
     sandbox.ssh(f"docker exec -u postgres {cid} mkdir -p /var/lib/postgresql/aon_ts")
     sandbox.psql("CREATE TABLESPACE aon_ts LOCATION '/var/lib/postgresql/aon_ts'", "postgres",
@@ -148,17 +150,33 @@ def test_template_databases_and_tablespaces_restore_exactly(sandbox, clean):
         sandbox.psql(f'CREATE DATABASE "{TEMPLATE_DB}" TABLESPACE aon_ts IS_TEMPLATE true',
                      "postgres")
         sandbox.psql("CREATE TABLE kept AS SELECT 42 AS answer", TEMPLATE_DB)
+        # A database whose sessions are read only by default, and a role's connection
+        # limit set after the backup (reset like its other attributes).
+        sandbox.psql(f"CREATE DATABASE {TRIGGER_DB}; CREATE ROLE aon_kept", "postgres")
+        sandbox.psql("CREATE TABLE t AS SELECT 7 AS a", TRIGGER_DB)
+        # What pg_dumpall does not carry: an extension's version (CREATE EXTENSION makes
+        # the default one), settings made with ALTER ROLE ALL.
+        sandbox.psql("CREATE EXTENSION hstore VERSION '1.6'", TRIGGER_DB)
+        sandbox.psql("ALTER ROLE ALL SET aon.kept = 'yes'", "postgres")
+        sandbox.psql(f"ALTER DATABASE {TRIGGER_DB} SET default_transaction_read_only = on",
+                     "postgres")
         name = backup(sandbox, "aon-template")
         after_backup = state(sandbox)
         sandbox.psql("INSERT INTO kept VALUES (0)", TEMPLATE_DB)
+        sandbox.psql("ALTER ROLE aon_kept CONNECTION LIMIT 4; ALTER ROLE ALL RESET aon.kept; "
+                     "ALTER ROLE ALL SET aon.later = 'no'", "postgres")
+        sandbox.psql("BEGIN READ WRITE; ALTER EXTENSION hstore UPDATE; COMMIT", TRIGGER_DB)
         proc = sandbox.fab("restore", f"--file={name}", "--yes", "--no-safety-backup")
         assert proc.returncode == 0, proc.stderr
         assert sandbox.psql("SELECT string_agg(answer::text, ',') FROM kept", TEMPLATE_DB) \
             == "42"
         assert sandbox.fab("drop-replaced", "--yes").returncode == 0
         assert state(sandbox) == after_backup
+        assert sandbox.psql("SELECT extversion FROM pg_extension WHERE extname = 'hstore'",
+                            TRIGGER_DB) == "1.6"
     finally:
-        drop_dbs(sandbox, TEMPLATE_DB)
+        sandbox.psql("ALTER ROLE ALL RESET ALL", "postgres")
+        drop_dbs(sandbox, TEMPLATE_DB, TRIGGER_DB)
         sandbox.psql("DROP TABLESPACE IF EXISTS aon_ts", "postgres", check=False)
 
 

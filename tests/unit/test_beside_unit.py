@@ -10,6 +10,7 @@ import sys
 from aimms_ops.dump import host_script
 from aimms_ops.dump.beside import aside_name, is_ours, new_name, rename_statement
 from aimms_ops.dump.lexer import ident_name
+from aimms_ops.dump.preface import split_list
 from aimms_ops.monitor.copies import check_copies, parse_copies
 from aimms_ops.restore.plan import parse_cluster_facts
 from tests.unit.test_dumpscan_unit import AWKWARD, ODD
@@ -126,3 +127,93 @@ def test_status_shows_copies_kept_aside_and_half_built_ones():
     assert "aimms_web" in check.detail and "half-built" in check.detail
     assert check_copies(copies[:1]).state.name == "OK"
     assert check_copies([]) is None
+
+
+def test_extension_versions_and_alter_role_all_come_from_the_preface(tmp_path):
+    h = bytes.hex
+    preface = (f"-- aimms-ops: extension {h(b'app')} {h(b'hstore')} 1.6\n"
+               "-- aimms-ops: settings of ALTER ROLE ALL\n"
+               f"-- aimms-ops: role all {h(b'work_mem=5MB')}\n"
+               f"-- aimms-ops: role all {h(b'search_path=a, b')}\n")
+    assert split_list(b'"$user", public, "a ""b"", c"') == [b"$user", b"public", b'a "b", c']
+    text = preface + AWKWARD.replace(
+        "\\connect app\n", "\\connect app\nCREATE EXTENSION IF NOT EXISTS hstore "
+        "WITH SCHEMA public;\nCREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA public;\n")
+    out, _err, _m, deferred = beside_filter(tmp_path, text)
+    assert "CREATE EXTENSION IF NOT EXISTS hstore WITH SCHEMA public VERSION E'1.6';" in out
+    assert "CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA public;" in out  # not recorded
+    assert deferred.endswith("ALTER ROLE ALL RESET ALL;\nALTER ROLE ALL SET \"work_mem\" TO "
+                             "E'5MB';\nALTER ROLE ALL SET \"search_path\" TO E'a', E'b';\n")
+    # A dump that says nothing of ALTER ROLE ALL leaves the cluster's settings alone.
+    _out, _err, _m, deferred = beside_filter(tmp_path, AWKWARD)
+    assert "ALTER ROLE ALL" not in deferred
+    # The extra lines are no database's properties.
+    from aimms_ops.dump import facts as dumpfacts
+    assert dumpfacts.read_facts([text.encode()]).preface == {}
+
+
+class FakeCluster:
+    """What swap.py asks of the cluster, in memory: databases, their settings, roles."""
+
+    def __init__(self, databases, aside=(), roles=()):
+        self.dbs = dict(databases)  # name -> (template, allows connections)
+        self.aside = list(aside)  # (name, setting value)
+        self.role_set = set(roles)
+        self.dropped: list[bytes] = []
+        self.sql: list[bytes] = []
+
+    def databases(self):
+        return dict(self.dbs)
+
+    def roles(self):
+        return set(self.role_set)
+
+    def drop(self, name):
+        self.dropped.append(name)
+        self.dbs.pop(name, None)
+        self.aside = [a for a in self.aside if a[0] != name]
+
+    def psql(self, sql, db=b"template1"):
+        self.sql.append(sql)
+        if sql.startswith(b"DROP ROLE"):
+            self.role_set.discard(sql.split(b'"')[1])
+            return []
+        if b"unnest(s.setconfig)" in sql:
+            return [name.hex().encode() + b" " + (b"aimms_ops.replaced=" + value).hex().encode()
+                    for name, value in self.aside]
+        return []
+
+
+def test_a_restore_starts_by_removing_half_built_copies_and_expired_ones(tmp_path):
+    from aimms_ops.dump import swap
+
+    old = aside_name(b"app", b"20261120_000000")
+    recent = aside_name(b"app", b"20261205_000000")
+    cluster = FakeCluster(
+        {b"app": (False, True), new_name(b"app"): (False, True), old: (False, False),
+         recent: (False, False)},
+        aside=[(old, b"617070 20261120_000000 f t"), (recent, b"617070 20261205_000000 f t")],
+        roles=[b"postgres", b"a b"])
+    logged: list[str] = []
+    swap.prepare(cluster, str(tmp_path), logged.append, now=1765065600)  # 2025-12-07
+    assert cluster.dropped == [new_name(b"app")]  # both copies younger than 7 days then
+    swap.prepare(cluster, str(tmp_path), logged.append,
+                 now=1765065600 + 365 * 86400)  # 2026-12-07
+    assert cluster.dropped == [new_name(b"app"), old]
+    assert {bytes.fromhex(x) for x in (tmp_path / "roles").read_text().split()} == {
+        b"postgres", b"a b"}
+
+
+def test_a_failed_restore_drops_only_the_roles_it_made(tmp_path):
+    from aimms_ops.dump import swap
+
+    (tmp_path / "roles").write_text(b"postgres".hex() + "\n")
+    (tmp_path / "manifest").write_text(f"db {b'app'.hex()}\nrole {b'postgres'.hex()}\n"
+                                       f"role {b'new one'.hex()}\n")
+    cluster = FakeCluster({b"app": (False, True), new_name(b"app"): (False, True)},
+                          roles=[b"postgres", b"new one", b"someone else's"])
+    logged: list[str] = []
+    swap.discard(cluster, str(tmp_path), logged.append)
+    assert cluster.dropped == [new_name(b"app")]
+    assert cluster.role_set == {b"postgres", b"someone else's"}
+    assert "the live cluster is as it was" in logged[-1] and "(new one)" in logged[-1]

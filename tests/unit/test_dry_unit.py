@@ -1,0 +1,44 @@
+"""Fabric's ``--dry``: every task either runs as its own dry run, only reads, or is
+refused in one line before it connects (``fab --dry restore`` once restored for real)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from invoke import Config, Context, Exit
+
+from aimms_ops.cli import ns
+from aimms_ops.cli.base import ops_task
+
+#: Tasks that only read: --dry runs them as they are.
+READS_ONLY = {"check", "status", "list-backups", "logs", "volumes"}
+
+
+def dry_context() -> Context:
+    return Context(Config(overrides={"run": {"dry": True}}))
+
+
+def test_every_task_has_a_dry_run_only_reads_or_is_refused():
+    for name in ns.task_names:
+        task = ns[name]
+        params = inspect.signature(task.body.__wrapped__).parameters
+        if name in READS_ONLY or "dry_run" in params:
+            continue
+        with pytest.raises(Exit) as exc:
+            task(dry_context())  # refused before anything: no inventory, no connection
+        assert str(exc.value.message).startswith(f"error: fab --dry: {name} has no dry run")
+        assert exc.value.code == 2
+
+
+def test_a_task_with_a_dry_run_runs_as_one_under_fab_dry():
+    seen = {}
+
+    @ops_task()
+    def job(c, dry_run=False):
+        seen["dry_run"] = dry_run
+
+    job(dry_context())
+    assert seen == {"dry_run": True}
+    job(Context())
+    assert seen == {"dry_run": False}
