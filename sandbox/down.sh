@@ -77,6 +77,7 @@ if [[ $PURGE == 1 ]]; then
     # The login user, only if the sandbox made it (its home carries our marker).
     if id -u "$LOGIN" >/dev/null 2>&1 && [[ -f $HOME_DIR/.aimms-ops-sandbox ]]; then
         for pid in $(pgrep -u "$LOGIN" || true); do kill -KILL "$pid" 2>/dev/null || true; done
+        rm -f -- "/var/spool/cron/crontabs/$LOGIN"  # userdel leaves it, owned by the old uid
         userdel -r "$LOGIN" >/dev/null 2>&1 || userdel -f -r "$LOGIN" >/dev/null 2>&1 ||
             die "could not remove user $LOGIN"
         say "user: $LOGIN removed with $HOME_DIR"

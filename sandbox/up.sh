@@ -103,6 +103,13 @@ step_user() {
     fi
     [[ -d $HOME_DIR ]] || { mkdir -p "$HOME_DIR" && chown "$LOGIN:" "$HOME_DIR" && what+=("home created"); }
     [[ -f $HOME_DIR/.aimms-ops-sandbox ]] || { echo "$NAME" >"$HOME_DIR/.aimms-ops-sandbox"; }
+    # A crontab left by an earlier user of this name (another uid, after a purge): crontab
+    # cannot replace a file it does not own in the sticky spool dir. Cron's own copy goes.
+    local spool=/var/spool/cron/crontabs/$LOGIN
+    if [[ -e $spool ]] && [[ $(stat -c %u "$spool") != "$(id -u "$LOGIN")" ]]; then
+        rm -f -- "$spool"
+        what+=("stale crontab removed")
+    fi
 
     # Client key pair (kept in the state dir, used by root) and its authorization.
     if [[ ! -s $CLIENT_KEY ]] || ! ssh-keygen -y -f "$CLIENT_KEY" >/dev/null 2>&1; then

@@ -94,15 +94,21 @@ close_dbs_again() {
 # dumped_dbs: log the databases pg_dumpall is about to dump (its own selection, less the
 # side copies), by name and as a DATABASES line of hex names that fab status reads.
 dumped_dbs() {
-    local rows hex quoted shown="" hexes=() n=0
+    local rows hex quoted raw shown="" hexes=() n=0
     if ! rows=$(pg_q "SELECT encode(convert_to(datname, 'UTF8'), 'hex'),
             encode(convert_to(quote_ident(datname), 'UTF8'), 'hex')
             FROM pg_database WHERE datallowconn AND datconnlimit <> -2 AND $SIDE_COPY_SQL
             ORDER BY datname" 2>&1); then
-        CLOSE_ERROR=${rows##*$'\n'}
+        CLOSE_ERROR="cannot list the databases to dump: ${rows##*$'\n'}"
         return 1
     fi
     while IFS=$'\t' read -r hex quoted; do
+        # pg_dumpall refuses a name with a line break, and says only its last line.
+        raw=$(unhex "$hex"; printf x)  # the x keeps a line break at its end
+        if [[ ${raw%x} == *[$'\n\r']* ]]; then
+            CLOSE_ERROR="database $(shown_name "$quoted") cannot be backed up: pg_dumpall refuses a database name that holds a line break (rename it: ALTER DATABASE ... RENAME TO ...)"
+            return 1
+        fi
         [ -n "$hex" ] || continue
         hexes+=("$hex")
         shown+="${shown:+, }$(shown_name "$quoted")"

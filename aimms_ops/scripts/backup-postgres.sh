@@ -426,7 +426,7 @@ where="$ZIP_NAME -$ZIP_LEVEL on the host"
 # with the statements that close them again on a restore (backup-dbs.sh).
 trailer="$work/trailer"
 open_closed_dbs "$trailer" || fail "$CLOSE_ERROR"
-dumped_dbs || fail "cannot list the databases to dump: $CLOSE_ERROR"
+dumped_dbs || fail "$CLOSE_ERROR"
 dump() {
     local rc=0
     docker exec "$cid" sh -c "$inner" sh "$PG_SUPERUSER" "${SIDE_COPY_PATTERNS[@]}" \

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .conftest import fab_error_line
+
 pytestmark = pytest.mark.integration
 
 CLOSED = "cov_closed"
@@ -119,3 +121,21 @@ def test_closed_databases_are_backed_up_restored_closed_and_compared(sandbox, tm
     coverage = next(c for c in report["checks"] if c["name"] == "databases")
     assert coverage["state"] == "WARNING" and LATER in coverage["detail"], coverage
     sandbox.ssh(f"rm -rf {d} {d}.log")
+
+
+def test_a_database_name_with_a_line_break_fails_the_backup_naming_it(sandbox):
+    """pg_dumpall refuses such a name and says only its last line: the backup fails
+    first, naming the database whole, and publishes nothing."""
+    assert sandbox.fab("install-backups").returncode == 0
+    name = "two\nlines"
+    sandbox.psql('DROP DATABASE IF EXISTS "two\nlines"; CREATE DATABASE "two\nlines"',
+                 "postgres")
+    try:
+        before = sandbox.sh(f"ls {sandbox.home}/postgres-backups")
+        proc = sandbox.fab("backup")
+        assert proc.returncode != 0
+        line = fab_error_line(proc)
+        assert "two\\nlines" in line and "line break" in line, line
+        assert sandbox.sh(f"ls {sandbox.home}/postgres-backups") == before
+    finally:
+        sandbox.psql(f'DROP DATABASE IF EXISTS "{name}"', "postgres")
