@@ -89,7 +89,8 @@ def property_lines(props):
     """Of pg_dump --create output for one database, only the database's own properties.
 
     Extensions and other objects it may carry are left out: the dump's section makes
-    those. Meta-commands (``\\connect``, ``\\restrict``) are kept.
+    those. Meta-commands (``\\connect``, ``\\restrict``) are kept. One item a line or a
+    whole statement (a name in it may span lines).
     """
     keep = []
 
@@ -102,7 +103,7 @@ def property_lines(props):
             name, typ = reader.toc
             if not typ or typ in _PROPERTY_TYPES or (
                     typ in _PROPERTY_OF_DB and name.startswith(b"DATABASE ")):
-                keep.extend(lines)
+                keep.append(b"".join(lines))  # whole: a name may span lines
 
         def copy(self, data):
             pass

@@ -89,7 +89,7 @@ def test_status_json_has_the_documented_shape(health):
     d = json.loads(proc.stdout)
     assert list(d) == ["host", "state", "exit_code", "summary", "checked_at", "max_age_seconds",
                        "checks", "newest_backup", "last_backup_run", "last_verify", "disk",
-                       "last_ping"]
+                       "last_ping", "replaced"]
     assert (d["host"], d["state"], d["exit_code"]) == ("aidset", "OK", 0)
     assert d["summary"].startswith("AIMMS-OPS OK - ") and d["max_age_seconds"] == 26 * 3600
     names = [c["name"] for c in d["checks"]]
