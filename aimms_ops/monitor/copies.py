@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aimms_ops import units
+from aimms_ops.dump.beside import NEW_PREFIX as _NEW
 from aimms_ops.monitor.checks import Check, State
 
-#: aimms_ops/dump/beside.py: what the restore's own database names start with.
-NEW_PREFIX = "aimms_ops_new_"
+#: What the name of a copy a restore is building starts with (one definition: beside.py).
+NEW_PREFIX = _NEW.decode()
 
 
 @dataclass(frozen=True)
