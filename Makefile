@@ -33,9 +33,12 @@ demo: venv sandbox
 	$(FAB) list-backups
 	$(FAB) status
 
+# The host program's packages must run on the host's python3 (aimms_ops.core.HOST_PYTHON).
+HOST_PYTHON := 3.7
 lint: venv
 	$(BIN)/ruff check aimms_ops tests fabfile.py $(wildcard bench)
 	$(BIN)/mypy aimms_ops
+	$(BIN)/vermin -q -t=$(HOST_PYTHON)- --no-tips --violations aimms_ops/core aimms_ops/dump aimms_ops/agent
 
 unit: venv
 	$(BIN)/pytest -q -m "not integration"

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from aimms_ops.backup.settings import script_settings
 from aimms_ops.errors import OpsError
-from aimms_ops.host import shell
+from aimms_ops.host import bundle, shell
 from aimms_ops.host.compose import parse_facts
 from aimms_ops.host.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host.remote import Remote
@@ -164,8 +164,8 @@ def _runs(cron_line: str, script_path: str) -> bool:
     return bool(command) and command[0] == script_path
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def _sha(text: str | bytes) -> str:
+    return hashlib.sha256(text if isinstance(text, bytes) else text.encode()).hexdigest()
 
 
 def plan(remote: Remote) -> InstallPlan:
@@ -203,6 +203,7 @@ def plan(remote: Remote) -> InstallPlan:
             p.warnings.append(f"{missing} not installed on {remote.name}: the offsite copies "
                               f"will fail until it is (apt-get install {missing})")
         st.update(_file_state(remote, "offsite", host.layout.offsite_config))
+    st.update(_file_state(remote, "program", host.layout.program))
     for item, key, path, text, mode in _files(p):
         have = st.get(f"{key}.sha256", "")
         if not have:
@@ -244,10 +245,12 @@ def plan(remote: Remote) -> InstallPlan:
     return p
 
 
-def _files(p: InstallPlan) -> list[tuple[str, str, str, str, str]]:
+def _files(p: InstallPlan) -> list[tuple[str, str, str, str | bytes, str]]:
     """(item, state key, path, text, mode) of the files the plan installs."""
     host = p.host
-    files = [("backup script", "script", host.backup_script, p.script_text, "700"),
+    files: list[tuple[str, str, str, str | bytes, str]] = [
+        ("backup script", "script", host.backup_script, p.script_text, "700"),
+        ("host program", "program", host.layout.program, bundle.program(), "600"),
              ("settings", "conf", host.layout.config_file, p.conf_text, "600")]
     if p.verify_text is not None:
         files.append(("verify script", "verify", host.layout.verify_script, p.verify_text,
@@ -277,14 +280,15 @@ def apply(remote: Remote, p: InstallPlan) -> list[str]:
     if not res.ok:
         raise OpsError(f"cannot create {host.backup_dir} on {remote.name}: "
                        f"{res.last_error_line()}")
-    files = [(item, path, text, mode, "0" if key in ("conf", "offsite") else "1")
+    files = [(item, path, text, mode, "0" if key in ("conf", "offsite", "program") else "1")
              for item, key, path, text, mode in _files(p)]
     if p.record_text is not None:
         files.append(("install record", host.layout.install_record, p.record_text, "600", "0"))
     for item, path, text, mode, keep in files:
         if item not in items:
             continue
-        res = remote.run_script("install-file.sh", path, mode, keep, stdin=text.encode())
+        data = text if isinstance(text, bytes) else text.encode()
+        res = remote.run_script("install-file.sh", path, mode, keep, stdin=data)
         if not res.ok:
             raise OpsError(f"cannot write {path} on {remote.name}: {res.last_error_line()}")
         notes += [f"previous script kept as {line.split('=', 1)[1]}"

@@ -11,18 +11,13 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from aimms_ops.backup.retention import EXTENSIONS, NAME_RE, Pin
+from aimms_ops.core.retention import EXTENSIONS, NAME_RE, SAFETY_LABELS, Pin
 from aimms_ops.errors import OpsError, shown
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}")
 
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}")
-
-
-#: Labels of the safety copies that restore and rebuild take first: pinned for
-#: safety_pin_days by the backup script, and never what ``latest`` means.
-SAFETY_LABELS = ("pre-restore", "pre-rebuild")
 
 
 #: The compressions a backup can be made with (inventory ``compression``); the first

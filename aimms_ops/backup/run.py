@@ -12,10 +12,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aimms_ops import units
 from aimms_ops.backup.listing import list_remote
 from aimms_ops.backup.names import validate_label, validate_name, validate_reason
 from aimms_ops.backup.settings import script_args, secret_input
+from aimms_ops.core import units
 from aimms_ops.errors import ConnectionLost, OpsError
 from aimms_ops.host.layout import BACKUP_SCRIPT
 from aimms_ops.host.remote import Remote
@@ -199,7 +199,7 @@ def set_pin(remote: Remote, name: str, *, pinned: bool, by: str = "",
         args = ["pin", host.backup_dir, name, by, validate_reason(reason)]
     else:
         args = ["unpin", host.backup_dir, name]
-    res = remote.run_script("pin.sh", *args)
+    res = remote.run_program(*args)
     if res.rc == 66:
         raise OpsError(f"no backup named {name} on {remote.name}", "see fab list-backups")
     if not res.ok:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aimms_ops.core import defaults
 from aimms_ops.inventory.model import Host
 
 
@@ -49,9 +50,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ALLOW_SHRINK", "--allow-shrink", lambda h: "1" if h.allow_shrink else "0",
             switch=True),
     Setting("PING_URL", "--ping-url", _ping("url"), secret=True),
-    Setting("PING_KIND", "--ping-kind", _ping("kind", "healthchecks")),
+    Setting("PING_KIND", "--ping-kind", _ping("kind", defaults.PING_KIND)),
     Setting("PING_URL_VERIFY", None, _ping("verify_url")),
-    Setting("PING_TIMEOUT", "--ping-timeout", _ping("timeout", "45")),
+    Setting("PING_TIMEOUT", "--ping-timeout", _ping("timeout", str(defaults.PING_TIMEOUT))),
     # the targets the script pushes to after a good backup (offsite.sh)
     Setting("OFFSITE_CONFIG", "--offsite-config",
             lambda h: h.layout.offsite_config if h.offsite else None),

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aimms_ops import units
 from aimms_ops.cli.base import (
     confirm,
     connect,
@@ -16,6 +15,7 @@ from aimms_ops.cli.base import (
     ops_task,
     whole_number,
 )
+from aimms_ops.core import units
 from aimms_ops.errors import OpsError
 from aimms_ops.output import console as output
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from invoke import Exit
 
-from aimms_ops import units
 from aimms_ops.cli.base import connect, download_dir, load_inventory, ops_task
+from aimms_ops.core import units
 from aimms_ops.errors import OpsError
 from aimms_ops.monitor.checks import Check, State
 from aimms_ops.output import console as output

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aimms_ops import units
 from aimms_ops.backup.names import DUMP_FILE_HINT, stream_check
 from aimms_ops.cli.base import confirm, connect, ops_task
+from aimms_ops.core import units
+from aimms_ops.core.retention import PRE_RESTORE
 from aimms_ops.errors import OpsError, shown
 from aimms_ops.output import console as output
 
@@ -20,7 +21,7 @@ from aimms_ops.output import console as output
            "which is left untouched",
     "dry_run": "print the plan (who is cut off, what is replaced), change nothing",
     "yes": "do not ask for confirmation (needed when not run from a terminal)",
-    "no_safety_backup": "skip the pre-restore backup of the current state",
+    "no_safety_backup": "skip the safety copy of the current state taken first",
     "from_": "restore from the copy on this offsite target (decrypted here, verified first)",
     "identity": "the age identity file that decrypts offsite copies (with --from)",
 })
@@ -61,9 +62,9 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
                 f"restore {plan.database}" if plan.database else "restore the whole cluster")
         confirm(remote.name, f"{what} on {remote.name}", yes)
         if plan.safety_backup:
-            output.note("safety copy of the current state (label pre-restore) ...")
+            output.note(f"safety copy of the current state (label {PRE_RESTORE}) ...")
             try:
-                safety = run.run_backup(remote, label="pre-restore", safety=True)
+                safety = run.run_backup(remote, label=PRE_RESTORE, safety=True)
             except OpsError as exc:
                 raise OpsError(f"nothing was restored: the safety backup failed: {exc.message}",
                                "fix that first, or pass --no-safety-backup to restore "
@@ -160,6 +161,6 @@ def _print_restore_plan(plan: Any) -> None:
         if plan.other_roles:
             rows.append(["roles not in the dump", "left as they are: " + ", ".join(
                 shown(r) for r in plan.other_roles)])
-    rows.append(["safety copy", "yes, label pre-restore (never what latest means)"
+    rows.append(["safety copy", f"yes, label {PRE_RESTORE} (never what latest means)"
                  if plan.safety_backup else "NO"])
     output.table(["restore plan", ""], rows)

@@ -76,7 +76,8 @@ def main(argv):
     if argv and argv[0] in SWAP_MODES:
         return swap_main(argv[0], argv[1:])
     if not argv or argv[0] not in ("inspect", "filter"):
-        sys.stderr.write("usage: dumpscan inspect | filter [--only HEXNAME] [--props DB=FILE]"
+        sys.stderr.write("usage: aimms-ops.pyz dump inspect | filter [--only HEXNAME]"
+                         " [--props DB=FILE]"
                          " [--beside STATE] | prepare|swap|discard ...\n")
         return 64
     _widen_pipes(0, 1)
@@ -105,7 +106,7 @@ def main(argv):
             except OSError:
                 pass
         else:
-            sys.stderr.write("dumpscan: unknown argument %s\n" % opt)
+            sys.stderr.write("aimms-ops: unknown argument %s\n" % opt)
             return 64
     out = sys.stdout.buffer
 
@@ -147,7 +148,7 @@ def swap_main(mode, argv):
     """``MODE CONTAINER SUPERUSER STATE [STAMP [AS_HEX]]``, MODE one of SWAP_MODES: the
     steps of a restore built beside the live cluster (swap.py); a failure in one line."""
     if len(argv) < (3 if mode in ("prepare", "swap", "discard", "drop-replaced") else 2):
-        sys.stderr.write("usage: dumpscan %s CONTAINER SUPERUSER STATE [STAMP [AS_HEX]]\n"
+        sys.stderr.write("usage: aimms-ops.pyz dump %s CONTAINER SUPERUSER STATE [STAMP [AS_HEX]]\n"
                          % mode)
         return 64
 

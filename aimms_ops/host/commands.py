@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aimms_ops.host import shell
+from aimms_ops.host import bundle, shell
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,17 @@ class Command:
 
     @property
     def shown(self) -> str:
-        """The line for people: a packaged script by its name, not its whole text."""
-        if not self.script:
-            return self.line
-        text = shell.join(self.argv)
+        """The line for people: the line sent (a packaged script runs from the bundle the
+        run sends first, ``host.bundle``), and the local file it reads, if any."""
         if self.stdin_file:
-            text += f" < {shell.quote(self.stdin_file)}"
-        return f"{text}   # aimms-ops script, sent as: bash -c SCRIPT {self.script} ARGS"
+            return f"{self.line} < {shell.quote(self.stdin_file)}"
+        return self.line
 
     @property
     def short(self) -> str:
-        """At most 60 characters of :attr:`shown`, for an error message."""
-        text = self.shown.split("   #")[0]
+        """At most 60 characters for an error message: a packaged script by its name and
+        arguments, anything else as it is shown."""
+        text = shell.join(self.argv) if self.script else self.shown
         return text if len(text) <= 60 else text[:57] + "..."
 
     def as_dict(self) -> dict[str, str | None]:
@@ -64,7 +63,7 @@ def script(name: str, args: Sequence[str | int], *, stdin_file: str = "", reads:
            about: str = "") -> Command:
     """A packaged script with its includes, run by bash with ``args``."""
     words = [str(a) for a in args]
-    return Command(shell.script_command(name, words), (name, *words), script=name,
+    return Command(bundle.script_command(name, words), (name, *words), script=name,
                    stdin_file=stdin_file, reads=reads, about=about)
 
 

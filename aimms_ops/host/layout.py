@@ -10,14 +10,17 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
+from aimms_ops.core import lock
+
 #: The packaged scripts installed on the host (aimms_ops/scripts/).
 BACKUP_SCRIPT = "backup-postgres.sh"
 VERIFY_SCRIPT = "verify-backup.sh"
+#: The host program (aimms_ops/agent as a zipapp), beside the backup script.
+PROGRAM = "aimms-ops.pyz"
 
-#: The host's lock files, in the backup dir (the lock model is lib.sh's take_lock); the
-#: scripts get these names as $CLUSTER_LOCK, $BACKUP_LOCK and $VERIFY_LOCK.
-LOCK_FILES = {"CLUSTER_LOCK": ".cluster.lock", "BACKUP_LOCK": ".backup.lock",
-              "VERIFY_LOCK": ".verify.lock"}
+#: The host's lock files, in the backup dir (core.lock is the model and their one
+#: definition); the scripts get these names as $CLUSTER_LOCK, $BACKUP_LOCK, $VERIFY_LOCK.
+LOCK_FILES = {f"{k.upper()}_LOCK": v for k, v in lock.LOCK_FILES.items()}
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class HostLayout:
     def cluster_lock(self) -> str:
         """Restore and rebuild hold it exclusive; backup and the deep verify shared."""
         return posixpath.join(self.backup_dir, LOCK_FILES["CLUSTER_LOCK"])
+
+    @property
+    def program(self) -> str:
+        """The host program the installed scripts run, beside the backup script."""
+        return posixpath.join(posixpath.dirname(self.backup_script), PROGRAM)
 
     @property
     def verify_script(self) -> str:

@@ -18,7 +18,7 @@ import paramiko
 from fabric import Connection
 
 from aimms_ops.errors import ConnectionLost, OpsError
-from aimms_ops.host import shell
+from aimms_ops.host import bundle, shell
 from aimms_ops.host.ssh import WINDOW_SIZE, SshTarget, connect, resolve
 from aimms_ops.host.streams import BulkPipe, Drain, Writable, Writer
 from aimms_ops.inventory.model import Host
@@ -68,6 +68,7 @@ class Remote:
         self.host = host
         self.conn = conn
         self.target = target
+        self._bundle = ""  # the bundle (its digest) known to be on the host
 
     @property
     def name(self) -> str:
@@ -98,6 +99,8 @@ class Remote:
         return transport
 
     def _channel(self, command: str, *, bulk: bool = False) -> paramiko.Channel:
+        if bundle.needs(command) and self._bundle != bundle.digest():
+            self._send_bundle()
         try:
             ch = self._transport().open_session()
             if bulk:
@@ -122,6 +125,20 @@ class Remote:
                                      f"{what}", "check the network and run the task again")
         stdout = out.text() if out is not None else ""
         return RunResult(command=command, rc=rc, stdout=stdout, stderr=err.text())
+
+    def _send_bundle(self) -> None:
+        """Put this version's scripts and host program on the host, unless they are there
+        already (host.bundle): one check, and one upload per version."""
+        self._bundle = bundle.digest()  # the two commands below do not need it
+        if self.run(bundle.check_command(), what="the bundle check").ok:
+            return
+        res = self.run(bundle.upload_command(), stdin=bundle.archive(), what="the upload of "
+                       "the scripts")
+        if not res.ok:
+            self._bundle = ""
+            raise OpsError(f"cannot put aimms-ops' scripts on {self.name} "
+                           f"(~/{bundle.CACHE}): {res.last_error_line()}",
+                           f"check the disk and the home directory of the login on {self.name}")
 
     # --- commands --------------------------------------------------------------------
 
@@ -148,8 +165,13 @@ class Remote:
                    on_stdout: Callable[[str], None] | None = None,
                    on_stderr: Callable[[str], None] | None = None) -> RunResult:
         """Run a packaged ``.sh`` script on the host with ``args``."""
-        return self.run(shell.script_command(name, args), stdin=stdin, on_stdout=on_stdout,
+        return self.run(bundle.script_command(name, args), stdin=stdin, on_stdout=on_stdout,
                         on_stderr=on_stderr, what=name)
+
+    def run_program(self, *args: str | int, stdin: bytes | None = None) -> RunResult:
+        """Run a command of the host program (aimms_ops.agent) with ``args``."""
+        return self.run(bundle.program_command([str(a) for a in args]), stdin=stdin,
+                        what=str(args[0]))
 
     @contextmanager
     def hold(self, command: str, *, ready: str, what: str = "a lock") -> Iterator[RunResult | None]:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = PACKAGE_DIR / "scripts"
-#: The ``.py`` includes: modules of the package that the host runs as they are.
-_PY_INCLUDES = {"retention.py": PACKAGE_DIR / "backup" / "retention.py"}
-_SCRIPT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.sh")
+SCRIPT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.sh")
 
 
 def quote(value: str | int) -> str:
@@ -42,34 +40,25 @@ def pipeline(*commands: Sequence[str | int]) -> str:
     return join(["bash", "-c", body])
 
 
-_INCLUDE = re.compile(r"^# @include ([a-z0-9][a-z0-9_-]*\.(?:sh|awk|py))$", re.MULTILINE)
+_INCLUDE = re.compile(r"^# @include ([a-z0-9][a-z0-9_-]*\.sh)$", re.MULTILINE)
 
 
-#: The include that stands for the dump scanner, the ``aimms_ops.dump`` package as one file.
-DUMP_SCANNER = "dumpscan.py"
 #: The include that stands for the flags of the settings (aimms_ops.backup.settings).
 SETTINGS_FLAGS = "settings-flags.sh"
 
 
 def _packaged(name: str) -> str:
-    """A packaged script; a ``.py`` include is a module of the package itself (stdlib
-    only, run by the host's python3, so that the host and this machine run the very
-    same code), the dump scanner the ``aimms_ops.dump`` package joined into one file."""
-    if name == DUMP_SCANNER:
-        from aimms_ops.dump import host_script
-
-        return host_script()
+    """A packaged script (the settings' flags are generated from their table)."""
     if name == SETTINGS_FLAGS:
         from aimms_ops.backup.settings import flag_cases
 
         return flag_cases()
-    path = _PY_INCLUDES[name] if name.endswith(".py") else SCRIPTS_DIR / name
-    return path.read_text(encoding="utf-8")
+    return (SCRIPTS_DIR / name).read_text(encoding="utf-8")
 
 
 def name_ere() -> str:
     """The backup name pattern (retention.NAME_RE) as a POSIX ERE for bash's ``=~``."""
-    from aimms_ops.backup.retention import NAME_RE
+    from aimms_ops.core.retention import NAME_RE
 
     return NAME_RE.pattern.replace("(?:", "(").replace("\\d", "[0-9]")
 
@@ -81,7 +70,7 @@ def script_text(name: str) -> str:
     dropped), so the result is one self-contained script, the same whether it is
     installed on the host or sent for one run.
     """
-    if not _SCRIPT_NAME.fullmatch(name):
+    if not SCRIPT_NAME.fullmatch(name):
         raise ValueError(f"not a packaged script name: {name!r}")
 
     def inline(m: re.Match[str]) -> str:
@@ -97,14 +86,11 @@ def script_text(name: str) -> str:
 
 def _placeholders() -> dict[str, str]:
     """The facts written into the scripts when they are rendered (``@KEY@`` in lib.sh)."""
-    from aimms_ops.backup.retention import EXTENSIONS
+    from aimms_ops.core.defaults import SCRIPT_DEFAULTS
+    from aimms_ops.core.retention import EXTENSIONS
     from aimms_ops.host.layout import LOCK_FILES
 
     return {"BACKUP_NAME_ERE": name_ere(),
             "BACKUP_COMPRESSIONS": " ".join(c for c, _ in EXTENSIONS),
-            "BACKUP_EXTENSIONS": " ".join(ext for _, ext in EXTENSIONS), **LOCK_FILES}
-
-
-def script_command(name: str, args: Iterable[str | int] = ()) -> str:
-    """The command line that runs a packaged script with ``args`` under bash."""
-    return join(["bash", "-c", script_text(name), name, *args])
+            "BACKUP_EXTENSIONS": " ".join(ext for _, ext in EXTENSIONS), **LOCK_FILES,
+            **{f"DEFAULT_{k}": str(v) for k, v in SCRIPT_DEFAULTS.items()}}

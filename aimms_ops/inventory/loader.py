@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from aimms_ops.backup.names import COMPRESSIONS, DEFAULT_COMPRESSION
-from aimms_ops.backup.retention import Policy
+from aimms_ops.core import defaults
+from aimms_ops.core.retention import Policy
 from aimms_ops.errors import OpsError, key_path, problem
 from aimms_ops.inventory.model import (
     DEFAULT_FILE,
@@ -179,7 +180,8 @@ def is_ping_url(v: Any) -> bool:
 def _parse_retention(ck: _Checker, key: str, d: dict) -> Policy:
     """The retention policy of one host: retention_days, the retention mapping, min_keep."""
     days = ck.value(d, key, "retention_days", _is_int(1), _EXPECT["retention_days"], 0)
-    min_keep = ck.value(d, key, "min_keep", _is_int(1), "a whole number, at least 1", 3)
+    min_keep = ck.value(d, key, "min_keep", _is_int(1), "a whole number, at least 1",
+                        defaults.MIN_KEEP)
     raw = d.get("retention")
     if raw is None:
         if not days and d.get("retention_days") is None:  # a wrong value is recorded already
@@ -284,7 +286,8 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
                                   _EXPECT["cron_schedule"]),
         "policy": policy,
         "safety_pin_days": ck.value(d, key, "safety_pin_days", _is_int(0),
-                                    "a whole number of days (0: no pin)", 14),
+                                    "a whole number of days (0: no pin)",
+                                    defaults.SAFETY_PIN_DAYS),
         "allow_shrink": ck.value(d, key, "allow_shrink", lambda v: isinstance(v, bool),
                                  "true or false", False),
         "ping": _parse_ping(ck, key, d),
@@ -293,11 +296,12 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
         "verify_schedule": ck.value(d, key, "verify_schedule", is_cron_schedule,
                                     'a cron schedule of five fields, like "0 4 * * 0"'),
         "lock_timeout": ck.value(d, key, "lock_timeout", _is_int(0),
-                                 "a whole number of seconds", 600),
+                                 "a whole number of seconds",
+                                 defaults.LOCK_TIMEOUT),
         "compression": ck.value(d, key, "compression", lambda v: v in COMPRESSIONS,
                                 " or ".join(COMPRESSIONS), DEFAULT_COMPRESSION),
     }
-    offsite = parse_offsite(d, key, policy.within_days, policy.min_keep, base)
+    offsite = parse_offsite(d, key, policy, base)
     ck.problems += offsite.problems
     if len(ck.problems) != before or compose is None or postgres is None or volumes is None:
         return None

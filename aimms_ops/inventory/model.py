@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aimms_ops.backup.names import DEFAULT_COMPRESSION
-from aimms_ops.backup.retention import Policy
+from aimms_ops.core import defaults
+from aimms_ops.core.retention import Policy
 from aimms_ops.errors import OpsError, shown
 from aimms_ops.host.layout import HostLayout
 from aimms_ops.offsite.config import Offsite
@@ -61,7 +62,7 @@ class Ping:
     kind: str = "healthchecks"
     verify_url: str | None = None
     #: Seconds a ping may take in all, retries included (``ping.timeout``).
-    timeout: int = 45
+    timeout: int = defaults.PING_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ class Host:
     ssh_config: str | None = None
     accept_new_host_key: bool = False
     verify_schedule: str | None = None
-    lock_timeout: int = 600
-    safety_pin_days: int = 14
+    lock_timeout: int = defaults.LOCK_TIMEOUT
+    safety_pin_days: int = defaults.SAFETY_PIN_DAYS
     allow_shrink: bool = False
     ping: Ping | None = None
     #: how the backups are compressed: gzip (.sql.gz) or zstd (.sql.zst); names.COMPRESSIONS

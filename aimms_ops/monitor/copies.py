@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aimms_ops import units
+from aimms_ops.core import units
 from aimms_ops.dump.beside import NEW_PREFIX as _NEW
 from aimms_ops.monitor.checks import Check, State
 

@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from aimms_ops.backup.install import conf_text
+from aimms_ops.core import HOST_PYTHON
 from aimms_ops.host import shell
 from aimms_ops.host.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host.remote import Remote
@@ -138,21 +139,24 @@ def check_cron_daemon(hf: HostFacts) -> Check | None:
 
 
 def check_python(hf: HostFacts) -> Check | None:
-    """python3 on the host: restores and deep verifies read the dump with it."""
+    """python3 on the host: aimms-ops' host program runs on it (backups, retention, pins,
+    restores, deep verifies)."""
     seen = hf.extra.get("python3.version")
     if seen is None:
         return None
+    need = ".".join(str(n) for n in HOST_PYTHON)
     fix = "install python3 on the host (dnf install python3, apt-get install python3)"
     try:
         major, minor = (int(x) for x in seen.split("."))
     except ValueError:
-        return Check("python3", State.WARNING, "no python3 on the host: fab restore and the "
-                     "deep verify cannot read a dump there (backups still work)", fix)
-    if (major, minor) < (3, 6):
-        return Check("python3", State.WARNING, f"python3 {seen} on the host is older than 3.6, "
-                     "which restores and deep verifies need", fix)
-    return Check("python3", State.OK, f"python3 {seen} (restores and deep verifies read the dump "
-                 "with it)")
+        return Check("python3", State.CRITICAL, "no python3 on the host: aimms-ops' host "
+                     "program (backups, restores, verifies) cannot run there", fix)
+    if (major, minor) < HOST_PYTHON:
+        return Check("python3", State.CRITICAL, f"python3 {seen} on the host is older than "
+                     f"{need}, which aimms-ops' host program needs", fix)
+    return Check("python3", State.OK, f"python3 {seen} (aimms-ops' host program runs on it)")
+
+
 def run_lines(log_tail: list[str], kind: str, pid: int) -> list[str]:
     """The lines of one run (``backup[PID]``) among the last lines of the log."""
     tag = f" {kind}[{pid}] "

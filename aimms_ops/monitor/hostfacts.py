@@ -15,7 +15,7 @@ from aimms_ops.backup.install import parse_record
 from aimms_ops.backup.listing import parse_listing
 from aimms_ops.backup.names import BackupFile
 from aimms_ops.errors import OpsError
-from aimms_ops.host import shell
+from aimms_ops.host import bundle, shell
 from aimms_ops.host.compose import facts_args, parse_facts
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
@@ -129,7 +129,7 @@ def gather_command(host: Host) -> str:
                                   ("backups", "list-backups.sh", [host.backup_dir]),
                                   ("status", "status-facts.sh", status_args)):
         parts.append(shell.join(["echo", f"@@{section}"]))
-        parts.append(shell.script_command(script, args))
+        parts.append(bundle.script_command(script, args))
     return "; ".join(parts)
 
 

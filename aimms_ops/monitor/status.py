@@ -12,10 +12,10 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from aimms_ops import units
 from aimms_ops.backup.install import MARK, cron_entries
 from aimms_ops.backup.listing import good_backups
 from aimms_ops.backup.names import BackupFile
+from aimms_ops.core import retention, units
 from aimms_ops.errors import OpsError, shown
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
@@ -96,14 +96,15 @@ def check_size(backups: list[BackupFile] | None,
     if len(good) < 2:
         return Check(name, State.OK,
                      f"{units.size(good[0].size)}; no earlier backup to compare with")
-    newest, previous = good[0], [b.size for b in good[1:6]]
-    median = statistics.median(previous)
+    newest, previous = good[0], [b.size for b in good[1:]]
+    dropped_from = retention.size_drop(newest.size, previous)
     allowed = any(r.ok and r.name == newest.name and " shrink allowed: " in r.detail
                   for r in runs or [])
-    if median > 0 and newest.size * 2 < median and allowed:
+    median = dropped_from or statistics.median(previous[:retention.SIZE_WINDOW])
+    if dropped_from is not None and allowed:
         return Check(name, State.OK, f"{units.size(newest.size)}, less than half of the "
                      f"{units.size(median)} before it: accepted (--allow-shrink)")
-    if median > 0 and newest.size * 2 < median:
+    if dropped_from is not None:
         return Check(name, State.WARNING,
                      f"newest backup is {units.size(newest.size)}, less than half of the "
                      f"{units.size(median)} before it",

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aimms_ops.errors import OpsError, shown
-from aimms_ops.host import shell
+from aimms_ops.host import bundle, shell
 from aimms_ops.host.compose import (
     compose_services_using,
     compose_volumes,
@@ -271,8 +271,8 @@ def drop_kept(remote: Remote, kept: VolumeReport) -> None:
 
 
 def gather_command(host: Host) -> str:
-    parts = [shell.join(["echo", "@@facts"]), shell.script_command("facts.sh", facts_args(host)),
-             shell.join(["echo", "@@engine"]), shell.script_command("volume-facts.sh")]
+    parts = [shell.join(["echo", "@@facts"]), bundle.script_command("facts.sh", facts_args(host)),
+             shell.join(["echo", "@@engine"]), bundle.script_command("volume-facts.sh")]
     return "; ".join(parts)
 
 

@@ -10,7 +10,9 @@ each good backup to, with rclone, right after the backup (see offsite.sh):
   ``port``, ``path``, its ``known_hosts`` line (an unknown or changed key is
   refused) and ``key_file``, the backup host's private key for it.
 
-Each may set ``retention_days`` and ``min_keep`` (default: the host's). Copies are
+Each has the host's retention policy (its GFS rules and pins included), or its own when
+it sets any of ``retention_days``, ``keep_daily``, ``keep_weekly``, ``keep_monthly``,
+``keep_yearly`` (the others then 0) and ``min_keep`` (default: the host's). Copies are
 encrypted with age to ``offsite_recipients`` (public keys); the identity that
 decrypts them stays on the operator's machine (``offsite_identity``).
 """
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aimms_ops.core.retention import RULES, Policy
 from aimms_ops.errors import key_path, problem
 from aimms_ops.host import shell
 
@@ -41,7 +44,9 @@ KEY_TYPES = {"ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
              "ecdsa-sha2-nistp521", "ssh-rsa"}
 IDENTITY_ENV = "AIMMS_OPS_AGE_IDENTITY"
 
-_COMMON = {"name", "type", "retention_days", "min_keep"}
+_POLICY_KEYS = ("retention_days", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
+                "min_keep")
+_COMMON = {"name", "type", *_POLICY_KEYS}
 _S3_KEYS = _COMMON | {"endpoint", "bucket", "prefix", "region", "credentials"}
 _SSH_KEYS = _COMMON | {"host", "user", "port", "path", "known_hosts", "key_file"}
 _KEYS_ELSEWHERE = ("keys never go in the inventory: put them in the credentials file on the "
@@ -56,6 +61,8 @@ class Target:
     type: str  # "s3" or "ssh"
     retention_days: int
     min_keep: int
+    #: the GFS part of its policy, as retention.Policy.rules_text gives it
+    rules: str = ""
     # s3
     endpoint: str = ""
     bucket: str = ""
@@ -127,8 +134,7 @@ def is_known_hosts_line(v: Any) -> bool:
     return all(re.fullmatch(r"[A-Za-z0-9.:\[\]*?,|=+/_-]+", p) for p in parts[:3])
 
 
-def parse(data: Mapping[str, Any], key: str, retention_days: int, min_keep: int,
-          base: Path) -> Offsite:
+def parse(data: Mapping[str, Any], key: str, policy: Policy, base: Path) -> Offsite:
     """The ``offsite``, ``offsite_recipients`` and ``offsite_identity`` keys of one host.
 
     Returns an Offsite whose ``problems`` lists every problem found (all at once),
@@ -150,7 +156,7 @@ def parse(data: Mapping[str, Any], key: str, retention_days: int, min_keep: int,
     seen: set[str] = set()
     for i, t in enumerate(raw or []):
         where = f"{key}.offsite[{i}]"
-        target = _parse_target(t, where, retention_days, min_keep, bad)
+        target = _parse_target(t, where, policy, bad)
         if target is None:
             continue
         if target.name in seen:
@@ -180,7 +186,7 @@ def parse(data: Mapping[str, Any], key: str, retention_days: int, min_keep: int,
     return Offsite(tuple(targets), tuple(recipients), identity, tuple(problems))
 
 
-def _parse_target(t: Any, where: str, retention_days: int, min_keep: int,
+def _parse_target(t: Any, where: str, policy: Policy,
                   bad: Callable[..., None]) -> Target | None:
     if not isinstance(t, dict):
         bad(where, "a mapping with name and type (s3 or ssh)", t)
@@ -218,10 +224,14 @@ def _parse_target(t: Any, where: str, retention_days: int, min_keep: int,
     name = get("name", lambda v: isinstance(v, str) and bool(TARGET_NAME.fullmatch(v)),
                "a target name: a lower-case letter, then letters, digits or _ (at most 31)",
                required=True)
+    own = any(t.get(k) is not None for k in _POLICY_KEYS if k != "min_keep")
+    counts = {r: get(f"keep_{r}", _int(0), "a whole number, 0 or more",
+                     0 if own else getattr(policy, r)) for r in RULES}
     common = {
         "retention_days": get("retention_days", _int(1), "a whole number of days, at least 1",
-                              retention_days),
-        "min_keep": get("min_keep", _int(1), "a whole number, at least 1", min_keep),
+                              0 if own else policy.within_days),
+        "min_keep": get("min_keep", _int(1), "a whole number, at least 1", policy.min_keep),
+        "rules": Policy(**counts).rules_text,
     }
     if ttype == "s3":
         kw = {
@@ -273,6 +283,7 @@ def settings(off: Offsite) -> dict[str, str]:
         out[p + "TYPE"] = t.type
         out[p + "RETENTION_DAYS"] = str(t.retention_days)
         out[p + "MIN_KEEP"] = str(t.min_keep)
+        out[p + "RETENTION_RULES"] = t.rules
         if t.type == "s3":
             out[p + "ENDPOINT"] = t.endpoint
             out[p + "BUCKET"] = t.bucket

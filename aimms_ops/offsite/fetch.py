@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aimms_ops.errors import OpsError
-from aimms_ops.host import shell
+from aimms_ops.host import bundle
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
 from aimms_ops.offsite.config import IDENTITY_ENV
@@ -117,7 +117,7 @@ def _fetch(remote: Remote, copy: OffsiteCopy, enc_part: Path, plain_part: Path, 
     fd = os.open(enc_part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         w = _Hashing(fh)
-        cmd = shell.script_command(RUN_SCRIPT, [*run_args(remote.host), "cat", copy.target,
+        cmd = bundle.script_command(RUN_SCRIPT, [*run_args(remote.host), "cat", copy.target,
                                                 f"{copy.name}.age"])
         res = remote.stream_from_remote(cmd, w, progress=progress,
                                         what=f"the fetch of {copy.name}")

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
-from aimms_ops import units
+from aimms_ops.core import units
 from aimms_ops.errors import OpsError
-from aimms_ops.host import shell
+from aimms_ops.host import bundle
 from aimms_ops.host.commands import Command
 from aimms_ops.host.compose import parse_facts
 from aimms_ops.host.remote import Progress, Remote, RunResult, bounded
@@ -32,7 +32,7 @@ TableCount = TableRows
 def locked(remote: Remote) -> Iterator[None]:
     """Hold the host's cluster lock (exclusive) for the block: nothing else touches it."""
     owner = f"rebuild-volume by {operator()} pid {os.getpid()}"
-    cmd = shell.script_command("rebuild-lock.sh", [remote.host.backup_dir, owner])
+    cmd = bundle.program_command(["hold", remote.host.backup_dir, owner])
     with remote.hold(cmd, ready="locked=1", what="the rebuild lock") as failed:
         if failed is not None:
             facts = parse_facts(failed.stdout)

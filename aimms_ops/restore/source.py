@@ -25,7 +25,7 @@ from aimms_ops.backup.names import (
     SHA_RE,
     dump_format,
 )
-from aimms_ops.backup.retention import NAME_RE
+from aimms_ops.core.retention import NAME_RE
 from aimms_ops.dump.facts import FactsFeeder
 from aimms_ops.errors import OpsError, shown
 from aimms_ops.host.remote import Progress, Remote

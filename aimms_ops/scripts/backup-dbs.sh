@@ -120,30 +120,10 @@ dumped_dbs() {
 
 # clean_after_killed_run: what a run killed with SIGKILL left (we hold the backup lock,
 # so no other run is under way): its temporary backup and checksum files, its lock
-# notes, its side dir; a START with no RESULT is logged as a run that died.
+# notes, its side dir (the host program's clean-killed).
 clean_after_killed_run() {
-    local f gone=() pid
-    while IFS= read -r -d '' f; do
-        rm -f -- "$f" && gone+=("$(basename -- "$f")")
-    done < <(find "$BACKUP_DIR" -maxdepth 1 -type f \( -name '.aimms_postgres_*.tmp' \
-        -o -name 'aimms_postgres_*.sha256.tmp' \) -print0 2>/dev/null)
-    for f in "$BACKUP_DIR/$BACKUP_LOCK".owner.* "$BACKUP_DIR/$CLUSTER_LOCK".owner.*; do
-        [ -e "$f" ] || continue
-        pid=${f##*.}
-        if [[ $pid =~ ^[0-9]+$ ]] && [ "$pid" != "$$" ] && ! [ -d "/proc/$pid" ]; then
-            rm -f -- "$f" && gone+=("$(basename -- "$f")")
-        fi
-    done
-    # Side dirs are aimms-backup.PID.XXXXXX: only those of a dead PID are a killed run's.
-    while IFS= read -r -d '' f; do
-        pid=${f##*/aimms-backup.}
-        pid=${pid%%.*}
-        if [[ $pid =~ ^[0-9]+$ ]] && ! [ -d "/proc/$pid" ]; then rm -rf -- "$f" && gone+=("$f"); fi
-    done < <(find "${TMPDIR:-/tmp}" -maxdepth 1 -type d -name 'aimms-backup.*' -user "$(id -u)" \
-        -print0 2>/dev/null)
-    if [ ${#gone[@]} -gt 0 ]; then
-        local IFS=' '
-        log "removed what a killed run left: ${gone[*]}"
-    fi
+    local gone
+    gone=$(agent clean-killed "$BACKUP_DIR" --pid "$$") || return 0
+    [ -z "$gone" ] || log "removed what a killed run left: $gone"
     return 0
 }

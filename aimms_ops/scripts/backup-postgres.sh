@@ -22,7 +22,7 @@
 #                        pigz or gzip; on the host, always the .gz format (COMPRESSOR)
 #   --zstd-level N       with zstd: 1 (fastest, default) .. 19 (smallest) (ZSTD_LEVEL)
 #   --retention-rules R  GFS rules, e.g. "daily=7 weekly=4 monthly=12 yearly=2" (RETENTION_RULES)
-#   --safety-pin-days N  pin pre-restore/pre-rebuild safety copies N days (SAFETY_PIN_DAYS)
+#   --safety-pin-days N  pin the safety copies of restore and rebuild N days (SAFETY_PIN_DAYS)
 #   --allow-shrink       accept a backup less than half the size of those before it (ALLOW_SHRINK=1)
 #   --ping-url URL       tell a monitor how the run went                 (PING_URL)
 #   --settings-stdin     read secret settings (PING_URL=URL lines) from stdin: fab sends
@@ -44,9 +44,8 @@
 # dump's completion marker), fsynced, its checksum written, and only then renamed
 # into place. Any failure exits non-zero and leaves nothing that looks like a backup.
 # Retention runs only after a good backup and never removes the newest MIN_KEEP.
-# What it keeps is decided by retention.py (inlined below) run by the host's python3
-# (RETENTION_PYTHON): the same code as fab prune --dry-run; without python3 the
-# day-based rule alone is applied, and GFS rules are not applied at all (logged).
+# What it keeps is decided by the host program beside it (aimms-ops.pyz, under the
+# host's python3, which it needs): the same code as fab prune --dry-run.
 # Pinned backups (NAME.pin beside them) are never removed. A backup less than half the
 # median size of the five before it is published but logged as suspicious, and no
 # retention runs then (--allow-shrink accepts it).
@@ -69,20 +68,19 @@ LOG_FILE=${LOG_FILE:-}
 COMPOSE_PROJECT=${COMPOSE_PROJECT:-}
 COMPOSE_SERVICE=${COMPOSE_SERVICE:-postgres}
 PG_SUPERUSER=${PG_SUPERUSER:-postgres}
-RETENTION_DAYS=${RETENTION_DAYS:-7}
-MIN_KEEP=${MIN_KEEP:-3}
-LOCK_TIMEOUT=${LOCK_TIMEOUT:-600}
-GZIP_LEVEL=${GZIP_LEVEL:-1}
-COMPRESSOR=${COMPRESSOR:-auto}
+RETENTION_DAYS=${RETENTION_DAYS:-@DEFAULT_RETENTION_DAYS@}
+MIN_KEEP=${MIN_KEEP:-@DEFAULT_MIN_KEEP@}
+LOCK_TIMEOUT=${LOCK_TIMEOUT:-@DEFAULT_LOCK_TIMEOUT@}
+GZIP_LEVEL=${GZIP_LEVEL:-@DEFAULT_GZIP_LEVEL@}
+COMPRESSOR=${COMPRESSOR:-@DEFAULT_COMPRESSOR@}
 COMPRESSION=${COMPRESSION:-${BACKUP_COMPRESSIONS[0]}}
-ZSTD_LEVEL=${ZSTD_LEVEL:-1}
+ZSTD_LEVEL=${ZSTD_LEVEL:-@DEFAULT_ZSTD_LEVEL@}
 RETENTION_RULES=${RETENTION_RULES:-}
-RETENTION_PYTHON=${RETENTION_PYTHON:-python3}
-SAFETY_PIN_DAYS=${SAFETY_PIN_DAYS:-14}
+SAFETY_PIN_DAYS=${SAFETY_PIN_DAYS:-@DEFAULT_SAFETY_PIN_DAYS@}
 ALLOW_SHRINK=${ALLOW_SHRINK:-0}
 PING_URL=${PING_URL:-}
-PING_KIND=${PING_KIND:-healthchecks}
-PING_TIMEOUT=${PING_TIMEOUT:-45}
+PING_KIND=${PING_KIND:-@DEFAULT_PING_KIND@}
+PING_TIMEOUT=${PING_TIMEOUT:-@DEFAULT_PING_TIMEOUT@}
 OFFSITE_CONFIG=${OFFSITE_CONFIG:-}
 LABEL=""
 PRUNE_ONLY=0
@@ -187,12 +185,14 @@ report() {
     if [ "$REPORT" = 1 ]; then say "$1" || REPORT=0; fi
 }
 
-human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || printf '%sB' "$1"; }
-
 # --- set-up --------------------------------------------------------------------------
 mkdir -p -- "$(dirname -- "$LOG_FILE")" 2>/dev/null || true
 if touch -- "$LOG_FILE" 2>/dev/null; then chmod 600 -- "$LOG_FILE" 2>/dev/null || true; fi
 ping start
+command -v python3 >/dev/null 2>&1 ||
+    fail "python3 is not installed on this host; aimms-ops' host program needs it (install python3)"
+[ -r "$AIMMS_OPS_PROGRAM" ] ||
+    fail "the host program $AIMMS_OPS_PROGRAM is missing (install it: fab install-backups)"
 if [ ! -d "$BACKUP_DIR" ]; then
     why=$(mkdir -p -- "$BACKUP_DIR" 2>&1) ||
         fail "cannot create backup dir $BACKUP_DIR: ${why##*: } (create it for $(id -un), or fix backup_dir)"
@@ -226,25 +226,22 @@ lock_or_fail "$BACKUP_DIR/$BACKUP_LOCK" exclusive "$what" "another backup or ret
 clean_after_killed_run
 
 # --- retention -----------------------------------------------------------------------
-# retention.py, inlined: the one decision (the same code as fab prune --dry-run).
-retention_decide() {
-    "$RETENTION_PYTHON" /dev/fd/3 "$@" 3<<'AIMMS_OPS_RETENTION_PY'
-# @include retention.py
-AIMMS_OPS_RETENTION_PY
-}
-
-# Apply retention.py's decision: remove what it says, nothing else. (Pins are written
-# under the backup lock, which we hold: none can appear in between.)
-prune_decided() {
+# Apply the host program's decision (the same code as fab prune --dry-run): remove what it
+# says, nothing else. (Pins are written under the backup lock, which we hold: none can
+# appear in between.) Then orphans go.
+PRUNE_ERROR=""
+prune() {
     local out action name rule reason
-    if ! out=$(retention_decide "$BACKUP_DIR" "$(date +%s)" "$RETENTION_DAYS" "$MIN_KEEP" \
+    if ! out=$(agent retention "$BACKUP_DIR" "$(date +%s)" "$RETENTION_DAYS" "$MIN_KEEP" \
         "$RETENTION_RULES" 2>&1); then
-        PRUNE_ERROR="retention.py failed: ${out##*$'\n'}"
+        PRUNE_ERROR="retention failed: ${out##*$'\n'}"
+        log "$PRUNE_ERROR"
         return 1
     fi
     if [ -n "$EXPECT_PLAN" ] &&
         [ "$({ [ -z "$out" ] || printf '%s\n' "$out"; } | cut -f1,2 | sha256sum | cut -d' ' -f1)" != "$EXPECT_PLAN" ]; then
         PRUNE_ERROR="the backups changed since the plan was shown: nothing was removed (run the prune again)"
+        log "retention failed: $PRUNE_ERROR"
         return 1
     fi
     while IFS=$'\t' read -r action name rule reason; do
@@ -255,55 +252,7 @@ prune_decided() {
             log "retention: removed $name ($rule: $reason)"
         fi
     done <<<"$out"
-}
-
-# Which rule decides: retention.py with the host's python3 (3.7+); without it the day-based
-# rule below (GFS rules need python3: then nothing is removed). Then orphans go.
-PRUNE_ERROR=""
-prune() {
-    if "$RETENTION_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 7))' 2>/dev/null; then
-        prune_decided || { log "retention failed: $PRUNE_ERROR"; return 1; }
-    elif [ -n "$RETENTION_RULES" ]; then
-        PRUNE_ERROR="retention skipped: $RETENTION_PYTHON is not on the host and the rules ($RETENTION_RULES) need it (install python3 there)"
-        log "$PRUNE_ERROR"
-        return 1
-    else
-        prune_by_days
-    fi
     prune_orphans
-}
-
-# The day-based rule (without python3): keep the newest MIN_KEEP good backups whatever
-# their age, pinned ones, and everything younger than RETENTION_DAYS; remove the rest.
-prune_by_days() {
-    local now cutoff i=0 name mtime size age_d
-    now=$(date +%s)
-    cutoff=$((now - RETENTION_DAYS * 86400))
-    while IFS=$'\t' read -r mtime size name; do
-        [[ $name =~ $BACKUP_NAME_RE ]] || continue
-        age_d=$(((now - ${mtime%.*}) / 86400))
-        if [ -e "$BACKUP_DIR/$name.pin" ]; then
-            [ "$size" -gt 0 ] && i=$((i + 1))
-            report "prune.keep=$name pinned pinned (${age_d}d old)"
-            continue
-        fi
-        if [ "$size" -gt 0 ] && [ "$i" -lt "$MIN_KEEP" ]; then
-            i=$((i + 1))
-            report "prune.keep=$name min_keep newest $i of $MIN_KEEP kept whatever their age (${age_d}d old)"
-            continue
-        fi
-        [ "$size" -gt 0 ] && i=$((i + 1))
-        if [ "${mtime%.*}" -ge "$cutoff" ]; then
-            report "prune.keep=$name within younger than $RETENTION_DAYS days (${age_d}d old)"
-        else
-            report "prune.remove=$name older older than $RETENTION_DAYS days (${age_d}d old)"
-            if [ "$DRY_RUN" = 0 ]; then
-                rm -f -- "$BACKUP_DIR/$name" "$BACKUP_DIR/$name.sha256"
-                log "retention: removed $name (${age_d}d old)"
-            fi
-        fi
-    done < <(backup_files "$BACKUP_DIR" -printf '%T@\t%s\t%f\n' | sort -t $'\t' -k1,1nr)
-    return 0
 }
 
 # A checksum or a pin whose backup is gone is an orphan.
@@ -474,7 +423,7 @@ sync -- "$final.sha256.tmp"
 chmod 600 -- "$tmp" "$final.sha256.tmp"
 # The size-drop guard: against the five good backups before this one (see lib.sh).
 suspicious=""
-drop_from=$(size_drop "$BACKUP_DIR" "$name" "$size")
+drop_from=$(agent size-guard "$BACKUP_DIR" "$name" "$size")
 if [ -n "$drop_from" ]; then
     if [ "$ALLOW_SHRINK" = 1 ]; then
         suspicious=" shrink allowed: size dropped from $(human "$drop_from") to $(human "$size")"
@@ -486,15 +435,10 @@ mv -f -- "$final.sha256.tmp" "$final.sha256"
 mv -f -- "$tmp" "$final"
 log "published $name"
 # Safety copies of restore and rebuild are pinned (we hold the lock: no retention between).
-case $LABEL in
-    pre-restore | pre-rebuild)
-        if [ "$SAFETY_PIN_DAYS" -gt 0 ]; then
-            write_pin "$final" "$(id -un)@$(hostname)" "safety copy taken before a ${LABEL#pre-}" \
-                $(($(date +%s) + SAFETY_PIN_DAYS * 86400)) ||
-                log "warning: could not write $final.pin"
-        fi
-        ;;
-esac
+if [ "$SAFETY_PIN_DAYS" -gt 0 ]; then
+    agent safety-pin "$BACKUP_DIR" "$name" "$SAFETY_PIN_DAYS" "$(id -un)@$(hostname)" ||
+        log "warning: could not write $final.pin"
+fi
 sync -- "$BACKUP_DIR" 2>/dev/null || true
 seconds=$(($(date +%s) - STARTED))
 log "RESULT ok $name size=$size sha256=$sum seconds=$seconds$suspicious"

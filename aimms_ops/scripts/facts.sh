@@ -75,13 +75,8 @@ if [ -d "$backup_dir" ]; then
     [ -w "$backup_dir" ] && echo "backup_dir.writable=1" || echo "backup_dir.writable=0"
     df -Pk "$backup_dir" | awk 'NR==2 {print "backup_dir.avail_kb=" $4; print "backup_dir.size_kb=" $2}'
     # The pids that hold the backup lock now (a note of a live process; lib.sh's take_lock).
-    live=""
-    for f in "$backup_dir/$BACKUP_LOCK".owner.*; do
-        [ -e "$f" ] || continue
-        pid=${f##*.}
-        if [[ $pid =~ ^[0-9]+$ ]] && [ -d "/proc/$pid" ]; then live="$live $pid"; fi
-    done
-    echo "lock.backup.live=${live# }"
+    live=$(agent holders --pids "$backup_dir/$BACKUP_LOCK" 2>/dev/null | tr '\n' ' ')
+    echo "lock.backup.live=${live% }"
 else
     echo "backup_dir.exists=0"
 fi

@@ -2,16 +2,12 @@
 # inspect-dump.sh FILE: check a dump on this host before anything is touched.
 # key=value lines: exists, size, sha256 (computed), sha256_recorded (from FILE.sha256,
 # or empty), format (gz|zst|plain), stream (ok|bad: the whole file decompresses), then what
-# the dump scanner (aimms_ops/dumpscan.py) found reading it as psql would: header,
+# the dump scanner (aimms_ops/dump, in the host program) found reading it as psql would: header,
 # complete (the completion marker at a statement boundary), db=HEX per database
 # section, role=HEX per role, preface=HEX per database whose properties the dump
 # carries. Read-only: the file is hashed and, at the same time, decompressed and scanned.
 set -uo pipefail
 # @include lib.sh
-
-read -r -d '' SCANNER <<'PYTHON'
-# @include dumpscan.py
-PYTHON
 
 f=$1
 if [ ! -f "$f" ]; then
@@ -44,7 +40,7 @@ trap 'rm -f -- "$sumf"' EXIT
 # not through a tee: one pipe less for the whole dump to cross.
 sha256_stream <"$f" >"$sumf" &
 "${unzip[@]}" <"$f" 2>/dev/null |
-    python3 -c "$SCANNER" inspect
+    agent dump inspect
 status=("${PIPESTATUS[@]}")
 wait
 if [ "${status[0]}" = 0 ]; then echo "stream=ok"; else echo "stream=bad"; fi

@@ -145,33 +145,18 @@ resolve_container() {
     docker "${args[@]}" 2>/dev/null | sed -n 1p
 }
 
-# The host's locks, one model for every script (the names, the modes, the owner notes):
-#   .cluster.lock  restore and rebuild-volume hold it exclusive (they change the cluster);
-#                  backup and the deep verify hold it shared (they read it), so no backup
-#                  ever dumps a cluster that is being restored or rebuilt
-#   .backup.lock   backup and retention hold it exclusive (they change the backup dir)
-# Each holder leaves a note "WHAT pid PID since TIME" in LOCK.owner.PID, so whoever
-# waits is told who holds it.
+# The host program (aimms_ops/agent, standard library only): beside this script, where
+# fab install-backups installs it beside the backup script and where fab sends it with
+# every script. The logic both sides share runs there: the locks, retention, pins, the
+# size-drop guard, the units.
+AIMMS_OPS_PROGRAM=${AIMMS_OPS_PROGRAM:-$(dirname -- "${BASH_SOURCE[0]:-$0}")/aimms-ops.pyz}
+agent() { python3 "$AIMMS_OPS_PROGRAM" "$@"; }
+
+# The locks this script holds (aimms_ops/core/lock.py is the model: names, modes, notes).
 LOCK_NOTES=()
 LOCK_FDS=()
 # shellcheck disable=SC2034  # read by the scripts that include this file
 LOCK_HELD_BY=""
-
-# lock_holders LOCK: the notes of the live holders of LOCK, separated by ";".
-lock_holders() {
-    local f pid notes=()
-    for f in "$1".owner.*; do
-        [ -e "$f" ] || continue
-        pid=${f##*.}
-        if [[ $pid =~ ^[0-9]+$ ]] && [ -d "/proc/$pid" ]; then
-            notes+=("$(head -n 1 -- "$f" 2>/dev/null)")
-        else
-            rm -f -- "$f" 2>/dev/null
-        fi
-    done
-    local IFS=';'
-    printf "%s" "${notes[*]}"
-}
 
 # need_python3 WHAT: exit 69, naming WHAT, when this host has no python3.
 need_python3() {
@@ -205,27 +190,24 @@ lock_cluster() {
     esac
 }
 
-# take_lock LOCK shared|exclusive WAIT WHAT: hold LOCK until this script exits (its file
-# descriptor is inherited by the commands it starts, which hold it as long as they run).
-# Waits up to WAIT seconds (0: not at all). Returns 75 with LOCK_HELD_BY set to the
-# holders when it cannot have it, 73 when the file cannot be opened.
+# take_lock LOCK shared|exclusive WAIT WHAT: hold LOCK until this script exits: the host
+# program locks this script's descriptor of it (inherited by the commands it starts,
+# which hold it as long as they run) and leaves the note that names WHAT. Waits up to
+# WAIT seconds (0: not at all). Returns 75 with LOCK_HELD_BY set to the holders when it
+# cannot have it, 73 when it cannot be locked.
 take_lock() {
-    local lock=$1 flag=-x fd
-    [ "$2" = shared ] && flag=-s
+    local lock=$1 fd out rc=0 shared=()
+    [ "$2" = shared ] && shared=(--shared)
     LOCK_HELD_BY=""
     exec {fd}>>"$lock" || return 73
-    if ! flock -n "$flag" "$fd"; then
-        # shellcheck disable=SC2034
-        LOCK_HELD_BY=$(lock_holders "$lock")
-        if [ "$3" -le 0 ] || ! flock -w "$3" "$flag" "$fd"; then
-            # shellcheck disable=SC2034  # read by the scripts that include this file
-            LOCK_HELD_BY=$(lock_holders "$lock")
-            exec {fd}>&-
-            return 75
-        fi
+    out=$(agent lock "$lock" --fd "$fd" --pid "$$" --what "$4" --wait "$3" "${shared[@]}") || rc=$?
+    if [ "$rc" != 0 ]; then
+        exec {fd}>&-
+        # shellcheck disable=SC2034  # read by the scripts that include this file
+        [ "$rc" = 75 ] && LOCK_HELD_BY=${out#held by } && return 75
+        return 73
     fi
-    { printf '%s pid %s since %s\n' "$4" "$$" "$(now_utc)" >"$lock.owner.$$"; } 2>/dev/null || true
-    LOCK_NOTES+=("$lock.owner.$$")
+    LOCK_NOTES+=("$out")
     LOCK_FDS+=("$fd")
     return 0
 }
@@ -244,19 +226,6 @@ drop_lock_notes() {
     local f
     for f in "${LOCK_NOTES[@]}"; do rm -f -- "$f" 2>/dev/null; done
     return 0
-}
-
-# The labels of the safety copies restore and rebuild-volume take (backups.SAFETY_LABELS).
-SAFETY_LABELS=(pre-restore pre-rebuild)
-
-# is_safety_copy NAME: whether backup NAME is a safety copy (never what latest means).
-is_safety_copy() {
-    local label
-    [[ $1 =~ $BACKUP_NAME_RE ]] || return 1
-    for label in "${SAFETY_LABELS[@]}"; do
-        [ "${BASH_REMATCH[4]}" = "$label" ] && return 0
-    done
-    return 1
 }
 
 # unhex HEX: the bytes HEX stands for (names cross between scripts as hex).
@@ -336,34 +305,8 @@ compressor_facts() {
     echo "compressor.have=$have"
 }
 
-# --- pins ----------------------------------------------------------------------------
-# write_pin BACKUP_PATH BY REASON [UNTIL_EPOCH]: write BACKUP_PATH.pin (by, at, until,
-# reason; read by retention.py), atomically, 0600. A pinned backup is never removed by
-# retention (until UNTIL, when given). The reason is one line.
-write_pin() {
-    local pin="$1.pin" by=$2 reason=${3//[$'\t\r\n']/ } until=""
-    if [ -n "${4:-}" ]; then until=$(date -u -d "@$4" +%Y-%m-%dT%H:%M:%SZ) || return 1; fi
-    printf 'by=%s\nat=%s\nuntil=%s\nreason=%s\n' "$by" "$(now_utc)" "$until" "$reason" \
-        >"$pin.tmp" && chmod 600 -- "$pin.tmp" && mv -f -- "$pin.tmp" "$pin"
-}
-
-# --- the size-drop guard -------------------------------------------------------------
-# size_drop DIR NAME SIZE: print the median size of the (up to) five newest good
-# backups (with a .sha256) other than NAME when SIZE is less than half of it; print
-# nothing otherwise. The same rule as fab status's "backup size" check.
-size_drop() {
-    local dir=$1 skip=$2 size=$3 sizes=() _t s f median
-    while IFS=$'\t' read -r _t s f; do
-        if [ "$f" = "$skip" ] || [ ! -e "$dir/$f.sha256" ]; then continue; fi
-        sizes+=("$s")
-        [ "${#sizes[@]}" -lt 5 ] || break
-    done < <(backup_files "$dir" -printf '%T@\t%s\t%f\n' 2>/dev/null | sort -t $'\t' -k1,1nr)
-    [ "${#sizes[@]}" -gt 0 ] || return 0
-    median=$(printf '%s\n' "${sizes[@]}" | sort -n | awk '{ a[NR] = $1 }
-        END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%d\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
-    if [ "$median" -gt 0 ] && [ $((size * 2)) -lt "$median" ]; then printf '%s\n' "$median"; fi
-    return 0
-}
+# human BYTES: a size in the one unit format (aimms_ops/core/units.py): 1.9 MiB.
+human() { agent size "$1"; }
 
 # --- pings ---------------------------------------------------------------------------
 # ping_send KIND URL EVENT RID [MSG] [BODY_FILE] [MS]: tell a monitor how a run goes.
@@ -378,8 +321,8 @@ size_drop() {
 # not on its command line. Prints curl's error on failure; never fails the caller's run.
 ping_send() {
     local kind=$1 url=$2 event=$3 rid=$4 msg=${5:-} body=${6:-} ms=${7:-} full args err
-    local bound=${PING_TIMEOUT:-45} try
-    [[ $bound =~ ^[0-9]+$ ]] && [ "$bound" -ge 3 ] || bound=45
+    local bound=${PING_TIMEOUT:-@DEFAULT_PING_TIMEOUT@} try
+    [[ $bound =~ ^[0-9]+$ ]] && [ "$bound" -ge 3 ] || bound=@DEFAULT_PING_TIMEOUT@
     command -v curl >/dev/null 2>&1 || { echo "curl is not installed on the host"; return 1; }
     try=$((bound / 3 < 10 ? bound / 3 : 10))
     args=(-fsS -m "$try" --retry 3 --retry-connrefused --retry-max-time $((bound * 2 / 3))

@@ -16,7 +16,7 @@ umask 077
 # @include lib.sh
 # @include offsite.sh
 
-BACKUP_DIR="" LOG_FILE="" LOCK_TIMEOUT=600 OFFSITE_CONFIG=""
+BACKUP_DIR="" LOG_FILE="" LOCK_TIMEOUT=@DEFAULT_LOCK_TIMEOUT@ OFFSITE_CONFIG=""
 usage_error() { printf 'offsite-run.sh: %s\n' "$1" >&2; exit 64; }
 while [ $# -gt 0 ]; do
     case $1 in
@@ -68,13 +68,21 @@ case $cmd in
         [ -d "$BACKUP_DIR" ] || fail "backup dir $BACKUP_DIR does not exist (run fab install-backups)"
         # The backup's lock: a backup (and its push) and a sync never run at once.
         LOCK="$BACKUP_DIR/$BACKUP_LOCK"
-        exec 9>>"$LOCK" || fail "cannot open lock file $LOCK"
-        if ! flock -n 9; then
-            holder=$(cat -- "$LOCK.owner" 2>/dev/null || true)
-            flock -w "$LOCK_TIMEOUT" 9 ||
-                fail "a backup is still running after ${LOCK_TIMEOUT}s (lock $LOCK held by ${holder:-unknown}; wait for it to end)"
+        command -v python3 >/dev/null 2>&1 ||
+            fail "python3 is not installed on this host; aimms-ops' host program needs it (install python3)"
+        trap 'drop_lock_notes; rm -rf -- "$OFFSITE_WORK"' EXIT
+        rc=0
+        take_lock "$LOCK" exclusive 0 "offsite sync" || rc=$?
+        if [ "$rc" = 75 ]; then
+            log "waiting up to ${LOCK_TIMEOUT}s for a backup or retention run ($LOCK_HELD_BY)"
+            rc=0
+            take_lock "$LOCK" exclusive "$LOCK_TIMEOUT" "offsite sync" || rc=$?
         fi
-        [ "$dry" = 1 ] || { printf 'pid %s since %s (offsite sync)\n' "$$" "$(now_utc)" >"$LOCK.owner"; } 2>/dev/null || true
+        case $rc in
+            0) ;;
+            75) fail "a backup or retention run is still running after ${LOCK_TIMEOUT}s (lock $LOCK held by $LOCK_HELD_BY; wait for it to end)" ;;
+            *) fail "cannot open lock file $LOCK" ;;
+        esac
         rc=0
         for t in ${target:-$OFFSITE_TARGETS}; do
             if offsite_sync "$t" "$dry"; then

@@ -13,7 +13,6 @@
 # environment variables: no key is ever on a command line or in a log.
 # shellcheck disable=SC2317  # functions called indirectly
 
-
 # offsite_load: read OFFSITE_CONFIG. Returns non-zero (with OFFSITE_ERROR) when unusable.
 offsite_load() {
     OFFSITE_ERROR=""
@@ -189,42 +188,13 @@ offsite_has() {
     awk -F'\t' -v n="$2" '$1 == n && $7 != "-" && $7 == $5 { f = 1 } END { exit !f }' "$1"
 }
 
-# offsite_epoch NAME: the backup's time from its name (UTC), in seconds.
-offsite_epoch() {
-    local d t
-    [[ $1 =~ $BACKUP_NAME_RE ]] || { echo 0; return; }
-    d=${BASH_REMATCH[1]} t=${BASH_REMATCH[2]}
-    date -u -d "${d:0:4}-${d:4:2}-${d:6:2} ${t:0:2}:${t:2:2}:${t:4:2}" +%s
-}
-
-# offsite_plan TARGET COPIES_FILE: what retention keeps of the union of the local good
-# backups and the target's copies. Lines "keep|remove NAME REASON", newest first.
+# offsite_plan TARGET COPIES_FILE: what the target's retention keeps of the union of the
+# local good backups and its copies: the host program's offsite-plan, the same decision
+# as the host's retention (GFS rules, pins) under the target's policy. Lines
+# "keep|remove NAME REASON", newest first.
 offsite_plan() {
-    local t=$1 copies=$2 days min now i=0 name e age_d
-    days=$(offsite_get "$t" RETENTION_DAYS) min=$(offsite_get "$t" MIN_KEEP)
-    now=$(date +%s)
-    {
-        cut -f1 "$copies" | grep -v '^partial$' || true
-        backup_files "$BACKUP_DIR" -printf '%f\n' |
-            while read -r name; do [ -s "$BACKUP_DIR/$name.sha256" ] && printf '%s\n' "$name"; done
-    } | sort -u | while read -r name; do
-        [[ $name =~ $BACKUP_NAME_RE ]] || continue
-        printf '%s%s\t%s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" "$name"
-    done | sort -r | cut -f2 | while read -r name; do
-        e=$(offsite_epoch "$name")
-        age_d=$(((now - e) / 86400))
-        if [ "$i" -lt "$min" ]; then
-            i=$((i + 1))
-            echo "keep $name newest $i of $min kept whatever their age (${age_d}d old)"
-            continue
-        fi
-        i=$((i + 1))
-        if [ "$e" -ge $((now - days * 86400)) ]; then
-            echo "keep $name younger than $days days (${age_d}d old)"
-        else
-            echo "remove $name older than $days days (${age_d}d old)"
-        fi
-    done
+    agent offsite-plan "$BACKUP_DIR" "$2" "$(date +%s)" "$(offsite_get "$1" RETENTION_DAYS)" \
+        "$(offsite_get "$1" MIN_KEEP)" "$(offsite_get "$1" RETENTION_RULES)"
 }
 
 # offsite_push_one TARGET NAME: encrypt BACKUP_DIR/NAME and upload it, then its .meta.
@@ -309,7 +279,7 @@ offsite_sync() {
     copies=$OFFSITE_WORK/copies.$t
     offsite_copies "$t" >"$copies" || return 1
     plan=$OFFSITE_WORK/plan.$t
-    offsite_plan "$t" "$copies" >"$plan"
+    offsite_plan "$t" "$copies" >"$plan" || { OFFSITE_ERROR="the retention of $t failed"; return 1; }
     # Oldest first.
     while read -r action name reason; do
         [ "$action" = keep ] || continue

@@ -6,7 +6,7 @@ set -uo pipefail
 # @include lib.sh
 
 # shellcheck disable=SC2034  # PING_TIMEOUT is read by lib.sh's ping_send
-kind=$1 url=$2 PING_TIMEOUT=${3:-45}
+kind=$1 url=$2 PING_TIMEOUT=${3:-@DEFAULT_PING_TIMEOUT@}
 # "-": the URL is the first line of stdin (fab sends it there, off the command line).
 [ "$url" != - ] || IFS= read -r url
 started=$(date +%s)

@@ -12,10 +12,10 @@
 #   AS_HEX  restore DATABASE_HEX's section as this new database (its name in hex)
 # All or nothing: every database is rebuilt beside the live one, under a name no
 # application uses, and only once all of them are rebuilt are they swapped in, in one
-# transaction with the dump's role changes (dumpscan swap). A failure before that
-# removes what the restore made (dumpscan discard): the live cluster is as it was.
-# No copy of the dump anywhere: source | decompress | dumpscan filter | psql. The filter
-# (aimms_ops/dumpscan.py, run by python3) reads the dump's structure and changes only
+# transaction with the dump's role changes (aimms-ops.pyz dump swap). A failure before that
+# removes what the restore made (dump discard): the live cluster is as it was.
+# No copy of the dump anywhere: source | decompress | the dump filter | psql. The filter
+# (aimms_ops/dump, in the host program) reads the dump's structure and changes only
 # the statements it means to (see its RestoreFilter). psql runs with ON_ERROR_STOP; the
 # status of every stage is reported on stderr as "aimms-ops: status SOURCE UNZIP FILTER
 # PSQL" and the exit status is non-zero when any stage failed.
@@ -32,10 +32,6 @@ umask 077
 
 project=$1 service=$2 superuser=$3 format=$4 source=$5 only_hex=${6:-} lock=${7:-}
 lock_wait=${8:-60} keep=${9:-keep} as_hex=${10:-}
-
-read -r -d '' SCANNER <<'PYTHON'
-# @include dumpscan.py
-PYTHON
 
 need_python3 "the restore (it reads the dump)"
 cid=$(running_container "$project" "$service") || exit 10
@@ -82,7 +78,7 @@ if [ "$has_postgres" = 0 ]; then
     }
     echo "aimms-ops: the cluster had no postgres database: created it empty first" >&2
 fi
-scan() { python3 -c "$SCANNER" "$@"; }
+scan() { agent dump "$@"; }
 # What a killed restore left half-built goes; the roles the cluster has are noted.
 if ! scan prepare "$cid" "$superuser" "$work" </dev/null 2>>"$errf"; then
     (cat -- "$errf" >&2)
@@ -126,7 +122,7 @@ if ! tablespaces=$(q "SELECT string_agg(encode(convert_to(spcname, 'UTF8'), 'hex
     (cat -- "$errf" >&2)
     exit 1
 fi
-filter=(python3 -c "$SCANNER" filter --beside "$work" --tablespaces "$tablespaces" "${props[@]}")
+filter=(agent dump filter --beside "$work" --tablespaces "$tablespaces" "${props[@]}")
 # The filter stops the stream too once the session is gone, whatever the pipes still hold.
 [[ $session =~ ^[0-9]+$ ]] && filter+=(--session "$session")
 [ -n "$only_hex" ] && filter+=(--only "$only_hex")

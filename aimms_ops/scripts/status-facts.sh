@@ -64,7 +64,7 @@ if [ -n "$running" ]; then
         base64 -w0)"
 fi
 
-# Restores and deep verifies read the dump with python3 (aimms_ops/dumpscan.py).
+# Restores and deep verifies read the dump with python3 (aimms_ops/dump, in the host program).
 if command -v python3 >/dev/null 2>&1; then
     echo "python3.version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)"
 else

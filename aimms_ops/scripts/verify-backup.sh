@@ -49,11 +49,6 @@ umask 077
 
 # @include lib.sh
 
-
-read -r -d '' SCANNER <<'PYTHON'
-# @include dumpscan.py
-PYTHON
-
 BACKUP_DIR=${BACKUP_DIR:-}
 LOG_FILE=${LOG_FILE:-}
 COMPOSE_PROJECT=${COMPOSE_PROJECT:-}
@@ -96,7 +91,7 @@ RUN_ID="verify[$$]"
 STARTED=$(date +%s)
 # The deep verify's own monitor, when the settings file names one (ping.verify_url).
 PING_URL_VERIFY=${PING_URL_VERIFY:-}
-PING_KIND=${PING_KIND:-healthchecks}
+PING_KIND=${PING_KIND:-@DEFAULT_PING_KIND@}
 # shellcheck disable=SC2034  # read by the ping functions of lib.sh
 PING_RID=$(new_rid)
 PING_ENDED=0
@@ -117,7 +112,6 @@ log() {
 }
 report() { if [ "$REPORT" = 1 ]; then say "$1" || REPORT=0; fi; }
 check() { report "verify.check=$1"$'\t'"$2"$'\t'"$3"; }
-human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || printf '%sB' "$1"; }
 
 # Remove the throwaway container and volume (only those this run made), then make sure
 # they are gone. Safe to call twice.
@@ -178,15 +172,14 @@ trap cleanup EXIT
 trap 'fail interrupted "interrupted by a signal"' INT TERM HUP
 job_ping "$PING_URL_VERIFY" start
 
+command -v python3 >/dev/null 2>&1 ||
+    fail file "python3 is not installed on this host; aimms-ops' host program needs it (install python3)"
+
 # --- which backup --------------------------------------------------------------------
 [ -d "$BACKUP_DIR" ] || fail file "backup dir $BACKUP_DIR does not exist"
 if [ "$FILE" = latest ]; then
     # latest: the newest backup that is not a safety copy of a restore or a rebuild.
-    NAME=$(backup_files "$BACKUP_DIR" -printf '%T@\t%f\n' | sort -t $'\t' -k1,1nr | cut -f2 |
-        while read -r n; do
-            [[ $n =~ $BACKUP_NAME_RE ]] && ! is_safety_copy "$n" && { echo "$n"; break; }
-        done)
-    [ -n "$NAME" ] || fail file "there are no regular backups in $BACKUP_DIR"
+    NAME=$(agent latest "$BACKUP_DIR") || fail file "there are no regular backups in $BACKUP_DIR"
 else
     NAME=$FILE
 fi
@@ -202,8 +195,8 @@ log "START verify of $NAME ($(human "$size")): trial restore into a throwaway co
 # changes the cluster it reads its image and environment from.
 take_lock "$BACKUP_DIR/$VERIFY_LOCK" exclusive 0 verify ||
     fail lock "another verify is running (${LOCK_HELD_BY:-lock $BACKUP_DIR/$VERIFY_LOCK})"
-take_lock "$BACKUP_DIR/$CLUSTER_LOCK" shared "${LOCK_TIMEOUT:-600}" verify ||
-    fail lock "a restore or rebuild of the cluster is still running after ${LOCK_TIMEOUT:-600}s (${LOCK_HELD_BY:-unknown holder})"
+take_lock "$BACKUP_DIR/$CLUSTER_LOCK" shared "${LOCK_TIMEOUT:-@DEFAULT_LOCK_TIMEOUT@}" verify ||
+    fail lock "a restore or rebuild of the cluster is still running after ${LOCK_TIMEOUT:-@DEFAULT_LOCK_TIMEOUT@}s (${LOCK_HELD_BY:-unknown holder})"
 
 # --- checksum ------------------------------------------------------------------------
 [ "$size" -gt 0 ] || fail checksum "the file is empty"
@@ -314,9 +307,6 @@ done
 check start OK "$CONTAINER from the image of $prod_name, volume $VOLUME, no network"
 
 # --- the trial restore: decompress | dump scanner | psql, twice -----------------------
-if ! command -v python3 >/dev/null 2>&1; then
-    fail restore "python3 is not installed on this host; reading the dump needs it (install python3)"
-fi
 # zstd for a .sql.zst; else igzip, else pigz, else gzip
 pick_decompressor "$NAME" || fail restore "$UNZIP_MISSING is not installed on this host; reading $NAME needs it (install $UNZIP_MISSING)"
 unzip=("${UNZIP[@]}")
@@ -337,19 +327,19 @@ replay() {
         done
         mkdir -p "$WORK/beside"
         beside=(--beside "$WORK/beside")
-        python3 -c "$SCANNER" prepare "$CONTAINER" "$PG_SUPERUSER" "$WORK/beside" \
+        agent dump prepare "$CONTAINER" "$PG_SUPERUSER" "$WORK/beside" \
             </dev/null 2>"$WORK/psql.err" || { st=(0 0 1); return; }
     fi
     "${unzip[@]}" <"$path" 2>"$WORK/unzip.err" |
-        python3 -c "$SCANNER" filter --facts "$WORK/inspect" "${beside[@]}" "${props[@]}" 2>"$WORK/filter.err" |
+        agent dump filter --facts "$WORK/inspect" "${beside[@]}" "${props[@]}" 2>"$WORK/filter.err" |
         docker exec -i -e PGOPTIONS='-c client_min_messages=warning' "$CONTAINER" \
             psql -X -q -v ON_ERROR_STOP=1 -U "$PG_SUPERUSER" -d postgres -f - >/dev/null 2>"$WORK/psql.err"
     st=("${PIPESTATUS[@]}")
     log "restore pass $1 stages: ${unzip[0]} ${st[0]}, filter ${st[1]}, psql ${st[2]}"
     if [ "$1" = 2 ] && [ "${st[1]}" = 0 ] && [ "${st[2]}" = 0 ]; then
-        if python3 -c "$SCANNER" swap "$CONTAINER" "$PG_SUPERUSER" "$WORK/beside" \
+        if agent dump swap "$CONTAINER" "$PG_SUPERUSER" "$WORK/beside" \
             "$(date -u +%Y%m%d_%H%M%S)" </dev/null 2>"$WORK/swap.err"; then
-            python3 -c "$SCANNER" drop-replaced "$CONTAINER" "$PG_SUPERUSER" "$WORK/beside" \
+            agent dump drop-replaced "$CONTAINER" "$PG_SUPERUSER" "$WORK/beside" \
                 </dev/null 2>>"$WORK/swap.err"
         else
             st[2]=1

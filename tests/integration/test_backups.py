@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aimms_ops.dump import host_script
+from aimms_ops.host import bundle
 
 from .conftest import FAB, STABLE_TEXT, fab_error_line, md5_sql
 
@@ -107,8 +107,8 @@ def test_backup_is_verifiable_and_restores_exactly(installed):
     cid = sandbox.container()
     sandbox.ssh(f"docker exec {cid} bash -c {_q(scratch)}")
     try:
-        scan = host_script()
-        sandbox.ssh(f"gzip -dc ~/{BACKUP_DIR}/{name} | python3 -c {_q(scan)} filter | "
+        program = f"{bundle.directory()}/{bundle.PROGRAM}"  # sent by the backup above
+        sandbox.ssh(f"gzip -dc ~/{BACKUP_DIR}/{name} | python3 {program} dump filter | "
                     f"docker exec -i {cid} "
                     "psql -X -q -v ON_ERROR_STOP=1 -h /tmp -p 5499 -U postgres -d postgres "
                     ">/dev/null")

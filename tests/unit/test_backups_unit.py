@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 import pytest
@@ -10,9 +9,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from aimms_ops.backup import install, listing, names, run, settings
-from aimms_ops.backup.retention import Policy
+from aimms_ops.core.retention import Policy
 from aimms_ops.errors import OpsError
-from aimms_ops.host.shell import SCRIPTS_DIR
 from aimms_ops.inventory.model import Compose, Host, Postgres, Volumes
 
 
@@ -152,14 +150,6 @@ def test_conf_text_quotes_values():
     assert "BACKUP_DIR='/srv/it'\"'\"'s here'" in text
     assert "export PATH=/usr/bin:/bin" in text
     assert "DOCKER_HOST" not in text
-
-
-def test_the_host_scripts_know_the_same_safety_labels():
-    """lib.sh's list is the one the host scripts use for latest; it must be backups'."""
-    text = (SCRIPTS_DIR / "lib.sh").read_text()
-    labels = re.search(r"^SAFETY_LABELS=\((.*)\)$", text, re.M)
-    assert labels is not None
-    assert tuple(labels.group(1).split()) == names.SAFETY_LABELS
 
 
 def test_latest_is_the_newest_regular_backup_never_a_safety_copy():

@@ -5,22 +5,20 @@ facts the plan reads. Pure logic; the swap itself is proven on the sandbox
 from __future__ import annotations
 
 import subprocess
-import sys
 
-from aimms_ops.dump import host_script
 from aimms_ops.dump.beside import aside_name, is_ours, new_name, rename_statement
 from aimms_ops.dump.lexer import ident_name
 from aimms_ops.dump.preface import split_list
 from aimms_ops.monitor.copies import check_copies, parse_copies
 from aimms_ops.restore.plan import parse_cluster_facts
+from tests.hostprog import HOST
 from tests.unit.test_dumpscan_unit import AWKWARD, ODD
 
-SCRIPT = host_script()
 ODD_NAME = "odd \"db\" 'x' ü ; name".encode()
 
 
 def beside_filter(tmp_path, text: str, *args: str) -> tuple[str, str, str, str]:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, "filter", "--beside", str(tmp_path),
+    proc = subprocess.run([*HOST, "dump", "filter", "--beside", str(tmp_path),
                            *args], input=text.encode(), capture_output=True, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     manifest = (tmp_path / "manifest").read_text()

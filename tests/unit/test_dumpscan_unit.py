@@ -1,6 +1,6 @@
 """The dump scanner: structure found as psql reads it, and the restore filter's rewrites.
 
-Pure logic: the filter is run as the host runs it (``python3 -c SCRIPT filter``), on
+Pure logic: the filter is run as the host runs it (``python3 aimms-ops.pyz dump filter``), on
 dumps written here that hold what breaks a line-pattern filter.
 """
 
@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
 from aimms_ops.dump import facts as dumpfacts
-from aimms_ops.dump import host_script
 from aimms_ops.dump.lexer import Lexer
-
-SCRIPT = host_script()
+from tests.hostprog import HOST
 
 BODY = (
     "CREATE FUNCTION public.tricky() RETURNS void\n"
@@ -67,7 +64,7 @@ AWKWARD = dump(roles=ROLES, sections={
 
 
 def run_filter(text: str, *args: str, rc: int = 0) -> tuple[str, str]:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, "filter", *args], input=text.encode(),
+    proc = subprocess.run([*HOST, "dump", "filter", *args], input=text.encode(),
                           capture_output=True, check=False)
     assert proc.returncode == rc, proc.stderr.decode()
     return proc.stdout.decode(), proc.stderr.decode()

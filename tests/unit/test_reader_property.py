@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import itertools
 import subprocess
-import sys
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aimms_ops.dump import host_script
 from aimms_ops.dump.reader import READ_CHUNK, Reader
+from tests.hostprog import HOST
 from tests.unit.test_dumpscan_unit import AWKWARD, dump
-
-SCRIPT = host_script()
 
 
 class Record:
@@ -165,7 +162,7 @@ def test_rows_of_tens_of_megabytes_in_1_mib_reads():
 
 
 def _filter(data: bytes, *args: str) -> bytes:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, "filter", *args], input=data,
+    proc = subprocess.run([*HOST, "dump", "filter", *args], input=data,
                           capture_output=True, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     return proc.stdout

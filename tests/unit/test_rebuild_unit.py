@@ -11,7 +11,7 @@ import pytest
 
 from aimms_ops import rebuild
 from aimms_ops.errors import InternalError, OpsError
-from aimms_ops.host import shell
+from aimms_ops.host import bundle
 from aimms_ops.inventory import loader as inventory
 from aimms_ops.rebuild import Command, RebuildFacts, Step, VolumeSpec, VolumeUser, run
 from aimms_ops.restore.source import DumpInfo
@@ -94,13 +94,13 @@ def test_fresh_plan_runs_every_step_in_order_with_exact_commands():
     assert shown.index(f"docker volume rm {VOL}") > shown.index(f"{cd} down")
     assert f"docker volume create {VOL}" in shown
     assert f"{cd} up -d" in shown
-    # Every command is the line that is sent: a plain one is shown as it is, a packaged
-    # script by its name and arguments; nothing is left to fill in at run time.
+    # Every command is shown as the line that is sent (a packaged script from the bundle);
+    # nothing is left to fill in at run time.
     for s in p.steps:
         for c in s.commands:
             if c.script:
-                assert c.line == shell.script_command(c.script, c.argv[1:]), c.shown
-                assert c.shown.startswith(shlex.join(c.argv) + "   # aimms-ops script")
+                assert c.line == bundle.script_command(c.script, c.argv[1:]), c.shown
+                assert c.shown == c.line and c.short.startswith(c.script)
             else:
                 assert c.line == c.shown and c.line.endswith(shlex.join(c.argv[-3:]))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from aimms_ops import restore
+from aimms_ops.host import bundle
 from aimms_ops.restore import source as dumpsource
 
 DUMP = (Path(__file__).parent / "data" / "cluster-dump.sql").read_text()
@@ -96,7 +97,6 @@ def test_explain_failure(stderr, expected):
 
 
 def test_restore_plan_holds_the_exact_commands_it_sends():
-    from aimms_ops.host import shell
     from aimms_ops.inventory import loader as inventory
 
     host = inventory.load(Path(__file__).resolve().parents[2] / "inventory.yml").host(None)
@@ -107,7 +107,7 @@ def test_restore_plan_holds_the_exact_commands_it_sends():
             remote.source, "4d79204442", restore.cluster_lock(host), str(host.lock_timeout),
             "keep", "")
     assert stream.argv == ("restore-stream.sh", *args) and stream.stdin_file == ""
-    assert stream.line == shell.script_command("restore-stream.sh", args)
+    assert stream.line == bundle.script_command("restore-stream.sh", args)
     # One database: only its estimates; the container is found on the host.
     (est,) = estimates
     assert est.about == "My DB" and est.script == "postgres-exec.sh"

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aimms_ops.backup import retention
-from aimms_ops.backup.retention import Backup, Pin, Policy, decide
+from aimms_ops.core import retention
+from aimms_ops.core.retention import Backup, Pin, Policy, decide
 from aimms_ops.errors import OpsError
 from aimms_ops.host import shell
 from aimms_ops.inventory import loader, model
+from tests.hostprog import SCRIPT_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = 86400
@@ -288,7 +289,7 @@ def test_the_legacy_inventory_gives_the_day_based_policy(tmp_path):
     assert (p.within_days, p.min_keep, p.rules_text) == (7, 3, "")
 
 
-def _script_decisions(tmp_path: Path, backups: list[Backup], python: str,
+def _script_decisions(tmp_path: Path, backups: list[Backup],
                       *extra: str) -> list[tuple[str, str]]:
     d = tmp_path / "b"
     d.mkdir(exist_ok=True)
@@ -300,7 +301,7 @@ def _script_decisions(tmp_path: Path, backups: list[Backup], python: str,
         os.utime(f, (b.mtime, b.mtime))
     script = tmp_path / "backup-postgres.sh"
     script.write_text(shell.script_text("backup-postgres.sh"))
-    env = {**os.environ, "RETENTION_PYTHON": python}
+    env = SCRIPT_ENV
     proc = subprocess.run(
         ["bash", str(script), "--backup-dir", str(d), "--log-file", str(tmp_path / "log"),
          "--project", "p", "--prune-only", "--dry-run", "--report", *extra],
@@ -314,27 +315,24 @@ def _script_decisions(tmp_path: Path, backups: list[Backup], python: str,
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_the_script_applies_the_same_decision_with_or_without_python(tmp_path, seed):
-    """The backup script's retention step, run for real: with python3 it applies
-    retention.py's decision; without it, its day-based fallback (the rule of before),
-    which must decide the same for a retention_days inventory."""
+def test_the_script_applies_the_decision_of_retention_decide(tmp_path, seed):
+    """The backup script's retention step, run for real with the host program beside it,
+    applies retention.decide's decision, backup for backup."""
     rng = random.Random(1000 + seed)
     now = datetime.now(UTC).timestamp()
-    # Whole seconds, away from the day boundary, so that the two runs' clocks agree.
+    # Whole seconds, away from the day boundary, so that the two clocks agree.
     backups = [b for b in _random_dir(rng, now)
                if abs(((now - b.mtime) / DAY) % 1 - 0.5) < 0.45]
     backups = [Backup(b.name, float(int(b.mtime)), b.size) for b in backups]
     days, keep = rng.randint(1, 20), rng.randint(1, 6)
     flags = ("--retention-days", str(days), "--min-keep", str(keep))
-    with_python = _script_decisions(tmp_path, backups, "python3", *flags)
-    without = _script_decisions(tmp_path, backups, "/nonexistent/python3", *flags)
+    got = _script_decisions(tmp_path, backups, *flags)
     pure = [(d.action, d.name) for d in decide(backups, Policy(within_days=days,
                                                                min_keep=keep), now)]
-    assert with_python == pure
-    assert sorted(without) == sorted(pure)
+    assert got == pure
 
 
-def test_without_python_gfs_rules_remove_nothing_and_say_why(tmp_path):
+def test_without_the_host_program_nothing_is_removed_and_the_fix_is_named(tmp_path):
     backups = _daily(date(2026, 1, 1), date(2026, 1, 20))
     d = tmp_path / "b"
     d.mkdir()
@@ -347,9 +345,9 @@ def test_without_python_gfs_rules_remove_nothing_and_say_why(tmp_path):
         ["bash", str(script), "--backup-dir", str(d), "--log-file", str(tmp_path / "log"),
          "--project", "p", "--prune-only", "--report", "--retention-rules", "daily=3"],
         capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ, "RETENTION_PYTHON": "/nonexistent/python3"})
+        env={**os.environ, "AIMMS_OPS_PROGRAM": str(tmp_path / "absent.pyz")})
     assert proc.returncode == 1
-    assert "install python3" in proc.stderr
+    assert "fab install-backups" in proc.stderr
     assert len(list(d.glob("aimms_postgres_*"))) == len(backups)
 
 
@@ -513,7 +511,7 @@ def test_a_prune_removes_nothing_unless_its_decision_is_the_one_shown(tmp_path):
             ["bash", str(script), "--backup-dir", str(d), "--log-file", str(tmp_path / "l"),
              "--project", "p", "--prune-only", "--report", "--retention-days", "5",
              "--min-keep", "1", *extra], capture_output=True, text=True, timeout=60,
-            check=False)
+            check=False, env=SCRIPT_ENV)
 
     plan = bk.parse_prune(run("--dry-run").stdout)
     assert [x.action for x in plan].count("remove") == 7

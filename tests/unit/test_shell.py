@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aimms_ops.backup import retention
+from aimms_ops.core import retention
 from aimms_ops.host import shell
 
 
@@ -50,7 +50,7 @@ def test_script_names_are_checked(name):
 def test_the_backup_name_pattern_reaches_the_scripts_from_its_one_definition():
     """retention.NAME_RE is the one pattern: rendered scripts carry it as an ERE."""
     ere = shell.name_ere()
-    for name in ("backup-postgres.sh", "verify-backup.sh", "pin.sh", "offsite-run.sh"):
+    for name in ("backup-postgres.sh", "verify-backup.sh", "offsite-run.sh"):
         text = shell.script_text(name)
         assert "@BACKUP_NAME_ERE@" not in text
         assert f"BACKUP_NAME_RE='{ere}'" in text
@@ -78,8 +78,7 @@ def test_the_lock_names_reach_the_scripts_from_the_host_layout():
     out = _lib('printf "%s %s %s" "$CLUSTER_LOCK" "$BACKUP_LOCK" "$VERIFY_LOCK"').stdout
     assert out.split() == [LOCK_FILES[k] for k in ("CLUSTER_LOCK", "BACKUP_LOCK", "VERIFY_LOCK")]
     assert HostLayout("/b", "/l", "/s.sh").cluster_lock == "/b/" + LOCK_FILES["CLUSTER_LOCK"]
-    for name in ("backup-postgres.sh", "verify-backup.sh", "pin.sh", "offsite-run.sh",
-                 "rebuild-lock.sh"):
+    for name in ("backup-postgres.sh", "verify-backup.sh", "offsite-run.sh"):
         text = shell.script_text(name)
         assert "@CLUSTER_LOCK@" not in text and ".cluster.lock\"" not in text, name
 

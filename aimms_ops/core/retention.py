@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -39,6 +40,15 @@ EXTENSIONS = (("gzip", ".sql.gz"), ("zstd", ".sql.zst"))
 NAME_RE = re.compile(r"^aimms_postgres_(\d{8})_(\d{6})(?:_([A-Za-z0-9_-]{1,64}))?(?:"
                      + "|".join(re.escape(ext) for _, ext in EXTENSIONS) + ")$")
 PIN_SUFFIX = ".pin"
+#: Labels of the safety copies that restore and rebuild take first: pinned for
+#: safety_pin_days by the backup script, never what ``latest`` means, and not measured
+#: by the size-drop guard. The one definition (names, the host program).
+SAFETY_LABELS = (PRE_RESTORE, PRE_REBUILD) = ("pre-restore", "pre-rebuild")
+#: The size-drop guard: a backup smaller than the median of the SIZE_WINDOW regular
+#: backups before it divided by SIZE_DROP_FACTOR is suspicious (the one rule: the
+#: backup run on the host and fab status).
+SIZE_WINDOW = 5
+SIZE_DROP_FACTOR = 2
 #: The calendar period of each bucket rule (ISO week for weekly), in the order applied.
 PERIODS = (("daily", "%Y-%m-%d"), ("weekly", "%G-W%V"), ("monthly", "%Y-%m"), ("yearly", "%Y"))
 RULES = tuple(r for r, _ in PERIODS)
@@ -208,6 +218,44 @@ def decide(backups: list[Backup], policy: Policy, now: float) -> list[Decision]:
                                 f"({_period(b.mtime, '%Y-%m-%d')}, {_age(now, b.mtime)})",
                                 b.mtime))
     return out
+
+
+def is_safety(name: str) -> bool:
+    """Whether backup ``name`` is a safety copy (its label one of SAFETY_LABELS)."""
+    m = NAME_RE.match(name)
+    return bool(m and m.group(3) in SAFETY_LABELS)
+
+
+def size_drop(size: float, previous: Sequence[float]) -> float | None:
+    """The size-drop guard: the median of ``previous`` (the sizes of the regular good
+    backups before this one, newest first; the first SIZE_WINDOW count) when ``size`` is
+    less than half of it; ``None`` when it is not (or there is nothing to compare)."""
+    window = sorted(previous[:SIZE_WINDOW])
+    if not window:
+        return None
+    mid = len(window) // 2
+    median = window[mid] if len(window) % 2 else (window[mid - 1] + window[mid]) / 2
+    return median if median > 0 and size * SIZE_DROP_FACTOR < median else None
+
+
+def name_time(name: str) -> float:
+    """The time of backup ``name`` from its name (UTC epoch seconds; 0 when not a name)."""
+    m = NAME_RE.match(name)
+    if not m:
+        return 0.0
+    return datetime.strptime(m.group(1) + m.group(2), "%Y%m%d%H%M%S").replace(
+        tzinfo=timezone.utc).timestamp()
+
+
+def decide_copies(local: list[Backup], copies: list[str], policy: Policy,
+                  now: float) -> list[Decision]:
+    """:func:`decide` for the copies of an offsite target: the union of the backups on
+    the host (``local``, good ones, with their pins) and the target's ``copies`` (names),
+    each dated by its name. A backup pinned on the host is kept on every target too."""
+    pins = {b.name: b.pin for b in local}
+    names = set(copies) | {b.name for b in local if b.good}
+    return decide([Backup(n, name_time(n), 1, pins.get(n)) for n in names if NAME_RE.match(n)],
+                  policy, now)
 
 
 # --- pins -----------------------------------------------------------------------------

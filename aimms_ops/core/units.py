@@ -12,7 +12,7 @@ backup script, and speaks in the whole days of ``retention_days``.)
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhd])\s*$")
 _SECONDS = {"m": 60, "h": 3600, "d": 86400}
@@ -47,12 +47,12 @@ def age(seconds: float | None) -> str:
 
 def iso(when: datetime) -> str:
     """A moment as JSON gives it: UTC, ISO 8601, to the second, ``Z`` (``2026-01-01T02:00:00Z``)."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def age_of(when: datetime, now: datetime | None = None) -> str:
     """:func:`age` of a moment (an aware datetime): how long before ``now`` (default: now)."""
-    return age(((now or datetime.now(UTC)) - when).total_seconds())
+    return age(((now or datetime.now(timezone.utc)) - when).total_seconds())
 
 
 def duration(seconds: float) -> str:

@@ -1,0 +1,42 @@
+"""The host program's commands: one parser, each command a function of its arguments that
+returns the exit status (sysexits: 64 usage, 73 cannot create, 75 busy); ``dump ...`` is
+the dump reader's (``aimms_ops.dump.cli``: inspect, filter, and the restore's swap)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List
+
+from aimms_ops.agent import backups, locks
+
+USAGE_STATUS = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write("aimms-ops: %s (see: aimms-ops.pyz --help)\n" % message)
+        sys.exit(USAGE_STATUS)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="aimms-ops.pyz", description="aimms-ops' host program")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    locks.add_commands(sub)
+    backups.add_commands(sub)
+    return p
+
+
+def main(argv: List[str]) -> int:
+    if argv[:1] == ["dump"]:  # the dump reader's own command line (aimms_ops.dump.cli)
+        from aimms_ops.dump import cli as dump_cli
+
+        return int(dump_cli.main(argv[1:]))
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except BrokenPipeError:
+        return 141
+    except KeyboardInterrupt:
+        return 130
