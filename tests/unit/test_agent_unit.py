@@ -281,3 +281,22 @@ def test_a_target_has_the_hosts_policy_unless_it_sets_its_own():
     t = off.targets[0]
     assert (t.rules, t.retention_days, t.min_keep) == ("yearly=3", 0, 2)
     assert config.settings(off)["OFFSITE_S3_RETENTION_RULES"] == "yearly=3"
+
+
+def test_the_settings_files_read_as_bash_reads_them(tmp_path):
+    """What install-backups writes, read without a shell, is what bash's source sets."""
+    from aimms_ops.backup import install
+    from aimms_ops.core import shellconf
+    from tests.unit.test_backups_unit import _host
+
+    text = install.conf_text(_host(backup_dir="/srv/it's here $HOME `x`"),
+                             {"PATH": "/usr/bin:/bin", "DOCKER_HOST": "unix:///r d.sock"})
+    (tmp_path / "c").write_text(text)
+    got = shellconf.read(str(tmp_path / "c"))
+    keys = sorted(got)
+    script = f". {tmp_path / 'c'}; " + "; ".join(f'printf "%s\\0" "${k}"' for k in keys)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, check=True).stdout
+    assert out.split(b"\0")[:-1] == [got[k].encode() for k in keys]
+    assert got["BACKUP_DIR"] == "/srv/it's here $HOME `x`"
+    with pytest.raises(shellconf.ConfError, match="line 2"):
+        shellconf.parse("A=1\nrm -rf /\n")
