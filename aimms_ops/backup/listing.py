@@ -8,9 +8,9 @@ import binascii
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aimms_ops.backup.names import SHA_RE, BackupFile, validate_name
-from aimms_ops.backup.retention import NAME_RE, Pin, parse_pin
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
+from aimms_ops.core.names import SHA_RE, BackupFile, validate_name
+from aimms_ops.core.retention import NAME_RE, Pin, parse_pin
 from aimms_ops.host.remote import Remote
 
 

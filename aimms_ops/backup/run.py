@@ -12,12 +12,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aimms_ops import units
 from aimms_ops.backup.listing import list_remote
-from aimms_ops.backup.names import validate_label, validate_name, validate_reason
 from aimms_ops.backup.settings import script_args, secret_input
-from aimms_ops.errors import ConnectionLost, OpsError
-from aimms_ops.host.layout import BACKUP_SCRIPT
+from aimms_ops.core import units
+from aimms_ops.core.errors import ConnectionLost, OpsError
+from aimms_ops.core.layout import BACKUP_SCRIPT
+from aimms_ops.core.names import validate_label, validate_name, validate_reason
 from aimms_ops.host.remote import Remote
 
 

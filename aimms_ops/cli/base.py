@@ -18,7 +18,7 @@ from typing import Any
 from fabric import Connection
 from invoke import Exit, task
 
-from aimms_ops.errors import ConnectionLost, OpsError, shown
+from aimms_ops.core.errors import ConnectionLost, OpsError, shown
 
 DEBUG_ENV = "AIMMS_OPS_DEBUG"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aimms_ops.cli.base import confirm, connect, ops_task
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 from aimms_ops.output import console as output
 
 
@@ -40,7 +40,7 @@ def restore_undo(c, yes=False, dry_run=False):
 })
 def drop_replaced(c, name=None, yes=False, dry_run=False):
     """Drop the databases restores replaced and kept aside (fab status lists them)."""
-    from aimms_ops import units
+    from aimms_ops.core import units
     from aimms_ops.restore import replaced as rp
 
     with connect(c) as remote:

@@ -17,7 +17,7 @@ from typing import BinaryIO, Generic, TypeVar
 import paramiko
 from fabric import Connection
 
-from aimms_ops.errors import ConnectionLost, OpsError
+from aimms_ops.core.errors import ConnectionLost, OpsError
 from aimms_ops.host import shell
 from aimms_ops.host.ssh import WINDOW_SIZE, SshTarget, connect, resolve
 from aimms_ops.host.streams import BulkPipe, Drain, Writable, Writer

@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = PACKAGE_DIR / "scripts"
 #: The ``.py`` includes: modules of the package that the host runs as they are.
-_PY_INCLUDES = {"retention.py": PACKAGE_DIR / "backup" / "retention.py"}
+_PY_INCLUDES = {"retention.py": PACKAGE_DIR / "core" / "retention.py"}
 _SCRIPT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*\.sh")
 
 
@@ -69,7 +69,7 @@ def _packaged(name: str) -> str:
 
 def name_ere() -> str:
     """The backup name pattern (retention.NAME_RE) as a POSIX ERE for bash's ``=~``."""
-    from aimms_ops.backup.retention import NAME_RE
+    from aimms_ops.core.retention import NAME_RE
 
     return NAME_RE.pattern.replace("(?:", "(").replace("\\d", "[0-9]")
 
@@ -97,8 +97,8 @@ def script_text(name: str) -> str:
 
 def _placeholders() -> dict[str, str]:
     """The facts written into the scripts when they are rendered (``@KEY@`` in lib.sh)."""
-    from aimms_ops.backup.retention import EXTENSIONS
-    from aimms_ops.host.layout import LOCK_FILES
+    from aimms_ops.core.layout import LOCK_FILES
+    from aimms_ops.core.retention import EXTENSIONS
 
     return {"BACKUP_NAME_ERE": name_ere(),
             "BACKUP_COMPRESSIONS": " ".join(c for c, _ in EXTENSIONS),

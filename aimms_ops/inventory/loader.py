@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from aimms_ops.backup.names import COMPRESSIONS, DEFAULT_COMPRESSION
-from aimms_ops.backup.retention import Policy
-from aimms_ops.errors import OpsError, key_path, problem
+from aimms_ops.core.errors import OpsError, key_path, problem
+from aimms_ops.core.names import COMPRESSIONS, DEFAULT_COMPRESSION
+from aimms_ops.core.retention import Policy
 from aimms_ops.inventory.model import (
     DEFAULT_FILE,
     ENV_VAR,

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aimms_ops.backup.names import DEFAULT_COMPRESSION
-from aimms_ops.backup.retention import Policy
-from aimms_ops.errors import OpsError, shown
-from aimms_ops.host.layout import HostLayout
+from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.layout import HostLayout
+from aimms_ops.core.names import DEFAULT_COMPRESSION
+from aimms_ops.core.retention import Policy
 from aimms_ops.offsite.config import Offsite
 
 ENV_VAR = "AIMMS_OPS_INVENTORY"

@@ -11,11 +11,11 @@ import hashlib
 from dataclasses import dataclass, field
 
 from aimms_ops.backup.install import conf_text
+from aimms_ops.core.checks import Check, State, worst
+from aimms_ops.core.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host import shell
-from aimms_ops.host.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
-from aimms_ops.monitor.checks import Check, State, worst
 from aimms_ops.monitor.compressor import compressor_check
 from aimms_ops.monitor.disk import check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks

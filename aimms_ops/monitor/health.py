@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from aimms_ops import units
+from aimms_ops.core import units
+from aimms_ops.core.checks import Check, State
 from aimms_ops.host.compose import compose_volumes, decode_config, facts_args, parse_facts
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
-from aimms_ops.monitor.checks import Check, State
 
 
 def gather_facts(remote: Remote) -> dict[str, str]:

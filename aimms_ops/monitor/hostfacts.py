@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 from aimms_ops.backup.install import parse_record
 from aimms_ops.backup.listing import parse_listing
-from aimms_ops.backup.names import BackupFile
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
+from aimms_ops.core.names import BackupFile
 from aimms_ops.host import shell
 from aimms_ops.host.compose import facts_args, parse_facts
 from aimms_ops.host.remote import Remote

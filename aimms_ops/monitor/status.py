@@ -12,14 +12,14 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from aimms_ops import units
 from aimms_ops.backup.install import MARK, cron_entries
 from aimms_ops.backup.listing import good_backups
-from aimms_ops.backup.names import BackupFile
-from aimms_ops.errors import OpsError, shown
+from aimms_ops.core import units
+from aimms_ops.core.checks import Check, State, worst
+from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.names import BackupFile
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
-from aimms_ops.monitor.checks import Check, State, worst
 from aimms_ops.monitor.compressor import GET_ZSTD, compressor_check
 from aimms_ops.monitor.copies import RestoreCopy, check_copies
 from aimms_ops.monitor.coverage import check_coverage, live_databases

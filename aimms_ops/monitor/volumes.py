@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aimms_ops.errors import OpsError, shown
+from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.host import shell
 from aimms_ops.host.compose import (
     compose_services_using,

@@ -11,12 +11,12 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from aimms_ops.backup.names import SAFETY_LABELS, SHA_RE, created_from_name, validate_name
-from aimms_ops.backup.retention import NAME_RE
-from aimms_ops.errors import OpsError, shown
+from aimms_ops.core.checks import Check, State
+from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.names import SAFETY_LABELS, SHA_RE, created_from_name, validate_name
+from aimms_ops.core.retention import NAME_RE
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
-from aimms_ops.monitor.checks import Check, State
 from aimms_ops.offsite.config import Target
 
 RUN_SCRIPT = "offsite-run.sh"
@@ -213,7 +213,7 @@ def parse_push_results(log_text: str) -> dict[str, tuple[datetime | None, bool, 
 def judge(listings: list, pushes: dict, now: datetime, max_age: int,
                   max_age_text: str) -> list[Check]:
     """One check per target (pure): its newest whole copy and its last push."""
-    from aimms_ops.units import age as format_age
+    from aimms_ops.core.units import age as format_age
 
     checks = []
     for lst in listings:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aimms_ops.errors import ConnectionLost
+from aimms_ops.core.errors import ConnectionLost
 from aimms_ops.host.remote import Remote
 from aimms_ops.offsite.copies import RUN_SCRIPT, require, run_args, script_error
 

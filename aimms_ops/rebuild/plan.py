@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
-from aimms_ops.errors import InternalError
+from aimms_ops.core.errors import InternalError
 from aimms_ops.host.commands import Command
 from aimms_ops.host.compose import facts_args, parse_facts
 from aimms_ops.host.remote import Remote

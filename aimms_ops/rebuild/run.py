@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
-from aimms_ops import units
-from aimms_ops.errors import OpsError
+from aimms_ops.core import units
+from aimms_ops.core.errors import OpsError
 from aimms_ops.host import shell
 from aimms_ops.host.commands import Command
 from aimms_ops.host.compose import parse_facts

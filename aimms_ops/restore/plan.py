@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aimms_ops import units
-from aimms_ops.errors import OpsError, shown
+from aimms_ops.core import units
+from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.host.commands import Command, in_postgres, script
 from aimms_ops.host.compose import facts_args, parse_facts
 from aimms_ops.host.remote import Remote

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from aimms_ops.backup.names import (
+from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.names import (
     DUMP_FILE_HINT,
     FORMAT_COMPRESSION,
     NAME_HINT,
     SHA_RE,
     dump_format,
 )
-from aimms_ops.backup.retention import NAME_RE
+from aimms_ops.core.retention import NAME_RE
 from aimms_ops.dump.facts import FactsFeeder
-from aimms_ops.errors import OpsError, shown
 from aimms_ops.host.remote import Progress, Remote
 
 #: Bytes read from a local dump per step, and the most one decompression step yields.

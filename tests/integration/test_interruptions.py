@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from aimms_ops.backup.retention import NAME_RE
+from aimms_ops.core.retention import NAME_RE
 from aimms_ops.dump.beside import new_name
 
 from . import faults

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from aimms_ops.backup import install
-from aimms_ops.backup.retention import Backup, Pin, Policy, decide
+from aimms_ops.core.retention import Backup, Pin, Policy, decide
 from aimms_ops.host import shell
 from aimms_ops.inventory import loader as inventory
 

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from aimms_ops.backup import install, listing, names, run, settings
-from aimms_ops.backup.retention import Policy
-from aimms_ops.errors import OpsError
+from aimms_ops.backup import install, listing, run, settings
+from aimms_ops.core import names
+from aimms_ops.core.errors import OpsError
+from aimms_ops.core.retention import Policy
 from aimms_ops.host.shell import SCRIPTS_DIR
 from aimms_ops.inventory.model import Compose, Host, Postgres, Volumes
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 from aimms_ops.inventory import loader, model
 from aimms_ops.offsite import config as offsite_config
 from aimms_ops.offsite import copies, sync

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aimms_ops.backup import retention
+from aimms_ops.core import retention
 from aimms_ops.host import shell
 
 
@@ -73,7 +73,7 @@ def _lib(snippet: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_lock_names_reach_the_scripts_from_the_host_layout():
-    from aimms_ops.host.layout import LOCK_FILES, HostLayout
+    from aimms_ops.core.layout import LOCK_FILES, HostLayout
 
     out = _lib('printf "%s %s %s" "$CLUSTER_LOCK" "$BACKUP_LOCK" "$VERIFY_LOCK"').stdout
     assert out.split() == [LOCK_FILES[k] for k in ("CLUSTER_LOCK", "BACKUP_LOCK", "VERIFY_LOCK")]

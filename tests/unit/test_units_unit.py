@@ -1,4 +1,4 @@
-"""aimms_ops.units: the one definition of sizes, ages and durations every task shows."""
+"""aimms_ops.core.units: the one definition of sizes, ages and durations every task shows."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aimms_ops import units
+from aimms_ops.core import units
 
 
 @pytest.mark.parametrize(("n", "text"), [

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from aimms_ops.backup import install, names, retention, settings
+from aimms_ops.backup import install, settings
+from aimms_ops.core import names, retention
+from aimms_ops.core.checks import State
 from aimms_ops.host import shell
 from aimms_ops.monitor import runlog, verify
-from aimms_ops.monitor.checks import State
 from aimms_ops.monitor.doctor import compressor_check
 from aimms_ops.restore import source as dumpsource
 

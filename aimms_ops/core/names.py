@@ -11,8 +11,8 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from aimms_ops.backup.retention import EXTENSIONS, NAME_RE, Pin
-from aimms_ops.errors import OpsError, shown
+from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.retention import EXTENSIONS, NAME_RE, Pin
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}")
 
