@@ -195,7 +195,7 @@ def plan(remote: Remote) -> InstallPlan:
     if host.verify_schedule:
         p.verify_text = shell.script_text(VERIFY_SCRIPT)
     if host.offsite:
-        from aimms_ops.offsite import config as offsite_config
+        from aimms_ops.inventory import offsite as offsite_config
 
         p.offsite_text = offsite_config.conf_text(host.offsite)
         missing = st.get("offsite.missing", "")

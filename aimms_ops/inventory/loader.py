@@ -29,7 +29,7 @@ from aimms_ops.inventory.model import (
     Postgres,
     Volumes,
 )
-from aimms_ops.offsite.config import parse as parse_offsite
+from aimms_ops.inventory.offsite import parse as parse_offsite
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 

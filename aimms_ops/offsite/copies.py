@@ -17,7 +17,7 @@ from aimms_ops.core.names import SAFETY_LABELS, SHA_RE, created_from_name, valid
 from aimms_ops.core.retention import NAME_RE
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
-from aimms_ops.offsite.config import Target
+from aimms_ops.inventory.offsite import Target
 
 RUN_SCRIPT = "offsite-run.sh"
 

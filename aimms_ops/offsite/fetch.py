@@ -18,7 +18,7 @@ from aimms_ops.core.errors import OpsError
 from aimms_ops.host import shell
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host
-from aimms_ops.offsite.config import IDENTITY_ENV
+from aimms_ops.inventory.offsite import IDENTITY_ENV
 from aimms_ops.offsite.copies import RUN_SCRIPT, OffsiteCopy, run_args, script_error
 
 
