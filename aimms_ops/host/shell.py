@@ -47,7 +47,7 @@ _INCLUDE = re.compile(r"^# @include ([a-z0-9][a-z0-9_-]*\.(?:sh|awk|py))$", re.M
 
 #: The include that stands for the dump scanner, the ``aimms_ops.dump`` package as one file.
 DUMP_SCANNER = "dumpscan.py"
-#: The include that stands for the flags of the settings (aimms_ops.backup.settings).
+#: The include that stands for the flags of the settings (aimms_ops.core.settings).
 SETTINGS_FLAGS = "settings-flags.sh"
 
 
@@ -60,7 +60,7 @@ def _packaged(name: str) -> str:
 
         return host_script()
     if name == SETTINGS_FLAGS:
-        from aimms_ops.backup.settings import flag_cases
+        from aimms_ops.core.settings import flag_cases
 
         return flag_cases()
     path = _PY_INCLUDES[name] if name.endswith(".py") else SCRIPTS_DIR / name

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 from aimms_ops.backup import listing
 from aimms_ops.backup.install import verify_args
-from aimms_ops.backup.settings import VERIFY_KEYS
 from aimms_ops.backup.settings import script_args as settings_args
 from aimms_ops.core import names
 from aimms_ops.core.checks import Check, State, worst
 from aimms_ops.core.errors import OpsError
 from aimms_ops.core.layout import VERIFY_SCRIPT
+from aimms_ops.core.settings import VERIFY_KEYS
 from aimms_ops.host.compose import facts_args, parse_facts
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.model import Host

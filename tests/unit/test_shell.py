@@ -87,7 +87,7 @@ def test_the_lock_names_reach_the_scripts_from_the_host_layout():
 def test_every_setting_has_its_flag_in_both_scripts_and_in_fab(tmp_path):
     """The settings table renders the scripts' flag parsing, so a flag fab passes is one the
     scripts take: each flag of script_args sets the variable of its setting."""
-    from aimms_ops.backup import settings
+    from aimms_ops.core import settings
 
     for name in ("backup-postgres.sh", "verify-backup.sh"):
         text = shell.script_text(name)
