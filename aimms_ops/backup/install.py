@@ -25,6 +25,7 @@ from aimms_ops.core.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host import shell
 from aimms_ops.host.compose import parse_facts
 from aimms_ops.host.remote import Remote
+from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.inventory.model import Host
 
 MARK = "# aimms-ops:"
@@ -168,7 +169,7 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def plan(remote: Remote) -> InstallPlan:
+def plan(remote: HostRemote) -> InstallPlan:
     """Read the host's state and compute what ``install-backups`` would change."""
     host = remote.host
     res = remote.run_script("install-state.sh", host.backup_script, host.layout.config_file,

@@ -121,7 +121,7 @@ def _warn_once(line: str) -> None:
 
 
 def connect(c: Any, inv: Any = None):
-    from aimms_ops.host.remote import open_host
+    from aimms_ops.inventory.connected import open_host
 
     inv = inv or load_inventory()
     return open_host(inv.host(host_name(c)))
