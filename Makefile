@@ -36,6 +36,7 @@ demo: venv sandbox
 lint: venv
 	$(BIN)/ruff check aimms_ops tests fabfile.py $(wildcard bench)
 	$(BIN)/mypy aimms_ops
+	$(BIN)/lint-imports
 
 unit: venv
 	$(BIN)/pytest -q -m "not integration"
