@@ -39,6 +39,7 @@ lint: venv
 	$(BIN)/ruff check aimms_ops tests fabfile.py $(wildcard bench)
 	$(BIN)/mypy aimms_ops
 	$(BIN)/vermin -q -t=$(HOST_PYTHON)- --no-tips --violations aimms_ops/core aimms_ops/dump aimms_ops/agent
+	$(BIN)/lint-imports
 
 unit: venv
 	$(BIN)/pytest -q -m "not integration"

@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from aimms_ops.backup import download as backups  # noqa: E402
 from aimms_ops.host import remote, ssh, streams  # noqa: E402
 from aimms_ops.inventory import loader, model  # noqa: E402
+from aimms_ops.inventory.connected import open_host  # noqa: E402
 
 
 class Null:
@@ -50,7 +51,7 @@ def cpu() -> float:
 
 
 def one(host: model.Host, path: str, sink: str, out_dir: Path) -> tuple[float, float]:
-    rem = remote.open_host(host)
+    rem = open_host(host)
     try:
         c0, t0 = cpu(), time.monotonic()
         if sink == "null":

@@ -20,9 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from aimms_ops.errors import OpsError  # noqa: E402
-from aimms_ops.host.remote import open_host  # noqa: E402
+from aimms_ops.core.errors import OpsError  # noqa: E402
 from aimms_ops.inventory import loader as inventory  # noqa: E402
+from aimms_ops.inventory.connected import open_host  # noqa: E402
 
 GIB = 2**30
 SIZES = (GIB, GIB - 4096, GIB + 4096, 2**29)

@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from aimms_ops import restore as rs  # noqa: E402
-from aimms_ops.host.remote import in_background, open_host  # noqa: E402
+from aimms_ops.host.remote import in_background  # noqa: E402
 from aimms_ops.inventory import loader  # noqa: E402
+from aimms_ops.inventory.connected import open_host  # noqa: E402
 from aimms_ops.restore import source as dumpsource  # noqa: E402
 
 

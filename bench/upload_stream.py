@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from aimms_ops.host.remote import open_host
 from aimms_ops.inventory import loader as inventory
+from aimms_ops.inventory.connected import open_host
 
 
 def main(argv: list[str]) -> int:

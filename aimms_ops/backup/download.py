@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aimms_ops.backup.names import SHA_RE, BackupFile
-from aimms_ops.errors import ConnectionLost, OpsError
+from aimms_ops.core.errors import ConnectionLost, OpsError
+from aimms_ops.core.names import SHA_RE, BackupFile
 from aimms_ops.host import shell
 from aimms_ops.host.remote import Remote
 from aimms_ops.host.streams import DiskFile

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aimms_ops.backup.settings import script_settings
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
+from aimms_ops.core.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host import bundle, shell
 from aimms_ops.host.compose import parse_facts
-from aimms_ops.host.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host.remote import Remote
+from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.inventory.model import Host
 
 MARK = "# aimms-ops:"
@@ -168,7 +169,7 @@ def _sha(text: str | bytes) -> str:
     return hashlib.sha256(text if isinstance(text, bytes) else text.encode()).hexdigest()
 
 
-def plan(remote: Remote) -> InstallPlan:
+def plan(remote: HostRemote) -> InstallPlan:
     """Read the host's state and compute what ``install-backups`` would change."""
     host = remote.host
     res = remote.run_script("install-state.sh", host.backup_script, host.layout.config_file,
@@ -195,7 +196,7 @@ def plan(remote: Remote) -> InstallPlan:
     if host.verify_schedule:
         p.verify_text = shell.script_text(VERIFY_SCRIPT)
     if host.offsite:
-        from aimms_ops.offsite import config as offsite_config
+        from aimms_ops.inventory import offsite as offsite_config
 
         p.offsite_text = offsite_config.conf_text(host.offsite)
         missing = st.get("offsite.missing", "")

@@ -8,10 +8,10 @@ import binascii
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aimms_ops.backup.names import SHA_RE, BackupFile, validate_name
+from aimms_ops.core.errors import OpsError
+from aimms_ops.core.names import SHA_RE, BackupFile, validate_name
 from aimms_ops.core.retention import NAME_RE, Pin, parse_pin
-from aimms_ops.errors import OpsError
-from aimms_ops.host.remote import Remote
+from aimms_ops.inventory.connected import HostRemote
 
 
 def parse_listing(text: str, backup_dir: str) -> list[BackupFile] | None:
@@ -42,7 +42,7 @@ def _pin_field(field: str) -> Pin | None:
         return Pin(reason="unreadable pin file")
 
 
-def list_remote(remote: Remote) -> list[BackupFile]:
+def list_remote(remote: HostRemote) -> list[BackupFile]:
     """The backups on the host, newest first (empty when the dir does not exist)."""
     res = remote.run_script("list-backups.sh", remote.host.backup_dir)
     if not res.ok:
@@ -93,7 +93,7 @@ def pick(backups: list[BackupFile], name: str) -> BackupFile:
     raise OpsError(f"no backup named {name} on the host", "see fab list-backups")
 
 
-def read_log(remote: Remote, lines: int) -> str:
+def read_log(remote: HostRemote, lines: int) -> str:
     """The last ``lines`` lines of the backup log on the host."""
     if not 1 <= lines <= 100_000:
         raise OpsError(f"--lines must be between 1 and 100000, got {lines}")

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aimms_ops.backup.listing import list_remote
-from aimms_ops.backup.names import validate_label, validate_name, validate_reason
 from aimms_ops.backup.settings import script_args, secret_input
 from aimms_ops.core import units
-from aimms_ops.errors import ConnectionLost, OpsError
-from aimms_ops.host.layout import BACKUP_SCRIPT
-from aimms_ops.host.remote import Remote
+from aimms_ops.core.errors import ConnectionLost, OpsError
+from aimms_ops.core.layout import BACKUP_SCRIPT
+from aimms_ops.core.names import validate_label, validate_name, validate_reason
+from aimms_ops.inventory.connected import HostRemote
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def parse_prune(stdout: str) -> list[PruneDecision]:
     return decisions
 
 
-def run_backup(remote: Remote, label: str | None = None,
+def run_backup(remote: HostRemote, label: str | None = None,
                on_log: Callable[[str], None] | None = None, *,
                safety: bool = False, allow_shrink: bool = False) -> BackupResult:
     """Make a backup now with the packaged script (the one cron runs).
@@ -117,7 +117,7 @@ def run_backup(remote: Remote, label: str | None = None,
 _TARGET = re.compile(r" dumping into (aimms_postgres_\S+) with ")
 
 
-def _failure(remote: Remote, rc: int, stdout: str, stderr: str) -> OpsError:
+def _failure(remote: HostRemote, rc: int, stdout: str, stderr: str) -> OpsError:
     """What a backup run that did not end well leaves: the reason it gave (or that it
     died, killed), and what the host really published, looked up there: a run killed
     after it renamed its backup into place published a good backup all the same."""
@@ -172,7 +172,7 @@ def plan_digest(plan: list[PruneDecision]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def prune(remote: Remote, *, dry_run: bool,
+def prune(remote: HostRemote, *, dry_run: bool,
           expect: list[PruneDecision] | None = None) -> list[PruneDecision]:
     """Apply (or with ``dry_run`` only plan) the retention policy on the host.
 
@@ -190,7 +190,7 @@ def prune(remote: Remote, *, dry_run: bool,
     return parse_prune(res.stdout)
 
 
-def set_pin(remote: Remote, name: str, *, pinned: bool, by: str = "",
+def set_pin(remote: HostRemote, name: str, *, pinned: bool, by: str = "",
             reason: str = "") -> bool:
     """Pin (or unpin) the backup ``name`` on the host; unpin returns whether it was pinned."""
     validate_name(name)

@@ -16,7 +16,7 @@ from aimms_ops.cli.base import (
     whole_number,
 )
 from aimms_ops.core import units
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 from aimms_ops.output import console as output
 
 
@@ -30,7 +30,8 @@ def backup(c, label=None, download=False, allow_shrink=False):
     """Back up the whole cluster now, with the same script cron runs."""
     import time
 
-    from aimms_ops.backup import listing, names, run
+    from aimms_ops.backup import listing, run
+    from aimms_ops.core import names
 
     if label is not None:
         names.validate_label(label)
@@ -118,7 +119,8 @@ def _pin_cell(b: Any) -> str:
 })
 def download(c, file="latest", dest=None):
     """Download a backup, resumable, verified against its sha256."""
-    from aimms_ops.backup import listing, names
+    from aimms_ops.backup import listing
+    from aimms_ops.core import names
 
     inv = load_inventory()
     if file != "latest":
@@ -183,7 +185,8 @@ def prune(c, dry_run=False, yes=False, json=False):
 })
 def pin(c, file=None, reason=""):
     """Pin a backup: retention never removes it (a NAME.pin file beside it: who, when, why)."""
-    from aimms_ops.backup import listing, names, run
+    from aimms_ops.backup import listing, run
+    from aimms_ops.core import names
 
     if not file:
         raise OpsError("--file is required", "e.g. fab pin --file=latest --reason='...'")
@@ -201,7 +204,8 @@ def pin(c, file=None, reason=""):
 @ops_task(help={"file": "the pinned backup (its name, see fab list-backups)"})
 def unpin(c, file=None):
     """Remove a backup's pin: retention's rules apply to it again."""
-    from aimms_ops.backup import names, run
+    from aimms_ops.backup import run
+    from aimms_ops.core import names
 
     if not file:
         raise OpsError("--file is required", "e.g. fab unpin --file=NAME")

@@ -18,7 +18,7 @@ from typing import Any
 from fabric import Connection
 from invoke import Exit, task
 
-from aimms_ops.errors import ConnectionLost, OpsError, shown
+from aimms_ops.core.errors import ConnectionLost, OpsError, shown
 
 DEBUG_ENV = "AIMMS_OPS_DEBUG"
 
@@ -121,7 +121,7 @@ def _warn_once(line: str) -> None:
 
 
 def connect(c: Any, inv: Any = None):
-    from aimms_ops.host.remote import open_host
+    from aimms_ops.inventory.connected import open_host
 
     inv = inv or load_inventory()
     return open_host(inv.host(host_name(c)))

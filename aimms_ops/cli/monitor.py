@@ -10,16 +10,16 @@ from invoke import Exit
 
 from aimms_ops.cli.base import connect, host_name, load_inventory, ops_task
 from aimms_ops.core import units
-from aimms_ops.errors import OpsError
-from aimms_ops.monitor.checks import State
+from aimms_ops.core.checks import State
+from aimms_ops.core.errors import OpsError
 from aimms_ops.output import console as output
 
 
 @ops_task(reads_only=True)
 def check(c):
     """Check the connection and the stack: ssh, docker, compose, postgres, volumes, backup dir."""
+    from aimms_ops.core.checks import worst
     from aimms_ops.monitor import health
-    from aimms_ops.monitor.checks import worst
 
     inv = load_inventory()
     with connect(c, inv) as remote:

@@ -16,8 +16,8 @@ from invoke import Exit
 
 from aimms_ops.cli.base import connect, download_dir, load_inventory, ops_task
 from aimms_ops.core import units
-from aimms_ops.errors import OpsError
-from aimms_ops.monitor.checks import Check, State
+from aimms_ops.core.checks import Check, State
+from aimms_ops.core.errors import OpsError
 from aimms_ops.output import console as output
 
 # --- list-backups ------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def offsite_source(remote: Any, file: str | None, target: str, identity: str | N
 def verify_offsite(c: Any, file: str, target: str | None, identity: str | None,
                    as_json: bool) -> None:
     """verify --offsite[=NAME]: read each copy back, decrypt it here, check it whole."""
-    from aimms_ops.backup.names import stream_check
+    from aimms_ops.core.names import stream_check
     from aimms_ops.offsite import copies, fetch
     from aimms_ops.restore import source as dumpsource
 

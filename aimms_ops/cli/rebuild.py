@@ -7,11 +7,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from aimms_ops.backup.names import DUMP_FILE_HINT
 from aimms_ops.cli.base import confirm, connect, ops_task
 from aimms_ops.cli.restore import named_dump
 from aimms_ops.core import units
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
+from aimms_ops.core.names import DUMP_FILE_HINT
 from aimms_ops.output import console as output
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aimms_ops.cli.base import confirm, connect, ops_task
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 from aimms_ops.output import console as output
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aimms_ops.backup.names import DUMP_FILE_HINT, stream_check
 from aimms_ops.cli.base import confirm, connect, ops_task
 from aimms_ops.core import units
+from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.names import DUMP_FILE_HINT, stream_check
 from aimms_ops.core.retention import PRE_RESTORE
-from aimms_ops.errors import OpsError, shown
 from aimms_ops.output import console as output
 
 

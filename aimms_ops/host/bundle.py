@@ -20,8 +20,8 @@ import zipfile
 from collections.abc import Iterable
 
 from aimms_ops.core import HOST_PYTHON
+from aimms_ops.core.layout import PROGRAM
 from aimms_ops.host import shell
-from aimms_ops.host.layout import PROGRAM
 
 #: The packages the host program is made of (standard library only, python3 3.7+).
 PROGRAM_PACKAGES = ("core", "dump", "agent")

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import yaml
 
-from aimms_ops.inventory.model import Host
-
 
 def parse_facts(text: str) -> dict[str, str]:
     """Parse ``key=value`` lines (the format of facts.sh); later keys win."""
@@ -78,15 +76,6 @@ def decode_config(facts: dict[str, str]) -> str:
         return base64.b64decode(raw).decode("utf-8", "replace") if raw else ""
     except (binascii.Error, ValueError):
         return ""
-
-
-def facts_args(host: Host) -> list[str]:
-    """The arguments of facts.sh for ``host``."""
-    return [
-        host.compose.project_dir, host.compose.file_path, host.compose.project,
-        host.compose.postgres_service, host.postgres.superuser, host.backup_dir,
-        *host.volumes.names(),
-    ]
 
 
 def project_label(project: str) -> str:

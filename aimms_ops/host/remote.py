@@ -17,11 +17,10 @@ from typing import BinaryIO, Generic, TypeVar
 import paramiko
 from fabric import Connection
 
-from aimms_ops.errors import ConnectionLost, OpsError
+from aimms_ops.core.errors import ConnectionLost, OpsError
 from aimms_ops.host import bundle, shell
-from aimms_ops.host.ssh import WINDOW_SIZE, SshTarget, connect, resolve
+from aimms_ops.host.ssh import WINDOW_SIZE, SshTarget
 from aimms_ops.host.streams import BulkPipe, Drain, Writable, Writer
-from aimms_ops.inventory.model import Host
 
 T = TypeVar("T")
 
@@ -62,17 +61,13 @@ class RunResult:
 
 
 class Remote:
-    """One host of the inventory, connected and verified."""
+    """One host, connected and verified; ``name`` is how errors name it."""
 
-    def __init__(self, host: Host, conn: Connection, target: SshTarget) -> None:
-        self.host = host
+    def __init__(self, name: str, conn: Connection, target: SshTarget) -> None:
+        self.name = name
         self.conn = conn
         self.target = target
         self._bundle = ""  # the bundle (its digest) known to be on the host
-
-    @property
-    def name(self) -> str:
-        return self.host.name
 
     @property
     def server_key_fingerprint(self) -> str:
@@ -294,13 +289,6 @@ class Remote:
         return self._finish(ch, command, None, err, what)
 
 
-
-
-def open_host(host: Host) -> Remote:
-    """Connect to ``host`` (resolved through ssh_config, host key verified)."""
-    target = resolve(host.name, host.ssh_config)
-    conn = connect(target, accept_new=host.accept_new_host_key)
-    return Remote(host, conn, target)
 
 
 class Pending(Generic[T]):

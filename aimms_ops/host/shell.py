@@ -43,14 +43,14 @@ def pipeline(*commands: Sequence[str | int]) -> str:
 _INCLUDE = re.compile(r"^# @include ([a-z0-9][a-z0-9_-]*\.sh)$", re.MULTILINE)
 
 
-#: The include that stands for the flags of the settings (aimms_ops.backup.settings).
+#: The include that stands for the flags of the settings (aimms_ops.core.settings).
 SETTINGS_FLAGS = "settings-flags.sh"
 
 
 def _packaged(name: str) -> str:
     """A packaged script (the settings' flags are generated from their table)."""
     if name == SETTINGS_FLAGS:
-        from aimms_ops.backup.settings import flag_cases
+        from aimms_ops.core.settings import flag_cases
 
         return flag_cases()
     return (SCRIPTS_DIR / name).read_text(encoding="utf-8")
@@ -87,8 +87,8 @@ def script_text(name: str) -> str:
 def _placeholders() -> dict[str, str]:
     """The facts written into the scripts when they are rendered (``@KEY@`` in lib.sh)."""
     from aimms_ops.core.defaults import SCRIPT_DEFAULTS
+    from aimms_ops.core.layout import LOCK_FILES
     from aimms_ops.core.retention import EXTENSIONS
-    from aimms_ops.host.layout import LOCK_FILES
 
     return {"BACKUP_NAME_ERE": name_ere(),
             "BACKUP_COMPRESSIONS": " ".join(c for c, _ in EXTENSIONS),

@@ -20,7 +20,7 @@ from pathlib import Path
 import paramiko
 from fabric import Config, Connection
 
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 
 #: Receive window and packet size for every channel. A download reads the whole
 #: window at once and a writer thread queues a few windows' worth for the disk, so a

@@ -16,7 +16,7 @@ from typing import BinaryIO, Protocol
 import paramiko
 from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 
 #: Reads waiting for the writer thread of a download, at most (memory bound:
 #: WRITE_QUEUE x WINDOW_SIZE).

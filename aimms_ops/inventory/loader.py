@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
-from aimms_ops.backup.names import COMPRESSIONS, DEFAULT_COMPRESSION
 from aimms_ops.core import defaults
+from aimms_ops.core.errors import OpsError, key_path, problem
+from aimms_ops.core.names import COMPRESSIONS, DEFAULT_COMPRESSION
 from aimms_ops.core.retention import Policy
-from aimms_ops.errors import OpsError, key_path, problem
 from aimms_ops.inventory.model import (
     DEFAULT_FILE,
     ENV_VAR,
@@ -30,7 +30,7 @@ from aimms_ops.inventory.model import (
     Postgres,
     Volumes,
 )
-from aimms_ops.offsite.config import parse as parse_offsite
+from aimms_ops.inventory.offsite import parse as parse_offsite
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 

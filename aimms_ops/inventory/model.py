@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aimms_ops.backup.names import DEFAULT_COMPRESSION
 from aimms_ops.core import defaults
+from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.layout import HostLayout
+from aimms_ops.core.names import DEFAULT_COMPRESSION
 from aimms_ops.core.retention import Policy
-from aimms_ops.errors import OpsError, shown
-from aimms_ops.host.layout import HostLayout
-from aimms_ops.offsite.config import Offsite
+from aimms_ops.inventory.offsite import Offsite
 
 ENV_VAR = "AIMMS_OPS_INVENTORY"
 

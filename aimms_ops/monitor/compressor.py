@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aimms_ops.monitor.checks import Check, State
+from aimms_ops.core.checks import Check, State
 
 #: How to get igzip (ISA-L), the fastest of the three, on the usual hosts.
 GET_IGZIP = ("install ISA-L's igzip for about 2x pigz's speed, same .gz format: "

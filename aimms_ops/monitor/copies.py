@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aimms_ops.core import units
+from aimms_ops.core.checks import Check, State
 from aimms_ops.dump.beside import NEW_PREFIX as _NEW
-from aimms_ops.monitor.checks import Check, State
 
 #: What the name of a copy a restore is building starts with (one definition: beside.py).
 NEW_PREFIX = _NEW.decode()

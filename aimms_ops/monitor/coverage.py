@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from aimms_ops.errors import shown
-from aimms_ops.monitor.checks import Check, State
+from aimms_ops.core.checks import Check, State
+from aimms_ops.core.errors import shown
 from aimms_ops.restore.source import db_name
 
 #: Databases no backup holds on purpose (backup-dbs.sh's SIDE_COPY_PATTERNS, and template0).

@@ -7,9 +7,9 @@ import statistics
 from dataclasses import dataclass
 
 from aimms_ops.backup.listing import good_backups
-from aimms_ops.backup.names import BackupFile
 from aimms_ops.core import units
-from aimms_ops.monitor.checks import Check, State
+from aimms_ops.core.checks import Check, State
+from aimms_ops.core.names import BackupFile
 from aimms_ops.monitor.hostfacts import HostFacts
 
 

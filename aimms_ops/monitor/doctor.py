@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 from aimms_ops.backup.install import conf_text
 from aimms_ops.core import HOST_PYTHON
+from aimms_ops.core.checks import Check, State, worst
+from aimms_ops.core.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host import shell
-from aimms_ops.host.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
-from aimms_ops.host.remote import Remote
+from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.inventory.model import Host
-from aimms_ops.monitor.checks import Check, State, worst
 from aimms_ops.monitor.compressor import compressor_check
 from aimms_ops.monitor.disk import check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks
@@ -209,7 +209,7 @@ def diagnose(hf: HostFacts, host: Host) -> DoctorReport:
     return DoctorReport(host.name, checks, hf.container_log, lines)
 
 
-def send_test_ping(remote: Remote) -> list[Check]:
+def send_test_ping(remote: HostRemote) -> list[Check]:
     """``fab doctor --ping``: a test ping from the host to each configured monitor URL."""
     ping = remote.host.ping
     if ping is None:
@@ -235,6 +235,6 @@ def send_test_ping(remote: Remote) -> list[Check]:
     return checks
 
 
-def doctor(remote: Remote) -> DoctorReport:
+def doctor(remote: HostRemote) -> DoctorReport:
     """Gather the facts of the host (one SSH round trip) and diagnose them."""
     return diagnose(gather(remote), remote.host)

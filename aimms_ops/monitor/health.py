@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from aimms_ops.core import units
-from aimms_ops.host.compose import compose_volumes, decode_config, facts_args, parse_facts
-from aimms_ops.host.remote import Remote
+from aimms_ops.core.checks import Check, State
+from aimms_ops.host.compose import compose_volumes, decode_config, parse_facts
+from aimms_ops.inventory.connected import HostRemote, facts_args
 from aimms_ops.inventory.model import Host
-from aimms_ops.monitor.checks import Check, State
 
 
-def gather_facts(remote: Remote) -> dict[str, str]:
+def gather_facts(remote: HostRemote) -> dict[str, str]:
     """Run facts.sh on the host and parse what it prints."""
     res = remote.run_script("facts.sh", *facts_args(remote.host))
     return parse_facts(res.stdout)
@@ -90,7 +90,7 @@ def connection_checks(facts: dict[str, str], host: Host, *, fingerprint: str) ->
     return rows
 
 
-def check(remote: Remote) -> list[Check]:
+def check(remote: HostRemote) -> list[Check]:
     """Connect-time checks of the host: ssh, docker, compose, postgres, volumes, backup dir."""
     facts = gather_facts(remote)
     return connection_checks(facts, remote.host, fingerprint=remote.server_key_fingerprint)

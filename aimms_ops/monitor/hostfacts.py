@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 
 from aimms_ops.backup.install import parse_record
 from aimms_ops.backup.listing import parse_listing
-from aimms_ops.backup.names import BackupFile
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
+from aimms_ops.core.names import BackupFile
 from aimms_ops.host import bundle, shell
-from aimms_ops.host.compose import facts_args, parse_facts
-from aimms_ops.host.remote import Remote
+from aimms_ops.host.compose import parse_facts
+from aimms_ops.inventory.connected import HostRemote, facts_args
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.copies import RestoreCopy, parse_copies
 from aimms_ops.monitor.runlog import (
@@ -133,7 +133,7 @@ def gather_command(host: Host) -> str:
     return "; ".join(parts)
 
 
-def gather(remote: Remote) -> HostFacts:
+def gather(remote: HostRemote) -> HostFacts:
     """Read every fact status and doctor need, in one SSH round trip."""
     res = remote.run(gather_command(remote.host), what="the status scripts")
     return parse_gathered(res.stdout, remote.host, remote.server_key_fingerprint)

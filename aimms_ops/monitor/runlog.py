@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from aimms_ops.backup.names import EXTENSION_RE
 from aimms_ops.core import units
+from aimms_ops.core.names import EXTENSION_RE
 
 _RESULT = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] RESULT (ok|failed:)\s*(.*)$")
 _START = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] START ")

@@ -14,12 +14,12 @@ from datetime import UTC, datetime, timedelta
 
 from aimms_ops.backup.install import MARK, cron_entries
 from aimms_ops.backup.listing import good_backups
-from aimms_ops.backup.names import BackupFile
 from aimms_ops.core import retention, units
-from aimms_ops.errors import OpsError, shown
-from aimms_ops.host.remote import Remote
+from aimms_ops.core.checks import Check, State, worst
+from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.names import BackupFile
+from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.inventory.model import Host
-from aimms_ops.monitor.checks import Check, State, worst
 from aimms_ops.monitor.compressor import GET_ZSTD, compressor_check
 from aimms_ops.monitor.copies import RestoreCopy, check_copies
 from aimms_ops.monitor.coverage import check_coverage, live_databases
@@ -378,6 +378,6 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
                         last_ping=pings[-1] if pings else None, replaced=copies)
 
 
-def status(remote: Remote, max_age: int, max_age_text: str) -> StatusReport:
+def status(remote: HostRemote, max_age: int, max_age_text: str) -> StatusReport:
     """Gather the facts of the host (one SSH round trip) and judge them."""
     return judge(gather(remote), remote.host, max_age, max_age_text)

@@ -14,16 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aimms_ops.backup import listing, names
+from aimms_ops.backup import listing
 from aimms_ops.backup.install import verify_args
-from aimms_ops.backup.settings import VERIFY_KEYS
 from aimms_ops.backup.settings import script_args as settings_args
-from aimms_ops.errors import OpsError
-from aimms_ops.host.compose import facts_args, parse_facts
-from aimms_ops.host.layout import VERIFY_SCRIPT
-from aimms_ops.host.remote import Remote
+from aimms_ops.core import names
+from aimms_ops.core.checks import Check, State, worst
+from aimms_ops.core.errors import OpsError
+from aimms_ops.core.layout import VERIFY_SCRIPT
+from aimms_ops.core.settings import VERIFY_KEYS
+from aimms_ops.host.compose import parse_facts
+from aimms_ops.inventory.connected import HostRemote, facts_args
 from aimms_ops.inventory.model import Host
-from aimms_ops.monitor.checks import Check, State, worst
 from aimms_ops.monitor.coverage import check_coverage, live_databases
 from aimms_ops.restore.source import DumpInfo, inspect_remote
 
@@ -190,7 +191,7 @@ def script_args(host: Host, file: str) -> list[str]:
     return settings_args(host, *verify_args(host), "--file", file, keys=VERIFY_KEYS)
 
 
-def verify(remote: Remote, file: str, deep: bool,
+def verify(remote: HostRemote, file: str, deep: bool,
            on_log: Callable[[str], None] | None = None) -> VerifyReport:
     """Verify backup ``file`` (a name or ``latest``) on the host."""
     if file != "latest":

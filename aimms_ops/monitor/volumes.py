@@ -13,17 +13,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aimms_ops.errors import OpsError, shown
+from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.host import bundle, shell
 from aimms_ops.host.compose import (
     compose_services_using,
     compose_volumes,
     decode_config,
-    facts_args,
     project_label,
 )
 from aimms_ops.host.compose import parse_facts as parse_key_values
 from aimms_ops.host.remote import Remote
+from aimms_ops.inventory.connected import HostRemote, facts_args
 from aimms_ops.inventory.model import Host
 
 #: The label rebuild-volume puts on the volume that keeps the old data.
@@ -288,7 +288,7 @@ def parse_gathered(text: str, host: Host, now: datetime | None = None) -> list[V
     return report(facts, parse_engine(engine_part), host, now)
 
 
-def volumes(remote: Remote) -> list[VolumeReport]:
+def volumes(remote: HostRemote) -> list[VolumeReport]:
     """The stack's volumes on the host (one SSH round trip)."""
     res = remote.run(gather_command(remote.host), what="the volume scripts")
     return parse_gathered(res.stdout, remote.host, datetime.now(UTC))

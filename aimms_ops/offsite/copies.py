@@ -11,13 +11,14 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from aimms_ops.backup.names import SAFETY_LABELS, SHA_RE, created_from_name, validate_name
+from aimms_ops.core.checks import Check, State
+from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.names import SAFETY_LABELS, SHA_RE, created_from_name, validate_name
 from aimms_ops.core.retention import NAME_RE
-from aimms_ops.errors import OpsError, shown
 from aimms_ops.host.remote import Remote
+from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.inventory.model import Host
-from aimms_ops.monitor.checks import Check, State
-from aimms_ops.offsite.config import Target
+from aimms_ops.inventory.offsite import Target
 
 RUN_SCRIPT = "offsite-run.sh"
 
@@ -161,7 +162,7 @@ def script_error(remote: Remote, res) -> OpsError:
                     "see fab logs" if "install-backups" not in line else None)
 
 
-def list_copies(remote: Remote, target: str | None = None) -> list[TargetListing]:
+def list_copies(remote: HostRemote, target: str | None = None) -> list[TargetListing]:
     """What each target holds (a target that cannot be listed says why)."""
     require(remote.host, target)
     args = [*run_args(remote.host), "list", *(["--target", target] if target else [])]

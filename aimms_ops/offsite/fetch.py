@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 from aimms_ops.host import bundle
-from aimms_ops.host.remote import Remote
+from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.inventory.model import Host
-from aimms_ops.offsite.config import IDENTITY_ENV
+from aimms_ops.inventory.offsite import IDENTITY_ENV
 from aimms_ops.offsite.copies import RUN_SCRIPT, OffsiteCopy, run_args, script_error
 
 
@@ -82,7 +82,7 @@ class Fetched:
     identity: str
 
 
-def fetch(remote: Remote, copy: OffsiteCopy, dest: Path, identities: list, identity: str,
+def fetch(remote: HostRemote, copy: OffsiteCopy, dest: Path, identities: list, identity: str,
           progress: Callable[[int], None] | None = None) -> Fetched:
     """Fetch ``copy`` through the host, check and decrypt it into ``dest/NAME``.
 
@@ -108,7 +108,7 @@ def fetch(remote: Remote, copy: OffsiteCopy, dest: Path, identities: list, ident
             p.unlink(missing_ok=True)
 
 
-def _fetch(remote: Remote, copy: OffsiteCopy, enc_part: Path, plain_part: Path, final: Path,
+def _fetch(remote: HostRemote, copy: OffsiteCopy, enc_part: Path, plain_part: Path, final: Path,
            identities: list, identity: str, progress: Callable[[int], None] | None,
            started: float) -> Fetched:
     import pyrage
@@ -155,7 +155,7 @@ def _fetch(remote: Remote, copy: OffsiteCopy, enc_part: Path, plain_part: Path, 
     return Fetched(final, copy, time.monotonic() - started, identity)
 
 
-def mark_verified(remote: Remote, copy: OffsiteCopy) -> None:
+def mark_verified(remote: HostRemote, copy: OffsiteCopy) -> None:
     """Record on the target that ``copy`` was read back and found good."""
     res = remote.run_script(RUN_SCRIPT, *run_args(remote.host), "mark-verified", copy.target,
                             copy.name)

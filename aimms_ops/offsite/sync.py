@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aimms_ops.errors import ConnectionLost
-from aimms_ops.host.remote import Remote
+from aimms_ops.core.errors import ConnectionLost
+from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.offsite.copies import RUN_SCRIPT, require, run_args, script_error
 
 
@@ -53,7 +53,7 @@ def parse_sync(stdout: str, targets: list[str]) -> list[TargetSync]:
     return out
 
 
-def sync(remote: Remote, target: str | None = None, dry_run: bool = False,
+def sync(remote: HostRemote, target: str | None = None, dry_run: bool = False,
          on_log: Callable[[str], None] | None = None) -> list[TargetSync]:
     """Push every good local backup a target lacks (and its retention keeps), then prune."""
     targets = [t.name for t in require(remote.host, target)]

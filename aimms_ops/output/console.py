@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from aimms_ops.monitor.checks import Check, State
+from aimms_ops.core.checks import Check, State
 
 _STATE_STYLE = {State.OK: "green", State.WARNING: "yellow", State.CRITICAL: "red",
                 State.UNKNOWN: "magenta"}

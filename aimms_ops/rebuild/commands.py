@@ -8,7 +8,7 @@ wait-postgres.sh, restore-stream.sh): no command is completed at run time.
 
 from __future__ import annotations
 
-from aimms_ops.errors import InternalError
+from aimms_ops.core.errors import InternalError
 from aimms_ops.host.commands import Command, in_dir, in_postgres, plain, script
 from aimms_ops.inventory.model import Host
 from aimms_ops.rebuild.facts import RebuildFacts, VolumeSpec

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
-from aimms_ops.errors import InternalError
+from aimms_ops.core.errors import InternalError
 from aimms_ops.host.commands import Command
-from aimms_ops.host.compose import facts_args, parse_facts
-from aimms_ops.host.remote import Remote
+from aimms_ops.host.compose import parse_facts
+from aimms_ops.inventory.connected import HostRemote, facts_args
 from aimms_ops.inventory.model import Host
 from aimms_ops.rebuild.commands import get_back_commands, step_commands
 from aimms_ops.rebuild.facts import (
@@ -191,7 +191,7 @@ def _step_action(name: str, done: dict[str, str], *, keep: str | None, volume: s
     return "run", ""
 
 
-def gather(remote: Remote, now: datetime) -> RebuildFacts:
+def gather(remote: HostRemote, now: datetime) -> RebuildFacts:
     """Run facts.sh and rebuild-facts.sh on the host (read-only)."""
     host = remote.host
     facts = parse_stack_facts(parse_facts(
@@ -204,7 +204,7 @@ def gather(remote: Remote, now: datetime) -> RebuildFacts:
     return add_volume_facts(facts, image, res.stdout)
 
 
-def prepare(remote: Remote, dump: DumpInfo, *, keep_old: bool = True, new_run: bool = False,
+def prepare(remote: HostRemote, dump: DumpInfo, *, keep_old: bool = True, new_run: bool = False,
             now: datetime | None = None) -> RebuildPlan:
     """Gather the facts of the host and build the plan (or refuse)."""
     now = now or datetime.now(UTC)

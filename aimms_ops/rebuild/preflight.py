@@ -5,7 +5,7 @@ what it found for the plan's table."""
 from __future__ import annotations
 
 from aimms_ops.core import units
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 from aimms_ops.host import shell
 from aimms_ops.host.compose import compose_services_using, compose_volumes, project_label
 from aimms_ops.inventory.model import Host

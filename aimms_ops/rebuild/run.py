@@ -15,11 +15,12 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 from aimms_ops.core import units
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 from aimms_ops.host import bundle
 from aimms_ops.host.commands import Command
 from aimms_ops.host.compose import parse_facts
 from aimms_ops.host.remote import Progress, Remote, RunResult, bounded
+from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.rebuild.plan import RebuildPlan, Step
 from aimms_ops.rebuild.state import DONE_SUFFIX, audit_line, header_lines, operator
 from aimms_ops.restore import TableRows, run_stream
@@ -29,7 +30,7 @@ TableCount = TableRows
 
 
 @contextmanager
-def locked(remote: Remote) -> Iterator[None]:
+def locked(remote: HostRemote) -> Iterator[None]:
     """Hold the host's cluster lock (exclusive) for the block: nothing else touches it."""
     owner = f"rebuild-volume by {operator()} pid {os.getpid()}"
     cmd = bundle.program_command(["hold", remote.host.backup_dir, owner])
@@ -120,7 +121,7 @@ class _Found:
     tables: list[TableCount] = field(default_factory=list)
 
 
-def execute(remote: Remote, plan: RebuildPlan, *,
+def execute(remote: HostRemote, plan: RebuildPlan, *,
             on_step: StepEvent | None = None,
             restore_progress: RestoreProgress | None = None) -> RebuildReport:
     """Run the plan's steps in order, recording each on the host before and after.
@@ -222,7 +223,7 @@ _CANNOT = {"idle": "cannot look for other sessions", "databases": "cannot list t
            "counts": "cannot count the rows of {about}"}
 
 
-def _send(remote: Remote, plan: RebuildPlan, step: Step, cmd: Command, found: _Found,
+def _send(remote: HostRemote, plan: RebuildPlan, step: Step, cmd: Command, found: _Found,
           progress: RestoreProgress | None) -> str | None:
     """Send one command of the plan and read its output; a detail for the step, or None."""
     if cmd.reads == "restore":

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from aimms_ops.host.remote import Remote
+from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.inventory.model import Host
 from aimms_ops.rebuild.facts import VolumeSpec
 
@@ -139,14 +139,14 @@ def backup_name(path: str, host: Host) -> str | None:
     return p.name if str(p.parent) == str(PurePosixPath(host.backup_dir)) else None
 
 
-def read_state(remote: Remote) -> RunState | None:
+def read_state(remote: HostRemote) -> RunState | None:
     """The unfinished run recorded on the host, if any."""
     path = str(PurePosixPath(remote.host.backup_dir) / STATE_FILE)
     res = remote.run(["cat", "--", path], what="cat")
     return parse_state(res.stdout) if res.ok else None
 
 
-def recorded_backup_name(remote: Remote) -> str | None:
+def recorded_backup_name(remote: HostRemote) -> str | None:
     """The backup name of the unfinished run when its backup lies in the backup dir."""
     state = read_state(remote)
     if state is None or state.volume != remote.host.volumes.postgres:

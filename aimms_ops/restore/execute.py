@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aimms_ops.errors import ConnectionLost, OpsError, shown
+from aimms_ops.core.errors import ConnectionLost, OpsError, shown
 from aimms_ops.host import shell
 from aimms_ops.host.commands import Command
 from aimms_ops.host.remote import Progress, Remote

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aimms_ops.core import units
-from aimms_ops.errors import OpsError, shown
+from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.host.commands import Command, in_postgres, script
-from aimms_ops.host.compose import facts_args, parse_facts
-from aimms_ops.host.remote import Remote
+from aimms_ops.host.compose import parse_facts
+from aimms_ops.inventory.connected import HostRemote, facts_args
 from aimms_ops.inventory.model import Host
 from aimms_ops.restore.source import DumpInfo, conninfo, db_hex, db_name
 
@@ -117,7 +117,7 @@ def restore_commands(host: Host, dump: DumpInfo, database: str | None, *,
             *estimate_commands(host, affected))
 
 
-def container_of(remote: Remote) -> str:
+def container_of(remote: HostRemote) -> str:
     """The running postgres container of the compose service (id and name)."""
     facts = parse_facts(remote.run_script("facts.sh", *facts_args(remote.host)).stdout)
     if facts.get("docker.ok") != "1":
@@ -146,13 +146,13 @@ class LiveCluster:
     free: int | None = None
 
 
-def live_cluster(remote: Remote) -> LiveCluster:
+def live_cluster(remote: HostRemote) -> LiveCluster:
     """The running container, its databases with their sizes, and its roles."""
     container = container_of(remote)
     return cluster_facts(remote, container)
 
 
-def make_plan(remote: Remote, dump: DumpInfo, database: str | None,
+def make_plan(remote: HostRemote, dump: DumpInfo, database: str | None,
               safety_backup: bool,
               live: Callable[[], LiveCluster] | None = None,
               as_name: str | None = None) -> RestorePlan:
@@ -223,7 +223,7 @@ _FACTS_SH = ('psql -X -A -t -F " " -U "$1" -d template1 -c "$2" || exit 1; '
              '| awk \'NR == 2 {print $4}\')"')
 
 
-def cluster_facts(remote: Remote, container: str) -> LiveCluster:
+def cluster_facts(remote: HostRemote, container: str) -> LiveCluster:
     """The live cluster's databases with their sizes, its roles (not pg_*), the sessions
     on its databases and the bytes free where it keeps its data."""
     # template1 is there even when postgres is not.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aimms_ops.errors import OpsError
-from aimms_ops.host.remote import Remote
+from aimms_ops.core.errors import OpsError
+from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.restore.source import db_name
 
 
@@ -22,7 +22,7 @@ class SetAside:
         return f"{s[0:4]}-{s[4:6]}-{s[6:8]} {s[9:11]}:{s[11:13]}:{s[13:15]} UTC"
 
 
-def _run(remote: Remote, mode: str, *args: str) -> tuple[list[str], list[str]]:
+def _run(remote: HostRemote, mode: str, *args: str) -> tuple[list[str], list[str]]:
     """The host's messages (``aimms-ops:`` lines) and its output lines."""
     host = remote.host
     res = remote.run_script("replaced.sh", host.compose.project, host.compose.postgres_service,
@@ -37,7 +37,7 @@ def _run(remote: Remote, mode: str, *args: str) -> tuple[list[str], list[str]]:
              if ln.startswith("aimms-ops: ")], res.stdout.splitlines())
 
 
-def set_aside(remote: Remote) -> list[SetAside]:
+def set_aside(remote: HostRemote) -> list[SetAside]:
     """The databases restores set aside, newest first, with their sizes."""
     sizes = _sizes(remote)
     out = []
@@ -50,7 +50,7 @@ def set_aside(remote: Remote) -> list[SetAside]:
     return out
 
 
-def _sizes(remote: Remote) -> dict[str, int]:
+def _sizes(remote: HostRemote) -> dict[str, int]:
     from aimms_ops.restore.plan import container_of
 
     res = remote.run(["docker", "exec", container_of(remote), "psql", "-X", "-A", "-t",
@@ -65,9 +65,9 @@ def _sizes(remote: Remote) -> dict[str, int]:
     return out
 
 
-def undo(remote: Remote) -> list[str]:
+def undo(remote: HostRemote) -> list[str]:
     return _run(remote, "undo")[0]
 
 
-def drop(remote: Remote, names: list[str]) -> list[str]:
+def drop(remote: HostRemote, names: list[str]) -> list[str]:
     return _run(remote, "drop-aside", *(n.encode().hex() for n in names))[0]

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from aimms_ops.backup.names import (
+from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.names import (
     DUMP_FILE_HINT,
     FORMAT_COMPRESSION,
     NAME_HINT,
@@ -27,8 +28,8 @@ from aimms_ops.backup.names import (
 )
 from aimms_ops.core.retention import NAME_RE
 from aimms_ops.dump.facts import FactsFeeder
-from aimms_ops.errors import OpsError, shown
 from aimms_ops.host.remote import Progress, Remote
+from aimms_ops.inventory.connected import HostRemote
 
 #: Bytes read from a local dump per step, and the most one decompression step yields.
 READ_CHUNK = 1024 * 1024
@@ -379,7 +380,7 @@ def local_dump(file: str) -> Path | None:
         return None
 
 
-def resolve_source(remote: Remote, file: str) -> DumpInfo:
+def resolve_source(remote: HostRemote, file: str) -> DumpInfo:
     """``file`` is a local path (.sql.gz, .sql.zst or .sql), or the name of a backup on the
     host."""
     if not file:

@@ -38,7 +38,7 @@ backup_files() {
     find "$dir" -maxdepth 1 -type f \( "${names[@]:1}" \) "$@"
 }
 
-# The host's lock files in the backup dir (aimms_ops.host.layout.LOCK_FILES), written in
+# The host's lock files in the backup dir (aimms_ops.core.layout.LOCK_FILES), written in
 # the same way; take_lock below is the one way to hold them.
 # shellcheck disable=SC2034  # read by the scripts that include this file
 CLUSTER_LOCK='@CLUSTER_LOCK@' BACKUP_LOCK='@BACKUP_LOCK@' VERIFY_LOCK='@VERIFY_LOCK@'

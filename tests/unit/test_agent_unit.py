@@ -267,7 +267,7 @@ def test_an_offsite_target_keeps_what_the_gfs_rules_and_the_pins_keep(tmp_path):
 
 
 def test_a_target_has_the_hosts_policy_unless_it_sets_its_own():
-    from aimms_ops.offsite import config
+    from aimms_ops.inventory import offsite as config
 
     host = retention.Policy(within_days=0, daily=7, monthly=12, min_keep=2)
     target = {"name": "s3", "type": "s3", "endpoint": "http://127.0.0.1:9000",

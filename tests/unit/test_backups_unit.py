@@ -8,9 +8,11 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from aimms_ops.backup import install, listing, names, run, settings
+from aimms_ops.backup import install, listing, run, settings
+from aimms_ops.core import names
+from aimms_ops.core import settings as core_settings
+from aimms_ops.core.errors import OpsError
 from aimms_ops.core.retention import Policy
-from aimms_ops.errors import OpsError
 from aimms_ops.inventory.model import Compose, Host, Postgres, Volumes
 
 
@@ -113,10 +115,15 @@ def test_parse_prune_and_result():
 
 def test_script_args_carry_every_setting():
     args = settings.script_args(_host(), "--echo")
-    assert args[-2:] == [settings.SECRETS_FLAG, "--echo"]  # the ping URL (none) on stdin
+    assert args[-2:] == [core_settings.SECRETS_FLAG, "--echo"]  # the ping URL (none) on stdin
     pairs = dict(zip(args[:-2:2], args[1:-2:2], strict=True))
     assert pairs["--backup-dir"] == "/home/ec2-user/postgres-backups"
     assert pairs["--project"] == "aimms-web" and pairs["--min-keep"] == "3"
+
+
+def test_every_setting_of_the_table_has_its_value_for_a_host():
+    """The table of settings (core) and their values for a host (backup) name the same keys."""
+    assert list(settings.VALUES) == [s.key for s in core_settings.SETTINGS]
 
 
 SEED_CRON = ("MAILTO=ops@example.com\n"
@@ -175,7 +182,7 @@ def test_the_ping_url_goes_on_stdin_never_among_the_flags():
     host = replace(_host(), ping=Ping(url="https://hc-ping.com/secret-uuid"))
     args = settings.script_args(host, "--echo")
     assert "https://hc-ping.com/secret-uuid" not in args and "--ping-url" not in args
-    assert settings.SECRETS_FLAG in args
+    assert core_settings.SECRETS_FLAG in args
     assert settings.secret_input(host) == b"PING_URL=https://hc-ping.com/secret-uuid\n"
     # The script reads it there: the flag's arm in the rendered flag parsing.
-    assert f"{settings.SECRETS_FLAG}) while IFS= read -r _line" in settings.flag_cases()
+    assert f"{core_settings.SECRETS_FLAG}) while IFS= read -r _line" in core_settings.flag_cases()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from aimms_ops.core.checks import State
 from aimms_ops.host.shell import SCRIPTS_DIR
-from aimms_ops.monitor.checks import State
 from aimms_ops.monitor.doctor import compressor_check
 
 

@@ -3,7 +3,7 @@ the closing statements a backup writes after its completion marker (issue 22, it
 
 from __future__ import annotations
 
-from aimms_ops.monitor.checks import State
+from aimms_ops.core.checks import State
 from aimms_ops.monitor.coverage import check_coverage, hex_names, missing
 from aimms_ops.monitor.runlog import died_run, parse_results, parse_starts
 from aimms_ops.monitor.status import check_last_run

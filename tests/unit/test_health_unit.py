@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from aimms_ops.backup import install
-from aimms_ops.backup.names import BackupFile
-from aimms_ops.errors import OpsError
+from aimms_ops.core.checks import Check, State
+from aimms_ops.core.errors import OpsError
+from aimms_ops.core.names import BackupFile
 from aimms_ops.host import bundle, shell
 from aimms_ops.monitor import disk, doctor, hostfacts, runlog, status, verify, volumes
-from aimms_ops.monitor.checks import Check, State
 from aimms_ops.restore.source import DumpInfo
 
 from .test_backups_unit import _host

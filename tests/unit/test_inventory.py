@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 from aimms_ops.inventory import loader, model
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 from aimms_ops.inventory.loader import load
 from aimms_ops.monitor import volumes as vol
 

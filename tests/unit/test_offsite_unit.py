@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 from aimms_ops.inventory import loader, model
-from aimms_ops.offsite import config as offsite_config
+from aimms_ops.inventory import offsite as offsite_config
 from aimms_ops.offsite import copies, sync
 
 RECIPIENT = "age12h65j4h7w30xwa34kv5dl554nhvgz07p8qxjw5prmky68x7ks4jqufuk0k"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aimms_ops import rebuild
-from aimms_ops.errors import InternalError, OpsError
+from aimms_ops.core.errors import InternalError, OpsError
 from aimms_ops.host import bundle
 from aimms_ops.inventory import loader as inventory
 from aimms_ops.rebuild import Command, RebuildFacts, Step, VolumeSpec, VolumeUser, run

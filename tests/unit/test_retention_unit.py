@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from aimms_ops.core import retention
+from aimms_ops.core.errors import OpsError
 from aimms_ops.core.retention import Backup, Pin, Policy, decide
-from aimms_ops.errors import OpsError
 from aimms_ops.host import shell
 from aimms_ops.inventory import loader, model
 from tests.hostprog import SCRIPT_ENV
@@ -448,9 +448,9 @@ def time_now() -> float:
 
 
 def test_status_reads_the_last_ping_and_an_accepted_shrink():
-    from aimms_ops.backup.names import BackupFile
+    from aimms_ops.core.checks import State
+    from aimms_ops.core.names import BackupFile
     from aimms_ops.monitor import runlog, status
-    from aimms_ops.monitor.checks import State
 
     log = ("2026-12-01T02:00:00Z backup[7] ping start: ok (healthchecks)\n"
            "2026-12-01T02:00:09Z backup[7] ping ok: failed: curl: (7) Failed to connect "

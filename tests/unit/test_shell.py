@@ -73,7 +73,7 @@ def _lib(snippet: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_lock_names_reach_the_scripts_from_the_host_layout():
-    from aimms_ops.host.layout import LOCK_FILES, HostLayout
+    from aimms_ops.core.layout import LOCK_FILES, HostLayout
 
     out = _lib('printf "%s %s %s" "$CLUSTER_LOCK" "$BACKUP_LOCK" "$VERIFY_LOCK"').stdout
     assert out.split() == [LOCK_FILES[k] for k in ("CLUSTER_LOCK", "BACKUP_LOCK", "VERIFY_LOCK")]
@@ -86,7 +86,7 @@ def test_the_lock_names_reach_the_scripts_from_the_host_layout():
 def test_every_setting_has_its_flag_in_both_scripts_and_in_fab(tmp_path):
     """The settings table renders the scripts' flag parsing, so a flag fab passes is one the
     scripts take: each flag of script_args sets the variable of its setting."""
-    from aimms_ops.backup import settings
+    from aimms_ops.core import settings
 
     for name in ("backup-postgres.sh", "verify-backup.sh"):
         text = shell.script_text(name)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from aimms_ops.errors import OpsError
+from aimms_ops.core.errors import OpsError
 from aimms_ops.host import ssh
 
 SAMPLE = """\

@@ -19,10 +19,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aimms_ops.backup import listing, names
+from aimms_ops.backup import listing
 from aimms_ops.cli import base as tasks
-from aimms_ops.core import retention
-from aimms_ops.errors import OpsError
+from aimms_ops.core import names, retention
+from aimms_ops.core.errors import OpsError
 from aimms_ops.inventory import loader, model
 from aimms_ops.restore import source as dumpsource
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from aimms_ops.backup import install, names, settings
-from aimms_ops.core import retention
+from aimms_ops.backup import install, settings
+from aimms_ops.core import names, retention
+from aimms_ops.core import settings as core_settings
+from aimms_ops.core.checks import State
 from aimms_ops.host import shell
 from aimms_ops.monitor import runlog, verify
-from aimms_ops.monitor.checks import State
 from aimms_ops.monitor.doctor import compressor_check
 from aimms_ops.restore import source as dumpsource
 
@@ -61,7 +62,7 @@ def test_compression_reaches_the_installed_conf_and_fab_backup_alike():
         assert f"COMPRESSION={compression}\n" in install.conf_text(host, {})
         args = settings.script_args(host)
         assert args[args.index("--compression") + 1] == compression
-    assert "        --compression) COMPRESSION=${2:-}; shift ;;" in settings.flag_cases()
+    assert "        --compression) COMPRESSION=${2:-}; shift ;;" in core_settings.flag_cases()
     assert settings.script_settings(_host())["COMPRESSION"] == "gzip"
 
 

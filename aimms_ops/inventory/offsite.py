@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aimms_ops.core.errors import key_path, problem
 from aimms_ops.core.retention import RULES, Policy
-from aimms_ops.errors import key_path, problem
 from aimms_ops.host import shell
 
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,30}")
@@ -100,7 +100,7 @@ class Offsite:
         return bool(self.targets)
 
     def target(self, name: str) -> Target:
-        from aimms_ops.errors import OpsError, shown
+        from aimms_ops.core.errors import OpsError, shown
 
         for t in self.targets:
             if t.name == name:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 
+from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.core.retention import EXTENSIONS, NAME_RE, SAFETY_LABELS, Pin
-from aimms_ops.errors import OpsError, shown
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}")
 
@@ -93,7 +93,7 @@ class BackupFile:
         d["pin_reason"] = self.pin.reason if self.pinned and self.pin else None
         d["pinned_by"] = self.pin.by if self.pinned and self.pin else None
         until = self.pin.until if self.pinned and self.pin else None
-        d["pinned_until"] = (datetime.fromtimestamp(until, tz=UTC).isoformat()
+        d["pinned_until"] = (datetime.fromtimestamp(until, tz=timezone.utc).isoformat()
                              .replace("+00:00", "Z") if until else None)
         return d
 
@@ -120,7 +120,7 @@ def created_from_name(name: str) -> datetime | None:
     m = NAME_RE.fullmatch(name)
     if not m:
         return None
-    return datetime.strptime(m.group(1) + m.group(2), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    return datetime.strptime(m.group(1) + m.group(2), "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
 
 
 PIN_REASON_MAX = 200

@@ -1,0 +1,70 @@
+"""The backup script's settings: one table of their names and flags.
+
+:data:`SETTINGS` is the only list of them. It gives the scripts their flag parsing (the
+``# @include settings-flags.sh`` line of ``backup-postgres.sh`` and ``verify-backup.sh``
+becomes :func:`flag_cases` when the script is rendered), and ``fab backup`` and
+``install-backups`` the order and kind of each setting; what each one is for a host of
+the inventory is :data:`aimms_ops.backup.settings.VALUES`, keyed by :attr:`Setting.key`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its shell variable, its flag (None: the settings file only)."""
+
+    key: str
+    flag: str | None
+    switch: bool = False  # a flag without a value, given when the value is "1"
+    #: Never on a command line (the host's process list shows it to every user): fab
+    #: sends it on the script's stdin (``secret_input``), cron's run reads the
+    #: settings file. The flag stays, for a run by hand.
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("BACKUP_DIR", "--backup-dir"),
+    Setting("LOG_FILE", "--log-file"),
+    Setting("COMPOSE_PROJECT", "--project"),
+    Setting("COMPOSE_SERVICE", "--service"),
+    Setting("PG_SUPERUSER", "--superuser"),
+    Setting("RETENTION_DAYS", "--retention-days"),
+    Setting("MIN_KEEP", "--min-keep"),
+    Setting("LOCK_TIMEOUT", "--lock-timeout"),
+    # gzip (.sql.gz) or zstd (.sql.zst): what the backups, safety copies included, are made with
+    Setting("COMPRESSION", "--compression"),
+    Setting("RETENTION_RULES", "--retention-rules"),
+    Setting("SAFETY_PIN_DAYS", "--safety-pin-days"),
+    Setting("ALLOW_SHRINK", "--allow-shrink", switch=True),
+    Setting("PING_URL", "--ping-url", secret=True),
+    Setting("PING_KIND", "--ping-kind"),
+    Setting("PING_URL_VERIFY", None),
+    Setting("PING_TIMEOUT", "--ping-timeout"),
+    # the targets the script pushes to after a good backup (offsite.sh)
+    Setting("OFFSITE_CONFIG", "--offsite-config"),
+)
+
+#: The settings the deep verify takes from the command line (it reads the rest, for its
+#: pings, from the settings file when cron runs it).
+VERIFY_KEYS = ("BACKUP_DIR", "LOG_FILE", "COMPOSE_PROJECT", "COMPOSE_SERVICE", "PG_SUPERUSER")
+
+#: The flag that makes a script read its secret settings from stdin (``KEY=VALUE`` lines).
+SECRETS_FLAG = "--settings-stdin"
+
+
+def flag_cases() -> str:
+    """The ``case`` arms that parse these flags in the scripts (``settings-flags.sh``)."""
+    arms = []
+    for s in SETTINGS:
+        if s.flag is None:
+            continue
+        body = f"{s.key}=1" if s.switch else f"{s.key}=${{2:-}}; shift"
+        arms.append(f"        {s.flag}) {body} ;;")
+    secret = [s for s in SETTINGS if s.secret and s.flag is not None]
+    reads = " ".join(f"{s.key}=*) {s.key}=${{_line#{s.key}=}} ;;" for s in secret)
+    arms.append(f"        {SECRETS_FLAG}) while IFS= read -r _line; do case $_line in "
+                f"{reads} esac; done ;;")
+    return "\n".join(arms)

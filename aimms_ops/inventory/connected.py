@@ -1,0 +1,34 @@
+"""A host of the inventory, connected: the transport (:mod:`aimms_ops.host`) with what the
+inventory says of the host, for the capabilities that need both."""
+
+from __future__ import annotations
+
+from fabric import Connection
+
+from aimms_ops.host.remote import Remote
+from aimms_ops.host.ssh import SshTarget, connect, resolve
+from aimms_ops.inventory.model import Host
+
+
+class HostRemote(Remote):
+    """One host of the inventory, connected and verified; ``host`` is its inventory entry."""
+
+    def __init__(self, host: Host, conn: Connection, target: SshTarget) -> None:
+        super().__init__(host.name, conn, target)
+        self.host = host
+
+
+def open_host(host: Host) -> HostRemote:
+    """Connect to ``host`` (resolved through ssh_config, host key verified)."""
+    target = resolve(host.name, host.ssh_config)
+    conn = connect(target, accept_new=host.accept_new_host_key)
+    return HostRemote(host, conn, target)
+
+
+def facts_args(host: Host) -> list[str]:
+    """The arguments of facts.sh for ``host``."""
+    return [
+        host.compose.project_dir, host.compose.file_path, host.compose.project,
+        host.compose.postgres_service, host.postgres.superuser, host.backup_dir,
+        *host.volumes.names(),
+    ]
