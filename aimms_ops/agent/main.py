@@ -33,6 +33,10 @@ def main(argv: List[str]) -> int:
         from aimms_ops.dump import cli as dump_cli
 
         return int(dump_cli.main(argv[1:]))
+    if argv[:1] == ["backup"]:  # backup-postgres.sh's own flags (aimms_ops.agent.backup)
+        from aimms_ops.agent import backup
+
+        return backup.main(argv[1:])
     args = parser().parse_args(argv)
     try:
         return int(args.run(args))

@@ -18,7 +18,7 @@ _DROP_ROLE = re.compile(rb"\s*DROP ROLE ", re.S)
 _COPY = re.compile(rb"\s*COPY .* FROM stdin;\s*$", re.S)
 _TABLESPACE = re.compile(rb"\s*CREATE TABLESPACE ", re.S)
 #: What the backup writes after the completion marker for a database that allows no
-#: connections (backup-dbs.sh): pg_dump --create does not carry datallowconn.
+#: connections (aimms_ops/agent/cluster.py): pg_dump --create does not carry datallowconn.
 _CLOSE_DB = re.compile(rb"\s*ALTER DATABASE (" + _IDENT + rb") ALLOW_CONNECTIONS false;\s*$", re.S)
 
 

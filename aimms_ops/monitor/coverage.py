@@ -4,7 +4,7 @@ The live cluster's databases come from facts.sh (``postgres.databases``, names a
 a backup's come from its dump (quick verify reads them on the host) or from the
 ``DATABASES`` line its run logged (status, which does not read the dump). template0
 is never dumped, and the restore's side copies (``aimms_ops_old_*``, ``aimms_ops_new_*``)
-are left out on purpose (backup-dbs.sh): neither counts as missing.
+are left out on purpose (aimms_ops/agent/cluster.py): neither counts as missing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aimms_ops.core.checks import Check, State
 from aimms_ops.core.errors import shown
 from aimms_ops.restore.source import db_name
 
-#: Databases no backup holds on purpose (backup-dbs.sh's SIDE_COPY_PATTERNS, and template0).
+#: Databases no backup holds on purpose (agent/cluster.py's SIDE_COPY_PATTERNS, and template0).
 NOT_DUMPED = re.compile(r"^(?:template0|aimms_ops_(?:old|new)_.*)$", re.S)
 
 

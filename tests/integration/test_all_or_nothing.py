@@ -44,12 +44,17 @@ SELECT 'setting', coalesce(r.rolname, '-'), coalesce(d.datname, '-'), s.setconfi
   LEFT JOIN pg_database d ON d.oid = s.setdatabase
 UNION ALL
 SELECT 'db', encode(convert_to(datname, 'UTF8'), 'hex'), datistemplate::text,
-       datallowconn::text, datconnlimit::text, coalesce(datacl::text, '-'),
+       datallowconn::text, datconnlimit::text,
+       -- a NULL ACL is the default one: pg_dump writes no GRANT for either
+       (SELECT string_agg(a::text, ',' ORDER BY a::text)
+          FROM unnest(coalesce(datacl, acldefault('d', datdba))) a),
        pg_get_userbyid(datdba)
   FROM pg_database
 UNION ALL
-SELECT 'tablespace', spcname, pg_get_userbyid(spcowner), coalesce(spcacl::text, '-'), '', '',
-       '' FROM pg_tablespace
+SELECT 'tablespace', spcname, pg_get_userbyid(spcowner),
+       (SELECT string_agg(a::text, ',' ORDER BY a::text)
+          FROM unnest(coalesce(spcacl, acldefault('t', spcowner))) a), '', '', ''
+  FROM pg_tablespace
 ORDER BY 1, 2, 3, 4;
 """
 

@@ -346,7 +346,7 @@ def test_without_the_host_program_nothing_is_removed_and_the_fix_is_named(tmp_pa
          "--project", "p", "--prune-only", "--report", "--retention-rules", "daily=3"],
         capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "AIMMS_OPS_PROGRAM": str(tmp_path / "absent.pyz")})
-    assert proc.returncode == 1
+    assert proc.returncode == 69
     assert "fab install-backups" in proc.stderr
     assert len(list(d.glob("aimms_postgres_*"))) == len(backups)
 

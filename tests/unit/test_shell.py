@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from aimms_ops.core import retention
 from aimms_ops.host import shell
+from tests.hostprog import SCRIPT_ENV
 
 
 @settings(max_examples=200, deadline=None)
@@ -84,25 +85,29 @@ def test_the_lock_names_reach_the_scripts_from_the_host_layout():
 
 
 def test_every_setting_has_its_flag_in_both_scripts_and_in_fab(tmp_path):
-    """The settings table renders the scripts' flag parsing, so a flag fab passes is one the
-    scripts take: each flag of script_args sets the variable of its setting."""
+    """The settings table gives the scripts their flags, so a flag fab passes is one they
+    take: each flag of the table sets the variable of its setting (the verify's bash
+    parsing is rendered from it, the backup's host program reads the table itself)."""
+    from aimms_ops.agent import backup, jobsettings
     from aimms_ops.core import settings
 
-    for name in ("backup-postgres.sh", "verify-backup.sh"):
-        text = shell.script_text(name)
-        assert "@include" not in text
-        for s in settings.SETTINGS:
-            if s.flag:
-                body = f"{s.key}=1" if s.switch else f"{s.key}=${{2:-}}; shift"
-                assert f"        {s.flag}) {body} ;;" in text, (name, s.flag)
-    # The rendered script parses them: a flag of the table sets its setting, any other
-    # argument is refused, before the script touches anything.
+    text = shell.script_text("verify-backup.sh")
+    assert "@include" not in text
+    for s in settings.SETTINGS:
+        if s.flag:
+            body = f"{s.key}=1" if s.switch else f"{s.key}=${{2:-}}; shift"
+            assert f"        {s.flag}) {body} ;;" in text, ("verify-backup.sh", s.flag)
+            argv = [s.flag] if s.switch else [s.flag, "v-" + s.key]
+            values, _ = jobsettings.read_settings(argv, "", backup.FLAGS)
+            assert values[s.key] == ("1" if s.switch else "v-" + s.key)
+    # The backup script refuses a missing setting and any other argument, before it
+    # touches anything.
     script = tmp_path / "backup-postgres.sh"
     script.write_text(shell.script_text("backup-postgres.sh"))
 
     def run(*a: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", str(script), *a], capture_output=True, text=True,
-                              check=False, cwd=tmp_path)
+                              check=False, cwd=tmp_path, env=SCRIPT_ENV)
 
     got = run("--backup-dir", str(tmp_path))
     assert got.returncode == 64 and "LOG_FILE is not set" in got.stderr, got.stderr
