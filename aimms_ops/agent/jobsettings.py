@@ -38,7 +38,7 @@ def read_settings(argv: Sequence[str], beside: str,
         configs = [beside]
     for conf in configs:
         try:
-            values.update(shellconf.read(conf))
+            values.update(shellconf.read_into_environment(conf))
         except (OSError, shellconf.ConfError) as e:
             detail = e.strerror if isinstance(e, OSError) else str(e)
             raise UsageError("cannot read config file: %s (%s)" % (conf, detail)) from e

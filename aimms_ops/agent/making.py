@@ -203,8 +203,7 @@ def _check(out: dumping.Outcome, errtext: str, d: str) -> None:
             lines.append(line)
     errline = lines[-1] if lines else ""
     if out.write_error:
-        raise JobFailed("writing the backup failed: %s (is %s full?)"
-                        % (errline or out.write_error, d))
+        raise JobFailed("writing the backup failed: %s (is %s full?)" % (out.write_error, d))
     if out.dump_status or out.zip_status:
         raise JobFailed("the dump failed (status %s): %s"
                         % (out.dump_status or out.zip_status, errline or "no message"))

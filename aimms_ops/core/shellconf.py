@@ -4,13 +4,16 @@
 
 ``read`` gives what sourcing the file in bash would set, for the lines it writes; a line
 that is not an assignment of that form is an error, named with its line number.
+``exported`` names the keys marked ``export`` (cron's bare environment gets its PATH and
+DOCKER_HOST that way): the job puts them in its environment, as bash would.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
-from typing import Dict
+from typing import Dict, Set
 
 _KEY = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
@@ -40,7 +43,27 @@ def parse(text: str, where: str = "the settings file") -> Dict[str, str]:
     return out
 
 
+def exported(text: str) -> Set[str]:
+    """The keys ``text`` marks ``export``."""
+    found = set()
+    for line in text.splitlines():
+        m = _KEY.match(line.strip())
+        if m and line.strip().startswith("export"):
+            found.add(m.group(1))
+    return found
+
+
 def read(path: str) -> Dict[str, str]:
     """The assignments of the file ``path`` (OSError when it cannot be read)."""
     with open(path, encoding="utf-8", errors="surrogateescape") as fh:
         return parse(fh.read(), path)
+
+
+def read_into_environment(path: str) -> Dict[str, str]:
+    """:func:`read`, and the exported keys put in this process's environment."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        text = fh.read()
+    values = parse(text, path)
+    for key in exported(text):
+        os.environ[key] = values[key]
+    return values
