@@ -2,9 +2,10 @@
 
 :data:`SETTINGS` is the only list of them. It gives ``fab backup`` its flags
 (:func:`script_args`), ``install-backups`` the settings file beside the script
-(:func:`script_settings`), and the scripts themselves their flag parsing: the
-``# @include settings-flags.sh`` line of ``backup-postgres.sh`` and
-``verify-backup.sh`` becomes :func:`flag_cases` when the script is rendered.
+(:func:`script_settings`), and the backup script its flag parsing: its
+``# @include settings-flags.sh`` line becomes :func:`flag_cases` when it is rendered.
+The variables and flags are ``aimms_ops.core.flags``, which the host program's deep
+verify parses its command line with.
 """
 
 from __future__ import annotations
@@ -13,20 +14,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aimms_ops.core import defaults
+from aimms_ops.core.flags import FLAGS, SECRETS_FLAG, VERIFY_KEYS
+
+__all__ = ["SECRETS_FLAG", "SETTINGS", "VERIFY_KEYS", "Setting", "flag_cases", "script_args",
+           "script_settings", "secret_input"]
 from aimms_ops.inventory.model import Host
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting: its shell variable, its flag (None: the settings file only), its value."""
+    """One setting: its shell variable, its flag (None: the settings file only), its value
+    (the variable, the flag, switch and secret: ``aimms_ops.core.flags``)."""
 
     key: str
     flag: str | None
     value: Callable[[Host], str | None]  # None: not set for this host
     switch: bool = False  # a flag without a value, given when the value is "1"
-    #: Never on a command line (the host's process list shows it to every user): fab
-    #: sends it on the script's stdin (:func:`secret_input`), cron's run reads the
-    #: settings file. The flag stays, for a run by hand.
+    #: Never on a command line: fab sends it on the script's stdin (:func:`secret_input`).
     secret: bool = False
 
 
@@ -34,43 +38,35 @@ def _ping(attr: str, default: str = "") -> Callable[[Host], str]:
     return lambda h: str(getattr(h.ping, attr) or default) if h.ping else default
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("BACKUP_DIR", "--backup-dir", lambda h: h.backup_dir),
-    Setting("LOG_FILE", "--log-file", lambda h: h.log_file),
-    Setting("COMPOSE_PROJECT", "--project", lambda h: h.compose.project),
-    Setting("COMPOSE_SERVICE", "--service", lambda h: h.compose.postgres_service),
-    Setting("PG_SUPERUSER", "--superuser", lambda h: h.postgres.superuser),
-    Setting("RETENTION_DAYS", "--retention-days", lambda h: str(h.policy.within_days)),
-    Setting("MIN_KEEP", "--min-keep", lambda h: str(h.policy.min_keep)),
-    Setting("LOCK_TIMEOUT", "--lock-timeout", lambda h: str(h.lock_timeout)),
-    # gzip (.sql.gz) or zstd (.sql.zst): what the backups, safety copies included, are made with
-    Setting("COMPRESSION", "--compression", lambda h: h.compression),
-    Setting("RETENTION_RULES", "--retention-rules", lambda h: h.policy.rules_text),
-    Setting("SAFETY_PIN_DAYS", "--safety-pin-days", lambda h: str(h.safety_pin_days)),
-    Setting("ALLOW_SHRINK", "--allow-shrink", lambda h: "1" if h.allow_shrink else "0",
-            switch=True),
-    Setting("PING_URL", "--ping-url", _ping("url"), secret=True),
-    Setting("PING_KIND", "--ping-kind", _ping("kind", defaults.PING_KIND)),
-    Setting("PING_URL_VERIFY", None, _ping("verify_url")),
-    Setting("PING_TIMEOUT", "--ping-timeout", _ping("timeout", str(defaults.PING_TIMEOUT))),
-    # the targets the script pushes to after a good backup (offsite.sh)
-    Setting("OFFSITE_CONFIG", "--offsite-config",
-            lambda h: h.layout.offsite_config if h.offsite else None),
-)
+#: The value of each setting of ``core.flags.FLAGS`` for a host.
+_VALUES: dict[str, Callable[[Host], str | None]] = {
+    "BACKUP_DIR": lambda h: h.backup_dir,
+    "LOG_FILE": lambda h: h.log_file,
+    "COMPOSE_PROJECT": lambda h: h.compose.project,
+    "COMPOSE_SERVICE": lambda h: h.compose.postgres_service,
+    "PG_SUPERUSER": lambda h: h.postgres.superuser,
+    "RETENTION_DAYS": lambda h: str(h.policy.within_days),
+    "MIN_KEEP": lambda h: str(h.policy.min_keep),
+    "LOCK_TIMEOUT": lambda h: str(h.lock_timeout),
+    "COMPRESSION": lambda h: h.compression,
+    "RETENTION_RULES": lambda h: h.policy.rules_text,
+    "SAFETY_PIN_DAYS": lambda h: str(h.safety_pin_days),
+    "ALLOW_SHRINK": lambda h: "1" if h.allow_shrink else "0",
+    "PING_URL": _ping("url"),
+    "PING_KIND": _ping("kind", defaults.PING_KIND),
+    "PING_URL_VERIFY": _ping("verify_url"),
+    "PING_TIMEOUT": _ping("timeout", str(defaults.PING_TIMEOUT)),
+    "OFFSITE_CONFIG": lambda h: h.layout.offsite_config if h.offsite else None,
+}
 
-#: The settings the deep verify takes from the command line (it reads the rest, for its
-#: pings, from the settings file when cron runs it).
-VERIFY_KEYS = ("BACKUP_DIR", "LOG_FILE", "COMPOSE_PROJECT", "COMPOSE_SERVICE", "PG_SUPERUSER")
+SETTINGS: tuple[Setting, ...] = tuple(
+    Setting(f.key, f.flag, _VALUES[f.key], f.switch, f.secret) for f in FLAGS)
 
 
 def script_settings(host: Host) -> dict[str, str]:
     """The backup script's settings for ``host``, as its settings file holds them."""
     values = {s.key: s.value(host) for s in SETTINGS}
     return {k: v for k, v in values.items() if v is not None}
-
-
-#: The flag that makes a script read its secret settings from stdin (``KEY=VALUE`` lines).
-SECRETS_FLAG = "--settings-stdin"
 
 
 def script_args(host: Host, *extra: str, keys: tuple[str, ...] | None = None) -> list[str]:
