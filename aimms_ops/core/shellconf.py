@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Dict
+from typing import Dict, Optional, Set
 
 _KEY = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
@@ -19,8 +19,10 @@ class ConfError(ValueError):
     """A line of a settings file that is not ``KEY=VALUE`` (the message says which)."""
 
 
-def parse(text: str, where: str = "the settings file") -> Dict[str, str]:
-    """The assignments of ``text`` (later ones win); comments and blank lines skipped."""
+def parse(text: str, where: str = "the settings file",
+          exported: Optional[Set[str]] = None) -> Dict[str, str]:
+    """The assignments of ``text`` (later ones win); comments and blank lines skipped.
+    ``exported``: a set the keys of ``export KEY=...`` lines are added to."""
     out: Dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -37,10 +39,12 @@ def parse(text: str, where: str = "the settings file") -> Dict[str, str]:
             raise ConfError("%s, line %d: the value of %s is more than one word"
                             % (where, number, m.group(1)))
         out[m.group(1)] = words[0] if words else ""
+        if exported is not None and stripped.startswith("export"):
+            exported.add(m.group(1))
     return out
 
 
-def read(path: str) -> Dict[str, str]:
+def read(path: str, exported: Optional[Set[str]] = None) -> Dict[str, str]:
     """The assignments of the file ``path`` (OSError when it cannot be read)."""
     with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-        return parse(fh.read(), path)
+        return parse(fh.read(), path, exported)
