@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import deque
 from typing import Dict, List, Optional, Set, Tuple
 
 from aimms_ops.agent.backups import newest_regular
@@ -53,8 +54,10 @@ _UNSET = {"COMPOSE_SERVICE": "postgres", "PG_SUPERUSER": "postgres",
 #: The settings the verify reads (the environment may give them, as a sourced file would).
 _READS = (*flags.VERIFY_KEYS, "PING_URL_VERIFY", "PING_KIND", "PING_TIMEOUT", "LOCK_TIMEOUT")
 WAIT_SECONDS = 180
-#: A ping's log lines: at most this many of the run's last ones, and this many bytes.
+#: A ping's log lines: at most this many of the run's last ones, and this many bytes,
+#: found among this many last lines of the log.
 PING_BODY_LINES = 200
+PING_LOG_LINES = 5000
 PING_BODY_BYTES = 100000
 
 
@@ -241,11 +244,12 @@ class Run:
 
     def _ping_body(self) -> str:
         """The run's last log lines (at most 100 kB) in a temporary file."""
+        lines: "deque[bytes]" = deque()
         try:
             with open(self.opts.get("LOG_FILE"), "rb") as fh:
-                lines = fh.readlines()[-5000:]
+                lines = deque(fh, maxlen=PING_LOG_LINES)
         except OSError:
-            lines = []
+            pass
         mine = (" %s " % self.run_id).encode()
         data = b"".join([ln for ln in lines if mine in ln][-PING_BODY_LINES:])
         fd, path = tempfile.mkstemp(prefix="aimms-ping.")
