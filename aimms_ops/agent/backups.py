@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, List
+from typing import Any, List, Optional
 
 from aimms_ops.core import lock as core_lock
 from aimms_ops.core import retention, units
@@ -98,12 +98,21 @@ def regular_sizes(directory: str, skip: str) -> List[int]:
     return [size for _, _, size in sorted(found, reverse=True)]
 
 
-def latest(args: argparse.Namespace) -> int:
-    """What ``latest`` means: the newest backup that is not a safety copy (exit 1: none)."""
-    regular = [b for b in retention.scan(args.dir) if not retention.is_safety(b.name)]
+def newest_regular(directory: str) -> Optional[str]:
+    """What ``latest`` means: the newest backup that is not a safety copy of a restore
+    or a rebuild (None: there is none)."""
+    regular = [b for b in retention.scan(directory) if not retention.is_safety(b.name)]
     if not regular:
+        return None
+    return max(regular, key=lambda b: (b.mtime, b.name)).name
+
+
+def latest(args: argparse.Namespace) -> int:
+    """The newest backup that is not a safety copy (exit 1: none)."""
+    name = newest_regular(args.dir)
+    if name is None:
         return 1
-    print(max(regular, key=lambda b: (b.mtime, b.name)).name)
+    print(name)
     return 0
 
 

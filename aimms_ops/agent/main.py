@@ -1,6 +1,7 @@
 """The host program's commands: one parser, each command a function of its arguments that
 returns the exit status (sysexits: 64 usage, 73 cannot create, 75 busy); ``dump ...`` is
-the dump reader's (``aimms_ops.dump.cli``: inspect, filter, and the restore's swap)."""
+the dump reader's (``aimms_ops.dump.cli``: inspect, filter, and the restore's swap),
+``verify ...`` the deep verify's (``agent/verify.py``, run by ``verify-backup.sh``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 import sys
 from typing import List
 
-from aimms_ops.agent import backups, locks
+from aimms_ops.agent import backups, locks, verify
 
 USAGE_STATUS = 64
 
@@ -25,6 +26,8 @@ def parser() -> argparse.ArgumentParser:
     sub.required = True
     locks.add_commands(sub)
     backups.add_commands(sub)
+    sub.add_parser("verify", help="the deep verify: a trial restore of a backup into a "
+                   "throwaway container (its own options: see verify-backup.sh)")
     return p
 
 
@@ -37,6 +40,8 @@ def main(argv: List[str]) -> int:
         from aimms_ops.agent import backup
 
         return backup.main(argv[1:])
+    if argv[:1] == ["verify"]:  # its own command line: the settings' flags (agent/verify.py)
+        return verify.main(argv[1:])
     args = parser().parse_args(argv)
     try:
         return int(args.run(args))

@@ -4,8 +4,6 @@
 
 ``read`` gives what sourcing the file in bash would set, for the lines it writes; a line
 that is not an assignment of that form is an error, named with its line number.
-``exported`` names the keys marked ``export`` (cron's bare environment gets its PATH and
-DOCKER_HOST that way): the job puts them in its environment, as bash would.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from typing import Dict, Set
+from typing import Dict, Optional, Set
 
 _KEY = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
@@ -22,8 +20,10 @@ class ConfError(ValueError):
     """A line of a settings file that is not ``KEY=VALUE`` (the message says which)."""
 
 
-def parse(text: str, where: str = "the settings file") -> Dict[str, str]:
-    """The assignments of ``text`` (later ones win); comments and blank lines skipped."""
+def parse(text: str, where: str = "the settings file",
+          exported: Optional[Set[str]] = None) -> Dict[str, str]:
+    """The assignments of ``text`` (later ones win); comments and blank lines skipped.
+    ``exported``: a set the keys of ``export KEY=...`` lines are added to."""
     out: Dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -40,30 +40,22 @@ def parse(text: str, where: str = "the settings file") -> Dict[str, str]:
             raise ConfError("%s, line %d: the value of %s is more than one word"
                             % (where, number, m.group(1)))
         out[m.group(1)] = words[0] if words else ""
+        if exported is not None and stripped.startswith("export"):
+            exported.add(m.group(1))
     return out
 
 
-def exported(text: str) -> Set[str]:
-    """The keys ``text`` marks ``export``."""
-    found = set()
-    for line in text.splitlines():
-        m = _KEY.match(line.strip())
-        if m and line.strip().startswith("export"):
-            found.add(m.group(1))
-    return found
-
-
-def read(path: str) -> Dict[str, str]:
+def read(path: str, exported: Optional[Set[str]] = None) -> Dict[str, str]:
     """The assignments of the file ``path`` (OSError when it cannot be read)."""
     with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-        return parse(fh.read(), path)
+        return parse(fh.read(), path, exported)
 
 
 def read_into_environment(path: str) -> Dict[str, str]:
-    """:func:`read`, and the exported keys put in this process's environment."""
-    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-        text = fh.read()
-    values = parse(text, path)
-    for key in exported(text):
+    """:func:`read`, and the exported keys put in this process's environment (cron's bare
+    environment gets the PATH and DOCKER_HOST of an SSH session that way)."""
+    exported: Set[str] = set()
+    values = read(path, exported)
+    for key in exported:
         os.environ[key] = values[key]
     return values

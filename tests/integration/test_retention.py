@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from aimms_ops.core.layout import PROGRAM
 
 from aimms_ops.backup import install
 from aimms_ops.core.retention import Backup, Pin, Policy, decide
-from aimms_ops.host import shell
+from aimms_ops.host import bundle, shell
 from aimms_ops.inventory import loader as inventory
 
 from .conftest import REPO, fab_error_line
@@ -444,6 +445,8 @@ def test_the_weekly_deep_verify_pings_its_own_url(sandbox, tmp_path, receiver):
     sandbox.ssh(f"cat > {d}/.conf", input=install.conf_text(
         host, {"PATH": "/usr/local/bin:/usr/bin:/bin",
                "DOCKER_HOST": sandbox.docker_host}).encode())
+    # The scripts beside the host program, as install-backups puts them.
+    sandbox.ssh(f"cat > {d}/{PROGRAM}", input=bundle.program())
     # A safety copy, made as fab restore makes one (fab backup refuses the label).
     sandbox.ssh(f"cat > {d}/.backup.sh && chmod 700 {d}/.backup.sh",
                 input=shell.script_text("backup-postgres.sh").encode())

@@ -298,6 +298,8 @@ def test_the_settings_files_read_as_bash_reads_them(tmp_path):
     out = subprocess.run(["bash", "-c", script], capture_output=True, check=True).stdout
     assert out.split(b"\0")[:-1] == [got[k].encode() for k in keys]
     assert got["BACKUP_DIR"] == "/srv/it's here $HOME `x`"
-    assert shellconf.exported(text) == {"PATH", "DOCKER_HOST"}
+    exported: set[str] = set()
+    shellconf.parse(text, "c", exported)
+    assert exported == {"PATH", "DOCKER_HOST"}
     with pytest.raises(shellconf.ConfError, match="line 2"):
         shellconf.parse("A=1\nrm -rf /\n")

@@ -583,11 +583,12 @@ def test_deep_verify_script_args_protect_the_production_volumes():
     assert pairs[-1] == ("--file", "latest")
 
 
-def test_verify_script_is_one_file_with_the_restore_filter():
+def test_verify_script_is_one_file_that_runs_the_host_programs_verify():
+    """The deep verify is the host program's (tests/unit/test_agent_verify_unit.py: the
+    dump reader's filter, a container with no network); the script is its entry point."""
     text = shell.script_text("verify-backup.sh")
     assert "@include" not in text
-    assert "agent dump filter" in text  # the dump reader, in the host program
-    assert "--network none" in text
+    assert 'exec python3 "$AIMMS_OPS_PROGRAM" verify --script ' in text
 
 
 @pytest.mark.parametrize("seen, state", [

@@ -84,19 +84,15 @@ def test_the_lock_names_reach_the_scripts_from_the_host_layout():
         assert "@CLUSTER_LOCK@" not in text and ".cluster.lock\"" not in text, name
 
 
-def test_every_setting_has_its_flag_in_both_scripts_and_in_fab(tmp_path):
-    """The settings table gives the scripts their flags, so a flag fab passes is one they
-    take: each flag of the table sets the variable of its setting (the verify's bash
-    parsing is rendered from it, the backup's host program reads the table itself)."""
+def test_every_setting_has_its_flag_in_the_backup_job_and_in_fab(tmp_path):
+    """The settings table gives the host program its flags, so a flag fab passes is one the
+    backup takes: each flag of the table sets the variable of its setting. (The deep
+    verify parses the same table: tests/unit/test_agent_verify_unit.py.)"""
     from aimms_ops.agent import backup, jobsettings
     from aimms_ops.core import settings
 
-    text = shell.script_text("verify-backup.sh")
-    assert "@include" not in text
     for s in settings.SETTINGS:
         if s.flag:
-            body = f"{s.key}=1" if s.switch else f"{s.key}=${{2:-}}; shift"
-            assert f"        {s.flag}) {body} ;;" in text, ("verify-backup.sh", s.flag)
             argv = [s.flag] if s.switch else [s.flag, "v-" + s.key]
             values, _ = jobsettings.read_settings(argv, "", backup.FLAGS)
             assert values[s.key] == ("1" if s.switch else "v-" + s.key)

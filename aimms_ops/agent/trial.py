@@ -1,0 +1,468 @@
+"""The deep verify's throwaway (``agent/verify.py`` runs it): a container from the image
+of the production postgres container, with production's environment, a new volume of
+its own and ``--network none``, refused when its generated names exist or name anything
+of production; the backup streamed twice through the decompressor, the dump reader's
+restore filter (``aimms-ops.pyz dump filter``) and ``psql -v ON_ERROR_STOP=1`` in it;
+then its databases, tables and exact row counts.
+
+Checks: disk, start, gzip stream (zstd stream), dump header, restore, completion marker,
+databases, live restore. Every external tool is a subprocess: docker, the decompressor,
+psql in the container; the swap of the second replay is the dump reader's, in-process.
+"""
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import List, Optional, Tuple
+
+from aimms_ops.core import retention, units
+from aimms_ops.dump.swap import Cluster, SwapError, drop_replaced, prepare, swap
+
+#: The label on what the verify makes, and the prefix of its names.
+LABEL = "org.aimms-ops.verify=1"
+PREFIX = "aimms-ops-verify-"
+DEFAULT_PGDATA = "/var/lib/postgresql/data"
+MIB = 1024 * 1024
+#: psql's error, at most this many characters in a reason.
+REASON_CHARS = 400
+_PSQL = ["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
+_COUNT_SQL = """SELECT format('SELECT %L, count(*) FROM ONLY %I.%I',
+              quote_ident(n.nspname) || '.' || quote_ident(c.relname), n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%'
+ORDER BY n.nspname, c.relname
+\\gexec
+"""
+_OPEN_SQL = """SELECT format('ALTER DATABASE %I ALLOW_CONNECTIONS true', datname) FROM pg_database
+WHERE NOT datallowconn AND NOT datistemplate
+\\gexec
+"""
+
+
+class Failed(Exception):
+    """A check failed: ``check`` names it, the message says why."""
+
+    def __init__(self, check: str, reason: str) -> None:
+        super().__init__(reason)
+        self.check = check
+        self.reason = reason
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def docker(*args: str, stdin: Optional[bytes] = None) -> Tuple[int, str, str]:
+    """``docker ARGS``: its status, stdout and stderr."""
+    try:
+        proc = subprocess.run(["docker", *args], input=stdin, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE,
+                              stdin=None if stdin is not None else subprocess.DEVNULL)
+    except OSError as e:
+        return 127, "", str(e)
+    return proc.returncode, _text(proc.stdout), _text(proc.stderr)
+
+
+def out(*args: str) -> str:
+    """The stdout of ``docker ARGS`` (empty when it fails)."""
+    rc, stdout, _err = docker(*args)
+    return stdout if rc == 0 else ""
+
+
+def last_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def project_label(name: str) -> str:
+    """The project label compose puts on containers (lower case; a-z 0-9 - _ only)."""
+    return "".join(c for c in name.lower() if c in "abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def psql_error(text: str) -> str:
+    """psql's first error, whole (a message may span lines), newlines shown as \\n."""
+    got: List[str] = []
+    for line in text.splitlines():
+        if line.startswith("psql:") and got:
+            break
+        if got or line.startswith("psql:"):
+            got.append(line)
+    return "\\n".join(got)
+
+
+def conninfo_db(name: str) -> str:
+    """A libpq connection string for database ``name``, whatever it holds."""
+    return "dbname='%s'" % name.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def decompressor(name: str) -> Tuple[Optional[List[str]], str]:
+    """The command that decompresses backup ``name`` (stdin to stdout): zstd for a
+    ``.sql.zst``, else igzip, else pigz, else gzip; or None and what to install."""
+    zst = dict(retention.EXTENSIONS)["zstd"].rsplit(".", 1)[1]
+    if name.endswith("." + zst):
+        return (["zstd", "-q", "-dc"] if shutil.which("zstd") else None), "zstd"
+    for tool in ("igzip", "pigz", "gzip"):
+        if shutil.which(tool):
+            return [tool, "-dc"], "gzip"
+    return None, "gzip"
+
+
+def _program() -> List[str]:
+    """The host program, to run its dump reader in a stage of the pipeline."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # Started without a PATH (cron's bare environment), python3 does not know its own
+    # path; the settings file has given the PATH since.
+    python = sys.executable or "python3"
+    if os.path.isfile(root):  # the zipapp
+        return [python, root]
+    return [python, "-m", "aimms_ops.agent"]
+
+
+def _status(rc: int) -> int:
+    """A stage's status as bash gives it (128 + N for a stage killed by signal N)."""
+    return 128 - rc if rc < 0 else rc
+
+
+class Trial:
+    """The throwaway of one verify run (``run``: the verify.Run it reports to)."""
+
+    def __init__(self, run, path: str, size: int) -> None:
+        self.run = run
+        self.path = path
+        self.size = size
+        self.opts = run.opts
+        self.superuser = run.opts.get("PG_SUPERUSER")
+        self.container = ""
+        self.volume = ""
+        self.made_container = False
+        self.made_volume = False
+        self.removed = False
+        self.work = ""
+        self.procs: List[subprocess.Popen] = []
+
+    def fail(self, check: str, reason: str) -> "Failed":
+        return Failed(check, reason)
+
+    # --- the throwaway's names, refused when they touch production ------------------
+    def production(self) -> Tuple[str, str, str, str]:
+        """The production container (id, name), its image and where its data is mounted."""
+        if docker("info")[0] != 0:
+            raise self.fail("start", "docker is not reachable as %s"
+                            % pwd.getpwuid(os.getuid()).pw_name)
+        project, service = self.opts.get("COMPOSE_PROJECT"), self.opts.get("COMPOSE_SERVICE")
+        prod = out("ps", "-q", "--filter", "label=com.docker.compose.project=%s"
+                   % project_label(project), "--filter",
+                   "label=com.docker.compose.service=%s" % service, "-a").split("\n")[0]
+        if not prod:
+            raise self.fail("start", "there is no %s container of compose project %s to take "
+                            "the image from" % (service, project))
+        prod_name = out("inspect", "--format", "{{.Name}}", prod).strip().lstrip("/")
+        image = out("inspect", "--format", "{{.Image}}", prod).strip()
+        if not image:
+            raise self.fail("start", "cannot read the image of %s" % prod_name)
+        env = out("inspect", "--format", "{{range .Config.Env}}{{println .}}{{end}}", prod)
+        pgdata = ([ln[len("PGDATA="):] for ln in env.splitlines() if ln.startswith("PGDATA=")]
+                  or [""])[-1] or DEFAULT_PGDATA
+        # The throwaway volume goes where production keeps its data: the mount holding PGDATA.
+        dest = ""
+        for d in out("inspect", "--format", "{{range .Mounts}}{{println .Destination}}{{end}}",
+                     prod).splitlines():
+            if d and (d == pgdata or pgdata.startswith(d + "/")) and len(d) > len(dest):
+                dest = d
+        self.names(prod, prod_name)
+        return prod, prod_name, image, dest or pgdata
+
+    def names(self, prod: str, prod_name: str) -> None:
+        protected = set(v for v in self.opts.protect if v)
+        for c in out("ps", "-aq", "--filter", "label=com.docker.compose.project=%s"
+                     % project_label(self.opts.get("COMPOSE_PROJECT"))).split():
+            mounts = out("inspect", "--format",
+                         "{{range .Mounts}}{{if .Name}}{{println .Name}}{{end}}{{end}}", c)
+            protected.update(v for v in mounts.splitlines() if v)
+        name = "%s%s-%d" % (PREFIX, time.strftime("%Y%m%d%H%M%S", time.gmtime()), os.getpid())
+        self.container = self.volume = name
+        if name in (prod_name, prod):
+            raise self.fail("start", "refusing: %s is the production container" % name)
+        if name in protected:
+            raise self.fail("start", "refusing: %s is a production volume" % name)
+        if docker("container", "inspect", name)[0] == 0:
+            raise self.fail("start", "refusing: a container named %s already exists" % name)
+        if docker("volume", "inspect", name)[0] == 0:
+            raise self.fail("start", "refusing: a volume named %s already exists" % name)
+
+    # --- room for it ----------------------------------------------------------------
+    def disk(self, prod: str) -> None:
+        """About the size of production's cluster (read-only query), else 8 times the dump."""
+        need = 0
+        if out("inspect", "--format", "{{.State.Running}}", prod).strip() == "true":
+            digits = "".join(c for c in out(
+                "exec", prod, "psql", "-X", "-A", "-t", "-U", self.superuser, "-d", "postgres",
+                "-c", "SELECT sum(pg_database_size(datname)) FROM pg_database") if c.isdigit())
+            need = int(digits) if digits else 0
+        need = (need or self.size * 8) * 12 // 10 + 64 * MIB
+        root = out("info", "--format", "{{.DockerRootDir}}").strip()
+        try:
+            st = os.statvfs(root)
+        except (OSError, ValueError):
+            return
+        avail = st.f_bavail * st.f_frsize // 1024 * 1024
+        if avail < need:
+            raise self.fail("disk", "the trial restore needs about %s but %s has %s free"
+                            % (units.size(need), root, units.size(avail)))
+        self.run.check("disk", "OK", "%s free in %s, about %s needed"
+                       % (units.size(avail), root, units.size(need)))
+
+    # --- the throwaway --------------------------------------------------------------
+    def start(self, prod: str, prod_name: str, image: str, dest: str) -> None:
+        try:
+            self.work = tempfile.mkdtemp(prefix="aimms-verify.")
+        except OSError as e:
+            raise self.fail("start", "cannot create a temporary dir") from e
+        # Production's environment, so the image initialises the same superuser and settings.
+        rc, env, _err = docker("inspect", "--format",
+                               "{{range .Config.Env}}{{println .}}{{end}}", prod)
+        if rc != 0:
+            raise self.fail("start", "cannot read the environment of %s" % prod_name)
+        with open(self.file("env"), "w", encoding="utf-8", errors="surrogateescape") as fh:
+            fh.write("".join(ln + "\n" for ln in env.splitlines() if ln))
+        self.made_volume = True
+        rc, _out, err = docker("volume", "create", "--label", LABEL, self.volume)
+        if rc != 0:
+            raise self.fail("start", "docker volume create %s failed: %s"
+                            % (self.volume, last_line(err)))
+        self.made_container = True
+        rc, _out, err = docker("run", "--detach", "--name", self.container, "--label", LABEL,
+                               "--network", "none", "--env-file", self.file("env"),
+                               "--volume", "%s:%s" % (self.volume, dest), image)
+        if rc != 0:
+            raise self.fail("start", "docker run failed: %s" % last_line(err))
+        for key, value in (("container", self.container), ("volume", self.volume),
+                           ("image", image)):
+            self.run.report("verify.%s=%s" % (key, value))
+        self.run.log("started throwaway container %s (image of %s, volume %s at %s, no network)"
+                     % (self.container, prod_name, self.volume, dest))
+        wait = int(self.opts.wait)
+        deadline = time.monotonic() + wait
+        while True:
+            if out("inspect", "--format", "{{.State.Running}}", self.container).strip() != "true":
+                _rc, logs, err = docker("logs", "--tail", "5", self.container)
+                raise self.fail("start", "the throwaway container stopped while starting: %s"
+                                % last_line(logs + err))
+            # Ready once postgres itself is PID 1: the images' entrypoints run a temporary
+            # server while they initialise the cluster.
+            if docker("exec", self.container, "sh", "-c",
+                      '[ "$(cat /proc/1/comm)" = postgres ] && pg_isready -q -U "$1"',
+                      "sh", self.superuser)[0] == 0:
+                break
+            if time.monotonic() >= deadline:
+                raise self.fail("start", "the throwaway server did not accept connections "
+                                "within %ds" % wait)
+            time.sleep(0.5)
+        self.run.check("start", "OK", "%s from the image of %s, volume %s, no network"
+                       % (self.container, prod_name, self.volume))
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.work, name)
+
+    def read(self, name: str) -> str:
+        try:
+            with open(self.file(name), "rb") as fh:
+                return _text(fh.read())
+        except OSError:
+            return ""
+
+    # --- the trial restore: decompress | dump reader | psql, twice -------------------
+    def replay(self, unzip: List[str], second: bool) -> List[int]:
+        """The dump through the restore filter into the throwaway server; the stages'
+        statuses. The second pass replays onto what the first made, with that cluster's
+        properties, as fab restore onto a live cluster does: every database rebuilt
+        beside, then swapped in."""
+        opts: List[str] = []
+        cluster = Cluster(self.container, self.superuser)
+        if second:
+            for db in ("template1", "postgres"):
+                with open(self.file(db + ".props"), "wb") as fh:
+                    rc = subprocess.call(["docker", "exec", self.container, "pg_dump", "-U",
+                                          self.superuser, "--create", "--schema-only",
+                                          "--exclude-schema=*", db], stdout=fh,
+                                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                if rc == 0:
+                    opts += ["--props", "%s=%s" % (db, self.file(db + ".props"))]
+            state = self.file("beside")
+            os.makedirs(state, exist_ok=True)
+            opts += ["--beside", state]
+            try:
+                prepare(cluster, state, lambda msg: None)
+            except SwapError as e:
+                self._psql_err("psql: prepare failed: %s" % e)
+                return [0, 0, 1]
+        with open(self.path, "rb") as src, open(self.file("unzip.err"), "wb") as e0, \
+                open(self.file("filter.err"), "wb") as e1, \
+                open(self.file("psql.err"), "wb") as e2:
+            stages = [
+                (unzip, src, e0),
+                ([*_program(), "dump", "filter", "--facts", self.file("inspect"), *opts], None, e1),
+                (["docker", "exec", "-i", "-e", "PGOPTIONS=-c client_min_messages=warning",
+                  self.container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U",
+                  self.superuser, "-d", "postgres", "-f", "-"], None, e2)]
+            self.procs = []
+            for i, (argv, stdin, err) in enumerate(stages):
+                proc = subprocess.Popen(
+                    argv, stdin=stdin if stdin is not None else self.procs[-1].stdout,
+                    stdout=subprocess.PIPE if i < 2 else subprocess.DEVNULL, stderr=err)
+                if i:
+                    self.procs[-1].stdout.close()  # type: ignore[union-attr]
+                self.procs.append(proc)
+            st = [_status(p.wait()) for p in self.procs]
+            self.procs = []
+        self.run.log("restore pass %d stages: %s %d, filter %d, psql %d"
+                     % (2 if second else 1, unzip[0], st[0], st[1], st[2]))
+        if second and st[1] == 0 and st[2] == 0:
+            stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime()).encode()
+            try:
+                swap(cluster, state, stamp, lambda msg: None)
+            except SwapError as e:
+                st[2] = 1
+                self._psql_err("psql: swap failed: %s" % e)
+            else:
+                try:
+                    drop_replaced(cluster, state, lambda msg: None)
+                except SwapError:
+                    pass
+        return st
+
+    def _psql_err(self, text: str) -> None:
+        with open(self.file("psql.err"), "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+    def psql(self, db: str, sql: str, *, stdin: bool = False) -> Tuple[int, str, str]:
+        """psql in the throwaway as the superuser: tab-separated rows."""
+        args = ["exec", "-i", self.container, *_PSQL, "-U", self.superuser, "-d", db]
+        if stdin:
+            return docker(*args, stdin=sql.encode("utf-8", "surrogateescape"))
+        return docker(*args, "-c", sql, stdin=b"")
+
+    def facts(self, key: str) -> List[str]:
+        return [ln[len(key) + 1:] for ln in self.read("inspect").splitlines()
+                if ln.startswith(key + "=")]
+
+    def restore(self) -> Tuple[int, int, int]:
+        """Both replays and the counts: (databases, tables, rows)."""
+        unzip, missing = decompressor(self.run.name)
+        if unzip is None:
+            raise self.fail("restore", "%s is not installed on this host; reading %s needs it "
+                            "(install %s)" % (missing, self.run.name, missing))
+        # The stream check is named after the format: "gzip stream" or "zstd stream".
+        stream = "zstd stream" if unzip[0] == "zstd" else "gzip stream"
+        st = self.replay(unzip, False)
+        # A stage killed by SIGPIPE (141) only saw a later stage stop: not a fault of its own.
+        if st[0] not in (0, 141):
+            raise self.fail(stream, "the file does not decompress to its end: %s"
+                            % last_line(self.read("unzip.err")))
+        if st[0] == 0:
+            self.run.check(stream, "OK", "decompresses to its end")
+        else:
+            self.run.check(stream, "UNKNOWN", "not read to its end: a later stage stopped first")
+        if "0" in self.facts("header"):
+            raise self.fail("dump header", "not a pg_dumpall cluster dump (no header)")
+        if st[2] != 0:
+            raise self.fail("restore", "psql stopped: %s"
+                            % psql_error(self.read("psql.err"))[:REASON_CHARS])
+        # The filter exits 3 when the stream ends before the completion marker.
+        if "0" in self.facts("complete") or st[1] == 3:
+            raise self.fail("completion marker",
+                            "the dump has no completion marker: it is incomplete")
+        if st[1] != 0:
+            raise self.fail("restore", "the restore filter failed (status %d): %s"
+                            % (st[1], last_line(self.read("filter.err"))))
+        self.run.check("dump header", "OK", "a pg_dumpall cluster dump")
+        self.run.check("restore", "OK", "psql replayed it with ON_ERROR_STOP")
+        self.run.check("completion marker", "OK", "present")
+
+        # --- what is there now: every database, those allowing no connections too ----
+        restored = self.psql("postgres", "SELECT datname FROM pg_database WHERE NOT "
+                             "datistemplate ORDER BY 1")[1].splitlines()
+        closed = self.psql("postgres", "SELECT datname FROM pg_database WHERE NOT "
+                           "datallowconn AND NOT datistemplate ORDER BY 1")[1].splitlines()
+        if not restored:
+            raise self.fail("databases", "cannot list the databases of the throwaway server")
+        dumped = [_text(bytes.fromhex(h)) for h in self.facts("db")]
+        missing_dbs = [db for db in dumped if db and db != "template1" and db not in restored]
+        if missing_dbs:
+            raise self.fail("databases", "missing after the restore: %s" % " ".join(missing_dbs))
+        self.run.check("databases", "OK", " ".join(restored) + (
+            " (restored allowing no connections, as the dump says: %s)" % " ".join(closed)
+            if closed and closed[0] else ""))
+
+        st = self.replay(unzip, True)
+        if st[2] != 0 or st[1] != 0:
+            raise self.fail("live restore", "a second replay onto the restored cluster failed, "
+                            "as fab restore onto a live cluster would: %s"
+                            % psql_error(self.read("psql.err"))[:REASON_CHARS])
+        self.run.check("live restore", "OK", "replayed again onto the cluster the first "
+                       "replay made")
+
+        # The throwaway's closed databases are opened to count their rows.
+        self.psql("postgres", _OPEN_SQL, stdin=True)
+        tables = rows = 0
+        for db in restored:
+            self.run.report("verify.database=%s" % db)
+            rc, counts, err = self.psql(conninfo_db(db), _COUNT_SQL, stdin=True)
+            if rc != 0:
+                raise self.fail("databases", "counting the rows of %s failed: %s"
+                                % (db, last_line(err)))
+            for line in counts.splitlines():
+                table, _, count = line.partition("\t")
+                if not table:
+                    continue
+                self.run.report("verify.table=%s\t%s\t%s" % (db, table, count))
+                tables += 1
+                rows += int(count) if count.isdigit() else 0
+        return len(restored), tables, rows
+
+    def run_all(self) -> Tuple[int, int, int]:
+        prod, prod_name, image, dest = self.production()
+        self.disk(prod)
+        self.start(prod, prod_name, image, dest)
+        return self.restore()
+
+    # --- the end --------------------------------------------------------------------
+    def _remove_made(self, kind: str, name: str, argv: List[str]) -> Optional[str]:
+        """Remove what this run made (retried while docker still has it), then check that
+        it is gone: a problem if not."""
+        for i in range(1, 6):
+            if docker(*argv)[0] == 0 or docker(kind, "inspect", name)[0] != 0:
+                break
+            time.sleep(i)
+        if docker(kind, "inspect", name)[0] == 0:
+            return "%s %s is still there (docker %s)" % (kind, name, " ".join(argv))
+        self.run.log("removed %s %s" % (kind, name))
+        self.removed = True
+        return None
+
+    def remove(self) -> List[str]:
+        """Remove the throwaway container and volume (only those this run made); the
+        problems, one each. Safe to call twice."""
+        for proc in self.procs:  # a pipeline a signal cut short
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.procs = []
+        problems = []
+        if self.made_container:
+            self.made_container = False
+            problems.append(self._remove_made("container", self.container,
+                                              ["rm", "-f", "-v", self.container]))
+        if self.made_volume:
+            self.made_volume = False
+            problems.append(self._remove_made("volume", self.volume,
+                                              ["volume", "rm", self.volume]))
+        if self.work:
+            shutil.rmtree(self.work, ignore_errors=True)
+            self.work = ""
+        return [p for p in problems if p]
