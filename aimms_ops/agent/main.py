@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import List
 
-from aimms_ops.agent import backups, locks
+from aimms_ops.agent import backups, locks, offsite
 
 USAGE_STATUS = 64
 
@@ -25,6 +25,7 @@ def parser() -> argparse.ArgumentParser:
     sub.required = True
     locks.add_commands(sub)
     backups.add_commands(sub)
+    offsite.add_commands(sub)
     return p
 
 
