@@ -301,22 +301,28 @@ def _sync_one(settings: Settings, t: str, run: Run, backup_dir: str, dry: bool) 
 
 
 def push_all_command(args: argparse.Namespace, run: Run) -> int:
+    push_all(args.offsite_config, args.backup_dir, run)
+    return 0
+
+
+def push_all(config: str, backup_dir: str, run: Run) -> None:
+    """After a good backup (whose run holds the backup lock): sync every target of the
+    settings ``config``, one RESULT line each; never raises."""
     try:
-        settings = load(args.offsite_config)
+        settings = load(config)
     except OffsiteError as e:
         run.log("RESULT offsite all failed: %s" % e)
         run.report("offsite.result=all failed: %s" % e)
-        return 0
+        return
     for t in settings.targets:
         try:
             check_tools()
-            ok, detail = _sync_one(settings, t, run, args.backup_dir, False)
+            ok, detail = _sync_one(settings, t, run, backup_dir, False)
         except OffsiteError as e:
             ok, detail = False, str(e)
         line = "%s ok %s" % (t, detail) if ok else "%s failed: %s" % (t, detail)
         run.log("RESULT offsite %s" % line)
         run.report("offsite.result=%s" % line)
-    return 0
 
 
 def list_command(args: argparse.Namespace, run: Run, settings: Settings) -> int:
