@@ -134,11 +134,18 @@ def offsite_plan(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         sys.stderr.write("aimms-ops: %s\n" % e)
         return 64
-    local = [b for b in retention.scan(args.dir) if _has_checksum(args.dir, b.name)]
     now = float(args.now) if args.now else time.time()
-    for d in retention.decide_copies(local, copies, policy, now):
+    for d in copies_plan(args.dir, copies, policy, now):
         print("%s %s %s" % (d.action, d.name, " ".join(d.reason.split())))
     return 0
+
+
+def copies_plan(directory: str, copies: List[str], policy: retention.Policy,
+                now: float) -> List[retention.Decision]:
+    """An offsite target's retention, newest first: retention.decide_copies over its
+    ``copies`` and the good backups here (a checksum beside them), with their pins."""
+    local = [b for b in retention.scan(directory) if _has_checksum(directory, b.name)]
+    return retention.decide_copies(local, copies, policy, now)
 
 
 def size_guard(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import List
 
-from aimms_ops.agent import backups, locks, verify
+from aimms_ops.agent import backups, locks, offsite, verify
 
 USAGE_STATUS = 64
 
@@ -28,6 +28,7 @@ def parser() -> argparse.ArgumentParser:
     backups.add_commands(sub)
     sub.add_parser("verify", help="the deep verify: a trial restore of a backup into a "
                    "throwaway container (its own options: see verify-backup.sh)")
+    offsite.add_commands(sub)
     return p
 
 

@@ -1,25 +1,43 @@
-"""The offsite push after a good backup: the installed backup script's own offsite code
-(``backup-postgres.sh --offsite-push-all``), under the backup's lock and run id. It never
-fails the backup: each target ends with its RESULT line in the log."""
+"""The offsite push after a good backup: the host program's own (``offsite.push_all``),
+in the backup's process, under its lock, with its log and report lines and its run id.
+It never fails the backup: each target ends with its RESULT line in the log."""
 
 from __future__ import annotations
 
-import subprocess
+import shutil
+import tempfile
 from typing import TYPE_CHECKING
+
+from aimms_ops.agent import offsite
 
 if TYPE_CHECKING:
     from aimms_ops.agent.backup import Backup
+    from aimms_ops.agent.job import Job
+
+
+class _JobRun(offsite.Run):
+    """The offsite run's lines go through the backup job's log and report."""
+
+    def __init__(self, job: "Job", work: str) -> None:
+        super().__init__("", job.run_id, False, True, work)
+        self.job = job
+
+    def log(self, line: str) -> None:
+        self.job.log(line)
+
+    def report(self, line: str) -> None:
+        self.job.report(line)
 
 
 def after_backup(b: "Backup") -> None:
-    script = b.s.get("--script", "")
-    if not script:
-        b.job.log("RESULT offsite all failed: the backup script's path is unknown")
+    try:
+        work = tempfile.mkdtemp(prefix="aimms-offsite.")
+    except OSError:
+        b.job.log("RESULT offsite all failed: cannot create a temporary dir")
         return
-    args = ["bash", script, "--offsite-push-all", "--run-id", b.job.run_id,
-            "--backup-dir", b.dir, "--log-file", b.s["LOG_FILE"],
-            "--offsite-config", b.s["OFFSITE_CONFIG"]]
-    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False)
-    for line in proc.stdout.decode("utf-8", "replace").splitlines():
-        if line.startswith("offsite."):
-            b.job.report(line)
+    try:
+        offsite.push_all(b.s["OFFSITE_CONFIG"], b.dir, _JobRun(b.job, work))
+    except Exception as e:  # noqa: BLE001 - nothing of the push may fail the backup
+        b.job.log("RESULT offsite all failed: internal error: %s: %s" % (type(e).__name__, e))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

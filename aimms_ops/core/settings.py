@@ -43,7 +43,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PING_KIND", "--ping-kind"),
     Setting("PING_URL_VERIFY", None),
     Setting("PING_TIMEOUT", "--ping-timeout"),
-    # the targets the script pushes to after a good backup (offsite.sh)
+    # the targets the host program pushes to after a good backup (agent/offsite.py)
     Setting("OFFSITE_CONFIG", "--offsite-config"),
 )
 

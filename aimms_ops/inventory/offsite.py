@@ -1,7 +1,8 @@
 """Offsite targets in the inventory: parsed, validated, and turned into host settings.
 
 A host's ``offsite:`` is a list of targets the host pushes an encrypted copy of
-each good backup to, with rclone, right after the backup (see offsite.sh):
+each good backup to, with rclone, right after the backup (the host program's offsite
+push-all, aimms_ops/agent/offsite.py):
 
 - ``type: s3``: ``endpoint``, ``bucket``, optional ``prefix`` and ``region``, and
   ``credentials``, the path of a file on the host (0600) holding the access key;
@@ -275,7 +276,7 @@ def _parse_target(t: Any, where: str, policy: Policy,
 
 
 def settings(off: Offsite) -> dict[str, str]:
-    """The shell settings offsite.sh reads for ``off`` (pure, ordered)."""
+    """The settings the host program's offsite command reads for ``off`` (pure, ordered)."""
     out = {"OFFSITE_TARGETS": " ".join(t.name for t in off.targets),
            "OFFSITE_RECIPIENTS": " ".join(off.recipients)}
     for t in off.targets:

@@ -1,8 +1,9 @@
 """Offsite copies: what each target holds, as the host lists it, and how current it is.
 
-The host pushes the copies itself (offsite.sh, inside the backup run) and is the only
-one holding the store's credentials: every task asks the host, through
-``offsite-run.sh``, to list, push or stream a copy.
+The host pushes the copies itself (the host program's offsite push-all, inside the
+backup run) and is the only one holding the store's credentials: every task asks the
+host, through ``offsite-run.sh`` (the host program's ``offsite`` command), to list, push
+or stream a copy.
 """
 
 from __future__ import annotations

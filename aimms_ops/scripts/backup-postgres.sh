@@ -29,7 +29,7 @@
 #                        them there, never on the command line the host's ps shows
 #   --ping-kind KIND     healthchecks (default) or uptime-kuma           (PING_KIND)
 #   --ping-timeout S     a ping takes at most S seconds, retries included (PING_TIMEOUT)
-#   --offsite-config F   push encrypted copies to the targets in F (OFFSITE_CONFIG; offsite.sh)
+#   --offsite-config F   push encrypted copies to the targets in F (OFFSITE_CONFIG; agent/offsite.py)
 #   --label NAME         added to the file name (letters, digits, - and _)
 #   --prune-only         apply retention only, make no backup
 #   --dry-run            with --prune-only: print what would be removed, remove nothing
@@ -55,8 +55,7 @@
 #
 # The work is the host program's (aimms-ops.pyz beside this script: aimms_ops/agent/
 # backup.py, under the host's python3 3.7+); this file is the entry point that cron, fab
-# and the manual procedure run, and it carries the offsite push the program calls back
-# (--offsite-push-all, under the backup's lock).
+# and the manual procedure run (the offsite push is the program's too: agent/offsite.py).
 set -uo pipefail
 umask 077
 
@@ -70,26 +69,4 @@ if [ ! -r "$AIMMS_OPS_PROGRAM" ]; then
     echo "backup-postgres.sh: the host program $AIMMS_OPS_PROGRAM is missing (install it: fab install-backups)" >&2
     exit 69
 fi
-if [ "${1:-}" != --offsite-push-all ]; then
-    exec python3 "$AIMMS_OPS_PROGRAM" backup --script "${BASH_SOURCE[0]}" "$@"
-fi
-
-# --- the offsite push after a good backup (the program calls it) ---------------------
-# @include lib.sh
-# @include offsite.sh
-shift
-RUN_ID="" BACKUP_DIR="" LOG_FILE="" OFFSITE_CONFIG=""
-while [ $# -gt 0 ]; do
-    case $1 in
-        --run-id) RUN_ID=$2 ;;
-        --backup-dir) BACKUP_DIR=$2 ;;
-        --log-file) LOG_FILE=$2 ;;
-        --offsite-config) OFFSITE_CONFIG=$2 ;;
-        *) echo "backup-postgres.sh: unknown argument: $1" >&2; exit 64 ;;
-    esac
-    shift 2
-done
-log() { printf '%s %s %s\n' "$(now_utc)" "$RUN_ID" "$*" >>"$LOG_FILE" 2>/dev/null || true; }
-report() { say "$1" || true; }
-offsite_push_all
-exit 0
+exec python3 "$AIMMS_OPS_PROGRAM" backup --script "${BASH_SOURCE[0]}" "$@"

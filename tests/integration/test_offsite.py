@@ -628,12 +628,15 @@ def test_the_sandbox_brings_killed_targets_back(off, sandbox):
 
 
 def test_offsite_sync_waits_for_the_backup_lock_then_names_its_holder(off, tmp_path):
+    from aimms_ops.core.lock import LOCK_FILES, NOTE_INFIX
+
     inv = off.variant(tmp_path, lambda h: h.update(lock_timeout=2))
     off.install(inv)
-    lock = f"{off.backup_dir}/.backup.lock"
+    # A holder of the one lock model (core/lock.py): the lock, and its note LOCK.owner.PID.
+    lock = f"{off.backup_dir}/{LOCK_FILES['backup']}"
     holder = subprocess.Popen(
         ["ssh", "-F", str(off.sb.ssh_config), "-o", "BatchMode=yes", "aidset",
-         f"exec 9>>{lock}; flock 9; echo 'pid 4242 since test' > {lock}.owner; "
+         f"exec 9>>{lock}; flock 9; echo 'pid 4242 since test' > {lock}{NOTE_INFIX}$$; "
          "echo held $$; exec sleep 300"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None
     word, pid = [*holder.stdout.readline().split(), "", ""][:2]
@@ -646,7 +649,7 @@ def test_offsite_sync_waits_for_the_backup_lock_then_names_its_holder(off, tmp_p
     finally:
         # The lock is held by the sleep on the host: end it there, not only our ssh.
         if pid.isdigit():
-            off.sb.ssh(f"kill {pid} 2>/dev/null; true")
+            off.sb.ssh(f"kill {pid} 2>/dev/null; rm -f {lock}{NOTE_INFIX}{pid}; true")
         holder.kill()
         holder.wait()
         off.install()

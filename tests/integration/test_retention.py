@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from aimms_ops.core.layout import PROGRAM
 
 from aimms_ops.backup import install
+from aimms_ops.core.layout import PROGRAM
 from aimms_ops.core.retention import Backup, Pin, Policy, decide
 from aimms_ops.host import bundle, shell
 from aimms_ops.inventory import loader as inventory

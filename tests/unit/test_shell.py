@@ -49,9 +49,10 @@ def test_script_names_are_checked(name):
 
 
 def test_the_backup_name_pattern_reaches_the_scripts_from_its_one_definition():
-    """retention.NAME_RE is the one pattern: rendered scripts carry it as an ERE."""
+    """retention.NAME_RE is the one pattern: rendered scripts carry it as an ERE (the
+    backup's entry point includes no shell: the host program reads the pattern itself)."""
     ere = shell.name_ere()
-    for name in ("backup-postgres.sh", "verify-backup.sh", "offsite-run.sh"):
+    for name in ("verify-backup.sh", "offsite-run.sh"):
         text = shell.script_text(name)
         assert "@BACKUP_NAME_ERE@" not in text
         assert f"BACKUP_NAME_RE='{ere}'" in text
