@@ -17,6 +17,7 @@ import re
 import subprocess
 from typing import Callable, List, Optional, Tuple
 
+from aimms_ops.agent import hosttools
 from aimms_ops.dump.beside import NEW_PREFIX, OLD_PREFIX
 
 #: The restore's own side copies: never dumped, never opened.
@@ -59,8 +60,7 @@ def container_name(cid: str) -> str:
 
 
 def last_line(text: str) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "no message"
+    return hosttools.last_line(text) or "no message"
 
 
 class Cluster:

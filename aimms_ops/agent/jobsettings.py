@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from aimms_ops.core import defaults, shellconf
 from aimms_ops.core.settings import SECRETS_FLAG, SETTINGS
@@ -24,18 +24,22 @@ class UsageError(Exception):
     """A bad setting or flag: one line, exit 64."""
 
 
-def read_settings(argv: Sequence[str], beside: str,
+def read_settings(argv: Sequence[str], beside: Union[str, Sequence[str]],
                   extra_flags: Dict[str, bool]) -> Tuple[Dict[str, str], Dict[str, str]]:
-    """(settings, extra options) from the settings file(s) and ``argv``.
+    """(settings, extra options) from the environment (as a sourced file would leave
+    them), the settings file(s) and ``argv``.
 
-    ``extra_flags``: the job's own flags, each True when it takes a value. Raises
-    :class:`UsageError`.
+    ``beside``: the settings file(s) read without ``--config``, the first that exists.
+    ``extra_flags``: the job's own flags, each True when it takes a value (a repeated
+    one keeps its values, one per line). Raises :class:`UsageError`.
     """
     values: Dict[str, str] = {k: str(v) for k, v in defaults.SCRIPT_DEFAULTS.items()}
+    values.update({s.key: os.environ[s.key] for s in SETTINGS if os.environ.get(s.key)})
     configs = [argv[i + 1] if i + 1 < len(argv) else "" for i, a in enumerate(argv)
                if a == "--config"]
-    if not configs and beside and os.path.isfile(beside):
-        configs = [beside]
+    candidates = [beside] if isinstance(beside, str) else list(beside)
+    if not configs:
+        configs = [c for c in candidates if c and os.path.isfile(c)][:1]
     for conf in configs:
         try:
             values.update(shellconf.read_into_environment(conf))
@@ -70,7 +74,8 @@ def read_settings(argv: Sequence[str], beside: str,
             continue
         if arg in extra_flags:
             if extra_flags[arg]:
-                extra[arg] = args[i + 1] if i + 1 < len(args) else ""
+                value = args[i + 1] if i + 1 < len(args) else ""
+                extra[arg] = extra[arg] + "\n" + value if arg in extra else value
                 i += 2
             else:
                 extra[arg] = "1"

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import List
 
-from aimms_ops.agent import backups, locks, offsite, verify
+from aimms_ops.agent import backups, locks, offsite, pings, verify
 
 USAGE_STATUS = 64
 
@@ -26,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
     sub.required = True
     locks.add_commands(sub)
     backups.add_commands(sub)
+    pings.add_commands(sub)
     sub.add_parser("verify", help="the deep verify: a trial restore of a backup into a "
                    "throwaway container (its own options: see verify-backup.sh)")
     offsite.add_commands(sub)

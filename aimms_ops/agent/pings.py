@@ -15,6 +15,7 @@ gets curl's error as text, or None.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -105,3 +106,31 @@ def send(kind: str, url: str, event: str, rid: str, msg: str = "", body: str = "
                 os.unlink(body_file)
             except OSError:
                 pass
+
+
+def add_commands(sub: object) -> None:
+    p = sub.add_parser("ping-test", help="send a test ping, as the jobs would")  # type: ignore[attr-defined]
+    p.add_argument("kind")
+    p.add_argument("url", help="the URL, or - for the first line of stdin")
+    p.add_argument("timeout", nargs="?", default=str(defaults.PING_TIMEOUT))
+    p.set_defaults(run=ping_test)
+
+
+def ping_test(args: "argparse.Namespace") -> int:
+    """``ok=1`` and ``seconds=N``, or ``ok=0``, ``error=...`` and ``seconds=N``."""
+    import socket
+    import sys
+    import time
+    import uuid
+
+    url = args.url
+    if url == "-":
+        url = sys.stdin.readline().rstrip("\n")
+    started = time.time()
+    body = "%s test ping from aimms-ops (fab doctor --ping) on %s\n" % (
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), socket.gethostname())
+    why = send(args.kind, url, "log", str(uuid.uuid4()), "aimms-ops test ping",
+               body, 0, args.timeout)
+    print("ok=1" if why is None else "ok=0\nerror=%s" % why)
+    print("seconds=%d" % (time.time() - started))
+    return 0

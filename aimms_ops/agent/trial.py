@@ -14,12 +14,25 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from typing import List, Optional, Tuple
 
-from aimms_ops.core import retention, units
+from aimms_ops.agent.cluster import compose_label as project_label
+from aimms_ops.agent.hosttools import (
+    _COUNT_SQL,
+    _OPEN_SQL,
+    _program,
+    _status,
+    _text,
+    conninfo_db,
+    decompressor,
+    docker,
+    last_line,
+    out,
+    psql_error,
+)
+from aimms_ops.core import units
 from aimms_ops.dump.swap import Cluster, SwapError, drop_replaced, prepare, swap
 
 #: The label on what the verify makes, and the prefix of its names.
@@ -30,20 +43,6 @@ MIB = 1024 * 1024
 #: psql's error, at most this many characters in a reason.
 REASON_CHARS = 400
 _PSQL = ["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
-_COUNT_SQL = """SELECT format('SELECT %L, count(*) FROM ONLY %I.%I',
-              quote_ident(n.nspname) || '.' || quote_ident(c.relname), n.nspname, c.relname)
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg_toast%'
-ORDER BY n.nspname, c.relname
-\\gexec
-"""
-_OPEN_SQL = """SELECT format('ALTER DATABASE %I ALLOW_CONNECTIONS true', datname) FROM pg_database
-WHERE NOT datallowconn AND NOT datistemplate
-\\gexec
-"""
-
-
 class Failed(Exception):
     """A check failed: ``check`` names it, the message says why."""
 
@@ -51,81 +50,6 @@ class Failed(Exception):
         super().__init__(reason)
         self.check = check
         self.reason = reason
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", "surrogateescape")
-
-
-def docker(*args: str, stdin: Optional[bytes] = None) -> Tuple[int, str, str]:
-    """``docker ARGS``: its status, stdout and stderr."""
-    try:
-        proc = subprocess.run(["docker", *args], input=stdin, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE,
-                              stdin=None if stdin is not None else subprocess.DEVNULL)
-    except OSError as e:
-        return 127, "", str(e)
-    return proc.returncode, _text(proc.stdout), _text(proc.stderr)
-
-
-def out(*args: str) -> str:
-    """The stdout of ``docker ARGS`` (empty when it fails)."""
-    rc, stdout, _err = docker(*args)
-    return stdout if rc == 0 else ""
-
-
-def last_line(text: str) -> str:
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
-def project_label(name: str) -> str:
-    """The project label compose puts on containers (lower case; a-z 0-9 - _ only)."""
-    return "".join(c for c in name.lower() if c in "abcdefghijklmnopqrstuvwxyz0123456789_-")
-
-
-def psql_error(text: str) -> str:
-    """psql's first error, whole (a message may span lines), newlines shown as \\n."""
-    got: List[str] = []
-    for line in text.splitlines():
-        if line.startswith("psql:") and got:
-            break
-        if got or line.startswith("psql:"):
-            got.append(line)
-    return "\\n".join(got)
-
-
-def conninfo_db(name: str) -> str:
-    """A libpq connection string for database ``name``, whatever it holds."""
-    return "dbname='%s'" % name.replace("\\", "\\\\").replace("'", "\\'")
-
-
-def decompressor(name: str) -> Tuple[Optional[List[str]], str]:
-    """The command that decompresses backup ``name`` (stdin to stdout): zstd for a
-    ``.sql.zst``, else igzip, else pigz, else gzip; or None and what to install."""
-    zst = dict(retention.EXTENSIONS)["zstd"].rsplit(".", 1)[1]
-    if name.endswith("." + zst):
-        return (["zstd", "-q", "-dc"] if shutil.which("zstd") else None), "zstd"
-    for tool in ("igzip", "pigz", "gzip"):
-        if shutil.which(tool):
-            return [tool, "-dc"], "gzip"
-    return None, "gzip"
-
-
-def _program() -> List[str]:
-    """The host program, to run its dump reader in a stage of the pipeline."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    # Started without a PATH (cron's bare environment), python3 does not know its own
-    # path; the settings file has given the PATH since.
-    python = sys.executable or "python3"
-    if os.path.isfile(root):  # the zipapp
-        return [python, root]
-    return [python, "-m", "aimms_ops.agent"]
-
-
-def _status(rc: int) -> int:
-    """A stage's status as bash gives it (128 + N for a stage killed by signal N)."""
-    return 128 - rc if rc < 0 else rc
 
 
 class Trial:

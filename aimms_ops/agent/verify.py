@@ -33,155 +33,55 @@ when the backup restored, 1 when it did not, 64 for a usage error.
 import hashlib
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from collections import deque
-from typing import Dict, List, Optional, Set, Tuple
+from typing import List, Optional
 
 from aimms_ops.agent.backups import newest_regular
+from aimms_ops.agent.job import Interrupted, Job, trap_signals
+from aimms_ops.agent.jobsettings import USAGE_STATUS, UsageError, read_settings, require
 from aimms_ops.agent.trial import Failed, Trial
-from aimms_ops.core import defaults, retention, shellconf, units
+from aimms_ops.core import defaults, retention, units
 from aimms_ops.core import lock as core_lock
-from aimms_ops.core import settings as flags
 from aimms_ops.core.lock import LOCK_FILES, Lock, LockBusy, LockOpenError
 
-USAGE_STATUS = 64
-#: What the settings are when neither the environment, a settings file nor a flag sets them.
-_UNSET = {"COMPOSE_SERVICE": "postgres", "PG_SUPERUSER": "postgres",
-          "PING_KIND": defaults.PING_KIND}
-#: The settings the verify reads (the environment may give them, as a sourced file would).
-_READS = (*flags.VERIFY_KEYS, "PING_URL_VERIFY", "PING_KIND", "PING_TIMEOUT", "LOCK_TIMEOUT")
 WAIT_SECONDS = 180
-#: A ping's log lines: at most this many of the run's last ones, and this many bytes,
-#: found among this many last lines of the log.
-PING_BODY_LINES = 200
-PING_LOG_LINES = 5000
-PING_BODY_BYTES = 100000
-
-
-class Usage(Exception):
-    """A usage error (exit 64)."""
-
-
-class Interrupted(BaseException):
-    """SIGINT, SIGTERM or SIGHUP arrived."""
+#: The verify's own flags (True: takes a value), beside the settings table's.
+FLAGS = {"--file": True, "--protect": True, "--wait": True, "--echo": False,
+         "--report": False, "--script": True}
 
 
 class Options:
     """The verify's settings and flags."""
 
-    def __init__(self) -> None:
-        self.settings: Dict[str, str] = {}
-        self.file = "latest"
-        self.protect: List[str] = []
-        self.wait = str(WAIT_SECONDS)
-        self.echo = False
-        self.report = False
-        self.script = ""
+    def __init__(self, settings: "dict[str, str]", extra: "dict[str, str]") -> None:
+        self.settings = settings
+        self.file = extra.get("--file") or "latest"
+        self.protect: List[str] = [v for v in extra.get("--protect", "").split("\n") if v]
+        self.wait = extra.get("--wait", str(WAIT_SECONDS))
+        self.echo = "--echo" in extra
+        self.report = "--report" in extra
+        self.script = extra.get("--script", "")
 
     def get(self, key: str) -> str:
         return self.settings.get(key) or ""
 
 
-def _read_conf(path: str, opts: Options) -> None:
-    """A settings file, as sourcing it would read it: its exported variables (PATH,
-    DOCKER_HOST for cron's bare environment) and those already in the environment go
-    to the commands the verify runs."""
-    exported: Set[str] = set()
-    try:
-        values = shellconf.read(path, exported)
-    except (OSError, shellconf.ConfError) as e:
-        raise Usage("cannot read config file: %s%s" % (
-            path, "" if isinstance(e, OSError) else " (%s)" % e)) from e
-    opts.settings.update(values)
-    for key, value in values.items():
-        if key in exported or key in os.environ:
-            os.environ[key] = value
-
-
-def parse_args(argv: List[str], stdin=None) -> Options:
+def parse_args(argv: List[str]) -> Options:
     """The options of ``argv``, with the settings files they name (or the default one
     beside the script) read first: the flags override what a file set."""
-    opts = Options()
-    for key in _READS:
-        if os.environ.get(key):
-            opts.settings[key] = os.environ[key]
-    for i, arg in enumerate(argv):
-        if arg == "--script" and i + 1 < len(argv):
-            opts.script = argv[i + 1]
-    configs = [argv[i + 1] if i + 1 < len(argv) else ""
-               for i, arg in enumerate(argv) if arg == "--config"]
-    if configs:
-        for path in configs:
-            if not os.access(path, os.R_OK):
-                raise Usage("cannot read config file: %s" % path)
-            _read_conf(path, opts)
-    elif opts.script:
-        for path in (opts.script + ".conf",
-                     os.path.join(os.path.dirname(opts.script), "backup-postgres.sh.conf")):
-            if os.path.isfile(path):
-                _read_conf(path, opts)
-                break
-    by_flag = {f.flag: f for f in flags.SETTINGS if f.flag}
-    secret = {f.key for f in flags.SETTINGS if f.secret and f.flag}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        value = argv[i + 1] if i + 1 < len(argv) else ""
-        step = 2
-        if arg in ("--config", "--script"):
-            pass
-        elif arg in by_flag:
-            f = by_flag[arg]
-            if f.switch:
-                opts.settings[f.key], step = "1", 1
-            else:
-                opts.settings[f.key] = value
-        elif arg == flags.SECRETS_FLAG:
-            for line in (stdin or sys.stdin):
-                key, sep, rest = line.rstrip("\n").partition("=")
-                if sep and key in secret:
-                    opts.settings[key] = rest
-            step = 1
-        elif arg == "--file":
-            opts.file = value
-        elif arg == "--protect":
-            opts.protect.append(value)
-        elif arg == "--wait":
-            opts.wait = value
-        elif arg in ("--echo", "--report"):
-            setattr(opts, arg[2:], True)
-            step = 1
-        else:
-            raise Usage("unknown argument: %s" % arg)
-        i += step
-    for key, value in _UNSET.items():
-        opts.settings.setdefault(key, value)
-        opts.settings[key] = opts.settings[key] or value
-    if not opts.get("BACKUP_DIR"):
-        raise Usage("BACKUP_DIR is not set (--backup-dir, or --config the backup script's "
-                    "settings file)")
-    if not opts.get("LOG_FILE"):
-        raise Usage("LOG_FILE is not set (--log-file)")
-    if not opts.get("COMPOSE_PROJECT"):
-        raise Usage("COMPOSE_PROJECT is not set (--project)")
+    script = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--script"), "")
+    beside = [script + ".conf", os.path.join(os.path.dirname(script),
+                                             "backup-postgres.sh.conf")] if script else []
+    settings, extra = read_settings(argv, beside, FLAGS)
+    for key in ("COMPOSE_SERVICE", "PG_SUPERUSER", "PING_KIND"):
+        settings[key] = settings.get(key) or str(defaults.SCRIPT_DEFAULTS[key])
+    opts = Options(settings, extra)
+    require(settings, "--config the backup script's settings file")
     if not (opts.wait.isdigit() and opts.wait.isascii()):
-        raise Usage("--wait must be a whole number of seconds")
+        raise UsageError("--wait must be a whole number of seconds")
     if opts.file != "latest" and not retention.NAME_RE.search(opts.file):
-        raise Usage("not a backup name: %s" % opts.file)
+        raise UsageError("not a backup name: %s" % opts.file)
     return opts
-
-
-def _write(fd: int, text: str) -> bool:
-    """Write a line to the session (stdout or stderr); False once it is gone."""
-    try:
-        os.write(fd, (text + "\n").encode("utf-8", "surrogateescape"))
-    except OSError:
-        return False
-    return True
 
 
 def sha256_file(path: str) -> str:
@@ -192,92 +92,22 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-class Run:
-    """One deep verify: its log, report, pings, locks, and what it must clean up."""
+class Run(Job):
+    """One deep verify: its log, report, pings and locks (a Job), and its throwaway."""
 
     def __init__(self, opts: Options) -> None:
+        super().__init__("verify", opts.get("LOG_FILE"), echo=opts.echo, report=opts.report)
         self.opts = opts
-        self.run_id = "verify[%d]" % os.getpid()
-        self.started = time.time()
-        self.rid = str(uuid.uuid4())
-        self.ping_ended = False
+        self.ping_url = opts.get("PING_URL_VERIFY")
+        self.ping_kind = opts.get("PING_KIND")
+        self.ping_timeout = opts.get("PING_TIMEOUT") or defaults.PING_TIMEOUT
         self.name = ""
-        self.locks: List[Lock] = []
         self.trial: Optional[Trial] = None
         self.cleanup_problem = ""
         self.removed = False
 
-    # --- what a run says --------------------------------------------------------------
-    def log(self, msg: str) -> None:
-        line = "%s %s %s" % (core_lock.now_utc(), self.run_id, msg)
-        try:
-            with open(self.opts.get("LOG_FILE"), "a", encoding="utf-8",
-                      errors="surrogateescape") as fh:
-                fh.write(line + "\n")
-        except OSError:
-            pass
-        if self.opts.echo and not _write(2, line):
-            self.opts.echo = False  # the session is gone: go on, and clean up
-
-    def report(self, line: str) -> None:
-        if self.opts.report and not _write(1, line):
-            self.opts.report = False
-
     def check(self, name: str, state: str, detail: str) -> None:
         self.report("verify.check=%s\t%s\t%s" % (name, state, detail))
-
-    # --- pings (lib.sh's ping_send, through the script: curl, as every job's) ---------
-    def ping(self, event: str, msg: str = "") -> None:
-        url = self.opts.get("PING_URL_VERIFY")
-        if not url:
-            return
-        kind = self.opts.get("PING_KIND")
-        ms = str(int(time.time() - self.started) * 1000)
-        body = ""
-        if event != "start":
-            body = self._ping_body()
-        try:
-            ok, why = self._ping_send(kind, url, event, msg, body, ms)
-        finally:
-            if body:
-                os.unlink(body)
-        self.log("ping %s: %s (%s)" % (event, "ok" if ok else "failed: " + why, kind))
-
-    def _ping_body(self) -> str:
-        """The run's last log lines (at most 100 kB) in a temporary file."""
-        lines: "deque[bytes]" = deque()
-        try:
-            with open(self.opts.get("LOG_FILE"), "rb") as fh:
-                lines = deque(fh, maxlen=PING_LOG_LINES)
-        except OSError:
-            pass
-        mine = (" %s " % self.run_id).encode()
-        data = b"".join([ln for ln in lines if mine in ln][-PING_BODY_LINES:])
-        fd, path = tempfile.mkstemp(prefix="aimms-ping.")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data[-PING_BODY_BYTES:])
-        return path
-
-    def _ping_send(self, kind: str, url: str, event: str, msg: str, body: str,
-                   ms: str) -> Tuple[bool, str]:
-        if not self.opts.script:
-            return False, "no verify-backup.sh to send it with"
-        bound = self.opts.get("PING_TIMEOUT") or str(defaults.PING_TIMEOUT)
-        env = dict(os.environ, PING_TIMEOUT=bound)
-        try:
-            proc = subprocess.run(
-                ["bash", self.opts.script, "--ping-send", kind, event, self.rid, msg, body, ms],
-                input=(url + "\n").encode(), stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, env=env)
-        except OSError as e:
-            return False, str(e)
-        why = proc.stdout.decode("utf-8", "replace").strip().replace("\n", " ")
-        return proc.returncode == 0, why
-
-    def ping_end(self, event: str, msg: str) -> None:
-        if not self.ping_ended:
-            self.ping_ended = True
-            self.ping(event, msg)
 
     # --- the end ----------------------------------------------------------------------
     def cleanup(self) -> None:
@@ -286,11 +116,9 @@ class Run:
             self.removed = self.removed or self.trial.removed
             if problems:
                 self.cleanup_problem = " ".join(problems)
-        for lk in self.locks:
-            lk.release()
-        self.locks = []
+        self.release_locks()
 
-    def fail(self, check: str, reason: str) -> int:
+    def fail_check(self, check: str, reason: str) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         self.check(check, "CRITICAL", reason)
@@ -306,8 +134,8 @@ class Run:
         self.report("verify.reason=%s" % reason)
         self.report("verify.seconds=%d" % (time.time() - self.started))
         self.log("RESULT failed: %s%s" % (whole, " (%s)" % self.name if self.name else ""))
-        if not self.opts.echo:
-            _write(2, "verify failed: %s" % whole)
+        if not self.echo:
+            self.say("verify failed: %s" % whole)
         self.ping_end("exit:1", "verify failed: %s" % whole)
         return 1
 
@@ -405,28 +233,23 @@ class Run:
         return 0
 
 
-def _interrupted(signum: int, frame: object) -> None:
-    raise Interrupted()
-
-
 def main(argv: List[str]) -> int:
     try:
         opts = parse_args(argv)
-    except Usage as e:
-        _write(2, "verify-backup.sh: %s" % e)
+    except UsageError as e:
+        os.write(2, ("verify-backup.sh: %s\n" % e).encode())
         return USAGE_STATUS
     os.umask(0o077)
     run = Run(opts)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupted)
+    trap_signals()
     try:
         try:
             return run.verify()
         except Failed as f:
-            return run.fail(f.check, f.reason)
+            return run.fail_check(f.check, f.reason)
         except Interrupted:
-            return run.fail("interrupted", "interrupted by a signal")
+            return run.fail_check("interrupted", "interrupted by a signal")
         except Exception as e:  # noqa: BLE001 - a fault of the verify itself: cleaned up, told
-            return run.fail("verify", "internal error: %s: %s" % (type(e).__name__, e))
+            return run.fail_check("verify", "internal error: %s: %s" % (type(e).__name__, e))
     finally:
         run.cleanup()

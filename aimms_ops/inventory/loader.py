@@ -206,7 +206,7 @@ def _parse_retention(ck: _Checker, key: str, d: dict) -> Policy:
                   **{k.removeprefix("keep_"): v for k, v in counts.items()})
 
 
-#: The shortest ping.timeout: curl gets a third of it a try (lib.sh ping_send).
+#: The shortest ping.timeout: curl gets a third of it a try (agent/pings.py).
 PING_TIMEOUT_MIN = 3
 
 

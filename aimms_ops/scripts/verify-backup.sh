@@ -11,12 +11,5 @@
 set -uo pipefail
 # @include lib.sh
 
-# verify-backup.sh --ping-send KIND EVENT RID MSG BODY MS, the URL on stdin: the host
-# program's pings, sent as every job's are (lib.sh's ping_send, PING_TIMEOUT bounds it).
-if [ "${1:-}" = --ping-send ]; then
-    IFS= read -r url
-    ping_send "$2" "$url" "$3" "$4" "$5" "$6" "$7"
-    exit
-fi
 need_python3 "the deep verify"
 exec python3 "$AIMMS_OPS_PROGRAM" verify --script "${BASH_SOURCE[0]:-}" "$@"

@@ -231,7 +231,8 @@ def test_the_settings_file_beside_the_script_is_read_and_flags_override_it(host)
     # --config names the file instead; an unreadable one is a usage error.
     proc = host.verify(args=["--config", str(host.tmp / "nope.conf")])
     assert proc.returncode == 64
-    assert proc.stderr == f"verify-backup.sh: cannot read config file: {host.tmp}/nope.conf\n"
+    assert proc.stderr == (f"verify-backup.sh: cannot read config file: {host.tmp}/nope.conf "
+                           "(No such file or directory)\n")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -354,7 +355,9 @@ def test_a_throwaway_that_will_not_go_fails_the_cleanup_check(host, monkeypatch)
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(trial.time, "sleep", lambda s: None)
     writes: list[tuple[int, str]] = []
-    monkeypatch.setattr(verify, "_write", lambda fd, text: writes.append((fd, text)) or True)
+    from aimms_ops.agent import job
+
+    monkeypatch.setattr(job, "write_fd", lambda fd, text: writes.append((fd, text)) or True)
     old = os.umask(0o022)
     try:
         rc = verify.main(host.args("--report"))
@@ -364,7 +367,7 @@ def test_a_throwaway_that_will_not_go_fails_the_cleanup_check(host, monkeypatch)
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
                           else signal.SIG_DFL)
     assert rc == 1
-    r = report("\n".join(t for fd, t in writes if fd == 1))
+    r = report("".join(t for fd, t in writes if fd == 1))
     assert r["verify.failed_check"] == ["cleanup"]
     assert r["verify.reason"][0].startswith("container aimms-ops-verify-")
     assert "is still there (docker rm -f -v aimms-ops-verify-" in r["verify.reason"][0]

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from aimms_ops.host import shell
+from tests.hostprog import PROGRAM
 
 SCRIPTS = sorted(p.name for p in shell.SCRIPTS_DIR.glob("*.sh") if p.name != "lib.sh")
 
@@ -43,7 +44,9 @@ def _ping_test(tmp_path, curl_body: str, *timeout: str) -> tuple[str, list[str]]
     script.write_text(shell.script_text("ping-test.sh"))
     proc = subprocess.run(["bash", str(script), "healthchecks", "http://127.0.0.1:9/p",
                            *timeout], capture_output=True, text=True, check=False,
-                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin",
+                               "AIMMS_OPS_PROGRAM": str(PROGRAM)})
+    assert (tmp_path / "args").exists(), proc.stderr
     return proc.stdout, (tmp_path / "args").read_text().splitlines()
 
 

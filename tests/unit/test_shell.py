@@ -113,20 +113,19 @@ def test_every_setting_has_its_flag_in_the_backup_job_and_in_fab(tmp_path):
 
 
 def test_read_settings_takes_the_config_flag_else_the_first_file_beside(tmp_path):
+    from aimms_ops.agent.jobsettings import UsageError, read_settings
+
     first, second = tmp_path / "a.conf", tmp_path / "b.conf"
     second.write_text("BACKUP_DIR=/second\n")
-    got = _lib(f'read_settings {first} {second} -- "$@"; echo "${{BACKUP_DIR:-none}}"')
-    assert got.stdout.strip() == "/second"
+    assert read_settings([], [str(first), str(second)], {})[0]["BACKUP_DIR"] == "/second"
     first.write_text("BACKUP_DIR=/first\n")
-    got = _lib(f'read_settings {first} {second} -- "$@"; echo "${{BACKUP_DIR:-none}}"')
-    assert got.stdout.strip() == "/first"
+    assert read_settings([], [str(first), str(second)], {})[0]["BACKUP_DIR"] == "/first"
     given = tmp_path / "given.conf"
     given.write_text("BACKUP_DIR=/given\n")
-    got = _lib(f'read_settings {first} -- "$@"; echo "$BACKUP_DIR"', "--config", str(given))
-    assert got.stdout.strip() == "/given"
-    got = _lib('read_settings -- "$@"; echo reached', "--config", str(tmp_path / "nope"))
-    assert got.returncode == 64 and "cannot read config file" in got.stderr
-    assert "reached" not in got.stdout
+    got = read_settings(["--config", str(given)], [str(first)], {})[0]
+    assert got["BACKUP_DIR"] == "/given"
+    with pytest.raises(UsageError, match="cannot read config file"):
+        read_settings(["--config", str(tmp_path / "nope")], [], {})
 
 
 def test_missing_tools_names_exactly_the_tools_not_on_the_path():

@@ -1,0 +1,95 @@
+"""Small things the host program's jobs run the host's tools with: docker, psql's
+errors, the decompressor of a backup, a stage of a pipeline that is the program itself."""
+
+import os
+import shutil
+import subprocess
+import sys
+from typing import List, Optional, Tuple
+
+from aimms_ops.core import retention
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def docker(*args: str, stdin: Optional[bytes] = None) -> Tuple[int, str, str]:
+    """``docker ARGS``: its status, stdout and stderr."""
+    try:
+        proc = subprocess.run(["docker", *args], input=stdin, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE,
+                              stdin=None if stdin is not None else subprocess.DEVNULL)
+    except OSError as e:
+        return 127, "", str(e)
+    return proc.returncode, _text(proc.stdout), _text(proc.stderr)
+
+
+def out(*args: str) -> str:
+    """The stdout of ``docker ARGS`` (empty when it fails)."""
+    rc, stdout, _err = docker(*args)
+    return stdout if rc == 0 else ""
+
+
+def last_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def psql_error(text: str) -> str:
+    """psql's first error, whole (a message may span lines), newlines shown as \\n."""
+    got: List[str] = []
+    for line in text.splitlines():
+        if line.startswith("psql:") and got:
+            break
+        if got or line.startswith("psql:"):
+            got.append(line)
+    return "\\n".join(got)
+
+
+def conninfo_db(name: str) -> str:
+    """A libpq connection string for database ``name``, whatever it holds."""
+    return "dbname='%s'" % name.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def decompressor(name: str) -> Tuple[Optional[List[str]], str]:
+    """The command that decompresses backup ``name`` (stdin to stdout): zstd for a
+    ``.sql.zst``, else igzip, else pigz, else gzip; or None and what to install."""
+    zst = dict(retention.EXTENSIONS)["zstd"].rsplit(".", 1)[1]
+    if name.endswith("." + zst):
+        return (["zstd", "-q", "-dc"] if shutil.which("zstd") else None), "zstd"
+    for tool in ("igzip", "pigz", "gzip"):
+        if shutil.which(tool):
+            return [tool, "-dc"], "gzip"
+    return None, "gzip"
+
+
+def _program() -> List[str]:
+    """The host program, to run its dump reader in a stage of the pipeline."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # Started without a PATH (cron's bare environment), python3 does not know its own
+    # path; the settings file has given the PATH since.
+    python = sys.executable or "python3"
+    if os.path.isfile(root):  # the zipapp
+        return [python, root]
+    return [python, "-m", "aimms_ops.agent"]
+
+
+def _status(rc: int) -> int:
+    """A stage's status as bash gives it (128 + N for a stage killed by signal N)."""
+    return 128 - rc if rc < 0 else rc
+
+
+#: The verify's SQL: each table's exact row count, and every database opened.
+_COUNT_SQL = """SELECT format('SELECT %L, count(*) FROM ONLY %I.%I',
+              quote_ident(n.nspname) || '.' || quote_ident(c.relname), n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%'
+ORDER BY n.nspname, c.relname
+\\gexec
+"""
+_OPEN_SQL = """SELECT format('ALTER DATABASE %I ALLOW_CONNECTIONS true', datname) FROM pg_database
+WHERE NOT datallowconn AND NOT datistemplate
+\\gexec
+"""
