@@ -169,6 +169,7 @@ def test_the_nightly_run_applies_the_same_decision_from_its_settings_file(sandbo
     sandbox.ssh(f"cat > {d}/.conf", input=conf.encode())
     sandbox.ssh(f"cat > {d}/.script.sh && chmod 700 {d}/.script.sh",
                 input=shell.script_text("backup-postgres.sh").encode())
+    sandbox.ssh(f"cat > {d}/{PROGRAM}", input=bundle.program())  # beside it, as installed
     sandbox.ssh(f"env -i HOME={sandbox.home} bash -c "
                 f"'{d}/.script.sh --config {d}/.conf --prune-only'")
     assert _files(sandbox, d) == {x["name"] for x in dry if x["action"] == "keep"}

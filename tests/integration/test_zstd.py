@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from aimms_ops.backup import settings
-from aimms_ops.host import shell
+from aimms_ops.host import bundle, shell
 from aimms_ops.inventory import loader
 
 from .conftest import fab_error_line
@@ -181,6 +181,8 @@ def test_a_zstd_host_without_zstd_fails_in_one_line_and_publishes_nothing(sandbo
     tag = uuid.uuid4().hex[:8]
     bin_dir, script = f"/tmp/aimms-ops-nozstd-{tag}", f"/tmp/aimms-ops-nozstd-{tag}.sh"
     sb.ssh(f"cat > {script}", input=shell.script_text("backup-postgres.sh").encode())
+    program = f"{bin_dir}.pyz"  # the host program, named for the script below
+    sb.ssh(f"cat > {program}", input=bundle.program())
     # Every command of the host but zstd's.
     sb.ssh(f"mkdir -p {bin_dir} && for f in /usr/bin/* /usr/local/bin/*; do "
            f"case ${{f##*/}} in zstd*|unzstd|zstdcat|zstdmt) continue ;; esac; "
@@ -188,7 +190,8 @@ def test_a_zstd_host_without_zstd_fails_in_one_line_and_publishes_nothing(sandbo
     before = sb.sh(f"ls -1A {host.backup_dir}")
     try:
         args = " ".join(shell.quote(a) for a in settings.script_args(host, "--no-prune"))
-        proc = sb.ssh(f"PATH={bin_dir} bash {script} {args}", check=False)
+        proc = sb.ssh(f"PATH={bin_dir} AIMMS_OPS_PROGRAM={program} bash {script} {args}",
+                      check=False)
         err = [ln for ln in proc.stderr.decode().splitlines() if ln.strip()]
         assert proc.returncode == 1, proc.stderr
         assert err == ["backup failed: compression is zstd but zstd is not installed on the "
@@ -207,7 +210,7 @@ def test_a_zstd_host_without_zstd_fails_in_one_line_and_publishes_nothing(sandbo
         found = compressor_check(extra, "zstd")
         assert found is not None and found.state.name == "CRITICAL", extra
     finally:
-        sb.ssh(f"rm -rf -- {bin_dir} {script}", check=False)
+        sb.ssh(f"rm -rf -- {bin_dir} {script} {program}", check=False)
 
 
 def test_doctor_reports_zstd_on_a_zstd_host(sandbox, zinv):
