@@ -86,9 +86,10 @@ def test_the_seeds_manual_backup_command_makes_a_good_backup(managed):
 def test_the_seeds_bare_script_without_settings_says_what_is_missing(managed):
     """Elsewhere than beside its settings file, the script names what it lacks."""
     sb = managed
-    proc = sb.ssh(f"cp {sb.home}/backup-postgres.sh /tmp/aimms-ops-bare-$$.sh && "
-                  "/tmp/aimms-ops-bare-$$.sh; rc=$?; rm -f /tmp/aimms-ops-bare-$$.sh; exit $rc",
-                  check=False)
+    # The script and the host program beside it, as installed, in another folder.
+    proc = sb.ssh(f"d=$(mktemp -d) && cp {sb.home}/backup-postgres.sh "
+                  f"{sb.home}/aimms-ops.pyz \"$d\" && \"$d\"/backup-postgres.sh; rc=$?; "
+                  "rm -rf \"$d\"; exit $rc", check=False)
     assert proc.returncode == 64
     err = proc.stderr.decode()
     assert "BACKUP_DIR is not set" in err and "install-backups" in err

@@ -407,9 +407,10 @@ class TestLockHeld:
 
 
 def _waiting_for(uid: int, lock: str) -> bool:
-    """Whether a process of user ``uid`` waits (``flock -w``) for ``lock``."""
+    """Whether a process of user ``uid`` waits for ``lock``: the host program taking it
+    (its ``lock`` command, or a job of its own) with the lock file open."""
     for pid in (int(e) for e in os.listdir("/proc") if e.isdigit()):
-        if faults._uid(pid) != uid or not faults.cmdline(pid).startswith("flock -w"):
+        if faults._uid(pid) != uid or "aimms-ops.pyz" not in faults.cmdline(pid):
             continue
         with contextlib.suppress(OSError):
             if any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith("/" + lock)
