@@ -60,7 +60,7 @@ class RunResult:
         return f"exit status {self.rc}"
 
 
-PYTHON3_FIX = "install python3 on the host (dnf install python3, apt-get install python3)"
+PYTHON3_FIX = "install python3 on the host: dnf install python3, apt-get install python3"
 
 
 def no_program(res: RunResult) -> str:

@@ -175,7 +175,7 @@ def test_status_facts_read_files_log_crontab_and_side_copies(fake, tmp_path):
     assert [ln.split()[0] for ln in dec["restore.copies_b64"].splitlines()] == [
         b"aimms_ops_old_x".hex(), b"aimms_ops_new_y".hex()]
     assert f["container.exit_code"] == "0"
-    assert f["python3.version"] == "%d.%d" % sys.version_info[:2]
+    assert f["python3.version"] == "{}.{}".format(*sys.version_info[:2])
     assert f["env.DOCKER_HOST"] == "unix:///x.sock" and int(f["now.epoch"]) > 0
     assert f["crontab.available"] in ("0", "1") and "compressor.have" in f
 
@@ -270,3 +270,22 @@ def test_wait_postgres_needs_the_same_listening_server_twice(fake):
     assert res.stderr.decode().splitlines() == [
         "aimms-ops: postgres did not accept connections within 0s: the server is still "
         "initialising (it does not listen yet)", "aimms-ops: log: initdb: running"]
+
+
+def test_a_host_program_that_cannot_start_is_named():
+    """run_program's errors: no python3 (the shell's 127), or one too old (the zipapp's
+    69, before it imports anything)."""
+    from aimms_ops.host.remote import RunResult, no_program
+
+    def res(rc: int, err: str) -> RunResult:
+        return RunResult("python3 x.pyz facts", rc, "", err)
+
+    assert no_program(res(127, "bash: line 1: python3: command not found\n")) == "no python3"
+    too_old = subprocess.run(  # the zipapp's own message, from a python that claims 3.6
+        [sys.executable, "-c", "import sys, runpy; sys.version_info = (3, 6, 9); "
+         f"sys.argv = ['x', 'facts']; runpy.run_path({str(HOST[1])!r})"],
+        capture_output=True, text=True, check=False)
+    assert too_old.returncode == 69, too_old.stderr
+    assert no_program(res(69, too_old.stderr)) == "python3 3.6 is too old"
+    assert no_program(res(69, "aimms-ops: something else\n")) == ""
+    assert no_program(res(1, "python3: error\n")) == ""
