@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import List
 
-from aimms_ops.agent import backups, locks, offsite, pings, verify
+from aimms_ops.agent import backups, facts, install, locks, offsite, pings, statefacts, verify
 
 USAGE_STATUS = 64
 
@@ -30,6 +30,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("verify", help="the deep verify: a trial restore of a backup into a "
                    "throwaway container (its own options: see verify-backup.sh)")
     offsite.add_commands(sub)
+    facts.add_commands(sub)
+    statefacts.add_commands(sub)
+    install.add_commands(sub)
     return p
 
 

@@ -30,13 +30,13 @@ tables=N rows=N seconds=N`` or ``RESULT failed: CHECK: REASON (NAME)``. Exit sta
 when the backup restored, 1 when it did not, 64 for a usage error.
 """
 
-import hashlib
 import os
 import signal
 import time
 from typing import List, Optional
 
 from aimms_ops.agent.backups import newest_regular
+from aimms_ops.agent.hostfacts import sha256_file
 from aimms_ops.agent.job import Interrupted, Job, trap_signals
 from aimms_ops.agent.jobsettings import USAGE_STATUS, UsageError, read_settings, require
 from aimms_ops.agent.trial import Failed, Trial
@@ -82,14 +82,6 @@ def parse_args(argv: List[str]) -> Options:
     if opts.file != "latest" and not retention.NAME_RE.search(opts.file):
         raise UsageError("not a backup name: %s" % opts.file)
     return opts
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Run(Job):

@@ -172,10 +172,13 @@ def _sha(text: str | bytes) -> str:
 def plan(remote: HostRemote) -> InstallPlan:
     """Read the host's state and compute what ``install-backups`` would change."""
     host = remote.host
-    res = remote.run_script("install-state.sh", host.backup_script, host.layout.config_file,
-                            host.backup_dir, host.log_file, host.layout.verify_script,
-                            host.layout.install_record, host.compose.project,
-                            host.compose.postgres_service)
+    extra = ["--file", "program", host.layout.program]
+    if host.offsite:
+        extra += ["--file", "offsite", host.layout.offsite_config]
+    res = remote.run_program("install-state", *extra, host.backup_script,
+                             host.layout.config_file, host.backup_dir, host.log_file,
+                             host.layout.verify_script, host.layout.install_record,
+                             host.compose.project, host.compose.postgres_service)
     if not res.ok:
         raise OpsError(f"cannot read the install state on {remote.name}: "
                        f"{res.last_error_line()}")
@@ -203,8 +206,6 @@ def plan(remote: HostRemote) -> InstallPlan:
         if missing:
             p.warnings.append(f"{missing} not installed on {remote.name}: the offsite copies "
                               f"will fail until it is (apt-get install {missing})")
-        st.update(_file_state(remote, "offsite", host.layout.offsite_config))
-    st.update(_file_state(remote, "program", host.layout.program))
     for item, key, path, text, mode in _files(p):
         have = st.get(f"{key}.sha256", "")
         if not have:
@@ -262,22 +263,12 @@ def _files(p: InstallPlan) -> list[tuple[str, str, str, str | bytes, str]]:
     return files
 
 
-def _file_state(remote: Remote, key: str, path: str) -> dict[str, str]:
-    """``KEY.sha256`` and ``KEY.mode`` of one file on the host (empty when missing)."""
-    res = remote.run(["bash", "-c", 'if [ -f "$1" ]; then sha256sum -- "$1" | cut -d" " -f1; '
-                      'stat -c %a -- "$1"; fi', "file-state", path], what="file-state")
-    lines = res.stdout.split()
-    if not res.ok or len(lines) != 2:
-        return {f"{key}.sha256": ""}
-    return {f"{key}.sha256": lines[0], f"{key}.mode": lines[1]}
-
-
 def apply(remote: Remote, p: InstallPlan) -> list[str]:
     """Carry out ``p``; returns notes (such as where an old script was kept)."""
     host = p.host
     notes: list[str] = []
     items = {c.item for c in p.changes}
-    res = remote.run_script("ensure-dirs.sh", host.backup_dir, host.log_file)
+    res = remote.run_program("ensure-dirs", host.backup_dir, host.log_file)
     if not res.ok:
         raise OpsError(f"cannot create {host.backup_dir} on {remote.name}: "
                        f"{res.last_error_line()}")
@@ -289,7 +280,7 @@ def apply(remote: Remote, p: InstallPlan) -> list[str]:
         if item not in items:
             continue
         data = text if isinstance(text, bytes) else text.encode()
-        res = remote.run_script("install-file.sh", path, mode, keep, stdin=data)
+        res = remote.run_program("install-file", path, mode, keep, stdin=data)
         if not res.ok:
             raise OpsError(f"cannot write {path} on {remote.name}: {res.last_error_line()}")
         notes += [f"previous script kept as {line.split('=', 1)[1]}"

@@ -15,7 +15,7 @@ from aimms_ops.inventory.connected import HostRemote
 
 
 def parse_listing(text: str, backup_dir: str) -> list[BackupFile] | None:
-    """Parse list-backups.sh output; None when the backup dir does not exist."""
+    """Parse the host program's list-backups; None when the backup dir does not exist."""
     if text.strip() == "missing":
         return None
     out = []
@@ -44,7 +44,7 @@ def _pin_field(field: str) -> Pin | None:
 
 def list_remote(remote: HostRemote) -> list[BackupFile]:
     """The backups on the host, newest first (empty when the dir does not exist)."""
-    res = remote.run_script("list-backups.sh", remote.host.backup_dir)
+    res = remote.run_program("list-backups", remote.host.backup_dir)
     if not res.ok:
         raise OpsError(f"cannot list backups on {remote.name}: {res.last_error_line()}")
     return parse_listing(res.stdout, remote.host.backup_dir) or []

@@ -19,7 +19,7 @@ VERIFY_SCRIPT = "verify-backup.sh"
 PROGRAM = "aimms-ops.pyz"
 
 #: The host's lock files, in the backup dir (core.lock is the model and their one
-#: definition); the scripts get these names as $CLUSTER_LOCK, $BACKUP_LOCK, $VERIFY_LOCK.
+#: definition), by their old script names (CLUSTER_LOCK, BACKUP_LOCK, VERIFY_LOCK).
 LOCK_FILES = {f"{k.upper()}_LOCK": v for k, v in lock.LOCK_FILES.items()}
 
 

@@ -67,6 +67,13 @@ def script(name: str, args: Sequence[str | int], *, stdin_file: str = "", reads:
                    stdin_file=stdin_file, reads=reads, about=about)
 
 
+def program(args: Sequence[str | int], *, reads: str = "", about: str = "") -> Command:
+    """A command of the host program (``aimms-ops.pyz``, from the bundle) with ``args``."""
+    words = [str(a) for a in args]
+    return Command(bundle.program_command(words), tuple(words), script=words[0], reads=reads,
+                   about=about)
+
+
 def in_postgres(project: str, service: str, argv: Sequence[str], *, reads: str = "",
                 about: str = "") -> Command:
     """``argv`` run in the postgres container of the compose service, found on the host

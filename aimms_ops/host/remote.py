@@ -60,6 +60,21 @@ class RunResult:
         return f"exit status {self.rc}"
 
 
+PYTHON3_FIX = "install python3 on the host: dnf install python3, apt-get install python3"
+
+
+def no_program(res: RunResult) -> str:
+    """Why a host program command could not start: "no python3", "python3 X.Y is too
+    old"; "" when it ran."""
+    if res.rc == 127 and "python3" in res.stderr:
+        return "no python3"
+    if res.rc == 69 and "too old for aimms-ops' host program" in res.stderr:
+        words = res.stderr.split()
+        version = words[words.index("python3") + 1] if "python3" in words[:-1] else "?"
+        return f"python3 {version} is too old"
+    return ""
+
+
 class Remote:
     """One host, connected and verified; ``name`` is how errors name it."""
 
@@ -164,9 +179,15 @@ class Remote:
                         on_stderr=on_stderr, what=name)
 
     def run_program(self, *args: str | int, stdin: bytes | None = None) -> RunResult:
-        """Run a command of the host program (aimms_ops.agent) with ``args``."""
-        return self.run(bundle.program_command([str(a) for a in args]), stdin=stdin,
-                        what=str(args[0]))
+        """Run a command of the host program (aimms_ops.agent) with ``args``; an OpsError
+        when the host's python3 cannot run it (absent, too old)."""
+        res = self.run(bundle.program_command([str(a) for a in args]), stdin=stdin,
+                       what=str(args[0]))
+        why = no_program(res)
+        if why:
+            raise OpsError(f"{why} on {self.name}: aimms-ops' host program cannot run there",
+                           PYTHON3_FIX)
+        return res
 
     @contextmanager
     def hold(self, command: str, *, ready: str, what: str = "a lock") -> Iterator[RunResult | None]:

@@ -87,10 +87,9 @@ def script_text(name: str) -> str:
 def _placeholders() -> dict[str, str]:
     """The facts written into the scripts when they are rendered (``@KEY@`` in lib.sh)."""
     from aimms_ops.core.defaults import SCRIPT_DEFAULTS
-    from aimms_ops.core.layout import LOCK_FILES
     from aimms_ops.core.retention import EXTENSIONS
 
     return {"BACKUP_NAME_ERE": name_ere(),
             "BACKUP_COMPRESSIONS": " ".join(c for c, _ in EXTENSIONS),
-            "BACKUP_EXTENSIONS": " ".join(ext for _, ext in EXTENSIONS), **LOCK_FILES,
+            "BACKUP_EXTENSIONS": " ".join(ext for _, ext in EXTENSIONS),
             **{f"DEFAULT_{k}": str(v) for k, v in SCRIPT_DEFAULTS.items()}}

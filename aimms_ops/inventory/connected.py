@@ -26,7 +26,7 @@ def open_host(host: Host) -> HostRemote:
 
 
 def facts_args(host: Host) -> list[str]:
-    """The arguments of facts.sh for ``host``."""
+    """The arguments of the host program's ``facts`` for ``host``."""
     return [
         host.compose.project_dir, host.compose.file_path, host.compose.project,
         host.compose.postgres_service, host.postgres.superuser, host.backup_dir,

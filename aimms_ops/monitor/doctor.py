@@ -15,12 +15,13 @@ from aimms_ops.core import HOST_PYTHON
 from aimms_ops.core.checks import Check, State, worst
 from aimms_ops.core.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host import shell
+from aimms_ops.host.remote import PYTHON3_FIX
 from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.compressor import compressor_check
 from aimms_ops.monitor.disk import check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks
-from aimms_ops.monitor.hostfacts import HostFacts, gather
+from aimms_ops.monitor.hostfacts import HostFacts, NoHostProgram, gather, python_problem
 from aimms_ops.monitor.runlog import last_run
 from aimms_ops.monitor.status import check_cron, check_last_run, check_verify
 
@@ -144,17 +145,23 @@ def check_python(hf: HostFacts) -> Check | None:
     seen = hf.extra.get("python3.version")
     if seen is None:
         return None
-    need = ".".join(str(n) for n in HOST_PYTHON)
-    fix = "install python3 on the host (dnf install python3, apt-get install python3)"
-    try:
-        major, minor = (int(x) for x in seen.split("."))
-    except ValueError:
-        return Check("python3", State.CRITICAL, "no python3 on the host: aimms-ops' host "
-                     "program (backups, restores, verifies) cannot run there", fix)
-    if (major, minor) < HOST_PYTHON:
-        return Check("python3", State.CRITICAL, f"python3 {seen} on the host is older than "
-                     f"{need}, which aimms-ops' host program needs", fix)
+    why = python_problem(seen)
+    if why:
+        return python_missing(why)
     return Check("python3", State.OK, f"python3 {seen} (aimms-ops' host program runs on it)")
+
+
+def python_missing(why: str) -> Check:
+    """The python3 check of a host where the host program cannot run (``why``: "no
+    python3", "python3 X.Y is too old")."""
+    need = ".".join(str(n) for n in HOST_PYTHON)
+    if why.endswith("too old"):
+        detail = f"{why.removesuffix(' is too old')} on the host is older than {need}, " \
+                 "which aimms-ops' host program needs"
+    else:
+        detail = "no python3 on the host: aimms-ops' host program (its facts, backups, " \
+                 "restores, verifies) cannot run there"
+    return Check("python3", State.CRITICAL, detail, PYTHON3_FIX)
 
 
 def run_lines(log_tail: list[str], kind: str, pid: int) -> list[str]:
@@ -236,5 +243,10 @@ def send_test_ping(remote: HostRemote) -> list[Check]:
 
 
 def doctor(remote: HostRemote) -> DoctorReport:
-    """Gather the facts of the host (one SSH round trip) and diagnose them."""
-    return diagnose(gather(remote), remote.host)
+    """Gather the facts of the host (one SSH round trip) and diagnose them; on a host
+    where python3 cannot run aimms-ops' host program, that alone."""
+    try:
+        hf = gather(remote)
+    except NoHostProgram as e:
+        return DoctorReport(remote.host.name, [python_missing(e.detail)], [], [])
+    return diagnose(hf, remote.host)

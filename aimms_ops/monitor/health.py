@@ -10,13 +10,13 @@ from aimms_ops.inventory.model import Host
 
 
 def gather_facts(remote: HostRemote) -> dict[str, str]:
-    """Run facts.sh on the host and parse what it prints."""
-    res = remote.run_script("facts.sh", *facts_args(remote.host))
+    """Run the host program's ``facts`` and parse what it prints."""
+    res = remote.run_program("facts", *facts_args(remote.host))
     return parse_facts(res.stdout)
 
 
 def connection_checks(facts: dict[str, str], host: Host, *, fingerprint: str) -> list[Check]:
-    """The rows of ``fab check``, computed from facts.sh output (pure)."""
+    """The rows of ``fab check``, computed from the host's facts (pure)."""
     ok, crit = State.OK, State.CRITICAL
     rows = [Check("ssh", ok, f"{facts.get('ssh.user', '?')}@{facts.get('ssh.hostname', '?')}, "
                   f"host key {fingerprint}")]

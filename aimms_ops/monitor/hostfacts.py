@@ -1,7 +1,9 @@
 """The host's facts for status and doctor, gathered in one SSH round trip.
 
-facts.sh, list-backups.sh and status-facts.sh run in one remote command; their
-sections are parsed into :class:`HostFacts`.
+The host program's facts, list-backups and status-facts run in one remote command; their
+sections are parsed into :class:`HostFacts`. The host's python3 version is read by the
+shell first: a host where python3 cannot run the program says so
+(:class:`NoHostProgram`) instead of facts that are all missing.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from datetime import UTC, datetime
 
 from aimms_ops.backup.install import parse_record
 from aimms_ops.backup.listing import parse_listing
+from aimms_ops.core import HOST_PYTHON
 from aimms_ops.core.errors import OpsError
 from aimms_ops.core.names import BackupFile
 from aimms_ops.host import bundle, shell
 from aimms_ops.host.compose import parse_facts
+from aimms_ops.host.remote import PYTHON3_FIX
 from aimms_ops.inventory.connected import HostRemote, facts_args
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.copies import RestoreCopy, parse_copies
@@ -29,7 +33,19 @@ from aimms_ops.monitor.runlog import (
     parse_starts,
 )
 
-_SECTIONS = ("facts", "backups", "status")
+_SECTIONS = ("python", "facts", "backups", "status")
+#: The one fact read without the host program: which python3 the host has ("" none).
+PYTHON_VERSION = ("echo \"python3.version=$(python3 -c 'import sys; "
+                  "print(*sys.version_info[:2], sep=chr(46))' 2>/dev/null)\"")
+
+
+class NoHostProgram(OpsError):
+    """The host's python3 cannot run the host program (``detail``: why, as a check says)."""
+
+    def __init__(self, host: str, detail: str) -> None:
+        super().__init__(f"{detail} on {host}: aimms-ops' host program cannot run there",
+                         PYTHON3_FIX)
+        self.detail = detail
 
 
 def _b64(value: str) -> str:
@@ -43,8 +59,8 @@ def _b64(value: str) -> str:
 class HostFacts:
     """Everything status and doctor judge, read in one SSH round trip."""
 
-    facts: dict[str, str]  # facts.sh
-    extra: dict[str, str]  # status-facts.sh
+    facts: dict[str, str]  # the host program's facts
+    extra: dict[str, str]  # its status-facts
     backups: list[BackupFile] | None  # None: the backup dir does not exist
     fingerprint: str = ""
 
@@ -65,7 +81,7 @@ class HostFacts:
 
     @property
     def backup_lock_holders(self) -> set[int]:
-        """The pids holding the backup lock now (facts.sh: notes of live processes)."""
+        """The pids holding the backup lock now (facts: notes of live processes)."""
         return {int(p) for p in self.facts.get("lock.backup.live", "").split() if p.isdigit()}
 
     @property
@@ -112,24 +128,42 @@ def split_sections(text: str) -> dict[str, str]:
 def parse_gathered(text: str, host: Host, fingerprint: str = "") -> HostFacts:
     """Parse the output of :func:`gather_command` (pure)."""
     sections = split_sections(text)
-    if "status" not in sections:
-        raise OpsError("the status scripts printed nothing usable",
+    extra = parse_facts(sections.get("python", "") + sections.get("status", ""))
+    if "now.epoch" not in extra:
+        why = python_problem(extra.get("python3.version"))
+        if why:
+            raise NoHostProgram(host.name, why)
+        raise OpsError("the host program printed no status facts",
                        "run fab check to see what fails on the host")
-    return HostFacts(parse_facts(sections.get("facts", "")), parse_facts(sections["status"]),
+    return HostFacts(parse_facts(sections.get("facts", "")), extra,
                      parse_listing(sections.get("backups", ""), host.backup_dir), fingerprint)
 
 
+def python_problem(seen: str | None) -> str:
+    """Why python3 ``seen`` (its version; "" none) cannot run the host program, or ""."""
+    if seen is None:
+        return ""
+    try:
+        major, minor = (int(x) for x in seen.split("."))
+    except ValueError:
+        return "no python3"
+    if (major, minor) < HOST_PYTHON:
+        return f"python3 {seen} is too old"
+    return ""
+
+
 def gather_command(host: Host) -> str:
-    """One remote command running facts.sh, list-backups.sh and status-facts.sh."""
+    """One remote command: the python3 version, then the host program's facts,
+    list-backups and status-facts."""
     status_args = [host.compose.project, host.compose.postgres_service, host.backup_script,
                    host.layout.config_file, host.layout.verify_script, host.layout.install_record,
                    host.log_file, host.postgres.superuser]
-    parts = []
-    for section, script, args in (("facts", "facts.sh", facts_args(host)),
-                                  ("backups", "list-backups.sh", [host.backup_dir]),
-                                  ("status", "status-facts.sh", status_args)):
+    parts = [shell.join(["echo", "@@python"]), PYTHON_VERSION]
+    for section, args in (("facts", ["facts", *facts_args(host)]),
+                          ("backups", ["list-backups", host.backup_dir]),
+                          ("status", ["status-facts", *status_args])):
         parts.append(shell.join(["echo", f"@@{section}"]))
-        parts.append(bundle.script_command(script, args))
+        parts.append(bundle.program_command(args))
     return "; ".join(parts)
 
 

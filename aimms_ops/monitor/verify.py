@@ -201,7 +201,7 @@ def verify(remote: HostRemote, file: str, deep: bool,
         dump = inspect_remote(remote, b.path)
         checks = checks_of(dump)
         if all(c.state is not State.CRITICAL for c in checks):
-            facts = parse_facts(remote.run_script("facts.sh", *facts_args(remote.host)).stdout)
+            facts = parse_facts(remote.run_program("facts", *facts_args(remote.host)).stdout)
             checks.append(check_coverage("databases", live_databases(facts),
                                          list(dump.databases), b.name))
         return VerifyReport(remote.name, b.name, b.path, dump.size, dump.sha256, False,

@@ -271,8 +271,8 @@ def drop_kept(remote: Remote, kept: VolumeReport) -> None:
 
 
 def gather_command(host: Host) -> str:
-    parts = [shell.join(["echo", "@@facts"]), bundle.script_command("facts.sh", facts_args(host)),
-             shell.join(["echo", "@@engine"]), bundle.script_command("volume-facts.sh")]
+    parts = [shell.join(["echo", "@@facts"]), bundle.program_command(["facts", *facts_args(host)]),
+             shell.join(["echo", "@@engine"]), bundle.program_command(["volume-facts"])]
     return "; ".join(parts)
 
 

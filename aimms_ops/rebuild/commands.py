@@ -3,13 +3,13 @@
 Each :class:`~aimms_ops.commands.Command` is the line the run sends; ``reads`` says
 how the executor reads its output. The postgres container is recreated by the run, so
 the commands that use it find it on the host when they run (postgres-exec.sh,
-wait-postgres.sh, restore-stream.sh): no command is completed at run time.
+the host program's wait-postgres, restore-stream.sh): no command is completed at run time.
 """
 
 from __future__ import annotations
 
 from aimms_ops.core.errors import InternalError
-from aimms_ops.host.commands import Command, in_dir, in_postgres, plain, script
+from aimms_ops.host.commands import Command, in_dir, in_postgres, plain, program
 from aimms_ops.inventory.model import Host
 from aimms_ops.rebuild.facts import RebuildFacts, VolumeSpec
 from aimms_ops.restore import restore_commands
@@ -87,8 +87,8 @@ def step_commands(host: Host, facts: RebuildFacts, dump: DumpInfo, *, keep: str 
         "rm": (plain(["docker", "volume", "rm", vol], reads="volume-rm"),),
         "create": (plain(["docker", "volume", "create", *labels, vol]),),
         "start": (compose(host, facts.compose_cmd, "up", "-d"),),
-        "wait": (script("wait-postgres.sh", [project, service, su, str(WAIT_TIMEOUT)],
-                        reads="wait"),),
+        "wait": (program(["wait-postgres", project, service, su, str(WAIT_TIMEOUT)],
+                         reads="wait"),),
         # This run holds the cluster lock already (run.locked): the stream takes none.
         "restore": (psql("-U", su, "-d", "postgres", "-c", BUSY_SQL, reads="idle"),
                     *restore_commands(host, dump, None, lock=False)),

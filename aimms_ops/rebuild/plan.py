@@ -192,13 +192,13 @@ def _step_action(name: str, done: dict[str, str], *, keep: str | None, volume: s
 
 
 def gather(remote: HostRemote, now: datetime) -> RebuildFacts:
-    """Run facts.sh and rebuild-facts.sh on the host (read-only)."""
+    """Run the host program's facts and rebuild-facts (read-only)."""
     host = remote.host
     facts = parse_stack_facts(parse_facts(
-        remote.run_script("facts.sh", *facts_args(host)).stdout))
+        remote.run_program("facts", *facts_args(host)).stdout))
     image = service_image(facts.config_yaml, host.compose.postgres_service) or \
         facts.container_image
-    res = remote.run_script("rebuild-facts.sh", host.volumes.postgres, image,
+    res = remote.run_program("rebuild-facts", host.volumes.postgres, image,
                             str(PurePosixPath(host.backup_dir) / STATE_FILE),
                             keep_name(host.volumes.postgres, now))
     return add_volume_facts(facts, image, res.stdout)

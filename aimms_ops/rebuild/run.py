@@ -93,17 +93,17 @@ class _Record:
         self.plan = plan
 
     def append(self, *lines: str) -> None:
-        res = self.remote.run_script("rebuild-record.sh", "append", self.plan.state_file, *lines)
+        res = self.remote.run_program("rebuild-record", "append", self.plan.state_file, *lines)
         if not res.ok:
             raise OpsError(f"cannot write the rebuild state {self.plan.state_file} on "
                            f"{self.remote.name}: {res.last_error_line()}")
 
     def close(self, dest: str) -> None:
-        self.remote.run_script("rebuild-record.sh", "close", self.plan.state_file, dest)
+        self.remote.run_program("rebuild-record", "close", self.plan.state_file, dest)
 
     def audit(self, line: str) -> bool:
         try:
-            res = self.remote.run_script("rebuild-record.sh", "audit", self.plan.audit_file, line)
+            res = self.remote.run_program("rebuild-record", "audit", self.plan.audit_file, line)
         except OpsError:
             return False
         return res.ok

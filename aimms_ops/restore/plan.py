@@ -119,7 +119,7 @@ def restore_commands(host: Host, dump: DumpInfo, database: str | None, *,
 
 def container_of(remote: HostRemote) -> str:
     """The running postgres container of the compose service (id and name)."""
-    facts = parse_facts(remote.run_script("facts.sh", *facts_args(remote.host)).stdout)
+    facts = parse_facts(remote.run_program("facts", *facts_args(remote.host)).stdout)
     if facts.get("docker.ok") != "1":
         raise OpsError(f"docker is not reachable on {remote.name}: "
                        f"{facts.get('docker.error') or 'no answer'}",

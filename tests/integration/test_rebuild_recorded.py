@@ -79,14 +79,16 @@ def recorder(sandbox) -> Iterator[Recorder]:
 
 
 def _record_call(command: str) -> list[str] | None:
-    """The arguments of a rebuild-record.sh call (``bash -c SCRIPT rebuild-record.sh
-    ARGS``), or None for any other command."""
+    """The arguments of a rebuild-record call of the host program (``python3
+    ~/.cache/aimms-ops/DIGEST/aimms-ops.pyz rebuild-record ARGS``), or None for any other
+    command."""
     try:
         argv = shlex.split(command)
     except ValueError:
         return None
-    if argv[:2] == ["bash", "-c"] and len(argv) > 3 and argv[3] == "rebuild-record.sh":
-        return argv[4:]
+    if len(argv) > 2 and argv[0] == "python3" and argv[1].endswith("/aimms-ops.pyz") \
+            and argv[2] == "rebuild-record":
+        return argv[3:]
     return None
 
 

@@ -198,8 +198,8 @@ def test_a_zstd_host_without_zstd_fails_in_one_line_and_publishes_nothing(sandbo
                        "host (install zstd there, or set compression: gzip in the inventory)"]
         assert sb.sh(f"ls -1A {host.backup_dir}") == before
         # doctor, with the same PATH for its facts, says the same as a CRITICAL finding.
-        facts = sb.ssh(f"PATH={bin_dir} bash -c {shell.quote(shell.script_text('status-facts.sh'))}"
-                       f" x {host.compose.project} {host.compose.postgres_service} "
+        facts = sb.ssh(f"PATH={bin_dir} python3 {program} status-facts "
+                       f"{host.compose.project} {host.compose.postgres_service} "
                        f"{host.backup_script} {host.layout.config_file} "
                        f"{host.layout.verify_script} {host.layout.install_record} "
                        f"{host.log_file}", check=False).stdout.decode()

@@ -29,7 +29,7 @@ def agent(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 def _lib(snippet: str) -> subprocess.Popen:
     """A bash run of ``snippet`` after the rendered lib.sh (as the scripts have it)."""
-    text = shell.script_text("facts.sh").split("\n", 1)[0] + "\n"
+    text = shell.script_text("verify-backup.sh").split("\n", 1)[0] + "\n"
     text += shell._packaged("lib.sh") + "\n" + snippet
     for key, value in shell._placeholders().items():
         text = text.replace(f"@{key}@", value)

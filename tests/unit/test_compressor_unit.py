@@ -1,20 +1,23 @@
-"""The host's compressor choice (lib.sh) and how doctor reports it, without a host."""
+"""The host's compressor choice (the host program's) and how doctor reports it, without a
+host."""
 
 from __future__ import annotations
 
+import io
 import shutil
-import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from aimms_ops.agent import dumping, hostfacts
 from aimms_ops.core.checks import State
-from aimms_ops.host.shell import SCRIPTS_DIR
 from aimms_ops.monitor.doctor import compressor_check
 
 
 def _pick(tmp_path: Path, tools: list[str], level: int = 1, want: str = "auto") -> str:
-    """Run pick_compressor/compressor_facts with only ``tools`` (and bash's needs) on PATH."""
+    """The backup's choice (``zip=``) and the facts doctor reads, with only ``tools`` on
+    PATH."""
     bin_dir = tmp_path / ("bin-" + "-".join(tools) + f"-{level}-{want}")
     bin_dir.mkdir()
     for tool in tools:
@@ -22,12 +25,15 @@ def _pick(tmp_path: Path, tools: list[str], level: int = 1, want: str = "auto") 
         if real is None:
             pytest.skip(f"{tool} is not installed here")
         (bin_dir / tool).symlink_to(real)
-    script = (f"source {SCRIPTS_DIR / 'lib.sh'}; "
-              f"if pick_compressor {level} {want}; then echo \"zip=${{ZIP[*]}}\"; "
-              "else echo zip=none; fi; compressor_facts")
-    proc = subprocess.run(["/bin/bash", "-c", script], env={"PATH": str(bin_dir)},
-                          capture_output=True, text=True, check=True)
-    return proc.stdout
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", str(bin_dir))
+        out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+        mp.setattr(sys, "stdout", out)
+        comp = dumping.pick("gzip", level, 3, want)
+        hostfacts.compressor_facts()
+        out.flush()
+        facts = out.buffer.getvalue().decode()  # type: ignore[attr-defined]
+    return f"zip={' '.join(comp.argv) if comp else 'none'}\n{facts}"
 
 
 @pytest.mark.parametrize("tools, zip_line, check", [

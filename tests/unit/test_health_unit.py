@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import re
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -362,14 +365,35 @@ def test_status_json_shape():
 def test_split_sections_and_missing_output():
     assert hostfacts.split_sections("x\n@@facts\na=1\n@@status\nb=2\n") == {
         "facts": "a=1\n", "status": "b=2\n"}
-    with pytest.raises(OpsError, match="printed nothing usable"):
+    with pytest.raises(OpsError, match="printed no status facts"):
         hostfacts.parse_gathered("", _host())
 
 
-def test_gather_command_is_one_remote_command_of_three_scripts():
+@pytest.mark.parametrize("seen, said", [("", "no python3 on aidset"),
+                                        ("3.6", "python3 3.6 is too old on aidset")])
+def test_a_host_where_python3_cannot_run_the_program_says_so(seen, said):
+    """The shell reads the python3 version first: without a usable python3 the gather
+    says that, and doctor shows that one check."""
+    text = f"@@python\npython3.version={seen}\n@@facts\n@@backups\n@@status\n"
+    with pytest.raises(hostfacts.NoHostProgram, match=said) as e:
+        hostfacts.parse_gathered(text, _host())
+    assert "install python3" in (e.value.hint or "")
+    check = doctor.python_missing(e.value.detail)
+    assert check.state is State.CRITICAL and "python3" in check.fix
+
+
+def test_gather_command_is_one_remote_command_of_three_program_commands(tmp_path):
     cmd = hostfacts.gather_command(_host())
-    assert cmd.count(f"bash {bundle.directory()}/") == 3
+    assert cmd.count(f"python3 {bundle.directory()}/aimms-ops.pyz ") == 3
+    assert f"bash {bundle.directory()}/" not in cmd
     assert "echo @@facts" in cmd and "echo @@backups" in cmd and "echo @@status" in cmd
+    # The python3 version is read by the shell first, with or without python3.
+    first = cmd.split("; echo @@facts")[0]
+    for path in (os.environ["PATH"], str(tmp_path)):
+        out = subprocess.run(["/bin/bash", "-c", first], env={"PATH": path},
+                             capture_output=True, text=True, check=True).stdout
+        version = out.splitlines()[1].split("=", 1)[1]
+        assert re.fullmatch(r"3\.\d+" if path != str(tmp_path) else "", version), out
 
 
 # --- doctor --------------------------------------------------------------------------------

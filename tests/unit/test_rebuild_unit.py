@@ -94,12 +94,16 @@ def test_fresh_plan_runs_every_step_in_order_with_exact_commands():
     assert shown.index(f"docker volume rm {VOL}") > shown.index(f"{cd} down")
     assert f"docker volume create {VOL}" in shown
     assert f"{cd} up -d" in shown
-    # Every command is shown as the line that is sent (a packaged script from the bundle);
-    # nothing is left to fill in at run time.
+    # Every command is shown as the line that is sent (a packaged script or the host
+    # program from the bundle); nothing is left to fill in at run time.
     for s in p.steps:
         for c in s.commands:
-            if c.script:
+            if c.script.endswith(".sh"):
                 assert c.line == bundle.script_command(c.script, c.argv[1:]), c.shown
+                assert c.shown == c.line and c.short.startswith(c.script)
+            elif c.script:
+                assert c.line == bundle.program_command(c.argv), c.shown
+                assert c.line.endswith(" " + shlex.join(c.argv))
                 assert c.shown == c.line and c.short.startswith(c.script)
             else:
                 assert c.line == c.shown and c.line.endswith(shlex.join(c.argv[-3:]))

@@ -66,14 +66,17 @@ def test_compression_reaches_the_installed_conf_and_fab_backup_alike():
     assert settings.script_settings(_host())["COMPRESSION"] == "gzip"
 
 
-def test_lib_lists_both_formats_and_names_their_endings(tmp_path):
+def test_both_formats_are_listed_and_lib_names_their_endings(tmp_path, capsys):
     for n in (f"{STAMP}.sql.gz", "aimms_postgres_20260102_020000.sql.zst",
               f"{STAMP}.sql.gz.sha256", "aimms_postgres_20260102_020000.sql.zst.pin",
               "other.sql.zst", ".aimms_postgres_20260103_020000.sql.zst.tmp"):
         (tmp_path / n).write_text("x")
     (tmp_path / "aimms_postgres_20260104_020000.sql.zst").mkdir()
-    got = _lib(f"backup_files {tmp_path} -printf '%f\\n' | sort")
-    assert got.stdout.split() == [f"{STAMP}.sql.gz", "aimms_postgres_20260102_020000.sql.zst"]
+    from aimms_ops.agent.main import main as agent
+
+    assert agent(["list-backups", str(tmp_path)]) == 0
+    got = sorted(line.split("\t")[2] for line in capsys.readouterr().out.splitlines())
+    assert got == [f"{STAMP}.sql.gz", "aimms_postgres_20260102_020000.sql.zst"]
     assert _lib("backup_ext zstd; echo; backup_ext gzip").stdout.split() == [".sql.zst",
                                                                             ".sql.gz"]
     assert _lib("backup_ext xz").returncode == 1
@@ -90,7 +93,7 @@ def test_lib_decompresses_each_format_with_its_own_tool():
     assert lines[-1] in ("igzip", "pigz", "gzip")
 
 
-def test_lib_without_zstd_names_it(tmp_path):
+def test_lib_without_zstd_names_it(tmp_path, capsys, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("gzip", "find", "cat"):
@@ -98,12 +101,17 @@ def test_lib_without_zstd_names_it(tmp_path):
         assert real is not None
         (bin_dir / tool).symlink_to(real)
     text = shell.script_text("lib.sh") + (
-        f'\npick_decompressor {STAMP}.sql.zst || echo "missing $UNZIP_MISSING"'
-        '\npick_zstd 3 || echo "no zstd"; compressor_facts')
+        f'\npick_decompressor {STAMP}.sql.zst || echo "missing $UNZIP_MISSING"')
     proc = subprocess.run(["/bin/bash", "-c", text], env={"PATH": str(bin_dir)},
                           capture_output=True, text=True, check=False)
-    assert proc.stdout.splitlines()[:2] == ["missing zstd", "no zstd"], proc
-    assert "compressor.have=gzip" in proc.stdout.splitlines()
+    assert proc.stdout.splitlines() == ["missing zstd"], proc
+    # The host program's facts, which doctor reads, say the same.
+    from aimms_ops.agent import dumping, hostfacts
+
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert dumping.pick("zstd", 1, 3) is None
+    hostfacts.compressor_facts()
+    assert "compressor.have=gzip" in capsys.readouterr().out.splitlines()
 
 
 @pytest.mark.parametrize("damage", ["fine", "two frames", "truncated", "corrupt", "junk after"])
