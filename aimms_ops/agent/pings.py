@@ -94,8 +94,11 @@ def send(kind: str, url: str, event: str, rid: str, msg: str = "", body: str = "
             proc = subprocess.run(["curl", *args], input=config.encode(), timeout=bound,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   check=False)
-        except subprocess.TimeoutExpired:
-            return "no answer within %ds" % bound
+        except subprocess.TimeoutExpired as e:
+            # Killed at the bound: what curl said of its tries so far, if anything.
+            said = [ln for ln in (e.stderr or b"").decode("utf-8", "replace").splitlines()
+                    if ln.strip()]
+            return said[-1].strip() if said else "no answer within %ds" % bound
         if proc.returncode == 0:
             return None
         err = " ".join(proc.stderr.decode("utf-8", "replace").split())
