@@ -74,7 +74,7 @@ if [ -d "$backup_dir" ]; then
     echo "backup_dir.exists=1"
     [ -w "$backup_dir" ] && echo "backup_dir.writable=1" || echo "backup_dir.writable=0"
     df -Pk "$backup_dir" | awk 'NR==2 {print "backup_dir.avail_kb=" $4; print "backup_dir.size_kb=" $2}'
-    # The pids that hold the backup lock now (a note of a live process; lib.sh's take_lock).
+    # The pids that hold the backup lock now (a note of a live process: core/lock.py).
     live=$(agent holders --pids "$backup_dir/$BACKUP_LOCK" 2>/dev/null | tr '\n' ' ')
     echo "lock.backup.live=${live% }"
 else

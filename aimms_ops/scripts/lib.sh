@@ -33,7 +33,7 @@ backup_files() {
 }
 
 # The host's lock files in the backup dir (aimms_ops.core.layout.LOCK_FILES), written in
-# the same way; take_lock below is the one way to hold them.
+# the same way; the host program is the one way to hold them (aimms_ops/core/lock.py).
 # shellcheck disable=SC2034  # read by the scripts that include this file
 CLUSTER_LOCK='@CLUSTER_LOCK@' BACKUP_LOCK='@BACKUP_LOCK@' VERIFY_LOCK='@VERIFY_LOCK@'
 
@@ -111,71 +111,11 @@ resolve_container() {
 AIMMS_OPS_PROGRAM=${AIMMS_OPS_PROGRAM:-$(dirname -- "${BASH_SOURCE[0]:-$0}")/aimms-ops.pyz}
 agent() { python3 "$AIMMS_OPS_PROGRAM" "$@"; }
 
-# The locks this script holds (aimms_ops/core/lock.py is the model: names, modes, notes).
-LOCK_NOTES=()
-LOCK_FDS=()
-# shellcheck disable=SC2034  # read by the scripts that include this file
-LOCK_HELD_BY=""
-
 # need_python3 WHAT: exit 69, naming WHAT, when this host has no python3.
 need_python3() {
     command -v python3 >/dev/null 2>&1 && return 0
     echo "aimms-ops: python3 is not installed on this host; $1 needs it (install python3)" >&2
     exit 69
-}
-
-# running_container PROJECT SERVICE: the id of the service's running container on
-# stdout, or exit 10 saying it is not running.
-running_container() {
-    local id
-    id=$(resolve_container "$1" "$2")
-    if [ -z "$id" ]; then
-        echo "aimms-ops: the $2 container of compose project $1 is not running" >&2
-        exit 10
-    fi
-    echo "$id"
-}
-
-# lock_cluster LOCK WAIT WHAT: hold the cluster lock exclusive for WHAT, waiting up to
-# WAIT seconds; exit 75 naming its holder, 73 when it cannot be opened.
-lock_cluster() {
-    mkdir -p -- "$(dirname -- "$1")" 2>/dev/null || true
-    take_lock "$1" exclusive "$2" "$3"
-    case $? in
-        0) ;;
-        75) echo "aimms-ops: the cluster is busy after ${2}s: another restore, rebuild or backup holds it (${LOCK_HELD_BY:-unknown holder}); wait for it to end" >&2
-            exit 75 ;;
-        *) echo "aimms-ops: cannot open the lock $1" >&2; exit 73 ;;
-    esac
-}
-
-# take_lock LOCK shared|exclusive WAIT WHAT: hold LOCK until this script exits: the host
-# program locks this script's descriptor of it (inherited by the commands it starts,
-# which hold it as long as they run) and leaves the note that names WHAT. Waits up to
-# WAIT seconds (0: not at all). Returns 75 with LOCK_HELD_BY set to the holders when it
-# cannot have it, 73 when it cannot be locked.
-take_lock() {
-    local lock=$1 fd out rc=0 shared=()
-    [ "$2" = shared ] && shared=(--shared)
-    LOCK_HELD_BY=""
-    exec {fd}>>"$lock" || return 73
-    out=$(agent lock "$lock" --fd "$fd" --pid "$$" --what "$4" --wait "$3" "${shared[@]}") || rc=$?
-    if [ "$rc" != 0 ]; then
-        exec {fd}>&-
-        # shellcheck disable=SC2034  # read by the scripts that include this file
-        [ "$rc" = 75 ] && LOCK_HELD_BY=${out#held by } && return 75
-        return 73
-    fi
-    LOCK_NOTES+=("$out")
-    LOCK_FDS+=("$fd")
-    return 0
-}
-
-# drop_lock_notes: remove this script's owner notes (call it from the EXIT trap).
-drop_lock_notes() {
-    local f
-    for f in "${LOCK_NOTES[@]}"; do rm -f -- "$f" 2>/dev/null; done
-    return 0
 }
 
 # pick_compressor LEVEL [auto|igzip|pigz|gzip]: set ZIP (the compressor at LEVEL, stdin

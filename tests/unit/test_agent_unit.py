@@ -27,22 +27,22 @@ def agent(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
                           input=stdin, check=False)
 
 
-def _lib(snippet: str) -> subprocess.Popen:
-    """A bash run of ``snippet`` after the rendered lib.sh (as the scripts have it)."""
-    text = shell.script_text("facts.sh").split("\n", 1)[0] + "\n"
-    text += shell._packaged("lib.sh") + "\n" + snippet
-    for key, value in shell._placeholders().items():
-        text = text.replace(f"@{key}@", value)
-    return subprocess.Popen(["bash", "-c", text, "lib"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True,
-                            env=SCRIPT_ENV)
+_HOLDER = """import sys
+from aimms_ops.core.lock import Lock
+held = Lock(sys.argv[1], sys.argv[2], shared=sys.argv[3] == "shared").acquire(0)
+print("held", flush=True)
+sys.stdin.read()
+held.release()
+"""
 
 
 def _holding(path: Path, what: str, mode: str = "exclusive") -> subprocess.Popen:
-    """A script that holds the lock ``path`` until its stdin closes; returns once it
-    holds it (it says so on stdout)."""
-    proc = _lib(f'take_lock "{path}" {mode} 0 "{what}" || exit $?\necho held\ncat >/dev/null\n'
-                'drop_lock_notes')
+    """A process of the host program's that holds the lock ``path`` until its stdin
+    closes; returns once it holds it (it says so on stdout)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), what, mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.PIPE, text=True, env={**SCRIPT_ENV,
+                            "PYTHONPATH": str(SCRIPT_ENV["AIMMS_OPS_PROGRAM"])})
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line == "held\n", proc.stderr.read() if proc.stderr else line
@@ -62,11 +62,12 @@ def test_a_script_waiting_for_a_lock_is_told_who_holds_it(tmp_path):
     for holder, waiter in (("offsite sync", "backup"), ("backup", "offsite sync")):
         held = _holding(path, holder)
         try:
-            waiting = _lib(f'take_lock "{path}" exclusive 0 "{waiter}"; rc=$?\n'
-                           'printf "%s|%s" "$rc" "$LOCK_HELD_BY"')
-            out, err = waiting.communicate(timeout=30)
-            rc, _, by = out.partition("|")
-            assert rc == "75", err
+            with open(path, "ab") as fd:  # the waiter's descriptor of the lock: its stdin
+                waiting = subprocess.run([*HOST, "lock", str(path), "--fd", "0", "--pid",
+                                          str(os.getpid()), "--what", waiter], stdin=fd,
+                                         capture_output=True, text=True, timeout=60, check=False)
+            rc, by = waiting.returncode, waiting.stdout.strip().removeprefix("held by ")
+            assert rc == 75, waiting.stderr
             assert re.fullmatch(rf"{holder} pid {held.pid} since \d{{4}}-\d\d-\d\dT[\d:]+Z", by)
         finally:
             _end(held)
