@@ -21,12 +21,13 @@ restore made (``discard``): the live cluster is as it was.
 No copy of the dump anywhere: SOURCE | decompressor | ``aimms-ops.pyz dump filter`` |
 ``docker exec -i … psql -v ON_ERROR_STOP=1``, processes the OS pipes connect (the dump
 crosses Python once, in the filter). The status of every stage goes to stderr as
-``aimms-ops: status SOURCE UNZIP FILTER PSQL`` (the source is read by the next stage:
-always 0); the exit status is 1 when any stage failed. The stages' messages are kept in
-a file until the end and then written to stderr, so a session that is gone cannot kill a
-stage half-way. When the operator's session ends (Ctrl-C, a dropped connection) the
-filter stops the stream as if the dump ended there, and psql rolls back the table it was
-loading: nothing goes on unobserved.
+``aimms-ops: status SOURCE UNZIP FILTER PSQL`` (the source is read by the next stage,
+``cat`` for a plain dump: always 0); the exit status is 1 when any stage failed. The
+stages' messages are kept in a file until the end and then written to stderr, so a
+session that is gone cannot kill a stage half-way. When the operator's session ends
+(Ctrl-C, a dropped connection) the first stage is stopped and the filter ends the stream
+as if the dump ended there: psql rolls back the table it was loading, nothing goes on
+unobserved.
 
 Exit statuses: 10 no running container, 64 usage, 66 SOURCE unreadable, 69 no
 decompressor, 73 the lock or the work dir cannot be made, 75 the cluster lock is held.
@@ -140,10 +141,14 @@ class Stream:
                 out += ["--props", "%s=%s" % (db, path)]
         return out
 
-    def pipeline(self, source: str, unzip: Optional[List[str]], filt: List[str]) -> List[int]:
+    def pipeline(self, source: str, unzip: List[str], filt: List[str],
+                 session: int) -> List[int]:
         """SOURCE | unzip | filter | psql, the OS's pipes between them; their statuses
-        (127 for a stage that cannot start)."""
-        argvs = ([unzip] if unzip else []) + [filt, [
+        (127 for a stage that cannot start). The first stage is stopped once the
+        operator's session is gone (this process is given another parent, even while the
+        session's process lingers as a zombie): the filter then ends the stream as cut,
+        and psql rolls back what it was loading."""
+        argvs = [unzip, filt, [
             "docker", "exec", "-i", "-e", PGOPTIONS, self.cid, "psql", "-X", "-q", "-v",
             "ON_ERROR_STOP=1", "-U", self.superuser, "-d", START_DB, "-f", "-"]]
         src = sys.stdin.buffer if source == "-" else open(source, "rb")
@@ -164,8 +169,16 @@ class Stream:
             prev = proc.stdout if proc is not None else None
         if source != "-":
             src.close()
-        status = [_status(p.wait()) if p is not None else 127 for p in procs]
-        return [0] + ([] if unzip else [0]) + status
+        first = procs[0]
+        for proc in procs[::-1]:
+            while proc is not None and proc.poll() is None:
+                if first is not None and first.poll() is None and os.getppid() != session:
+                    first.terminate()
+                try:
+                    proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+        return [0] + [_status(p.wait()) if p is not None else 127 for p in procs]
 
     def run(self, source: str, unzip: Optional[List[str]], only_hex: str, as_hex: str,
              keep: str, session: int) -> int:
@@ -204,7 +217,7 @@ class Stream:
             filt += ["--session", str(session)]
         if only_hex:
             filt += ["--only", only_hex]
-        status = self.pipeline(source, unzip, filt)
+        status = self.pipeline(source, unzip or ["cat"], filt, session)
         self.log("aimms-ops: status %s" % " ".join(str(s) for s in status))
         ok = not any(status)
         # Nothing stops the last steps once they start: not the session's end, nor its pipe.
