@@ -79,14 +79,14 @@ def recorder(sandbox) -> Iterator[Recorder]:
 
 
 def _record_call(command: str) -> list[str] | None:
-    """The arguments of a rebuild-record.sh call (``bash -c SCRIPT rebuild-record.sh
-    ARGS``), or None for any other command."""
+    """The arguments of a rebuild-record.sh call (``bash ~/.cache/aimms-ops/DIGEST/
+    rebuild-record.sh ARGS``, from the bundle), or None for any other command."""
     try:
         argv = shlex.split(command)
     except ValueError:
         return None
-    if argv[:2] == ["bash", "-c"] and len(argv) > 3 and argv[3] == "rebuild-record.sh":
-        return argv[4:]
+    if argv[:1] == ["bash"] and len(argv) > 2 and argv[1].endswith("/rebuild-record.sh"):
+        return argv[2:]
     return None
 
 
