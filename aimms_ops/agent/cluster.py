@@ -13,11 +13,11 @@ of it (fab restore, psql by hand) closes them again too.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from typing import Callable, List, Optional, Tuple
 
 from aimms_ops.agent import hosttools
+from aimms_ops.core.layout import compose_label
 from aimms_ops.dump.beside import NEW_PREFIX, OLD_PREFIX
 
 #: The restore's own side copies: never dumped, never opened.
@@ -33,10 +33,6 @@ class ClusterError(Exception):
     """SQL or docker failed (the message is its last line)."""
 
 
-def compose_label(project: str) -> str:
-    """The project label compose puts on containers (lower case; characters other than
-    a-z 0-9 - _ removed, as compose v1 and v2 do)."""
-    return re.sub(r"[^a-z0-9_-]", "", project.lower())
 
 
 def container(project: str, service: str, *, stopped: bool = False) -> str:

@@ -1,7 +1,10 @@
 """The host program's commands: one parser, each command a function of its arguments that
 returns the exit status (sysexits: 64 usage, 73 cannot create, 75 busy); ``dump ...`` is
 the dump reader's (``aimms_ops.dump.cli``: inspect, filter, and the restore's swap),
-``verify ...`` the deep verify's (``agent/verify.py``, run by ``verify-backup.sh``)."""
+``verify ...`` the deep verify's (``agent/verify.py``, run by ``verify-backup.sh``);
+``restore-stream``, ``inspect-dump``, ``replaced`` and ``postgres-exec`` the restore's
+(``agent/restore.py``, ``dumpfile.py``, ``replaced.py``, each run by the script of that
+name)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,19 @@ import argparse
 import sys
 from typing import List
 
-from aimms_ops.agent import backups, facts, install, locks, offsite, pings, statefacts, verify
+from aimms_ops.agent import (
+    backups,
+    dumpfile,
+    facts,
+    install,
+    locks,
+    offsite,
+    pings,
+    replaced,
+    restore,
+    statefacts,
+    verify,
+)
 
 USAGE_STATUS = 64
 
@@ -33,6 +48,14 @@ def parser() -> argparse.ArgumentParser:
     facts.add_commands(sub)
     statefacts.add_commands(sub)
     install.add_commands(sub)
+    for name, text in (
+            ("restore-stream", "the restore stream: source | decompressor | dump filter | psql, "
+             "built beside the live cluster and swapped in (see agent/restore.py)"),
+            ("inspect-dump", "FILE: a dump on this host checked, read-only"),
+            ("replaced", "the databases restores set aside: aside, undo, drop-aside"),
+            ("postgres-exec", "PROJECT SERVICE COMMAND...: docker exec -i in the "
+             "service's running container")):
+        sub.add_parser(name, help=text)
     return p
 
 
@@ -47,6 +70,14 @@ def main(argv: List[str]) -> int:
         return backup.main(argv[1:])
     if argv[:1] == ["verify"]:  # its own command line: the settings' flags (agent/verify.py)
         return verify.main(argv[1:])
+    if argv[:1] == ["restore-stream"]:  # positional arguments (agent/restore.py)
+        return restore.main(argv[1:])
+    if argv[:1] == ["inspect-dump"]:  # agent/dumpfile.py
+        return dumpfile.main(argv[1:])
+    if argv[:1] == ["replaced"]:  # agent/replaced.py
+        return replaced.replaced_main(argv[1:])
+    if argv[:1] == ["postgres-exec"]:  # a COMMAND whose flags are its own (agent/replaced.py)
+        return replaced.postgres_exec(argv[1:])
     args = parser().parse_args(argv)
     try:
         return int(args.run(args))

@@ -8,6 +8,7 @@ everything else sits beside the backup script, so that the seed's bare
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass
 
 from aimms_ops.core import lock
@@ -60,3 +61,9 @@ class HostLayout:
     def verify_script(self) -> str:
         """The deep verify script, in the backup script's folder."""
         return posixpath.join(posixpath.dirname(self.backup_script), VERIFY_SCRIPT)
+
+
+def compose_label(project: str) -> str:
+    """The compose project label of containers, as compose v1 and v2 write it (lower case,
+    characters other than a-z 0-9 - _ removed): the one definition, on both sides."""
+    return re.sub(r"[^a-z0-9_-]", "", project.lower())

@@ -153,6 +153,11 @@ class Lock:
         self._own_fd = fd is None
         self.held = False
 
+    def fileno(self) -> int:
+        """The locked descriptor (-1 when none is open): a child given it (``pass_fds``)
+        keeps the lock held as long as it runs, whatever becomes of this process."""
+        return -1 if self._fd is None else self._fd
+
     @property
     def note(self) -> str:
         return note_path(self.path, self.pid)

@@ -1,8 +1,7 @@
 """The backup script's settings: one table of their names and flags.
 
-:data:`SETTINGS` is the only list of them. It gives the scripts their flag parsing (the
-``# @include settings-flags.sh`` line of ``backup-postgres.sh`` and ``verify-backup.sh``
-becomes :func:`flag_cases` when the script is rendered), and ``fab backup`` and
+:data:`SETTINGS` is the only list of them. It gives the host program's backup and deep
+verify their flags (``agent/jobsettings.py``), and ``fab backup`` and
 ``install-backups`` the order and kind of each setting; what each one is for a host of
 the inventory is :data:`aimms_ops.backup.settings.VALUES`, keyed by :attr:`Setting.key`.
 """
@@ -53,18 +52,3 @@ VERIFY_KEYS = ("BACKUP_DIR", "LOG_FILE", "COMPOSE_PROJECT", "COMPOSE_SERVICE", "
 
 #: The flag that makes a script read its secret settings from stdin (``KEY=VALUE`` lines).
 SECRETS_FLAG = "--settings-stdin"
-
-
-def flag_cases() -> str:
-    """The ``case`` arms that parse these flags in the scripts (``settings-flags.sh``)."""
-    arms = []
-    for s in SETTINGS:
-        if s.flag is None:
-            continue
-        body = f"{s.key}=1" if s.switch else f"{s.key}=${{2:-}}; shift"
-        arms.append(f"        {s.flag}) {body} ;;")
-    secret = [s for s in SETTINGS if s.secret and s.flag is not None]
-    reads = " ".join(f"{s.key}=*) {s.key}=${{_line#{s.key}=}} ;;" for s in secret)
-    arms.append(f"        {SECRETS_FLAG}) while IFS= read -r _line; do case $_line in "
-                f"{reads} esac; done ;;")
-    return "\n".join(arms)

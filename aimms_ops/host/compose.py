@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from dataclasses import dataclass
 
 import yaml
+
+from aimms_ops.core.layout import compose_label
 
 
 def parse_facts(text: str) -> dict[str, str]:
@@ -78,8 +79,5 @@ def decode_config(facts: dict[str, str]) -> str:
         return ""
 
 
-def project_label(project: str) -> str:
-    """The compose project label of containers, as compose v1 and v2 write it (lower
-    case, characters other than a-z 0-9 - _ removed). lib.sh's compose_project_label is
-    the host's side of it; a unit test keeps the two equal."""
-    return re.sub(r"[^a-z0-9_-]", "", project.lower())
+#: Compose's project label (core.layout's, the one definition on both sides).
+project_label = compose_label

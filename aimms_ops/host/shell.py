@@ -43,24 +43,9 @@ def pipeline(*commands: Sequence[str | int]) -> str:
 _INCLUDE = re.compile(r"^# @include ([a-z0-9][a-z0-9_-]*\.sh)$", re.MULTILINE)
 
 
-#: The include that stands for the flags of the settings (aimms_ops.core.settings).
-SETTINGS_FLAGS = "settings-flags.sh"
-
-
 def _packaged(name: str) -> str:
-    """A packaged script (the settings' flags are generated from their table)."""
-    if name == SETTINGS_FLAGS:
-        from aimms_ops.core.settings import flag_cases
-
-        return flag_cases()
+    """A packaged script."""
     return (SCRIPTS_DIR / name).read_text(encoding="utf-8")
-
-
-def name_ere() -> str:
-    """The backup name pattern (retention.NAME_RE) as a POSIX ERE for bash's ``=~``."""
-    from aimms_ops.core.retention import NAME_RE
-
-    return NAME_RE.pattern.replace("(?:", "(").replace("\\d", "[0-9]")
 
 
 def script_text(name: str) -> str:
@@ -79,17 +64,4 @@ def script_text(name: str) -> str:
         return "\n".join(lines).strip("\n")
 
     text = _INCLUDE.sub(inline, _packaged(name))
-    for key, value in _placeholders().items():
-        text = text.replace(f"@{key}@", value)
     return text
-
-
-def _placeholders() -> dict[str, str]:
-    """The facts written into the scripts when they are rendered (``@KEY@`` in lib.sh)."""
-    from aimms_ops.core.defaults import SCRIPT_DEFAULTS
-    from aimms_ops.core.retention import EXTENSIONS
-
-    return {"BACKUP_NAME_ERE": name_ere(),
-            "BACKUP_COMPRESSIONS": " ".join(c for c, _ in EXTENSIONS),
-            "BACKUP_EXTENSIONS": " ".join(ext for _, ext in EXTENSIONS),
-            **{f"DEFAULT_{k}": str(v) for k, v in SCRIPT_DEFAULTS.items()}}

@@ -17,7 +17,7 @@ from aimms_ops.core import lock, retention
 from aimms_ops.core.lock import LOCK_FILES, Lock, LockBusy
 from aimms_ops.host import shell
 from aimms_ops.monitor.status import check_size
-from tests.hostprog import HOST, SCRIPT_ENV
+from tests.hostprog import HOST, PROGRAM, SCRIPT_ENV
 
 STAMP = "aimms_postgres_20260101_020000"
 
@@ -27,22 +27,22 @@ def agent(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
                           input=stdin, check=False)
 
 
-def _lib(snippet: str) -> subprocess.Popen:
-    """A bash run of ``snippet`` after the rendered lib.sh (as the scripts have it)."""
-    text = shell.script_text("verify-backup.sh").split("\n", 1)[0] + "\n"
-    text += shell._packaged("lib.sh") + "\n" + snippet
-    for key, value in shell._placeholders().items():
-        text = text.replace(f"@{key}@", value)
-    return subprocess.Popen(["bash", "-c", text, "lib"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True,
-                            env=SCRIPT_ENV)
+_HOLDER = """import sys
+from aimms_ops.core.lock import Lock
+held = Lock(sys.argv[1], sys.argv[2], shared=sys.argv[3] == "shared").acquire(0)
+print("held", flush=True)
+sys.stdin.read()
+held.release()
+"""
 
 
 def _holding(path: Path, what: str, mode: str = "exclusive") -> subprocess.Popen:
-    """A script that holds the lock ``path`` until its stdin closes; returns once it
-    holds it (it says so on stdout)."""
-    proc = _lib(f'take_lock "{path}" {mode} 0 "{what}" || exit $?\necho held\ncat >/dev/null\n'
-                'drop_lock_notes')
+    """A process of the host program's that holds the lock ``path`` until its stdin
+    closes; returns once it holds it (it says so on stdout)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), what, mode],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.PIPE, text=True, env={**SCRIPT_ENV,
+                            "PYTHONPATH": str(SCRIPT_ENV["AIMMS_OPS_PROGRAM"])})
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line == "held\n", proc.stderr.read() if proc.stderr else line
@@ -62,11 +62,12 @@ def test_a_script_waiting_for_a_lock_is_told_who_holds_it(tmp_path):
     for holder, waiter in (("offsite sync", "backup"), ("backup", "offsite sync")):
         held = _holding(path, holder)
         try:
-            waiting = _lib(f'take_lock "{path}" exclusive 0 "{waiter}"; rc=$?\n'
-                           'printf "%s|%s" "$rc" "$LOCK_HELD_BY"')
-            out, err = waiting.communicate(timeout=30)
-            rc, _, by = out.partition("|")
-            assert rc == "75", err
+            with open(path, "ab") as fd:  # the waiter's descriptor of the lock: its stdin
+                waiting = subprocess.run([*HOST, "lock", str(path), "--fd", "0", "--pid",
+                                          str(os.getpid()), "--what", waiter], stdin=fd,
+                                         capture_output=True, text=True, timeout=60, check=False)
+            rc, by = waiting.returncode, waiting.stdout.strip().removeprefix("held by ")
+            assert rc == 75, waiting.stderr
             assert re.fullmatch(rf"{holder} pid {held.pid} since \d{{4}}-\d\d-\d\dT[\d:]+Z", by)
         finally:
             _end(held)
@@ -303,3 +304,40 @@ def test_the_settings_files_read_as_bash_reads_them(tmp_path):
     assert exported == {"PATH", "DOCKER_HOST"}
     with pytest.raises(shellconf.ConfError, match="line 2"):
         shellconf.parse("A=1\nrm -rf /\n")
+
+
+_PARENT = """import subprocess, sys
+from aimms_ops.core.lock import Lock
+held = Lock(sys.argv[1], "restore").acquire(0)
+child = subprocess.Popen(["sleep", "30"], pass_fds=(held.fileno(),))
+print(child.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_stage_given_the_lock_keeps_it_held_when_its_job_is_killed(tmp_path):
+    """A restore killed with SIGKILL mid-stream: its stages still hold the cluster lock,
+    so no backup dumps the cluster while psql goes on loading."""
+    import signal
+
+    path = tmp_path / LOCK_FILES["cluster"]
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(path)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              env={**SCRIPT_ENV, "PYTHONPATH": str(PROGRAM)})
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(30)
+    try:
+        with pytest.raises(LockBusy):
+            Lock(str(path), "backup", shared=True).acquire(0)
+    finally:
+        os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            Lock(str(path), "backup", shared=True).acquire(0).release()
+            break
+        except LockBusy:
+            assert time.monotonic() < deadline, "the lock outlived the stage that held it"
+            time.sleep(0.05)

@@ -21,7 +21,7 @@ import pytest
 from aimms_ops.core.lock import LOCK_FILES, Lock
 from aimms_ops.dump.beside import new_name
 from aimms_ops.host import shell
-from tests.hostprog import SCRIPT_ENV
+from tests.hostprog import SCRIPT_ENV, key_values
 
 NAME = "aimms_postgres_20260101_020000.sql.gz"
 DUMP = (Path(__file__).parent / "data" / "cluster-dump.sql").read_bytes()
@@ -172,12 +172,7 @@ class Host:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
 
-def report(stdout: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in stdout.splitlines():
-        key, _, value = line.partition("=")
-        out.setdefault(key, []).append(value)
-    return out
+report = key_values
 
 
 @pytest.fixture

@@ -184,5 +184,16 @@ def test_the_ping_url_goes_on_stdin_never_among_the_flags():
     assert "https://hc-ping.com/secret-uuid" not in args and "--ping-url" not in args
     assert core_settings.SECRETS_FLAG in args
     assert settings.secret_input(host) == b"PING_URL=https://hc-ping.com/secret-uuid\n"
-    # The script reads it there: the flag's arm in the rendered flag parsing.
-    assert f"{core_settings.SECRETS_FLAG}) while IFS= read -r _line" in core_settings.flag_cases()
+    # The host program reads it there (and only a secret setting).
+    import io
+    import sys
+
+    from aimms_ops.agent import backup, jobsettings
+
+    stdin = sys.stdin
+    sys.stdin = io.StringIO("PING_URL=https://x/y\nBACKUP_DIR=/not-from-stdin\n")
+    try:
+        values, _ = jobsettings.read_settings([core_settings.SECRETS_FLAG], "", backup.FLAGS)
+    finally:
+        sys.stdin = stdin
+    assert values["PING_URL"] == "https://x/y" and values.get("BACKUP_DIR") != "/not-from-stdin"

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aimms_ops.core import retention
 from aimms_ops.host import shell
 from tests.hostprog import SCRIPT_ENV
 
@@ -38,7 +37,7 @@ def test_pipeline_uses_bash_and_pipefail():
 def test_script_text_inlines_the_library():
     text = shell.script_text("verify-backup.sh")
     assert "# @include" not in text
-    assert "resolve_container()" in text
+    assert "need_python3()" in text and "AIMMS_OPS_PROGRAM=" in text
     assert text.startswith("#!/usr/bin/env bash")
 
 
@@ -46,32 +45,6 @@ def test_script_text_inlines_the_library():
 def test_script_names_are_checked(name):
     with pytest.raises(ValueError):
         shell.script_text(name)
-
-
-def test_the_backup_name_pattern_reaches_the_scripts_from_its_one_definition():
-    """retention.NAME_RE is the one pattern: rendered scripts carry it as an ERE (the
-    backup's entry point includes no shell: the host program reads the pattern itself)."""
-    ere = shell.name_ere()
-    for name in ("verify-backup.sh", "offsite-run.sh"):
-        text = shell.script_text(name)
-        assert "@BACKUP_NAME_ERE@" not in text
-        assert f"BACKUP_NAME_RE='{ere}'" in text
-    # The ERE accepts exactly what the Python pattern accepts.
-    for n in ("aimms_postgres_20260101_020000.sql.gz", "aimms_postgres_20260101_020000_a-b.sql.gz",
-              "aimms_postgres_2026_020000.sql.gz", "aimms_postgres_20260101_020000_.sql.gz",
-              "aimms_postgres_20260101_020000_" + "x" * 65 + ".sql.gz"):
-        assert bool(re.fullmatch(ere, n)) == bool(retention.NAME_RE.fullmatch(n)), n
-
-
-def _lib(snippet: str, *args: str) -> subprocess.CompletedProcess:
-    """Run ``snippet`` after the rendered lib.sh (and a usage_error like the scripts')."""
-    text = (shell.script_text("verify-backup.sh").split("\n", 1)[0] + "\n"
-            + "usage_error() { printf 'usage: %s\\n' \"$1\" >&2; exit 64; }\n"
-            + shell._packaged("lib.sh") + "\n" + snippet)
-    for key, value in shell._placeholders().items():
-        text = text.replace(f"@{key}@", value)
-    return subprocess.run(["bash", "-c", text, "lib", *args], capture_output=True, text=True,
-                          check=False)
 
 
 def test_the_lock_names_reach_the_scripts_from_the_host_layout():
@@ -128,8 +101,9 @@ def test_read_settings_takes_the_config_flag_else_the_first_file_beside(tmp_path
 
 @pytest.mark.parametrize("project", ["aimms-web", "AIMMS_Web", "my.project 2", "Ünï-cödé", "a/b$c"])
 def test_the_compose_label_is_the_same_on_both_sides(project):
-    """host.compose.project_label and lib.sh's compose_project_label name the same label."""
+    """The operator's checks and the host program find containers by one label rule."""
+    from aimms_ops.agent import cluster
     from aimms_ops.host.compose import project_label
 
-    got = _lib('compose_project_label "$1"', project)
-    assert got.returncode == 0 and got.stdout == project_label(project), got.stderr
+    assert cluster.compose_label is project_label
+    assert re.fullmatch(r"[a-z0-9_-]*", project_label(project))

@@ -1,0 +1,266 @@
+"""The restore's host side (``restore-stream.sh``, ``inspect-dump.sh``, ``replaced.sh``,
+``postgres-exec.sh``, each the entry point of the host program's command) against a fake
+``docker`` on the PATH that records its argv and what it was given on stdin, and answers
+the SQL of the swap from a scenario. The decompressor, the dump reader and filter, the
+swap and the locks are the real ones."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from aimms_ops.core.lock import LOCK_FILES, Lock
+from aimms_ops.dump.beside import new_name
+from aimms_ops.host import shell
+from tests.hostprog import fake_tools, key_values
+
+DUMP = (Path(__file__).parent / "data" / "cluster-dump.sql").read_bytes()
+DBS = ["template1", "My DB", "aimms_web", "postgres"]
+
+FAKE_DOCKER = r'''#!PYTHON
+"""A fake docker: records argv and stdin (calls.jsonl), answers from scenario.json."""
+import json, os, sys
+d = os.environ["FAKE_DOCKER_DIR"]
+argv = sys.argv[1:]
+sc = json.load(open(os.path.join(d, "scenario.json")))
+data = sys.stdin.buffer.read() if "-i" in argv else b""
+with open(os.path.join(d, "calls.jsonl"), "a") as fh:
+    fh.write(json.dumps({"argv": argv, "stdin": data.decode("utf-8", "replace")}) + "\n")
+def answer(out="", rc=0, err=""):
+    sys.stdout.write(out); sys.stderr.write(err); sys.exit(rc)
+line = " ".join(argv)
+if argv[:2] == ["ps", "-q"]:
+    answer("cid\n" if sc.get("running", True) else "")
+if argv[:1] != ["exec"]:
+    answer(rc=1, err="unexpected")
+if "-f" in argv:  # the stream's psql
+    answer(rc=sc.get("replay_rc", 0), err=sc.get("replay_err", ""))
+if "pg_dump" in argv:
+    answer(rc=1, err="pg_dump: no props here\n")
+if argv[-2:-1] == ["sh"] or argv[-1:] == ["sh"]:
+    answer()
+sql = data.decode() + line
+if "RENAME TO" in sql and sc.get("swap_err"):
+    answer(rc=3, err=sc["swap_err"])
+if "datname = 'postgres'" in sql:
+    answer("%d\n" % sc.get("has_postgres", 1))
+if "pg_tablespace" in sql:
+    answer("70675f64656661756c74,70675f676c6f62616c\n")
+if "datistemplate::int" in sql:
+    answer("".join("%s 0 1\n" % h for h in sc["live_hex"]))
+if "pg_roles" in sql:
+    answer("706f737467726573\n")
+if "pg_terminate_backend" in sql:
+    answer("0\n")
+answer()
+'''
+
+
+class Host:
+    """A temporary host: the rendered scripts, a fake docker, a backup dir."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.env = fake_tools(tmp, {"docker": FAKE_DOCKER})
+        self.fake, self.work = tmp / "fake", tmp / "tmp"
+        for name in ("restore-stream.sh", "inspect-dump.sh", "replaced.sh", "postgres-exec.sh"):
+            (tmp / name).write_text(shell.script_text(name))
+        self.lock = tmp / "backups" / LOCK_FILES["cluster"]
+        self.scenario: dict = {"live_hex": [h for db in DBS for h in
+                                            (db.encode().hex(), new_name(db.encode()).hex())]}
+
+    def run(self, script: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+        (self.fake / "scenario.json").write_text(json.dumps(self.scenario))
+        return subprocess.run(["bash", str(self.tmp / script), *args], input=stdin,
+                              capture_output=True, env=self.env, timeout=60, check=False)
+
+    def restore(self, fmt: str, source: str, *rest: str, stdin: bytes = b""):
+        res = self.run("restore-stream.sh", "aimms-web", "postgres", "postgres", fmt, source,
+                       *rest, stdin=stdin)
+        return res.returncode, res.stderr.decode()
+
+    def calls(self) -> list[dict]:
+        path = self.fake / "calls.jsonl"
+        return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+
+    def replayed(self) -> str:
+        """What the stream's psql was given."""
+        return "".join(c["stdin"] for c in self.calls() if "-f" in c["argv"])
+
+    def sql(self) -> str:
+        return "".join(c["stdin"] for c in self.calls() if "-f" not in c["argv"])
+
+    def dump(self, name: str, data: bytes = DUMP) -> Path:
+        path = self.tmp / name
+        path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+        return path
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    return Host(tmp_path)
+
+
+def test_a_dump_on_the_host_is_rebuilt_beside_then_swapped_in_under_the_lock(host):
+    path = host.dump("aimms_postgres_20260101_020000.sql.gz")
+    rc, err = host.restore("gz", str(path), "", str(host.lock), "5")
+    assert rc == 0, err
+    assert "aimms-ops: status 0 0 0 0" in err.splitlines()
+    assert "aimms-ops: replaced postgres; the one it replaced is kept as aimms_ops_old_" in err
+    replayed = host.replayed()
+    assert new_name(b"aimms_web").decode() in replayed and "CREATE ROLE aimms_user" in replayed
+    psql = next(c["argv"] for c in host.calls() if "-f" in c["argv"])
+    assert psql[-7:] == ["ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres", "-f", "-"]
+    assert "RENAME TO" in host.sql()
+    # Its work dir and its lock note are gone; the lock is free.
+    assert os.listdir(host.work) == []
+    assert [p.name for p in host.lock.parent.iterdir()] == [host.lock.name]
+    Lock(str(host.lock), "test").acquire(0).release()
+
+
+def test_a_plain_dump_streamed_on_stdin_is_restored_as_a_new_database(host):
+    rc, err = host.restore("plain", "-", "4d79204442", "", "", "", "726f7773",
+                           stdin=DUMP)
+    assert rc == 0, err
+    assert "aimms-ops: restored rows (new)" in err
+    assert new_name(b"My DB").decode() in host.replayed()
+
+
+def test_psqls_error_removes_what_was_rebuilt_and_swaps_nothing(host):
+    host.scenario.update(replay_rc=3, replay_err="psql:<stdin>:12: ERROR:  boom\n")
+    rc, err = host.restore("gz", str(host.dump("d.sql.gz")))
+    assert rc == 1
+    assert "psql:<stdin>:12: ERROR:  boom" in err
+    assert "aimms-ops: status 0 0 0 3" in err
+    assert "aimms-ops: the live cluster is as it was" in err
+    assert "RENAME TO" not in host.sql()
+
+
+def test_a_failed_swap_is_undone_too(host):
+    host.scenario["swap_err"] = "ERROR:  no\n"
+    rc, err = host.restore("gz", str(host.dump("d.sql.gz")))
+    assert rc == 1
+    assert "aimms-ops: swap failed: ERROR:  no" in err
+    assert "aimms-ops: the live cluster is as it was" in err
+
+
+def test_a_cut_dump_fails_its_stage_and_is_undone(host):
+    path = host.dump("d.sql.gz")
+    path.write_bytes(path.read_bytes()[:-20])
+    rc, err = host.restore("gz", str(path))
+    assert rc == 1
+    status = next(ln for ln in err.splitlines() if ln.startswith("aimms-ops: status"))
+    assert status.split()[3] != "0" and status.split()[2] == "0"
+    assert "aimms-ops: the live cluster is as it was" in err
+
+
+def test_keep_drop_drops_what_the_swap_set_aside(host):
+    rc, err = host.restore("gz", str(host.dump("d.sql.gz")), "", "", "", "drop")
+    assert rc == 0, err
+    assert "DROP DATABASE IF EXISTS \"aimms_ops_old_" in host.sql()
+
+
+def test_a_cluster_without_postgres_gets_it_first(host):
+    host.scenario["has_postgres"] = 0
+    rc, err = host.restore("gz", str(host.dump("d.sql.gz")))
+    assert rc == 0, err
+    assert "aimms-ops: the cluster had no postgres database: created it empty first" in err
+    assert any("CREATE DATABASE postgres WITH TEMPLATE = template0" in c["argv"]
+               for c in host.calls())
+
+
+@pytest.mark.parametrize(("args", "rc", "message"), [
+    (("gz", "/nonexistent.sql.gz"), 66, "aimms-ops: cannot read /nonexistent.sql.gz"),
+    (("xz", "-"), 64, "aimms-ops: unknown format xz"),
+])
+def test_refusals_touch_nothing(host, args, rc, message):
+    got, err = host.restore(*args)
+    assert (got, err.strip()) == (rc, message)
+    assert [c for c in host.calls() if c["argv"][0] == "exec"] == []
+
+
+def test_no_running_container_is_exit_10(host):
+    host.scenario["running"] = False
+    for script, args in (("restore-stream.sh", ["gz", "-"]),
+                         ("replaced.sh", ["lock", "1", "undo"]),
+                         ("postgres-exec.sh", ["psql"])):
+        extra = ["postgres"] if script != "postgres-exec.sh" else []
+        res = host.run(script, "aimms-web", "postgres", *extra, *args)
+        assert res.returncode == 10, (script, res.stderr)
+        assert res.stderr.decode() == ("aimms-ops: the postgres container of compose project "
+                                       "aimms-web is not running\n")
+
+
+def test_a_held_cluster_lock_is_exit_75_naming_its_holder(host):
+    host.lock.parent.mkdir()
+    with Lock(str(host.lock), "backup").acquire(0):
+        rc, err = host.restore("gz", str(host.dump("d.sql.gz")), "", str(host.lock), "0")
+        res = host.run("replaced.sh", "aimms-web", "postgres", "postgres", str(host.lock),
+                       "0", "undo")
+    assert rc == 75 and res.returncode == 75
+    for text in (err, res.stderr.decode()):
+        assert text.startswith("aimms-ops: the cluster is busy after 0s: another restore, "
+                               f"rebuild or backup holds it (backup pid {os.getpid()} since ")
+    assert [c for c in host.calls() if "-f" in c["argv"]] == []
+
+
+def test_replaced_lists_what_is_aside_and_undo_holds_the_lock(host):
+    aside = b"aimms_ops_old_20260101_020000_aimms_web"
+    host.scenario["live_hex"] = [aside.hex()]
+    res = host.run("replaced.sh", "aimms-web", "postgres", "postgres", str(host.lock), "5",
+                   "aside")
+    assert res.returncode == 0, res.stderr
+    assert not host.lock.exists()  # listing takes no lock
+    res = host.run("replaced.sh", "aimms-web", "postgres", "postgres", str(host.lock), "5",
+                   "drop-aside", aside.hex())
+    assert res.returncode == 0, res.stderr
+    assert host.lock.exists() and "aimms_ops_old_%" in host.sql()
+    assert host.run("replaced.sh", "a", "b", "c", "d", "e", "bogus").returncode == 64
+
+
+def test_postgres_exec_becomes_docker_exec_with_stdin_passed_on(host):
+    res = host.run("postgres-exec.sh", "aimms-web", "postgres", "psql", "-X", "-d", "x",
+                   stdin=b"SELECT 1;\n")
+    assert res.returncode == 0, res.stderr
+    assert host.calls()[-1] == {"argv": ["exec", "-i", "cid", "psql", "-X", "-d", "x"],
+                                "stdin": "SELECT 1;\n"}
+
+
+def _facts(out: bytes) -> dict[str, list[str]]:
+    return key_values(out.decode())
+
+
+def test_inspect_dump_hashes_decompresses_and_reads_the_dump(host):
+    path = host.dump("aimms_postgres_20260101_020000.sql.gz")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    Path(f"{path}.sha256").write_text(f"{digest}  {path.name}\n")
+    res = host.run("inspect-dump.sh", str(path))
+    assert res.returncode == 0, res.stderr
+    facts = _facts(res.stdout)
+    keys = [ln.split("=")[0] for ln in res.stdout.decode().splitlines()]
+    assert keys[:4] == ["exists", "size", "sha256_recorded", "format"]
+    assert keys[-2:] == ["stream", "sha256"]
+    assert facts["exists"] == ["1"] and facts["size"] == [str(path.stat().st_size)]
+    assert facts["sha256"] == facts["sha256_recorded"] == [digest]
+    assert facts["format"] == ["gz"] and facts["stream"] == ["ok"]
+    assert facts["header"] == ["1"] and facts["complete"] == ["1"]
+    assert b"My DB".hex() in facts["db"]
+
+
+def test_inspect_dump_of_a_cut_gzip_a_plain_dump_and_a_missing_file(host):
+    cut = host.dump("cut.sql.gz")
+    cut.write_bytes(cut.read_bytes()[:-20])
+    facts = _facts(host.run("inspect-dump.sh", str(cut)).stdout)
+    assert facts["stream"] == ["bad"] and facts["sha256_recorded"] == [""]
+    plain = host.dump("dump.sql")
+    facts = _facts(host.run("inspect-dump.sh", str(plain)).stdout)
+    assert facts["format"] == ["plain"] and facts["stream"] == ["ok"]
+    assert facts["sha256"] == [hashlib.sha256(DUMP).hexdigest()]
+    res = host.run("inspect-dump.sh", str(host.tmp / "nope.sql.gz"))
+    assert (res.returncode, res.stdout) == (0, b"exists=0\n")
