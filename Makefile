@@ -42,7 +42,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 unit: venv
-	$(BIN)/pytest -q -m "not integration"
+	$(BIN)/pytest -q -n $(TEST_JOBS) -m "not integration"
 
 # The whole suite, in TEST_JOBS workers (each file in one worker; worker N > 0 against
 # its own sandbox instance NAME-N, tests/sandbox_client.py); the 25 slowest tests are
