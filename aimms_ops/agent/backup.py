@@ -121,7 +121,7 @@ class Backup:
         return True
 
     def setup(self, prune_only: bool) -> None:
-        from aimms_ops.agent.making import user as current_user
+        from aimms_ops.agent.hosttools import user as current_user
 
         job, d, user = self.job, self.dir, current_user()
         log_dir = os.path.dirname(self.s["LOG_FILE"])
@@ -170,7 +170,8 @@ class Backup:
         return self.backup()
 
     def backup(self) -> int:
-        from aimms_ops.agent.making import make, user
+        from aimms_ops.agent.hosttools import user
+        from aimms_ops.agent.making import make
 
         self.user = user()
         return make(self)

@@ -7,7 +7,6 @@ operator's ``fab prune``, ``fab status`` and ``fab pin``).
 - ``size-guard DIR NAME SIZE``: the median the guard compares with, when NAME's SIZE is
   less than half of it (nothing otherwise);
 - ``pin DIR NAME BY REASON [--until EPOCH] [--locked]`` / ``unpin DIR NAME``;
-- ``safety-pin DIR NAME DAYS BY``: the pin of a safety copy, by the run that made it;
 - ``latest DIR``: the newest backup that is not a safety copy;
 - ``offsite-plan DIR COPIES NOW WITHIN_DAYS MIN_KEEP [RULES]``: an offsite target's
   retention (the same decide, with the pins of the backups here);
@@ -56,12 +55,6 @@ def add_commands(sub: Any) -> None:
         p.add_argument("--wait", type=float, default=PIN_WAIT_SECONDS,
                        help="wait at most this long for a backup or retention run")
         p.set_defaults(run=pin if action == "pin" else unpin)
-    p = sub.add_parser("safety-pin", help="pin a safety copy (any other backup: nothing)")
-    p.add_argument("dir")
-    p.add_argument("name")
-    p.add_argument("days", type=int)
-    p.add_argument("by")
-    p.set_defaults(run=safety_pin)
     p = sub.add_parser("latest", help="the newest backup that is not a safety copy")
     p.add_argument("dir")
     p.set_defaults(run=latest)
@@ -211,20 +204,16 @@ def pin(args: argparse.Namespace) -> int:
     return _under_backup_lock(args.dir, "pin", args.locked, args.wait, run)
 
 
-def safety_pin(args: argparse.Namespace) -> int:
+def pin_safety_copy(directory: str, name: str, days: int, by: str) -> None:
     """Pin the safety copy ``name`` for ``days`` (the caller, the backup run that made it,
-    holds the backup lock); a backup that is not a safety copy is left as it is."""
-    m = retention.NAME_RE.match(args.name)
-    if not m or not retention.is_safety(args.name) or args.days <= 0:
-        return 0
-    what = m.group(3).split("-", 1)[1]
-    try:
-        write_pin(os.path.join(args.dir, args.name), args.by,
-                  "safety copy taken before a %s" % what, time.time() + args.days * 86400)
-    except OSError as e:
-        sys.stderr.write("cannot write the pin of %s: %s\n" % (args.name, e.strerror))
-        return 1
-    return 0
+    holds the backup lock); a backup that is not a safety copy is left as it is. OSError
+    when the pin cannot be written."""
+    m = retention.NAME_RE.match(name)
+    if not m or not retention.is_safety(name) or days <= 0:
+        return
+    write_pin(os.path.join(directory, name), by,
+              "safety copy taken before a %s" % m.group(3).split("-", 1)[1],
+              time.time() + days * 86400)
 
 
 def unpin(args: argparse.Namespace) -> int:

@@ -2,12 +2,26 @@
 errors, the decompressor of a backup, a stage of a pipeline that is the program itself."""
 
 import os
+import pwd
 import shutil
+import socket
 import subprocess
 import sys
 from typing import List, Optional, Tuple
 
 from aimms_ops.core import retention
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def user() -> str:
+    """The login the job runs as (its uid when it has no name)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def _text(data: bytes) -> str:

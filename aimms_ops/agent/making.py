@@ -12,7 +12,8 @@ import time
 from typing import TYPE_CHECKING, List, Optional
 
 from aimms_ops.agent import cluster, dumping
-from aimms_ops.agent.backups import regular_sizes
+from aimms_ops.agent.backups import pin_safety_copy, regular_sizes
+from aimms_ops.agent.hosttools import hostname
 from aimms_ops.agent.job import JobFailed
 from aimms_ops.core import retention, units
 
@@ -146,17 +147,10 @@ def make(b: "Backup") -> int:
     os.replace(tmp, final)
     job.log("published %s" % name)
     # Safety copies of restore and rebuild are pinned (we hold the lock: no retention between).
-    days = int(s["SAFETY_PIN_DAYS"])
-    m = retention.NAME_RE.match(name)
-    if days > 0 and m and retention.is_safety(name):
-        try:
-            from aimms_ops.agent.backups import write_pin
-
-            write_pin(final, "%s@%s" % (user, os.uname().nodename),
-                      "safety copy taken before a %s" % m.group(3).split("-", 1)[1],
-                      time.time() + days * 86400)
-        except OSError:
-            job.log("warning: could not write %s.pin" % final)
+    try:
+        pin_safety_copy(d, name, int(s["SAFETY_PIN_DAYS"]), "%s@%s" % (user, hostname()))
+    except OSError:
+        job.log("warning: could not write %s.pin" % final)
     _fsync(d)
     seconds = int(time.time() - job.started)
     job.log("RESULT ok %s size=%d sha256=%s seconds=%d%s"
@@ -236,12 +230,3 @@ def _offsite(b: "Backup") -> None:
     from aimms_ops.agent import offsite_hook
 
     offsite_hook.after_backup(b)
-
-
-def user() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())

@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import stat
 import subprocess
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from aimms_ops.agent.hosttools import hostname, user
 from aimms_ops.core import shellconf
 
 #: rclone's flags for every call: bounded waits, one retry, no progress output.
@@ -36,17 +36,6 @@ VERIFIED = ".age.verified"
 
 class OffsiteError(Exception):
     """What went wrong with a target, as one line (the RESULT line's reason)."""
-
-
-def hostname() -> str:
-    return socket.gethostname()
-
-
-def user() -> str:
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
 
 class Settings:
