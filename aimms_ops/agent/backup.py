@@ -8,7 +8,7 @@ renamed into place. Any failure exits non-zero and leaves nothing that looks lik
 backup. A backup less than half the size of those before it is published but logged as
 suspicious, and no retention runs then (``--allow-shrink`` accepts it). Offsite copies
 go before retention may remove a backup. With ``--report`` stdout carries
-``result.KEY=VALUE`` and ``prune.keep|remove=NAME RULE REASON`` lines.
+``result`` and ``prune`` events (core.events).
 """
 
 from __future__ import annotations

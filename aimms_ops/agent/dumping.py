@@ -22,7 +22,7 @@ import hashlib
 import shutil
 import subprocess
 import threading
-from typing import IO, List, Optional
+from typing import IO, Callable, List, Optional
 
 from aimms_ops.agent.cluster import SIDE_COPY_SQL
 
@@ -116,7 +116,7 @@ def _keep_tail(stream: IO[bytes], keep: int, out: List[bytes]) -> None:
 
 
 def run(dump_argv: List[str], comp: Compressor, dest: IO[bytes], errf: IO[bytes],
-        keep_tail: int, progress: Optional[object] = None) -> Outcome:
+        keep_tail: int, progress: Optional[Callable[[int], None]] = None) -> Outcome:
     """Run the pipeline into ``dest`` (the temporary file, open for writing); stderr of
     every stage goes to ``errf``."""
     res = Outcome()
@@ -152,7 +152,7 @@ def run(dump_argv: List[str], comp: Compressor, dest: IO[bytes], errf: IO[bytes]
                 except (BrokenPipeError, OSError):
                     checking = False
             if progress is not None:
-                progress(res.size)  # type: ignore[operator]
+                progress(res.size)
     finally:
         try:
             checker.stdin.close()

@@ -15,6 +15,7 @@ import uuid
 from typing import Callable, List, Optional
 
 from aimms_ops.agent import pings
+from aimms_ops.core import events
 from aimms_ops.core.lock import Lock, LockBusy, held_by, now_utc
 
 
@@ -54,7 +55,7 @@ def write_fd(fd: int, text: str) -> bool:
 
 class Job:
     """``kind``: the run id's word (``backup``); ``log_file``: where its lines go;
-    ``echo``: also on stderr; ``report``: its ``KEY=VALUE`` lines on stdout."""
+    ``echo``: also on stderr; ``report``: its events (core.events) on stdout."""
 
     def __init__(self, kind: str, log_file: str, *, echo: bool = False,
                  report: bool = False) -> None:
@@ -88,8 +89,18 @@ class Job:
         write_fd(2, text + "\n")
 
     def report(self, line: str) -> None:
+        """A line for the session on stdout (an event: core.events), with --report."""
         if self.reporting and not write_fd(1, line + "\n"):
             self.reporting = False
+
+    def event(self, kind: str, **fields: object) -> None:
+        """The event ``kind`` (core.events) for the session, with --report."""
+        self.report(events.line(kind, **fields))
+
+    def ticker(self, stage: str, total: Optional[int], what: str = "",
+               estimate: bool = False) -> events.Ticker:
+        """The progress of ``stage`` (core.events.Ticker), for the session."""
+        return events.Ticker(self.report, stage, total, what=what, estimate=estimate)
 
     # --- pings -------------------------------------------------------------------
 
@@ -136,8 +147,13 @@ class Job:
         except LockBusy as busy:
             self.log("waiting up to %ds for %s (%s)" % (wait, waiting_for,
                                                          held_by(busy.holders)))
+            self.event("wait", **{"for": waiting_for, "holder": held_by(busy.holders),
+                                  "up_to": wait})
+            waited = time.monotonic()
             try:
                 lk.acquire(wait)
+                self.event("wait", **{"for": waiting_for, "holder": held_by(busy.holders),
+                                      "up_to": wait, "waited": time.monotonic() - waited})
             except LockBusy as still:
                 raise JobFailed("%s is still running after %ds (lock %s held by %s; wait for it "
                                 "to end, or raise lock_timeout)"

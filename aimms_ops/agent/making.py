@@ -121,7 +121,10 @@ def make(b: "Backup") -> int:
             % (name, s["PG_SUPERUSER"], comp.name, comp.level))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as dest, open(os.path.join(work, "stderr"), "w+b") as errf:
-        out = dumping.run(argv, comp, dest, errf, 4096 + len(trailer))
+        # Its progress: the bytes written against the last backup's size (an estimate).
+        ticker = job.ticker("dump", last or None, what=name, estimate=True)
+        out = dumping.run(argv, comp, dest, errf, 4096 + len(trailer), progress=ticker.tick)
+        ticker.end(out.size)
         try:
             dest.flush()
             os.fsync(dest.fileno())
@@ -155,11 +158,8 @@ def make(b: "Backup") -> int:
     seconds = int(time.time() - job.started)
     job.log("RESULT ok %s size=%d sha256=%s seconds=%d%s"
             % (name, size, out.sha256, seconds, " " + suspicious if suspicious else ""))
-    for key, value in (("name", name), ("path", final), ("size", size),
-                       ("sha256", out.sha256), ("seconds", seconds), ("container", cname)):
-        job.report("result.%s=%s" % (key, value))
-    if suspicious:
-        job.report("result.suspicious=%s" % suspicious)
+    job.event("result", name=name, path=final, size=size, sha256=out.sha256,
+              seconds=seconds, container=cname, suspicious=suspicious or None)
 
     # Offsite copies first: a backup goes to the targets before retention may remove it.
     _offsite(b)

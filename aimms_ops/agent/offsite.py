@@ -3,17 +3,15 @@
 ``offsite --backup-dir DIR --log-file FILE --offsite-config FILE [--lock-timeout S] CMD``:
 
 - ``sync [--target NAME] [--dry-run]``: push what each target lacks, then its retention,
-  under the backup lock (fab offsite-sync); ``offsite.push=T NAME``, ``offsite.keep=`` and
-  ``offsite.remove=T NAME REASON`` lines, then ``offsite.result=T ok pushed=N pruned=N
-  seconds=N`` or ``offsite.result=T failed: REASON`` per target (exit 1 if one failed);
-- ``list [--target NAME]``: ``target T ok|failed: REASON``, then ``copy T<TAB>NAME<TAB>
-  PLAIN_SHA<TAB>PLAIN_SIZE<TAB>ENC_SHA<TAB>ENC_SIZE<TAB>PUSHED_AT<TAB>OBJECT_SIZE<TAB>
-  VERIFIED_AT`` per copy and ``copy T<TAB>partial<TAB>NAME`` per push cut short;
+  under the backup lock (fab offsite-sync); an ``offsite`` event per push, keep and
+  remove, then an ``offsite-result`` event per target (exit 1 if one failed);
+- ``list [--target NAME]``: a ``target`` event per target (ok, or why not), then a
+  ``copy`` event per copy (its .meta's fields) and a ``partial`` event per push cut short;
 - ``cat TARGET OBJECT``: the bytes of NAME.age or NAME.age.meta;
 - ``mark-verified TARGET BACKUP``: record that the copy of BACKUP was read back whole;
 - ``push-all --run-id ID [--echo] [--report]``: what the backup script runs after a good
   backup, under the backup lock it holds: sync every target, one ``RESULT offsite T ok
-  ...|failed: REASON`` log line each (and ``offsite.result=`` lines with --report).
+  ...|failed: REASON`` log line each (and ``offsite-result`` events with --report).
   Never fails (exit 0): a failed push never fails the backup.
 
 Every push encrypts the backup with age to the recipients and uploads it with rclone
@@ -46,7 +44,7 @@ from aimms_ops.agent.offsite_targets import (
     load,
     reason,
 )
-from aimms_ops.core import defaults, retention
+from aimms_ops.core import defaults, events, retention
 from aimms_ops.core import lock as core_lock
 from aimms_ops.core.lock import LOCK_FILES, Lock, LockBusy, LockOpenError, now_utc
 
@@ -85,7 +83,7 @@ def add_commands(sub: Any) -> None:
     c = cmds.add_parser("push-all", help="after a backup: sync every target, never fail")
     c.add_argument("--run-id", required=True)
     c.add_argument("--echo", action="store_true", help="the log lines on stderr too")
-    c.add_argument("--report", action="store_true", help="offsite.result= lines on stdout")
+    c.add_argument("--report", action="store_true", help="offsite-result events on stdout")
     c.set_defaults(run=_command(push_all_command))
 
 
@@ -115,6 +113,10 @@ class Run:
     def report(self, line: str) -> None:
         if self.reporting:
             self.reporting = _say(sys.stdout, line + "\n")
+
+    def event(self, kind: str, **fields: object) -> None:
+        """The event ``kind`` (core.events) on stdout, with ``report``."""
+        self.report(events.line(kind, **fields))
 
 
 def _say(stream: Any, text: str) -> bool:
@@ -219,7 +221,7 @@ def sync_target(target: Target, run: Run, backup_dir: str, dry: bool,
                     % (t, d.name, copy.plaintext_sha256[:16], mine[:16]))
         if not mine:
             continue
-        run.report("offsite.push=%s %s" % (t, d.name))
+        run.event("offsite", action="push", target=t, name=d.name, reason="")
         if dry:
             continue
         run.log("offsite %s: pushing %s" % (t, d.name))
@@ -234,7 +236,7 @@ def sync_target(target: Target, run: Run, backup_dir: str, dry: bool,
         if not held and d.keep is False:
             continue  # a local backup too old for this target is simply not pushed
         reason_text = " ".join(d.reason.split())
-        run.report("offsite.%s=%s %s %s" % (d.action, t, d.name, reason_text))
+        run.event("offsite", action=d.action, target=t, name=d.name, reason=reason_text)
         if d.keep or dry or not held:
             continue
         for obj in (d.name + META, d.name + VERIFIED, d.name + ".age"):
@@ -246,7 +248,8 @@ def sync_target(target: Target, run: Run, backup_dir: str, dry: bool,
     for name in listing.partial:
         if name in pushed:
             continue
-        run.report("offsite.remove=%s %s partial upload (no .meta)" % (t, name))
+        run.event("offsite", action="remove", target=t, name=name,
+                  reason="partial upload (no .meta)")
         if not dry:
             target.delete(name + ".age")
             run.log("offsite %s: removed the partial upload %s.age" % (t, name))
@@ -285,7 +288,7 @@ def sync_command(args: argparse.Namespace, run: Run, settings: Settings) -> int:
             line = "%s ok %s" % (t, detail) if ok else "%s failed: %s" % (t, detail)
             if not args.dry_run:
                 run.log("RESULT offsite %s" % line)
-            run.report("offsite.result=%s" % line)
+            run.event("offsite-result", target=t, ok=ok, detail=detail)
             status = status if ok else 1
     return status
 
@@ -312,7 +315,7 @@ def push_all(config: str, backup_dir: str, run: Run) -> None:
         settings = load(config)
     except OffsiteError as e:
         run.log("RESULT offsite all failed: %s" % e)
-        run.report("offsite.result=all failed: %s" % e)
+        run.event("offsite-result", target="all", ok=False, detail=str(e))
         return
     for t in settings.targets:
         try:
@@ -322,7 +325,7 @@ def push_all(config: str, backup_dir: str, run: Run) -> None:
             ok, detail = False, str(e)
         line = "%s ok %s" % (t, detail) if ok else "%s failed: %s" % (t, detail)
         run.log("RESULT offsite %s" % line)
-        run.report("offsite.result=%s" % line)
+        run.event("offsite-result", target=t, ok=ok, detail=detail)
 
 
 def list_command(args: argparse.Namespace, run: Run, settings: Settings) -> int:
@@ -330,13 +333,15 @@ def list_command(args: argparse.Namespace, run: Run, settings: Settings) -> int:
         settings.check_target(args.target)
     for t in [args.target] if args.target else settings.targets:
         try:
-            lines = Target(settings, t, run.work).listing().lines()
+            listing = Target(settings, t, run.work).listing()
         except OffsiteError as e:
-            run.report("target %s failed: %s" % (t, e))
+            run.event("target", target=t, ok=False, error=str(e))
             continue
-        run.report("target %s ok" % t)
-        for line in lines:
-            run.report("copy %s\t%s" % (t, line))
+        run.event("target", target=t, ok=True, error="")
+        for name in sorted(listing.copies):
+            run.event("copy", target=t, **listing.copies[name]._asdict())
+        for name in listing.partial:
+            run.event("partial", target=t, name=name)
     return 0
 
 

@@ -1,5 +1,5 @@
 """The offsite push after a good backup: the host program's own (``offsite.push_all``),
-in the backup's process, under its lock, with its log and report lines and its run id.
+in the backup's process, under its lock, with its log and events and its run id.
 It never fails the backup: each target ends with its RESULT line in the log."""
 
 from __future__ import annotations

@@ -149,18 +149,11 @@ class Copy(NamedTuple):
         """Its object is there, as large as its .meta says."""
         return self.object_size != "-" and self.object_size == self.encrypted_size
 
-    def line(self) -> str:
-        return "\t".join(self)
-
 
 class Listing(NamedTuple):
     copies: Dict[str, Copy]
     partial: List[str]  # names whose object has no .meta
 
-    def lines(self) -> List[str]:
-        """What ``offsite list`` prints of it: a line per copy, then ``partial<TAB>NAME``."""
-        return ([self.copies[n].line() for n in sorted(self.copies)]
-                + ["partial\t%s" % n for n in self.partial])
 
 
 def parse_listing(sizes: Dict[str, str], metas: str) -> Listing:

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Callable, List
 
-from aimms_ops.core import retention
+from aimms_ops.core import events, retention
 
 
 class PruneError(Exception):
@@ -36,7 +36,8 @@ def _remove(path: str) -> None:
 
 def prune(directory: str, policy: retention.Policy, *, dry_run: bool, expect: str,
           report: Callable[[str], None], log: Callable[[str], None]) -> None:
-    """Apply retention to the backups in ``directory``; PruneError when it cannot."""
+    """Apply retention to the backups in ``directory``, each decision a ``prune`` event
+    for ``report``; PruneError when it cannot."""
     try:
         decisions = retention.decide(retention.scan(directory), policy, time.time())
     except OSError as e:
@@ -47,7 +48,7 @@ def prune(directory: str, policy: retention.Policy, *, dry_run: bool, expect: st
                          "(run the prune again)")
     for d in decisions:
         reason = " ".join(d.reason.split())
-        report("prune.%s=%s %s %s" % (d.action, d.name, d.rule, reason))
+        report(events.line("prune", action=d.action, name=d.name, rule=d.rule, reason=reason))
         if d.keep or dry_run:
             continue
         base = os.path.join(directory, d.name)
@@ -65,7 +66,8 @@ def orphans(directory: str, *, dry_run: bool, report: Callable[[str], None]) -> 
             for path in sorted(glob.glob(pattern)):
                 if os.path.exists(path[:-len(side)]):
                     continue
-                report("prune.remove=%s orphan %s file without a backup"
-                       % (os.path.basename(path), side.lstrip(".")))
+                report(events.line("prune", action="remove", name=os.path.basename(path),
+                                   rule="orphan", reason="%s file without a backup"
+                                   % side.lstrip(".")))
                 if not dry_run:
                     _remove(path)

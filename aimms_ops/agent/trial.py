@@ -165,9 +165,7 @@ class Trial:
                                "--volume", "%s:%s" % (self.volume, dest), image)
         if rc != 0:
             raise self.fail("start", "docker run failed: %s" % last_line(err))
-        for key, value in (("container", self.container), ("volume", self.volume),
-                           ("image", image)):
-            self.run.report("verify.%s=%s" % (key, value))
+        self.run.event("verify", container=self.container, volume=self.volume, image=image)
         self.run.log("started throwaway container %s (image of %s, volume %s at %s, no network)"
                      % (self.container, prod_name, self.volume, dest))
         wait = int(self.opts.wait)
@@ -335,7 +333,7 @@ class Trial:
         self.psql("postgres", _OPEN_SQL, stdin=True)
         tables = rows = 0
         for db in restored:
-            self.run.report("verify.database=%s" % db)
+            self.run.event("database", name=db)
             rc, counts, err = self.psql(conninfo_db(db), _COUNT_SQL, stdin=True)
             if rc != 0:
                 raise self.fail("databases", "counting the rows of %s failed: %s"
@@ -344,7 +342,8 @@ class Trial:
                 table, _, count = line.partition("\t")
                 if not table:
                     continue
-                self.run.report("verify.table=%s\t%s\t%s" % (db, table, count))
+                self.run.event("table", database=db, table=table,
+                               rows=int(count) if count.isdigit() else None)
                 tables += 1
                 rows += int(count) if count.isdigit() else 0
         return len(restored), tables, rows

@@ -99,7 +99,7 @@ class Run(Job):
         self.removed = False
 
     def check(self, name: str, state: str, detail: str) -> None:
-        self.report("verify.check=%s\t%s\t%s" % (name, state, detail))
+        self.event("check", name=name, state=state, detail=detail)
 
     # --- the end ----------------------------------------------------------------------
     def cleanup(self) -> None:
@@ -121,10 +121,8 @@ class Run(Job):
             self.check("cleanup", "CRITICAL", self.cleanup_problem)
         elif self.removed:
             self.check("cleanup", "OK", "container and volume removed")
-        self.report("verify.result=failed")
-        self.report("verify.failed_check=%s" % check)
-        self.report("verify.reason=%s" % reason)
-        self.report("verify.seconds=%d" % (time.time() - self.started))
+        self.event("verify", result="failed", failed_check=check, reason=reason,
+                   seconds=int(time.time() - self.started))
         self.log("RESULT failed: %s%s" % (whole, " (%s)" % self.name if self.name else ""))
         if not self.echo:
             self.say("verify failed: %s" % whole)
@@ -175,7 +173,7 @@ class Run(Job):
         if size <= 0:
             raise Failed("checksum", "the file is empty")
         digest = sha256_file(path)
-        self.report("verify.sha256=%s" % digest)
+        self.event("verify", sha256=digest)
         recorded = ""
         try:
             with open(path + ".sha256", encoding="utf-8", errors="replace") as fh:
@@ -195,10 +193,8 @@ class Run(Job):
     def verify(self) -> int:
         self.ping("start")
         path = self.pick()
-        self.report("verify.file=%s" % self.name)
-        self.report("verify.path=%s" % path)
         size = os.stat(path).st_size
-        self.report("verify.size=%d" % size)
+        self.event("verify", file=self.name, path=path, size=size)
         self.log("START verify of %s (%s): trial restore into a throwaway container"
                  % (self.name, units.size(size)))
         self.take_locks()
@@ -209,16 +205,14 @@ class Run(Job):
         self.cleanup()
         if self.cleanup_problem:
             self.check("cleanup", "CRITICAL", self.cleanup_problem)
-            self.report("verify.result=failed")
-            self.report("verify.failed_check=cleanup")
-            self.report("verify.reason=%s" % self.cleanup_problem)
+            self.event("verify", result="failed", failed_check="cleanup",
+                       reason=self.cleanup_problem)
             self.log("RESULT failed: cleanup: %s (%s)" % (self.cleanup_problem, self.name))
             self.ping_end("exit:1", "verify failed: cleanup: %s" % self.cleanup_problem)
             return 1
         self.check("cleanup", "OK", "container and volume removed")
         seconds = int(time.time() - self.started)
-        self.report("verify.result=ok")
-        self.report("verify.seconds=%d" % seconds)
+        self.event("verify", result="ok", seconds=seconds)
         result = "RESULT ok %s databases=%d tables=%d rows=%d" % (self.name, dbs, tables, rows)
         self.log("%s seconds=%d" % (result, seconds))
         self.ping_end("ok", result)

@@ -1,8 +1,8 @@
 """Making a backup and applying retention on the host, with the packaged script.
 
 The backup is made on the host by ``backup-postgres.sh`` (the same file cron runs);
-this module builds its arguments, parses what it reports and returns data for the
-task layer to render.
+this module builds its arguments, reads its events (``host.events``) and returns data
+for the task layer to render.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from aimms_ops.core import units
 from aimms_ops.core.errors import ConnectionLost, OpsError
 from aimms_ops.core.layout import BACKUP_SCRIPT
 from aimms_ops.core.names import validate_label, validate_name, validate_reason
+from aimms_ops.host.events import Event, Events, parse
 from aimms_ops.inventory.connected import HostRemote
 
 
@@ -47,44 +48,23 @@ class PruneDecision:
                 "reason": self.reason}
 
 
-def parse_result(stdout: str) -> dict[str, str]:
-    """The ``result.KEY=VALUE`` lines of the backup script."""
-    out: dict[str, str] = {}
-    for line in stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.startswith("result."):
-            out[key] = value
-    return out
-
-
-#: The rules a prune line can name (retention.py's, and the day-based fallback's).
-_RULE = re.compile(r"^(?:pinned|min_keep|within|older|empty|none|orphan|"
-                   r"(?:daily|weekly|monthly|yearly)(?:\[oldest\])?)$")
-
-
-def parse_prune(stdout: str) -> list[PruneDecision]:
-    """The ``prune.keep=NAME RULE REASON`` / ``prune.remove=...`` lines, in order."""
-    decisions = []
-    for line in stdout.splitlines():
-        for action in ("keep", "remove"):
-            prefix = f"prune.{action}="
-            if line.startswith(prefix):
-                name, _, rest = line[len(prefix):].partition(" ")
-                rule, _, reason = rest.partition(" ")
-                if not _RULE.fullmatch(rule):
-                    rule, reason = "", rest
-                decisions.append(PruneDecision(name, action, reason, rule))
-    return decisions
+def parse_prune(found: Events) -> list[PruneDecision]:
+    """The ``prune`` events of a run, in order."""
+    return [PruneDecision(str(e.get("name", "")), str(e.get("action", "")),
+                          str(e.get("reason", "")), str(e.get("rule", "")))
+            for e in found.of("prune")]
 
 
 def run_backup(remote: HostRemote, label: str | None = None,
                on_log: Callable[[str], None] | None = None, *,
-               safety: bool = False, allow_shrink: bool = False) -> BackupResult:
+               safety: bool = False, allow_shrink: bool = False,
+               on_event: Callable[[Event], None] | None = None) -> BackupResult:
     """Make a backup now with the packaged script (the one cron runs).
 
     ``safety``: a safety copy, labelled with one of SAFETY_LABELS, which the script
     pins for ``safety_pin_days``. ``allow_shrink`` accepts a backup that the size-drop
-    guard would call suspicious.
+    guard would call suspicious. ``on_event``: each event as it comes (the dump's
+    progress, a wait for a lock).
     """
     extra = ["--echo", "--report"]
     if allow_shrink:
@@ -92,24 +72,26 @@ def run_backup(remote: HostRemote, label: str | None = None,
     if label:
         extra += ["--label", validate_label(label, safety=safety)]
     try:
+        found = Events(on_event)
         res = remote.run_script(BACKUP_SCRIPT, *script_args(remote.host, *extra),
-                                stdin=secret_input(remote.host), on_stderr=on_log)
+                                stdin=secret_input(remote.host), on_stderr=on_log,
+                                on_stdout=found.feed)
     except ConnectionLost as exc:
         raise ConnectionLost(f"{exc.message} (the backup itself goes on on the host)",
                              "see its RESULT line with fab logs, and fab list-backups",
                              code=exc.code) from None
     if not res.ok:
-        raise _failure(remote, res.rc, res.stdout, res.stderr)
-    r = parse_result(res.stdout)
+        raise _failure(remote, res.rc, found, res.stderr)
+    r = found.last("result") or {}
     try:
         return BackupResult(
-            name=r["result.name"], path=r["result.path"], size=int(r["result.size"]),
-            sha256=r["result.sha256"], seconds=int(r["result.seconds"]),
-            container=r.get("result.container", ""),
-            pruned=tuple(d.name for d in parse_prune(res.stdout) if d.action == "remove"),
-            suspicious=r.get("result.suspicious"),
+            name=str(r["name"]), path=str(r["path"]), size=int(r["size"]),
+            sha256=str(r["sha256"]), seconds=int(r["seconds"]),
+            container=str(r.get("container") or ""),
+            pruned=tuple(d.name for d in parse_prune(found) if d.action == "remove"),
+            suspicious=r.get("suspicious") or None,
         )
-    except (KeyError, ValueError):
+    except (KeyError, TypeError, ValueError):
         raise OpsError(f"the backup script on {remote.name} reported no result",
                        "see fab logs") from None
 
@@ -117,17 +99,18 @@ def run_backup(remote: HostRemote, label: str | None = None,
 _TARGET = re.compile(r" dumping into (aimms_postgres_\S+) with ")
 
 
-def _failure(remote: HostRemote, rc: int, stdout: str, stderr: str) -> OpsError:
+def _failure(remote: HostRemote, rc: int, found: Events, stderr: str) -> OpsError:
     """What a backup run that did not end well leaves: the reason it gave (or that it
     died, killed), and what the host really published, looked up there: a run killed
     after it renamed its backup into place published a good backup all the same."""
     died = "RESULT failed:" not in stderr and (rc < 0 or rc >= 128)
     why = (f"the backup script died ({_signal_name(rc)}) before it logged a result" if died
            else _failure_reason(stderr))
-    target = parse_result(stdout).get("result.name")
+    result = found.last("result")
+    target = str(result["name"]) if result and result.get("name") else None
     if target is None:
-        found = _TARGET.findall(stderr)
-        target = found[-1] if found else None
+        named = _TARGET.findall(stderr)
+        target = named[-1] if named else None
     if target is None:
         return OpsError(f"backup on {remote.name} failed: {why}",
                         f"see fab logs; nothing was published in {remote.host.backup_dir}")
@@ -187,7 +170,7 @@ def prune(remote: HostRemote, *, dry_run: bool,
     if not res.ok:
         raise OpsError(f"retention on {remote.name} failed: {_failure_reason(res.stderr)}",
                        "see fab logs")
-    return parse_prune(res.stdout)
+    return parse_prune(parse(res.stdout))
 
 
 def set_pin(remote: HostRemote, name: str, *, pinned: bool, by: str = "",

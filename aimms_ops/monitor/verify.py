@@ -23,6 +23,7 @@ from aimms_ops.core.errors import OpsError
 from aimms_ops.core.layout import VERIFY_SCRIPT
 from aimms_ops.core.settings import VERIFY_KEYS
 from aimms_ops.host.compose import parse_facts
+from aimms_ops.host.events import Event, Events
 from aimms_ops.inventory.connected import HostRemote, facts_args
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.coverage import check_coverage, live_databases
@@ -161,28 +162,25 @@ class DeepOutput:
     values: dict[str, str] = field(default_factory=dict)  # file, path, size, sha256, ...
 
 
-def parse_deep(stdout: str) -> DeepOutput:
-    """The ``verify.*`` lines of verify-backup.sh --report (pure)."""
+def parse_deep(found: Events) -> DeepOutput:
+    """The events of verify-backup.sh --report (pure)."""
     out = DeepOutput()
-    for line in stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep or not key.startswith("verify."):
-            continue
-        key = key[len("verify."):]
-        if key == "check":
-            name, _, rest = value.partition("\t")
-            state, _, detail = rest.partition("\t")
+    for e in found.all:
+        kind = e["event"]
+        if kind == "check":
+            state = str(e.get("state", ""))
             st = State[state] if state in State.__members__ else State.UNKNOWN
-            out.checks.append(Check(name, st, detail,
+            name = str(e.get("name", ""))
+            out.checks.append(Check(name, st, str(e.get("detail", "")),
                                     _FIXES.get(name, "") if st is State.CRITICAL else ""))
-        elif key == "database":
-            out.databases.append(value)
-        elif key == "table":
-            parts = value.split("\t")
-            if len(parts) == 3 and parts[2].isdigit():
-                out.tables.append(TableCount(parts[0], parts[1], int(parts[2])))
-        else:
-            out.values[key] = value
+        elif kind == "database":
+            out.databases.append(str(e.get("name", "")))
+        elif kind == "table" and isinstance(e.get("rows"), int):
+            out.tables.append(TableCount(str(e.get("database", "")), str(e.get("table", "")),
+                                         e["rows"]))
+        elif kind == "verify":
+            out.values.update({k: str(v) for k, v in e.items()
+                               if k != "event" and v is not None})
     return out
 
 
@@ -192,8 +190,10 @@ def script_args(host: Host, file: str) -> list[str]:
 
 
 def verify(remote: HostRemote, file: str, deep: bool,
-           on_log: Callable[[str], None] | None = None) -> VerifyReport:
-    """Verify backup ``file`` (a name or ``latest``) on the host."""
+           on_log: Callable[[str], None] | None = None,
+           on_event: Callable[[Event], None] | None = None) -> VerifyReport:
+    """Verify backup ``file`` (a name or ``latest``) on the host; ``on_event``: each
+    event of a deep verify as it comes (a wait for a lock, the replay's progress)."""
     if file != "latest":
         names.validate_name(file)
     b = listing.pick(listing.list_remote(remote), file)
@@ -207,9 +207,10 @@ def verify(remote: HostRemote, file: str, deep: bool,
         return VerifyReport(remote.name, b.name, b.path, dump.size, dump.sha256, False,
                             checks, databases=list(dump.databases),
                             failed_check=_first_failed(checks))
+    found = Events(on_event)
     res = remote.run_script(VERIFY_SCRIPT, *script_args(remote.host, b.name), "--report",
-                            "--echo", on_stderr=on_log)
-    r = parse_deep(res.stdout)
+                            "--echo", on_stderr=on_log, on_stdout=found.feed)
+    r = parse_deep(found)
     if not r.checks:
         raise OpsError(f"the verify script on {remote.name} reported nothing: "
                        f"{res.last_error_line()}", "see fab logs")

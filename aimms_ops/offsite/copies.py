@@ -16,6 +16,7 @@ from aimms_ops.core.checks import Check, State
 from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.core.names import SAFETY_LABELS, SHA_RE, created_from_name, validate_name
 from aimms_ops.core.retention import NAME_RE
+from aimms_ops.host.events import Events, parse
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.inventory.model import Host
@@ -100,39 +101,37 @@ def _time(text: str) -> datetime | None:
         return None
 
 
-def _int(text: str) -> int | None:
+def _int(value: object) -> int | None:
+    text = str(value)
     return int(text) if text.isdigit() else None
 
 
-def parse_list(text: str) -> list[TargetListing]:
-    """The output of ``offsite-run.sh list`` (pure): one TargetListing per target."""
+def parse_list(found: Events) -> list[TargetListing]:
+    """The events of ``offsite-run.sh list`` (pure): one TargetListing per target."""
     out: dict[str, TargetListing] = {}
-    for line in text.splitlines():
-        if line.startswith("target "):
-            _, name, rest = [*line.split(" ", 2), ""][:3]
-            if rest == "ok":
-                out[name] = TargetListing(name, True)
-            else:
-                out[name] = TargetListing(name, False, rest.removeprefix("failed: ").strip())
-        elif line.startswith("copy "):
-            target, _, fields = line[5:].partition("\t")
-            parts = fields.split("\t")
-            listing = out.get(target)
-            if listing is None:
-                continue
-            if parts[0] == "partial" and len(parts) >= 2:
-                listing.partial.append(parts[1])
-                continue
-            if len(parts) != 8 or not NAME_RE.fullmatch(parts[0]):
-                continue
-            name, psha, psize, esha, esize, pushed, osize, verified = parts
-            if not SHA_RE.fullmatch(psha) or not SHA_RE.fullmatch(esha):
+    for e in found.all:
+        kind, target = e["event"], str(e.get("target", ""))
+        if kind == "target":
+            out[target] = TargetListing(target, e.get("ok") is True, str(e.get("error", "")))
+            continue
+        listing = out.get(target)
+        if listing is None:
+            continue
+        name = str(e.get("name", ""))
+        if kind == "partial":
+            listing.partial.append(name)
+        elif kind == "copy":
+            psha, esha = str(e.get("plaintext_sha256")), str(e.get("encrypted_sha256"))
+            if not (NAME_RE.fullmatch(name) and SHA_RE.fullmatch(psha)
+                    and SHA_RE.fullmatch(esha)):
                 continue
             listing.copies.append(OffsiteCopy(
                 target=target, name=name, plaintext_sha256=psha,
-                plaintext_size=_int(psize) or 0, encrypted_sha256=esha,
-                encrypted_size=_int(esize) or 0, pushed_at=_time(pushed),
-                object_size=_int(osize), verified_at=_time(verified)))
+                plaintext_size=_int(e.get("plaintext_size")) or 0, encrypted_sha256=esha,
+                encrypted_size=_int(e.get("encrypted_size")) or 0,
+                pushed_at=_time(str(e.get("pushed_at"))),
+                object_size=_int(e.get("object_size")),
+                verified_at=_time(str(e.get("verified_at")))))
     for listing in out.values():
         listing.copies.sort(key=lambda c: c.name_key, reverse=True)
     return list(out.values())
@@ -170,7 +169,7 @@ def list_copies(remote: HostRemote, target: str | None = None) -> list[TargetLis
     res = remote.run_script(RUN_SCRIPT, *args)
     if not res.ok:
         raise script_error(remote, res)
-    return parse_list(res.stdout)
+    return parse_list(parse(res.stdout))
 
 
 def pick_copy(listing: TargetListing, name: str) -> OffsiteCopy:

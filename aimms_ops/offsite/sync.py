@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aimms_ops.core.errors import ConnectionLost
+from aimms_ops.host.events import Event, Events
 from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.offsite.copies import RUN_SCRIPT, require, run_args, script_error
 
@@ -21,30 +22,26 @@ class TargetSync:
     kept: tuple[tuple[str, str], ...] = ()
 
 
-def parse_sync(stdout: str, targets: list[str]) -> list[TargetSync]:
-    """The report lines of ``offsite-run.sh sync`` (pure), one TargetSync per target."""
+def parse_sync(found: Events, targets: list[str]) -> list[TargetSync]:
+    """The events of ``offsite-run.sh sync`` (pure), one TargetSync per target."""
     pushed: dict[str, list[str]] = {t: [] for t in targets}
     removed: dict[str, list[tuple[str, str]]] = {t: [] for t in targets}
     kept: dict[str, list[tuple[str, str]]] = {t: [] for t in targets}
     results: dict[str, tuple[bool, str]] = {}
-    for line in stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        target, _, rest = value.partition(" ")
+    for e in found.all:
+        target = str(e.get("target", ""))
         if target not in pushed:
             continue
-        name, _, reason = rest.partition(" ")
-        if key == "offsite.push":
+        name, reason = str(e.get("name", "")), str(e.get("reason", ""))
+        action = e.get("action") if e["event"] == "offsite" else None
+        if action == "push":
             pushed[target].append(name)
-        elif key == "offsite.remove":
+        elif action == "remove":
             removed[target].append((name, reason))
-        elif key == "offsite.keep":
+        elif action == "keep":
             kept[target].append((name, reason))
-        elif key == "offsite.result":
-            ok = rest.startswith("ok")
-            results[target] = (ok, rest[3:].strip() if ok else rest.removeprefix("failed:")
-                               .strip())
+        elif e["event"] == "offsite-result":
+            results[target] = (e.get("ok") is True, str(e.get("detail", "")))
     out = []
     for t in targets:
         ok, detail = results.get(t, (False, "no result reported (see fab logs)"))
@@ -54,18 +51,21 @@ def parse_sync(stdout: str, targets: list[str]) -> list[TargetSync]:
 
 
 def sync(remote: HostRemote, target: str | None = None, dry_run: bool = False,
-         on_log: Callable[[str], None] | None = None) -> list[TargetSync]:
-    """Push every good local backup a target lacks (and its retention keeps), then prune."""
+         on_log: Callable[[str], None] | None = None,
+         on_event: Callable[[Event], None] | None = None) -> list[TargetSync]:
+    """Push every good local backup a target lacks (and its retention keeps), then prune;
+    ``on_event``: each event as it comes (a wait for the backup lock, a push's progress)."""
     targets = [t.name for t in require(remote.host, target)]
     args = [*run_args(remote.host), "sync", *(["--target", target] if target else []),
             *(["--dry-run"] if dry_run else [])]
+    found = Events(on_event)
     try:
-        res = remote.run_script(RUN_SCRIPT, *args, on_stderr=on_log)
+        res = remote.run_script(RUN_SCRIPT, *args, on_stderr=on_log, on_stdout=found.feed)
     except ConnectionLost as exc:
         raise ConnectionLost(f"{exc.message} (the sync may go on on the host)",
                              "run the same offsite-sync again: it pushes what is missing",
                              code=exc.code) from None
-    results = parse_sync(res.stdout, targets)
-    if not res.ok and not any("offsite.result=" in ln for ln in res.stdout.splitlines()):
+    results = parse_sync(found, targets)
+    if not res.ok and found.last("offsite-result") is None:
         raise script_error(remote, res)
     return results

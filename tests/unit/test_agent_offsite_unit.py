@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from aimms_ops.core.lock import LOCK_FILES, Lock
+from aimms_ops.host import events as host_events
 from tests.hostprog import HOST
 
 SECRET = "s3cr3t-" + "k" * 33
@@ -185,7 +186,17 @@ def host(tmp_path) -> Host:
 
 
 def _out(proc: subprocess.CompletedProcess) -> str:
-    return proc.stdout.decode()
+    """The run's events, a line each: ``offsite.ACTION=TARGET NAME REASON`` and
+    ``offsite.result=TARGET ok DETAIL`` or ``offsite.result=TARGET failed: DETAIL``."""
+    lines = []
+    for e in host_events.parse(proc.stdout.decode()).all:
+        if e["event"] == "offsite":
+            lines.append(f"offsite.{e['action']}={e['target']} {e['name']} {e['reason']}"
+                         .rstrip())
+        elif e["event"] == "offsite-result":
+            ok = "ok" if e["ok"] else "failed:"
+            lines.append(f"offsite.result={e['target']} {ok} {e['detail']}")
+    return "\n".join(lines) + "\n"
 
 
 def test_push_all_pushes_each_good_backup_to_each_target_the_meta_last(host):
@@ -232,13 +243,17 @@ def test_list_cat_and_mark_verified_keep_their_lines(host):
     (host.folder("s3") / "aimms_postgres_20200101_000000.sql.gz.age").write_bytes(b"cut")
     proc = host.run("mark-verified", "s3", name)
     assert proc.returncode == 0, proc.stderr
-    lines = _out(host.run("list")).splitlines()
-    assert lines[0] == "target s3 ok"
-    copy = lines[1].split("\t")
-    assert copy[0] == "copy s3" and copy[1] == name and len(copy) == 9
-    assert copy[7] == copy[5] and re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:]+Z", copy[8])
-    assert lines[2] == "copy s3\tpartial\taimms_postgres_20200101_000000.sql.gz"
-    assert lines[3] == "target vault ok" and lines[4].split("\t")[-1] == "-"
+    found = host_events.parse(host.run("list").stdout.decode()).all
+    assert [e["event"] for e in found] == ["target", "copy", "partial", "target", "copy"]
+    assert found[0] == {"event": "target", "target": "s3", "ok": True, "error": ""}
+    copy = found[1]
+    assert copy["target"] == "s3" and copy["name"] == name
+    assert copy["object_size"] == copy["encrypted_size"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:]+Z", copy["verified_at"])
+    assert found[2] == {"event": "partial", "target": "s3",
+                        "name": "aimms_postgres_20200101_000000.sql.gz"}
+    assert found[3]["target"] == "vault" and found[3]["ok"]
+    assert found[4]["verified_at"] == "-"
     cat = host.run("cat", "vault", f"{name}.age")
     assert cat.returncode == 0 and _decrypt(cat.stdout) == (host.dir / name).read_bytes()
     bad = host.run("cat", "vault", "/etc/passwd")

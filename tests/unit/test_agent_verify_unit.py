@@ -20,8 +20,9 @@ import pytest
 
 from aimms_ops.core.lock import LOCK_FILES, Lock
 from aimms_ops.dump.beside import new_name
+from aimms_ops.host import events as host_events
 from aimms_ops.host import shell
-from tests.hostprog import SCRIPT_ENV, key_values
+from tests.hostprog import SCRIPT_ENV
 
 NAME = "aimms_postgres_20260101_020000.sql.gz"
 DUMP = (Path(__file__).parent / "data" / "cluster-dump.sql").read_bytes()
@@ -172,7 +173,24 @@ class Host:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
 
-report = key_values
+def report(stdout: str) -> dict[str, list[str]]:
+    """The verify's events as ``verify.KEY`` -> its values, in order (a check as
+    ``NAME<TAB>STATE<TAB>DETAIL``, a table as ``DB<TAB>TABLE<TAB>ROWS``)."""
+    out: dict[str, list[str]] = {}
+    for e in host_events.parse(stdout).all:
+        kind = e.pop("event")
+        if kind == "check":
+            out.setdefault("verify.check", []).append(
+                "\t".join((e["name"], e["state"], e["detail"])))
+        elif kind == "database":
+            out.setdefault("verify.database", []).append(e["name"])
+        elif kind == "table":
+            out.setdefault("verify.table", []).append(
+                "\t".join((e["database"], e["table"], str(e["rows"]))))
+        elif kind == "verify":
+            for key, value in e.items():
+                out.setdefault("verify." + key, []).append(str(value))
+    return out
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from aimms_ops.backup import install, listing, run, settings
-from aimms_ops.core import names
+from aimms_ops.core import events, names
 from aimms_ops.core import settings as core_settings
 from aimms_ops.core.errors import OpsError
 from aimms_ops.core.retention import Policy
+from aimms_ops.host import events as host_events
 from aimms_ops.inventory.model import Compose, Host, Postgres, Volumes
 
 
@@ -100,13 +101,19 @@ def test_pick_latest_and_by_name():
         listing.pick([], "latest")
 
 
-def test_parse_prune_and_result():
-    out = ("result.name=n.sql.gz\nresult.size=10\n"
-           "prune.keep=a.sql.gz min_keep newest 1 of 3 kept\n"
-           "prune.keep=c.sql.gz monthly[oldest] the oldest backup\n"
-           "prune.remove=b.sql.gz older older than 7 days (9d old)\n")
-    assert run.parse_result(out) == {"result.name": "n.sql.gz", "result.size": "10"}
-    assert run.parse_prune(out) == [
+def test_prune_events_are_read_in_order_and_other_lines_ignored():
+    out = "\n".join([
+        events.line("result", name="n.sql.gz", size=10),
+        "prune.keep=x.sql.gz older a line of the old format: not an event",
+        events.line("prune", action="keep", name="a.sql.gz", rule="min_keep",
+                    reason="newest 1 of 3 kept"),
+        events.line("prune", action="keep", name="c.sql.gz", rule="monthly[oldest]",
+                    reason="the oldest backup"),
+        events.line("prune", action="remove", name="b.sql.gz", rule="older",
+                    reason="older than 7 days (9d old)"), ""])
+    found = host_events.parse(out)
+    assert found.last("result") == {"event": "result", "name": "n.sql.gz", "size": 10}
+    assert run.parse_prune(found) == [
         run.PruneDecision("a.sql.gz", "keep", "newest 1 of 3 kept", "min_keep"),
         run.PruneDecision("c.sql.gz", "keep", "the oldest backup", "monthly[oldest]"),
         run.PruneDecision("b.sql.gz", "remove", "older than 7 days (9d old)", "older"),

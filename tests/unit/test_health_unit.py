@@ -13,10 +13,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from aimms_ops.backup import install
+from aimms_ops.core import events
 from aimms_ops.core.checks import Check, State
 from aimms_ops.core.errors import OpsError
 from aimms_ops.core.names import BackupFile
 from aimms_ops.host import bundle, shell
+from aimms_ops.host import events as host_events
 from aimms_ops.monitor import disk, doctor, hostfacts, runlog, status, verify, volumes
 from aimms_ops.restore.source import DumpInfo
 
@@ -558,36 +560,37 @@ def test_checks_of_name_the_failed_check(problem, failed, unknown):
     assert {n for n, c in checks.items() if c.state is State.UNKNOWN} == unknown
 
 
-DEEP_OK = """\
-verify.file=aimms_postgres_20261125_020000.sql.gz
-verify.size=123
-verify.check=checksum\tOK\tmatches its .sha256
-verify.container=aimms-ops-verify-20261125040000-42
-verify.check=restore\tOK\tpsql replayed it
-verify.database=aimms_web
-verify.table=aimms_web\tpublic.orders\t20000
-verify.table=aimms_web\tpublic.odd name\t3
-verify.database=postgres
-verify.check=cleanup\tOK\tcontainer and volume removed
-verify.result=ok
-verify.seconds=9
-"""
+DEEP_OK = "\n".join([
+    events.line("verify", file="aimms_postgres_20261125_020000.sql.gz", size=123),
+    events.line("check", name="checksum", state="OK", detail="matches its .sha256"),
+    events.line("verify", container="aimms-ops-verify-20261125040000-42", volume=None),
+    events.line("check", name="restore", state="OK", detail="psql replayed it"),
+    events.line("database", name="aimms_web"),
+    events.line("table", database="aimms_web", table="public.orders", rows=20000),
+    events.line("table", database="aimms_web", table="public.odd name", rows=3),
+    events.line("database", name="postgres"),
+    events.line("check", name="cleanup", state="OK", detail="container and volume removed"),
+    events.line("verify", result="ok", seconds=9), ""])
 
 
 def test_parse_deep():
-    out = verify.parse_deep(DEEP_OK + "noise\nverify.table=bad\n")
+    out = verify.parse_deep(host_events.parse(
+        DEEP_OK + "noise\nverify.table=bad\n"
+        + events.line("table", database="x", table="no count", rows=None)))
     assert [c.name for c in out.checks] == ["checksum", "restore", "cleanup"]
     assert out.databases == ["aimms_web", "postgres"]
     assert out.tables == [verify.TableCount("aimms_web", "public.orders", 20000),
                           verify.TableCount("aimms_web", "public.odd name", 3)]
     assert out.values["container"] == "aimms-ops-verify-20261125040000-42"
-    failed = verify.parse_deep("verify.check=gzip stream\tCRITICAL\tdoes not decompress\n")
+    assert "volume" not in out.values and out.values["size"] == "123"
+    failed = verify.parse_deep(host_events.parse(events.line(
+        "check", name="gzip stream", state="CRITICAL", detail="does not decompress")))
     assert failed.checks == [Check("gzip stream", State.CRITICAL, "does not decompress",
                                    verify._FIXES["gzip stream"])]
 
 
 def test_verify_report_json_shape():
-    out = verify.parse_deep(DEEP_OK)
+    out = verify.parse_deep(host_events.parse(DEEP_OK))
     rep = verify.VerifyReport("aidset", "f", "/b/f", 123, SHA, True, out.checks, out.databases,
                               out.tables, "c", "c", "sha256:i", 9)
     d = rep.as_dict()

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aimms_ops.core import events
 from aimms_ops.core.errors import OpsError
+from aimms_ops.host import events as host_events
 from aimms_ops.inventory import loader, model
 from aimms_ops.inventory import offsite as offsite_config
 from aimms_ops.offsite import copies, sync
@@ -167,14 +169,24 @@ def test_the_host_settings_hold_no_secret_and_are_quoted_shell(tmp_path):
 SHA1, SHA2 = "a" * 64, "b" * 64
 N1 = "aimms_postgres_20261130_020000.sql.gz"
 N2 = "aimms_postgres_20261201_020000_pre-restore.sql.gz"
-LIST = "\n".join([
-    "target s3 ok",
-    f"copy s3\t{N1}\t{SHA1}\t100\t{SHA2}\t120\t2026-11-30T02:00:05Z\t120\t-",
-    f"copy s3\t{N2}\t{SHA1}\t100\t{SHA2}\t120\t2026-12-01T02:00:05Z\t60\t-",
-    "copy s3\tpartial\taimms_postgres_20261201_030000.sql.gz",
-    "copy s3\tgarbage line",
-    "target vault failed: cannot list vault: knownhosts: key mismatch",
-])
+
+def _copy(name: str, pushed: str, size: str) -> str:
+    return events.line("copy", target="s3", name=name, plaintext_sha256=SHA1,
+                       plaintext_size="100", encrypted_sha256=SHA2, encrypted_size="120",
+                       pushed_at=pushed, object_size=size, verified_at="-")
+
+
+LIST = host_events.parse("\n".join([
+    events.line("target", target="s3", ok=True, error=""),
+    _copy(N1, "2026-11-30T02:00:05Z", "120"),
+    _copy(N2, "2026-12-01T02:00:05Z", "60"),
+    events.line("partial", target="s3", name="aimms_postgres_20261201_030000.sql.gz"),
+    events.line("copy", target="s3", name="garbage"),
+    events.line("copy", target="nowhere", name=N1),
+    "copy s3\tnot an event",
+    events.line("target", target="vault", ok=False,
+                error="cannot list vault: knownhosts: key mismatch"),
+]))
 
 
 def test_parse_list():
@@ -204,13 +216,16 @@ def test_pick_copy_refuses_incomplete_and_unknown():
 
 
 def test_parse_sync():
-    out = "\n".join([
-        f"offsite.push=s3 {N2}",
-        f"offsite.remove=s3 {N1} older than 7 days (9d old)",
-        "offsite.result=s3 ok pushed=1 pruned=1 seconds=3",
-        "offsite.result=vault failed: upload of x failed: connection refused",
+    out = host_events.parse("\n".join([
+        events.line("offsite", action="push", target="s3", name=N2, reason=""),
+        events.line("offsite", action="remove", target="s3", name=N1,
+                    reason="older than 7 days (9d old)"),
+        events.line("offsite-result", target="s3", ok=True,
+                    detail="pushed=1 pruned=1 seconds=3"),
+        events.line("offsite-result", target="vault", ok=False,
+                    detail="upload of x failed: connection refused"),
         "noise",
-    ])
+    ]))
     s3, vault = sync.parse_sync(out, ["s3", "vault"])
     assert s3.ok and s3.pushed == (N2,) and s3.removed == ((N1, "older than 7 days (9d old)"),)
     assert not vault.ok and vault.detail.startswith("upload of x failed")

@@ -19,6 +19,7 @@ import yaml
 from aimms_ops.core import retention
 from aimms_ops.core.errors import OpsError
 from aimms_ops.core.retention import Backup, Pin, Policy, decide
+from aimms_ops.host import events as host_events
 from aimms_ops.host import shell
 from aimms_ops.inventory import loader, model
 from tests.hostprog import SCRIPT_ENV
@@ -307,11 +308,7 @@ def _script_decisions(tmp_path: Path, backups: list[Backup],
          "--project", "p", "--prune-only", "--dry-run", "--report", *extra],
         capture_output=True, text=True, env=env, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
-    out = []
-    for line in proc.stdout.splitlines():
-        action, _, rest = line.partition("=")
-        out.append((action.removeprefix("prune."), rest.split(" ", 1)[0]))
-    return out
+    return [(e["action"], e["name"]) for e in host_events.parse(proc.stdout).of("prune")]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -513,7 +510,7 @@ def test_a_prune_removes_nothing_unless_its_decision_is_the_one_shown(tmp_path):
              "--min-keep", "1", *extra], capture_output=True, text=True, timeout=60,
             check=False, env=SCRIPT_ENV)
 
-    plan = bk.parse_prune(run("--dry-run").stdout)
+    plan = bk.parse_prune(host_events.parse(run("--dry-run").stdout))
     assert [x.action for x in plan].count("remove") == 7
     shown = plan[:-1]  # a plan that is not what the host decides now
     refused = run("--expect-plan", bk.plan_digest(shown))

@@ -1,0 +1,86 @@
+"""What the host program tells the operator's session: one JSON object per line.
+
+A job run with ``--report`` writes its events on stdout, each a line
+``{"event": KIND, ...}``; its log lines go to stderr (``--echo``) and to its log file.
+The operator's side reads them with :mod:`aimms_ops.host.events`; nothing else parses
+what the host says. Names that are not UTF-8 travel as JSON strings with surrogate
+escapes (``"\\udce9"``), so they come back byte for byte.
+
+The kinds and their fields:
+
+- ``progress``: ``stage`` (``dump``, ``restore``, ``push``, ``replay``), ``done`` and
+  ``total`` (bytes; ``total`` null when unknown, or an estimate when ``estimate`` is
+  true), ``what`` (a name). At most one a second per stage, and one when it ends.
+- ``wait``: ``for`` (what is awaited), ``holder`` (who holds it, as the lock's note
+  says), ``up_to`` (seconds); ``waited`` once the wait is over.
+- ``result``: a backup's ``name``, ``path``, ``size``, ``sha256``, ``seconds``,
+  ``container``, ``suspicious``.
+- ``prune``: ``action`` (keep or remove), ``name``, ``rule``, ``reason``.
+- ``verify``: a deep verify's facts (``file``, ``path``, ``size``, ``sha256``,
+  ``container``, ``volume``, ``image``, ``seconds``, ``result``, ``failed_check``,
+  ``reason``); ``check``: ``name``, ``state``, ``detail``; ``database``: ``name``;
+  ``table``: ``database``, ``table``, ``rows``.
+- ``offsite``: ``action`` (push, keep, remove), ``target``, ``name``, ``reason``;
+  ``offsite-result``: ``target`` (``all`` when no target could be read), ``ok``,
+  ``detail``; ``target``: ``target``, ``ok``, ``error``; ``copy``: ``target``,
+  ``line`` (a listing line of the target).
+"""
+
+import json
+import time
+from typing import Any, Callable, Dict, Optional
+
+#: Every line of an event starts so; anything else on the stream is not an event.
+PREFIX = '{"event":'
+
+#: Seconds between two progress events of one stage.
+PROGRESS_EVERY = 1.0
+
+
+def line(kind: str, **fields: Any) -> str:
+    """The event ``kind`` with ``fields``, as one line (no newline)."""
+    return json.dumps(dict(event=kind, **fields), separators=(",", ":"), ensure_ascii=True)
+
+
+def read(text: str) -> Optional[Dict[str, Any]]:
+    """The event on the line ``text``, or None when it holds none."""
+    if not text.startswith(PREFIX):
+        return None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("event"), str):
+        return None
+    return obj
+
+
+class Ticker:
+    """The progress of one stage: ``tick(done)`` sends an event at most once per
+    :data:`PROGRESS_EVERY`; ``end(done)`` sends the last one."""
+
+    def __init__(self, send: Callable[[str], object], stage: str, total: Optional[int],
+                 *, what: str = "", estimate: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.send = send
+        self.stage = stage
+        self.total = total
+        self.what = what
+        self.estimate = estimate
+        self.clock = clock
+        self.last = clock()
+        self.done = 0
+
+    def _send(self, done: int) -> None:
+        self.done = done
+        self.send(line("progress", stage=self.stage, what=self.what, done=done,
+                       total=self.total, estimate=self.estimate))
+
+    def tick(self, done: int) -> None:
+        now = self.clock()
+        if now - self.last >= PROGRESS_EVERY:
+            self.last = now
+            self._send(done)
+
+    def end(self, done: Optional[int] = None) -> None:
+        self._send(self.done if done is None else done)
