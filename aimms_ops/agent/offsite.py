@@ -226,7 +226,11 @@ def sync_target(target: Target, run: Run, backup_dir: str, dry: bool,
             continue
         run.log("offsite %s: pushing %s" % (t, d.name))
         t0 = time.monotonic()
-        size = push_one(target, run.work, backup_dir, d.name, target.settings.recipients)
+        ticker = events.Ticker(run.report, "push", os.path.getsize(
+            os.path.join(backup_dir, d.name)), what="%s to %s" % (d.name, t), estimate=True)
+        size = push_one(target, run.work, backup_dir, d.name, target.settings.recipients,
+                        ticker.tick)
+        ticker.end()
         pushed.append(d.name)
         run.log("offsite %s: pushed %s (%d bytes encrypted in %.2f s)"
                 % (t, d.name, size, time.monotonic() - t0))
@@ -274,7 +278,12 @@ def sync_command(args: argparse.Namespace, run: Run, settings: Settings) -> int:
         except LockBusy as busy:
             run.log("waiting up to %ds for a backup or retention run (%s)"
                     % (args.lock_timeout, core_lock.held_by(busy.holders)))
+            wait = {"for": "a backup or retention run", "up_to": args.lock_timeout,
+                    "holder": core_lock.held_by(busy.holders)}
+            run.event("wait", **wait)
+            waited = time.monotonic()
             lk.acquire(args.lock_timeout)
+            run.event("wait", waited=time.monotonic() - waited, **wait)
     except LockBusy as busy:
         raise OffsiteError("a backup or retention run is still running after %ds (lock %s "
                            "held by %s; wait for it to end)"

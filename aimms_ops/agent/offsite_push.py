@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 import threading
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from aimms_ops.agent.offsite_targets import META, OffsiteError, Target, hostname, reason
 from aimms_ops.core.lock import now_utc
@@ -36,9 +36,10 @@ def local_sha256(backup_dir: str, name: str) -> str:
 
 
 def push_one(target: Target, work: str, backup_dir: str, name: str,
-             recipients: List[str]) -> int:
+             recipients: List[str], progress: Optional[Callable[[int], None]] = None) -> int:
     """Encrypt BACKUP_DIR/NAME to ``recipients`` and upload it, then its .meta; the size
-    of the stored object. An OffsiteError (and nothing left on the target) otherwise."""
+    of the stored object. An OffsiteError (and nothing left on the target) otherwise.
+    ``progress``: told the encrypted bytes sent so far."""
     path = os.path.join(backup_dir, name)
     expected = local_sha256(backup_dir, name)
     if not _SHA.match(expected):
@@ -48,7 +49,7 @@ def push_one(target: Target, work: str, backup_dir: str, name: str,
                            % target.settings.path)
     obj = name + ".age"
     try:
-        sent = _stream(target, work, path, obj, recipients, expected)
+        sent = _stream(target, work, path, obj, recipients, expected, progress)
     except OffsiteError:
         target.delete(obj)
         raise
@@ -79,7 +80,7 @@ def push_one(target: Target, work: str, backup_dir: str, name: str,
 
 
 def _stream(target: Target, work: str, path: str, obj: str, recipients: List[str],
-            expected: str) -> Tuple[str, int]:
+            expected: str, progress: Optional[Callable[[int], None]]) -> Tuple[str, int]:
     """age < PATH | rclone rcat OBJ: the plaintext hashed on its way into age (a feeding
     thread), the encrypted bytes on their way into rclone. (sha256, size) of the sent
     bytes; an OffsiteError when anything failed (the caller removes the object)."""
@@ -128,6 +129,8 @@ def _stream(target: Target, work: str, path: str, obj: str, recipients: List[str
                 age.kill()
                 break
             sent += len(chunk)
+            if progress is not None:
+                progress(sent)
         age.stdout.close()
         feeder.join()
         age_status = age.wait()

@@ -29,6 +29,10 @@ session that is gone cannot kill a stage half-way. When the operator's session e
 as if the dump ended there: psql rolls back the table it was loading, nothing goes on
 unobserved.
 
+On stdout, events for the session (``core.events``): a ``wait`` while another run holds
+the cluster lock, and the ``progress`` of a dump on this host (how far the first stage
+has read the file, from /proc).
+
 Exit statuses: 10 no running container, 64 usage, 66 SOURCE unreadable, 69 no
 decompressor, 73 the lock or the work dir cannot be made, 75 the cluster lock is held.
 """
@@ -44,6 +48,8 @@ from typing import IO, Callable, List, Optional, Tuple, Union
 
 from aimms_ops.agent import cluster as agent_cluster
 from aimms_ops.agent.hosttools import _program, _status, decompressor, last_line
+from aimms_ops.agent.job import write_fd
+from aimms_ops.core import events
 from aimms_ops.core import lock as core_lock
 from aimms_ops.core.lock import Lock, LockBusy, LockOpenError
 from aimms_ops.dump.swap import Cluster, SwapError, discard, drop_replaced, prepare, swap
@@ -81,7 +87,19 @@ def lock_cluster(path: str, wait: str, what: str) -> Union[Lock, int]:
         pass
     lk = Lock(path, what)
     try:
-        lk.acquire(float(wait))
+        try:
+            lk.acquire(0)
+        except LockBusy as busy:
+            # The session sees what it waits for, at once (core.events).
+            write_fd(1, events.line("wait", **{"for": "the cluster lock",
+                                               "holder": core_lock.held_by(busy.holders),
+                                               "up_to": float(wait)}) + "\n")
+            started = time.monotonic()
+            lk.acquire(float(wait))
+            write_fd(1, events.line("wait", **{"for": "the cluster lock",
+                                               "holder": core_lock.held_by(busy.holders),
+                                               "up_to": float(wait),
+                                               "waited": time.monotonic() - started}) + "\n")
     except LockBusy as busy:
         say("aimms-ops: the cluster is busy after %ss: another restore, rebuild or backup "
             "holds it (%s); wait for it to end" % (wait, core_lock.held_by(busy.holders)))
@@ -173,14 +191,22 @@ class Stream:
         if source != "-":
             src.close()
         first = procs[0]
+        ticker = None
+        if source != "-" and first is not None:
+            ticker = events.Ticker(lambda text: write_fd(1, text + "\n"), "restore",
+                                   os.path.getsize(source), what=os.path.basename(source))
         for proc in procs[::-1]:
             while proc is not None and proc.poll() is None:
                 if first is not None and first.poll() is None and os.getppid() != session:
                     first.terminate()
+                if ticker is not None and first is not None:
+                    ticker.tick(read_position(first.pid))
                 try:
                     proc.wait(timeout=0.5)
                 except subprocess.TimeoutExpired:
                     pass
+        if ticker is not None:
+            ticker.end(ticker.total)
         return [0] + [_status(p.wait()) if p is not None else 127 for p in procs]
 
     def run(self, source: str, unzip: Optional[List[str]], only_hex: str, as_hex: str,
@@ -292,6 +318,19 @@ def main(argv: List[str]) -> int:
         if isinstance(held, Lock):
             held.release()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def read_position(pid: int, fd: int = 0) -> int:
+    """How far process ``pid`` has read the file open as its ``fd`` (Linux's fdinfo);
+    0 when it cannot be told (the process gone, no /proc)."""
+    try:
+        with open("/proc/%d/fdinfo/%d" % (pid, fd), encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("pos:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _text(data: bytes) -> str:

@@ -39,8 +39,9 @@ def backup(c, label=None, download=False, allow_shrink=False):
     with connect(c, inv) as remote:
         started = time.monotonic()
         output.note(f"backing up {remote.name} ...")
-        result = run.run_backup(remote, label=label, on_log=lambda line: output.note(
-            "  " + line.split(" ", 2)[-1]), allow_shrink=allow_shrink)
+        with output.live() as shown:
+            result = run.run_backup(remote, label=label, on_log=lambda line: output.note(
+                "  " + line.split(" ", 2)[-1]), allow_shrink=allow_shrink, on_event=shown)
         elapsed = time.monotonic() - started
         output.table(["name", "size", "sha256", "duration"],
                      [[result.name, units.size(result.size), result.sha256,

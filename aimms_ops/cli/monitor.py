@@ -101,8 +101,9 @@ def verify(c, file="latest", deep=False, json=False, offsite=None, identity=None
         if deep:
             output.note(f"trial restore of {file} on {remote.name} into a throwaway "
                         "container ...")
-        report = vf.verify(remote, file, deep, on_log=lambda line: output.note(
-            "  " + line.split(" ", 2)[-1]))
+        with output.live() as shown:
+            report = vf.verify(remote, file, deep, on_log=lambda line: output.note(
+                "  " + line.split(" ", 2)[-1]), on_event=shown)
     if json:
         output.print_json(report.as_dict())
     else:

@@ -192,7 +192,8 @@ def offsite_sync(c, target=None, dry_run=False):
     with connect(c) as remote:
         if target is not None:
             copies.require(remote.host, target)
-        results = sync.sync(remote, target, dry_run, on_log=None)
+        with output.live() as shown:
+            results = sync.sync(remote, target, dry_run, on_log=None, on_event=shown)
     rows = []
     for r in results:
         rows += [[r.target, "push", name, "would push" if dry_run else "pushed"]

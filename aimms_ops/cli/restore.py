@@ -64,15 +64,18 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
         if plan.safety_backup:
             output.note(f"safety copy of the current state (label {PRE_RESTORE}) ...")
             try:
-                safety = run.run_backup(remote, label=PRE_RESTORE, safety=True)
+                with output.live() as shown:
+                    safety = run.run_backup(remote, label=PRE_RESTORE, safety=True,
+                                            on_event=shown)
             except OpsError as exc:
                 raise OpsError(f"nothing was restored: the safety backup failed: {exc.message}",
                                "fix that first, or pass --no-safety-backup to restore "
                                "without one") from None
             output.note(f"  kept {safety.path} ({units.size(safety.size)})")
         try:
-            with output.transfer_progress("restoring", plan.dump.size) as advance:
-                report = rs.execute(remote, plan, progress=advance)
+            with output.live() as shown:
+                report = rs.execute(remote, plan, on_event=shown,
+                                    progress=shown.transfer("restoring", plan.dump.size))
         except KeyboardInterrupt:
             raise OpsError("interrupted: the restore was stopped part-way",
                            f"{rs.failure_hint(plan)}; run it again: {rs.rerun_command(plan)}",

@@ -69,7 +69,8 @@ class Ticker:
         self.estimate = estimate
         self.clock = clock
         self.last = clock()
-        self.done = 0
+        self.done = 0  # sent
+        self.seen = 0  # told
 
     def _send(self, done: int) -> None:
         self.done = done
@@ -77,10 +78,13 @@ class Ticker:
                        total=self.total, estimate=self.estimate))
 
     def tick(self, done: int) -> None:
+        """``done`` bytes so far (never less than told before)."""
+        self.seen = max(self.seen, done)
         now = self.clock()
         if now - self.last >= PROGRESS_EVERY:
             self.last = now
-            self._send(done)
+            self._send(self.seen)
 
     def end(self, done: Optional[int] = None) -> None:
-        self._send(self.done if done is None else done)
+        """The last event: ``done`` bytes, or as many as were told."""
+        self._send(self.seen if done is None else done)

@@ -7,22 +7,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from aimms_ops.core.checks import Check, State
+from aimms_ops.output import progress
 
 _STATE_STYLE = {State.OK: "green", State.WARNING: "yellow", State.CRITICAL: "red",
                 State.UNKNOWN: "magenta"}
@@ -77,17 +70,16 @@ def note(message: str) -> None:
 
 
 @contextmanager
-def transfer_progress(description: str, total: int | None, initial: int = 0):
-    """A progress bar with bytes, rate and ETA; yields an ``advance(n)`` callable."""
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-        TransferSpeedColumn(), TimeRemainingColumn(), console=err(), transient=False,
-        disable=not sys.stderr.isatty(),
-    )
-    with progress:
-        task_id = progress.add_task(description, total=total, completed=initial)
+def live() -> Iterator[progress.Live]:
+    """Bars and waits on stderr (``output.progress``): redrawn on a terminal, plain lines
+    otherwise."""
+    with progress.live(err()) as shown:
+        yield shown
 
-        def advance(n: int) -> None:
-            progress.update(task_id, advance=n)
 
-        yield advance
+@contextmanager
+def transfer_progress(description: str, total: int | None,
+                      initial: int = 0) -> Iterator[Callable[[int], None]]:
+    """A bar with bytes, rate and time left; yields an ``advance(n)`` callable."""
+    with live() as shown:
+        yield shown.transfer(description, total, initial)

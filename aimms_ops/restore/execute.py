@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from aimms_ops.core.errors import ConnectionLost, OpsError, shown
 from aimms_ops.host import shell
 from aimms_ops.host.commands import Command
+from aimms_ops.host.events import Event, Events
 from aimms_ops.host.remote import Progress, Remote
 from aimms_ops.restore.plan import RestorePlan
 
@@ -68,11 +69,14 @@ class StreamResult:
 
 
 def execute(remote: Remote, plan: RestorePlan, progress: Progress | None = None,
-            on_stderr: Callable[[str], None] | None = None) -> RestoreReport:
-    """Send the commands of ``plan`` (the stream, then the estimates); raise on a failure."""
+            on_stderr: Callable[[str], None] | None = None,
+            on_event: Callable[[Event], None] | None = None) -> RestoreReport:
+    """Send the commands of ``plan`` (the stream, then the estimates); raise on a failure.
+    ``progress``: advanced by the bytes of the dump read so far; ``on_event``: the
+    stream's other events (a wait for the cluster lock)."""
     stream, *estimates = plan.commands
     result = run_stream(remote, stream, plan.dump.size, progress=progress,
-                        on_stderr=on_stderr, hint=failure_hint(plan),
+                        on_stderr=on_stderr, on_event=on_event, hint=failure_hint(plan),
                         cut_hint=f"{failure_hint(plan)}; run it again: {rerun_command(plan)}")
     tables: list[TableRows] = []
     for cmd in estimates:
@@ -81,25 +85,54 @@ def execute(remote: Remote, plan: RestorePlan, progress: Progress | None = None,
                          result.aside)
 
 
+class _Read:
+    """The host's ``progress`` events of a dump it reads itself, as ``advance(n)`` calls;
+    every other event to ``on_event``."""
+
+    def __init__(self, progress: Progress | None,
+                 on_event: Callable[[Event], None] | None) -> None:
+        self.progress = progress
+        self.on_event = on_event
+        self.done = 0
+
+    def __call__(self, event: Event) -> None:
+        if event["event"] != "progress":
+            if self.on_event is not None:
+                self.on_event(event)
+            return
+        self.advance_to(int(event.get("done") or 0))
+
+    def advance_to(self, done: int) -> None:
+        if self.progress is not None and done > self.done:
+            self.progress(done - self.done)
+            self.done = done
+
+
 def run_stream(remote: Remote, cmd: Command, size: int, *, progress: Progress | None,
                on_stderr: Callable[[str], None] | None, hint: str,
-               cut_hint: str) -> StreamResult:
+               cut_hint: str, on_event: Callable[[Event], None] | None = None,
+               ) -> StreamResult:
     """Send restore-stream.sh (``cmd``); its seconds and messages, or an OpsError in one
-    line.
+    line. ``progress`` moves with the bytes sent from here, or with the bytes the host
+    has read of a dump on the host (its events).
 
     ``hint`` goes with a failure, ``cut_hint`` with a connection lost part-way; both give
     way to the host's own word that the live cluster is as it was.
     """
     started = time.monotonic()
+    read = _Read(progress, on_event)
+    found = Events(read)
     try:
         if cmd.stdin_file:
             with open(cmd.stdin_file, "rb") as fh:
                 res = remote.stream_to_remote(fh, cmd.line, progress=progress,
-                                              on_stderr=on_stderr, what="the restore stream")
+                                              on_stderr=on_stderr, on_stdout=found.feed,
+                                              what="the restore stream")
         else:
-            res = remote.run(cmd.line, on_stderr=on_stderr, what=cmd.script)
-            if progress is not None:
-                progress(size)
+            res = remote.run(cmd.line, on_stderr=on_stderr, on_stdout=found.feed,
+                             what=cmd.script)
+            if res.ok:
+                read.advance_to(size)
     except ConnectionLost as exc:
         # restore-stream.sh stops the restore when its session ends.
         raise ConnectionLost(f"restore on {remote.name} stopped part-way: {exc.message}",

@@ -17,6 +17,7 @@ import pytest
 
 from aimms_ops.core.lock import LOCK_FILES, Lock
 from aimms_ops.dump.beside import new_name
+from aimms_ops.host import events as host_events
 from aimms_ops.host import shell
 from tests.hostprog import fake_tools, key_values
 
@@ -29,7 +30,18 @@ import json, os, sys
 d = os.environ["FAKE_DOCKER_DIR"]
 argv = sys.argv[1:]
 sc = json.load(open(os.path.join(d, "scenario.json")))
-data = sys.stdin.buffer.read() if "-i" in argv else b""
+if "-i" in argv and "-f" in argv and sc.get("psql_rate"):  # a psql that takes its time
+    import time
+    parts = []
+    while True:
+        part = sys.stdin.buffer.read(sc["psql_rate"] // 10)
+        if not part:
+            break
+        parts.append(part)
+        time.sleep(0.1)
+    data = b"".join(parts)
+else:
+    data = sys.stdin.buffer.read() if "-i" in argv else b""
 with open(os.path.join(d, "calls.jsonl"), "a") as fh:
     fh.write(json.dumps({"argv": argv, "stdin": data.decode("utf-8", "replace")}) + "\n")
 def answer(out="", rc=0, err=""):
@@ -197,10 +209,36 @@ def test_no_running_container_is_exit_10(host):
                                        "aimms-web is not running\n")
 
 
+def test_a_dump_on_the_host_reports_how_far_it_was_read_as_it_goes(host):
+    """The bar of a restore from a host file moves with the bytes the host has read (it
+    once stood at 0 until the end): progress events, at most one a second, never going
+    back, the last one the whole file."""
+    pad = b"".join(b"-- padding line %08d of the test dump, for its size\n" % i
+                   for i in range(200_000))
+    path = host.dump("aimms_postgres_20260101_020000.sql", pad + DUMP)
+    host.scenario["psql_rate"] = 4 * 1024 * 1024  # bytes a second: about 3 s in all
+    res = host.run("restore-stream.sh", "aimms-web", "postgres", "postgres", "plain",
+                   str(path), "", str(host.lock), "5")
+    assert res.returncode == 0, res.stderr
+    found = [e for e in host_events.parse(res.stdout.decode()).all]
+    size = path.stat().st_size
+    assert {e["event"] for e in found} == {"progress"}
+    assert all(e["stage"] == "restore" and e["total"] == size and e["what"] == path.name
+               for e in found)
+    done = [e["done"] for e in found]
+    assert done == sorted(done) and done[-1] == size
+    assert any(0 < d < size for d in done), f"no progress between start and end: {done}"
+
+
 def test_a_held_cluster_lock_is_exit_75_naming_its_holder(host):
     host.lock.parent.mkdir()
     with Lock(str(host.lock), "backup").acquire(0):
-        rc, err = host.restore("gz", str(host.dump("d.sql.gz")), "", str(host.lock), "0")
+        res = host.run("restore-stream.sh", "aimms-web", "postgres", "postgres", "gz",
+                       str(host.dump("d.sql.gz")), "", str(host.lock), "0")
+        rc, err = res.returncode, res.stderr.decode()
+        [wait] = host_events.parse(res.stdout.decode()).all
+        assert wait["event"] == "wait" and wait["for"] == "the cluster lock"
+        assert wait["holder"].startswith(f"backup pid {os.getpid()} since ")
         res = host.run("replaced.sh", "aimms-web", "postgres", "postgres", str(host.lock),
                        "0", "undo")
     assert rc == 75 and res.returncode == 75
