@@ -27,9 +27,14 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 from aimms_ops.core import units
+
+#: Columns a bar's description takes at most (longer ones end in an ellipsis), so that
+#: the figures of a bar always fit in 80 columns.
+DESCRIPTION_WIDTH = 30
 
 #: Seconds between two plain lines of one stage (not a terminal).
 LINE_EVERY = 10.0
@@ -112,9 +117,13 @@ class Live:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console
         self.clock = clock
-        self.progress = (Progress(TextColumn("{task.description}"), BarColumn(bar_width=None),
-                                  BytesColumn(), RateColumn(), LeftColumn(), console=console,
-                                  transient=False) if tty else None)
+        self.progress = (Progress(
+            TextColumn("{task.description}", table_column=Column(
+                no_wrap=True, overflow="ellipsis", max_width=DESCRIPTION_WIDTH)),
+            BarColumn(bar_width=None), BytesColumn(table_column=Column(no_wrap=True)),
+            RateColumn(table_column=Column(no_wrap=True)),
+            LeftColumn(table_column=Column(no_wrap=True)),
+            console=console, transient=False) if tty else None)
         self.bars: dict[str, _Bar] = {}
         self.waits: dict[str, Any] = {}
 

@@ -6,6 +6,7 @@ the task ends with one line and a non-zero exit (130 for Ctrl-C), never a traceb
 or a hang, and what it leaves is what its own rerun expects: a backup is complete and
 verified or absent, a download leaves a ``.part`` that the rerun resumes and verifies,
 a restore leaves no half-loaded table and its rerun gives the backup's data exactly.
+The bulk backup also shows what a terminal of 80 columns sees of a long restore.
 
 A new task is covered by adding a row to the tables below; a row whose task ``fab -l``
 does not list fails, so that a renamed task does not silently leave the suite.
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
 import signal
 import subprocess
 import time
@@ -114,6 +117,40 @@ def _verify_all_backups(sandbox) -> list[str]:
                 "zstd -q -t \"$f\" && sha256sum --quiet -c \"$f.sha256\" || exit 1; done",
                 timeout=600)
     return names
+
+
+def _screen(sandbox, *args: str, columns: int = 80) -> str:
+    """What a terminal of ``columns`` shows of ``fab ARGS`` (under script), as text."""
+    repo = Path(__file__).resolve().parents[2]
+    cmd = " ".join(shlex.quote(a) for a in [str(repo / ".venv/bin/fab"), *args])
+    env = {**sandbox.env, "AIMMS_OPS_INVENTORY": str(sandbox.inventory),
+           "COLUMNS": str(columns), "LINES": "24", "TERM": "xterm"}
+    proc = subprocess.run(["script", "-qefc", cmd, "/dev/null"], capture_output=True,
+                          stdin=subprocess.DEVNULL, env=env, timeout=600, check=False,
+                          cwd=repo)
+    assert proc.returncode == 0, proc.stdout.decode("utf-8", "replace")[-2000:]
+    return proc.stdout.decode("utf-8", "replace")
+
+
+_FIGURES = re.compile(r"(\d+(?:\.\d)? (?:B|KiB|MiB|GiB))/~?(\d+\.\d (?:KiB|MiB|GiB))")
+
+
+def test_a_restore_from_the_host_shows_a_bar_that_moves_at_80_columns(bulk, sandbox):
+    """The bar of a restore from a file on the host once stood at 0 for the whole run
+    and jumped to the end: on a terminal of 80 columns it now shows the bytes the host
+    has read, several figures between 0 and the whole, no line over 80 columns."""
+    screen = _screen(sandbox, "restore", f"--file={bulk.name}", f"--database={BULK_DB}",
+                     "--yes", "--no-safety-backup")
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", screen)  # colours
+    frames = [f for f in re.split(r"[\r\n]|\x1b\[[0-9;?]*[A-Za-z]", plain) if f.strip()]
+    bars = [f for f in frames if f.startswith("restoring") and _FIGURES.search(f)]
+    figures = [_FIGURES.search(f).groups() for f in bars]
+    total = figures[-1][1]
+    assert figures[-1][0] == total, f"the bar did not end full: {bars[-1]!r}"
+    between = {done for done, whole in figures if whole == total and done not in (total, "0 B")}
+    assert len(between) >= 2, f"the bar did not move between 0 and {total}: {bars}"
+    assert max(len(f) for f in frames) <= 80, max(frames, key=len)
+    assert sandbox.checksums(BULK_DB) == bulk.want[BULK_DB]
 
 
 def test_backup_survives_a_dropped_connection(bulk, sandbox):
