@@ -9,7 +9,7 @@ import subprocess
 import sys
 from typing import List, Optional, Tuple
 
-from aimms_ops.core import retention
+from aimms_ops.core import events, retention
 
 
 def hostname() -> str:
@@ -107,3 +107,28 @@ _OPEN_SQL = """SELECT format('ALTER DATABASE %I ALLOW_CONNECTIONS true', datname
 WHERE NOT datallowconn AND NOT datistemplate
 \\gexec
 """
+
+
+def read_position(pid: int, fd: int = 0) -> int:
+    """How far process ``pid`` has read the file open as its ``fd`` (Linux's fdinfo);
+    0 when it cannot be told (the process gone, no /proc)."""
+    try:
+        with open("/proc/%d/fdinfo/%d" % (pid, fd), encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("pos:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def watch_reading(first: "subprocess.Popen[bytes]", last: "subprocess.Popen[bytes]",
+                  ticker: events.Ticker) -> None:
+    """Wait for ``last`` to end, telling ``ticker`` how far ``first`` (a decompressor
+    reading a file on its stdin) is in that file."""
+    while last.poll() is None:
+        ticker.tick(read_position(first.pid))
+        try:
+            last.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass

@@ -47,7 +47,7 @@ import time
 from typing import IO, Callable, List, Optional, Tuple, Union
 
 from aimms_ops.agent import cluster as agent_cluster
-from aimms_ops.agent.hosttools import _program, _status, decompressor, last_line
+from aimms_ops.agent.hosttools import _program, _status, decompressor, last_line, read_position
 from aimms_ops.agent.job import write_fd
 from aimms_ops.core import events
 from aimms_ops.core import lock as core_lock
@@ -318,19 +318,6 @@ def main(argv: List[str]) -> int:
         if isinstance(held, Lock):
             held.release()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def read_position(pid: int, fd: int = 0) -> int:
-    """How far process ``pid`` has read the file open as its ``fd`` (Linux's fdinfo);
-    0 when it cannot be told (the process gone, no /proc)."""
-    try:
-        with open("/proc/%d/fdinfo/%d" % (pid, fd), encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("pos:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def _text(data: bytes) -> str:

@@ -31,6 +31,7 @@ from aimms_ops.agent.hosttools import (
     last_line,
     out,
     psql_error,
+    watch_reading,
 )
 from aimms_ops.core import units
 from aimms_ops.dump.swap import Cluster, SwapError, drop_replaced, prepare, swap
@@ -240,7 +241,11 @@ class Trial:
                 if i:
                     self.procs[-1].stdout.close()  # type: ignore[union-attr]
                 self.procs.append(proc)
+            size = os.path.getsize(self.path)
+            ticker = self.run.ticker("replay", size, what="pass %d" % (2 if second else 1))
+            watch_reading(self.procs[0], self.procs[-1], ticker)
             st = [_status(p.wait()) for p in self.procs]
+            ticker.end(size)
             self.procs = []
         self.run.log("restore pass %d stages: %s %d, filter %d, psql %d"
                      % (2 if second else 1, unzip[0], st[0], st[1], st[2]))
