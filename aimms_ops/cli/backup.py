@@ -25,8 +25,10 @@ from aimms_ops.output import console as output
     "download": "also download the new backup into the local download folder",
     "allow_shrink": "accept a backup less than half the size of those before it (the "
                     "size-drop guard would otherwise skip retention and report it)",
+    "json": "print the backup made as JSON {host, name, path, size, sha256, seconds, "
+            "container, pruned, suspicious, downloaded}",
 })
-def backup(c, label=None, download=False, allow_shrink=False):
+def backup(c, label=None, download=False, allow_shrink=False, json=False):
     """Back up the whole cluster now, with the same script cron runs."""
     import time
 
@@ -43,6 +45,19 @@ def backup(c, label=None, download=False, allow_shrink=False):
             result = run.run_backup(remote, label=label, on_log=lambda line: output.note(
                 "  " + line.split(" ", 2)[-1]), allow_shrink=allow_shrink, on_event=shown)
         elapsed = time.monotonic() - started
+        if json:
+            got = None
+            if download:
+                found = listing.list_remote(remote)
+                got = _do_download(remote, listing.pick(found, result.name),
+                                   download_dir(inv, None), quiet=True)
+            output.print_json({
+                "host": remote.name, "name": result.name, "path": result.path,
+                "size": result.size, "sha256": result.sha256, "seconds": round(elapsed, 1),
+                "container": result.container, "pruned": list(result.pruned),
+                "suspicious": result.suspicious or None,
+                "downloaded": str(got.path) if got is not None else None})
+            return
         output.table(["name", "size", "sha256", "duration"],
                      [[result.name, units.size(result.size), result.sha256,
                        units.duration(elapsed)]],
@@ -57,7 +72,8 @@ def backup(c, label=None, download=False, allow_shrink=False):
             _do_download(remote, listing.pick(found, result.name), download_dir(inv, None))
 
 
-def _do_download(remote: Any, b: Any, dest: Path) -> None:
+def _do_download(remote: Any, b: Any, dest: Path, *, quiet: bool = False) -> Any:
+    """Download ``b`` into ``dest`` with a bar; what was downloaded (``quiet``: no note)."""
     from aimms_ops.backup import download
 
     def progress(total: int, initial: int):
@@ -68,13 +84,16 @@ def _do_download(remote: Any, b: Any, dest: Path) -> None:
     except KeyboardInterrupt:
         raise OpsError(f"interrupted: the part downloaded so far is kept in {dest}",
                        "run the same download again: it resumes", code=130) from None
+    if quiet:
+        return d
     if d.already_present:
         output.note(f"{d.path} is already here and matches sha256 {d.sha256}")
-        return
+        return d
     rate = (d.size - d.resumed_from) / d.seconds if d.seconds else 0
     resumed = f", resumed at {units.size(d.resumed_from)}" if d.resumed_from else ""
     output.note(f"downloaded {d.path} ({units.size(d.size)} in {units.duration(d.seconds)}, "
                 f"{units.size(rate)}/s{resumed}); sha256 {d.sha256} verified")
+    return d
 
 
 @ops_task(reads_only=True, help={"json": "print a JSON list of objects instead of tables"})
@@ -117,8 +136,10 @@ def _pin_cell(b: Any) -> str:
 @ops_task(help={
     "file": "backup name on the host, or latest (default)",
     "dest": "local folder (default: download_dir of the inventory, ./backups)",
+    "json": "print what was downloaded as JSON {host, name, path, size, sha256, seconds, "
+            "resumed_from, already_present}",
 })
-def download(c, file="latest", dest=None):
+def download(c, file="latest", dest=None, json=False):
     """Download a backup, resumable, verified against its sha256."""
     from aimms_ops.backup import listing
     from aimms_ops.core import names
@@ -128,11 +149,19 @@ def download(c, file="latest", dest=None):
         names.validate_name(file)
     with connect(c, inv) as remote:
         b = listing.pick(listing.list_remote(remote), file)
-        _do_download(remote, b, download_dir(inv, dest))
+        d = _do_download(remote, b, download_dir(inv, dest), quiet=json)
+    if json:
+        output.print_json({"host": remote.name, "name": b.name, "path": str(d.path),
+                           "size": d.size, "sha256": d.sha256, "seconds": round(d.seconds, 1),
+                           "resumed_from": d.resumed_from,
+                           "already_present": d.already_present})
 
 
-@ops_task(reads_only=True, help={"lines": "how many lines of the log to show (default 50)"})
-def logs(c, lines="50"):
+@ops_task(reads_only=True, help={
+    "lines": "how many lines of the log to show (default 50)",
+    "json": "print them as JSON {host, lines: [...]}",
+})
+def logs(c, lines="50", json=False):
     """Show the end of the backup log on the host."""
     from aimms_ops.backup import listing
 
@@ -140,7 +169,11 @@ def logs(c, lines="50"):
     if not 1 <= n <= 100_000:
         raise OpsError(f"--lines must be between 1 and 100000, got {n}")
     with connect(c) as remote:
-        sys.stdout.write(listing.read_log(remote, n))
+        text = listing.read_log(remote, n)
+    if json:
+        output.print_json({"host": remote.name, "lines": text.splitlines()})
+        return
+    sys.stdout.write(text)
 
 
 @ops_task(help={
@@ -183,8 +216,9 @@ def prune(c, dry_run=False, yes=False, json=False):
 @ops_task(help={
     "file": "the backup to pin (its name, see fab list-backups), or latest",
     "reason": "why it is kept (one line), e.g. 'before the 2026 migration'",
+    "json": "print the pin as JSON {host, name, pinned, reason}",
 })
-def pin(c, file=None, reason=""):
+def pin(c, file=None, reason="", json=False):
     """Pin a backup: retention never removes it (a NAME.pin file beside it: who, when, why)."""
     from aimms_ops.backup import listing, run
     from aimms_ops.core import names
@@ -198,12 +232,19 @@ def pin(c, file=None, reason=""):
         if file == "latest":
             file = listing.pick(listing.list_remote(remote), "latest").name
         run.set_pin(remote, file, pinned=True, by=operator_name(), reason=reason)
+    if json:
+        output.print_json({"host": remote.name, "name": file, "pinned": True,
+                           "reason": reason})
+        return
     output.note(f"pinned {file} on {remote.name}" + (f": {reason}" if reason else "")
                 + " (retention never removes it; fab unpin releases it)")
 
 
-@ops_task(help={"file": "the pinned backup (its name, see fab list-backups)"})
-def unpin(c, file=None):
+@ops_task(help={
+    "file": "the pinned backup (its name, see fab list-backups)",
+    "json": "print the result as JSON {host, name, pinned: false, was_pinned}",
+})
+def unpin(c, file=None, json=False):
     """Remove a backup's pin: retention's rules apply to it again."""
     from aimms_ops.backup import run
     from aimms_ops.core import names
@@ -213,12 +254,20 @@ def unpin(c, file=None):
     names.validate_name(file)
     with connect(c) as remote:
         was = run.set_pin(remote, file, pinned=False)
+    if json:
+        output.print_json({"host": remote.name, "name": file, "pinned": False,
+                           "was_pinned": was})
+        return
     output.note(f"unpinned {file} on {remote.name}" if was else
                 f"{file} on {remote.name} was not pinned; nothing changed")
 
 
-@ops_task(help={"dry_run": "print what would change, change nothing"})
-def install_backups(c, dry_run=False):
+@ops_task(help={
+    "dry_run": "print what would change, change nothing",
+    "json": "print the changes as JSON {host, dry_run, changes: [{item, change, detail}], "
+            "warnings}",
+})
+def install_backups(c, dry_run=False, json=False):
     """Install the backup script, its settings, the backup dir and the cron jobs.
 
     The daily backup runs on cron_schedule; with verify_schedule in the inventory a
@@ -232,13 +281,19 @@ def install_backups(c, dry_run=False):
         _note_compressor(remote.name, plan.compressor, remote.host.compression)
         for line in plan.warnings:
             output.note(f"warning: {line}")
+        if json:
+            output.print_json({
+                "host": remote.name, "dry_run": dry_run, "warnings": list(plan.warnings),
+                "changes": [{"item": ch.item, "change": ch.action, "detail": ch.detail}
+                            for ch in plan.changes]})
         if not plan.changed:
             output.note(f"{remote.name}: backups already installed; nothing to change")
             return
-        output.table(["item", "change", "detail"],
-                     [[ch.item, ch.action, ch.detail] for ch in plan.changes],
-                     title=f"install-backups on {remote.name}"
-                     + (" (dry run)" if dry_run else ""))
+        if not json:
+            output.table(["item", "change", "detail"],
+                         [[ch.item, ch.action, ch.detail] for ch in plan.changes],
+                         title=f"install-backups on {remote.name}"
+                         + (" (dry run)" if dry_run else ""))
         if dry_run:
             return
         for note in install.apply(remote, plan):

@@ -15,8 +15,10 @@ from aimms_ops.core.errors import OpsError
 from aimms_ops.output import console as output
 
 
-@ops_task(reads_only=True)
-def check(c):
+@ops_task(reads_only=True, help={
+    "json": "print the checks as JSON {host, inventory, state, exit_code, checks}",
+})
+def check(c, json=False):
     """Check the connection and the stack: ssh, docker, compose, postgres, volumes, backup dir."""
     from aimms_ops.core.checks import worst
     from aimms_ops.monitor import health
@@ -24,8 +26,13 @@ def check(c):
     inv = load_inventory()
     with connect(c, inv) as remote:
         rows = health.check(remote)
-    output.checks_table(rows, title=f"aimms-ops check: {remote.name} "
-                        f"(inventory {inv.path.resolve()})")
+    if json:
+        output.print_json({"host": remote.name, "inventory": str(inv.path.resolve()),
+                           "state": worst(rows).name, "exit_code": int(worst(rows)),
+                           "checks": [r.as_dict() for r in rows]})
+    else:
+        output.checks_table(rows, title=f"aimms-ops check: {remote.name} "
+                            f"(inventory {inv.path.resolve()})")
     failed = [r.name for r in rows if not r.ok]
     if failed:
         raise Exit(f"check failed: {', '.join(failed)}", code=int(worst(rows)) or 1)

@@ -175,8 +175,10 @@ def offsite_status_checks(remote: Any, max_age: int, max_age_text: str) -> list[
 @ops_task(help={
     "target": "only this offsite target (default: every target of the host)",
     "dry_run": "print what would be pushed and pruned, change nothing",
+    "json": "print each target's result as JSON [{target, ok, detail, pushed, removed, "
+            "kept}]",
 })
-def offsite_sync(c, target=None, dry_run=False):
+def offsite_sync(c, target=None, dry_run=False, json=False):
     """Push every good backup an offsite target lacks, then apply the target's retention.
 
     The host does it (it holds the store's credentials), under the backup's lock:
@@ -194,6 +196,16 @@ def offsite_sync(c, target=None, dry_run=False):
             copies.require(remote.host, target)
         with output.live() as shown:
             results = sync.sync(remote, target, dry_run, on_log=None, on_event=shown)
+    failed = [r for r in results if not r.ok]
+    if json:
+        output.print_json([{
+            "target": r.target, "ok": r.ok, "detail": r.detail, "dry_run": dry_run,
+            "pushed": list(r.pushed),
+            "removed": [{"name": n, "reason": why} for n, why in r.removed],
+            "kept": [{"name": n, "reason": why} for n, why in r.kept]} for r in results])
+        if failed:
+            raise Exit(code=1)
+        return
     rows = []
     for r in results:
         rows += [[r.target, "push", name, "would push" if dry_run else "pushed"]
@@ -202,7 +214,6 @@ def offsite_sync(c, target=None, dry_run=False):
     if rows:
         output.table(["target", "action", "backup", "why"], rows,
                      title=f"offsite-sync of {remote.name}" + (" (dry run)" if dry_run else ""))
-    failed = [r for r in results if not r.ok]
     for r in results:
         if r.ok:
             what = "nothing to change" if not r.pushed and not r.removed else (

@@ -24,9 +24,11 @@ from aimms_ops.output import console as output
     "no_safety_backup": "skip the safety copy of the current state taken first",
     "from_": "restore from the copy on this offsite target (decrypted here, verified first)",
     "identity": "the age identity file that decrypts offsite copies (with --from)",
+    "json": "print the plan and what was restored as JSON {host, dry_run, plan, commands, "
+            "safety_backup, restored}",
 })
 def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from_=None,
-            identity=None, as_=None, dry_run=False):
+            identity=None, as_=None, dry_run=False, json=False):
     """Restore a pg_dumpall backup onto the host: the whole cluster, or --database.
 
     All or nothing: every database is rebuilt beside the live one under a name no
@@ -54,8 +56,16 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
         dump = named_dump(remote, file, from_, identity, check=check)
         plan = rs.make_plan(remote, dump, database, safety_backup=not no_safety_backup,
                             live=live.result, as_name=as_)
-        _print_restore_plan(plan)
+        rows = plan_rows(plan)
+        result: dict[str, Any] = {
+            "host": plan.host, "dry_run": dry_run, "plan": dict(rows),
+            "commands": [cmd.shown for cmd in plan.commands], "safety_backup": None,
+            "restored": None}
+        if not json:
+            output.table(["restore plan", ""], rows)
         if dry_run:
+            if json:
+                output.print_json(result)
             output.note("dry run: nothing was changed")
             return
         what = (f"restore {plan.database} as {plan.as_name}" if plan.as_name else
@@ -72,6 +82,7 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
                                "fix that first, or pass --no-safety-backup to restore "
                                "without one") from None
             output.note(f"  kept {safety.path} ({units.size(safety.size)})")
+            result["safety_backup"] = safety.path
         try:
             with output.live() as shown:
                 report = rs.execute(remote, plan, on_event=shown,
@@ -80,6 +91,14 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
             raise OpsError("interrupted: the restore was stopped part-way",
                            f"{rs.failure_hint(plan)}; run it again: {rs.rerun_command(plan)}",
                            code=130) from None
+    if json:
+        result["restored"] = {
+            "databases": list(report.databases), "seconds": round(report.seconds, 1),
+            "bytes": report.bytes_streamed, "aside": report.aside,
+            "tables": [{"database": t.database, "table": t.table, "rows": t.rows}
+                       for t in report.tables]}
+        output.print_json(result)
+        return
     output.table(["database", "table", "rows (estimate)"],
                  [[t.database, t.table, t.rows] for t in report.tables],
                  title=f"restored {', '.join(report.databases)} on {plan.host} in "
@@ -120,7 +139,8 @@ def inspect_source(remote: Any, file: str, check: Any = None):
     return dumpsource.resolve_source(remote, file)
 
 
-def _print_restore_plan(plan: Any) -> None:
+def plan_rows(plan: Any) -> list[list[str]]:
+    """The restore plan as (what, detail) rows: the table people read, the JSON's plan."""
     d = plan.dump
     if d.sha256_recorded:
         sha = "matches its .sha256"
@@ -166,4 +186,4 @@ def _print_restore_plan(plan: Any) -> None:
                 shown(r) for r in plan.other_roles)])
     rows.append(["safety copy", f"yes, label {PRE_RESTORE} (never what latest means)"
                  if plan.safety_backup else "NO"])
-    output.table(["restore plan", ""], rows)
+    return rows

@@ -13,6 +13,7 @@ targets of their own (``off.fresh()``), so that a push moves only what the test 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -252,8 +253,11 @@ def test_a_copy_whose_plaintext_differs_is_named_and_pushed_again(off, pushed):
 
 def test_offsite_sync_twice_changes_nothing(off, pushed):
     off.remove_copies(pushed.name)  # the first sync has something to push
-    first = off.fab("offsite-sync")
+    first = off.fab("offsite-sync", "--json")
     assert first.returncode == 0, first.stderr
+    results = {r["target"]: r for r in json.loads(first.stdout)}
+    assert set(results) == {"s3", "vault"} and all(r["ok"] for r in results.values())
+    assert all(pushed.name in r["pushed"] for r in results.values())
     stamps = {p: p.stat().st_mtime_ns for t in ("s3", "vault") for p in off.dir_of(t).iterdir()}
     assert all(off.dir_of(t) / f"{pushed.name}.age.meta" in stamps for t in ("s3", "vault"))
     second = off.fab("offsite-sync")

@@ -42,3 +42,12 @@ def test_a_task_with_a_dry_run_runs_as_one_under_fab_dry():
     assert seen == {"dry_run": True}
     job(Context())
     assert seen == {"dry_run": False}
+
+
+def test_every_task_has_json():
+    """``--json`` on every task: its result as one JSON document on stdout."""
+    lacking = [name for name in ns.task_names
+               if "json" not in inspect.signature(ns[name].body.__wrapped__).parameters]
+    assert lacking == []
+    for name in ns.task_names:
+        assert ns[name].help.get("json"), f"{name}: --json has no help text"
