@@ -18,7 +18,7 @@ from aimms_ops.core import retention, units
 from aimms_ops.core.checks import Check, State, worst
 from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.core.names import BackupFile
-from aimms_ops.inventory.connected import HostRemote
+from aimms_ops.inventory.connected import HostRemote, start_command
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.compressor import GET_ZSTD, compressor_check
 from aimms_ops.monitor.copies import RestoreCopy, check_copies
@@ -113,8 +113,10 @@ def check_size(backups: list[BackupFile] | None,
                  f"{units.size(newest.size)}, previous ones {units.size(median)} (median)")
 
 
-def check_last_run(runs: list[LoggedRun], died: LoggedRun | None = None) -> Check:
-    """The last backup run's result from the log; ``died``: it was killed (runlog.died_run)."""
+def check_last_run(runs: list[LoggedRun], died: LoggedRun | None = None,
+                   stack: Stack | None = None) -> Check:
+    """The last backup run's result from the log; ``died``: it was killed (runlog.died_run);
+    ``stack``: the host's facts and inventory entry, for fixes with its real commands."""
     run = last_run(runs, "backup")
     name = "last run"
     if died is not None:
@@ -128,14 +130,24 @@ def check_last_run(runs: list[LoggedRun], died: LoggedRun | None = None) -> Chec
     if run.ok:
         return Check(name, State.OK, f"ok at {when} ({run.name})")
     return Check(name, State.CRITICAL, f"last backup run failed at {when}: {run.reason}",
-                 fix_for_failure(run.reason or ""))
+                 fix_for_failure(run.reason or "", stack))
 
 
-def fix_for_failure(reason: str) -> str:
-    """What to do about a failed backup run, from its reason (the seed's common issues)."""
+#: The host's facts and its inventory entry: what a fix needs to name this host's commands.
+Stack = tuple[dict[str, str], Host]
+
+
+def fix_for_failure(reason: str, stack: Stack | None = None) -> str:
+    """What to do about a failed backup run, from its reason (the seed's common issues);
+    with ``stack``, the commands are this host's and a fix already made is not repeated."""
     r = reason.lower()
     if "is not running" in r or "no container" in r:
-        return "start postgres: docker compose up -d postgres (see fab doctor)"
+        if stack is None:
+            return "start postgres: docker compose up -d postgres (see fab doctor)"
+        facts, host = stack
+        if facts.get("container.state") == "running" and facts.get("postgres.ready") == "1":
+            return "postgres is running again: make a backup now: fab backup"
+        return f"start postgres: {start_command(facts, host)} (see fab doctor)"
     if "free space" in r or "no space" in r:
         return "free space in the backup dir, or lower retention_days and run fab prune"
     if "docker is not reachable" in r:
@@ -337,7 +349,7 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
     died = died_run(runs, hf.starts, "backup", hf.backup_lock_holders)
     checks = [check_newest(hf.backups, now, max_age, max_age_text, host.backup_dir),
               check_size(hf.backups, runs),
-              check_last_run(runs, died),
+              check_last_run(runs, died, (hf.facts, host)),
               *check_cron(hf.crontab, host),
               check_disk(disk, hf.backups, host.backup_dir),
               *stack_checks(hf, host)]

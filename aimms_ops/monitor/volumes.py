@@ -23,7 +23,7 @@ from aimms_ops.host.compose import (
 )
 from aimms_ops.host.compose import parse_facts as parse_key_values
 from aimms_ops.host.remote import Remote
-from aimms_ops.inventory.connected import HostRemote, facts_args
+from aimms_ops.inventory.connected import HostRemote, compose_command, facts_args
 from aimms_ops.inventory.model import Host
 
 #: The label rebuild-volume puts on the volume that keeps the old data.
@@ -191,8 +191,7 @@ def report(facts: dict[str, str], engine: EngineFacts, host: Host,
     live = set(host.volumes.names())
     kept = [k for k in sorted(engine.kept) if k not in live and k in engine.volumes]
     names = list(dict.fromkeys([*host.volumes.names(), *decls, *project_vols, *kept]))
-    cmd = (facts.get("compose.cmd") or "docker compose").split()
-    compose = shell.join([*cmd, "-f", host.compose.file_path, "-p", host.compose.project])
+    compose = compose_command(facts, host)
     out = []
     for name in names:
         decl = decls.get(name)

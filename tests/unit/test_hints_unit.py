@@ -1,0 +1,67 @@
+"""Hints that work when pasted: each fix names this host's compose command (v1's
+``docker-compose`` or v2's ``docker compose``, with its file and project) and the real
+container name, never a placeholder; a fix already made is not repeated (issue 24,
+item 3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from aimms_ops.core.checks import State
+from aimms_ops.monitor import health, runlog, status
+
+from .test_backups_unit import _host
+
+FILE = "/home/ec2-user/aimms-web/docker-compose.prod.yml"
+V1 = f"docker-compose -f {FILE} -p aimms-web up -d postgres"
+V2 = f"docker compose -f {FILE} -p aimms-web up -d postgres"
+
+
+def _facts(compose: str = "docker-compose", **kw: str) -> dict[str, str]:
+    facts = {"docker.ok": "1", "compose.file_exists": "1", "compose.cmd": compose,
+             "compose.config_ok": "1", "container.id": "0123456789abcdef",
+             "container.name": "aimms-web-postgres-1", "container.state": "exited",
+             "postgres.ready": "0", "postgres.ready_detail": "container not running",
+             "backup_dir.exists": "1", "backup_dir.writable": "1"}
+    facts.update(kw)
+    return facts
+
+
+def _rows(facts: dict[str, str]) -> dict[str, str]:
+    rows = health.connection_checks(facts, _host(), fingerprint="SHA256:x")
+    return {r.name: r.fix for r in rows}
+
+
+@pytest.mark.parametrize(("compose", "start"), [("docker-compose", V1), ("docker compose", V2)])
+def test_check_names_the_hosts_own_compose_command(compose, start):
+    fixes = _rows(_facts(compose))
+    assert fixes["postgres container"] == f"start it: {start}"
+    fixes = _rows(_facts(compose, **{"container.id": "", "container.name": ""}))
+    assert fixes["postgres container"] == f"start it: {start}"
+
+
+def test_check_names_the_real_container_in_the_log_hint():
+    fixes = _rows(_facts())
+    log = fixes["postgres accepting connections"]
+    assert "CONTAINER" not in log
+    assert log.endswith("docker logs --tail 50 aimms-web-postgres-1")
+    no_container = _rows(_facts(**{"container.id": "", "container.name": ""}))
+    assert no_container["postgres accepting connections"].endswith(
+        f"docker-compose -f {FILE} -p aimms-web logs --tail 50 postgres")
+
+
+FAILED = ("2026-11-25T02:00:01Z backup[200] RESULT failed: the postgres container of compose "
+          "project aimms-web is not running (start it: docker compose up -d postgres)")
+
+
+def test_status_names_the_hosts_start_command_while_postgres_is_down():
+    fix = status.check_last_run(runlog.parse_results(FAILED), stack=(_facts(), _host())).fix
+    assert fix == f"start postgres: {V1} (see fab doctor)"
+
+
+def test_status_does_not_repeat_the_start_hint_once_postgres_is_back():
+    up = _facts(**{"container.state": "running", "postgres.ready": "1"})
+    check = status.check_last_run(runlog.parse_results(FAILED), stack=(up, _host()))
+    assert check.state is State.CRITICAL  # the last run did fail: no backup was made
+    assert "up -d" not in check.fix
+    assert check.fix == "postgres is running again: make a backup now: fab backup"
