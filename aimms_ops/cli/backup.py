@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +138,7 @@ def logs(c, lines="50"):
     if not 1 <= n <= 100_000:
         raise OpsError(f"--lines must be between 1 and 100000, got {n}")
     with connect(c) as remote:
-        sys.stdout.write(listing.read_log(remote, n))
+        output.write(listing.read_log(remote, n))
 
 
 @ops_task(help={

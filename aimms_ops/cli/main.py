@@ -7,7 +7,6 @@ the inventory is found as :func:`aimms_ops.inventory.loader.inventory_path` says
 
 from __future__ import annotations
 
-import os
 import sys
 
 from fabric import Config, Executor
@@ -30,6 +29,7 @@ def main() -> None:
         program.run()
     except BrokenPipeError:
         # The reader went away (`aimms-ops -l | head`): stop quietly, no traceback.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        from aimms_ops.output.console import reader_gone
+
+        reader_gone()
         sys.exit(1)

@@ -6,6 +6,7 @@ Domain modules return data; only this module and tasks.py print.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -28,10 +29,38 @@ _STATE_STYLE = {State.OK: "green", State.WARNING: "yellow", State.CRITICAL: "red
                 State.UNKNOWN: "magenta"}
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # Rich exits 1 here; the task goes on and ends with its own exit code.
+        self.quiet = True
+        reader_gone(self.file)
+
+
+def reader_gone(stream: Any = None) -> None:
+    """The reader of stdout (or ``stream``) went away (``fab status | head -1``): what is
+    left for it goes to /dev/null, so that the task ends as it would have, with its own
+    exit code."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, (stream or sys.stdout).fileno())
+    except (OSError, ValueError):  # no real stdout (captured): nothing to redirect
+        pass
+
+
 def _console(stream: Any) -> Console:
     tty = stream.isatty() if hasattr(stream, "isatty") else False
-    return Console(file=stream, width=None if tty else 200, highlight=False,
-                   soft_wrap=not tty)
+    return _Console(file=stream, width=None if tty else 200, highlight=False,
+                    soft_wrap=not tty)
+
+
+def write(text: str) -> None:
+    """Text on stdout as it is, flushed (a status summary, a log); a closed pipe is not an
+    error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        reader_gone()
 
 
 def out() -> Console:
@@ -45,8 +74,7 @@ def err() -> Console:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    sys.stdout.flush()
+    write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None,

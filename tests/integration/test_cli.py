@@ -97,3 +97,19 @@ def test_an_ignored_inventory_key_is_one_warning_line_on_stderr_once(sandbox, tm
                         for k in ("app_user", "databases")], proc.stderr
     assert "warning:" not in _run("list-backups", env={
         "AIMMS_OPS_INVENTORY": str(sandbox.inventory)}).stderr
+
+
+def test_status_under_a_closed_pipe_keeps_its_exit_code(sandbox):
+    """`fab status | head -1` exits with the state's code, not 1 in every state."""
+    full = sandbox.fab("status")
+    assert full.returncode in (0, 1, 2), full.stdout + full.stderr
+    env = {**os.environ, "AIMMS_OPS_INVENTORY": str(sandbox.inventory)}
+    for _ in range(3):
+        proc = subprocess.run(f"{REPO}/.venv/bin/fab status | head -n 1; "
+                              "echo \"rc=${PIPESTATUS[0]}\"", shell=True, executable="/bin/bash",
+                              cwd=REPO, env=env, capture_output=True, text=True, check=False,
+                              timeout=300)
+        first, rc = proc.stdout.splitlines()
+        assert first.split(" - ")[0] == full.stdout.split(" - ")[0]
+        assert rc == f"rc={full.returncode}", proc.stderr
+        assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
