@@ -7,6 +7,7 @@ non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -85,27 +86,6 @@ def fabric_dry(c: Any) -> bool:
     return bool(getattr(run, "dry", False))
 
 
-def check_hosts_argument(argv: list[str]) -> None:
-    """Refuse a ``-H`` value that is not text (bytes that are not UTF-8) with one line.
-
-    Fabric builds the connection for ``-H`` before any task runs and fails on such a
-    name with a traceback; the fabfile calls this first.
-    """
-    for i, arg in enumerate(argv):
-        value = None
-        if arg in ("-H", "--hosts") and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(("--hosts=", "-H")) and arg not in ("-H",):
-            value = arg.split("=", 1)[1] if arg.startswith("--hosts=") else arg[2:]
-        if value is None:
-            continue
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise SystemExit(f"error: -H {shown(value)} is not a host name (not valid UTF-8 "
-                             "text); name a host of the inventory") from None
-
-
 def load_inventory():
     from aimms_ops.inventory import loader as inventory
 
@@ -121,10 +101,15 @@ def _warn_once(line: str) -> None:
 
 
 def connect(c: Any, inv: Any = None):
+    from aimms_ops.cli.coreopts import ssh_config_override
     from aimms_ops.inventory.connected import open_host
 
     inv = inv or load_inventory()
-    return open_host(inv.host(host_name(c)))
+    host = inv.host(host_name(c))
+    override = ssh_config_override(c)
+    if override:
+        host = dataclasses.replace(host, ssh_config=override)
+    return open_host(host)
 
 
 def confirm(expected: str, action: str, yes: bool) -> None:

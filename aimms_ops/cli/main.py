@@ -14,7 +14,7 @@ from fabric.main import Fab
 
 from aimms_ops import __version__
 from aimms_ops.cli import ns
-from aimms_ops.cli.base import check_hosts_argument
+from aimms_ops.cli.coreopts import check_core_options
 
 NAME = "aimms-ops"
 
@@ -24,7 +24,7 @@ program = Fab(name=NAME, version=__version__, namespace=ns, executor_class=Execu
 
 def main() -> None:
     """Entry point of the console script."""
-    check_hosts_argument(sys.argv)
+    check_core_options(sys.argv, set(ns.task_names))
     try:
         program.run()
     except BrokenPipeError:

@@ -113,3 +113,25 @@ def test_status_under_a_closed_pipe_keeps_its_exit_code(sandbox):
         assert first.split(" - ")[0] == full.stdout.split(" - ")[0]
         assert rc == f"rc={full.returncode}", proc.stderr
         assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+
+
+def test_a_typo_among_the_hosts_runs_nothing_on_the_others(sandbox):
+    before = sandbox.sh("ls -1A ~/postgres-backups")
+    proc = sandbox.fab("-H", "aidset,typo", "backup")
+    assert proc.returncode == 1
+    assert "no host named 'typo'" in fab_error_line(proc)
+    assert proc.stdout == ""
+    assert sandbox.sh("ls -1A ~/postgres-backups") == before  # no backup was made
+
+
+def test_dash_s_names_the_ssh_config_that_reaches_the_host(sandbox, tmp_path):
+    inv = tmp_path / "inventory.yml"
+    inv.write_text("".join(ln for ln in sandbox.inventory.read_text().splitlines(True)
+                           if "ssh_config:" not in ln))
+    without = sandbox.fab("list-backups", inventory=inv)
+    assert without.returncode != 0  # ~/.ssh/config does not know the sandbox's aidset
+    proc = sandbox.fab("-S", str(sandbox.ssh_config), "list-backups", inventory=inv)
+    assert proc.returncode == 0, proc.stderr
+    missing = sandbox.fab("-S", str(tmp_path / "none"), "list-backups")
+    assert missing.returncode == 2
+    assert fab_error_line(missing).startswith("error: -S ")
