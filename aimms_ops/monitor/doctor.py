@@ -22,8 +22,9 @@ from aimms_ops.monitor.compressor import compressor_check
 from aimms_ops.monitor.disk import check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks
 from aimms_ops.monitor.hostfacts import HostFacts, NoHostProgram, gather, python_problem
+from aimms_ops.monitor.lastverify import check_verify
 from aimms_ops.monitor.runlog import last_run
-from aimms_ops.monitor.status import check_cron, check_last_run, check_verify
+from aimms_ops.monitor.status import check_cron, check_last_run
 
 
 def _sha(text: str) -> str:
@@ -202,7 +203,7 @@ def diagnose(hf: HostFacts, host: Host) -> DoctorReport:
     if compressor is not None:
         checks.append(compressor)
     checks.append(check_last_run(runs, stack=(hf.facts, host)))
-    verify = check_verify(runs, host, hf.now, hf.record)
+    verify = check_verify(runs, host, hf.now, hf.record, hf.backups)
     if verify is not None:
         checks.append(verify)
     run = last_run(runs, "backup")

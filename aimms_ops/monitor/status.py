@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from aimms_ops.backup.install import MARK, cron_entries
 from aimms_ops.backup.listing import good_backups
@@ -26,6 +26,7 @@ from aimms_ops.monitor.coverage import check_coverage, live_databases
 from aimms_ops.monitor.disk import DiskOutlook, check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks
 from aimms_ops.monitor.hostfacts import HostFacts, gather
+from aimms_ops.monitor.lastverify import check_verify, deciding_verify
 from aimms_ops.monitor.runlog import LoggedPing, LoggedRun, died_run, last_run
 
 PREFIX = "AIMMS-OPS"
@@ -192,54 +193,6 @@ def _schedule(cron_line: str) -> str:
     return fields[0] if cron_line.startswith("@") else " ".join(fields[:5])
 
 
-def schedule_period(schedule: str | None) -> timedelta:
-    """How often a cron schedule runs, roughly: hourly, daily, weekly or monthly."""
-    if not schedule:
-        return timedelta(days=7)
-    if schedule.startswith("@"):
-        return {"@hourly": timedelta(hours=1), "@daily": timedelta(days=1),
-                "@midnight": timedelta(days=1), "@weekly": timedelta(days=7),
-                "@monthly": timedelta(days=31)}.get(schedule, timedelta(days=7))
-    _minute, hour, dom, month, dow = schedule.split()
-    if month != "*" or dom != "*":
-        return timedelta(days=31)
-    if dow != "*":
-        return timedelta(days=7)
-    if hour == "*" or "/" in hour or "," in hour:
-        return timedelta(hours=1)
-    return timedelta(days=1)
-
-
-def check_verify(runs: list[LoggedRun], host: Host, now: datetime,
-                 record: dict[str, str]) -> Check | None:
-    """The last deep verify's result; None when no verify is scheduled."""
-    if not host.verify_schedule:
-        return None
-    name = "deep verify"
-    period = schedule_period(host.verify_schedule)
-    run = last_run(runs, "verify")
-    if run is None:
-        since = record.get("verify_since", "")
-        try:
-            since_at = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        except ValueError:
-            since_at = None
-        if since_at is not None and now - since_at > period + timedelta(days=1):
-            return Check(name, State.WARNING, "no deep verify logged since it was scheduled "
-                         f"{units.age((now - since_at).total_seconds())} ago",
-                         "is cron running? see fab doctor; run one: fab verify --deep")
-        return Check(name, State.OK, "no deep verify has run yet "
-                     f"(scheduled {host.verify_schedule})")
-    age = (now - run.at).total_seconds()
-    if not run.ok:
-        return Check(name, State.CRITICAL, f"last deep verify failed {units.age(age)} ago: "
-                     f"{run.reason}", "see fab logs; run fab verify --deep --file=latest")
-    if age > (period + timedelta(days=1)).total_seconds():
-        return Check(name, State.WARNING, f"last deep verify is {units.age(age)} old "
-                     f"({run.name})", "is cron running? see fab doctor")
-    return Check(name, State.OK, f"ok {units.age(age)} ago ({run.detail})")
-
-
 _STACK_ROWS = ("docker", "postgres container", "volume ")
 
 
@@ -356,7 +309,7 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
     databases = check_databases(hf, runs)
     if databases is not None:
         checks.append(databases)
-    verify = check_verify(runs, host, now, hf.record)
+    verify = check_verify(runs, host, now, hf.record, hf.backups)
     if verify is not None:
         checks.append(verify)
     ping = check_ping(hf.pings, host)
@@ -386,7 +339,7 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
         ok_parts.append(f"{units.size(disk.free)} free")
     pings = hf.pings
     return StatusReport(host.name, checks, max_age, now, newest, died or last_run(runs, "backup"),
-                        last_run(runs, "verify"), disk, perf, "; ".join(ok_parts),
+                        deciding_verify(runs, hf.backups), disk, perf, "; ".join(ok_parts),
                         last_ping=pings[-1] if pings else None, replaced=copies)
 
 

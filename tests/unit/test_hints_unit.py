@@ -65,3 +65,36 @@ def test_status_does_not_repeat_the_start_hint_once_postgres_is_back():
     assert check.state is State.CRITICAL  # the last run did fail: no backup was made
     assert "up -d" not in check.fix
     assert check.fix == "postgres is running again: make a backup now: fab backup"
+
+
+# --- a verify of an old file does not decide status (issue 24, item 6) -------------------
+
+VERIFIES = "\n".join([
+    "2026-11-23T02:00:09Z backup[10] RESULT ok aimms_postgres_20261123_020001.sql.gz size=10 "
+    "sha256=ab seconds=8",
+    "2026-11-23T04:00:30Z verify[11] RESULT ok aimms_postgres_20261123_020001.sql.gz "
+    "databases=2 tables=3 rows=22500 seconds=9",
+    "2026-11-24T02:00:09Z backup[12] RESULT ok aimms_postgres_20261124_020001.sql.gz size=10 "
+    "sha256=ab seconds=8",
+    # By hand, of an old file (since removed): it failed.
+    "2026-11-24T10:00:03Z verify[13] RESULT failed: gzip stream: the file does not decompress "
+    "(aimms_postgres_20261101_020001.sql.gz)",
+])
+
+
+def test_a_manual_verify_of_an_old_file_does_not_decide_status():
+    from datetime import UTC, datetime
+
+    from aimms_ops.monitor import lastverify
+
+    h = _host(verify_schedule="0 4 * * *")
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    runs = runlog.parse_results(VERIFIES)
+    check = lastverify.check_verify(runs, h, now, {})
+    assert check.state is State.OK, check
+    assert lastverify.deciding_verify(runs).pid == 11
+    # A verify of the newest backup of its time decides, failed or not.
+    newest = VERIFIES + ("\n2026-11-24T10:30:00Z verify[14] RESULT failed: boom "
+                         "(aimms_postgres_20261124_020001.sql.gz)")
+    assert lastverify.check_verify(runlog.parse_results(newest), h, now, {}).state \
+        is State.CRITICAL
