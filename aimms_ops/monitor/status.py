@@ -27,6 +27,7 @@ from aimms_ops.monitor.disk import DiskOutlook, check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks
 from aimms_ops.monitor.hostfacts import HostFacts, gather
 from aimms_ops.monitor.lastverify import check_verify, deciding_verify
+from aimms_ops.monitor.rebuilding import check_rebuild, point_to_rebuild
 from aimms_ops.monitor.runlog import LoggedPing, LoggedRun, died_run, last_run
 
 PREFIX = "AIMMS-OPS"
@@ -306,6 +307,9 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
               *check_cron(hf.crontab, host),
               check_disk(disk, hf.backups, host.backup_dir),
               *stack_checks(hf, host)]
+    rebuild = check_rebuild(hf.rebuild_state, host)
+    if rebuild is not None:
+        checks = [rebuild, *point_to_rebuild(checks, rebuild)]
     databases = check_databases(hf, runs)
     if databases is not None:
         checks.append(databases)

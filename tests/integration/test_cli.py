@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -135,3 +136,28 @@ def test_dash_s_names_the_ssh_config_that_reaches_the_host(sandbox, tmp_path):
     missing = sandbox.fab("-S", str(tmp_path / "none"), "list-backups")
     assert missing.returncode == 2
     assert fab_error_line(missing).startswith("error: -S ")
+
+
+def test_status_names_an_unfinished_rebuild_and_the_command_that_finishes_it(sandbox):
+    """The state file an interrupted rebuild-volume leaves is read by status (its one SSH
+    round trip): CRITICAL, with the command that continues it."""
+    assert sandbox.fab("install-backups").returncode == 0
+    state = f"{sandbox.home}/postgres-backups/.rebuild-state"
+    name = "aimms_postgres_20261124_020001.sql.gz"
+    lines = ["run=20261125T100000Z-abc123", "by=ops@laptop", "volume=aimms_postgres_data_prod",
+             f"backup={sandbox.home}/postgres-backups/{name}", "begin=stop", "done=stop"]
+    text = "".join(f"2026-11-25T10:00:00Z {ln}\n" for ln in lines)
+    sandbox.ssh(f"cat > {state}", input=text.encode())
+    try:
+        proc = sandbox.fab("status", "--json")
+    finally:
+        sandbox.ssh(f"rm -f {state}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    rebuild = next(c for c in report["checks"] if c["name"] == "rebuild")
+    assert rebuild["state"] == "CRITICAL"
+    assert "stopped after step stop" in rebuild["detail"]
+    assert rebuild["fix"].endswith(f"finish it: fab rebuild-volume --file={name} "
+                                   "(it continues where it stopped)")
+    assert all(c["name"] != "rebuild" for c in json.loads(sandbox.fab("status", "--json")
+                                                          .stdout)["checks"])

@@ -98,3 +98,57 @@ def test_a_manual_verify_of_an_old_file_does_not_decide_status():
                          "(aimms_postgres_20261124_020001.sql.gz)")
     assert lastverify.check_verify(runlog.parse_results(newest), h, now, {}).state \
         is State.CRITICAL
+
+
+# --- an unfinished rebuild is CRITICAL in status, with the command that finishes it ------
+
+STATE = """\
+2026-11-25T10:00:00Z run=20261125T100000Z-abc123
+2026-11-25T10:00:00Z by=ops@laptop
+2026-11-25T10:00:00Z host=aidset
+2026-11-25T10:00:00Z volume=aimms_postgres_data_prod
+2026-11-25T10:00:00Z backup=/home/ec2-user/postgres-backups/aimms_postgres_20261124_020001.sql.gz
+2026-11-25T10:00:00Z backup_sha256=ab
+2026-11-25T10:00:00Z keep=aimms_postgres_data_prod_before_rebuild_20261125_100000
+2026-11-25T10:00:01Z begin=stop
+2026-11-25T10:00:05Z done=stop
+2026-11-25T10:00:05Z begin=keep
+2026-11-25T10:00:09Z done=keep
+2026-11-25T10:00:09Z begin=rm
+2026-11-25T10:00:10Z done=rm
+2026-11-25T10:00:10Z begin=create
+"""
+
+
+def test_an_unfinished_rebuild_is_critical_with_the_command_that_finishes_it():
+    from aimms_ops.backup import install
+
+    from .test_health_unit import _b, _gathered, _report
+
+    h = _host()
+    cron = "\n".join(install.cron_entries(h).values())
+    text = _gathered([_b(10)], crontab=cron, running=False)
+    plain = _report(text, h)
+    assert all(c.name != "rebuild" for c in plain.checks)
+    rep = _report(text + "@@rebuild\n" + STATE, h)
+    assert rep.state is State.CRITICAL
+    first = rep.checks[0]
+    assert first.name == "rebuild" and first.state is State.CRITICAL
+    assert "rebuild of aimms_postgres_data_prod unfinished" in first.detail
+    assert "stopped after step rm" in first.detail
+    assert "aimms_postgres_data_prod_before_rebuild_20261125_100000" in first.detail
+    finish = "fab rebuild-volume --file=aimms_postgres_20261124_020001.sql.gz"
+    assert first.fix.endswith(f"finish it: {finish} (it continues where it stopped)")
+    assert rep.summary.startswith("AIMMS-OPS CRITICAL - rebuild of aimms_postgres_data_prod "
+                                  "unfinished: ")
+    # The stopped container's fix is to finish the rebuild, not to start it by hand.
+    container = next(c for c in rep.checks if c.name == "postgres container")
+    assert container.fix == f"finish the rebuild: {finish} (it continues where it stopped)"
+
+
+def test_status_reads_the_rebuild_state_in_its_one_round_trip():
+    from aimms_ops.monitor import hostfacts
+
+    cmd = hostfacts.gather_command(_host())
+    assert cmd.endswith("echo @@rebuild; cat -- /home/ec2-user/postgres-backups/.rebuild-state "
+                        "2>/dev/null || true")
