@@ -24,6 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from aimms_ops.core.checks import Check, State
+from aimms_ops.core.retention import NAME_RE
 
 _STATE_STYLE = {State.OK: "green", State.WARNING: "yellow", State.CRITICAL: "red",
                 State.UNKNOWN: "magenta"}
@@ -80,11 +81,19 @@ def print_json(data: Any) -> None:
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None,
           ) -> None:
     t = Table(title=title, title_justify="left", show_lines=False)
-    for col in columns:
-        t.add_column(col, overflow="fold")
-    for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    for i, col in enumerate(columns):
+        names = _name_width([row[i] for row in cells if i < len(row)])
+        # A column of backup names never wraps (a name is copied whole): the others fold.
+        t.add_column(col, overflow="fold", no_wrap=bool(names), min_width=names or None)
+    for row in cells:
+        t.add_row(*row)
     out().print(t)
+
+
+def _name_width(cells: Sequence[str]) -> int:
+    """The width of the longest backup name among a column's cells, 0 when none is one."""
+    return max((len(c) for c in cells if NAME_RE.fullmatch(c)), default=0)
 
 
 def checks_table(checks: Sequence[Check], title: str | None = None) -> None:
