@@ -208,11 +208,24 @@ def unpin(c, file=None):
 
     if not file:
         raise OpsError("--file is required", "e.g. fab unpin --file=NAME")
+    if file == "latest":
+        _refuse_latest(c)
     names.validate_name(file)
     with connect(c) as remote:
         was = run.set_pin(remote, file, pinned=False)
     output.note(f"unpinned {file} on {remote.name}" if was else
                 f"{file} on {remote.name} was not pinned; nothing changed")
+
+
+def _refuse_latest(c: Any) -> None:
+    """``unpin --file=latest``: a pin is released by name; say which backups are pinned."""
+    from aimms_ops.backup import listing
+
+    with connect(c) as remote:
+        pinned = [b.name for b in listing.list_remote(remote) if b.pinned]
+    raise OpsError("unpin takes the name of a pinned backup, not latest",
+                   f"pinned on {remote.name}: {', '.join(pinned)}" if pinned else
+                   f"no backup is pinned on {remote.name}", code=2)
 
 
 @ops_task(help={"dry_run": "print what would change, change nothing"})

@@ -161,3 +161,21 @@ def test_status_names_an_unfinished_rebuild_and_the_command_that_finishes_it(san
                                    "(it continues where it stopped)")
     assert all(c["name"] != "rebuild" for c in json.loads(sandbox.fab("status", "--json")
                                                           .stdout)["checks"])
+
+
+def test_unpin_latest_names_the_pinned_backups(sandbox):
+    """A pin is released by name: `unpin --file=latest` says which backups are pinned,
+    not that latest is no backup name while naming latest as one."""
+    assert sandbox.fab("install-backups").returncode == 0
+    assert sandbox.fab("backup").returncode == 0
+    pinned = sandbox.fab("pin", "--file=latest", "--reason=test")
+    assert pinned.returncode == 0, pinned.stderr
+    name = pinned.stderr.split()[1]
+    try:
+        proc = sandbox.fab("unpin", "--file=latest")
+        assert proc.returncode == 2
+        line = fab_error_line(proc)
+        assert line.startswith("error: unpin takes the name of a pinned backup, not latest")
+        assert f"pinned on aidset: {name}" in line
+    finally:
+        assert sandbox.fab("unpin", f"--file={name}").returncode == 0
