@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric import Connection
-from invoke import Exit, task
+from invoke import Exit, Task, task
 
 from aimms_ops.core.errors import ConnectionLost, OpsError, shown
 
@@ -75,9 +75,27 @@ def ops_task(*, help: dict[str, str] | None = None, reads_only: bool = False,
                 raise Exit(f"internal error: {type(exc).__name__}: {exc} "
                            f"(set {DEBUG_ENV}=1 to see the traceback)", code=70) from None
 
-        return task(help=help or {}, **task_options)(wrapper)
+        return task(help=help or {}, klass=OpsTask, **task_options)(wrapper)
 
     return deco
+
+
+#: The short flags, each meaning one thing in every task that has it; other flags have none
+#: (Invoke's own would give -d to --database, --dry-run, --deep, --dest or --download).
+SHORT_FLAGS = {"file": "f", "yes": "y", "json": "j", "identity": "i", "target": "t",
+               "max_age": "m", "ping": "p"}
+
+
+class OpsTask(Task):
+    """A task whose short flags are :data:`SHORT_FLAGS`, not Invoke's first free letter."""
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        self.auto_shortflags = False
+        opts = super().arg_opts(name, default, taken_names)
+        short = SHORT_FLAGS.get(name)
+        if short is not None and short not in taken_names:
+            opts["names"].append(short)
+        return opts
 
 
 def fabric_dry(c: Any) -> bool:

@@ -103,3 +103,16 @@ def test_through_fab_a_missing_ssh_config_is_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: -S ")
+
+
+def test_each_short_flag_means_one_thing_in_every_task():
+    meanings: dict[str, set[str]] = {}
+    for name in ns.task_names:
+        for arg in ns[name].get_arguments():
+            longs = [n for n in arg.names if len(n) > 1]
+            for short in (n for n in arg.names if len(n) == 1):
+                meanings.setdefault(short, set()).update(longs)
+    assert meanings, "no short flag at all"
+    assert {s: m for s, m in meanings.items() if len(m) != 1} == {}
+    assert "d" not in meanings  # was --database, --dry-run, --deep, --dest or --download
+    assert meanings["f"] == {"file"} and meanings["y"] == {"yes"}
