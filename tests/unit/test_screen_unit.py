@@ -77,3 +77,16 @@ def test_backup_names_are_never_broken_the_other_columns_fold(width, columns, ro
 def test_a_column_without_backup_names_folds_as_before(monkeypatch):
     text = _shown(80, ["detail"], [["x" * 200]], monkeypatch)
     assert all(len(line) <= 80 for line in text.splitlines())
+
+
+# --- one unit format: IEC, one decimal (issue 24, item 8) ---------------------------------
+
+def test_rebuild_shows_sizes_in_the_one_unit_format():
+    from aimms_ops.rebuild import preflight
+    from aimms_ops.restore.source import DumpInfo
+
+    dump = DumpInfo(source="/b/aimms_postgres_20261124_020001.sql.gz", location="remote",
+                    size=72916234, format="gz", sha256="a" * 64, sha256_recorded="a" * 64,
+                    databases=("aimms_web",))
+    detail = preflight.check_backup(dump)[1]
+    assert "(remote, 69.5 MiB)" in detail and "bytes" not in detail
