@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -179,3 +180,36 @@ def test_unpin_latest_names_the_pinned_backups(sandbox):
         assert f"pinned on aidset: {name}" in line
     finally:
         assert sandbox.fab("unpin", f"--file={name}").returncode == 0
+
+
+def test_each_hint_does_what_it_says_when_pasted_on_the_host(sandbox):
+    """With postgres stopped on a compose v1 host with a named compose file, the fixes of
+    check and status are this host's commands: pasted on the host, they work."""
+    compose = "cd ~/aimms-web && docker-compose -p aimms-web -f docker-compose.prod.yml"
+    assert sandbox.fab("install-backups").returncode == 0
+    sandbox.ssh(f"{compose} stop postgres")
+    try:
+        assert sandbox.fab("backup").returncode != 0  # the last run fails: no postgres
+        check = sandbox.fab("check")
+        assert check.returncode != 0 and "CONTAINER" not in check.stdout
+        logs = re.search(r"docker logs --tail 50 (\S+)", check.stdout)
+        assert logs, check.stdout
+        shown = sandbox.ssh(logs.group(0))  # the container's log, by its real name
+        assert shown.stdout + shown.stderr
+        rows = {c["name"]: c for c in json.loads(sandbox.fab("status", "--json").stdout)
+                ["checks"]}
+        start = rows["postgres container"]["fix"].removeprefix("start it: ")
+        assert start.startswith("docker-compose -f ") and start.endswith(
+            " -p aimms-web up -d postgres"), start
+        assert rows["last run"]["fix"] == f"start postgres: {start} (see fab doctor)"
+        sandbox.ssh(start)  # pasted as it is, from the login directory
+        sandbox.wait_ready()
+        rows = {c["name"]: c for c in json.loads(sandbox.fab("status", "--json").stdout)
+                ["checks"]}
+        assert rows["postgres container"]["state"] == "OK"
+        assert rows["last run"]["fix"] == ("postgres is running again: make a backup now: "
+                                           "fab backup")
+    finally:
+        sandbox.ssh(f"{compose} up -d postgres")
+        sandbox.wait_ready()
+    assert sandbox.fab("backup").returncode == 0
