@@ -3,8 +3,9 @@
 import sys
 
 from aimms_ops.cli import ns
-from aimms_ops.cli.base import check_hosts_argument
+from aimms_ops.cli.coreopts import check_core_options, quiet_broken_pipe
 
-check_hosts_argument(sys.argv)
+check_core_options(sys.argv, set(ns.task_names))
+quiet_broken_pipe()
 
 __all__ = ["ns"]

@@ -71,9 +71,11 @@ def make(b: "Backup") -> int:
                         "%s to the docker group)" % (user, user))
     cid = cluster.container(s["COMPOSE_PROJECT"], s["COMPOSE_SERVICE"])
     if not cid:
+        # The command that starts it needs the compose file, which the host's settings do
+        # not hold: fab check and fab status name it, for this host's compose.
         raise JobFailed("the %s container of compose project %s is not running (start it: "
-                        "docker compose up -d %s)" % (s["COMPOSE_SERVICE"], s["COMPOSE_PROJECT"],
-                                                      s["COMPOSE_SERVICE"]))
+                        "fab check names the command for this host)"
+                        % (s["COMPOSE_SERVICE"], s["COMPOSE_PROJECT"]))
     cname = cluster.container_name(cid)
     job.log("container %s (%s)" % (cname, cid))
     b.cluster = cl = cluster.Cluster(cid, s["PG_SUPERUSER"])

@@ -18,6 +18,7 @@ import threading
 from typing import Any, Callable, List, Optional, Tuple
 
 from aimms_ops.agent.offsite_targets import META, OffsiteError, Target, hostname, reason
+from aimms_ops.core import units
 from aimms_ops.core.lock import now_utc
 
 #: What a push reads and writes at a time.
@@ -175,8 +176,8 @@ def _full_disk(target: Target, path: str) -> str:
     try:
         free = json.loads(res.stdout.decode("utf-8", "replace"))["free"]
         if isinstance(free, int) and free < os.path.getsize(path):
-            return (" (the target's disk is full: %d bytes free in %s; free space there)"
-                    % (free, target.settings.get(target.name, "PATH")))
+            return (" (the target's disk is full: %s free in %s; free space there)"
+                    % (units.size(free), target.settings.get(target.name, "PATH")))
     except (ValueError, KeyError, TypeError, OSError):
         pass
     return ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +172,7 @@ def logs(c, lines="50", json=False):
     if json:
         output.print_json({"host": remote.name, "lines": text.splitlines()})
         return
-    sys.stdout.write(text)
+    output.write(text)
 
 
 @ops_task(help={
@@ -251,6 +250,8 @@ def unpin(c, file=None, json=False):
 
     if not file:
         raise OpsError("--file is required", "e.g. fab unpin --file=NAME")
+    if file == "latest":
+        _refuse_latest(c)
     names.validate_name(file)
     with connect(c) as remote:
         was = run.set_pin(remote, file, pinned=False)
@@ -260,6 +261,17 @@ def unpin(c, file=None, json=False):
         return
     output.note(f"unpinned {file} on {remote.name}" if was else
                 f"{file} on {remote.name} was not pinned; nothing changed")
+
+
+def _refuse_latest(c: Any) -> None:
+    """``unpin --file=latest``: a pin is released by name; say which backups are pinned."""
+    from aimms_ops.backup import listing
+
+    with connect(c) as remote:
+        pinned = [b.name for b in listing.list_remote(remote) if b.pinned]
+    raise OpsError("unpin takes the name of a pinned backup, not latest",
+                   f"pinned on {remote.name}: {', '.join(pinned)}" if pinned else
+                   f"no backup is pinned on {remote.name}", code=2)
 
 
 @ops_task(help={

@@ -7,6 +7,7 @@ non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric import Connection
-from invoke import Exit, task
+from invoke import Exit, Task, task
 
 from aimms_ops.core.errors import ConnectionLost, OpsError, shown
 
@@ -74,36 +75,33 @@ def ops_task(*, help: dict[str, str] | None = None, reads_only: bool = False,
                 raise Exit(f"internal error: {type(exc).__name__}: {exc} "
                            f"(set {DEBUG_ENV}=1 to see the traceback)", code=70) from None
 
-        return task(help=help or {}, **task_options)(wrapper)
+        return task(help=help or {}, klass=OpsTask, **task_options)(wrapper)
 
     return deco
+
+
+#: The short flags, each meaning one thing in every task that has it; other flags have none
+#: (Invoke's own would give -d to --database, --dry-run, --deep, --dest or --download).
+SHORT_FLAGS = {"file": "f", "yes": "y", "json": "j", "identity": "i", "target": "t",
+               "max_age": "m", "ping": "p"}
+
+
+class OpsTask(Task):
+    """A task whose short flags are :data:`SHORT_FLAGS`, not Invoke's first free letter."""
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        self.auto_shortflags = False
+        opts = super().arg_opts(name, default, taken_names)
+        short = SHORT_FLAGS.get(name)
+        if short is not None and short not in taken_names:
+            opts["names"].append(short)
+        return opts
 
 
 def fabric_dry(c: Any) -> bool:
     """Whether Fabric's (Invoke's) ``--dry`` was given."""
     run = getattr(getattr(c, "config", None), "run", None)
     return bool(getattr(run, "dry", False))
-
-
-def check_hosts_argument(argv: list[str]) -> None:
-    """Refuse a ``-H`` value that is not text (bytes that are not UTF-8) with one line.
-
-    Fabric builds the connection for ``-H`` before any task runs and fails on such a
-    name with a traceback; the fabfile calls this first.
-    """
-    for i, arg in enumerate(argv):
-        value = None
-        if arg in ("-H", "--hosts") and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(("--hosts=", "-H")) and arg not in ("-H",):
-            value = arg.split("=", 1)[1] if arg.startswith("--hosts=") else arg[2:]
-        if value is None:
-            continue
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise SystemExit(f"error: -H {shown(value)} is not a host name (not valid UTF-8 "
-                             "text); name a host of the inventory") from None
 
 
 def load_inventory():
@@ -121,10 +119,15 @@ def _warn_once(line: str) -> None:
 
 
 def connect(c: Any, inv: Any = None):
+    from aimms_ops.cli.coreopts import ssh_config_override
     from aimms_ops.inventory.connected import open_host
 
     inv = inv or load_inventory()
-    return open_host(inv.host(host_name(c)))
+    host = inv.host(host_name(c))
+    override = ssh_config_override(c)
+    if override:
+        host = dataclasses.replace(host, ssh_config=override)
+    return open_host(host)
 
 
 def confirm(expected: str, action: str, yes: bool) -> None:

@@ -7,7 +7,6 @@ the inventory is found as :func:`aimms_ops.inventory.loader.inventory_path` says
 
 from __future__ import annotations
 
-import os
 import sys
 
 from fabric import Config, Executor
@@ -15,7 +14,7 @@ from fabric.main import Fab
 
 from aimms_ops import __version__
 from aimms_ops.cli import ns
-from aimms_ops.cli.base import check_hosts_argument
+from aimms_ops.cli.coreopts import check_core_options
 
 NAME = "aimms-ops"
 
@@ -25,11 +24,12 @@ program = Fab(name=NAME, version=__version__, namespace=ns, executor_class=Execu
 
 def main() -> None:
     """Entry point of the console script."""
-    check_hosts_argument(sys.argv)
+    check_core_options(sys.argv, set(ns.task_names))
     try:
         program.run()
     except BrokenPipeError:
         # The reader went away (`aimms-ops -l | head`): stop quietly, no traceback.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        from aimms_ops.output.console import reader_gone
+
+        reader_gone()
         sys.exit(1)

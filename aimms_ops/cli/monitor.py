@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from invoke import Exit
@@ -67,13 +66,12 @@ def status(c, json=False, max_age="26h"):
             output.print_json({"host": host_name(c), "state": "UNKNOWN", "exit_code": 3,
                                "summary": line, "checks": []})
         else:
-            sys.stdout.write(line + "\n")
+            output.write(line + "\n")
         raise Exit(code=3) from None
     if json:
         output.print_json(report.as_dict())
     else:
-        sys.stdout.write(report.summary + "\n")
-        sys.stdout.flush()
+        output.write(report.summary + "\n")
         output.checks_table(report.checks, title=f"status of {report.host} at "
                             f"{report.checked_at:%Y-%m-%d %H:%M:%S} UTC")
     if report.state:

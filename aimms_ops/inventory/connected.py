@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fabric import Connection
 
+from aimms_ops.host import shell
 from aimms_ops.host.remote import Remote
 from aimms_ops.host.ssh import SshTarget, connect, resolve
 from aimms_ops.inventory.model import Host
@@ -32,3 +33,15 @@ def facts_args(host: Host) -> list[str]:
         host.compose.postgres_service, host.postgres.superuser, host.backup_dir,
         *host.volumes.names(),
     ]
+
+
+def compose_command(facts: dict[str, str], host: Host, *args: str) -> str:
+    """A copy-pasteable compose command for the stack: the host's compose (v1's
+    ``docker-compose`` or v2's ``docker compose``), its file and its project."""
+    cmd = (facts.get("compose.cmd") or "docker compose").split()
+    return shell.join([*cmd, "-f", host.compose.file_path, "-p", host.compose.project, *args])
+
+
+def start_command(facts: dict[str, str], host: Host) -> str:
+    """The command that starts the postgres service of the stack on this host."""
+    return compose_command(facts, host, "up", "-d", host.compose.postgres_service)

@@ -16,31 +16,26 @@ from aimms_ops.core.checks import Check, State, worst
 from aimms_ops.core.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host import shell
 from aimms_ops.host.remote import PYTHON3_FIX
-from aimms_ops.inventory.connected import HostRemote
+from aimms_ops.inventory.connected import HostRemote, start_command
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.compressor import compressor_check
 from aimms_ops.monitor.disk import check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks
 from aimms_ops.monitor.hostfacts import HostFacts, NoHostProgram, gather, python_problem
+from aimms_ops.monitor.lastverify import check_verify
 from aimms_ops.monitor.runlog import last_run
-from aimms_ops.monitor.status import check_cron, check_last_run, check_verify
+from aimms_ops.monitor.status import check_cron, check_last_run
 
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def compose_command(facts: dict[str, str], host: Host, *args: str) -> str:
-    """A copy-pasteable compose command for the stack, with the host's compose."""
-    cmd = (facts.get("compose.cmd") or "docker compose").split()
-    return shell.join([*cmd, "-f", host.compose.file_path, "-p", host.compose.project, *args])
-
-
 def check_container(hf: HostFacts, host: Host) -> Check:
     """The postgres container of the compose service: there and running."""
     f = hf.facts
     service = host.compose.postgres_service
-    start = compose_command(f, host, "up", "-d", service)
+    start = start_command(f, host)
     cid = f.get("container.id", "")
     if f.get("docker.ok") != "1":
         return Check("postgres container", State.UNKNOWN, "docker is not reachable",
@@ -207,8 +202,8 @@ def diagnose(hf: HostFacts, host: Host) -> DoctorReport:
     compressor = compressor_check(hf.extra, host.compression)
     if compressor is not None:
         checks.append(compressor)
-    checks.append(check_last_run(runs))
-    verify = check_verify(runs, host, hf.now, hf.record)
+    checks.append(check_last_run(runs, stack=(hf.facts, host)))
+    verify = check_verify(runs, host, hf.now, hf.record, hf.backups)
     if verify is not None:
         checks.append(verify)
     run = last_run(runs, "backup")

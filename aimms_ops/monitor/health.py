@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from aimms_ops.core import units
 from aimms_ops.core.checks import Check, State
+from aimms_ops.host import shell
 from aimms_ops.host.compose import compose_volumes, decode_config, parse_facts
-from aimms_ops.inventory.connected import HostRemote, facts_args
+from aimms_ops.inventory.connected import (
+    HostRemote,
+    compose_command,
+    facts_args,
+    start_command,
+)
 from aimms_ops.inventory.model import Host
 
 
@@ -13,6 +19,15 @@ def gather_facts(remote: HostRemote) -> dict[str, str]:
     """Run the host program's ``facts`` and parse what it prints."""
     res = remote.run_program("facts", *facts_args(remote.host))
     return parse_facts(res.stdout)
+
+
+def log_command(facts: dict[str, str], host: Host) -> str:
+    """The command that shows the postgres container's last lines of log on this host:
+    ``docker logs`` with the container's real name, or compose's logs when none exists."""
+    name = facts.get("container.name") or facts.get("container.id", "")[:12]
+    if name:
+        return shell.join(["docker", "logs", "--tail", "50", name])
+    return compose_command(facts, host, "logs", "--tail", "50", host.compose.postgres_service)
 
 
 def connection_checks(facts: dict[str, str], host: Host, *, fingerprint: str) -> list[Check]:
@@ -45,12 +60,12 @@ def connection_checks(facts: dict[str, str], host: Host, *, fingerprint: str) ->
         rows.append(Check("postgres container", crit,
                           f"no container for service {service!r} of project "
                           f"{host.compose.project!r}",
-                          "start the stack: docker compose up -d"))
+                          f"start it: {start_command(facts, host)}"))
     elif facts.get("container.state") != "running":
         rows.append(Check("postgres container", crit,
                           f"{facts.get('container.name', cid)} is "
                           f"{facts.get('container.state', 'not running')}",
-                          f"start it: docker compose up -d {service}"))
+                          f"start it: {start_command(facts, host)}"))
     else:
         rows.append(Check("postgres container", ok,
                           f"{facts.get('container.name')} ({cid[:12]}), running"))
@@ -60,7 +75,7 @@ def connection_checks(facts: dict[str, str], host: Host, *, fingerprint: str) ->
     else:
         rows.append(Check("postgres accepting connections", crit,
                           facts.get("postgres.ready_detail") or "container not running",
-                          "see the container's log: docker logs CONTAINER"))
+                          f"see the container's log: {log_command(facts, host)}"))
     decls = compose_volumes(decode_config(facts))
     for vol in host.volumes.names():
         decl = decls.get(vol)

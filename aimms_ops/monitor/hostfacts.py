@@ -12,6 +12,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 
 from aimms_ops.backup.install import parse_record
 from aimms_ops.backup.listing import parse_listing
@@ -32,8 +33,9 @@ from aimms_ops.monitor.runlog import (
     parse_results,
     parse_starts,
 )
+from aimms_ops.rebuild.state import STATE_FILE
 
-_SECTIONS = ("python", "facts", "backups", "status")
+_SECTIONS = ("python", "facts", "backups", "status", "rebuild")
 #: The one fact read without the host program: which python3 the host has ("" none).
 PYTHON_VERSION = ("echo \"python3.version=$(python3 -c 'import sys; "
                   "print(*sys.version_info[:2], sep=chr(46))' 2>/dev/null)\"")
@@ -63,6 +65,7 @@ class HostFacts:
     extra: dict[str, str]  # its status-facts
     backups: list[BackupFile] | None  # None: the backup dir does not exist
     fingerprint: str = ""
+    rebuild_state: str = ""  # the state file of an unfinished rebuild-volume, or ""
 
     @property
     def now(self) -> datetime:
@@ -136,7 +139,8 @@ def parse_gathered(text: str, host: Host, fingerprint: str = "") -> HostFacts:
         raise OpsError("the host program printed no status facts",
                        "run fab check to see what fails on the host")
     return HostFacts(parse_facts(sections.get("facts", "")), extra,
-                     parse_listing(sections.get("backups", ""), host.backup_dir), fingerprint)
+                     parse_listing(sections.get("backups", ""), host.backup_dir), fingerprint,
+                     sections.get("rebuild", "").strip())
 
 
 def python_problem(seen: str | None) -> str:
@@ -154,7 +158,7 @@ def python_problem(seen: str | None) -> str:
 
 def gather_command(host: Host) -> str:
     """One remote command: the python3 version, then the host program's facts,
-    list-backups and status-facts."""
+    list-backups and status-facts, and the state file of an unfinished rebuild."""
     status_args = [host.compose.project, host.compose.postgres_service, host.backup_script,
                    host.layout.config_file, host.layout.verify_script, host.layout.install_record,
                    host.log_file, host.postgres.superuser]
@@ -164,6 +168,9 @@ def gather_command(host: Host) -> str:
                           ("status", ["status-facts", *status_args])):
         parts.append(shell.join(["echo", f"@@{section}"]))
         parts.append(bundle.program_command(args))
+    state = str(PurePosixPath(host.backup_dir) / STATE_FILE)
+    parts += [shell.join(["echo", "@@rebuild"]),
+              f"cat -- {shell.quote(state)} 2>/dev/null || true"]
     return "; ".join(parts)
 
 

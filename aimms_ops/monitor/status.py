@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from aimms_ops.backup.install import MARK, cron_entries
 from aimms_ops.backup.listing import good_backups
@@ -18,7 +18,7 @@ from aimms_ops.core import retention, units
 from aimms_ops.core.checks import Check, State, worst
 from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.core.names import BackupFile
-from aimms_ops.inventory.connected import HostRemote
+from aimms_ops.inventory.connected import HostRemote, start_command
 from aimms_ops.inventory.model import Host
 from aimms_ops.monitor.compressor import GET_ZSTD, compressor_check
 from aimms_ops.monitor.copies import RestoreCopy, check_copies
@@ -26,6 +26,8 @@ from aimms_ops.monitor.coverage import check_coverage, live_databases
 from aimms_ops.monitor.disk import DiskOutlook, check_disk, disk_from
 from aimms_ops.monitor.health import connection_checks
 from aimms_ops.monitor.hostfacts import HostFacts, gather
+from aimms_ops.monitor.lastverify import check_verify, deciding_verify
+from aimms_ops.monitor.rebuilding import check_rebuild, point_to_rebuild
 from aimms_ops.monitor.runlog import LoggedPing, LoggedRun, died_run, last_run
 
 PREFIX = "AIMMS-OPS"
@@ -113,8 +115,10 @@ def check_size(backups: list[BackupFile] | None,
                  f"{units.size(newest.size)}, previous ones {units.size(median)} (median)")
 
 
-def check_last_run(runs: list[LoggedRun], died: LoggedRun | None = None) -> Check:
-    """The last backup run's result from the log; ``died``: it was killed (runlog.died_run)."""
+def check_last_run(runs: list[LoggedRun], died: LoggedRun | None = None,
+                   stack: Stack | None = None) -> Check:
+    """The last backup run's result from the log; ``died``: it was killed (runlog.died_run);
+    ``stack``: the host's facts and inventory entry, for fixes with its real commands."""
     run = last_run(runs, "backup")
     name = "last run"
     if died is not None:
@@ -128,14 +132,24 @@ def check_last_run(runs: list[LoggedRun], died: LoggedRun | None = None) -> Chec
     if run.ok:
         return Check(name, State.OK, f"ok at {when} ({run.name})")
     return Check(name, State.CRITICAL, f"last backup run failed at {when}: {run.reason}",
-                 fix_for_failure(run.reason or ""))
+                 fix_for_failure(run.reason or "", stack))
 
 
-def fix_for_failure(reason: str) -> str:
-    """What to do about a failed backup run, from its reason (the seed's common issues)."""
+#: The host's facts and its inventory entry: what a fix needs to name this host's commands.
+Stack = tuple[dict[str, str], Host]
+
+
+def fix_for_failure(reason: str, stack: Stack | None = None) -> str:
+    """What to do about a failed backup run, from its reason (the seed's common issues);
+    with ``stack``, the commands are this host's and a fix already made is not repeated."""
     r = reason.lower()
     if "is not running" in r or "no container" in r:
-        return "start postgres: docker compose up -d postgres (see fab doctor)"
+        if stack is None:
+            return "start postgres: docker compose up -d postgres (see fab doctor)"
+        facts, host = stack
+        if facts.get("container.state") == "running" and facts.get("postgres.ready") == "1":
+            return "postgres is running again: make a backup now: fab backup"
+        return f"start postgres: {start_command(facts, host)} (see fab doctor)"
     if "free space" in r or "no space" in r:
         return "free space in the backup dir, or lower retention_days and run fab prune"
     if "docker is not reachable" in r:
@@ -178,54 +192,6 @@ def check_cron(crontab: str | None, host: Host) -> list[Check]:
 def _schedule(cron_line: str) -> str:
     fields = cron_line.split()
     return fields[0] if cron_line.startswith("@") else " ".join(fields[:5])
-
-
-def schedule_period(schedule: str | None) -> timedelta:
-    """How often a cron schedule runs, roughly: hourly, daily, weekly or monthly."""
-    if not schedule:
-        return timedelta(days=7)
-    if schedule.startswith("@"):
-        return {"@hourly": timedelta(hours=1), "@daily": timedelta(days=1),
-                "@midnight": timedelta(days=1), "@weekly": timedelta(days=7),
-                "@monthly": timedelta(days=31)}.get(schedule, timedelta(days=7))
-    _minute, hour, dom, month, dow = schedule.split()
-    if month != "*" or dom != "*":
-        return timedelta(days=31)
-    if dow != "*":
-        return timedelta(days=7)
-    if hour == "*" or "/" in hour or "," in hour:
-        return timedelta(hours=1)
-    return timedelta(days=1)
-
-
-def check_verify(runs: list[LoggedRun], host: Host, now: datetime,
-                 record: dict[str, str]) -> Check | None:
-    """The last deep verify's result; None when no verify is scheduled."""
-    if not host.verify_schedule:
-        return None
-    name = "deep verify"
-    period = schedule_period(host.verify_schedule)
-    run = last_run(runs, "verify")
-    if run is None:
-        since = record.get("verify_since", "")
-        try:
-            since_at = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        except ValueError:
-            since_at = None
-        if since_at is not None and now - since_at > period + timedelta(days=1):
-            return Check(name, State.WARNING, "no deep verify logged since it was scheduled "
-                         f"{units.age((now - since_at).total_seconds())} ago",
-                         "is cron running? see fab doctor; run one: fab verify --deep")
-        return Check(name, State.OK, "no deep verify has run yet "
-                     f"(scheduled {host.verify_schedule})")
-    age = (now - run.at).total_seconds()
-    if not run.ok:
-        return Check(name, State.CRITICAL, f"last deep verify failed {units.age(age)} ago: "
-                     f"{run.reason}", "see fab logs; run fab verify --deep --file=latest")
-    if age > (period + timedelta(days=1)).total_seconds():
-        return Check(name, State.WARNING, f"last deep verify is {units.age(age)} old "
-                     f"({run.name})", "is cron running? see fab doctor")
-    return Check(name, State.OK, f"ok {units.age(age)} ago ({run.detail})")
 
 
 _STACK_ROWS = ("docker", "postgres container", "volume ")
@@ -337,14 +303,17 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
     died = died_run(runs, hf.starts, "backup", hf.backup_lock_holders)
     checks = [check_newest(hf.backups, now, max_age, max_age_text, host.backup_dir),
               check_size(hf.backups, runs),
-              check_last_run(runs, died),
+              check_last_run(runs, died, (hf.facts, host)),
               *check_cron(hf.crontab, host),
               check_disk(disk, hf.backups, host.backup_dir),
               *stack_checks(hf, host)]
+    rebuild = check_rebuild(hf.rebuild_state, host)
+    if rebuild is not None:
+        checks = [rebuild, *point_to_rebuild(checks, rebuild)]
     databases = check_databases(hf, runs)
     if databases is not None:
         checks.append(databases)
-    verify = check_verify(runs, host, now, hf.record)
+    verify = check_verify(runs, host, now, hf.record, hf.backups)
     if verify is not None:
         checks.append(verify)
     ping = check_ping(hf.pings, host)
@@ -374,7 +343,7 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
         ok_parts.append(f"{units.size(disk.free)} free")
     pings = hf.pings
     return StatusReport(host.name, checks, max_age, now, newest, died or last_run(runs, "backup"),
-                        last_run(runs, "verify"), disk, perf, "; ".join(ok_parts),
+                        deciding_verify(runs, hf.backups), disk, perf, "; ".join(ok_parts),
                         last_ping=pings[-1] if pings else None, replaced=copies)
 
 

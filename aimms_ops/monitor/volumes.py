@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from aimms_ops.core import units
 from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.host import bundle, shell
 from aimms_ops.host.compose import (
@@ -23,7 +24,7 @@ from aimms_ops.host.compose import (
 )
 from aimms_ops.host.compose import parse_facts as parse_key_values
 from aimms_ops.host.remote import Remote
-from aimms_ops.inventory.connected import HostRemote, facts_args
+from aimms_ops.inventory.connected import HostRemote, compose_command, facts_args
 from aimms_ops.inventory.model import Host
 
 #: The label rebuild-volume puts on the volume that keeps the old data.
@@ -191,20 +192,22 @@ def report(facts: dict[str, str], engine: EngineFacts, host: Host,
     live = set(host.volumes.names())
     kept = [k for k in sorted(engine.kept) if k not in live and k in engine.volumes]
     names = list(dict.fromkeys([*host.volumes.names(), *decls, *project_vols, *kept]))
-    cmd = (facts.get("compose.cmd") or "docker compose").split()
-    compose = shell.join([*cmd, "-f", host.compose.file_path, "-p", host.compose.project])
+    compose = compose_command(facts, host)
     out = []
     for name in names:
         decl = decls.get(name)
         info = engine.volumes.get(name)
         external = decl.external if decl else None
         services = compose_services_using(config, decl.key) if decl else []
-        size = engine.sizes.get(name)
+        docker_size = engine.sizes.get(name)
+        size_bytes = parse_docker_size(docker_size) if docker_size else None
+        # One unit format everywhere (IEC, one decimal), not Docker's decimal 72.75MB.
+        size = units.size(size_bytes) if size_bytes is not None else docker_size
         mountpoint = info["mountpoint"] if info else None
         out.append(VolumeReport(
             name=name, exists=info is not None, external=external,
             compose_key=decl.key if decl else None, in_inventory=name in host.volumes.names(),
-            size=size, size_bytes=parse_docker_size(size) if size else None,
+            size=size, size_bytes=size_bytes,
             mountpoint=mountpoint, mounted_by=tuple(mounted.get(name, [])),
             services=tuple(services),
             destroyed_by=tuple(destroyers(name, external, mountpoint, engine.api, compose)),

@@ -26,7 +26,7 @@ def check_backup(dump: DumpInfo) -> tuple[str, str]:
         raise refuse(f"the backup {dump.source} is not usable: {'; '.join(dump.problems)}",
                       "nothing was stopped or changed; pick another backup (fab list-backups)")
     sha = "sha256 matches its .sha256" if dump.sha256_recorded else "no .sha256 beside it"
-    return ("backup", f"{dump.source} ({dump.location}, {dump.size} bytes): {sha}, stream "
+    return ("backup", f"{dump.source} ({dump.location}, {units.size(dump.size)}): {sha}, stream "
                       f"and completion marker OK; databases: {', '.join(dump.databases)}")
 
 

@@ -293,7 +293,7 @@ def _check_copy(stdout: str, plan: RebuildPlan) -> str:
     if src is None or dst is None or src != dst:
         raise OpsError(f"the copy in {plan.keep} does not match {plan.volume}: "
                        f"{src} files/bytes vs {dst}")
-    return f"{src[0]} files, {src[1]} bytes copied into {plan.keep}"
+    return f"{src[0]} files, {units.size(src[1])} copied into {plan.keep}"
 
 
 def parse_counts(text: str) -> list[tuple[str, int]]:

@@ -10,7 +10,7 @@ from aimms_ops.core import units
 from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.host.commands import Command, in_postgres, script
 from aimms_ops.host.compose import parse_facts
-from aimms_ops.inventory.connected import HostRemote, facts_args
+from aimms_ops.inventory.connected import HostRemote, facts_args, start_command
 from aimms_ops.inventory.model import Host
 from aimms_ops.restore.source import DumpInfo, conninfo, db_hex, db_name
 
@@ -128,7 +128,7 @@ def container_of(remote: HostRemote) -> str:
     if not cid or facts.get("container.state") != "running":
         raise OpsError(f"the {remote.host.compose.postgres_service} container of compose "
                        f"project {remote.host.compose.project} is not running on {remote.name}",
-                       "start it (docker compose up -d), or see fab check")
+                       f"start it: {start_command(facts, remote.host)}; or see fab check")
     if facts.get("postgres.ready") != "1":
         raise OpsError(f"postgres on {remote.name} does not accept connections: "
                        f"{facts.get('postgres.ready_detail', '')}", "see fab check")

@@ -115,10 +115,11 @@ COMPOSE = "cd ~/aimms-web && docker-compose -p aimms-web -f docker-compose.prod.
 # --- postgres stopped ----------------------------------------------------------------------
 
 POSTGRES_STOPPED = [
-    Row("backup", [], ("is not running", "docker compose up -d postgres"), code=1),
+    Row("backup", [], ("is not running", "fab check names the command"), code=1),
     Row("restore", ["--file={name}", "--yes"], ("is not running", "start it"),
         changes_nothing=True, code=1),
-    Row("check", [], ("check failed: postgres container", "docker compose up -d postgres"), code=2),
+    Row("check", [], ("check failed: postgres container",
+                      "docker-compose -f /home/", " -p aimms-web up -d postgres"), code=2),
     Row("list-backups", [], OK),
     Row("download", ["--file={name}", "--dest={tmp}/dl"], OK),
     Row("prune", ["--dry-run"], OK),

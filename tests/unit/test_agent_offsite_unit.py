@@ -372,7 +372,7 @@ def test_a_full_disk_on_an_ssh_target_is_named(host):
     plays = {"rcat:sql.gz.age": {"status": 1, "stderr": "ERROR : Failed to copy: Failure\n"},
              "about": {"stdout": json.dumps({"total": 524288, "free": 12})}}
     out = _out(host.push_all(plays=plays))
-    assert "the target's disk is full: 12 bytes free in /srv/offsite; free space there" in out
+    assert "the target's disk is full: 12 B free in /srv/offsite; free space there" in out
     assert "offsite.result=s3 failed" in out and "disk is full" not in out.split("vault")[0]
 
 

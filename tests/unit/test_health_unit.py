@@ -19,7 +19,16 @@ from aimms_ops.core.errors import OpsError
 from aimms_ops.core.names import BackupFile
 from aimms_ops.host import bundle, shell
 from aimms_ops.host import events as host_events
-from aimms_ops.monitor import disk, doctor, hostfacts, runlog, status, verify, volumes
+from aimms_ops.monitor import (
+    disk,
+    doctor,
+    hostfacts,
+    lastverify,
+    runlog,
+    status,
+    verify,
+    volumes,
+)
 from aimms_ops.restore.source import DumpInfo
 
 from .test_backups_unit import _host
@@ -207,21 +216,21 @@ def test_check_disk_states():
     ("0 4 * * 0", 7), ("0 2 * * *", 1), ("0 3 1 * *", 31), ("@weekly", 7), ("*/5 * * * *", 1 / 24),
 ])
 def test_schedule_period(schedule, days):
-    assert status.schedule_period(schedule) == timedelta(days=days)
+    assert lastverify.schedule_period(schedule) == timedelta(days=days)
 
 
 def test_check_verify():
     h = _host(verify_schedule="0 4 * * 0")
-    assert status.check_verify([], _host(), NOW, {}) is None
+    assert lastverify.check_verify([], _host(), NOW, {}) is None
     runs = runlog.parse_results(LOG)
-    failed = status.check_verify(runs, h, NOW, {})
+    failed = lastverify.check_verify(runs, h, NOW, {})
     assert failed.state is State.CRITICAL and "gzip stream" in failed.detail
     ok_runs = [r for r in runs if r.pid == 300]
-    assert status.check_verify(ok_runs, h, NOW, {}).state is State.OK
-    late = status.check_verify(ok_runs, h, NOW + timedelta(days=9), {})
+    assert lastverify.check_verify(ok_runs, h, NOW, {}).state is State.OK
+    late = lastverify.check_verify(ok_runs, h, NOW + timedelta(days=9), {})
     assert late.state is State.WARNING and "old" in late.detail
-    assert status.check_verify([], h, NOW, {}).state is State.OK
-    never = status.check_verify([], h, NOW, {"verify_since": "2026-11-01T00:00:00Z"})
+    assert lastverify.check_verify([], h, NOW, {}).state is State.OK
+    never = lastverify.check_verify([], h, NOW, {"verify_since": "2026-11-01T00:00:00Z"})
     assert never.state is State.WARNING and "since it was scheduled" in never.detail
 
 

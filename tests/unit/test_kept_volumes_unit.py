@@ -38,6 +38,7 @@ def test_kept_volumes_are_reported_with_size_and_age():
     assert [v.name for v in kept] == [KEPT]
     k = kept[0]
     assert k.kept_from == LIVE and k.size_bytes == 72_750_000 and k.age_seconds == 86400
+    assert k.size == "69.4 MiB"  # one unit format: IEC, not Docker's 72.75MB
     assert k.as_dict()["created"] == "2026-11-30T10:15:00Z"
     live = next(v for v in _found() if v.name == LIVE)
     assert live.kept_from is None
