@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aimms_ops.cli.base import confirm, connect, ops_task
-from aimms_ops.core.errors import OpsError
+from aimms_ops.core.errors import OpsError, key_path
 from aimms_ops.output import console as output
 
 
@@ -23,8 +23,8 @@ def restore_undo(c, yes=False, dry_run=False):
                            "nothing to undo (fab status lists what is kept)")
         last = [a for a in aside if a.stamp == aside[0].stamp]
         output.table(["undo the restore of " + last[0].when, ""],
-                     [[a.original, f"{a.name} takes its place again; the restored one is "
-                       "dropped"] for a in last])
+                     [[key_path("", a.original), f"{a.name} takes its place again; the "
+                       "restored one is dropped"] for a in last])
         if dry_run:
             output.note("dry run: nothing was changed")
             return
@@ -54,7 +54,8 @@ def drop_replaced(c, name=None, yes=False, dry_run=False):
             output.note(f"no database is set aside on {remote.name}")
             return
         output.table(["dropped for good", "it was", "kept since", "size"],
-                     [[a.name, a.original, a.when, units.size(a.size)] for a in aside])
+                     [[a.name, key_path("", a.original), a.when, units.size(a.size)]
+                      for a in aside])
         if dry_run:
             output.note("dry run: nothing was changed")
             return

@@ -8,7 +8,7 @@ from typing import Any
 
 from aimms_ops.cli.base import confirm, connect, ops_task
 from aimms_ops.core import units
-from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.errors import OpsError, key_path, shown
 from aimms_ops.core.names import DUMP_FILE_HINT, stream_check
 from aimms_ops.core.retention import PRE_RESTORE
 from aimms_ops.output import console as output
@@ -78,8 +78,9 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
                            f"{rs.failure_hint(plan)}; run it again: {rs.rerun_command(plan)}",
                            code=130) from None
     output.table(["database", "table", "rows (estimate)"],
-                 [[t.database, t.table, t.rows] for t in report.tables],
-                 title=f"restored {', '.join(report.databases)} on {plan.host} in "
+                 [[key_path("", t.database), t.table, t.rows] for t in report.tables],
+                 title=f"restored {', '.join(key_path('', db) for db in report.databases)} "
+                 f"on {plan.host} in "
                  f"{units.duration(report.seconds)} ({units.size(report.rate)}/s of dump)")
     if report.aside:
         output.note("the databases replaced are kept aside: " + ", ".join(
