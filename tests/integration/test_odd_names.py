@@ -6,8 +6,9 @@ whose server takes a statement's bytes as they are. pg_dump (15.11 and later) ca
 write it in ``CREATE DATABASE``: it writes the invalid pair 0xC0 0x20 in place of the
 byte (the fix of CVE-2025-1094), so the restore gives the name its bytes back; the
 swap runs from a SQL_ASCII database for the same reason. Proof of "exactly": the
-database's row of pg_database, its settings, comment, extension version and pg_dump of
-it, before the backup and after each restore. (A name with a line break is refused at backup:
+database's row of pg_database (its ACL too), its settings and a role's settings in it,
+its comment, extension version and pg_dump of it, before the backup and after each
+restore. (A name with a line break is refused at backup:
 test_backup_coverage.py.)
 """
 
@@ -58,10 +59,16 @@ def facts(sandbox) -> dict[str, bytes]:
     catalog = run_sql(sandbox, b"""
         SELECT encode(textsend(d.datname::text), 'hex'), pg_encoding_to_char(d.encoding),
                d.datcollate, d.datctype, pg_get_userbyid(d.datdba), d.datconnlimit,
-               d.datallowconn, d.datistemplate, coalesce(d.datacl::text, '-'),
+               d.datallowconn, d.datistemplate,
+               -- the ACL's items in order (a restore may grant them in another)
+               (SELECT string_agg(a::text, ',' ORDER BY a::text)
+                  FROM unnest(coalesce(d.datacl, acldefault('d', d.datdba))) a),
                coalesce(shobj_description(d.oid, 'pg_database'), '-'),
                (SELECT string_agg(c, ',' ORDER BY c) FROM pg_db_role_setting s,
-                  unnest(s.setconfig) c WHERE s.setdatabase = d.oid AND s.setrole = 0)
+                  unnest(s.setconfig) c WHERE s.setdatabase = d.oid AND s.setrole = 0),
+               (SELECT string_agg(pg_get_userbyid(s.setrole) || ':' || c, ',' ORDER BY c)
+                  FROM pg_db_role_setting s, unnest(s.setconfig) c
+                 WHERE s.setdatabase = d.oid AND s.setrole <> 0)
           FROM pg_database d WHERE encode(textsend(d.datname::text), 'hex') = '""" +
                        RAW.hex().encode() + b"'")
     cid = sandbox.container()
@@ -100,7 +107,10 @@ def odd_db(sandbox):
                  "LC_COLLATE 'C' LC_CTYPE 'C'", "postgres")
     run_sql(sandbox, b"CREATE DATABASE " + quoted(RAW) + b" TEMPLATE template0 ENCODING UTF8;\n"
             b"COMMENT ON DATABASE " + quoted(RAW) + b" IS 'named in Latin-1';\n"
-            b"ALTER DATABASE " + quoted(RAW) + b" SET work_mem = '6MB';\n")
+            b"ALTER DATABASE " + quoted(RAW) + b" SET work_mem = '6MB';\n"
+            b"ALTER ROLE aimms_user IN DATABASE " + quoted(RAW) + b" SET work_mem = '5MB';\n"
+            b"REVOKE CONNECT ON DATABASE " + quoted(RAW) + b" FROM PUBLIC;\n"
+            b"GRANT CONNECT ON DATABASE " + quoted(RAW) + b" TO aimms_user;\n")
     in_odd_db(sandbox, "SET client_encoding = 'UTF8';\nCREATE SCHEMA odd; "
                        "CREATE TABLE odd.t (id int PRIMARY KEY, v text NOT NULL); "
                        "INSERT INTO odd.t SELECT g, repeat('é ü ' || g, g % 7) "
@@ -113,6 +123,7 @@ def odd_db(sandbox):
 def test_a_database_name_that_is_not_utf8_is_backed_up_and_restored_exactly(sandbox, odd_db):
     before = facts(sandbox)
     assert before["catalog"].startswith(RAW.hex().encode() + b"|UTF8|"), before["catalog"]
+    assert before["catalog"].endswith(b"|work_mem=6MB|aimms_user:work_mem=5MB")
     # The extension's version comes back from the backup's preface, not as the default.
     assert before["rows"].endswith(b"|500|1.6"), before["rows"]
 
@@ -128,7 +139,9 @@ def test_a_database_name_that_is_not_utf8_is_backed_up_and_restored_exactly(sand
 
     # The whole cluster, after the database changed.
     in_odd_db(sandbox, b"DELETE FROM odd.t WHERE id > 100; ALTER TABLE odd.t ADD c int")
-    run_sql(sandbox, b"ALTER DATABASE " + quoted(RAW) + b" RESET work_mem")
+    run_sql(sandbox, b"ALTER DATABASE " + quoted(RAW) + b" RESET work_mem; "
+            b"ALTER ROLE aimms_user IN DATABASE " + quoted(RAW) + b" RESET ALL; "
+            b"GRANT ALL ON DATABASE " + quoted(RAW) + b" TO PUBLIC")
     proc = sandbox.fab("restore", f"--file={name}", "--yes", "--no-safety-backup", timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert facts(sandbox) == before
