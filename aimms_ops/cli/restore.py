@@ -11,6 +11,7 @@ from aimms_ops.core import units
 from aimms_ops.core.errors import OpsError, key_path, shown
 from aimms_ops.core.names import DUMP_FILE_HINT, stream_check
 from aimms_ops.core.retention import PRE_RESTORE
+from aimms_ops.dump.beside import KEEP_REPLACED_DAYS
 from aimms_ops.output import console as output
 
 
@@ -134,8 +135,9 @@ def _print_restore_plan(plan: Any) -> None:
             f"{shown(db)} (replaces the live one, {units.size(plan.current_sizes[db])})"
             if db in plan.current_sizes else f"{shown(db)} (new)" for db in plan.affected)],
         ["if any step fails", "nothing is changed: the rebuilt copies are removed"],
-        ["the replaced ones", "kept aside until fab drop-replaced (fab restore-undo puts "
-         "them back)" if plan.replaced else "none"],
+        ["the replaced ones", "kept aside until fab drop-replaced, or the first backup or "
+         f"restore after {KEEP_REPLACED_DAYS} days (fab restore-undo puts them back)"
+         if plan.replaced else "none"],
         ["sessions ended at the swap", "; ".join(
             f"{shown(s.database)}: {s.user}@{s.client}"
             + (f" ({shown(s.application)})" if s.application else "")

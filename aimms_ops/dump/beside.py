@@ -18,8 +18,8 @@ NEW_PREFIX = b"aimms_ops_new_"
 OLD_PREFIX = b"aimms_ops_old_"
 #: The database psql runs the swap from (none of the renamed ones can be connected to).
 SWAP_DB = NEW_PREFIX + b"swap"
-#: How long a database a restore replaced is kept aside: the next restore after that
-#: drops it (fab drop-replaced any time before).
+#: How long a database a restore replaced is kept aside: the next restore or backup
+#: after that drops it (fab drop-replaced any time before).
 KEEP_REPLACED_DAYS = 7
 #: The setting on a database set aside: ``HEXNAME STAMP ISTEMPLATE ALLOWCONN``.
 REPLACED_SETTING = "aimms_ops.replaced"

@@ -101,6 +101,21 @@ def read_manifest(state):
     return dbs, roles
 
 
+def drop_expired(cluster, log, now=None):
+    """Drop the databases restores set aside more than KEEP_REPLACED_DAYS ago (the first
+    restore and the first backup after that time do), each logged; their names."""
+    limit = time.strftime("%Y%m%d_%H%M%S", time.gmtime(
+        (now or time.time()) - KEEP_REPLACED_DAYS * 86400)).encode()
+    dropped = []
+    for name, original, stamp, _tmpl, _conn in set_aside(cluster):
+        if stamp < limit:
+            cluster.drop(name)
+            dropped.append(name)
+            log("aimms-ops: removed %s (%s before a restore of %s, kept %d days)"
+                % (name.decode(), shown(original), stamp.decode(), KEEP_REPLACED_DAYS))
+    return dropped
+
+
 def prepare(cluster, state, log, now=None):
     """Remove rebuilt copies a killed restore left, and copies set aside more than
     KEEP_REPLACED_DAYS ago; note the roles the cluster has."""
@@ -109,13 +124,7 @@ def prepare(cluster, state, log, now=None):
             cluster.drop(name)
             log("aimms-ops: removed %s, left half-built by an earlier restore"
                 % name.decode())
-    limit = time.strftime("%Y%m%d_%H%M%S", time.gmtime(
-        (now or time.time()) - KEEP_REPLACED_DAYS * 86400)).encode()
-    for name, original, stamp, _tmpl, _conn in set_aside(cluster):
-        if stamp < limit:
-            cluster.drop(name)
-            log("aimms-ops: removed %s (%s before a restore of %s, kept %d days)"
-                % (name.decode(), shown(original), stamp.decode(), KEEP_REPLACED_DAYS))
+    drop_expired(cluster, log, now)
     with open(state + "/roles", "wb") as fh:
         for role in sorted(cluster.roles()):
             fh.write(role.hex().encode() + b"\n")
