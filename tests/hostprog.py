@@ -28,6 +28,34 @@ def key_values(text: str) -> dict[str, list[str]]:
     return out
 
 
+#: The start of a fake ``docker`` for fake_tools: it records its argv and stdin (read
+#: when ``-i`` is given) in FAKE_DOCKER_DIR/calls.jsonl, has the test's scenario.json as
+#: ``sc`` and ``answer(out, rc, err)``; the rest, which answers, is the test's.
+FAKE_DOCKER_PRELUDE = r'''#!PYTHON
+"""A fake docker: records argv and stdin (calls.jsonl), answers from scenario.json."""
+import json, os, sys
+d = os.environ["FAKE_DOCKER_DIR"]
+argv = sys.argv[1:]
+sc = json.load(open(os.path.join(d, "scenario.json")))
+if "-i" in argv and "-f" in argv and sc.get("psql_rate"):  # a psql that takes its time
+    import time
+    parts = []
+    while True:
+        part = sys.stdin.buffer.read(sc["psql_rate"] // 10)
+        if not part:
+            break
+        parts.append(part)
+        time.sleep(0.1)
+    data = b"".join(parts)
+else:
+    data = sys.stdin.buffer.read() if "-i" in argv else b""
+with open(os.path.join(d, "calls.jsonl"), "a") as fh:
+    fh.write(json.dumps({"argv": argv, "stdin": data.decode("utf-8", "replace")}) + "\n")
+def answer(out="", rc=0, err=""):
+    sys.stdout.write(out); sys.stderr.write(err); sys.exit(rc)
+'''
+
+
 def fake_tools(tmp: Path, tools: dict[str, str]) -> dict[str, str]:
     """Fakes of the host's tools (NAME -> a python script whose first line is
     ``#!PYTHON``) in ``tmp/bin``; the environment of a script run here that finds them

@@ -88,7 +88,7 @@ class Cluster:
 
 def shown_name(hexname: str) -> str:
     """A database name (hex of its bytes) as one log line."""
-    text = bytes.fromhex(hexname).decode("utf-8", "replace")
+    text = bytes.fromhex(hexname).decode("utf-8", "backslashreplace")
     return text.replace("\n", "\\n").replace("\r", "\\r")
 
 
@@ -96,7 +96,7 @@ def open_closed(cluster: Cluster, backup_dir: str, log: Callable[[str], None]) -
     """Allow connections on every database pg_dumpall would skip, noting each first;
     return the trailer (the statements that close them on a restore)."""
     try:
-        rows = cluster.rows("SELECT oid, encode(convert_to(quote_ident(datname), 'UTF8'), "
+        rows = cluster.rows("SELECT oid, encode(textsend(quote_ident(datname)), "
                             "'hex') FROM pg_database WHERE NOT datallowconn AND datname <> "
                             "'template0' AND datconnlimit <> -2 AND %s ORDER BY datname"
                             % SIDE_COPY_SQL)
@@ -154,8 +154,8 @@ def dumped(cluster: Cluster) -> Tuple[List[str], List[str]]:
     selection, less the side copies). A name with a line break is refused: pg_dumpall
     refuses it, and says only its last line."""
     try:
-        rows = cluster.rows("SELECT encode(convert_to(datname, 'UTF8'), 'hex'), "
-                            "encode(convert_to(quote_ident(datname), 'UTF8'), 'hex') FROM "
+        rows = cluster.rows("SELECT encode(textsend(datname), 'hex'), "
+                            "encode(textsend(quote_ident(datname)), 'hex') FROM "
                             "pg_database WHERE datallowconn AND datconnlimit <> -2 AND %s "
                             "ORDER BY datname" % SIDE_COPY_SQL)
     except ClusterError as e:

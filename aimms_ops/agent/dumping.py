@@ -31,7 +31,8 @@ STATUS_PREFIX = "aimms-ops: pg_dumpall status "
 CHUNK = 1 << 20
 
 # What runs in the container, with sh: $1 the superuser, $2 $3 the side copies'
-# patterns, $4..$6 the preface's SQL, $7 the trailer.
+# patterns, $4..$6 the preface's SQL, $7 the trailer. The databases' names are read in
+# SQL_ASCII: psql would leave out a byte that is not UTF-8.
 INNER = (
     'for db in template1 postgres; do\n'
     '    if p=$(pg_dump -U "$1" --create --schema-only --exclude-schema="*" "$db" '
@@ -43,7 +44,8 @@ INNER = (
     'done; '
     'printf -- "-- aimms-ops: settings of ALTER ROLE ALL\\n"\n'
     'psql -X -A -t -U "$1" -d template1 -c "$4"\n'
-    'psql -X -A -t -U "$1" -d template1 -c "$5" | while IFS= read -r db; do\n'
+    'PGCLIENTENCODING=SQL_ASCII psql -X -A -t -U "$1" -d template1 -c "$5" | '
+    'while IFS= read -r db; do\n'
     '    PGDATABASE=$db psql -X -A -t -U "$1" -c "$6"\n'
     'done; '
     'pg_dumpall -U "$1" --exclude-database="$2" --exclude-database="$3"; '
@@ -51,12 +53,12 @@ INNER = (
     'printf "%s" "$7"'
 )
 PREFACE_SQL = (
-    "SELECT '-- aimms-ops: role all ' || encode(convert_to(c, 'UTF8'), 'hex')"
+    "SELECT '-- aimms-ops: role all ' || encode(textsend(c), 'hex')"
     " FROM pg_db_role_setting, unnest(setconfig) c WHERE setrole = 0 AND setdatabase = 0",
     "SELECT datname FROM pg_database WHERE datallowconn AND " + SIDE_COPY_SQL
     + " AND datname !~ E'\\\\n'",
-    "SELECT '-- aimms-ops: extension ' || encode(convert_to(current_database(), 'UTF8'), 'hex')"
-    " || ' ' || encode(convert_to(extname, 'UTF8'), 'hex') || ' ' || extversion"
+    "SELECT '-- aimms-ops: extension ' || encode(textsend(current_database()), 'hex')"
+    " || ' ' || encode(textsend(extname), 'hex') || ' ' || extversion"
     " FROM pg_extension WHERE extname <> 'plpgsql'",
 )
 

@@ -107,7 +107,7 @@ def _container_facts(project: str, service: str, superuser: str) -> None:
     emit("postgres.ready_detail", last_line(out))
     # Every database of the cluster (names as hex), for the backups' coverage.
     rc, out = run(["docker", "exec", cid, "psql", "-X", "-A", "-t", "-U", superuser, "-d",
-                   "template1", "-c", "SELECT encode(convert_to(datname, 'UTF8'), 'hex') "
+                   "template1", "-c", "SELECT encode(textsend(datname), 'hex') "
                    "FROM pg_database ORDER BY 1"])
     if rc == 0:
         emit("postgres.databases", b" ".join(out.split()))

@@ -82,6 +82,7 @@ def make(b: "Backup") -> int:
     # A run killed with connections allowed on a database: put them back first.
     _close(b)
     job.cleanups.append(lambda: cluster.close_again(cl, d, job.log))
+    _drop_expired(b, cid)
 
     last = _newest_size(d)
     avail = _free(d)
@@ -185,6 +186,22 @@ def _close(b: "Backup") -> None:
     except cluster.ClusterError as e:
         b.job.log(str(e))
         raise JobFailed(str(e)) from None
+
+
+def _drop_expired(b: "Backup", cid: str) -> None:
+    """The databases restores set aside longer than they are kept are dropped (never
+    dumped either way); a failure is logged and the backup goes on."""
+    from aimms_ops.dump import swap
+    from aimms_ops.dump.beside import KEEP_REPLACED_DAYS
+
+    def log(msg: str) -> None:
+        b.job.log(msg[len("aimms-ops: "):] if msg.startswith("aimms-ops: ") else msg)
+
+    try:
+        swap.drop_expired(swap.Cluster(cid, b.s["PG_SUPERUSER"]), log)
+    except (swap.SwapError, ValueError, OSError) as e:
+        b.job.log("warning: cannot drop the databases set aside by restores more than %d "
+                  "days ago (fab drop-replaced does): %s" % (KEEP_REPLACED_DAYS, e))
 
 
 def _check(out: dumping.Outcome, errtext: str, d: str) -> None:

@@ -233,7 +233,7 @@ class Stream:
             return 1
         props = self.props(only_hex, has_postgres)
         # The tablespaces the cluster has: the dump's CREATE of those is left out.
-        res = self.q("SELECT string_agg(encode(convert_to(spcname, 'UTF8'), 'hex'), ',') "
+        res = self.q("SELECT string_agg(encode(textsend(spcname), 'hex'), ',') "
                      "FROM pg_tablespace")
         if res.returncode != 0:
             self.errf.write(res.stderr)

@@ -40,10 +40,10 @@ PING_RE = re.compile(rb"^[^ ]+ (backup|verify)\[[0-9]+\] ping ")
 #: Every database with its size and the setting a restore leaves on a side copy
 #: (aimms_ops/dump/beside.py): "NAME SIZE SETTING", names and setting in hex.
 DATABASES_SQL = (
-    "SELECT encode(convert_to(d.datname, 'UTF8'), 'hex'), pg_database_size(d.oid), "
-    "coalesce(encode(convert_to((SELECT c FROM pg_db_role_setting s, unnest(s.setconfig) c "
-    "WHERE s.setdatabase = d.oid AND s.setrole = 0 AND c LIKE 'aimms_ops.replaced=%'), "
-    "'UTF8'), 'hex'), '-') FROM pg_database d")
+    "SELECT encode(textsend(d.datname), 'hex'), pg_database_size(d.oid), "
+    "coalesce(encode(textsend((SELECT c FROM pg_db_role_setting s, unnest(s.setconfig) c "
+    "WHERE s.setdatabase = d.oid AND s.setrole = 0 AND c LIKE 'aimms_ops.replaced=%')), "
+    "'hex'), '-') FROM pg_database d")
 
 
 def side_copies(rows: bytes) -> bytes:

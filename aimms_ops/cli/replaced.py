@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aimms_ops.cli.base import confirm, connect, ops_task
-from aimms_ops.core.errors import OpsError
+from aimms_ops.core.errors import OpsError, key_path
 from aimms_ops.output import console as output
 
 
@@ -31,8 +31,8 @@ def restore_undo(c, yes=False, dry_run=False, json=False):
                   "done": []}
         if not json:
             output.table(["undo the restore of " + last[0].when, ""],
-                         [[a.original, f"{a.name} takes its place again; the restored one "
-                           "is dropped"] for a in last])
+                         [[key_path("", a.original), f"{a.name} takes its place again; the "
+                           "restored one is dropped"] for a in last])
         if not dry_run:
             confirm(remote.name, f"undo the last restore on {remote.name}", yes)
             result["done"] = rp.undo(remote)
@@ -76,7 +76,8 @@ def drop_replaced(c, name=None, yes=False, dry_run=False, json=False):
             return
         if aside and not json:
             output.table(["dropped for good", "it was", "kept since", "size"],
-                         [[a.name, a.original, a.when, units.size(a.size)] for a in aside])
+                         [[a.name, key_path("", a.original), a.when, units.size(a.size)]
+                          for a in aside])
         if aside and not dry_run:
             confirm(remote.name, f"drop {len(aside)} database(s) set aside on {remote.name}",
                     yes)

@@ -8,9 +8,10 @@ from typing import Any
 
 from aimms_ops.cli.base import confirm, connect, ops_task
 from aimms_ops.core import units
-from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.errors import OpsError, key_path, shown
 from aimms_ops.core.names import DUMP_FILE_HINT, stream_check
 from aimms_ops.core.retention import PRE_RESTORE
+from aimms_ops.dump.beside import KEEP_REPLACED_DAYS
 from aimms_ops.output import console as output
 
 
@@ -100,8 +101,9 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
         output.print_json(result)
         return
     output.table(["database", "table", "rows (estimate)"],
-                 [[t.database, t.table, t.rows] for t in report.tables],
-                 title=f"restored {', '.join(report.databases)} on {plan.host} in "
+                 [[key_path("", t.database), t.table, t.rows] for t in report.tables],
+                 title=f"restored {', '.join(key_path('', db) for db in report.databases)} "
+                 f"on {plan.host} in "
                  f"{units.duration(report.seconds)} ({units.size(report.rate)}/s of dump)")
     if report.aside:
         output.note("the databases replaced are kept aside: " + ", ".join(
@@ -156,8 +158,9 @@ def plan_rows(plan: Any) -> list[list[str]]:
             f"{shown(db)} (replaces the live one, {units.size(plan.current_sizes[db])})"
             if db in plan.current_sizes else f"{shown(db)} (new)" for db in plan.affected)],
         ["if any step fails", "nothing is changed: the rebuilt copies are removed"],
-        ["the replaced ones", "kept aside until fab drop-replaced (fab restore-undo puts "
-         "them back)" if plan.replaced else "none"],
+        ["the replaced ones", "kept aside until fab drop-replaced, or the first backup or "
+         f"restore after {KEEP_REPLACED_DAYS} days (fab restore-undo puts them back)"
+         if plan.replaced else "none"],
         ["sessions ended at the swap", "; ".join(
             f"{shown(s.database)}: {s.user}@{s.client}"
             + (f" ({shown(s.application)})" if s.application else "")

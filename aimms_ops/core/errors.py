@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class OpsError(Exception):
     """A problem the operator must fix: one line naming it, and what to do about it.
@@ -30,10 +32,16 @@ class InternalError(AssertionError):
     """
 
 
+#: repr's escape of a surrogateescape'd byte (not after an escaped backslash).
+_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
 def shown(value: object, limit: int = 80) -> str:
     """``repr(value)``, cut to about ``limit`` characters: a value quoted in a message
-    stays on one line (newlines are escaped) and short however long it was."""
-    text = repr(value)
+    stays on one line (newlines are escaped) and short however long it was. A byte that
+    is not UTF-8 (a name read with surrogateescape) is shown as ``\\xe9``, as the host
+    shows it."""
+    text = _SURROGATE.sub(r"\1\\x\2", repr(value))
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 

@@ -11,13 +11,15 @@ the original name is kept as a setting of the database set aside (``REPLACED_SET
 import hashlib
 import re
 
+from .lexer import dump_ident
+
 #: What every name this restore makes starts with: never in a backup, never a target.
 NEW_PREFIX = b"aimms_ops_new_"
 OLD_PREFIX = b"aimms_ops_old_"
 #: The database psql runs the swap from (none of the renamed ones can be connected to).
 SWAP_DB = NEW_PREFIX + b"swap"
-#: How long a database a restore replaced is kept aside: the next restore after that
-#: drops it (fab drop-replaced any time before).
+#: How long a database a restore replaced is kept aside: the next restore or backup
+#: after that drops it (fab drop-replaced any time before).
 KEEP_REPLACED_DAYS = 7
 #: The setting on a database set aside: ``HEXNAME STAMP ISTEMPLATE ALLOWCONN``.
 REPLACED_SETTING = "aimms_ops.replaced"
@@ -61,6 +63,23 @@ def rename_statement(text, name, to, ident_name):
         m = pattern.match(text)
         if m and ident_name(m.group(2)) == name:
             return text[:m.start(2)] + to + text[m.end(2):]
+    return text
+
+
+def own_name(text, name):
+    """``text`` (one statement of the section of database ``name``) with the name pg_dump
+    wrote for that database given back its own bytes: pg_dump cannot write a name that is
+    not valid UTF-8 (``lexer.dump_ident``); any other statement as it is."""
+    try:
+        name.decode("utf-8")
+        return text
+    except UnicodeDecodeError:
+        pass
+    written = dump_ident(name)
+    for pattern in _NAMES_DB:
+        m = pattern.match(text)
+        if m and m.group(2) == written:
+            return text[:m.start(2)] + b'"' + name.replace(b'"', b'""') + b'"' + text[m.end(2):]
     return text
 
 

@@ -29,6 +29,33 @@ def ident_name(ident):
     return ident
 
 
+def dump_ident(name):
+    """``name`` quoted as pg_dump writes it (fmtId): a byte that starts no valid UTF-8
+    character is written as the invalid pair 0xC0 0x20 (PostgreSQL 15.11 and later, the
+    fix of CVE-2025-1094), so a name that is not valid UTF-8 is not written as it is."""
+    out = bytearray(b'"')
+    i, n = 0, len(name)
+    while i < n:
+        c = name[i]
+        if c < 0x80:
+            out += b'""' if c == 0x22 else name[i:i + 1]
+            i += 1
+            continue
+        size = 2 if c & 0xE0 == 0xC0 else 3 if c & 0xF0 == 0xE0 else 4 if c & 0xF8 == 0xF0 else 1
+        char = name[i:i + size]
+        try:
+            valid = size > 1 and len(char) == size and bool(char.decode("utf-8"))
+        except UnicodeDecodeError:
+            valid = False
+        if valid:
+            out += char
+            i += size
+        else:
+            out += b"\xc0 "
+            i += 1
+    return bytes(out + b'"')
+
+
 def sql_literal(name):
     """``name`` as one line of SQL: an E'' literal with newlines escaped."""
     out = name.replace(b"\\", b"\\\\").replace(b"'", b"\\'")
@@ -37,8 +64,9 @@ def sql_literal(name):
 
 
 def shown(name):
-    """A name for a message: decoded, with newlines and the like escaped."""
-    text = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+    """A name for a message: decoded, with newlines and the like escaped (a byte that is
+    not UTF-8 as ``\\xe9``)."""
+    text = name.decode("utf-8", "backslashreplace") if isinstance(name, bytes) else name
     return text.encode("unicode_escape").decode("ascii", "replace").replace("\\\\", "\\")
 
 

@@ -2,7 +2,7 @@
 
 import re
 
-from .beside import connect_line, new_name, rename_statement
+from .beside import connect_line, new_name, own_name, rename_statement
 from .lexer import (
     _CLOSE_DB,
     _CREATE_DB,
@@ -145,6 +145,8 @@ class RestoreFilter:
             self.globals.append(("unit", lines))
             return None
         text = b"".join(lines)
+        if r.section is not None:
+            text = own_name(text, r.section)
         if not self.keep:
             m = _CLOSE_DB.match(text) if r.complete and self.only is not None else None
             if m and ident_name(m.group(1)) == self.only:

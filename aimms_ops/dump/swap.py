@@ -11,7 +11,7 @@ set aside by the last restore back in; ``drop`` removes databases set aside.
 
 Every SQL statement goes to psql in the postgres container through ``docker exec``
 (``Cluster``); names travel as SQL literals and identifiers quoted here, never through
-a shell.
+a shell, and those of the swap run in a database of encoding SQL_ASCII (CREATE_SWAP_DB).
 """
 
 import subprocess
@@ -27,6 +27,12 @@ from .beside import (
     new_name,
 )
 from .lexer import shown, sql_literal
+
+#: The swap runs from a database of encoding SQL_ASCII (psql's client encoding too): the
+#: server then takes a statement's bytes as they are, so that a database name that is
+#: not valid UTF-8 can be written in it (a UTF8 database refuses such a statement).
+CREATE_SWAP_DB = (b"CREATE DATABASE " + SWAP_DB + b" WITH TEMPLATE = template0 "
+                  b"ENCODING = 'SQL_ASCII' LOCALE = 'C';\n")
 
 
 class SwapError(Exception):
@@ -47,7 +53,8 @@ class Cluster:
     def psql(self, sql, db=b"template1"):
         """Run ``sql`` (bytes) in ``db``; its output lines, or SwapError with psql's error."""
         cmd = ["docker", "exec", "-i", "-e", "PGOPTIONS=-c client_min_messages=warning",
-               self.container, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+               "-e", "PGCLIENTENCODING=SQL_ASCII", self.container, "psql", "-X", "-q", "-A",
+               "-t", "-v", "ON_ERROR_STOP=1",
                "-U", self.superuser, "-d", db.decode("utf-8", "surrogateescape")]
         proc = subprocess.run(cmd, input=sql, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if proc.returncode != 0:
@@ -58,7 +65,7 @@ class Cluster:
     def databases(self):
         """name -> (is template, allows connections) of every database."""
         out = {}
-        for line in self.psql(b"SELECT encode(convert_to(datname, 'UTF8'), 'hex') || ' ' || "
+        for line in self.psql(b"SELECT encode(textsend(datname), 'hex') || ' ' || "
                               b"datistemplate::int || ' ' || datallowconn::int "
                               b"FROM pg_database"):
             hexname, tmpl, conn = line.split(b" ")
@@ -67,7 +74,7 @@ class Cluster:
 
     def roles(self):
         return set(bytes.fromhex(x.decode()) for x in self.psql(
-            b"SELECT encode(convert_to(rolname, 'UTF8'), 'hex') FROM pg_roles"))
+            b"SELECT encode(textsend(rolname), 'hex') FROM pg_roles"))
 
     def drop(self, name):
         """Drop database ``name``, whatever it is (a template, closed to sessions)."""
@@ -94,6 +101,21 @@ def read_manifest(state):
     return dbs, roles
 
 
+def drop_expired(cluster, log, now=None):
+    """Drop the databases restores set aside more than KEEP_REPLACED_DAYS ago (the first
+    restore and the first backup after that time do), each logged; their names."""
+    limit = time.strftime("%Y%m%d_%H%M%S", time.gmtime(
+        (now or time.time()) - KEEP_REPLACED_DAYS * 86400)).encode()
+    dropped = []
+    for name, original, stamp, _tmpl, _conn in set_aside(cluster):
+        if stamp < limit:
+            cluster.drop(name)
+            dropped.append(name)
+            log("aimms-ops: removed %s (%s before a restore of %s, kept %d days)"
+                % (name.decode(), shown(original), stamp.decode(), KEEP_REPLACED_DAYS))
+    return dropped
+
+
 def prepare(cluster, state, log, now=None):
     """Remove rebuilt copies a killed restore left, and copies set aside more than
     KEEP_REPLACED_DAYS ago; note the roles the cluster has."""
@@ -102,13 +124,7 @@ def prepare(cluster, state, log, now=None):
             cluster.drop(name)
             log("aimms-ops: removed %s, left half-built by an earlier restore"
                 % name.decode())
-    limit = time.strftime("%Y%m%d_%H%M%S", time.gmtime(
-        (now or time.time()) - KEEP_REPLACED_DAYS * 86400)).encode()
-    for name, original, stamp, _tmpl, _conn in set_aside(cluster):
-        if stamp < limit:
-            cluster.drop(name)
-            log("aimms-ops: removed %s (%s before a restore of %s, kept %d days)"
-                % (name.decode(), shown(original), stamp.decode(), KEEP_REPLACED_DAYS))
+    drop_expired(cluster, log, now)
     with open(state + "/roles", "wb") as fh:
         for role in sorted(cluster.roles()):
             fh.write(role.hex().encode() + b"\n")
@@ -168,7 +184,7 @@ def swap(cluster, state, stamp, log, as_name=None):
     replaced = [t for _db, t in targets if t in live]
     if SWAP_DB in live:
         cluster.drop(SWAP_DB)
-    cluster.psql(b"CREATE DATABASE " + SWAP_DB + b" WITH TEMPLATE = template0;\n")
+    cluster.psql(CREATE_SWAP_DB)
     try:
         try:
             _close(cluster, replaced, log)
@@ -178,6 +194,8 @@ def swap(cluster, state, stamp, log, as_name=None):
                     sql.append(fh.read())
             except OSError:
                 pass
+            # The dump's globals set client_encoding: the names below are bytes as they are.
+            sql.append(b"SET client_encoding = 'SQL_ASCII';\n")
             for db, target in targets:
                 q = quote_ident(target)
                 if target in live:
@@ -221,8 +239,8 @@ def set_aside(cluster):
     allowed connections), newest first."""
     out = []
     for line in cluster.psql(
-            b"SELECT encode(convert_to(d.datname, 'UTF8'), 'hex') || ' ' || "
-            b"encode(convert_to(c, 'UTF8'), 'hex') FROM pg_database d "
+            b"SELECT encode(textsend(d.datname), 'hex') || ' ' || "
+            b"encode(textsend(c), 'hex') FROM pg_database d "
             b"JOIN pg_db_role_setting s ON s.setdatabase = d.oid AND s.setrole = 0, "
             b"unnest(s.setconfig) c WHERE c LIKE '" + REPLACED_SETTING.encode() +
             b"=%' AND d.datname LIKE '" + OLD_PREFIX + b"%'"):
@@ -246,7 +264,7 @@ def undo(cluster, log):
     live = cluster.databases()
     if SWAP_DB in live:
         cluster.drop(SWAP_DB)
-    cluster.psql(b"CREATE DATABASE " + SWAP_DB + b" WITH TEMPLATE = template0;\n")
+    cluster.psql(CREATE_SWAP_DB)
     gone = []
     try:
         present = [a[1] for a in last if a[1] in live]

@@ -25,7 +25,7 @@ class RestoreCopy:
 
 
 def _text(hexed: str) -> str:
-    return bytes.fromhex(hexed).decode("utf-8", "replace")
+    return bytes.fromhex(hexed).decode("utf-8", "backslashreplace")
 
 
 def parse_copies(text: str) -> list[RestoreCopy]:

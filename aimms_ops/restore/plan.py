@@ -95,17 +95,35 @@ def stream_command(host: Host, dump: DumpInfo, database: str | None, *,
                   reads="restore")
 
 
-#: Runs ESTIMATE_SQL in each database given ($1 the SQL, $2 the role, then conninfos),
-#: in one ``docker exec``: ``database=I`` before the lines of the I-th database.
-_ESTIMATE_EACH = ('sql=$1 u=$2; shift 2; i=0; for c; do echo "database=$i"; '
+#: Runs ESTIMATE_SQL in each database given ($1 the SQL, $2 the role, then conninfos as
+#: printf formats), in one ``docker exec``: ``database=I`` before the lines of the I-th.
+_ESTIMATE_EACH = ('sql=$1 u=$2; shift 2; i=0; for f; do c=$(printf "$f"); '
+                  'echo "database=$i"; '
                   'psql -X -q -A -t -U "$u" -d "$c" -c "$sql"; i=$((i + 1)); done')
+
+
+def printf_format(text: str) -> str:
+    """``text`` (its bytes: surrogateescape) as a printf format that prints it, in ASCII:
+    docker exec passes an argument that is not valid UTF-8 with U+FFFD in place of its
+    bytes (a database name of a SQL_ASCII connection)."""
+    out = []
+    for byte in text.encode("utf-8", "surrogateescape"):
+        char = chr(byte)
+        if char in "\\%":
+            out.append(char * 2)
+        elif 0x20 <= byte < 0x7F:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    return "".join(out)
 
 
 def estimate_commands(host: Host, databases: tuple[str, ...]) -> tuple[Command, ...]:
     """ANALYZE, then the tables and row estimates, of each database: one command."""
     return (in_postgres(host.compose.project, host.compose.postgres_service,
                         ["sh", "-c", _ESTIMATE_EACH, "sh", ESTIMATE_SQL,
-                         host.postgres.superuser, *(conninfo(db) for db in databases)],
+                         host.postgres.superuser,
+                         *(printf_format(conninfo(db)) for db in databases)],
                         reads="estimates", about=", ".join(databases)),)
 
 
@@ -208,14 +226,14 @@ def check_as_name(as_name: str, database: str | None) -> None:
 #: The live cluster in one docker exec: databases with sizes (not the restore's own),
 #: roles, the sessions of other clients, and the free space where the data lives.
 _FACTS_SQL = (
-    "SELECT 'db', pg_database_size(oid)::text, encode(convert_to(datname, 'UTF8'), 'hex') "
+    "SELECT 'db', pg_database_size(oid)::text, encode(textsend(datname), 'hex') "
     "FROM pg_database WHERE datname <> 'template0' AND datname !~ '^aimms_ops_(new|old)_' "
-    "UNION ALL SELECT 'role', '0', encode(convert_to(rolname, 'UTF8'), 'hex') FROM pg_roles "
+    "UNION ALL SELECT 'role', '0', encode(textsend(rolname), 'hex') FROM pg_roles "
     "WHERE rolname !~ '^pg_' UNION ALL "
-    "SELECT 'session', encode(convert_to(coalesce(application_name, ''), 'UTF8'), 'hex'), "
-    "encode(convert_to(datname, 'UTF8'), 'hex') || ' ' || "
-    "encode(convert_to(coalesce(host(client_addr), 'local'), 'UTF8'), 'hex') || ' ' || "
-    "encode(convert_to(coalesce(usename, ''), 'UTF8'), 'hex') FROM pg_stat_activity "
+    "SELECT 'session', encode(textsend(coalesce(application_name, '')), 'hex'), "
+    "encode(textsend(datname), 'hex') || ' ' || "
+    "encode(textsend(coalesce(host(client_addr), 'local')), 'hex') || ' ' || "
+    "encode(textsend(coalesce(usename, '')), 'hex') FROM pg_stat_activity "
     "WHERE datname IS NOT NULL AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
     " ORDER BY 1, 3")
 _FACTS_SH = ('psql -X -A -t -F " " -U "$1" -d template1 -c "$2" || exit 1; '

@@ -10,6 +10,7 @@ and ``fab status`` compare the backup's databases with the live cluster's.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,35 @@ def test_a_database_name_with_a_line_break_fails_the_backup_naming_it(sandbox):
         assert sandbox.sh(f"ls {sandbox.home}/postgres-backups") == before
     finally:
         sandbox.psql(f'DROP DATABASE IF EXISTS "{name}"', "postgres")
+
+
+def test_the_backup_drops_what_restores_set_aside_longer_than_they_are_kept(sandbox, tmp_path):
+    """A database a restore set aside KEEP_REPLACED_DAYS ago and more is dropped by the
+    next backup (logged); one set aside since is kept; neither is dumped."""
+    from aimms_ops.dump.beside import KEEP_REPLACED_DAYS, REPLACED_SETTING
+
+    assert sandbox.fab("install-backups").returncode == 0
+    inv, d = own_inventory(sandbox, tmp_path, "expiry")
+    old_stamp = time.strftime("%Y%m%d_%H%M%S",
+                              time.gmtime(time.time() - (KEEP_REPLACED_DAYS + 1) * 86400))
+    new_stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime(time.time() - 3600))
+    old, new = f"aimms_ops_old_{old_stamp}_covexp", f"aimms_ops_old_{new_stamp}_covexp"
+    try:
+        for name, stamp in ((old, old_stamp), (new, new_stamp)):
+            sandbox.psql(f"DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}; "
+                         f"ALTER DATABASE {name} SET {REPLACED_SETTING} = "
+                         f"'{b'cov_gone'.hex()} {stamp} f t'", "postgres")
+        proc = sandbox.fab("backup", inventory=inv, timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        assert f"removed {old} (cov_gone before a restore of {old_stamp}, kept " \
+               f"{KEEP_REPLACED_DAYS} days)" in sandbox.sh(f"cat {d}.log")
+        left = sandbox.psql("SELECT datname FROM pg_database WHERE datname LIKE "
+                            "'aimms_ops_old_%_covexp'", "postgres").split()
+        assert left == [new]
+        databases = next(ln for ln in sandbox.sh(f"cat {d}.log").splitlines()
+                         if " DATABASES " in ln)
+        assert new.encode().hex() not in databases and old.encode().hex() not in databases
+    finally:
+        for name in (old, new):
+            sandbox.psql(f"DROP DATABASE IF EXISTS {name}", "postgres")
+        sandbox.ssh(f"rm -rf {d} {d}.log")

@@ -19,34 +19,12 @@ from aimms_ops.core.lock import LOCK_FILES, Lock
 from aimms_ops.dump.beside import new_name
 from aimms_ops.host import events as host_events
 from aimms_ops.host import shell
-from tests.hostprog import fake_tools, key_values
+from tests.hostprog import FAKE_DOCKER_PRELUDE, fake_tools, key_values
 
 DUMP = (Path(__file__).parent / "data" / "cluster-dump.sql").read_bytes()
 DBS = ["template1", "My DB", "aimms_web", "postgres"]
 
-FAKE_DOCKER = r'''#!PYTHON
-"""A fake docker: records argv and stdin (calls.jsonl), answers from scenario.json."""
-import json, os, sys
-d = os.environ["FAKE_DOCKER_DIR"]
-argv = sys.argv[1:]
-sc = json.load(open(os.path.join(d, "scenario.json")))
-if "-i" in argv and "-f" in argv and sc.get("psql_rate"):  # a psql that takes its time
-    import time
-    parts = []
-    while True:
-        part = sys.stdin.buffer.read(sc["psql_rate"] // 10)
-        if not part:
-            break
-        parts.append(part)
-        time.sleep(0.1)
-    data = b"".join(parts)
-else:
-    data = sys.stdin.buffer.read() if "-i" in argv else b""
-with open(os.path.join(d, "calls.jsonl"), "a") as fh:
-    fh.write(json.dumps({"argv": argv, "stdin": data.decode("utf-8", "replace")}) + "\n")
-def answer(out="", rc=0, err=""):
-    sys.stdout.write(out); sys.stderr.write(err); sys.exit(rc)
-line = " ".join(argv)
+FAKE_DOCKER = FAKE_DOCKER_PRELUDE + r'''line = " ".join(argv)
 if argv[:2] == ["ps", "-q"]:
     answer("cid\n" if sc.get("running", True) else "")
 if argv[:1] != ["exec"]:
