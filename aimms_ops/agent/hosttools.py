@@ -122,12 +122,26 @@ def read_position(pid: int, fd: int = 0) -> int:
     return 0
 
 
+def bytes_written(pid: int) -> int:
+    """The bytes process ``pid`` has written so far (``wchar`` of Linux's /proc/PID/io);
+    0 when it cannot be told."""
+    try:
+        with open("/proc/%d/io" % pid, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("wchar:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def watch_reading(first: "subprocess.Popen[bytes]", last: "subprocess.Popen[bytes]",
-                  ticker: events.Ticker) -> None:
+                  ticker: events.Ticker, *, written: bool = False) -> None:
     """Wait for ``last`` to end, telling ``ticker`` how far ``first`` (a decompressor
-    reading a file on its stdin) is in that file."""
+    reading a file on its stdin) is in that file, or (``written``) how many bytes it has
+    written."""
     while last.poll() is None:
-        ticker.tick(read_position(first.pid))
+        ticker.tick(bytes_written(first.pid) if written else read_position(first.pid))
         try:
             last.wait(timeout=0.5)
         except subprocess.TimeoutExpired:

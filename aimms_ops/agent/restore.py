@@ -1,8 +1,8 @@
 """The restore stream (``restore-stream.sh`` is its entry point): a pg_dumpall dump replayed
 into the postgres container of a compose service, all or nothing.
 
-``restore-stream [--script PATH] PROJECT SERVICE SUPERUSER FORMAT SOURCE [DATABASE_HEX
-[LOCK [WAIT [KEEP [AS_HEX]]]]]``
+``restore-stream [--script PATH] [--raw-size N] PROJECT SERVICE SUPERUSER FORMAT SOURCE
+[DATABASE_HEX [LOCK [WAIT [KEEP [AS_HEX]]]]]``
 
 - SOURCE: ``-`` to read the dump from stdin (streamed from the operator's machine), or
   the absolute path of a dump on this host (nothing crosses the network).
@@ -12,6 +12,8 @@ into the postgres container of a compose service, all or nothing.
   the databases replaced aside (default), or ``drop`` them once replaced (a rebuild onto
   a new, empty cluster). AS_HEX: restore DATABASE_HEX's section as this new database.
 - ``--script``: the entry point that started it, so that ``ps`` shows restore-stream.sh.
+- ``--raw-size``: the dump's decompressed size (from inspect-dump): a dump on this host
+  then reports its progress in the decompressed bytes the filter has read.
 
 Every database is rebuilt beside the live one under a name no application uses; only
 once all of them are rebuilt are they swapped in, in one transaction with the dump's role
@@ -47,15 +49,22 @@ import time
 from typing import IO, Callable, List, Optional, Tuple, Union
 
 from aimms_ops.agent import cluster as agent_cluster
-from aimms_ops.agent.hosttools import _program, _status, decompressor, last_line, read_position
+from aimms_ops.agent.hosttools import (
+    _program,
+    _status,
+    bytes_written,
+    decompressor,
+    last_line,
+    read_position,
+)
 from aimms_ops.agent.job import write_fd
 from aimms_ops.core import events
 from aimms_ops.core import lock as core_lock
 from aimms_ops.core.lock import Lock, LockBusy, LockOpenError
 from aimms_ops.dump.swap import Cluster, SwapError, discard, drop_replaced, prepare, swap
 
-USAGE = ("usage: aimms-ops.pyz restore-stream [--script PATH] PROJECT SERVICE SUPERUSER "
-         "FORMAT SOURCE [DATABASE_HEX [LOCK [WAIT [KEEP [AS_HEX]]]]]")
+USAGE = ("usage: aimms-ops.pyz restore-stream [--script PATH] [--raw-size N] PROJECT SERVICE "
+         "SUPERUSER FORMAT SOURCE [DATABASE_HEX [LOCK [WAIT [KEEP [AS_HEX]]]]]")
 NOT_RUNNING = 10
 PGOPTIONS = "PGOPTIONS=-c client_min_messages=warning"
 #: Where psql starts: postgres (never replaced while the stream runs).
@@ -121,6 +130,8 @@ class Stream:
         self.errf = open(os.path.join(work, "stderr"), "ab", buffering=0)
         #: Descriptors the stream's stages inherit: the cluster lock's.
         self.hold: Tuple[int, ...] = ()
+        #: The dump's decompressed size, when the caller knows it (--raw-size).
+        self.raw_size = 0
 
     def log(self, msg: str) -> None:
         self.errf.write(msg.encode("utf-8", "surrogateescape") + b"\n")
@@ -191,16 +202,24 @@ class Stream:
         if source != "-":
             src.close()
         first = procs[0]
-        ticker = None
+        ticker, raw = None, False
         if source != "-" and first is not None:
+            # The decompressed bytes written so far, when their total is known (a
+            # decompressor may read its file in steps of many MiB); else how far the
+            # first stage is in the file.
+            total = os.path.getsize(source)
+            raw = self.raw_size > 0 and unzip[0] != "cat"
+            if raw:
+                total = self.raw_size
             ticker = events.Ticker(lambda text: write_fd(1, text + "\n"), "restore",
-                                   os.path.getsize(source), what=os.path.basename(source))
+                                   total, what=os.path.basename(source))
         for proc in procs[::-1]:
             while proc is not None and proc.poll() is None:
                 if first is not None and first.poll() is None and os.getppid() != session:
                     first.terminate()
                 if ticker is not None and first is not None:
-                    ticker.tick(read_position(first.pid))
+                    ticker.tick(bytes_written(first.pid) if raw else
+                                read_position(first.pid))
                 try:
                     proc.wait(timeout=0.5)
                 except subprocess.TimeoutExpired:
@@ -276,6 +295,9 @@ class Stream:
 def main(argv: List[str]) -> int:
     if argv[:1] == ["--script"] and len(argv) > 1:
         argv = argv[2:]  # the entry point, named on the command line for ps only
+    raw_size = 0
+    if argv[:1] == ["--raw-size"] and len(argv) > 1 and argv[1].isdigit():
+        raw_size, argv = int(argv[1]), argv[2:]
     if not 5 <= len(argv) <= 10:
         say(USAGE)
         return 64
@@ -313,6 +335,7 @@ def main(argv: List[str]) -> int:
         stream = Stream(cid, superuser, work)
         if isinstance(held, Lock):
             stream.hold = (held.fileno(),)  # its stages hold the lock too, if this dies
+        stream.raw_size = raw_size
         return stream.run(source, unzip, only_hex, as_hex, keep, session)
     finally:
         if isinstance(held, Lock):

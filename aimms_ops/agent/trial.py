@@ -241,9 +241,11 @@ class Trial:
                 if i:
                     self.procs[-1].stdout.close()  # type: ignore[union-attr]
                 self.procs.append(proc)
-            size = os.path.getsize(self.path)
+            # Pass 2 knows the decompressed size (pass 1's facts): it counts those bytes.
+            raw = [int(b) for b in self.facts("bytes") if b.isdigit()] if second else []
+            size = raw[0] if raw and unzip[0] != "cat" else os.path.getsize(self.path)
             ticker = self.run.ticker("replay", size, what="pass %d" % (2 if second else 1))
-            watch_reading(self.procs[0], self.procs[-1], ticker)
+            watch_reading(self.procs[0], self.procs[-1], ticker, written=bool(raw))
             st = [_status(p.wait()) for p in self.procs]
             ticker.end(size)
             self.procs = []

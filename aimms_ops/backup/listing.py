@@ -30,7 +30,14 @@ def parse_listing(text: str, backup_dir: str) -> list[BackupFile] | None:
             created=datetime.fromtimestamp(int(mtime), tz=UTC), location="remote",
             pin=_pin_field(parts[4]) if len(parts) == 5 else None,
         ))
+    out.sort(key=newest_first, reverse=True)
     return out
+
+
+def newest_first(b: BackupFile) -> tuple[datetime, str]:
+    """The order of a listing (reversed): by the file's time, then by its name, so that
+    files of the same time (touched, copied at once) still list the newest-named first."""
+    return b.created, b.name
 
 
 def _pin_field(field: str) -> Pin | None:
@@ -67,7 +74,7 @@ def list_local(folder: Path) -> list[BackupFile]:
         out.append(BackupFile(name=p.name, path=str(p.resolve()), size=st.st_size, sha256=sha,
                               created=datetime.fromtimestamp(st.st_mtime, tz=UTC),
                               location="local"))
-    out.sort(key=lambda b: b.created, reverse=True)
+    out.sort(key=newest_first, reverse=True)
     return out
 
 
@@ -107,4 +114,4 @@ def read_log(remote: HostRemote, lines: int) -> str:
 def good_backups(backups: list[BackupFile] | None) -> list[BackupFile]:
     """The regular backups with a recorded checksum, newest first (no safety copies)."""
     return sorted((b for b in backups or [] if b.sha256 and not b.safety),
-                  key=lambda b: b.created, reverse=True)
+                  key=newest_first, reverse=True)

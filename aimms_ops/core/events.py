@@ -10,7 +10,8 @@ The kinds and their fields:
 
 - ``progress``: ``stage`` (``dump``, ``restore``, ``push``, ``replay``), ``done`` and
   ``total`` (bytes; ``total`` null when unknown, or an estimate when ``estimate`` is
-  true), ``what`` (a name). At most one a second per stage, and one when it ends.
+  true), ``what`` (a name). At most one each :data:`PROGRESS_EVERY` per
+  stage, and one when it ends.
 - ``wait``: ``for`` (what is awaited), ``holder`` (who holds it, as the lock's note
   says), ``up_to`` (seconds); ``waited`` once the wait is over.
 - ``result``: a backup's ``name``, ``path``, ``size``, ``sha256``, ``seconds``,
@@ -34,7 +35,7 @@ from typing import Any, Callable, Dict, Optional
 PREFIX = '{"event":'
 
 #: Seconds between two progress events of one stage.
-PROGRESS_EVERY = 1.0
+PROGRESS_EVERY = 0.5
 
 
 def line(kind: str, **fields: Any) -> str:

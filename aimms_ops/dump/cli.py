@@ -125,6 +125,7 @@ def main(argv):
             if session is not None and not _alive(session):
                 log("aimms-ops: the operator's session ended: the restore stops here")
                 break
+            facts.size += len(chunk)
             reader.feed(chunk)
         reader.close()
         out.flush()

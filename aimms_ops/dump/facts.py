@@ -8,6 +8,7 @@ class Facts:
     """What a dump holds: its databases and roles, its header and marker, its preface."""
 
     def __init__(self):
+        self.size = 0  # bytes of the dump (decompressed)
         self.databases = []
         self.roles = []
         self.preface = {}  # database name -> its properties as pg_dump wrote them
@@ -65,6 +66,7 @@ def read_facts(chunks):
     reader = Reader(facts)
     facts.attach(reader)
     for chunk in chunks:
+        facts.size += len(chunk)
         reader.feed(chunk)
     reader.close()
     return facts
@@ -79,6 +81,7 @@ class FactsFeeder:
         self.facts.attach(self.reader)
 
     def feed(self, data):
+        self.facts.size += len(data)
         self.reader.feed(data)
 
     def close(self):
@@ -94,6 +97,7 @@ def print_facts(facts, out):
     """key=value lines; names as hex, since they may hold newlines and ``=``."""
     w = out.write
     w("header=%d\n" % (facts.header and not facts.before_header))
+    w("bytes=%d\n" % facts.size)
     w("complete=%d\n" % facts.complete)
     w("cut_in_copy=%d\n" % facts.cut_in_copy)
     w("first=%s\n" % _hex(facts.first[:200]))

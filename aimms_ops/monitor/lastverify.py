@@ -36,9 +36,13 @@ def deciding_verify(runs: list[LoggedRun],
     """The last verify run of a backup that was the newest when it ran (the scheduled
     verify's, a ``fab verify --deep`` of latest); a verify of an older file (``fab verify
     --deep --file=OLD``, by hand) does not decide the state, whatever its result."""
-    made = [b.created for b in good_backups(backups)]
-    made += [at for r in runs if r.kind == "backup" and r.ok and r.name
-             and (at := created_from_name(r.name)) is not None]
+    # When each backup was made, by its name (UTC), as the verify's own file is dated: a
+    # file's mtime is when it was copied or touched, which says nothing of that.
+    # The backups there are (the log's runs only when the dir could not be listed: they
+    # may be of another dir, or gone).
+    names = ([b.name for b in good_backups(backups)] if backups is not None else
+             [r.name for r in runs if r.kind == "backup" and r.ok and r.name])
+    made = [at for name in names if (at := created_from_name(name)) is not None]
     for run in reversed(runs):
         if run.kind != "verify":
             continue

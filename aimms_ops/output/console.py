@@ -90,15 +90,22 @@ def _name_width(cells: Sequence[str]) -> int:
 
 
 def checks_table(checks: Sequence[Check], title: str | None = None) -> None:
+    """The checks as a table (check, state, detail), then each fix on a line of its own
+    (``fix NAME: WHAT TO DO``), never folded inside a cell, so that a command in it can
+    be copied and pasted whole at any width."""
     t = Table(title=title, title_justify="left")
     t.add_column("check")
     t.add_column("state")
     t.add_column("detail", overflow="fold")
-    t.add_column("fix", overflow="fold")
     for c in checks:
         style = _STATE_STYLE[c.state]
-        t.add_row(c.name, f"[{style}]{c.state.name}[/{style}]", c.detail, c.fix)
-    out().print(t)
+        t.add_row(c.name, f"[{style}]{c.state.name}[/{style}]", c.detail)
+    console = out()
+    console.print(t)
+    for c in checks:
+        if c.fix:
+            console.print(f"fix {c.name}: {c.fix}", markup=False, highlight=False,
+                          soft_wrap=True)
 
 
 def note(message: str) -> None:

@@ -5,8 +5,9 @@ they wait for.
 come: a bar per ``progress`` stage (bytes, rate, time left; ``~`` before an estimated
 total) and a line per ``wait`` (what it waits for, who holds it, up to how long, then how
 long it waited). On a terminal the bars redraw in place, on stderr; under a pipe, with
-``--json`` or ``NO_COLOR``-less logs alike, progress becomes plain lines on stderr, at
-most one per stage every :data:`LINE_EVERY` seconds, so stdout stays the data.
+``--json`` or in a log, progress becomes plain lines on stderr: none for a stage that
+ends within :data:`LINE_EVERY` seconds, else one each :data:`LINE_EVERY` seconds and one
+at its end, so stdout stays the data.
 Every size is :func:`aimms_ops.core.units.size`'s.
 """
 
@@ -150,8 +151,11 @@ class Live:
         if total is not None and total < done:
             total = done  # an estimate passed: the bar stays honest
         if self.progress is None:
+            # A line once the stage has taken LINE_EVERY, then each LINE_EVERY, and its
+            # end if a line was shown: what ends sooner prints nothing.
             ended = total is not None and done >= total
-            if bar.shown is None or now - bar.shown >= LINE_EVERY or ended:
+            due = (now - (bar.started if bar.shown is None else bar.shown)) >= LINE_EVERY
+            if due or (ended and bar.shown is not None and bar.shown != now):
                 bar.shown = now
                 self.console.print(plain_line(description, done, total, estimate,
                                               now - bar.started, done - bar.first),

@@ -86,13 +86,15 @@ def execute(remote: Remote, plan: RestorePlan, progress: Progress | None = None,
 
 
 class _Read:
-    """The host's ``progress`` events of a dump it reads itself, as ``advance(n)`` calls;
-    every other event to ``on_event``."""
+    """The host's ``progress`` events of a dump it reads itself, as ``advance(n)`` calls
+    on a bar of ``size`` bytes (the host may count in decompressed bytes: scaled); every
+    other event to ``on_event``."""
 
     def __init__(self, progress: Progress | None,
-                 on_event: Callable[[Event], None] | None) -> None:
+                 on_event: Callable[[Event], None] | None, size: int) -> None:
         self.progress = progress
         self.on_event = on_event
+        self.size = size
         self.done = 0
 
     def __call__(self, event: Event) -> None:
@@ -100,7 +102,10 @@ class _Read:
             if self.on_event is not None:
                 self.on_event(event)
             return
-        self.advance_to(int(event.get("done") or 0))
+        done, total = int(event.get("done") or 0), event.get("total")
+        if isinstance(total, int) and total > 0 and total != self.size:
+            done = done * self.size // total
+        self.advance_to(min(done, self.size))
 
     def advance_to(self, done: int) -> None:
         if self.progress is not None and done > self.done:
@@ -120,7 +125,7 @@ def run_stream(remote: Remote, cmd: Command, size: int, *, progress: Progress | 
     way to the host's own word that the live cluster is as it was.
     """
     started = time.monotonic()
-    read = _Read(progress, on_event)
+    read = _Read(progress, on_event, size)
     found = Events(read)
     try:
         if cmd.stdin_file:

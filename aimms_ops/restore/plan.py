@@ -87,7 +87,9 @@ def stream_command(host: Host, dump: DumpInfo, database: str | None, *,
     cluster is new and empty, so what the swap replaces is dropped, not kept aside).
     """
     local = dump.location == "local"
-    args = [host.compose.project, host.compose.postgres_service, host.postgres.superuser,
+    # A dump on the host: its progress is counted in decompressed bytes, against these.
+    raw = ["--raw-size", str(dump.raw_size)] if not local and dump.raw_size else []
+    args = [*raw, host.compose.project, host.compose.postgres_service, host.postgres.superuser,
             dump.format, "-" if local else dump.source, db_hex(database) if database else "",
             cluster_lock(host) if lock else "", str(host.lock_timeout),
             "keep" if lock else "drop", db_hex(as_name) if as_name else ""]

@@ -81,6 +81,8 @@ class DumpInfo:
     roles: tuple[str, ...] = ()
     #: Databases whose own properties the dump carries (its aimms-ops preface).
     properties: tuple[str, ...] = ()
+    #: Bytes of the dump once decompressed (what a restore's progress counts on the host).
+    raw_size: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -354,8 +356,10 @@ def inspect_remote(remote: Remote, path: str) -> DumpInfo:
     problems = _check(size, one.get("sha256", ""), recorded, one.get("stream") == "ok",
                       "decompression failed", one.get("header") == "1",
                       one.get("complete") == "1", one.get("format", "gz"))
+    raw = one.get("bytes", "")
     return DumpInfo(path, "remote", size, one.get("format", "gz"), one.get("sha256", ""),
-                    recorded, names("db"), problems, names("role"), names("preface"))
+                    recorded, names("db"), problems, names("role"), names("preface"),
+                    raw_size=int(raw) if raw.isdigit() else None)
 
 
 def _multi(text: str) -> dict[str, list[str]]:

@@ -187,19 +187,23 @@ def test_no_running_container_is_exit_10(host):
                                        "aimms-web is not running\n")
 
 
-def test_a_dump_on_the_host_reports_how_far_it_was_read_as_it_goes(host):
+@pytest.mark.parametrize("fmt", ["plain", "gz"])
+def test_a_dump_on_the_host_reports_how_far_it_was_read_as_it_goes(host, fmt):
     """The bar of a restore from a host file moves with the bytes the host has read (it
     once stood at 0 until the end): progress events, at most one a second, never going
-    back, the last one the whole file."""
+    back, the last one the whole. A plain file: how far its reader is in it; a compressed
+    one with its decompressed size given (--raw-size): the bytes the filter has read."""
     pad = b"".join(b"-- padding line %08d of the test dump, for its size\n" % i
                    for i in range(200_000))
-    path = host.dump("aimms_postgres_20260101_020000.sql", pad + DUMP)
+    name = "aimms_postgres_20260101_020000.sql" + ("" if fmt == "plain" else ".gz")
+    path = host.dump(name, pad + DUMP)
     host.scenario["psql_rate"] = 4 * 1024 * 1024  # bytes a second: about 3 s in all
-    res = host.run("restore-stream.sh", "aimms-web", "postgres", "postgres", "plain",
+    raw = [] if fmt == "plain" else ["--raw-size", str(len(pad + DUMP))]
+    res = host.run("restore-stream.sh", *raw, "aimms-web", "postgres", "postgres", fmt,
                    str(path), "", str(host.lock), "5")
     assert res.returncode == 0, res.stderr
     found = [e for e in host_events.parse(res.stdout.decode()).all]
-    size = path.stat().st_size
+    size = path.stat().st_size if fmt == "plain" else len(pad + DUMP)
     assert {e["event"] for e in found} == {"progress"}
     assert all(e["stage"] == "restore" and e["total"] == size and e["what"] == path.name
                for e in found)

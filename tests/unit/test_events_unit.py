@@ -44,15 +44,15 @@ class Clock:
         return self.now
 
 
-def test_a_ticker_sends_at_most_once_a_second_never_goes_back_and_always_ends():
+def test_a_ticker_sends_at_most_once_a_period_never_goes_back_and_always_ends():
     sent: list[str] = []
     clock = Clock()
     t = events.Ticker(sent.append, "dump", 1000, what="f", estimate=True, clock=clock)
     for step in range(1, 13):
-        clock.now += 0.25
+        clock.now += events.PROGRESS_EVERY / 4
         t.tick(step * 10)
     t.tick(5)  # a smaller figure (a process gone) is never sent
-    clock.now += 1
+    clock.now += events.PROGRESS_EVERY
     t.tick(7)
     t.end()
     done = [events.read(s)["done"] for s in sent]
@@ -66,7 +66,7 @@ def _console(tty: bool, width: int = 80) -> tuple[Console, io.StringIO]:
     return Console(file=buf, force_terminal=tty, width=width, color_system=None), buf
 
 
-def test_under_a_pipe_progress_is_plain_lines_at_most_every_ten_seconds_and_at_the_end():
+def test_under_a_pipe_progress_is_plain_lines_every_ten_seconds_and_at_the_end():
     console, buf = _console(False)
     clock = Clock()
     live = progress.Live(console, tty=False, clock=clock)
@@ -75,10 +75,21 @@ def test_under_a_pipe_progress_is_plain_lines_at_most_every_ten_seconds_and_at_t
         live(events.read(events.line("progress", stage="dump", what="b.sql.gz",
                                      done=i * 2**20, total=40 * 2**20, estimate=True)))
     lines = buf.getvalue().splitlines()
-    assert lines[0] == "dumping b.sql.gz: 1.0 MiB of ~40.0 MiB (2%)"
-    assert lines[1] == "dumping b.sql.gz: 11.0 MiB of ~40.0 MiB (27%), 1.0 MiB/s"
+    assert lines[0] == "dumping b.sql.gz: 11.0 MiB of ~40.0 MiB (27%), 1.0 MiB/s"
+    assert lines[1] == "dumping b.sql.gz: 21.0 MiB of ~40.0 MiB (52%), 1.0 MiB/s"
     assert lines[-1] == "dumping b.sql.gz: 40.0 MiB of ~40.0 MiB (100%), 1.0 MiB/s"
-    assert len(lines) == 5
+    assert len(lines) == 4
+
+
+def test_under_a_pipe_what_ends_within_ten_seconds_prints_nothing():
+    """A small file checked in a moment: its error (if any) stays the only line."""
+    console, buf = _console(False)
+    clock = Clock()
+    live = progress.Live(console, tty=False, clock=clock)
+    advance = live.transfer("verifying passwd", 2400)
+    clock.now += 0.2
+    advance(2400)
+    assert buf.getvalue() == ""
 
 
 def test_a_wait_says_what_it_waits_for_who_holds_it_and_how_long_it_waited():
