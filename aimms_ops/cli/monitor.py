@@ -176,7 +176,7 @@ def _show_kept(kept: list[Any]) -> None:
 @ops_task(help={"json": "print one JSON object instead of the table",
                 "ping": "also send a test ping from the host to the inventory's ping URL(s)"})
 def doctor(c, json=False, ping=False):
-    """Troubleshoot the backups: each check of the manual procedure's troubleshooting list, with its fix."""
+    """Troubleshoot the backups: each check of the manual procedure's list, with its fix."""
     from aimms_ops.monitor import doctor as dr
 
     with connect(c) as remote:
