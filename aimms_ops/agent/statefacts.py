@@ -87,6 +87,7 @@ def _log_facts(path: str) -> None:
 
 def status_facts(args: argparse.Namespace) -> int:
     emit("now.epoch", str(int(time.time())))
+    emit("now.utc_offset", str(time.localtime().tm_gmtoff))  # cron's clock: the host's
     file_facts("script", args.script)
     file_facts("conf", args.conf)
     file_facts("verify", args.verify)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -109,6 +110,19 @@ def read_log(remote: HostRemote, lines: int) -> str:
         raise OpsError(f"cannot read {remote.host.log_file} on {remote.name}: "
                        f"{res.last_error_line()}", "has a backup run yet? fab install-backups")
     return res.stdout
+
+
+def follow_log(remote: HostRemote, lines: int, on_line: Callable[[str], None]) -> None:
+    """The last ``lines`` lines of the backup log, then every line added to it, each to
+    ``on_line`` as it comes (``tail -F``: a log rotated or created later is followed
+    too), until the connection ends or Ctrl-C."""
+    if not 1 <= lines <= 100_000:
+        raise OpsError(f"--lines must be between 1 and 100000, got {lines}")
+    res = remote.run(["tail", "-n", str(lines), "-F", "--", remote.host.log_file],
+                     on_stdout=on_line, what="tail -F")
+    if not res.ok:
+        raise OpsError(f"cannot follow {remote.host.log_file} on {remote.name}: "
+                       f"{res.last_error_line()}")
 
 
 def good_backups(backups: list[BackupFile] | None) -> list[BackupFile]:

@@ -158,16 +158,30 @@ def download(c, file="latest", dest=None, json=False):
 
 @ops_task(reads_only=True, help={
     "lines": "how many lines of the log to show (default 50)",
-    "json": "print them as JSON {host, lines: [...]}",
+    "follow": "then show each line as the host adds it, until Ctrl-C (tail -F)",
+    "json": "print them as JSON {host, lines: [...]} (with --follow: one {host, line} "
+            "object per line)",
 })
-def logs(c, lines="50", json=False):
-    """Show the end of the backup log on the host."""
+def logs(c, lines="50", json=False, follow=False):
+    """Show the end of the backup log on the host (--follow: and what it adds)."""
+    import json as _json
+
     from aimms_ops.backup import listing
 
     n = whole_number("--lines", lines)
     if not 1 <= n <= 100_000:
         raise OpsError(f"--lines must be between 1 and 100000, got {n}")
     with connect(c) as remote:
+        if follow:
+            def show(line: str) -> None:
+                output.write(_json.dumps({"host": remote.name, "line": line}) + "\n"
+                             if json else line + "\n")
+
+            try:
+                listing.follow_log(remote, n, show)
+            except KeyboardInterrupt:
+                pass  # Ctrl-C is how a follow ends
+            return
         text = listing.read_log(remote, n)
     if json:
         output.print_json({"host": remote.name, "lines": text.splitlines()})

@@ -78,6 +78,32 @@ def status(c, json=False, max_age="26h"):
         raise Exit(code=int(report.state))
 
 
+@ops_task(reads_only=True, help={
+    "json": "print one JSON object {host, state, exit_code, summary, backups_on_the_host, "
+            "offsite_NAME, pinned, last_backup, next_backup, last_deep_verify, "
+            "you_would_lose_now, space, set_aside_by_restores}",
+    "max_age": "how old the newest good backup may be: 26h (default), 90m, 2d",
+})
+def info(c, json=False, max_age="26h"):
+    """The whole state on one screen: backups here and offsite, pins, last and next run,
+    last deep verify, what you would lose now, space left; exit code as status's."""
+    from aimms_ops.monitor import info as inf
+    from aimms_ops.monitor import status as st
+
+    seconds = st.parse_max_age(max_age)
+    with connect(c) as remote:
+        shown = inf.info(remote, seconds, str(max_age).strip())
+    if json:
+        output.print_json(shown.as_dict())
+    else:
+        output.write(shown.report.summary + "\n")
+        output.table(["", ""], [[r.what, r.text] for r in shown.rows],
+                     title=f"{shown.host} at {shown.report.checked_at:%Y-%m-%d %H:%M} UTC "
+                     "(fab status: the checks)")
+    if shown.report.state:
+        raise Exit(code=int(shown.report.state))
+
+
 @ops_task(help={
     "file": "backup name on the host, or latest (default)",
     "deep": "restore it into a throwaway container and report databases, tables and rows",
@@ -176,7 +202,7 @@ def _show_kept(kept: list[Any]) -> None:
 @ops_task(help={"json": "print one JSON object instead of the table",
                 "ping": "also send a test ping from the host to the inventory's ping URL(s)"})
 def doctor(c, json=False, ping=False):
-    """Troubleshoot the backups: each check of the seed's troubleshooting list, with its fix."""
+    """Troubleshoot the backups: each check of the manual procedure's list, with its fix."""
     from aimms_ops.monitor import doctor as dr
 
     with connect(c) as remote:

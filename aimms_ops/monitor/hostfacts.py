@@ -75,6 +75,12 @@ class HostFacts:
         return datetime.now(UTC)
 
     @property
+    def utc_offset(self) -> int:
+        """Seconds the host's clock (cron's) is ahead of UTC."""
+        text = self.extra.get("now.utc_offset", "0")
+        return int(text) if text.lstrip("-").isdigit() else 0
+
+    @property
     def runs(self) -> list[LoggedRun]:
         return parse_results(_b64(self.extra.get("log.results_b64", "")))
 

@@ -391,3 +391,32 @@ def test_backup_with_thousands_of_old_files(installed):
         assert proc.returncode == 0, proc.stderr
     finally:
         sandbox.ssh(f"rm -f {d}/aimms_postgres_2019* && rmdir ~/many")
+
+
+def test_logs_follow_shows_the_lines_a_backup_adds_as_it_runs_and_ctrl_c_ends_it(installed):
+    """``fab logs --follow``: the end of the log, then each line the host adds (here a
+    backup's, made meanwhile), until Ctrl-C, which is how it ends: exit 0, no message."""
+    sandbox = installed
+    env = {**os.environ, "AIMMS_OPS_INVENTORY": str(sandbox.inventory)}
+    env.pop("AIMMS_OPS_DEBUG", None)
+    proc = subprocess.Popen([str(FAB), "logs", "--lines=1", "--follow", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        time.sleep(3)  # connected and following
+        made = sandbox.fab("backup", "--json")
+        assert made.returncode == 0, made.stderr
+        name = json.loads(made.stdout)["name"]
+        deadline = time.monotonic() + 30
+        seen: list[str] = []
+        assert proc.stdout is not None
+        while not any(f"RESULT ok {name}" in ln for ln in seen):
+            assert time.monotonic() < deadline, f"no RESULT line of {name} followed: {seen}"
+            seen.append(json.loads(proc.stdout.readline())["line"])
+        assert any("START backup" in ln for ln in seen)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err and b"interrupted" not in err

@@ -10,6 +10,7 @@ with `fab restore` is exact.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import time
@@ -18,6 +19,9 @@ import pytest
 
 from .. import clusters as cl
 from ..clusters import AWKWARD_DB, EQ_DB, ROLE_GROUP, ROLE_NL, ROLE_Q, qi, ql
+from ..hostprog import HOST
+from ..unit.test_reader_property import cut
+from ..unit.test_reader_property import read as read_dump
 
 pytestmark = pytest.mark.integration
 
@@ -158,6 +162,30 @@ def test_awkward_objects_present(built):
                  "COPY app.people FROM stdin;", '-- Database "regression" dump'):
         assert line in dump, line
     assert 'CREATE ROLE "report' in dump and 'reader";' in dump
+
+
+def test_the_dump_reader_reads_the_regression_cluster_alike_however_it_is_cut(built):
+    """The dump reader proven on a real dump: pg_dumpall of the regression database and
+    the awkward objects, cut at up to 300 random places at once and at single places in
+    its first and last 64 KiB (where the globals and the last COPY are), reads as it
+    reads whole (every byte handed on once), and the
+    host's filter with nothing to change gives it back byte for byte."""
+    data = built.ssh(f"docker exec {built.container()} pg_dumpall -U postgres",
+                     timeout=600).stdout
+    assert len(data) > 1_000_000 and b"\\connect regression" in data
+    whole = read_dump([data])
+    assert whole.passed_on() == data
+    rng = random.Random(data[:4096])
+    for n in (1, 2, 7, 40, 300):
+        points = [rng.randrange(len(data) + 1) for _ in range(n)]
+        assert read_dump(cut(data, points)).events == whole.events, f"cuts at {points}"
+    for edge in (range(0, 1 << 16), range(len(data) - (1 << 16), len(data) + 1)):
+        for i in rng.sample(edge, 25):
+            assert read_dump(cut(data, [i])).events == whole.events, f"cut at byte {i}"
+    filtered = subprocess.run([*HOST, "dump", "filter"], input=data, capture_output=True,
+                              check=False, timeout=600)
+    assert filtered.returncode == 0, filtered.stderr.decode(errors="replace")
+    assert filtered.stdout == data
 
 
 def test_catalog_state_sees_what_pg_dumpall_does_not_show(built):

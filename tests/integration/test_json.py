@@ -81,3 +81,17 @@ def test_restore_says_its_plan_and_what_it_restored_in_json(sandbox, made):
     assert dropped["dry_run"] and aside in [d["name"] for d in dropped["dropped"]]
     assert dropped["done"] == []
     sandbox.fab("drop-replaced", "--yes")
+
+
+def test_info_shows_the_whole_state_on_one_screen(sandbox, made):
+    screen, as_json = sandbox.fab_many([(["info"], None, None),
+                                        (["info", "--json"], None, None)])
+    got = json.loads(as_json.stdout)
+    assert got["host"] == "aidset" and got["exit_code"] == as_json.returncode
+    assert got["backups_on_the_host"]["count"] >= 1
+    assert got["you_would_lose_now"] is not None and got["you_would_lose_now"] < 600
+    assert got["next_backup"].endswith("Z") and got["last_backup"]["result"] == "ok"
+    assert screen.stdout.startswith("AIMMS-OPS ")
+    for what in ("backups on the host", "last backup", "next backup", "you would lose now",
+                 "space", "set aside by restores"):
+        assert what in screen.stdout, what
