@@ -14,7 +14,7 @@ from aimms_ops.cli import ns
 from aimms_ops.cli.base import ops_task
 
 #: Tasks that only read: --dry runs them as they are.
-READS_ONLY = {"check", "status", "list-backups", "logs", "volumes"}
+READS_ONLY = {"check", "status", "info", "list-backups", "logs", "volumes"}
 
 
 def dry_context() -> Context:
