@@ -217,8 +217,11 @@ def test_restore_sends_the_commands_of_its_plan_and_nothing_after(sandbox, recor
     proc = sandbox.fab("verify", f"--file={name}", "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
+    # The decompressed size the plan passes on (--raw-size): what the restore's dry run says.
+    dry = json.loads(sandbox.fab("restore", f"--file={name}", "--dry-run", "--json").stdout)
+    raw = int(dry["commands"][0].split("--raw-size ", 1)[1].split()[0])
     dump = DumpInfo(info["path"], "remote", info["size"], "gz", info["sha256"], info["sha256"],
-                    tuple(db["name"] for db in info["databases"]))
+                    tuple(db["name"] for db in info["databases"]), raw_size=raw)
     host = inventory.load(sandbox.inventory).host(None)
     planned = [c.line for c in restore.restore_commands(host, dump, None, lock=True)]
 
