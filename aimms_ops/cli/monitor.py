@@ -21,8 +21,8 @@ def check(c, json=False):
     """Can aimms-ops work on the host now? ssh, docker, compose, postgres, volumes, backup dir.
 
     Its one job: the connection and the stack, before anything else (a new host, after a
-    change). Whether the backups are good is fab status's job; why they are not, fab
-    doctor's; the whole picture for people, fab info's.
+    change). Whether the backups are good: fab status; why they are not: fab doctor; the
+    whole picture for people: fab info.
     """
     from aimms_ops.core.checks import worst
     from aimms_ops.monitor import health
