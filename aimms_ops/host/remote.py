@@ -178,11 +178,13 @@ class Remote:
         return self.run(bundle.script_command(name, args), stdin=stdin, on_stdout=on_stdout,
                         on_stderr=on_stderr, what=name)
 
-    def run_program(self, *args: str | int, stdin: bytes | None = None) -> RunResult:
+    def run_program(self, *args: str | int, stdin: bytes | None = None,
+                    on_stdout: Callable[[str], None] | None = None) -> RunResult:
         """Run a command of the host program (aimms_ops.agent) with ``args``; an OpsError
-        when the host's python3 cannot run it (absent, too old)."""
+        when the host's python3 cannot run it (absent, too old). ``on_stdout``: each line
+        of its stdout as it comes (its events)."""
         res = self.run(bundle.program_command([str(a) for a in args]), stdin=stdin,
-                       what=str(args[0]))
+                       on_stdout=on_stdout, what=str(args[0]))
         why = no_program(res)
         if why:
             raise OpsError(f"{why} on {self.name}: aimms-ops' host program cannot run there",
