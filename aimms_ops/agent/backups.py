@@ -21,8 +21,8 @@ import sys
 import time
 from typing import Any, List, Optional
 
+from aimms_ops.core import events, retention, units
 from aimms_ops.core import lock as core_lock
-from aimms_ops.core import retention, units
 from aimms_ops.core.lock import LOCK_FILES, Lock, LockBusy, LockOpenError
 
 #: How long pin and unpin wait for a running backup or retention run.
@@ -167,7 +167,17 @@ def _under_backup_lock(directory: str, what: str, locked: bool, wait: float, fn:
     try:
         if locked:
             return int(fn())
-        with Lock(os.path.join(directory, LOCK_FILES["backup"]), what).acquire(wait):
+        lk = Lock(os.path.join(directory, LOCK_FILES["backup"]), what)
+        try:
+            lk.acquire(0)
+        except LockBusy as busy:
+            # The session sees what it waits for, at once (core.events).
+            sys.stdout.write(events.line("wait", **{
+                "for": "a backup or retention run", "up_to": wait,
+                "holder": core_lock.held_by(busy.holders)}) + "\n")
+            sys.stdout.flush()
+            lk.acquire(wait)
+        with lk:
             return int(fn())
     except _Refused as e:
         sys.stderr.write("%s\n" % e)

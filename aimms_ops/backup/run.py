@@ -174,15 +174,16 @@ def prune(remote: HostRemote, *, dry_run: bool,
 
 
 def set_pin(remote: HostRemote, name: str, *, pinned: bool, by: str = "",
-            reason: str = "") -> bool:
-    """Pin (or unpin) the backup ``name`` on the host; unpin returns whether it was pinned."""
+            reason: str = "", on_event: Callable[[Event], None] | None = None) -> bool:
+    """Pin (or unpin) the backup ``name`` on the host; unpin returns whether it was pinned.
+    ``on_event``: a wait for a running backup, as it begins."""
     validate_name(name)
     host = remote.host
     if pinned:
         args = ["pin", host.backup_dir, name, by, validate_reason(reason)]
     else:
         args = ["unpin", host.backup_dir, name]
-    res = remote.run_program(*args)
+    res = remote.run_program(*args, on_stdout=Events(on_event).feed)
     if res.rc == 66:
         raise OpsError(f"no backup named {name} on {remote.name}", "see fab list-backups")
     if not res.ok:

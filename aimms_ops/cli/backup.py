@@ -244,7 +244,9 @@ def pin(c, file=None, reason="", json=False):
     with connect(c) as remote:
         if file == "latest":
             file = listing.pick(listing.list_remote(remote), "latest").name
-        run.set_pin(remote, file, pinned=True, by=operator_name(), reason=reason)
+        with output.live() as shown:
+            run.set_pin(remote, file, pinned=True, by=operator_name(), reason=reason,
+                        on_event=shown)
     if json:
         output.print_json({"host": remote.name, "name": file, "pinned": True,
                            "reason": reason})
@@ -268,7 +270,8 @@ def unpin(c, file=None, json=False):
         _refuse_latest(c)
     names.validate_name(file)
     with connect(c) as remote:
-        was = run.set_pin(remote, file, pinned=False)
+        with output.live() as shown:
+            was = run.set_pin(remote, file, pinned=False, on_event=shown)
     if json:
         output.print_json({"host": remote.name, "name": file, "pinned": False,
                            "was_pinned": was})

@@ -18,7 +18,12 @@ from aimms_ops.output import console as output
     "json": "print the checks as JSON {host, inventory, state, exit_code, checks}",
 })
 def check(c, json=False):
-    """Check the connection and the stack: ssh, docker, compose, postgres, volumes, backup dir."""
+    """Can aimms-ops work on the host now? ssh, docker, compose, postgres, volumes, backup dir.
+
+    Its one job: the connection and the stack, before anything else (a new host, after a
+    change). Whether the backups are good: fab status; why they are not: fab doctor; the
+    whole picture for people: fab info.
+    """
     from aimms_ops.core.checks import worst
     from aimms_ops.monitor import health
 
@@ -42,10 +47,12 @@ def check(c, json=False):
     "max_age": "how old the newest good backup may be: 26h (default), 90m, 2d",
 })
 def status(c, json=False, max_age="26h"):
-    """Backup status for people and monitors: one summary line, then the checks.
+    """Are the backups good right now? One summary line, then the checks (for monitors).
 
-    The first line is AIMMS-OPS OK|WARNING|CRITICAL|UNKNOWN - what matters, and the
-    exit code is the monitoring plugins' one: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Its one job: the judgement a monitor pages on. The first line is AIMMS-OPS
+    OK|WARNING|CRITICAL|UNKNOWN - what matters, and the exit code is the monitoring
+    plugins' one: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. The stack alone: fab check;
+    why a backup fails: fab doctor; the whole picture: fab info.
     """
     from aimms_ops.monitor import status as st
 
@@ -202,7 +209,12 @@ def _show_kept(kept: list[Any]) -> None:
 @ops_task(help={"json": "print one JSON object instead of the table",
                 "ping": "also send a test ping from the host to the inventory's ping URL(s)"})
 def doctor(c, json=False, ping=False):
-    """Troubleshoot the backups: each check of the manual procedure's list, with its fix."""
+    """Why do the backups fail? Each check of the manual procedure's list, with its fix.
+
+    Its one job: troubleshooting, deeper than fab status (the installed files, cron and
+    its daemon, the compressor, python3, the container's log, a test ping with --ping);
+    the connection and the stack alone: fab check.
+    """
     from aimms_ops.monitor import doctor as dr
 
     with connect(c) as remote:

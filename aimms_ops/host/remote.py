@@ -18,7 +18,7 @@ import paramiko
 from fabric import Connection
 
 from aimms_ops.core.errors import ConnectionLost, OpsError
-from aimms_ops.host import bundle, shell
+from aimms_ops.host import bundle, openssh, shell
 from aimms_ops.host.ssh import WINDOW_SIZE, SshTarget
 from aimms_ops.host.streams import BulkPipe, Drain, Writable, Writer
 
@@ -178,11 +178,13 @@ class Remote:
         return self.run(bundle.script_command(name, args), stdin=stdin, on_stdout=on_stdout,
                         on_stderr=on_stderr, what=name)
 
-    def run_program(self, *args: str | int, stdin: bytes | None = None) -> RunResult:
+    def run_program(self, *args: str | int, stdin: bytes | None = None,
+                    on_stdout: Callable[[str], None] | None = None) -> RunResult:
         """Run a command of the host program (aimms_ops.agent) with ``args``; an OpsError
-        when the host's python3 cannot run it (absent, too old)."""
+        when the host's python3 cannot run it (absent, too old). ``on_stdout``: each line
+        of its stdout as it comes (its events)."""
         res = self.run(bundle.program_command([str(a) for a in args]), stdin=stdin,
-                       what=str(args[0]))
+                       on_stdout=on_stdout, what=str(args[0]))
         why = no_program(res)
         if why:
             raise OpsError(f"{why} on {self.name}: aimms-ops' host program cannot run there",
@@ -276,8 +278,20 @@ class Remote:
 
         This thread only takes bytes off the channel; a writer thread hands them to
         ``dst`` (hashing, disk), so the two overlap. At most ``WRITE_QUEUE`` reads
-        wait between them, which bounds the memory.
+        wait between them, which bounds the memory. The bytes go through OpenSSH's
+        client where there is one (``host.openssh``: as fast as scp), else paramiko.
         """
+        if openssh.available():
+            if bundle.needs(command) and self._bundle != bundle.digest():
+                self._send_bundle()
+            try:
+                got = openssh.stream(self.target, command, dst, progress=progress)
+            except openssh.Cut as exc:
+                raise ConnectionLost(f"the SSH connection to {self.name} was lost during "
+                                     f"{what}: {exc}", "run the task again: it resumes where "
+                                     "it stopped") from None
+            if got is not None:
+                return RunResult(command=command, rc=got[0], stdout="", stderr=got[1])
         ch = self._channel(command, bulk=True)
         err = Drain(ch.recv_stderr, None)
         err.start()

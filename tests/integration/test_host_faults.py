@@ -438,6 +438,10 @@ def test_a_restore_waits_for_the_one_before_it(sandbox, small_backup, tmp_path):
         _release(sandbox, holder)
     assert run.wait(300) == 0, run.stderr
     assert sandbox.checksums() == want
+    # The wait was said as it began (what for, who holds it, up to how long), and its end.
+    assert f"waiting for the cluster lock (restore pid {holder.pid}), up to 10m00s" \
+        in run.stderr, run.stderr
+    assert "waited " in run.stderr and " for the cluster lock (restore pid " in run.stderr
 
 
 # --- the local download folder full ----------------------------------------------------------

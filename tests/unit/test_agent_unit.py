@@ -4,6 +4,7 @@ left. Waits use a handshake (a line on a pipe), never a sleep."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -163,6 +164,10 @@ def test_pin_and_unpin_under_the_backup_lock(tmp_path):
     finally:
         _end(held)
     assert busy.returncode == 75 and f"backup pid {held.pid}" in busy.stderr
+    # The wait was said at once on stdout: what for, who holds it, up to how long.
+    [wait] = [json.loads(ln) for ln in busy.stdout.splitlines() if ln.startswith("{")]
+    assert wait["event"] == "wait" and wait["for"] == "a backup or retention run"
+    assert f"backup pid {held.pid}" in wait["holder"] and wait["up_to"] == 0
     got = agent("unpin", str(tmp_path), f"{STAMP}.sql.gz")
     assert got.stdout.splitlines() == [f"unpinned={STAMP}.sql.gz", "was=1"]
     assert not (tmp_path / f"{STAMP}.sql.gz.pin").exists()

@@ -58,3 +58,16 @@ def test_every_task_has_json():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == [], f"--json without help text: {out}"
+
+
+def test_check_status_doctor_and_info_each_say_their_one_job_and_point_to_the_others():
+    """Four tasks look at the host; each --help says which question it answers."""
+    jobs = {"check": "Can aimms-ops work on the host now?",
+            "status": "Are the backups good right now?",
+            "doctor": "Why do the backups fail?",
+            "info": "The whole state on one screen"}
+    for name, question in jobs.items():
+        doc = ns[name].body.__doc__ or ""
+        assert doc.startswith(question), name
+        others = [f"fab {o}" for o in jobs if o != name and o != "info"]
+        assert name == "info" or all(o in doc for o in others), (name, others)

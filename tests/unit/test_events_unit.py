@@ -124,3 +124,19 @@ def test_on_a_terminal_of_80_columns_the_bar_moves_in_one_unit_format():
     assert not re.search(r"\d MB\b|\d kB\b", screen)  # decimal units: never
     frames = [ln for ln in re.split(r"[\r\n]|\x1b\[[0-9;?]*[A-Za-z]", screen) if ln.strip()]
     assert max(len(ln) for ln in frames) <= 80
+
+
+def test_the_fetch_bar_of_an_offsite_copy_keeps_its_figures_at_80_columns():
+    """``restore --from=s3``'s bar once shrank to ``━━━ 0.… ? -:-…`` at 80 columns: the
+    long description gives way (an ellipsis), the figures stay whole."""
+    console, buf = _console(True, 80)
+    with progress.live(console) as live:
+        advance = live.transfer("fetching aimms_postgres_20261207_020119.sql.gz.age from s3",
+                                145 * 2**20)
+        advance(12 * 2**20)
+        live.progress.refresh()
+    frames = [ln for ln in re.split(r"[\r\n]|\x1b\[[0-9;?]*[A-Za-z]", buf.getvalue())
+              if ln.strip()]
+    assert any("12.0 MiB/145.0 MiB" in f and f.startswith("fetching aimms_postgres_")
+               and "…" in f for f in frames), frames
+    assert max(len(f) for f in frames) <= 80

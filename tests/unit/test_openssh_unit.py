@@ -1,0 +1,92 @@
+"""The bytes of a download through OpenSSH's client (host/openssh.py): started as the task
+reached the host, strict about host keys, falling back to paramiko only when ssh could
+not connect at all, and a stream cut after bytes came is a cut (the download resumes)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from aimms_ops.host import openssh
+from aimms_ops.host.ssh import SshTarget
+
+TARGET = SshTarget("aidset", "127.0.0.1", 2222, "ec2-user", config_file="/etc/aimms/ssh_config")
+
+FAKE_SSH = """#!/bin/sh
+# A fake ssh: its behaviour from $FAKE_SSH_MODE; the last argument is the command.
+for last; do :; done
+case "$FAKE_SSH_MODE" in
+  ok) cat "$FAKE_SSH_FILE"; exit 0 ;;
+  refused) echo "Host key verification failed." >&2; exit 255 ;;
+  cut) printf '%s' "$FAKE_SSH_DATA"
+       echo "Connection to 127.0.0.1 closed by remote host." >&2; exit 255 ;;
+  remote) echo "tail: cannot open '/b/x' for reading: No such file" >&2; exit 1 ;;
+esac
+"""
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buf.write(data)
+
+
+@pytest.fixture
+def fake_ssh(tmp_path: Path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(FAKE_SSH)
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv(openssh.TRANSPORT_ENV, raising=False)
+    return monkeypatch
+
+
+def test_ssh_is_started_as_the_task_reached_the_host_and_never_asks():
+    argv = openssh.argv(TARGET, "tail -c +1 -- /b/x")
+    assert argv[:3] == ["ssh", "-F", "/etc/aimms/ssh_config"]
+    opts = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "-o")
+    assert opts["StrictHostKeyChecking"] == "yes" and opts["BatchMode"] == "yes"
+    assert argv[-3:] == ["--", "aidset", "tail -c +1 -- /b/x"]
+
+
+def test_the_bytes_come_whole_with_their_progress(fake_ssh, tmp_path):
+    data = os.urandom(3_000_000)
+    (tmp_path / "data").write_bytes(data)
+    fake_ssh.setenv("FAKE_SSH_MODE", "ok")
+    fake_ssh.setenv("FAKE_SSH_FILE", str(tmp_path / "data"))
+    sink, seen = Sink(), []
+    assert openssh.stream(TARGET, "cat", sink, progress=seen.append) == (0, "")
+    assert sink.buf.getvalue() == data and sum(seen) == len(data)
+
+
+def test_ssh_that_cannot_connect_writes_nothing_and_says_fall_back(fake_ssh):
+    fake_ssh.setenv("FAKE_SSH_MODE", "refused")
+    sink = Sink()
+    assert openssh.stream(TARGET, "cat", sink) is None
+    assert sink.buf.getvalue() == b""
+
+
+def test_a_stream_cut_after_bytes_came_is_a_cut_not_a_fallback(fake_ssh):
+    fake_ssh.setenv("FAKE_SSH_MODE", "cut")
+    fake_ssh.setenv("FAKE_SSH_DATA", "abc")
+    with pytest.raises(openssh.Cut) as cut:
+        openssh.stream(TARGET, "cat", Sink())
+    assert cut.value.received == 3 and "closed by remote host" in str(cut.value)
+
+
+def test_the_remote_commands_failure_is_its_own(fake_ssh):
+    fake_ssh.setenv("FAKE_SSH_MODE", "remote")
+    rc, err = openssh.stream(TARGET, "tail -c +1 -- /b/x", Sink())
+    assert rc == 1 and "cannot open" in err
+
+
+def test_paramiko_only_when_asked(fake_ssh):
+    assert openssh.available()
+    fake_ssh.setenv(openssh.TRANSPORT_ENV, "paramiko")
+    assert not openssh.available()
