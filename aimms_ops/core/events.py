@@ -23,8 +23,10 @@ The kinds and their fields:
   ``table``: ``database``, ``table``, ``rows``.
 - ``offsite``: ``action`` (push, keep, remove), ``target``, ``name``, ``reason``;
   ``offsite-result``: ``target`` (``all`` when no target could be read), ``ok``,
-  ``detail``; ``target``: ``target``, ``ok``, ``error``; ``copy``: ``target``,
-  ``line`` (a listing line of the target).
+  ``detail``; ``target``: ``target``, ``ok``, ``error``; ``copy``: ``target`` and the
+  fields of the copy's .meta (``name``, ``plaintext_sha256``, ``plaintext_size``,
+  ``encrypted_sha256``, ``encrypted_size``, ``pushed_at``, ``object_size``,
+  ``verified_at``); ``partial``: ``target``, ``name`` (a push cut short).
 """
 
 import json

@@ -9,6 +9,7 @@ own Connection trusts every key, so the policy is set here before it opens.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -21,6 +22,11 @@ import paramiko
 from fabric import Config, Connection
 
 from aimms_ops.core.errors import OpsError
+
+#: paramiko logs what its transport thread meets (``Socket exception: Connection reset by
+#: peer``) through Python's last-resort handler, on stderr, after the task's own one line:
+#: the task says what happened; paramiko's words stay off the screen.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 #: Receive window and packet size for every channel. A download reads the whole
 #: window at once and a writer thread queues a few windows' worth for the disk, so a
