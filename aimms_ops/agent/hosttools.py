@@ -109,30 +109,27 @@ WHERE NOT datallowconn AND NOT datistemplate
 """
 
 
-def read_position(pid: int, fd: int = 0) -> int:
-    """How far process ``pid`` has read the file open as its ``fd`` (Linux's fdinfo);
-    0 when it cannot be told (the process gone, no /proc)."""
+def _proc_number(path: str, key: str) -> int:
+    """The number after ``key:`` in the /proc file ``path``; 0 when it cannot be told
+    (the process gone, no /proc)."""
     try:
-        with open("/proc/%d/fdinfo/%d" % (pid, fd), encoding="ascii") as fh:
+        with open(path, encoding="ascii") as fh:
             for line in fh:
-                if line.startswith("pos:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def read_position(pid: int, fd: int = 0) -> int:
+    """How far process ``pid`` has read the file open as its ``fd`` (Linux's fdinfo)."""
+    return _proc_number("/proc/%d/fdinfo/%d" % (pid, fd), "pos")
 
 
 def bytes_written(pid: int) -> int:
-    """The bytes process ``pid`` has written so far (``wchar`` of Linux's /proc/PID/io);
-    0 when it cannot be told."""
-    try:
-        with open("/proc/%d/io" % pid, encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("wchar:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    """The bytes process ``pid`` has written so far (``wchar`` of Linux's /proc/PID/io)."""
+    return _proc_number("/proc/%d/io" % pid, "wchar")
 
 
 def watch_reading(first: "subprocess.Popen[bytes]", last: "subprocess.Popen[bytes]",
