@@ -20,6 +20,8 @@ from aimms_ops.agent import (
     locks,
     offsite,
     pings,
+    pitr,
+    pitr_restore,
     replaced,
     restore,
     statefacts,
@@ -48,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     facts.add_commands(sub)
     statefacts.add_commands(sub)
     install.add_commands(sub)
+    pitr.add_commands(sub)
+    pitr_restore.add_commands(sub)
     for name, text in (
             ("restore-stream", "the restore stream: source | decompressor | dump filter | psql, "
              "built beside the live cluster and swapped in (see agent/restore.py)"),

@@ -89,6 +89,12 @@ def cron_entries(host: Host) -> dict[str, str]:
         vcmd = shell.join([host.layout.verify_script, "--config", host.layout.config_file,
                            "--file", "latest", *verify_args(host)])
         entries["verify"] = f"{host.verify_schedule} {vcmd} >>{log} 2>&1 {MARK}verify"
+    if host.pitr:
+        for kind, schedule in (("full", host.pitr.full_schedule),
+                               ("diff", host.pitr.diff_schedule)):
+            pcmd = shell.join(["python3", host.layout.program, "pitr-backup", "--type", kind,
+                               "--config", host.layout.config_file])
+            entries[f"pitr-{kind}"] = f"{schedule} {pcmd} >>{log} 2>&1 {MARK}pitr-{kind}"
     return entries
 
 
@@ -291,3 +297,17 @@ def apply(remote: Remote, p: InstallPlan) -> list[str]:
             raise OpsError(f"cannot install the crontab on {remote.name}: "
                            f"{res.last_error_line()}")
     return notes
+
+
+def remove_cron(remote: Remote, names: tuple[str, ...]) -> None:
+    """Remove this tool's cron lines called ``names`` (the other lines are kept)."""
+    res = remote.run(["crontab", "-l"], what="crontab -l")
+    if not res.ok:
+        return
+    marks = tuple(f"{MARK}{n}" for n in names)
+    kept = [ln for ln in res.stdout.splitlines() if not ln.rstrip().endswith(marks)]
+    if len(kept) == len(res.stdout.splitlines()):
+        return
+    res = remote.run(["crontab", "-"], stdin=("\n".join(kept) + "\n").encode(), what="crontab")
+    if not res.ok:
+        raise OpsError(f"cannot update the crontab on {remote.name}: {res.last_error_line()}")

@@ -19,10 +19,11 @@ from aimms_ops.cli.backup import (
 )
 from aimms_ops.cli.monitor import check, doctor, info, status, verify, volumes
 from aimms_ops.cli.offsite import offsite_sync
+from aimms_ops.cli.pitr import pitr_backup, pitr_off
 from aimms_ops.cli.rebuild import rebuild_volume
 from aimms_ops.cli.replaced import drop_replaced, restore_undo
 from aimms_ops.cli.restore import restore
 
 ns = Collection(check, backup, list_backups, download, logs, prune, install_backups, restore,
                 status, verify, volumes, doctor, rebuild_volume, pin, unpin, offsite_sync,
-                restore_undo, drop_replaced, info)
+                restore_undo, drop_replaced, info, pitr_backup, pitr_off)

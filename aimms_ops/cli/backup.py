@@ -293,41 +293,52 @@ def _refuse_latest(c: Any) -> None:
 
 @ops_task(help={
     "dry_run": "print what would change, change nothing",
+    "yes": "with pitr: in the inventory, restart postgres for PITR without asking",
     "json": "print the changes as JSON {host, dry_run, changes: [{item, change, detail}], "
-            "warnings}",
+            "warnings, pitr}",
 })
-def install_backups(c, dry_run=False, json=False):
+def install_backups(c, dry_run=False, yes=False, json=False):
     """Install the backup script, its settings, the backup dir and the cron jobs.
 
     The daily backup runs on cron_schedule; with verify_schedule in the inventory a
     deep verify (a trial restore of the newest backup into a throwaway container) is
-    installed next to the backup script and runs on that schedule too.
+    installed next to the backup script and runs on that schedule too. With pitr: in
+    the inventory it also turns on point-in-time recovery (pgBackRest): it shows that
+    plan and restarts postgres once, with your consent (or --yes).
     """
     from aimms_ops.backup import install
+    from aimms_ops.cli import pitr
 
     with connect(c) as remote:
         plan = install.plan(remote)
         _note_compressor(remote.name, plan.compressor, remote.host.compression)
         for line in plan.warnings:
             output.note(f"warning: {line}")
-        if json:
-            output.print_json({
-                "host": remote.name, "dry_run": dry_run, "warnings": list(plan.warnings),
-                "changes": [{"item": ch.item, "change": ch.action, "detail": ch.detail}
-                            for ch in plan.changes]})
+        result: dict[str, Any] = {
+            "host": remote.name, "dry_run": dry_run, "warnings": list(plan.warnings),
+            "changes": [{"item": ch.item, "change": ch.action, "detail": ch.detail}
+                        for ch in plan.changes], "pitr": None}
         if not plan.changed:
-            output.note(f"{remote.name}: backups already installed; nothing to change")
-            return
-        if not json:
-            output.table(["item", "change", "detail"],
-                         [[ch.item, ch.action, ch.detail] for ch in plan.changes],
-                         title=f"install-backups on {remote.name}"
-                         + (" (dry run)" if dry_run else ""))
-        if dry_run:
-            return
-        for note in install.apply(remote, plan):
-            output.note(note)
-        output.note(f"{remote.name}: {len(plan.changes)} change(s) applied")
+            if not json:
+                output.note(f"{remote.name}: backups already installed; nothing to change")
+        else:
+            if not json:
+                output.table(["item", "change", "detail"],
+                             [[ch.item, ch.action, ch.detail] for ch in plan.changes],
+                             title=f"install-backups on {remote.name}"
+                             + (" (dry run)" if dry_run else ""))
+            if not dry_run:
+                for note in install.apply(remote, plan):
+                    output.note(note)
+                output.note(f"{remote.name}: {len(plan.changes)} change(s) applied")
+        if remote.host.pitr is not None:
+            try:
+                result["pitr"] = pitr.install(remote, yes=yes, dry_run=dry_run, json=json)
+            finally:
+                if json:
+                    output.print_json(result)
+        elif json:
+            output.print_json(result)
 
 
 def _note_compressor(host: str, facts: dict[str, str], compression: str) -> None:

@@ -27,9 +27,12 @@ from aimms_ops.output import console as output
     "identity": "the age identity file that decrypts offsite copies (with --from)",
     "json": "print the plan and what was restored as JSON {host, dry_run, plan, commands, "
             "safety_backup, restored}",
+    "to": "point-in-time recovery (pitr: in the inventory): the whole cluster as it was at "
+          "this moment, e.g. \"2026-12-06 14:03:00\" (UTC unless it ends in an offset) "
+          "or latest",
 })
 def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from_=None,
-            identity=None, as_=None, dry_run=False, json=False):
+            identity=None, as_=None, dry_run=False, json=False, to=None):
     """Restore a pg_dumpall backup onto the host: the whole cluster, or --database.
 
     All or nothing: every database is rebuilt beside the live one under a name no
@@ -47,6 +50,15 @@ def restore(c, file=None, database=None, yes=False, no_safety_backup=False, from
     from aimms_ops.host.remote import in_background
     from aimms_ops.restore import source as dumpsource
 
+    if to is not None:
+        others = [f for f, v in (("--file", file), ("--database", database), ("--as", as_),
+                                 ("--from", from_), ("--no-safety-backup", no_safety_backup))
+                  if v]
+        if others:
+            raise OpsError(f"--to restores the whole cluster from the PITR repository; it "
+                           f"takes no {', '.join(others)}", "drop them, or drop --to", code=2)
+        restore_to(c, to, yes=yes, dry_run=dry_run, json=json)
+        return
     if not file:
         raise OpsError("--file is required", "e.g. fab restore --file=latest")
     # A local dump is checked while the connection is made.
@@ -190,3 +202,33 @@ def plan_rows(plan: Any) -> list[list[str]]:
     rows.append(["safety copy", f"yes, label {PRE_RESTORE} (never what latest means)"
                  if plan.safety_backup else "NO"])
     return rows
+
+
+def restore_to(c: Any, to: str, *, yes: bool, dry_run: bool, json: bool) -> None:
+    """``restore --to``: the PITR plan, the confirmation, the run."""
+    from aimms_ops.pitr import restore as pitr_restore
+    from aimms_ops.pitr import state
+
+    moment = pitr_restore.parse_moment(str(to))
+    with connect(c) as remote:
+        plan = pitr_restore.make_plan(remote.host, state.read(remote), moment,
+                                      pitr_restore.run_id())
+        result: dict[str, Any] = {"dry_run": dry_run, **plan.as_dict(), "restored": None}
+        if not json:
+            output.table(["restore plan", ""], plan.rows)
+        if dry_run:
+            if json:
+                output.print_json(result)
+            output.note("dry run: nothing was changed")
+            return
+        confirm(remote.name, f"bring the whole cluster on {remote.name} back to "
+                f"{plan.rows[1][1]}", yes)
+        with output.live() as shown:
+            done = pitr_restore.run(remote, plan, shown)
+        result["restored"] = {k: v for k, v in done.items() if k != "event"}
+        if json:
+            output.print_json(result)
+            return
+        output.note(f"{remote.name}: the cluster is back to {done.get('stopped')} in "
+                    f"{units.duration(float(done.get('seconds') or 0))}; the data it "
+                    f"replaced is in volume {plan.keep}")

@@ -27,6 +27,11 @@ The kinds and their fields:
   fields of the copy's .meta (``name``, ``plaintext_sha256``, ``plaintext_size``,
   ``encrypted_sha256``, ``encrypted_size``, ``pushed_at``, ``object_size``,
   ``verified_at``); ``partial``: ``target``, ``name`` (a push cut short).
+- ``step``: ``name``, ``detail``: a long job's step as it starts (PITR on/off, restore).
+- ``pitr``: PITR's facts (agent/pitr.py ``gather``); ``pitr-result``: a PITR backup's
+  ``type``, ``label``, ``size``, ``repo_size``, ``seconds``, ``oldest``;
+  ``pitr-restored``: ``to``, ``stopped`` (where recovery stopped), ``seconds``, ``kept``
+  (the volume with the old data), ``recovered_after`` (seconds to a checked cluster).
 """
 
 import json

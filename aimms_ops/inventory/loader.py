@@ -8,6 +8,7 @@ what was expected, and all of them are reported at once.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from aimms_ops.inventory.model import (
     Host,
     Inventory,
     Ping,
+    Pitr,
     Postgres,
     Volumes,
 )
@@ -153,7 +155,7 @@ _HOST_KEYS = {
     "ssh_config", "accept_new_host_key", "backup_dir", "backup_script", "log_file",
     "cron_schedule", "retention_days", "min_keep", "compose", "postgres", "volumes",
     "verify_schedule", "lock_timeout", "retention", "safety_pin_days", "allow_shrink", "ping",
-    "offsite", "offsite_recipients", "offsite_identity", "compression",
+    "offsite", "offsite_recipients", "offsite_identity", "compression", "pitr",
 }
 
 
@@ -228,6 +230,37 @@ def _parse_ping(ck: _Checker, key: str, d: dict) -> Ping | None:
                                  Ping.timeout))
 
 
+_PITR_KEYS = {"repo", "image", "full_schedule", "diff_schedule", "retention_full"}
+
+
+def _parse_pitr(ck: _Checker, key: str, d: dict) -> Pitr | None:
+    raw = d.get("pitr")
+    if raw is None or raw is False:
+        return None
+    pk = f"{key}.pitr"
+    p = ck.mapping({} if raw is True else raw, pk, _PITR_KEYS, set())
+    if p is None:
+        return None
+    raw_dir = d.get("backup_dir")
+    backup_dir: str = raw_dir if isinstance(raw_dir, str) else "/"
+    cron = 'a cron schedule of five fields, like "0 3 * * 0"'
+    return Pitr(
+        repo=ck.value(p, pk, "repo", _is_abs_path, "an absolute path on the host",
+                      posixpath.join(posixpath.dirname(backup_dir.rstrip("/")) or "/",
+                                     "pgbackrest-repo")),
+        image=ck.value(p, pk, "image", lambda v: isinstance(v, str) and bool(_IMAGE.match(v)),
+                       "a docker image name"),
+        full_schedule=ck.value(p, pk, "full_schedule", is_cron_schedule, cron,
+                               Pitr.full_schedule),
+        diff_schedule=ck.value(p, pk, "diff_schedule", is_cron_schedule, cron,
+                               Pitr.diff_schedule),
+        retention_full=ck.value(p, pk, "retention_full", _is_int(1),
+                                "a whole number, at least 1", Pitr.retention_full))
+
+
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
+
+
 def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
     """The host ``name``, or None when it has problems (all recorded in ``ck``)."""
     key = key_path("hosts", name)
@@ -291,6 +324,7 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
         "allow_shrink": ck.value(d, key, "allow_shrink", lambda v: isinstance(v, bool),
                                  "true or false", False),
         "ping": _parse_ping(ck, key, d),
+        "pitr": _parse_pitr(ck, key, d),
         "accept_new_host_key": ck.value(d, key, "accept_new_host_key",
                                         lambda v: isinstance(v, bool), "true or false", False),
         "verify_schedule": ck.value(d, key, "verify_schedule", is_cron_schedule,

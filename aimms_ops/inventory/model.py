@@ -66,6 +66,20 @@ class Ping:
 
 
 @dataclass(frozen=True)
+class Pitr:
+    """Point-in-time recovery on pgBackRest (``pitr:``; core/pitr.py)."""
+
+    #: the repository, a folder on the host
+    repo: str
+    #: a derived image that has pgbackrest (default: built from the live image)
+    image: str | None = None
+    full_schedule: str = "0 3 * * 0"
+    diff_schedule: str = "0 3 * * 1-6"
+    #: full backups kept (with the differentials and WAL they need)
+    retention_full: int = 2
+
+
+@dataclass(frozen=True)
 class Host:
     """One host of the inventory, as the tasks see it."""
 
@@ -90,6 +104,7 @@ class Host:
     compression: str = DEFAULT_COMPRESSION
 
     offsite: Offsite = field(default_factory=Offsite)
+    pitr: Pitr | None = None
 
     @property
     def layout(self) -> HostLayout:

@@ -348,5 +348,15 @@ def judge(hf: HostFacts, host: Host, max_age: int, max_age_text: str) -> StatusR
 
 
 def status(remote: HostRemote, max_age: int, max_age_text: str) -> StatusReport:
-    """Gather the facts of the host (one SSH round trip) and judge them."""
-    return judge(gather(remote), remote.host, max_age, max_age_text)
+    """Gather the facts of the host (one SSH round trip; one more with PITR) and judge them."""
+    report = judge(gather(remote), remote.host, max_age, max_age_text)
+    if remote.host.pitr is not None:
+        from aimms_ops.core.errors import OpsError
+        from aimms_ops.pitr import state as pitr_state
+
+        try:
+            pitr = pitr_state.check(pitr_state.read(remote), remote.host)
+        except OpsError as e:
+            pitr = Check("pitr", State.CRITICAL, str(e), "fab doctor")
+        report.checks.append(pitr)
+    return report

@@ -139,6 +139,10 @@ class Live:
                         estimate=bool(event.get("estimate")))
         elif kind == "wait":
             self._wait(event)
+        elif kind == "step":
+            detail = f": {event['detail']}" if event.get("detail") else ""
+            self.console.print(f"{event.get('name', '')}{detail}", markup=False,
+                               highlight=False, soft_wrap=True)
 
     def update(self, description: str, done: int, total: int | None, *,
                estimate: bool = False) -> None:
