@@ -65,6 +65,8 @@ COMPOSE_FILE=docker-compose.prod.yml
 VOL_PG=aimms_postgres_data_prod
 VOL_REDIS=aimms_redis_data_prod
 IMAGE=aimms-ops-sandbox/postgres:15
+# The image with pgBackRest that PITR runs on (built offline from IMAGE; step_pitr_image).
+PITR_IMAGE=aimms-ops-sandbox/postgres-pitr:15
 CLIENT_KEY=$STATE/client_ed25519
 HOST_KEY=$STATE/ssh_host_ed25519_key
 KNOWN_HOSTS=$STATE/known_hosts

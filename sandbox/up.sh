@@ -294,6 +294,53 @@ step_image() {
     say "image: $IMAGE built in $(since "$t0") s"
 }
 
+# PITR's image: the sandbox's postgres image plus Debian's pgbackrest, installed from
+# the .deb apt downloads on this machine (cached), as production's derived image is the
+# official one plus `apt-get install pgbackrest`. Built offline (--network none).
+step_pitr_image() {
+    local want have t0=$EPOCHREALTIME log=$STATE/pitr-image.log dir=$STATE/pitr-build debs
+    debs=$CACHE/pitr-debs
+    if ! compgen -G "$debs/pgbackrest_*.deb" >/dev/null; then
+        rm -rf "$debs.tmp" && mkdir -p "$debs.tmp"
+        (cd "$debs.tmp" && apt-get download pgbackrest >"$log" 2>&1) ||
+            { apt-get update -q >>"$log" 2>&1 && (cd "$debs.tmp" && apt-get download pgbackrest >>"$log" 2>&1); } ||
+            die "apt-get download pgbackrest failed: $(last_line "$log") (log: $log)"
+        rm -rf "$debs" && mv "$debs.tmp" "$debs"
+    fi
+    want=$( (docker image inspect -f '{{.Id}}' "$IMAGE"; sha256sum "$debs"/*.deb) | sha256sum | cut -c1-16)
+    have=$(docker image inspect -f '{{index .Config.Labels "org.aimms-ops.sandbox.pitr"}}' "$PITR_IMAGE" 2>/dev/null || true)
+    if [[ $have == "$want" ]]; then
+        say "pitr image: $PITR_IMAGE present"
+        return
+    fi
+    rm -rf "$dir" && mkdir -p "$dir" && cp "$debs"/*.deb "$dir/"
+    cat >"$dir/Dockerfile" <<EOF
+FROM $IMAGE
+COPY *.deb /tmp/debs/
+RUN dpkg -i /tmp/debs/*.deb && rm -rf /tmp/debs && pgbackrest version
+LABEL org.aimms-ops.sandbox.pitr=$want
+EOF
+    DOCKER_BUILDKIT=0 docker build --network none -t "$PITR_IMAGE" "$dir" >"$log" 2>&1 ||
+        die "docker build of $PITR_IMAGE failed: $(last_line "$log") (log: $log)"
+    say "pitr image: $PITR_IMAGE built in $(since "$t0") s"
+}
+
+# What a PITR test (or a killed one) left: the override, the archive settings. The stack
+# goes back to its compose file alone, as a new sandbox has it.
+step_pitr_off() {
+    local override=$PROJECT_DIR/docker-compose.pitr.yml cid mode=""
+    cid=$(pg_container)
+    [[ -z $cid ]] || mode=$(docker exec "$cid" psql -X -At -U postgres -c 'SHOW archive_mode' 2>/dev/null || true)
+    [[ -e $override || $mode == on ]] || return 0
+    if [[ -n $cid ]]; then
+        docker exec "$cid" psql -X -q -U postgres -c 'ALTER SYSTEM RESET archive_mode' \
+            -c 'ALTER SYSTEM RESET archive_command' -c 'ALTER SYSTEM RESET archive_timeout' \
+            >/dev/null 2>&1 || true
+    fi
+    rm -f "$override" "$override.off" "$PROJECT_DIR/.pitr.env" "$STATE/compose.applied"
+    say "pitr: turned off what a test left (the stack goes back to $COMPOSE_FILE alone)"
+}
+
 step_volumes() {
     local v made=()
     for v in "$VOL_PG" "$VOL_REDIS"; do
@@ -578,6 +625,7 @@ SANDBOX_PORT=$PORT
 SANDBOX_HOST=$HOST_ALIAS
 SANDBOX_SSH_CONFIG=$OUT/ssh_config
 SANDBOX_INVENTORY=$OUT/inventory.yml
+SANDBOX_PITR_IMAGE=$PITR_IMAGE
 EOF
     if ((${#changed[@]})); then say "files: wrote ${changed[*]} (in $OUT)"; else say "files: unchanged (in $OUT)"; fi
 }
@@ -630,8 +678,10 @@ step_user
 step_dockerd
 step_sshd
 step_image
+step_pitr_image
 step_volumes
 step_compose_v1
+step_pitr_off
 step_compose
 step_data
 step_cron

@@ -88,7 +88,10 @@ def _num(text: str) -> Optional[float]:
 
 def gather(project: str, service: str, superuser: str) -> Dict[str, Any]:
     """Everything ``fab status`` and ``fab info`` judge PITR by (core.pitr.judge)."""
-    out: Dict[str, Any] = {"container": cluster.container(project, service)}
+    from aimms_ops.agent.facts import compose_cmd
+
+    out: Dict[str, Any] = {"container": cluster.container(project, service),
+                           "compose": " ".join(compose_cmd())}
     cid = out["container"]
     if not cid:
         return out

@@ -128,8 +128,7 @@ def window(info: List[Dict[str, Any]]) -> Dict[str, Any]:
             "newest_backup": max((b["stop"] for b in good), default=None)}
 
 
-def judge(facts: Dict[str, Any], now: float, max_lag: int = MAX_WAL_LAG
-          ) -> Tuple[str, str, str]:
+def judge(facts: Dict[str, Any], max_lag: int = MAX_WAL_LAG) -> Tuple[str, str, str]:
     """(state, detail, fix) of continuous archiving from the host's ``pitr`` facts:
     OK, WARNING (no PITR backup yet) or CRITICAL (archiving stopped or falls behind)."""
     if not facts.get("container"):
@@ -146,13 +145,14 @@ def judge(facts: Dict[str, Any], now: float, max_lag: int = MAX_WAL_LAG
                 % facts.get("archive_command"), "install")
     ready_age = facts.get("oldest_ready_age")
     failed, archived = facts.get("last_failed_time"), facts.get("last_archived_time")
-    if ready_age is not None and ready_age > max_lag:
-        why = ""
-        if failed and (not archived or failed >= archived):
-            why = ": %s" % (facts.get("last_failed_wal") or "a segment")
-        return ("CRITICAL", "archiving falls behind: a WAL segment waits since %ds "
-                "(failed %s times%s)" % (ready_age, facts.get("failed_count", 0), why),
+    if ready_age is not None and failed and (not archived or failed >= archived):
+        return ("CRITICAL", "archiving fails: %s could not be archived (%s failures; "
+                "PostgreSQL keeps it and retries)" % (facts.get("last_failed_wal") or
+                                                       "a segment", facts.get("failed_count")),
                 "repo")
+    if ready_age is not None and ready_age > max_lag:
+        return ("CRITICAL", "archiving falls behind: a WAL segment waits since %ds"
+                % ready_age, "repo")
     win = facts.get("window") or {}
     if not win.get("oldest"):
         return "WARNING", "no PITR backup yet: nothing to restore to", "backup"

@@ -68,11 +68,12 @@ def read(remote: HostRemote) -> PitrState:
     return PitrState(event)
 
 
-def start_hint(host: Host) -> str:
-    """The command that starts postgres with the PITR override (compose v1's spelling)."""
+def start_hint(host: Host, compose: str = "") -> str:
+    """The command that starts postgres with the PITR override, with the host's compose."""
     c = host.compose
-    return (f"cd {shlex.quote(c.project_dir)} && docker-compose -f {shlex.quote(c.file)} "
-            f"-f {pitr.OVERRIDE_FILE} up -d {shlex.quote(c.postgres_service)}")
+    return (f"cd {shlex.quote(c.project_dir)} && {compose or 'docker-compose'} -f "
+            f"{shlex.quote(c.file)} -f {pitr.OVERRIDE_FILE} -p {shlex.quote(c.project)} "
+            f"up -d {shlex.quote(c.postgres_service)}")
 
 
 def check(state: PitrState, host: Host) -> Check:
@@ -80,9 +81,8 @@ def check(state: PitrState, host: Host) -> Check:
     f = state.facts
     if f.get("error"):
         return Check("pitr", State.CRITICAL, f["error"], "see: fab doctor")
-    now = f.get("now") or datetime.now(UTC).timestamp()
-    level, detail, fix = pitr.judge(f, now)
-    fixes = {"start": start_hint(host), "install": "fab install-backups",
+    level, detail, fix = pitr.judge(f)
+    fixes = {"start": start_hint(host, f.get("compose") or ""), "install": "fab install-backups",
              "repo": f"check the repository {host.pitr.repo if host.pitr else ''} "
                      "(space, owner) and the postgres log: docker logs <container>",
              "backup": "fab pitr-backup --type=full"}
