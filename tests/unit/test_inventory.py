@@ -170,12 +170,20 @@ WRONG_TYPES = [
     ("hosts.aidset.offsite", {"name": "s3"}, "a list of targets"),
     ("hosts.aidset.offsite_recipients", ["not-a-key"], "age public keys"),
     ("hosts.aidset.offsite_identity", 5, "age identity file"),
+    ("hosts.aidset.pitr", "yes", "a mapping"),
+    ("hosts.aidset.pitr.repo", "pgbackrest", "an absolute path"),
+    ("hosts.aidset.pitr.image", "Not An Image!", "a docker image name"),
+    ("hosts.aidset.pitr.full_schedule", "weekly", "cron schedule"),
+    ("hosts.aidset.pitr.diff_schedule", "0 3 * * * ; reboot", "cron schedule"),
+    ("hosts.aidset.pitr.retention_full", 0, "at least 1"),
+    ("hosts.aidset.pitr.bogus", 1, "no such key"),
 ]
 
 #: Keys that hold settings; every one of them must appear in WRONG_TYPES above.
 ALL_KEYS = {
     *(f"hosts.aidset.retention.{k}" for k in loader._RETENTION_KEYS),
     *(f"hosts.aidset.ping.{k}" for k in ("url", "kind", "verify_url", "timeout")),
+    *(f"hosts.aidset.pitr.{k}" for k in loader._PITR_KEYS),
     "default_host", "hosts", "download_dir",
     *(f"hosts.aidset.{k}" for k in loader._HOST_KEYS),
     *(f"hosts.aidset.compose.{k}" for k in ("project_dir", "file", "project",
