@@ -38,6 +38,8 @@ from aimms_ops.agent.throwaway import remove_leftovers
 from aimms_ops.agent.trial import Failed
 from aimms_ops.agent.verify import Options, run_job, take_locks
 from aimms_ops.core import defaults, units
+from aimms_ops.core import lock as core_lock
+from aimms_ops.core.lock import LOCK_FILES
 
 FLAGS = {"--target": True, "--identity": True, "--protect": True, "--wait": True,
          "--echo": False, "--report": False, "--script": True}
@@ -82,12 +84,7 @@ class Run(verify.Run):
         directory = self.opts.get("BACKUP_DIR")
         timeout = self.opts.get("LOCK_TIMEOUT")
         take_locks(self, directory, "drill", float(timeout or defaults.LOCK_TIMEOUT), timeout)
-        for problem in remove_leftovers(drill_sources.LABEL, self.log):
-            self.log("warning: %s" % problem)
-        for old in os.listdir(directory):
-            if old.startswith(WORK_PREFIX):  # a killed run's fetch (we hold the lock)
-                drill_sources.remove_tree(os.path.join(directory, old))
-                self.log("removed %s, left by an earlier run that was killed" % old)
+        self.remove_leftovers(directory)
         config = self.opts.get("OFFSITE_CONFIG")
         source = drill_sources.pick(directory, config, self.opts.target, self.opts.identity)
         self.source = source
@@ -135,6 +132,25 @@ class Run(verify.Run):
         self.check("cleanup", "OK", "container, volume and the fetched copy removed")
         return self.end(True)
 
+    def remove_leftovers(self, directory: str) -> None:
+        """What a killed drill left (we hold the verify lock: no other drill runs): its
+        container and volume, its fetched copy, its temporary dir, its lock notes."""
+        for problem in remove_leftovers(drill_sources.LABEL, self.log):
+            self.log("warning: %s" % problem)
+        tmp = tempfile.gettempdir()
+        gone = [os.path.join(directory, n) for n in os.listdir(directory)
+                if n.startswith(WORK_PREFIX)]
+        gone += [os.path.join(tmp, n) for n in os.listdir(tmp)
+                 if n.startswith(drill_sources.DrillTrial.work_prefix)
+                 and os.stat(os.path.join(tmp, n)).st_uid == os.getuid()]
+        for path in gone:
+            drill_sources.remove_tree(path)
+        for kind in ("verify", "cluster"):
+            gone += core_lock.stale_notes(os.path.join(directory, LOCK_FILES[kind]),
+                                          keep=os.getpid())
+        if gone:
+            self.log("removed what a killed drill left: %s" % " ".join(gone))
+
     # --- the end ----------------------------------------------------------------------
     def cleanup(self) -> None:
         for proc in self.procs:
@@ -170,7 +186,8 @@ class Run(verify.Run):
         whole = "%s: %s" % (check, reason)
         self.event("drill", result="failed", failed_check=check, reason=reason,
                    seconds=int(time.time() - self.started))
-        self.log("RESULT failed: %s%s" % (whole, " (source=%s %s)" % (source, figures)))
+        self.log("RESULT failed: %s (source=%s%s)" % (whole, source,
+                                                      " " + figures if figures else ""))
         if not self.echo:
             self.say("drill failed: %s" % whole)
         self.ping_end("exit:1", "drill failed: %s" % whole, "drill failed: %s" % whole)
@@ -180,11 +197,12 @@ class Run(verify.Run):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         self.check(check, "CRITICAL", reason)
+        made = self.trial is not None or bool(self.work)
         self.cleanup()
         if self.cleanup_problem and check != "cleanup":
             self.check("cleanup", "CRITICAL", self.cleanup_problem)
             reason += "; cleanup failed: %s" % self.cleanup_problem
-        elif self.trial is not None or self.work:
+        elif made:
             self.check("cleanup", "OK", "what the drill made is removed")
         return self.end(False, check, reason)
 

@@ -59,6 +59,7 @@ class DrillTrial(Trial):
 
     prefix = PREFIX
     label = LABEL
+    work_prefix = "aimms-drill."
     prod = ""  # the live container's id
 
 

@@ -60,6 +60,7 @@ class Trial(Throwaway):
 
     prefix = PREFIX
     label = LABEL
+    work_prefix = "aimms-verify."
 
     def __init__(self, run, path: str, size: int) -> None:
         self.run = run
@@ -151,7 +152,7 @@ class Trial(Throwaway):
     # --- the throwaway --------------------------------------------------------------
     def start(self, prod: str, prod_name: str, image: str, dest: str) -> None:
         try:
-            self.work = tempfile.mkdtemp(prefix="aimms-verify.")
+            self.work = tempfile.mkdtemp(prefix=self.work_prefix)
         except OSError as e:
             raise self.fail("start", "cannot create a temporary dir") from e
         # Production's environment, so the image initialises the same superuser and settings.

@@ -207,6 +207,8 @@ def drill(remote: HostRemote, target: str | None,
         raise OpsError(f"the drill on {remote.name} reported nothing: "
                        f"{res.last_error_line()}", "see fab logs")
     if res.rc != 0 and all(c.state is not State.CRITICAL for c in r.checks):
-        r.checks.append(Check("drill", State.CRITICAL, res.last_error_line()))
+        r.checks.append(Check("drill", State.CRITICAL, f"the drill on {remote.name} ended "
+                              f"without its result (status {res.rc}: killed?)",
+                              "run it again: it removes what the killed run left"))
     r.metrics_file = metrics_file(host, source)
     return r
