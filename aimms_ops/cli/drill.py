@@ -19,14 +19,15 @@ from aimms_ops.output import console as output
                "nothing",
 })
 def drill(c, target=None, json=False, dry_run=False):
-    """How long would a recovery take, and how much would it lose? Measured (RTO, RPO).
+    """How long would a recovery take, how much would it lose? Measured: RTO, RPO.
 
-    The newest offsite copy (or the host's newest backup) is fetched onto the host and
-    verified, restored into a throwaway container (no network, a volume of its own),
-    checked against the live cluster (every database and table there, row counts,
-    pg_amcheck) and removed, whatever happens. RTO: fetch start to a cluster answering
-    with the data; RPO: the age of what it restored. Exit 0 OK, 1 WARNING, 2 CRITICAL
-    (the drill failed), 3 UNKNOWN. Scheduled: drill.schedule in the inventory.
+    The newest offsite copy (or the host's newest backup) is fetched onto the
+    host and verified, restored into a throwaway container (no network, a
+    volume of its own), checked against the live cluster (every database and
+    table there, row counts, pg_amcheck) and removed, whatever happens. RTO:
+    fetch start to a cluster answering with the data; RPO: the age of what it
+    restored. Exit 0 OK, 1 WARNING, 2 CRITICAL (the drill failed), 3 UNKNOWN.
+    Scheduled: drill.schedule in the inventory.
     """
     from aimms_ops.monitor import drill as dr
 

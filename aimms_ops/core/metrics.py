@@ -106,6 +106,13 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)(?: (-?\d+)
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
 
 
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def _unescape(text: str) -> str:
+    return _ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), text)
+
+
 def _value(text: str) -> float:
     if text in ("NaN", "+Inf", "-Inf"):
         return float(text.replace("Inf", "inf").replace("NaN", "nan"))
@@ -126,7 +133,7 @@ def parse(text: str) -> Dict[str, Metric]:
             name, _, rest = line[7:].partition(" ")
             if name in helps or not NAME_RE.match(name):
                 raise ValueError("line %d: a second or bad HELP for %s" % (n, name))
-            helps[name] = rest.replace("\\n", "\n").replace("\\\\", "\\")
+            helps[name] = _unescape(rest)
         elif line.startswith("# TYPE "):
             name, _, kind = line[7:].partition(" ")
             if name not in helps or name in found or kind not in TYPES:
@@ -148,9 +155,10 @@ def parse(text: str) -> Dict[str, Metric]:
                 lm = _LABEL.match(body, pos)
                 if not lm:
                     raise ValueError("line %d: bad labels {%s}" % (n, body))
-                labels.append((lm.group(1), lm.group(2).replace('\\"', '"')
-                               .replace("\\n", "\n").replace("\\\\", "\\")))
+                labels.append((lm.group(1), _unescape(lm.group(2))))
                 pos = lm.end()
+            if body.endswith(","):
+                raise ValueError("line %d: a label list ending in a comma" % n)
             try:
                 value = _value(m.group(3))
             except ValueError:
