@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from typing import Dict, List, Optional
 
-from aimms_ops.agent import cluster, prune
+from aimms_ops.agent import cluster, jobmetrics, prune
 from aimms_ops.agent.job import Interrupted, Job, JobFailed, trap_signals
 from aimms_ops.agent.jobsettings import USAGE_STATUS, UsageError, read_settings, require, whole
 from aimms_ops.agent.locks import killed_leftovers
@@ -82,19 +83,24 @@ def main(argv: List[str]) -> int:
         job.ping_url = s.get("PING_URL", "")
     job.ping_kind, job.ping_timeout = s["PING_KIND"], s["PING_TIMEOUT"]
     trap_signals()
+    status = 1
     try:
-        return Backup(job, s).run(prune_only)
+        status = Backup(job, s).run(prune_only)
     except JobFailed as e:
         job.fail(str(e))
-        return e.status
+        status = e.status
     except Interrupted:
         job.fail("interrupted")
-        return 1
     except Exception as e:  # noqa: BLE001 - the job's RESULT says what went wrong
         job.fail("unexpected error: %s: %s" % (type(e).__name__, e))
-        return 1
     finally:
         job.cleanup()
+        if not prune_only and "--dry-run" not in s:
+            problem = jobmetrics.backup(s.get("METRICS_DIR", ""), status == 0,
+                                        time.time() - job.started, s["BACKUP_DIR"])
+            if problem:
+                job.log("warning: %s" % problem)
+    return status
 
 
 class Backup:

@@ -1,7 +1,8 @@
 """The host program's commands: one parser, each command a function of its arguments that
 returns the exit status (sysexits: 64 usage, 73 cannot create, 75 busy); ``dump ...`` is
 the dump reader's (``aimms_ops.dump.cli``: inspect, filter, and the restore's swap),
-``verify ...`` the deep verify's (``agent/verify.py``, run by ``verify-backup.sh``);
+``verify ...`` the deep verify's (``agent/verify.py``, run by ``verify-backup.sh``),
+``drill ...`` the drill's (``agent/drill.py``, run by ``drill.sh``);
 ``restore-stream``, ``inspect-dump``, ``replaced`` and ``postgres-exec`` the restore's
 (``agent/restore.py``, ``dumpfile.py``, ``replaced.py``, each run by the script of that
 name)."""
@@ -14,6 +15,7 @@ from typing import List
 
 from aimms_ops.agent import (
     backups,
+    drill,
     dumpfile,
     facts,
     install,
@@ -46,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
     pings.add_commands(sub)
     sub.add_parser("verify", help="the deep verify: a trial restore of a backup into a "
                    "throwaway container (its own options: see verify-backup.sh)")
+    sub.add_parser("drill", help="the drill: the newest offsite copy fetched, restored into a "
+                   "throwaway container, checked, removed; RTO and RPO measured (its own "
+                   "options: see drill.sh)")
     offsite.add_commands(sub)
     facts.add_commands(sub)
     statefacts.add_commands(sub)
@@ -74,6 +79,8 @@ def main(argv: List[str]) -> int:
         return backup.main(argv[1:])
     if argv[:1] == ["verify"]:  # its own command line: the settings' flags (agent/verify.py)
         return verify.main(argv[1:])
+    if argv[:1] == ["drill"]:  # the verify's command line and its source (agent/drill.py)
+        return drill.main(argv[1:])
     if argv[:1] == ["restore-stream"]:  # positional arguments (agent/restore.py)
         return restore.main(argv[1:])
     if argv[:1] == ["inspect-dump"]:  # agent/dumpfile.py

@@ -12,7 +12,6 @@ psql in the container; the swap of the second replay is the dump reader's, in-pr
 
 import os
 import pwd
-import shutil
 import subprocess
 import tempfile
 import time
@@ -33,6 +32,7 @@ from aimms_ops.agent.hosttools import (
     psql_error,
     watch_reading,
 )
+from aimms_ops.agent.throwaway import Throwaway
 from aimms_ops.core import units
 from aimms_ops.dump.swap import Cluster, SwapError, drop_replaced, prepare, swap
 
@@ -53,8 +53,14 @@ class Failed(Exception):
         self.reason = reason
 
 
-class Trial:
-    """The throwaway of one verify run (``run``: the verify.Run it reports to)."""
+class Trial(Throwaway):
+    """The throwaway of one verify run (``run``: the verify.Run it reports to; the
+    drill's Run, agent/drill.py, has the same methods). ``prefix`` and ``label`` name
+    and mark what it makes."""
+
+    prefix = PREFIX
+    label = LABEL
+    work_prefix = "aimms-verify."
 
     def __init__(self, run, path: str, size: int) -> None:
         self.run = run
@@ -68,6 +74,7 @@ class Trial:
         self.made_volume = False
         self.removed = False
         self.work = ""
+        self.unzip: List[str] = []
         self.procs: List[subprocess.Popen] = []
 
     def fail(self, check: str, reason: str) -> "Failed":
@@ -109,7 +116,7 @@ class Trial:
             mounts = out("inspect", "--format",
                          "{{range .Mounts}}{{if .Name}}{{println .Name}}{{end}}{{end}}", c)
             protected.update(v for v in mounts.splitlines() if v)
-        name = "%s%s-%d" % (PREFIX, time.strftime("%Y%m%d%H%M%S", time.gmtime()), os.getpid())
+        name = "%s%s-%d" % (self.prefix, time.strftime("%Y%m%d%H%M%S", time.gmtime()), os.getpid())
         self.container = self.volume = name
         if name in (prod_name, prod):
             raise self.fail("start", "refusing: %s is the production container" % name)
@@ -145,7 +152,7 @@ class Trial:
     # --- the throwaway --------------------------------------------------------------
     def start(self, prod: str, prod_name: str, image: str, dest: str) -> None:
         try:
-            self.work = tempfile.mkdtemp(prefix="aimms-verify.")
+            self.work = tempfile.mkdtemp(prefix=self.work_prefix)
         except OSError as e:
             raise self.fail("start", "cannot create a temporary dir") from e
         # Production's environment, so the image initialises the same superuser and settings.
@@ -156,13 +163,13 @@ class Trial:
         with open(self.file("env"), "w", encoding="utf-8", errors="surrogateescape") as fh:
             fh.write("".join(ln + "\n" for ln in env.splitlines() if ln))
         self.made_volume = True
-        rc, _out, err = docker("volume", "create", "--label", LABEL, self.volume)
+        rc, _out, err = docker("volume", "create", "--label", self.label, self.volume)
         if rc != 0:
             raise self.fail("start", "docker volume create %s failed: %s"
                             % (self.volume, last_line(err)))
         self.made_container = True
-        rc, _out, err = docker("run", "--detach", "--name", self.container, "--label", LABEL,
-                               "--network", "none", "--env-file", self.file("env"),
+        rc, _out, err = docker("run", "--detach", "--name", self.container, "--label",
+                               self.label, "--network", "none", "--env-file", self.file("env"),
                                "--volume", "%s:%s" % (self.volume, dest), image)
         if rc != 0:
             raise self.fail("start", "docker run failed: %s" % last_line(err))
@@ -280,8 +287,9 @@ class Trial:
         return [ln[len(key) + 1:] for ln in self.read("inspect").splitlines()
                 if ln.startswith(key + "=")]
 
-    def restore(self) -> Tuple[int, int, int]:
-        """Both replays and the counts: (databases, tables, rows)."""
+    def first_replay(self) -> List[str]:
+        """The first replay and its checks (stream, header, restore, completion marker,
+        databases): the databases it restored."""
         unzip, missing = decompressor(self.run.name)
         if unzip is None:
             raise self.fail("restore", "%s is not installed on this host; reading %s needs it "
@@ -327,8 +335,22 @@ class Trial:
         self.run.check("databases", "OK", " ".join(restored) + (
             " (restored allowing no connections, as the dump says: %s)" % " ".join(closed)
             if closed and closed[0] else ""))
+        self.unzip = unzip
+        return restored
 
-        st = self.replay(unzip, True)
+    def count(self, db: str) -> List[Tuple[str, Optional[int]]]:
+        """(table, exact rows) of every table of ``db`` in the throwaway."""
+        rc, counts, err = self.psql(conninfo_db(db), _COUNT_SQL, stdin=True)
+        if rc != 0:
+            raise self.fail("databases", "counting the rows of %s failed: %s"
+                            % (db, last_line(err)))
+        return [(t, int(n) if n.isdigit() else None)
+                for t, _, n in (ln.partition("\t") for ln in counts.splitlines()) if t]
+
+    def restore(self) -> Tuple[int, int, int]:
+        """Both replays and the counts: (databases, tables, rows)."""
+        restored = self.first_replay()
+        st = self.replay(self.unzip, True)
         if st[2] != 0 or st[1] != 0:
             raise self.fail("live restore", "a second replay onto the restored cluster failed, "
                             "as fab restore onto a live cluster would: %s"
@@ -341,18 +363,10 @@ class Trial:
         tables = rows = 0
         for db in restored:
             self.run.event("database", name=db)
-            rc, counts, err = self.psql(conninfo_db(db), _COUNT_SQL, stdin=True)
-            if rc != 0:
-                raise self.fail("databases", "counting the rows of %s failed: %s"
-                                % (db, last_line(err)))
-            for line in counts.splitlines():
-                table, _, count = line.partition("\t")
-                if not table:
-                    continue
-                self.run.event("table", database=db, table=table,
-                               rows=int(count) if count.isdigit() else None)
+            for table, count in self.count(db):
+                self.run.event("table", database=db, table=table, rows=count)
                 tables += 1
-                rows += int(count) if count.isdigit() else 0
+                rows += count or 0
         return len(restored), tables, rows
 
     def run_all(self) -> Tuple[int, int, int]:
@@ -360,39 +374,3 @@ class Trial:
         self.disk(prod)
         self.start(prod, prod_name, image, dest)
         return self.restore()
-
-    # --- the end --------------------------------------------------------------------
-    def _remove_made(self, kind: str, name: str, argv: List[str]) -> Optional[str]:
-        """Remove what this run made (retried while docker still has it), then check that
-        it is gone: a problem if not."""
-        for i in range(1, 6):
-            if docker(*argv)[0] == 0 or docker(kind, "inspect", name)[0] != 0:
-                break
-            time.sleep(i)
-        if docker(kind, "inspect", name)[0] == 0:
-            return "%s %s is still there (docker %s)" % (kind, name, " ".join(argv))
-        self.run.log("removed %s %s" % (kind, name))
-        self.removed = True
-        return None
-
-    def remove(self) -> List[str]:
-        """Remove the throwaway container and volume (only those this run made); the
-        problems, one each. Safe to call twice."""
-        for proc in self.procs:  # a pipeline a signal cut short
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        self.procs = []
-        problems = []
-        if self.made_container:
-            self.made_container = False
-            problems.append(self._remove_made("container", self.container,
-                                              ["rm", "-f", "-v", self.container]))
-        if self.made_volume:
-            self.made_volume = False
-            problems.append(self._remove_made("volume", self.volume,
-                                              ["volume", "rm", self.volume]))
-        if self.work:
-            shutil.rmtree(self.work, ignore_errors=True)
-            self.work = ""
-        return [p for p in problems if p]

@@ -33,7 +33,7 @@ when the backup restored, 1 when it did not, 64 for a usage error.
 import os
 import signal
 import time
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 from aimms_ops.agent.backups import newest_regular
 from aimms_ops.agent.hostfacts import sha256_file
@@ -66,16 +66,18 @@ class Options:
         return self.settings.get(key) or ""
 
 
-def parse_args(argv: List[str]) -> Options:
-    """The options of ``argv``, with the settings files they name (or the default one
-    beside the script) read first: the flags override what a file set."""
+def parse_args(argv: List[str], flags: "Optional[dict[str, bool]]" = None,
+               cls: type = Options) -> Any:
+    """The options of ``argv`` (a ``cls``, whose own ``flags`` are these: the verify's
+    by default), with the settings files they name (or the default one beside the
+    script) read first: the flags override what a file set."""
     script = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--script"), "")
     beside = [script + ".conf", os.path.join(os.path.dirname(script),
                                              "backup-postgres.sh.conf")] if script else []
-    settings, extra = read_settings(argv, beside, FLAGS)
+    settings, extra = read_settings(argv, beside, FLAGS if flags is None else flags)
     for key in ("COMPOSE_SERVICE", "PG_SUPERUSER", "PING_KIND"):
         settings[key] = settings.get(key) or str(defaults.SCRIPT_DEFAULTS[key])
-    opts = Options(settings, extra)
+    opts = cls(settings, extra)
     require(settings, "--config the backup script's settings file")
     if not (opts.wait.isdigit() and opts.wait.isascii()):
         raise UsageError("--wait must be a whole number of seconds")
@@ -87,10 +89,10 @@ def parse_args(argv: List[str]) -> Options:
 class Run(Job):
     """One deep verify: its log, report, pings and locks (a Job), and its throwaway."""
 
-    def __init__(self, opts: Options) -> None:
-        super().__init__("verify", opts.get("LOG_FILE"), echo=opts.echo, report=opts.report)
+    def __init__(self, opts: Options, kind: str = "verify") -> None:
+        super().__init__(kind, opts.get("LOG_FILE"), echo=opts.echo, report=opts.report)
         self.opts = opts
-        self.ping_url = opts.get("PING_URL_VERIFY")
+        self.ping_url = opts.get("PING_URL_%s" % kind.upper())
         self.ping_kind = opts.get("PING_KIND")
         self.ping_timeout = opts.get("PING_TIMEOUT") or defaults.PING_TIMEOUT
         self.name = ""
@@ -147,27 +149,8 @@ class Run(Job):
         return path
 
     def take_locks(self) -> None:
-        """One verify at a time, and none while a restore or a rebuild changes the
-        cluster it reads its image and environment from."""
-        directory = self.opts.get("BACKUP_DIR")
-        try:
-            wait = float(self.opts.get("LOCK_TIMEOUT") or defaults.LOCK_TIMEOUT)
-        except ValueError:
-            wait = float(defaults.LOCK_TIMEOUT)
-        shown = self.opts.get("LOCK_TIMEOUT") or str(defaults.LOCK_TIMEOUT)
-        for kind, shared, seconds in (("verify", False, 0.0), ("cluster", True, wait)):
-            lk = Lock(os.path.join(directory, LOCK_FILES[kind]), "verify", shared=shared)
-            try:
-                lk.acquire(seconds)
-            except LockBusy as busy:
-                if kind == "verify":
-                    raise Failed("lock", "another verify is running (%s)"
-                                 % core_lock.held_by(busy.holders)) from busy
-                raise Failed("lock", "a restore or rebuild of the cluster is still running "
-                             "after %ss (%s)" % (shown, core_lock.held_by(busy.holders))) from busy
-            except LockOpenError as e:
-                raise Failed("lock", str(e)) from e
-            self.locks.append(lk)
+        take_locks(self, self.opts.get("BACKUP_DIR"), "verify", 0.0,
+                   self.opts.get("LOCK_TIMEOUT"))
 
     def checksum(self, path: str, size: int) -> None:
         if size <= 0:
@@ -219,23 +202,59 @@ class Run(Job):
         return 0
 
 
-def main(argv: List[str]) -> int:
+def take_locks(job: Job, directory: str, what: str, wait_verify: float,
+               lock_timeout: str) -> None:
+    """One trial restore at a time (a verify or a drill: the verify lock, waited for up
+    to ``wait_verify`` seconds), and none while a restore or a rebuild changes the
+    cluster it reads its image and environment from (the cluster lock, shared, waited
+    for up to ``lock_timeout`` seconds)."""
     try:
-        opts = parse_args(argv)
+        wait = float(lock_timeout or defaults.LOCK_TIMEOUT)
+    except ValueError:
+        wait = float(defaults.LOCK_TIMEOUT)
+    shown = str(int(wait))
+    for kind, shared, seconds in (("verify", False, wait_verify), ("cluster", True, wait)):
+        lk = Lock(os.path.join(directory, LOCK_FILES[kind]), what, shared=shared)
+        try:
+            lk.acquire(seconds)
+        except LockBusy as busy:
+            if kind == "verify":
+                raise Failed("lock", "another verify or drill is running (%s)"
+                             % core_lock.held_by(busy.holders)) from busy
+            raise Failed("lock", "a restore or rebuild of the cluster is still running "
+                         "after %ss (%s)" % (shown, core_lock.held_by(busy.holders))) from busy
+        except LockOpenError as e:
+            raise Failed("lock", str(e)) from e
+        job.locks.append(lk)
+
+
+def main(argv: List[str]) -> int:
+    return run_job(argv, parse_args, Run, "verify-backup.sh", lambda run: run.verify())
+
+
+def run_job(argv: List[str], parse: Callable[[List[str]], Any], make: Callable[[Any], Any],
+            script: str, body: Callable[[Any], int]) -> int:
+    """A trial restore's job (the verify's, the drill's) from its command line to its
+    exit status: ``body(run)`` under the signal traps, a failed check or a fault of its
+    own ended by ``run.fail_check``, and ``run.cleanup`` whatever happens."""
+    try:
+        opts = parse(argv)
     except UsageError as e:
-        os.write(2, ("verify-backup.sh: %s\n" % e).encode())
+        os.write(2, ("%s: %s\n" % (script, e)).encode())
         return USAGE_STATUS
     os.umask(0o077)
-    run = Run(opts)
+    run = make(opts)
     trap_signals()
     try:
         try:
-            return run.verify()
+            return body(run)
         except Failed as f:
-            return run.fail_check(f.check, f.reason)
+            return int(run.fail_check(f.check, f.reason))
         except Interrupted:
-            return run.fail_check("interrupted", "interrupted by a signal")
-        except Exception as e:  # noqa: BLE001 - a fault of the verify itself: cleaned up, told
-            return run.fail_check("verify", "internal error: %s: %s" % (type(e).__name__, e))
+            return int(run.fail_check("interrupted", "interrupted by a signal"))
+        except Exception as e:  # noqa: BLE001 - a fault of the job itself: cleaned up, told
+            what = script.split(".")[0].split("-")[0]
+            return int(run.fail_check(what, "internal error: %s: %s"
+                                      % (type(e).__name__, e)))
     finally:
         run.cleanup()

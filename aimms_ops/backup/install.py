@@ -5,7 +5,8 @@ changes is computed (pure), and only what differs is written. Cron lines this
 tool owns carry a ``# aimms-ops:NAME`` marker so they are found again.
 
 With ``verify_schedule`` in the inventory it also installs ``verify-backup.sh``
-next to the backup script and a cron line running it (a weekly trial restore).
+next to the backup script and a cron line running it (a weekly trial restore); with
+``drill.schedule``, ``drill.sh`` and its cron line (the recovery drill).
 An install record beside the script keeps which postgres container the backups
 were installed for and since when the verify is scheduled (``fab doctor`` and
 ``fab status`` read it).
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 
 from aimms_ops.backup.settings import script_settings
 from aimms_ops.core.errors import OpsError
-from aimms_ops.core.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
+from aimms_ops.core.layout import BACKUP_SCRIPT, DRILL_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host import bundle, shell
 from aimms_ops.host.compose import parse_facts
 from aimms_ops.host.remote import Remote
@@ -47,6 +48,7 @@ class InstallPlan:
     crontab_new: str
     changes: list[Change] = field(default_factory=list)
     verify_text: str | None = None
+    drill_text: str | None = None
     record_text: str | None = None
     compressor: dict[str, str] = field(default_factory=dict)
     offsite_text: str | None = None
@@ -95,6 +97,13 @@ def cron_entries(host: Host) -> dict[str, str]:
             pcmd = shell.join(["python3", host.layout.program, "pitr-backup", "--type", kind,
                                "--config", host.layout.config_file])
             entries[f"pitr-{kind}"] = f"{schedule} {pcmd} >>{log} 2>&1 {MARK}pitr-{kind}"
+    if host.drill and host.drill.schedule:
+        d = host.drill
+        dcmd = shell.join([host.layout.drill_script, "--config", host.layout.config_file,
+                           *(["--target", d.target] if d.target else []),
+                           *(["--identity", d.identity] if d.identity else []),
+                           *verify_args(host)])
+        entries["drill"] = f"{d.schedule} {dcmd} >>{log} 2>&1 {MARK}drill"
     return entries
 
 
@@ -181,6 +190,8 @@ def plan(remote: HostRemote) -> InstallPlan:
     extra = ["--file", "program", host.layout.program]
     if host.offsite:
         extra += ["--file", "offsite", host.layout.offsite_config]
+    if host.drill and host.drill.schedule:
+        extra += ["--file", "drill", host.layout.drill_script]
     res = remote.run_program("install-state", *extra, host.backup_script,
                              host.layout.config_file, host.backup_dir, host.log_file,
                              host.layout.verify_script, host.layout.install_record,
@@ -204,6 +215,8 @@ def plan(remote: HostRemote) -> InstallPlan:
                     compressor={k: v for k, v in st.items() if k.startswith("compressor.")})
     if host.verify_schedule:
         p.verify_text = shell.script_text(VERIFY_SCRIPT)
+    if host.drill and host.drill.schedule:
+        p.drill_text = shell.script_text(DRILL_SCRIPT)
     if host.offsite:
         from aimms_ops.inventory import offsite as offsite_config
 
@@ -263,6 +276,8 @@ def _files(p: InstallPlan) -> list[tuple[str, str, str, str | bytes, str]]:
     if p.verify_text is not None:
         files.append(("verify script", "verify", host.layout.verify_script, p.verify_text,
                       "700"))
+    if p.drill_text is not None:
+        files.append(("drill script", "drill", host.layout.drill_script, p.drill_text, "700"))
     if p.offsite_text is not None:
         files.append(("offsite settings", "offsite", f"{host.backup_script}.offsite",
                       p.offsite_text, "600"))

@@ -36,8 +36,10 @@ VALUES: dict[str, Callable[[Host], str | None]] = {
     "PING_URL": _ping("url"),
     "PING_KIND": _ping("kind", defaults.PING_KIND),
     "PING_URL_VERIFY": _ping("verify_url"),
+    "PING_URL_DRILL": _ping("drill_url"),
     "PING_TIMEOUT": _ping("timeout", str(defaults.PING_TIMEOUT)),
     "OFFSITE_CONFIG": lambda h: h.layout.offsite_config if h.offsite else None,
+    "METRICS_DIR": lambda h: h.metrics_dir,
 }
 
 

@@ -17,6 +17,7 @@ from aimms_ops.cli.backup import (
     prune,
     unpin,
 )
+from aimms_ops.cli.drill import drill
 from aimms_ops.cli.monitor import check, doctor, info, status, verify, volumes
 from aimms_ops.cli.offsite import offsite_sync
 from aimms_ops.cli.pitr import pitr_backup, pitr_off
@@ -26,4 +27,4 @@ from aimms_ops.cli.restore import restore
 
 ns = Collection(check, backup, list_backups, download, logs, prune, install_backups, restore,
                 status, verify, volumes, doctor, rebuild_volume, pin, unpin, offsite_sync,
-                restore_undo, drop_replaced, info, pitr_backup, pitr_off)
+                restore_undo, drop_replaced, info, drill, pitr_backup, pitr_off)

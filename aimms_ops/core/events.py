@@ -8,7 +8,7 @@ escapes (``"\\udce9"``), so they come back byte for byte.
 
 The kinds and their fields:
 
-- ``progress``: ``stage`` (``dump``, ``restore``, ``push``, ``replay``), ``done`` and
+- ``progress``: ``stage`` (``dump``, ``restore``, ``push``, ``replay``, ``fetch``), ``done`` and
   ``total`` (bytes; ``total`` null when unknown, or an estimate when ``estimate`` is
   true), ``what`` (a name). At most one each :data:`PROGRESS_EVERY` per
   stage, and one when it ends.
@@ -20,7 +20,12 @@ The kinds and their fields:
 - ``verify``: a deep verify's facts (``file``, ``path``, ``size``, ``sha256``,
   ``container``, ``volume``, ``image``, ``seconds``, ``result``, ``failed_check``,
   ``reason``); ``check``: ``name``, ``state``, ``detail``; ``database``: ``name``;
-  ``table``: ``database``, ``table``, ``rows``.
+  ``table``: ``database``, ``table``, ``rows`` (and, from a drill, ``live_rows``: the
+  live cluster's count now, null when it has no such table).
+- ``drill``: a drill's facts (``source``, ``type``, ``what``, ``file``, ``size``,
+  ``created``, ``rto_seconds``, ``rpo_seconds``, ``fetch_seconds``, ``start_seconds``,
+  ``restore_seconds``, ``result``, ``failed_check``, ``reason``, ``seconds``), with the
+  ``check``, ``database`` and ``table`` events above.
 - ``offsite``: ``action`` (push, keep, remove), ``target``, ``name``, ``reason``;
   ``offsite-result``: ``target`` (``all`` when no target could be read), ``ok``,
   ``detail``; ``target``: ``target``, ``ok``, ``error``; ``copy``: ``target`` and the

@@ -16,6 +16,7 @@ from aimms_ops.core import lock
 #: The packaged scripts installed on the host (aimms_ops/scripts/).
 BACKUP_SCRIPT = "backup-postgres.sh"
 VERIFY_SCRIPT = "verify-backup.sh"
+DRILL_SCRIPT = "drill.sh"
 #: The host program (aimms_ops/agent as a zipapp), beside the backup script.
 PROGRAM = "aimms-ops.pyz"
 
@@ -61,6 +62,11 @@ class HostLayout:
     def verify_script(self) -> str:
         """The deep verify script, in the backup script's folder."""
         return posixpath.join(posixpath.dirname(self.backup_script), VERIFY_SCRIPT)
+
+    @property
+    def drill_script(self) -> str:
+        """The drill script, in the backup script's folder."""
+        return posixpath.join(posixpath.dirname(self.backup_script), DRILL_SCRIPT)
 
 
 def compose_label(project: str) -> str:

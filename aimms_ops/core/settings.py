@@ -41,14 +41,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PING_URL", "--ping-url", secret=True),
     Setting("PING_KIND", "--ping-kind"),
     Setting("PING_URL_VERIFY", None),
+    Setting("PING_URL_DRILL", None),
     Setting("PING_TIMEOUT", "--ping-timeout"),
     # the targets the host program pushes to after a good backup (agent/offsite.py)
     Setting("OFFSITE_CONFIG", "--offsite-config"),
+    # where the backup and the drill write their Prometheus textfile metrics (core/metrics.py)
+    Setting("METRICS_DIR", "--metrics-dir"),
 )
 
 #: The settings the deep verify takes from the command line (it reads the rest, for its
 #: pings, from the settings file when cron runs it).
 VERIFY_KEYS = ("BACKUP_DIR", "LOG_FILE", "COMPOSE_PROJECT", "COMPOSE_SERVICE", "PG_SUPERUSER")
+#: The drill's: the verify's, and where its sources and metrics are.
+DRILL_KEYS = (*VERIFY_KEYS, "LOCK_TIMEOUT", "OFFSITE_CONFIG", "METRICS_DIR")
 
 #: The flag that makes a script read its secret settings from stdin (``KEY=VALUE`` lines).
 SECRETS_FLAG = "--settings-stdin"

@@ -28,6 +28,7 @@ from aimms_ops.inventory.checker import (
     is_cron_schedule,
     is_db_name,
 )
+from aimms_ops.inventory.drill import parse as parse_drill
 from aimms_ops.inventory.model import (
     DEFAULT_FILE,
     ENV_VAR,
@@ -46,7 +47,8 @@ _HOST_KEYS = {
     "ssh_config", "accept_new_host_key", "backup_dir", "backup_script", "log_file",
     "cron_schedule", "retention_days", "min_keep", "compose", "postgres", "volumes",
     "verify_schedule", "lock_timeout", "retention", "safety_pin_days", "allow_shrink", "ping",
-    "offsite", "offsite_recipients", "offsite_identity", "compression", "pitr",
+    "offsite", "offsite_recipients", "offsite_identity", "compression", "drill", "metrics_dir",
+    "pitr",
 }
 
 
@@ -108,7 +110,7 @@ def _parse_ping(ck: _Checker, key: str, d: dict) -> Ping | None:
     if raw is None:
         return None
     pk = f"{key}.ping"
-    p = ck.mapping(raw, pk, {"url", "kind", "verify_url", "timeout"}, {"url"})
+    p = ck.mapping(raw, pk, {"url", "kind", "verify_url", "drill_url", "timeout"}, {"url"})
     if p is None:  # recorded in ck
         return None
     expected = "an http(s) URL (no spaces or quotes)"
@@ -116,6 +118,7 @@ def _parse_ping(ck: _Checker, key: str, d: dict) -> Ping | None:
                 kind=ck.value(p, pk, "kind", lambda v: v in _PING_KINDS,
                               "healthchecks or uptime-kuma", "healthchecks"),
                 verify_url=ck.value(p, pk, "verify_url", is_ping_url, expected),
+                drill_url=ck.value(p, pk, "drill_url", is_ping_url, expected),
                 timeout=ck.value(p, pk, "timeout", _is_int(PING_TIMEOUT_MIN),
                                  f"a whole number of seconds, at least {PING_TIMEOUT_MIN}",
                                  Ping.timeout))
@@ -228,10 +231,14 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
     }
     offsite = parse_offsite(d, key, policy, base)
     ck.problems += offsite.problems
+    drill, metrics_dir, drill_problems = parse_drill(d, key, [t.name for t in offsite.targets],
+                                                     is_cron_schedule)
+    ck.problems += drill_problems
     if len(ck.problems) != before or compose is None or postgres is None or volumes is None:
         return None
     return Host(name=name, **paths, compose=compose, postgres=postgres, volumes=volumes,
-                ssh_config=ssh_config, offsite=offsite, **scalars)
+                ssh_config=ssh_config, offsite=offsite, drill=drill, metrics_dir=metrics_dir,
+                **scalars)
 
 
 def config_inventory() -> Path:

@@ -12,6 +12,7 @@ from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.core.layout import HostLayout
 from aimms_ops.core.names import DEFAULT_COMPRESSION
 from aimms_ops.core.retention import Policy
+from aimms_ops.inventory.drill import Drill
 from aimms_ops.inventory.offsite import Offsite
 
 ENV_VAR = "AIMMS_OPS_INVENTORY"
@@ -61,6 +62,7 @@ class Ping:
     url: str
     kind: str = "healthchecks"
     verify_url: str | None = None
+    drill_url: str | None = None
     #: Seconds a ping may take in all, retries included (``ping.timeout``).
     timeout: int = defaults.PING_TIMEOUT
 
@@ -105,6 +107,9 @@ class Host:
 
     offsite: Offsite = field(default_factory=Offsite)
     pitr: Pitr | None = None
+    #: the drill (inventory/drill.py) and where the metrics files go (None: none written)
+    drill: Drill | None = None
+    metrics_dir: str | None = None
 
     @property
     def layout(self) -> HostLayout:

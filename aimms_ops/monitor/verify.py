@@ -162,17 +162,22 @@ class DeepOutput:
     values: dict[str, str] = field(default_factory=dict)  # file, path, size, sha256, ...
 
 
+def check_of(e: Event, fixes: dict[str, str]) -> Check:
+    """A ``check`` event as a Check, its fix from ``fixes`` when it failed (pure)."""
+    state = str(e.get("state", ""))
+    st = State[state] if state in State.__members__ else State.UNKNOWN
+    name = str(e.get("name", ""))
+    return Check(name, st, str(e.get("detail", "")),
+                 fixes.get(name, "") if st is State.CRITICAL else "")
+
+
 def parse_deep(found: Events) -> DeepOutput:
     """The events of verify-backup.sh --report (pure)."""
     out = DeepOutput()
     for e in found.all:
         kind = e["event"]
         if kind == "check":
-            state = str(e.get("state", ""))
-            st = State[state] if state in State.__members__ else State.UNKNOWN
-            name = str(e.get("name", ""))
-            out.checks.append(Check(name, st, str(e.get("detail", "")),
-                                    _FIXES.get(name, "") if st is State.CRITICAL else ""))
+            out.checks.append(check_of(e, _FIXES))
         elif kind == "database":
             out.databases.append(str(e.get("name", "")))
         elif kind == "table" and isinstance(e.get("rows"), int):

@@ -41,7 +41,7 @@ DESCRIPTION_WIDTH = 30
 LINE_EVERY = 10.0
 
 #: What a stage of the host's work is called on the screen.
-STAGES = {"dump": "dumping", "restore": "restoring", "push": "pushing",
+STAGES = {"dump": "dumping", "restore": "restoring", "push": "pushing", "fetch": "fetching",
           "replay": "replaying"}
 
 

@@ -346,7 +346,8 @@ def test_a_running_verify_holds_off_another(host):
     assert proc.returncode == 1
     r = report(proc.stdout)
     assert r["verify.failed_check"] == ["lock"]
-    assert r["verify.reason"][0].startswith(f"another verify is running (verify pid {os.getpid()}")
+    assert r["verify.reason"][0].startswith(
+        f"another verify or drill is running (verify pid {os.getpid()}")
 
 
 def test_a_signal_ends_the_run_and_removes_its_throwaway(host):

@@ -164,6 +164,7 @@ WRONG_TYPES = [
     ("hosts.aidset.ping.url", "https://x/a b", "http(s) URL"),
     ("hosts.aidset.ping.kind", "nagios", "healthchecks or uptime-kuma"),
     ("hosts.aidset.ping.verify_url", 5, "http(s) URL"),
+    ("hosts.aidset.ping.drill_url", "x", "http(s) URL"),
     ("hosts.aidset.ping.timeout", 2, "at least 3"),
     ("hosts.aidset.ping.timeout", "45", "whole number of seconds"),
     # Offsite targets (tests/test_offsite_unit.py tries each target key).
@@ -177,13 +178,18 @@ WRONG_TYPES = [
     ("hosts.aidset.pitr.diff_schedule", "0 3 * * * ; reboot", "cron schedule"),
     ("hosts.aidset.pitr.retention_full", 0, "at least 1"),
     ("hosts.aidset.pitr.bogus", 1, "no such key"),
+    # The drill and the metrics (tests/unit/test_drill_unit.py tries each drill key).
+    ("hosts.aidset.drill", "weekly", "a mapping with schedule"),
+    ("hosts.aidset.drill.schedule", "sundays", "weekly, or a cron schedule"),
+    ("hosts.aidset.metrics_dir", "metrics", "absolute path"),
 ]
 
 #: Keys that hold settings; every one of them must appear in WRONG_TYPES above.
 ALL_KEYS = {
     *(f"hosts.aidset.retention.{k}" for k in loader._RETENTION_KEYS),
-    *(f"hosts.aidset.ping.{k}" for k in ("url", "kind", "verify_url", "timeout")),
     *(f"hosts.aidset.pitr.{k}" for k in loader._PITR_KEYS),
+    *(f"hosts.aidset.ping.{k}" for k in ("url", "kind", "verify_url", "drill_url",
+                                          "timeout")),
     "default_host", "hosts", "download_dir",
     *(f"hosts.aidset.{k}" for k in loader._HOST_KEYS),
     *(f"hosts.aidset.compose.{k}" for k in ("project_dir", "file", "project",
