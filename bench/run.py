@@ -39,13 +39,14 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
+from bench import pitr_jobs  # noqa: E402
 from bench.offsite_push import BY_HAND  # noqa: E402
 from tests.sandbox_client import Sandbox, _read_env, from_out  # noqa: E402
 
 #: pg_dumpall bytes per row of the sandbox's orders table (measured: 242 at 4.2 M rows).
 BYTES_PER_ROW = 242
 JOBS = ("backup", "backup-zstd", "restore-local", "restore-host", "download", "upload",
-        "offsite")
+        "offsite", "pitr-backup", "pitr-restore")
 #: Named like a backup of now: an older one would be out of the offsite target's
 #: retention, and never pushed.
 XFER_NAME = f"aimms_postgres_{dt.datetime.now(dt.UTC):%Y%m%d_%H%M%S}_benchxfer.sql.gz"
@@ -89,6 +90,8 @@ TABLE = {
     "offsite": Job("offsite", "offsite push to the sandbox's S3 server",
                    "`fab offsite-sync --target=s3`", "`age -r KEY < F \\| rclone rcat` on the host",
                    "throughput", 0.9),
+    **{name: Job(name, title, ours, anchor, "time", None)
+       for name, (title, ours, anchor) in pitr_jobs.TITLES.items()},
 }
 
 
@@ -431,6 +434,12 @@ class Bed:
         return self._restore_pair(self.src_name, self.t.ssh_line(
             f"gunzip -c {path} | docker exec -i {c} psql -U postgres >/dev/null"))
 
+    def job_pitr_backup(self):
+        return pitr_jobs.backup_pair(self)
+
+    def job_pitr_restore(self):
+        return pitr_jobs.restore_pair(self)
+
     def job_download(self):
         dest = self.work / "download"
         scp_dst = self.work / "scp.bin"
@@ -498,6 +507,8 @@ def run_phase(bed: Bed, size: int, rows: int, rounds: int, jobs: tuple[str, ...]
                 sides[job][i].runs.append(fn())
             if job == "offsite":
                 bed.offsite(False)
+            if job == next((j for j in reversed(jobs) if j.startswith("pitr-")), None):
+                pitr_jobs.off(bed)  # the other jobs run as production runs without PITR
     return {"made": made, "rounds": rounds, "sides": sides}
 
 
@@ -645,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bench: {str(exc).splitlines()[0]}") from None
     finally:
         bed.offsite(False)
+        pitr_jobs.off(bed)
         bed.cleanup()
     load_end = os.getloadavg()
     made = main_phase["made"]

@@ -79,6 +79,21 @@ def pgbackrest(cid: str, *args: str) -> "subprocess.CompletedProcess[str]":
                           errors="replace")
 
 
+def pgbackrest_error(run: "subprocess.CompletedProcess[str]") -> str:
+    """pgBackRest's error as one line: its ERROR line and the lines under it that are not
+    hints (``ERROR: [029]: unable to load info file ...: FormatError: ...``)."""
+    text = run.stderr or run.stdout
+    got: List[str] = []
+    for line in text.splitlines():
+        if line.startswith("ERROR:") and not got:
+            got.append(line.strip())
+        elif got and line.startswith(" ") and not line.strip().startswith("HINT:"):
+            got.append(line.strip())
+        elif got:
+            break
+    return " ".join(got) if got else (last_line(text) or "exit %d" % run.returncode)
+
+
 def _num(text: str) -> Optional[float]:
     try:
         return float(text)
@@ -122,7 +137,7 @@ def gather(project: str, service: str, superuser: str) -> Dict[str, Any]:
             except ValueError:
                 out["error"] = "pgbackrest info: not JSON"
         else:
-            out["error"] = "pgbackrest info: %s" % last_line(info.stderr or info.stdout)
+            out["error"] = "pgbackrest info: %s" % pgbackrest_error(info)
     return out
 
 
@@ -168,8 +183,7 @@ def _backup(job: Job, s: Dict[str, str], kind: str) -> int:
     started = time.time()
     run = pgbackrest(cid, "backup", "--type=%s" % kind)
     if run.returncode != 0:
-        raise JobFailed("pgbackrest backup --type=%s: %s" % (
-            kind, last_line(run.stderr or run.stdout) or "exit %d" % run.returncode))
+        raise JobFailed("pgbackrest backup --type=%s: %s" % (kind, pgbackrest_error(run)))
     info = pgbackrest(cid, "info", "--output=json")
     newest: Dict[str, Any] = {}
     try:
@@ -294,7 +308,13 @@ def enable(a: argparse.Namespace) -> None:
     for args in (("stanza-create",), ("check",)):
         run = pgbackrest(cid, *args)
         if run.returncode != 0:
-            raise JobFailed("pgbackrest %s: %s" % (args[0], last_line(run.stderr or run.stdout)))
+            why = pgbackrest_error(run)
+            if "unable to load info file" in why:
+                raise JobFailed("the repository %s holds backups this passphrase cannot read "
+                                "(was %s replaced?): put the old passphrase file back, or move "
+                                "the repository aside and run fab install-backups again (%s)"
+                                % (a.repo, secret, why))
+            raise JobFailed("pgbackrest %s: %s" % (args[0], why))
 
 
 def _compose_version(path: str) -> str:

@@ -3,7 +3,8 @@ checked, then swapped in the way rebuild-volume swaps.
 
 1. The repository's backup and WAL are restored (``pgbackrest restore --type=time``)
    into a new volume by a throwaway container of the live image; a throwaway postgres
-   on it replays WAL to the moment and promotes (archiving off: it pushes nothing).
+   on it replays WAL to the moment and promotes onto a new timeline, whose history file
+   it archives (so that a later restore follows the new timeline, not the old one).
    It must answer, list every database and let each be read. The live cluster runs on
    all along: a failure here removes the new volume and changes nothing.
 2. The swap, under the cluster lock: the stack's postgres stops, the live volume's data
@@ -127,12 +128,15 @@ class Restore:
                 "--env-file", self.env_file, "-v", "%s:%s" % (self.new, DATA),
                 "-v", "%s:%s:ro" % (repo, pitr.REPO_IN_CONTAINER), "--entrypoint",
                 "pgbackrest", image, "restore", *target)
+        # It archives like the live cluster: its new timeline's history file must be in
+        # the repository, or a later restore to "latest" would follow the old timeline
+        # (and bring back what this restore undid). What it writes after promotion is the
+        # start of the timeline the live cluster continues after the swap.
         self.step("recovery", "replaying WAL in a throwaway postgres")
         _docker("the throwaway postgres", "run", "-d", "--name", self.check, "--network", "none",
                 "--label", "%s=%s" % (pitr.RESTORE_LABEL, a.run_id),
                 "--env-file", self.env_file, "-v", "%s:%s" % (self.new, DATA),
-                "-v", "%s:%s:ro" % (repo, pitr.REPO_IN_CONTAINER), image, "postgres",
-                "-c", "archive_mode=off")
+                "-v", "%s:%s" % (repo, pitr.REPO_IN_CONTAINER), image, "postgres")
         deadline = time.time() + 3600
         while True:
             rc, out, _e = docker("exec", self.check, "psql", "-X", "-A", "-t", "-U",

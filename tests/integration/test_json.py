@@ -35,7 +35,7 @@ def test_backup_check_logs_and_install_say_it_in_json(sandbox, made):
     lines = json.loads(logs.stdout)["lines"]
     assert len(lines) == 5 and all(isinstance(ln, str) for ln in lines)
     assert json.loads(install.stdout) == {"host": "aidset", "dry_run": True, "warnings": [],
-                                          "changes": []}
+                                          "changes": [], "pitr": None}
 
 
 def test_pin_unpin_and_download_say_it_in_json(sandbox, made, tmp_path: Path):

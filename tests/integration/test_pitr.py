@@ -116,12 +116,17 @@ def test_restore_to_a_moment_between_two_commits(sandbox, pitr_on):
     assert sandbox.psql("SELECT string_agg(n::text, ',' ORDER BY n) FROM pitr_probe") == "1"
     kept = done["kept"]
     assert sandbox.sh(f"docker volume ls -q --filter name={kept}").strip() == kept
-    # The restored cluster archives again (a new timeline), and nothing was left behind.
+    # The restored cluster archives again, on its new timeline: a restore to the newest
+    # point follows that timeline (3 written after the restore), not the old one (2).
     sandbox.psql("INSERT INTO pitr_probe VALUES (3); SELECT pg_switch_wal();")
     _wait_archived(sandbox)
     assert status_pitr(sandbox, pitr_on)["state"] == "OK"
     assert sandbox.sh("docker ps -aq --filter label=org.aimms-ops.pitr-restore").strip() == ""
-    sandbox.ssh(f"docker volume rm {kept}")
+    again = sandbox.fab("restore", "--to=latest", "--yes", "--json", inventory=pitr_on,
+                        timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert sandbox.psql("SELECT string_agg(n::text, ',' ORDER BY n) FROM pitr_probe") == "1,3"
+    sandbox.ssh(f"docker volume rm {kept} {json.loads(again.stdout)['restored']['kept']}")
 
 
 def test_an_unreachable_repository_is_critical_at_once_and_loses_no_wal(sandbox, pitr_on):
@@ -187,4 +192,9 @@ def _wait_archived(sandbox, timeout: float = 90) -> None:
                         "WHERE name LIKE '%.ready'", "postgres") == "0":
             return
         time.sleep(1)
-    raise AssertionError("WAL still waits to be archived")
+    logs = sandbox.ssh(f"docker logs --tail 30 {sandbox.container()}", check=False)
+    said = (logs.stdout + logs.stderr).decode(errors="replace")
+    raise AssertionError("WAL still waits to be archived: "
+                         + sandbox.psql("SELECT * FROM pg_stat_archiver", "postgres")
+                         + "\n" + "\n".join(ln for ln in said.splitlines()
+                                             if "archive" in ln or "ERROR" in ln))

@@ -174,3 +174,20 @@ def test_turning_it_on_is_planned_once_and_off_when_it_is_on(tmp_path):
     assert "--image my/pg-pitr:1" in setup.enable_plan(given, off).commands[0].line
     assert setup.disable_plan(host, off).commands == []
     assert "--disable" in setup.disable_plan(host, PitrState(_facts())).commands[0].line
+
+
+def test_pgbackrests_error_is_one_line_without_its_hints():
+    import subprocess
+
+    from aimms_ops.agent.pitr import pgbackrest_error
+
+    err = ("WARN: something first\n"
+           "ERROR: [029]: unable to load info file '/r/archive.info':\n"
+           "       FormatError: key/value found outside of section at line 1\n"
+           "       HINT: archive.info cannot be opened\n"
+           "       HINT: has a stanza-create been performed?\n")
+    run = subprocess.CompletedProcess([], 29, "", err)
+    assert pgbackrest_error(run) == ("ERROR: [029]: unable to load info file '/r/archive.info':"
+                                     " FormatError: key/value found outside of section at "
+                                     "line 1")
+    assert pgbackrest_error(subprocess.CompletedProcess([], 3, "", "")) == "exit 3"
