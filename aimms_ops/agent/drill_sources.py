@@ -264,10 +264,15 @@ class LogicalOffsite(Source):
 
 
 def pick(backup_dir: str, config: str, target: str, identity: str) -> Source:
-    """The source ``target`` names: ``host``, a target of the offsite settings ``config``,
+    """The source ``target`` names: ``host``, ``pitr`` (the PITR repository), a target of
+    the offsite settings ``config``,
     or (empty) the first target there, else the host (Failed when none fits)."""
     if target == "host":
         return LogicalHost(backup_dir)
+    if target == "pitr":
+        from aimms_ops.agent.drill_pitr import PitrSource
+
+        return PitrSource()
     if not config or not os.path.isfile(config):
         if target:
             raise Failed("fetch", "no offsite settings on %s to find target %s in (run fab "

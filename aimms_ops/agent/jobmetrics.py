@@ -52,11 +52,11 @@ def drill(directory: str, source: str, ok: bool, figures: Dict[str, object],
     if not directory:
         return ""
     now = int(time.time() if now is None else now)
-    stem = "aimms_ops_drill_logical_%s" % source
+    stem = metrics.drill_stem(source)
     last_ok = now if ok else metrics.value(metrics.read(
         os.path.join(directory, metrics.file_name(stem))),
         "aimms_ops_drill_last_success_timestamp_seconds")
-    labels = (("kind", "logical"), ("source", source))
+    labels = (("kind", metrics.drill_kind(source)), ("source", source))
 
     def num(key: str) -> Optional[float]:
         v = figures.get(key)

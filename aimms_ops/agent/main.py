@@ -23,6 +23,7 @@ from aimms_ops.agent import (
     offsite,
     pings,
     pitr,
+    pitr_push,
     pitr_restore,
     replaced,
     restore,
@@ -57,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     install.add_commands(sub)
     pitr.add_commands(sub)
     pitr_restore.add_commands(sub)
+    pitr_push.add_commands(sub)
     for name, text in (
             ("restore-stream", "the restore stream: source | decompressor | dump filter | psql, "
              "built beside the live cluster and swapped in (see agent/restore.py)"),

@@ -42,6 +42,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("pitr-facts", help="PITR's state: archiving, the repository's window")
     for name in ("project", "service", "superuser"):
         p.add_argument(name)
+    p.add_argument("--backup-dir", default="", help="where the offsite push keeps its state")
     p.set_defaults(run=facts_command)
     p = sub.add_parser("pitr-backup", help="a pgBackRest backup (full, diff or incr), "
                        "under the backup's locks, logged and pinged like it")
@@ -142,7 +143,12 @@ def gather(project: str, service: str, superuser: str) -> Dict[str, Any]:
 
 
 def facts_command(args: argparse.Namespace) -> int:
-    print(events.line("pitr", **gather(args.project, args.service, args.superuser)))
+    found = gather(args.project, args.service, args.superuser)
+    if args.backup_dir:
+        from aimms_ops.agent.pitr_push import read_state
+
+        found["push"] = read_state(args.backup_dir)
+    print(events.line("pitr", **found))
     return 0
 
 

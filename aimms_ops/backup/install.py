@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aimms_ops.backup.settings import script_settings
+from aimms_ops.core import pitr
 from aimms_ops.core.errors import OpsError
 from aimms_ops.core.layout import BACKUP_SCRIPT, DRILL_SCRIPT, VERIFY_SCRIPT
 from aimms_ops.host import bundle, shell
@@ -96,7 +97,12 @@ def cron_entries(host: Host) -> dict[str, str]:
                                ("diff", host.pitr.diff_schedule)):
             pcmd = shell.join(["python3", host.layout.program, "pitr-backup", "--type", kind,
                                "--config", host.layout.config_file])
+            if host.pitr.offsite:  # then the offsite copy follows the repository's expire
+                pcmd += " && " + shell.join(pitr_push_args(host, "--sync"))
             entries[f"pitr-{kind}"] = f"{schedule} {pcmd} >>{log} 2>&1 {MARK}pitr-{kind}"
+        if host.pitr.offsite:
+            pcmd = shell.join(pitr_push_args(host))
+            entries["pitr-push"] = f"* * * * * {pcmd} >>{log} 2>&1 {MARK}pitr-push"
     if host.drill and host.drill.schedule:
         d = host.drill
         dcmd = shell.join([host.layout.drill_script, "--config", host.layout.config_file,
@@ -104,7 +110,18 @@ def cron_entries(host: Host) -> dict[str, str]:
                            *(["--identity", d.identity] if d.identity else []),
                            *verify_args(host)])
         entries["drill"] = f"{d.schedule} {dcmd} >>{log} 2>&1 {MARK}drill"
+        if host.pitr:  # the PITR repository too, to its newest archived WAL
+            pcmd = shell.join([host.layout.drill_script, "--config", host.layout.config_file,
+                               "--target", "pitr", *verify_args(host)])
+            entries["drill-pitr"] = f"{d.schedule} {pcmd} >>{log} 2>&1 {MARK}drill-pitr"
     return entries
+
+
+def pitr_push_args(host: Host, *extra: str) -> list[str]:
+    """``python3 PROGRAM pitr-push ...`` of ``host`` (its PITR repository to its target)."""
+    assert host.pitr is not None and host.pitr.offsite
+    return ["python3", host.layout.program, *pitr.push_args(
+        host.layout.config_file, host.pitr.offsite, host.pitr.repo, *extra)]
 
 
 def parse_record(text: str) -> dict[str, str]:

@@ -11,8 +11,8 @@ from aimms_ops.output import console as output
 
 
 @ops_task(help={
-    "target": "the offsite target to drill, or host (default: drill.target, else the "
-              "first offsite target, else host)",
+    "target": "the offsite target to drill, host, or pitr (the PITR repository) "
+              "(default: drill.target, else the first offsite target, else host)",
     "json": "print one JSON object {host, source, file, state, exit_code, rto_seconds, "
             "rpo_seconds, checks, databases, metrics_file, ...}",
     "dry_run": "print the plan (the copy it would take, each step, the command), change "

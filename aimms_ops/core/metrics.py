@@ -183,3 +183,14 @@ def value(found: Dict[str, Metric], name: str) -> Optional[float]:
     """The first sample's value of metric ``name`` in ``found`` (None: not there)."""
     m = found.get(name)
     return m.samples[0][1] if m and m.samples else None
+
+
+def drill_kind(source: str) -> str:
+    """What a drill of ``source`` restores: ``pitr`` (the PITR repository) or ``logical``."""
+    return "pitr" if source == "pitr" else "logical"
+
+
+def drill_stem(source: str) -> str:
+    """The name (without .prom) of the metrics file of a drill of ``source``."""
+    kind = drill_kind(source)
+    return "aimms_ops_drill_pitr" if kind == "pitr" else "aimms_ops_drill_logical_%s" % source

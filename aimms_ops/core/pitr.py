@@ -39,6 +39,8 @@ RESTORE_LABEL = "org.aimms-ops.pitr-restore"
 #: Seconds the newest archived WAL may be older than the newest WAL ready to archive
 #: before status is CRITICAL (archive_timeout forces a switch every 60 s under writes).
 MAX_WAL_LAG = 120
+#: Seconds the offsite copy of the repository may be old (cron copies it every minute).
+MAX_PUSH_AGE = 600
 
 
 def image_tag(live_image_id: str) -> str:
@@ -94,6 +96,11 @@ def override_text(version: str, service: str, image: str, repo_dir: str, secret_
     return "\n".join(lines) + "\n"
 
 
+def push_args(config: str, target: str, repo: str, *extra: str) -> List[str]:
+    """The host program's arguments that copy the repository ``repo`` to ``target``."""
+    return ["pitr-push", "--config", config, "--target", target, "--repo", repo, *extra]
+
+
 def override_path(compose_file_path: str) -> str:
     """The override beside the compose file at ``compose_file_path``."""
     return posixpath.join(posixpath.dirname(compose_file_path), OVERRIDE_FILE)
@@ -128,7 +135,8 @@ def window(info: List[Dict[str, Any]]) -> Dict[str, Any]:
             "newest_backup": max((b["stop"] for b in good), default=None)}
 
 
-def judge(facts: Dict[str, Any], max_lag: int = MAX_WAL_LAG) -> Tuple[str, str, str]:
+def judge(facts: Dict[str, Any], max_lag: int = MAX_WAL_LAG,
+          offsite: Optional[str] = None) -> Tuple[str, str, str]:
     """(state, detail, fix) of continuous archiving from the host's ``pitr`` facts:
     OK, WARNING (no PITR backup yet) or CRITICAL (archiving stopped or falls behind)."""
     if not facts.get("container"):
@@ -156,6 +164,16 @@ def judge(facts: Dict[str, Any], max_lag: int = MAX_WAL_LAG) -> Tuple[str, str, 
     win = facts.get("window") or {}
     if not win.get("oldest"):
         return "WARNING", "no PITR backup yet: nothing to restore to", "backup"
+    push = facts.get("push") or {}
+    if offsite:
+        ok_at, err_at = push.get("last_ok_at") or 0, push.get("last_error_at") or 0
+        now = facts.get("now") or ok_at
+        if push.get("last_error") and err_at >= ok_at:
+            return ("CRITICAL", "the copy of the repository to %s fails: %s"
+                    % (offsite, push["last_error"]), "push")
+        if now - ok_at > MAX_PUSH_AGE:
+            return ("CRITICAL" if ok_at else "WARNING", "the repository was not copied to %s "
+                    "%s" % (offsite, "for %ds" % (now - ok_at) if ok_at else "yet"), "push")
     return "OK", "archiving; restorable from %s" % win["oldest"], ""
 
 

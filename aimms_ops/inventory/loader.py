@@ -124,7 +124,7 @@ def _parse_ping(ck: _Checker, key: str, d: dict) -> Ping | None:
                                  Ping.timeout))
 
 
-_PITR_KEYS = {"repo", "image", "full_schedule", "diff_schedule", "retention_full"}
+_PITR_KEYS = {"repo", "image", "full_schedule", "diff_schedule", "retention_full", "offsite"}
 
 
 def _parse_pitr(ck: _Checker, key: str, d: dict) -> Pitr | None:
@@ -149,7 +149,9 @@ def _parse_pitr(ck: _Checker, key: str, d: dict) -> Pitr | None:
         diff_schedule=ck.value(p, pk, "diff_schedule", is_cron_schedule, cron,
                                Pitr.diff_schedule),
         retention_full=ck.value(p, pk, "retention_full", _is_int(1),
-                                "a whole number, at least 1", Pitr.retention_full))
+                                "a whole number, at least 1", Pitr.retention_full),
+        offsite=ck.value(p, pk, "offsite", _is_name, "the name of one of the host's offsite "
+                         "targets"))
 
 
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
@@ -231,6 +233,11 @@ def _parse_host(ck: _Checker, name: str, data: Any, base: Path) -> Host | None:
     }
     offsite = parse_offsite(d, key, policy, base)
     ck.problems += offsite.problems
+    pitr = scalars["pitr"]
+    names = [t.name for t in offsite.targets]
+    if pitr is not None and pitr.offsite is not None and pitr.offsite not in names:
+        ck.fail(f"{key}.pitr.offsite", "the name of one of the host's offsite targets ("
+                + (", ".join(names) or "none") + ")", pitr.offsite)
     drill, metrics_dir, drill_problems = parse_drill(d, key, [t.name for t in offsite.targets],
                                                      is_cron_schedule)
     ck.problems += drill_problems

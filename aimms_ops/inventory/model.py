@@ -79,6 +79,8 @@ class Pitr:
     diff_schedule: str = "0 3 * * 1-6"
     #: full backups kept (with the differentials and WAL they need)
     retention_full: int = 2
+    #: the offsite target the repository is copied to (every minute), if any
+    offsite: str | None = None
 
 
 @dataclass(frozen=True)

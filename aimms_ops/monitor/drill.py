@@ -46,6 +46,12 @@ def source_of(host: Host, target: str | None) -> tuple[str, str]:
     chosen = target or (host.drill.target if host.drill else None)
     if chosen == "host":
         return "host", "the newest backup on the host"
+    if chosen == "pitr":
+        if host.pitr is None:
+            raise OpsError(f"--target=pitr: {host.name} has no pitr: in the inventory",
+                           "drill a dump instead: --target=host, or an offsite target",
+                           code=2)
+        return "pitr", "the PITR repository, to its newest archived WAL"
     if chosen:
         host.offsite.target(chosen)  # an OpsError naming the targets
         return chosen, f"the newest copy on offsite target {chosen}"
@@ -65,8 +71,7 @@ def script_args(host: Host, source: str) -> list[str]:
 def metrics_file(host: Host, source: str) -> str | None:
     if not host.metrics_dir:
         return None
-    return f"{host.metrics_dir.rstrip('/')}/" + metrics.file_name(
-        f"aimms_ops_drill_logical_{source}")
+    return f"{host.metrics_dir.rstrip('/')}/" + metrics.file_name(metrics.drill_stem(source))
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from aimms_ops.monitor.runlog import LoggedRun
 from aimms_ops.monitor.schedule import next_run
 from aimms_ops.monitor.status import StatusReport, judge
 from aimms_ops.offsite.copies import TargetListing, list_copies
+from aimms_ops.pitr.state import PitrState
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def _run(run: LoggedRun | None, now: datetime) -> tuple[str, object]:
 
 
 def describe(hf: HostFacts, host: Host, report: StatusReport,
-             listings: list[TargetListing]) -> Info:
+             listings: list[TargetListing], pitr: PitrState | None = None) -> Info:
     """The screen of ``host`` (pure)."""
     now = hf.now
     backups: list[BackupFile] = hf.backups or []
@@ -114,7 +115,14 @@ def describe(hf: HostFacts, host: Host, report: StatusReport,
                         if at else f"cron {schedule!r}: never", units.iso(at) if at else None))
     text, ran = _run(report.last_verify, now)
     rows.append(Row("last deep verify", text, ran))
-    if newest:
+    if pitr is not None:
+        rows += _pitr_rows(pitr)
+    wal_age = pitr.wal_age() if pitr is not None and pitr.on and pitr.oldest else None
+    if wal_age is not None:
+        rows.append(Row("you would lose now", f"the writes of the last {units.duration(wal_age)}"
+                        " and of the WAL segment being written (PITR; at most a minute "
+                        "under writes)", int(wal_age)))
+    elif newest:
         age = (now - max(newest)).total_seconds()
         rows.append(Row("you would lose now", f"up to {units.age(age)} of writes (the newest "
                         "good copy's age)", int(age)))
@@ -132,9 +140,29 @@ def describe(hf: HostFacts, host: Host, report: StatusReport,
     return Info(host.name, report, tuple(rows))
 
 
+def _pitr_rows(pitr: PitrState) -> list[Row]:
+    backups = [b for b in pitr.window.get("backups", []) if not b.get("error")]
+    fulls = [b for b in backups if b.get("type") == "full"]
+    window = (f"{units.iso(pitr.oldest)} → {units.iso(pitr.newest) if pitr.newest else '?'}"
+              if pitr.oldest else "nothing yet (no PITR backup)")
+    if not pitr.on:
+        window = "archiving is not running (fab status: pitr)"
+    size = sum(int(b.get("repo_size") or 0) for b in backups)
+    return [Row("PITR window", window, pitr.as_dict()),
+            Row("PITR backups", f"{len(backups)} ({len(fulls)} full), {units.size(size)} in "
+                "the repository" if backups else "none", len(backups))]
+
+
 def info(remote: HostRemote, max_age: int, max_age_text: str) -> Info:
-    """Gather the facts (status's round trip, then the offsite listing) and describe them."""
+    """Gather the facts (status's round trip, then the offsite listing, then PITR's) and
+    describe them."""
     hf = gather(remote)
     report = judge(hf, remote.host, max_age, max_age_text)
     listings = list_copies(remote) if remote.host.offsite else []
-    return describe(hf, remote.host, report, listings)
+    pitr = None
+    if remote.host.pitr is not None:
+        from aimms_ops.pitr import state as pitr_state
+
+        pitr = pitr_state.read(remote)
+        report.checks.append(pitr_state.check(pitr, remote.host))
+    return describe(hf, remote.host, report, listings, pitr)

@@ -78,7 +78,13 @@ def enable_plan(host: Host, state: PitrState) -> Plan | None:
         ("cron", f"full backups at '{cfg.full_schedule}', differential at "
                  f"'{cfg.diff_schedule}'"),
     ]
-    return Plan(True, steps, [program(["pitr-enable", *args]), backup_command(host, "full")])
+    commands = [program(["pitr-enable", *args]), backup_command(host, "full")]
+    if cfg.offsite:
+        steps.append(("offsite", f"the repository copied to {cfg.offsite} (its pitr/ folder), "
+                                 "then every minute from cron"))
+        commands.append(program(pitr.push_args(host.layout.config_file, cfg.offsite, cfg.repo,
+                                               "--sync", "--report")))
+    return Plan(True, steps, commands)
 
 
 def disable_plan(host: Host, state: PitrState) -> Plan:

@@ -61,7 +61,7 @@ def read(remote: HostRemote) -> PitrState:
     """The host's PITR facts (one call of the host program)."""
     host = remote.host
     res = remote.run_program("pitr-facts", host.compose.project, host.compose.postgres_service,
-                             host.postgres.superuser)
+                             host.postgres.superuser, "--backup-dir", host.backup_dir)
     event = parse(res.stdout).last("pitr") if res.ok else None
     if event is None:
         raise OpsError(f"cannot read PITR's state on {remote.name}: {res.last_error_line()}")
@@ -81,11 +81,12 @@ def check(state: PitrState, host: Host) -> Check:
     f = state.facts
     if f.get("error"):
         return Check("pitr", State.CRITICAL, f["error"], "see: fab doctor")
-    level, detail, fix = pitr.judge(f)
+    level, detail, fix = pitr.judge(f, offsite=host.pitr.offsite if host.pitr else None)
     fixes = {"start": start_hint(host, f.get("compose") or ""), "install": "fab install-backups",
              "repo": f"check the repository {host.pitr.repo if host.pitr else ''} "
                      "(space, owner) and the postgres log: docker logs <container>",
-             "backup": "fab pitr-backup --type=full"}
+             "backup": "fab pitr-backup --type=full",
+             "push": "see the log (fab logs) for rclone's error; the copy resumes by itself"}
     if level == "OK":
         age = state.wal_age()
         detail = (f"archiving; restorable from {units.iso(state.oldest) if state.oldest else '?'}"

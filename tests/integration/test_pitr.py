@@ -27,9 +27,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def pitr_inventory(sandbox, tmp_path_factory) -> Path:
-    data = yaml.safe_load(sandbox.inventory.read_text())
+    """The offsite inventory (the sandbox's S3 server and vault) with pitr:, whose
+    repository is copied to the S3 target."""
+    data = yaml.safe_load(sandbox.inventory.with_name("inventory-offsite.yml").read_text())
     host = data["hosts"][data["default_host"]]
-    host["pitr"] = {"image": sandbox.env["SANDBOX_PITR_IMAGE"],
+    host["pitr"] = {"image": sandbox.env["SANDBOX_PITR_IMAGE"], "offsite": "s3",
                     "repo": f"{sandbox.home}/pitr-repo-test", "retention_full": 1}
     path = tmp_path_factory.mktemp("pitr") / "inventory.yml"
     path.write_text(yaml.safe_dump(data))
@@ -70,6 +72,28 @@ def test_install_shows_the_plan_and_changes_nothing_on_a_dry_run(sandbox, pitr_i
         assert refused.returncode == 2
         assert "--yes" in refused.stderr
         assert sandbox.psql("SHOW archive_mode") == "off"
+
+
+def test_the_repository_is_copied_offsite_encrypted_and_kept_current_by_cron(sandbox,
+                                                                              pitr_on):
+    data = yaml.safe_load(pitr_on.read_text())
+    s3 = next(t for t in data["hosts"][data["default_host"]]["offsite"] if t["name"] == "s3")
+    env = dict(line.split("=", 1) for line in
+               (sandbox.inventory.with_name("offsite.env").read_text().split()))
+    folder = Path(env["SANDBOX_S3_DATA"]) / s3["bucket"] / s3["prefix"] / "pitr"
+    info = folder / "backup" / "aimms" / "backup.info"
+    assert info.is_file(), sorted(p.name for p in folder.rglob("*"))[:20]
+    assert info.read_bytes().startswith(b"Salted__")  # pgBackRest's cipher: no plaintext
+    assert "pitr-push" in sandbox.sh("crontab -l")
+    # A segment archived now reaches the target by the next minute's cron run.
+    wal = sandbox.psql("SELECT pg_walfile_name(pg_current_wal_lsn()); SELECT pg_switch_wal();",
+                       "postgres").splitlines()[0]
+    _wait_archived(sandbox)
+    deadline = time.monotonic() + 130
+    while not any(folder.joinpath("archive").rglob(f"{wal}-*")):
+        assert time.monotonic() < deadline, f"{wal} not copied to the S3 target by cron"
+        time.sleep(3)
+    assert status_pitr(sandbox, pitr_on)["state"] == "OK"
 
 
 def test_archiving_keeps_up_under_pgbench(sandbox, pitr_on):
@@ -171,6 +195,18 @@ def test_the_stack_started_without_the_override_is_critical_and_the_fix_works(sa
     sandbox.psql("SELECT pg_switch_wal();")
     _wait_archived(sandbox)
     assert status_pitr(sandbox, pitr_on)["state"] == "OK"
+
+
+def test_the_drill_restores_the_repository_and_reports_rto_and_rpo(sandbox, pitr_on):
+    sandbox.psql("SELECT pg_switch_wal();")
+    _wait_archived(sandbox)
+    run = sandbox.fab("drill", "--target=pitr", "--json", inventory=pitr_on, timeout=600)
+    assert run.returncode == 0, run.stderr + run.stdout
+    report = json.loads(run.stdout)
+    assert report["source"] == "pitr" and report["state"] == "OK", report
+    assert report["rto_seconds"] > 0 and report["rpo_seconds"] >= 0
+    assert sandbox.sh("docker ps -aq --filter label=org.aimms-ops.drill=1").strip() == ""
+    assert sandbox.sh("docker volume ls -q --filter label=org.aimms-ops.drill=1").strip() == ""
 
 
 def test_pitr_off_puts_the_stack_back(sandbox, pitr_on):

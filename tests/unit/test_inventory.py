@@ -178,6 +178,7 @@ WRONG_TYPES = [
     ("hosts.aidset.pitr.diff_schedule", "0 3 * * * ; reboot", "cron schedule"),
     ("hosts.aidset.pitr.retention_full", 0, "at least 1"),
     ("hosts.aidset.pitr.bogus", 1, "no such key"),
+    ("hosts.aidset.pitr.offsite", "nowhere", "offsite targets"),
     # The drill and the metrics (tests/unit/test_drill_unit.py tries each drill key).
     ("hosts.aidset.drill", "weekly", "a mapping with schedule"),
     ("hosts.aidset.drill.schedule", "sundays", "weekly, or a cron schedule"),

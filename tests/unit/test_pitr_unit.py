@@ -191,3 +191,43 @@ def test_pgbackrests_error_is_one_line_without_its_hints():
                                      " FormatError: key/value found outside of section at "
                                      "line 1")
     assert pgbackrest_error(subprocess.CompletedProcess([], 3, "", "")) == "exit 3"
+
+
+def _offsite_host(tmp_path: Path, pitr_value):
+    data = yaml.safe_load((REPO / "inventory.yml").read_text())
+    h = data["hosts"]["aidset"]
+    h["offsite"] = [{"name": "s3", "type": "s3", "endpoint": "https://s3.example.com",
+                     "bucket": "aimms-backups", "credentials": "/home/ec2-user/.s3"}]
+    h["offsite_recipients"] = ["age1" + "q" * 58]
+    h["pitr"] = pitr_value
+    p = tmp_path / "inv.yml"
+    p.write_text(yaml.safe_dump(data))
+    return loader.load(p).host(None)
+
+
+def test_the_repository_goes_offsite_every_minute_and_is_synced_after_a_backup(tmp_path):
+    host = _offsite_host(tmp_path, {"offsite": "s3"})
+    entries = install.cron_entries(host)
+    assert entries["pitr-push"].startswith("* * * * * python3 /home/ec2-user/aimms-ops.pyz "
+                                           "pitr-push --config ")
+    assert "--target s3 --repo /home/ec2-user/pgbackrest-repo" in entries["pitr-push"]
+    assert " && python3 " in entries["pitr-full"] and "--sync" in entries["pitr-full"]
+    off = PitrState(_facts(pgbackrest=False, archive_mode="off", image="postgres:15"))
+    plan = setup.enable_plan(host, off)
+    assert "pitr-push" in plan.commands[-1].line and "--sync" in plan.commands[-1].line
+    with pytest.raises(OpsError, match="pitr.offsite"):
+        _offsite_host(tmp_path, {"offsite": "vault"})
+
+
+@pytest.mark.parametrize("push, state, words", [
+    ({"last_ok_at": 1005.0}, "OK", "restorable"),
+    ({}, "WARNING", "not copied to s3 yet"),
+    ({"last_ok_at": 1010.0 - pitr.MAX_PUSH_AGE - 1}, "CRITICAL", "not copied to s3 for"),
+    ({"last_ok_at": 900.0, "last_error": "rclone: denied", "last_error_at": 1000.0},
+     "CRITICAL", "fails: rclone: denied"),
+    ({"last_ok_at": 1005.0, "last_error": "old", "last_error_at": 1000.0}, "OK", "restorable"),
+])
+def test_the_offsite_copy_of_the_repository_is_judged(push, state, words):
+    level, detail, _fix = pitr.judge(_facts(push=push), offsite="s3")
+    assert level == state and words in detail, detail
+    assert pitr.judge(_facts(push=push))[0] == "OK"  # no offsite copy asked for
