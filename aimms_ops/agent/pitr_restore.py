@@ -25,7 +25,7 @@ from aimms_ops.agent import cluster, waiting
 from aimms_ops.agent.hosttools import docker, last_line
 from aimms_ops.agent.job import Interrupted, Job, JobFailed, trap_signals
 from aimms_ops.agent.pitr import _compose, postgres_container
-from aimms_ops.core import pitr
+from aimms_ops.core import pitr, units
 from aimms_ops.core.lock import LOCK_FILES
 
 COPY_SH = "find /to -mindepth 1 -delete && cp -a /from/. /to/"
@@ -102,6 +102,7 @@ class Restore:
             fh.write("".join(line + "\n" for line in env.splitlines()
                              if line.startswith("PGBACKREST_")))
         job.cleanups.append(self.cleanup)
+        self.preflight(cid)
         self.recover(image, mounts)
         self.timings["recovered"] = time.time() - started
         stopped = self.verify(image)
@@ -112,6 +113,28 @@ class Restore:
         job.event("pitr-restored", to=a.to, stopped=stopped, seconds=seconds, kept=a.keep,
                   recovered_after=self.timings["recovered"])
         return 0
+
+    def preflight(self, cid: str) -> None:
+        """Room for the recovered cluster and the kept copy: twice the live one's size."""
+        try:
+            size = int(cluster.Cluster(cid, self.a.superuser).rows(
+                "SELECT sum(pg_database_size(oid)) FROM pg_database")[0][0])
+        except (cluster.ClusterError, IndexError, ValueError):
+            return
+        need = size * 2 * 11 // 10
+        root = docker("info", "--format", "{{.DockerRootDir}}")[1].strip()
+        try:
+            st = os.statvfs(root)
+        except (OSError, ValueError):
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < need:
+            raise JobFailed("not enough disk: the recovered cluster and the kept copy of the "
+                            "live one need about %s, %s has %s free; nothing was changed (free "
+                            "space there, e.g. docker volume rm of an old kept volume)"
+                            % (units.size(need), root, units.size(free)))
+        self.step("disk", "%s free in %s, about %s needed" % (units.size(free), root,
+                                                              units.size(need)))
 
     def recover(self, image: str, repo: str) -> None:
         a = self.a

@@ -98,6 +98,8 @@ def make_plan(host: Host, state: PitrState, moment: datetime | None, run_id: str
                      f"copied into volume {keep}, the recovered data into {vol}, "
                      f"{c.postgres_service} starts"),
             ("kept", f"volume {keep} (the data as it is now)"),
+            ("disk", "about twice the cluster's size free in Docker's data root (checked "
+                     "first; nothing is changed when it is not)"),
             ("command", cmd.shown)]
     return Plan(host.name, to, keep, rows, cmd)
 
