@@ -13,6 +13,7 @@ each run did is kept in ``.pitr-push.state`` in the backup dir, for ``fab status
 import argparse
 import json
 import os
+import subprocess
 import tempfile
 import time
 from typing import Any, Dict
@@ -102,8 +103,12 @@ def push(s: Dict[str, str], name: str, repo: str, sync: bool) -> int:
             target = Target(load(s.get("OFFSITE_CONFIG", "")), name, work)
         except OffsiteError as e:
             raise JobFailed(str(e)) from None
-        res = target.run("sync" if sync else "copy", "--stats", "0", "-v", repo,
-                         target.path(FOLDER))
+        # rclone's -q (the targets' flags) goes: -v names each file copied.
+        argv = [a for a in target.argv("sync" if sync else "copy", "--stats", "0", repo,
+                                       target.path(FOLDER)) if a != "-q"]
+        res = subprocess.run([*argv[:1], "-v", *argv[1:]], env=target.env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, check=False)
         if res.returncode != 0:
             raise JobFailed("rclone %s to %s: %s" % ("sync" if sync else "copy", name,
                                                      reason(res.stderr)))

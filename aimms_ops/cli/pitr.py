@@ -103,5 +103,6 @@ def pitr_off(c, yes=False, dry_run=False, json=False):
         confirm(remote.name, f"restart postgres on {remote.name} without PITR", yes)
         with output.live() as shown:
             setup.run(remote, plan, shown)
-        backup_install.remove_cron(remote, ("pitr-full", "pitr-diff"))
+        backup_install.remove_cron(remote, ("pitr-full", "pitr-diff", "pitr-push",
+                                            "drill-pitr"))
         output.note(f"{remote.name}: PITR is off; the repository is kept")

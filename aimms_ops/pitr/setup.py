@@ -110,5 +110,7 @@ def run(remote: HostRemote, plan: Plan, on_event: Callable[[Event], None]) -> No
         events = Events(on_event)
         res = remote.run(cmd.line, on_stdout=events.feed, what=cmd.argv[0])
         if not res.ok:
-            raise OpsError(f"{cmd.argv[0]} failed on {remote.name}: {res.last_error_line()}",
+            said = [e["error"] for e in events.all if e.get("error")]
+            why = said[-1] if said else res.last_error_line()
+            raise OpsError(f"{cmd.argv[0]} failed on {remote.name}: {why}",
                            "see the log: fab logs")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -79,7 +80,10 @@ class Offsite:
         for d in (self.s3_dir, self.vault_dir):
             if d.is_dir():
                 for p in d.iterdir():
-                    if name is None or p.name.startswith(name + "."):
+                    if name is None and p.is_dir():  # a folder: the PITR repository's copy
+                        shutil.rmtree(p)
+                        removed += 1
+                    elif name is None or p.name.startswith(name + "."):
                         p.unlink()
                         removed += 1
         if removed:

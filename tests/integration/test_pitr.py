@@ -13,6 +13,7 @@ run's PITR is undone by sandbox/up.sh.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -48,9 +49,20 @@ def pitr_on(sandbox, pitr_inventory):
     assert run.returncode == 0, run.stderr + run.stdout
     assert "PITR is on" in run.stderr + run.stdout
     yield pitr_inventory
-    # Whatever the tests left, the next file gets the stack as a new sandbox has it.
+    # Whatever the tests left, the next file gets the stack as a new sandbox has it, and
+    # the S3 target without the repository's copy.
+    shutil.rmtree(_s3_folder(sandbox, pitr_inventory), ignore_errors=True)
     subprocess.run(["bash", str(REPO / "sandbox" / "up.sh")], check=True,
                    stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+
+
+def _s3_folder(sandbox, inventory: Path) -> Path:
+    """Where the S3 server keeps the repository's copy."""
+    data = yaml.safe_load(inventory.read_text())
+    s3 = next(t for t in data["hosts"][data["default_host"]]["offsite"] if t["name"] == "s3")
+    env = dict(line.split("=", 1) for line in
+               (sandbox.inventory.with_name("offsite.env").read_text().split()))
+    return Path(env["SANDBOX_S3_DATA"]) / s3["bucket"] / s3["prefix"] / "pitr"
 
 
 def status_pitr(sandbox, inventory: Path) -> dict:
@@ -76,11 +88,7 @@ def test_install_shows_the_plan_and_changes_nothing_on_a_dry_run(sandbox, pitr_i
 
 def test_the_repository_is_copied_offsite_encrypted_and_kept_current_by_cron(sandbox,
                                                                               pitr_on):
-    data = yaml.safe_load(pitr_on.read_text())
-    s3 = next(t for t in data["hosts"][data["default_host"]]["offsite"] if t["name"] == "s3")
-    env = dict(line.split("=", 1) for line in
-               (sandbox.inventory.with_name("offsite.env").read_text().split()))
-    folder = Path(env["SANDBOX_S3_DATA"]) / s3["bucket"] / s3["prefix"] / "pitr"
+    folder = _s3_folder(sandbox, pitr_on)
     info = folder / "backup" / "aimms" / "backup.info"
     assert info.is_file(), sorted(p.name for p in folder.rglob("*"))[:20]
     assert info.read_bytes().startswith(b"Salted__")  # pgBackRest's cipher: no plaintext
@@ -216,7 +224,7 @@ def test_pitr_off_puts_the_stack_back(sandbox, pitr_on):
     assert sandbox.psql("SHOW archive_mode") == "off"
     image = sandbox.sh(f"docker inspect -f '{{{{.Config.Image}}}}' {sandbox.container()}")
     assert image.strip() != sandbox.env["SANDBOX_PITR_IMAGE"]
-    assert "pitr-" not in sandbox.sh("crontab -l")
+    assert "aimms-ops:pitr-" not in sandbox.sh("crontab -l")
     assert sandbox.sh(f"test -d {sandbox.home}/pitr-repo-test && echo kept").strip() == "kept"
 
 

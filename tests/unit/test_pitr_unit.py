@@ -215,7 +215,7 @@ def test_the_repository_goes_offsite_every_minute_and_is_synced_after_a_backup(t
     off = PitrState(_facts(pgbackrest=False, archive_mode="off", image="postgres:15"))
     plan = setup.enable_plan(host, off)
     assert "pitr-push" in plan.commands[-1].line and "--sync" in plan.commands[-1].line
-    with pytest.raises(OpsError, match="pitr.offsite"):
+    with pytest.raises(OpsError, match=r"pitr\.offsite"):
         _offsite_host(tmp_path, {"offsite": "vault"})
 
 
