@@ -27,6 +27,20 @@ The kinds and their fields:
   fields of the copy's .meta (``name``, ``plaintext_sha256``, ``plaintext_size``,
   ``encrypted_sha256``, ``encrypted_size``, ``pushed_at``, ``object_size``,
   ``verified_at``); ``partial``: ``target``, ``name`` (a push cut short).
+- ``facts``: what one read-only command found (``facts``, ``list-backups``,
+  ``status-facts``, ``install-state``, ``volume-facts``, ``rebuild-facts``, ``hold``,
+  ``wait-postgres``; ``python``, which the shell writes before the program can run):
+  ``of`` (the command) and ``facts``, an object of each fact by its dotted name (text of
+  any characters, a list or an object). One event, the command's last line: a stdout
+  without it was cut short. A fact or a field the reader does not know is ignored.
+- The restore stream's (``restore-stream``), besides ``wait`` and ``progress``:
+  ``section``: ``database``, ``line`` (where the filter's output enters a database);
+  ``inserted``: ``after``, ``lines`` (a block the filter added: psql's line numbers
+  count it); ``stages``: ``status`` (the exit statuses of source, decompressor, filter,
+  psql); ``replaced``: ``database``, ``kept_as``; ``undone``: ``text`` (a failed restore
+  removed what it built: the live cluster is as it was); ``error``: ``text`` (why it
+  failed, or refused); ``note``: ``text`` (what it did, for the record). psql's own
+  messages stay on stderr, as psql wrote them.
 """
 
 import json
@@ -43,6 +57,11 @@ PROGRESS_EVERY = 0.5
 def line(kind: str, **fields: Any) -> str:
     """The event ``kind`` with ``fields``, as one line (no newline)."""
     return json.dumps(dict(event=kind, **fields), separators=(",", ":"), ensure_ascii=True)
+
+
+def facts_line(of: str, facts: Dict[str, Any]) -> str:
+    """The ``facts`` event of command ``of`` (no newline)."""
+    return line("facts", of=of, facts=facts)
 
 
 def read(text: str) -> Optional[Dict[str, Any]]:

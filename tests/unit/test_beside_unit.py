@@ -116,8 +116,10 @@ def test_status_shows_copies_kept_aside_and_half_built_ones():
     h = bytes.hex
     aside = aside_name(b"aimms_web", b"20261206_010203")
     setting = b"aimms_ops.replaced=" + h(b"aimms_web").encode() + b" 20261206_010203 f t"
-    text = (f"{h(aside)} 1048576 {h(setting)}\n{h(new_name(b'x'))} 2048 -\n")
-    copies = parse_copies(text)
+    copies = parse_copies([
+        {"name": aside.decode(), "size": 1048576, "setting": setting.decode()},
+        {"name": new_name(b"x").decode(), "size": 2048, "setting": None},
+        {"name": "no size"}, "not a copy"])
     assert [(c.original, c.stamp) for c in copies] == [("aimms_web", "20261206_010203"),
                                                        (None, None)]
     check = check_copies(copies)
