@@ -82,9 +82,10 @@ def main(argv: List[str]) -> int:
     if argv[:1] == ["batch"]:
         return batch(argv[1:])
     if argv[:1] == ["dump"]:  # the dump reader's own command line (aimms_ops.dump.cli)
+        from aimms_ops.core import events
         from aimms_ops.dump import cli as dump_cli
 
-        return int(dump_cli.main(argv[1:]))
+        return int(dump_cli.main(argv[1:], event=events.line))
     if argv[:1] == ["backup"]:  # backup-postgres.sh's own flags (aimms_ops.agent.backup)
         from aimms_ops.agent import backup
 
