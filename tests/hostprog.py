@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from aimms_ops.core import events
+from aimms_ops.core.names import BackupFile
 from aimms_ops.host import bundle
 
 _DIR = Path(tempfile.mkdtemp(prefix="aimms-ops-hostprog."))
@@ -17,6 +19,20 @@ PROGRAM.write_bytes(bundle.program())
 HOST = [sys.executable, str(PROGRAM)]
 #: The environment of a packaged script run here: it finds the host program there.
 SCRIPT_ENV = {**os.environ, "AIMMS_OPS_PROGRAM": str(PROGRAM)}
+
+
+def said(of: str, facts: dict) -> str:
+    """The line the host program's command ``of`` prints for ``facts`` (its event)."""
+    return events.facts_line(of, facts) + "\n"
+
+
+def listing(backups: list[BackupFile] | None) -> dict:
+    """The facts of list-backups for ``backups`` (None: no backup dir)."""
+    if backups is None:
+        return {"dir.exists": "0"}
+    return {"dir.exists": "1", "backups": [
+        {"name": b.name, "mtime": int(b.created.timestamp()), "size": b.size,
+         "sha256": b.sha256, "pin": None} for b in backups]}
 
 
 def key_values(text: str) -> dict[str, list[str]]:

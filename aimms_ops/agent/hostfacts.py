@@ -1,36 +1,44 @@
-"""What the host program's read-only commands share: ``key=value`` lines on stdout, the
-facts of a file, the crontab, the compressors and the commands of the host's tools.
+"""What the host program's read-only commands share: their report (one ``facts`` event,
+``aimms_ops.core.events``, read on the operator's side by ``aimms_ops.host.events``), the
+facts of a file, the crontab, the compressors and the commands of the host's tools."""
 
-Values are printed as the operator side parses them (``aimms_ops.host.compose.
-parse_facts``): one line each, a multi-line value base64-encoded."""
-
-import base64
 import hashlib
+import json
 import os
 import pwd
 import shutil
 import subprocess
 import sys
 import time
-from typing import List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from aimms_ops.core import events
 
 Text = Union[str, bytes]
 
 
-def emit(key: str, value: Text = "") -> None:
-    """Print ``KEY=VALUE`` (bytes as they are, text as UTF-8 whatever it holds)."""
-    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
-    sys.stdout.buffer.write(key.encode() + b"=" + raw + b"\n")
+def text(value: Text) -> str:
+    """``value`` as text; bytes that are not UTF-8 kept (surrogate escapes: the event
+    carries them, and the reader gets the bytes back)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
-def raw(data: Text) -> None:
-    """Print ``data`` as it is (the lines a tool printed in the format of the facts)."""
-    sys.stdout.buffer.write(data if isinstance(data, bytes) else
-                            data.encode("utf-8", "surrogateescape"))
+class Report:
+    """The facts of one command, sent as one ``facts`` event when it ends (:meth:`send`)."""
 
+    def __init__(self, of: str) -> None:
+        self.of = of
+        self.facts: Dict[str, Any] = {}
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    def put(self, key: str, value: Any = "") -> None:
+        """Fact ``key``: text (bytes decoded as :func:`text` does), a list or an object."""
+        self.facts[key] = text(value) if isinstance(value, (str, bytes)) else value
+
+    def send(self) -> int:
+        """Print the event (the command's last line); the command's exit status, 0."""
+        sys.stdout.write(events.facts_line(self.of, self.facts) + "\n")
+        sys.stdout.flush()
+        return 0
 
 
 def run(argv: List[str], *, merged: bool = False, cwd: Optional[str] = None) -> Tuple[int, bytes]:
@@ -75,17 +83,17 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def file_facts(key: str, path: str) -> None:
-    """KEY.sha256= and KEY.mode= of an installed file (the sha256 empty, and no mode, when
+def file_facts(out: Report, key: str, path: str) -> None:
+    """KEY.sha256 and KEY.mode of an installed file (the sha256 empty, and no mode, when
     it is absent)."""
     if os.path.isfile(path):
         try:
-            emit(key + ".sha256", sha256_file(path))
-            emit(key + ".mode", mode_of(path))
+            out.put(key + ".sha256", sha256_file(path))
+            out.put(key + ".mode", mode_of(path))
             return
         except OSError:
             pass
-    emit(key + ".sha256")
+    out.put(key + ".sha256")
 
 
 def readable_file(path: str) -> Optional[bytes]:
@@ -99,33 +107,45 @@ def readable_file(path: str) -> Optional[bytes]:
         return None
 
 
-def crontab_facts() -> None:
+def crontab_facts(out: Report) -> None:
     if shutil.which("crontab"):
-        emit("crontab.available", "1")
-        emit("crontab.b64", b64(run(["crontab", "-l"])[1]))
+        out.put("crontab.available", "1")
+        out.put("crontab", run(["crontab", "-l"])[1])
     else:
-        emit("crontab.available", "0")
+        out.put("crontab.available", "0")
 
 
-def compressor_facts() -> None:
+def compressor_facts(out: Report) -> None:
     """The gzip compressor a backup run here would use (with this PATH: the settings file
     gives cron the same one), its decompressor, and which compressors are installed (zstd
     too, for a host whose compression is zstd)."""
     have = [t for t in ("igzip", "pigz", "gzip", "zstd") if shutil.which(t)]
     gz = [t for t in have if t != "zstd"]
-    emit("compressor.name", gz[0] if gz else "")
-    emit("compressor.check", gz[0] if gz else "")
-    emit("compressor.have", " ".join(have))
+    out.put("compressor.name", gz[0] if gz else "")
+    out.put("compressor.check", gz[0] if gz else "")
+    out.put("compressor.have", " ".join(have))
 
 
-def env_facts() -> None:
-    emit("env.PATH", os.environ.get("PATH", ""))
-    emit("env.DOCKER_HOST", os.environ.get("DOCKER_HOST", ""))
+def env_facts(out: Report) -> None:
+    out.put("env.PATH", os.environ.get("PATH", ""))
+    out.put("env.DOCKER_HOST", os.environ.get("DOCKER_HOST", ""))
 
 
-def inspect(cid: str, fields: List[Tuple[str, str]]) -> None:
-    """``KEY=VALUE`` lines of ``docker inspect`` of ``cid`` (the name without its slash)."""
-    fmt = "\n".join("%s={{%s}}" % kv for kv in fields)
-    rc, out = run(["docker", "inspect", "--format", fmt, cid])
-    if rc == 0:
-        raw(out.replace(b"container.name=/", b"container.name=", 1))
+def inspect(out: Report, cid: str, fields: Sequence[Tuple[str, str]]) -> None:
+    """Facts of ``docker inspect`` of ``cid``: each KEY the field at its dotted PATH
+    (``State.Status``), as text (the name without its slash); none when it fails."""
+    rc, data = run(["docker", "inspect", "--type", "container", cid])
+    try:
+        found = json.loads(text(data))[0] if rc == 0 else None
+    except (ValueError, IndexError, KeyError):
+        found = None
+    if not isinstance(found, dict):
+        return
+    for key, path in fields:
+        value: Any = found
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        shown = str(value) if not isinstance(value, bool) else ("true" if value else "false")
+        out.put(key, shown[1:] if path == "Name" and shown.startswith("/") else shown)

@@ -3,7 +3,7 @@
 - ``ensure-dirs BACKUP_DIR LOG_FILE``: the backup dir 0700 and the log 0600;
 - ``install-file PATH MODE [KEEP_OLD]``: stdin written to PATH atomically with MODE; with
   KEEP_OLD=1 an existing different file is kept as ``PATH.bak-UTCSTAMP`` first
-  (``kept=PATH.bak-…`` on stdout);
+  (its ``facts`` event, core.events, says ``kept``: PATH.bak-…);
 - ``rebuild-record append STATE_FILE LINE...`` (``UTC_TIMESTAMP LINE`` per line), ``close
   STATE_FILE DEST`` (the state file moved, when there is one), ``audit LOG_FILE LINE``
   (``UTC_TIMESTAMP LINE from=SSH_CLIENT_ADDRESS``);
@@ -22,6 +22,7 @@ from typing import Any
 
 from aimms_ops.agent import waiting
 from aimms_ops.agent.hostfacts import now_utc
+from aimms_ops.core import events
 
 CANNOT_CREATE = 73
 
@@ -97,7 +98,7 @@ def install_file(args: argparse.Namespace) -> int:
         if args.keep == "1" and os.path.isfile(path) and not _same(tmp, path):
             old = "%s.bak-%s" % (path, time.strftime("%Y%m%d_%H%M%S", time.gmtime()))
             shutil.copy2(path, old)
-            print("kept=%s" % old, flush=True)
+            print(events.facts_line("install-file", {"kept": old}), flush=True)
         os.replace(tmp, path)
     except OSError as e:
         return _fail(e)

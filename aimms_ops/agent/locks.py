@@ -8,7 +8,8 @@
 - ``clean-killed DIR --pid PID``: what a run killed with SIGKILL left in the backup dir
   (temporary backups, notes of dead holders, side dirs of dead pids); prints the names.
 - ``hold DIR OWNER``: the cluster lock, exclusive, for as long as stdin stays open
-  (rebuild-volume); prints ``locked=1``, or ``busy=KIND`` and ``holder=...`` with 75.
+  (rebuild-volume); its ``facts`` event (core.events) says ``locked`` once it holds it
+  (``core.lock.HELD``), or ``busy`` (KIND) and ``holder``, with 75.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import tempfile
 from typing import Any, List
 
+from aimms_ops.core import events
 from aimms_ops.core import lock as core_lock
 from aimms_ops.core.lock import LOCK_FILES, Lock, LockBusy, LockOpenError
 
@@ -123,14 +125,15 @@ def hold(args: argparse.Namespace) -> int:
         lk.acquire(0)
     except LockBusy as busy:
         kind = busy.holders[0].split(" ", 1)[0] if busy.holders else "unknown"
-        print("busy=%s" % ("rebuild" if kind == "rebuild-volume" else kind))
-        print("holder=%s" % core_lock.held_by(busy.holders))
+        print(events.facts_line("hold", {
+            "busy": "rebuild" if kind == "rebuild-volume" else kind,
+            "holder": core_lock.held_by(busy.holders)}))
         return core_lock.BUSY_STATUS
     except LockOpenError as e:
         sys.stderr.write("aimms-ops: %s\n" % e)
         return 1
     with lk:
-        print("locked=1", flush=True)
+        print(core_lock.HELD, flush=True)
         while sys.stdin.buffer.read(65536):
             pass
     return 0

@@ -5,7 +5,9 @@ the dump reader's (``aimms_ops.dump.cli``: inspect, filter, and the restore's sw
 ``drill ...`` the drill's (``agent/drill.py``, run by ``drill.sh``);
 ``restore-stream``, ``inspect-dump``, ``replaced`` and ``postgres-exec`` the restore's
 (``agent/restore.py``, ``dumpfile.py``, ``replaced.py``, each run by the script of that
-name)."""
+name); ``batch N COMMAND ARGS... [N COMMAND ARGS...]`` runs several commands in one start
+of the program (N: how many words follow for that command), as ``fab status`` reads its
+facts."""
 
 from __future__ import annotations
 
@@ -65,16 +67,36 @@ def parser() -> argparse.ArgumentParser:
             ("inspect-dump", "FILE: a dump on this host checked, read-only"),
             ("replaced", "the databases restores set aside: aside, undo, drop-aside"),
             ("postgres-exec", "PROJECT SERVICE COMMAND...: docker exec -i in the "
-             "service's running container")):
+             "service's running container"),
+            ("batch", "N COMMAND ARGS... [N COMMAND ARGS...]: several commands in one "
+             "start (N: the words that follow)")):
         sub.add_parser(name, help=text)
     return p
 
 
+def batch(argv: List[str]) -> int:
+    """Each ``N COMMAND ARGS...`` group of ``argv`` in turn; the first failure's status."""
+    status = 0
+    while argv:
+        if not argv[0].isdigit() or not 0 < int(argv[0]) < len(argv):
+            sys.stderr.write("aimms-ops: batch: N COMMAND ARGS..., N the words that follow "
+                             "(see: aimms-ops.pyz --help)\n")
+            return USAGE_STATUS
+        n = int(argv[0])
+        rc = main(argv[1:1 + n])
+        status = status or rc
+        argv = argv[1 + n:]
+    return status
+
+
 def main(argv: List[str]) -> int:
+    if argv[:1] == ["batch"]:
+        return batch(argv[1:])
     if argv[:1] == ["dump"]:  # the dump reader's own command line (aimms_ops.dump.cli)
+        from aimms_ops.core import events
         from aimms_ops.dump import cli as dump_cli
 
-        return int(dump_cli.main(argv[1:]))
+        return int(dump_cli.main(argv[1:], event=events.line))
     if argv[:1] == ["backup"]:  # backup-postgres.sh's own flags (aimms_ops.agent.backup)
         from aimms_ops.agent import backup
 

@@ -194,8 +194,8 @@ def _drop_expired(b: "Backup", cid: str) -> None:
     from aimms_ops.dump import swap
     from aimms_ops.dump.beside import KEEP_REPLACED_DAYS
 
-    def log(msg: str) -> None:
-        b.job.log(msg[len("aimms-ops: "):] if msg.startswith("aimms-ops: ") else msg)
+    def log(msg: str, kind: str = "note", **fields: object) -> None:
+        b.job.log(msg)
 
     try:
         swap.drop_expired(swap.Cluster(cid, b.s["PG_SUPERUSER"]), log)

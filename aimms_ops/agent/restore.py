@@ -22,18 +22,21 @@ restore made (``discard``): the live cluster is as it was.
 
 No copy of the dump anywhere: SOURCE | decompressor | ``aimms-ops.pyz dump filter`` |
 ``docker exec -i … psql -v ON_ERROR_STOP=1``, processes the OS pipes connect (the dump
-crosses Python once, in the filter). The status of every stage goes to stderr as
-``aimms-ops: status SOURCE UNZIP FILTER PSQL`` (the source is read by the next stage,
-``cat`` for a plain dump: always 0); the exit status is 1 when any stage failed. The
-stages' messages are kept in a file until the end and then written to stderr, so a
-session that is gone cannot kill a stage half-way. When the operator's session ends
-(Ctrl-C, a dropped connection) the first stage is stopped and the filter ends the stream
-as if the dump ended there: psql rolls back the table it was loading, nothing goes on
-unobserved.
+crosses Python once, in the filter). When the operator's session ends (Ctrl-C, a dropped
+connection) the first stage is stopped and the filter ends the stream as if the dump
+ended there: psql rolls back the table it was loading, nothing goes on unobserved.
 
 On stdout, events for the session (``core.events``): a ``wait`` while another run holds
-the cluster lock, and the ``progress`` of a dump on this host (how far the first stage
-has read the file, from /proc).
+the cluster lock, the ``progress`` of a dump on this host (how far the first stage has
+read the file, from /proc), and what the restore did and why it failed: ``section`` and
+``inserted`` (the filter's: where each database starts, the blocks it added, so that
+psql's line numbers map back to the dump's), ``stages`` (the exit status of every stage:
+source, decompressor, filter, psql; the source is read by the next stage, ``cat`` for a
+plain dump: always 0), ``replaced``, ``undone``, ``error`` and ``note``. On stderr, the
+stages' own messages (psql's error, whole) as they wrote them. The exit status is 1 when
+any stage failed. Both are kept in files until the end and then written, so a session
+that is gone cannot kill a stage half-way (but ``wait``, ``progress`` and a refusal
+before the stream starts, written at once).
 
 Exit statuses: 10 no running container, 64 usage, 66 SOURCE unreadable, 69 no
 decompressor, 73 the lock or the work dir cannot be made, 75 the cluster lock is held.
@@ -79,16 +82,28 @@ def say(msg: str) -> None:
         pass
 
 
-def running_container(project: str, service: str) -> Optional[str]:
+def tell(msg: str) -> None:
+    """Why a command of the restore's stops, on stderr (``aimms-ops: MSG``)."""
+    say("aimms-ops: " + msg)
+
+
+def refuse(msg: str) -> None:
+    """Why the restore stream stops before it starts: its ``error`` event, at once."""
+    write_fd(1, events.line("error", text=msg) + "\n")
+
+
+def running_container(project: str, service: str,
+                      told: Callable[[str], None] = tell) -> Optional[str]:
     """The id of the service's running container, or None, having said it is not running."""
     cid = agent_cluster.container(project, service)
     if not cid:
-        say("aimms-ops: the %s container of compose project %s is not running" % (service, project))
+        told("the %s container of compose project %s is not running" % (service, project))
         return None
     return cid
 
 
-def lock_cluster(path: str, wait: str, what: str) -> Union[Lock, int]:
+def lock_cluster(path: str, wait: str, what: str,
+                 told: Callable[[str], None] = tell) -> Union[Lock, int]:
     """The cluster lock, exclusive, for ``what``; or the exit status, having said why."""
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -110,17 +125,18 @@ def lock_cluster(path: str, wait: str, what: str) -> Union[Lock, int]:
                                                "up_to": float(wait),
                                                "waited": time.monotonic() - started}) + "\n")
     except LockBusy as busy:
-        say("aimms-ops: the cluster is busy after %ss: another restore, rebuild or backup "
-            "holds it (%s); wait for it to end" % (wait, core_lock.held_by(busy.holders)))
+        told("the cluster is busy after %ss: another restore, rebuild or backup holds it "
+             "(%s); wait for it to end" % (wait, core_lock.held_by(busy.holders)))
         return core_lock.BUSY_STATUS
     except (LockOpenError, ValueError):
-        say("aimms-ops: cannot open the lock %s" % path)
+        told("cannot open the lock %s" % path)
         return core_lock.OPEN_STATUS
     return lk
 
 
 class Stream:
-    """One restore: its container, its work dir and the file that keeps its messages."""
+    """One restore: its container, its work dir and the files that keep its messages (the
+    stages' stderr) and its events (its own and the filter's)."""
 
     def __init__(self, cid: str, superuser: str, work: str) -> None:
         self.cid = cid
@@ -128,22 +144,29 @@ class Stream:
         self.work = work
         self.cluster = Cluster(cid, superuser)
         self.errf = open(os.path.join(work, "stderr"), "ab", buffering=0)
+        self.events = os.path.join(work, "events")
+        self.eventf = open(self.events, "a")
         #: Descriptors the stream's stages inherit: the cluster lock's.
         self.hold: Tuple[int, ...] = ()
         #: The dump's decompressed size, when the caller knows it (--raw-size).
         self.raw_size = 0
 
-    def log(self, msg: str) -> None:
-        self.errf.write(msg.encode("utf-8", "surrogateescape") + b"\n")
+    def log(self, text: str, kind: str = "note", **fields: object) -> None:
+        """What the restore did (``kind``: an event of core.events, with ``fields``)."""
+        self.eventf.write(events.line(kind, text=text, **fields) + "\n")
+        self.eventf.flush()
 
     def flush_messages(self) -> None:
-        """The messages kept so far, on stderr (a session that is gone loses them)."""
-        try:
-            with open(os.path.join(self.work, "stderr"), "rb") as fh:
-                shutil.copyfileobj(fh, sys.stderr.buffer)
-            sys.stderr.flush()
-        except OSError:
-            pass
+        """The events kept so far on stdout, the stages' messages on stderr (a session
+        that is gone loses them)."""
+        for path, out in ((self.events, sys.stdout), (os.path.join(self.work, "stderr"),
+                                                      sys.stderr)):
+            try:
+                with open(path, "rb") as fh:
+                    shutil.copyfileobj(fh, out.buffer)
+                out.flush()
+            except OSError:
+                pass
 
     def pg(self, *argv: str, stdout: Union[int, IO[bytes]] = subprocess.PIPE,
            stderr: Union[int, IO[bytes]] = subprocess.PIPE) -> "subprocess.CompletedProcess[bytes]":
@@ -193,7 +216,7 @@ class Stream:
                     stdout=subprocess.DEVNULL if last else subprocess.PIPE, stderr=self.errf,
                     pass_fds=self.hold)
             except OSError as e:
-                self.log("aimms-ops: cannot run %s: %s" % (argv[0], e.strerror))
+                self.log("cannot run %s: %s" % (argv[0], e.strerror), kind="error")
                 proc = None
             if prev is not None and prev is not src:
                 prev.close()  # the next stage has it now
@@ -233,21 +256,18 @@ class Stream:
         # Where psql starts: postgres, made first when the cluster has none.
         res = self.q("SELECT count(*) FROM pg_database WHERE datname = 'postgres'")
         if res.returncode != 0:
-            say("aimms-ops: postgres does not answer: %s" % last_line(_text(res.stderr)))
+            refuse("postgres does not answer: %s" % last_line(_text(res.stderr)))
             return 1
         has_postgres = res.stdout.strip() != b"0"
         if not has_postgres:
             res = self.q("CREATE DATABASE postgres WITH TEMPLATE = template0")
             if res.returncode != 0:
-                say("aimms-ops: cannot create the missing postgres database: %s"
-                    % last_line(_text(res.stderr)))
+                refuse("cannot create the missing postgres database: %s"
+                       % last_line(_text(res.stderr)))
                 return 1
-            say("aimms-ops: the cluster had no postgres database: created it empty first")
+            self.log("the cluster had no postgres database: created it empty first")
         # What a killed restore left half-built goes; the roles the cluster has are noted.
-        try:
-            prepare(self.cluster, self.work, self.log)
-        except SwapError as e:
-            self.log("aimms-ops: prepare failed: %s" % e)
+        if not self.step("prepare", lambda: prepare(self.cluster, self.work, self.log)):
             self.flush_messages()
             return 1
         props = self.props(only_hex, has_postgres)
@@ -259,14 +279,14 @@ class Stream:
             self.flush_messages()
             return 1
         filt = [*_program(), "dump", "filter", "--beside", self.work, "--tablespaces",
-                _text(res.stdout).strip(), *props]
+                _text(res.stdout).strip(), "--events", self.events, *props]
         # The filter stops the stream once the session is gone, whatever the pipes still hold.
         if session > 1:
             filt += ["--session", str(session)]
         if only_hex:
             filt += ["--only", only_hex]
         status = self.pipeline(source, unzip or ["cat"], filt, session)
-        self.log("aimms-ops: status %s" % " ".join(str(s) for s in status))
+        self.log("status %s" % " ".join(str(s) for s in status), kind="stages", status=status)
         ok = not any(status)
         # Nothing stops the last steps once they start: not the session's end, nor its pipe.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -287,7 +307,7 @@ class Stream:
         try:
             fn()
         except (SwapError, ValueError) as e:
-            self.log("aimms-ops: %s failed: %s" % (what, e))
+            self.log("%s failed: %s" % (what, e), kind="error")
             return False
         return True
 
@@ -306,30 +326,31 @@ def main(argv: List[str]) -> int:
     wait, keep = wait or "60", keep or "keep"
     os.umask(0o077)
     session = os.getppid()
-    cid = running_container(project, service)
+    cid = running_container(project, service, refuse)
     if cid is None:
         return NOT_RUNNING
     unzip: Optional[List[str]] = None
     if fmt in ("gz", "zst"):  # igzip, else pigz, else gzip; zstd for zst
         unzip, missing = decompressor("dump." + fmt)
         if unzip is None:
-            say("aimms-ops: %s is not installed on this host; the restore of a .%s dump "
-                "needs it (install %s)" % (missing, fmt, missing))
+            refuse("%s is not installed on this host; the restore of a .%s dump needs it "
+                   "(install %s)" % (missing, fmt, missing))
             return 69
     elif fmt != "plain":
-        say("aimms-ops: unknown format %s" % fmt)
+        refuse("unknown format %s" % fmt)
         return 64
     if source != "-" and not os.access(source, os.R_OK):
-        say("aimms-ops: cannot read %s" % source)
+        refuse("cannot read %s" % source)
         return 66
     try:
         work = tempfile.mkdtemp(prefix="aimms-restore.")  # in TMPDIR
-    except OSError:
+    except OSError as e:
+        refuse("cannot make a work dir in %s: %s" % (tempfile.gettempdir(), e.strerror))
         return 73
     held: Union[Lock, int, None] = None
     try:
         if lock:
-            held = lock_cluster(lock, wait, "restore")
+            held = lock_cluster(lock, wait, "restore", refuse)
             if isinstance(held, int):
                 return held
         stream = Stream(cid, superuser, work)

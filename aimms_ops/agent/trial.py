@@ -227,7 +227,7 @@ class Trial(Throwaway):
             os.makedirs(state, exist_ok=True)
             opts += ["--beside", state]
             try:
-                prepare(cluster, state, lambda msg: None)
+                prepare(cluster, state, lambda msg, **_: None)
             except SwapError as e:
                 self._psql_err("psql: prepare failed: %s" % e)
                 return [0, 0, 1]
@@ -261,13 +261,13 @@ class Trial(Throwaway):
         if second and st[1] == 0 and st[2] == 0:
             stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime()).encode()
             try:
-                swap(cluster, state, stamp, lambda msg: None)
+                swap(cluster, state, stamp, lambda msg, **_: None)
             except SwapError as e:
                 st[2] = 1
                 self._psql_err("psql: swap failed: %s" % e)
             else:
                 try:
-                    drop_replaced(cluster, state, lambda msg: None)
+                    drop_replaced(cluster, state, lambda msg, **_: None)
                 except SwapError:
                     pass
         return st

@@ -2,7 +2,8 @@
 until the postgres of the compose service really accepts connections: pg_isready
 answers, a real query runs, the server listens (not the private server an image's
 entrypoint runs while it initialises an empty data directory) and it is the same server
-on two polls in a row. Prints ``container=ID`` and ``seconds=N``; after TIMEOUT seconds
+on two polls in a row. Its ``facts`` event (core.events) says ``container`` (its id) and
+``seconds``; after TIMEOUT seconds
 exits 1 with what it saw last on stderr."""
 
 import argparse
@@ -12,6 +13,7 @@ from typing import Any, Callable, Optional, Tuple
 
 from aimms_ops.agent import cluster
 from aimms_ops.agent.hostfacts import last_line, run
+from aimms_ops.core import events
 
 SQL = "SELECT 1, current_setting('listen_addresses') <> '', pg_postmaster_start_time()"
 POLL_SECONDS = 0.5
@@ -67,8 +69,7 @@ def wait(project: str, service: str, superuser: str, timeout: int,
         cid, started, last = poll(project, service, superuser)
         elapsed = int(clock() - start)
         if started is not None and started == prev:
-            print("container=%s" % cid)
-            print("seconds=%d" % elapsed)
+            print(events.facts_line("wait-postgres", {"container": cid, "seconds": elapsed}))
             return 0
         prev = started
         if elapsed >= timeout:

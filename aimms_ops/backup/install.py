@@ -14,8 +14,6 @@ were installed for and since when the verify is scheduled (``fab doctor`` and
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,8 +22,7 @@ from aimms_ops.backup.settings import script_settings
 from aimms_ops.core import pitr
 from aimms_ops.core.errors import OpsError
 from aimms_ops.core.layout import BACKUP_SCRIPT, DRILL_SCRIPT, VERIFY_SCRIPT
-from aimms_ops.host import bundle, shell
-from aimms_ops.host.compose import parse_facts
+from aimms_ops.host import bundle, events, shell
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.inventory.model import Host
@@ -209,21 +206,14 @@ def plan(remote: HostRemote) -> InstallPlan:
         extra += ["--file", "offsite", host.layout.offsite_config]
     if host.drill and host.drill.schedule:
         extra += ["--file", "drill", host.layout.drill_script]
-    res = remote.run_program("install-state", *extra, host.backup_script,
-                             host.layout.config_file, host.backup_dir, host.log_file,
-                             host.layout.verify_script, host.layout.install_record,
-                             host.compose.project, host.compose.postgres_service)
-    if not res.ok:
-        raise OpsError(f"cannot read the install state on {remote.name}: "
-                       f"{res.last_error_line()}")
-    st = parse_facts(res.stdout)
+    st = remote.program_facts("install-state", *extra, host.backup_script,
+                              host.layout.config_file, host.backup_dir, host.log_file,
+                              host.layout.verify_script, host.layout.install_record,
+                              host.compose.project, host.compose.postgres_service)
     if st.get("crontab.available") != "1":
         raise OpsError(f"crontab is not installed on {remote.name}",
                        "install cron (cronie or cron) on the host")
-    try:
-        cron_old = base64.b64decode(st.get("crontab.b64", "")).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        cron_old = ""
+    cron_old = events.text_of(st, "crontab")
     env = {"PATH": st.get("env.PATH", ""), "DOCKER_HOST": st.get("env.DOCKER_HOST", "")}
     script = shell.script_text(BACKUP_SCRIPT)
     conf = conf_text(host, env)
@@ -264,10 +254,7 @@ def plan(remote: HostRemote) -> InstallPlan:
         for line in cron_old.splitlines():
             if line and line not in cron_new.splitlines():
                 p.changes.append(Change("cron", "replace", f"removed: {line}"))
-    try:
-        old_record = parse_record(base64.b64decode(st.get("record.b64", "")).decode())
-    except (binascii.Error, UnicodeDecodeError):
-        old_record = {}
+    old_record = parse_record(events.text_of(st, "record"))
     container = {"id": st.get("container.id", ""), "name": st.get("container.name", ""),
                  "image": st.get("container.image", "")}
     new_record = plan_record(old_record, container, host, datetime.now(UTC))
@@ -321,10 +308,12 @@ def apply(remote: Remote, p: InstallPlan) -> list[str]:
         res = remote.run_program("install-file", path, mode, keep, stdin=data)
         if not res.ok:
             raise OpsError(f"cannot write {path} on {remote.name}: {res.last_error_line()}")
-        notes += [f"previous script kept as {line.split('=', 1)[1]}"
-                  for line in res.stdout.splitlines() if line.startswith("kept=")]
+        kept = (events.facts_of(events.parse(res.stdout), "install-file") or {}).get("kept")
+        if kept:
+            notes.append(f"previous script kept as {kept}")
     if p.crontab_new.strip() != p.crontab_old.strip():
-        res = remote.run(["crontab", "-"], stdin=p.crontab_new.encode(), what="crontab")
+        res = remote.run(["crontab", "-"], what="crontab",
+                         stdin=p.crontab_new.encode("utf-8", "surrogateescape"))
         if not res.ok:
             raise OpsError(f"cannot install the crontab on {remote.name}: "
                            f"{res.last_error_line()}")

@@ -3,33 +3,37 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aimms_ops.core.errors import OpsError
 from aimms_ops.core.names import SHA_RE, BackupFile, validate_name
-from aimms_ops.core.retention import NAME_RE, Pin, parse_pin
+from aimms_ops.core.retention import NAME_RE, parse_pin
 from aimms_ops.inventory.connected import HostRemote
 
 
-def parse_listing(text: str, backup_dir: str) -> list[BackupFile] | None:
-    """Parse the host program's list-backups; None when the backup dir does not exist."""
-    if text.strip() == "missing":
+def parse_listing(facts: Mapping[str, Any], backup_dir: str) -> list[BackupFile] | None:
+    """The backups of the host program's list-backups (its facts); None when the backup
+    dir does not exist."""
+    if facts.get("dir.exists") == "0":
         return None
     out = []
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) not in (4, 5) or not NAME_RE.fullmatch(parts[2]):
+    rows = facts.get("backups")
+    for row in rows if isinstance(rows, list) else []:
+        if not isinstance(row, dict):
             continue
-        mtime, size, name, sha = parts[:4]
+        name, sha, pin = row.get("name"), row.get("sha256"), row.get("pin")
+        mtime, size = row.get("mtime"), row.get("size")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name) or \
+                not isinstance(mtime, int | float) or not isinstance(size, int):
+            continue
         out.append(BackupFile(
-            name=name, path=f"{backup_dir.rstrip('/')}/{name}", size=int(size),
-            sha256=sha if SHA_RE.fullmatch(sha) else None,
+            name=name, path=f"{backup_dir.rstrip('/')}/{name}", size=size,
+            sha256=sha if isinstance(sha, str) and SHA_RE.fullmatch(sha) else None,
             created=datetime.fromtimestamp(int(mtime), tz=UTC), location="remote",
-            pin=_pin_field(parts[4]) if len(parts) == 5 else None,
+            pin=parse_pin(pin) if isinstance(pin, str) and pin else None,
         ))
     out.sort(key=newest_first, reverse=True)
     return out
@@ -41,21 +45,10 @@ def newest_first(b: BackupFile) -> tuple[datetime, str]:
     return b.created, b.name
 
 
-def _pin_field(field: str) -> Pin | None:
-    if field in ("", "-"):
-        return None
-    try:
-        return parse_pin(base64.b64decode(field).decode("utf-8", "replace"))
-    except (binascii.Error, ValueError):
-        return Pin(reason="unreadable pin file")
-
-
 def list_remote(remote: HostRemote) -> list[BackupFile]:
     """The backups on the host, newest first (empty when the dir does not exist)."""
-    res = remote.run_program("list-backups", remote.host.backup_dir)
-    if not res.ok:
-        raise OpsError(f"cannot list backups on {remote.name}: {res.last_error_line()}")
-    return parse_listing(res.stdout, remote.host.backup_dir) or []
+    facts = remote.program_facts("list-backups", remote.host.backup_dir)
+    return parse_listing(facts, remote.host.backup_dir) or []
 
 
 def list_local(folder: Path) -> list[BackupFile]:

@@ -37,6 +37,20 @@ The kinds and their fields:
   ``type``, ``label``, ``size``, ``repo_size``, ``seconds``, ``oldest``;
   ``pitr-restored``: ``to``, ``stopped`` (where recovery stopped), ``seconds``, ``kept``
   (the volume with the old data), ``recovered_after`` (seconds to a checked cluster).
+- ``facts``: what one read-only command found (``facts``, ``list-backups``,
+  ``status-facts``, ``install-state``, ``volume-facts``, ``rebuild-facts``, ``hold``,
+  ``wait-postgres``; ``python``, which the shell writes before the program can run):
+  ``of`` (the command) and ``facts``, an object of each fact by its dotted name (text of
+  any characters, a list or an object). One event, the command's last line: a stdout
+  without it was cut short. A fact or a field the reader does not know is ignored.
+- The restore stream's (``restore-stream``), besides ``wait`` and ``progress``:
+  ``section``: ``database``, ``line`` (where the filter's output enters a database);
+  ``inserted``: ``after``, ``lines`` (a block the filter added: psql's line numbers
+  count it); ``stages``: ``status`` (the exit statuses of source, decompressor, filter,
+  psql); ``replaced``: ``database``, ``kept_as``; ``undone``: ``text`` (a failed restore
+  removed what it built: the live cluster is as it was); ``error``: ``text`` (why it
+  failed, or refused); ``note``: ``text`` (what it did, for the record). psql's own
+  messages stay on stderr, as psql wrote them.
 """
 
 import json
@@ -53,6 +67,11 @@ PROGRESS_EVERY = 0.5
 def line(kind: str, **fields: Any) -> str:
     """The event ``kind`` with ``fields``, as one line (no newline)."""
     return json.dumps(dict(event=kind, **fields), separators=(",", ":"), ensure_ascii=True)
+
+
+def facts_line(of: str, facts: Dict[str, Any]) -> str:
+    """The ``facts`` event of command ``of`` (no newline)."""
+    return line("facts", of=of, facts=facts)
 
 
 def read(text: str) -> Optional[Dict[str, Any]]:

@@ -27,6 +27,8 @@ import os
 import time
 from typing import Callable, List, Optional
 
+from aimms_ops.core import events
+
 #: The host's lock files, in the backup dir: the one definition.
 LOCK_FILES = {"cluster": ".cluster.lock", "backup": ".backup.lock", "verify": ".verify.lock"}
 #: What a holder's note file is called: LOCK + NOTE_INFIX + its pid.
@@ -35,6 +37,9 @@ NOTE_INFIX = ".owner."
 #: one that could not open it (EX_CANTCREAT).
 BUSY_STATUS = 75
 OPEN_STATUS = 73
+#: What the host program's ``hold`` prints once it holds the cluster lock: the line the
+#: operator's side waits for (its ``facts`` event).
+HELD = events.facts_line("hold", {"locked": "1"})
 #: How often a waiter tries again.
 POLL_SECONDS = 0.2
 

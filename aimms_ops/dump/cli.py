@@ -63,15 +63,24 @@ def _props_file(path):
         return fh.read().splitlines(True)
 
 
-def main(argv):
+def stderr_log(text, kind="note", **fields):
+    """A message of the filter or the swap on stderr, as a line ``aimms-ops: TEXT``."""
+    sys.stderr.write("aimms-ops: " + text + "\n")
+    sys.stderr.flush()
+
+
+def main(argv, event=None):
     """``inspect`` < dump: facts; ``filter [--only HEX] [--props DB=FILE]… [--facts FILE]
-    [--session PID]``.
+    [--session PID] [--events FILE]``.
 
     The filter reads the dump on stdin and writes what psql is to replay on stdout;
     ``--facts`` also writes what ``inspect`` would print to FILE, at the end. With
     ``--session``, the stream stops as if the dump ended there once process PID (the
     operator's SSH session) is gone, whatever is still on its way in the pipes: psql
-    then rolls back the table it was loading, and nothing goes on unobserved.
+    then rolls back the table it was loading, and nothing goes on unobserved. With
+    ``--events``, what it says goes to FILE as events, each line ``event(kind, text=...,
+    **fields)`` (the host program gives core.events.line: the restore stream's events),
+    instead of stderr.
     """
     if argv and argv[0] in SWAP_MODES:
         return swap_main(argv[0], argv[1:])
@@ -85,7 +94,7 @@ def main(argv):
     if argv[0] == "inspect":
         print_facts(read_facts(_read(stdin)), sys.stdout)
         return 0
-    only, props, facts_path, session, beside = None, {}, None, None, None
+    only, props, facts_path, session, beside, events_path = None, {}, None, None, None, None
     args = argv[1:]
     while args:
         opt = args.pop(0)
@@ -97,6 +106,8 @@ def main(argv):
             beside.tablespaces = set(bytes.fromhex(h) for h in args.pop(0).split(",") if h)
         elif opt == "--facts" and args:
             facts_path = args.pop(0)
+        elif opt == "--events" and args and event is not None:
+            events_path = args.pop(0)
         elif opt == "--session" and args and args[0].isdigit():
             session = int(args.pop(0))
         elif opt == "--props" and args:
@@ -109,10 +120,13 @@ def main(argv):
             sys.stderr.write("aimms-ops: unknown argument %s\n" % opt)
             return 64
     out = sys.stdout.buffer
+    log = stderr_log
+    if events_path:
+        said = open(events_path, "a")
 
-    def log(msg):
-        sys.stderr.write(msg + "\n")
-        sys.stderr.flush()
+        def log(text, kind="note", **fields):
+            said.write(event(kind, text=text, **fields) + "\n")
+            said.flush()
 
     filt = RestoreFilter(out, log, only=only, props=props, beside=beside)
     facts = Facts()
@@ -123,14 +137,14 @@ def main(argv):
     try:
         for chunk in _read(stdin):
             if session is not None and not _alive(session):
-                log("aimms-ops: the operator's session ended: the restore stops here")
+                log("the operator's session ended: the restore stops here", kind="error")
                 break
             facts.size += len(chunk)
             reader.feed(chunk)
         reader.close()
         out.flush()
     except BrokenPipeError:
-        log("aimms-ops: psql stopped reading the restore stream")
+        log("psql stopped reading the restore stream")
         rc = 141
     if beside is not None:
         beside.close()
@@ -153,10 +167,7 @@ def swap_main(mode, argv):
                          % mode)
         return 64
 
-    def log(msg):
-        sys.stderr.write(msg + "\n")
-        sys.stderr.flush()
-
+    log = stderr_log
     cluster = Cluster(argv[0], argv[1])
     state = argv[2] if len(argv) > 2 else ""
     try:
@@ -178,7 +189,7 @@ def swap_main(mode, argv):
             as_name = bytes.fromhex(argv[4]) if len(argv) > 4 and argv[4] else None
             swap(cluster, state, stamp, log, as_name=as_name)
     except SwapError as exc:
-        log("aimms-ops: %s failed: %s" % (mode, exc))
+        log("%s failed: %s" % (mode, exc), kind="error")
         return 1
     return 0
 

@@ -12,6 +12,7 @@ from .lexer import (
     _IDENT,
     _TABLESPACE,
     ident_name,
+    shown,
     sql_literal,
 )
 from .preface import Preface, property_lines
@@ -47,8 +48,10 @@ class RestoreFilter:
     closes that database again (the backup's, for a database that allows no connections).
 
     The output has the dump's lines in the same numbers, except for whole blocks the
-    filter inserts, each reported on ``log`` as ``aimms-ops: inserted N lines after
-    line K`` (K counted in the output), so psql's line numbers map back to the dump's.
+    filter inserts, each reported on ``log`` (``kind="inserted"``, ``lines`` N, ``after``
+    K, counted in the output), so psql's line numbers map back to the dump's; and where
+    each database starts (``kind="section"``, ``database``, ``line``). ``log(text,
+    kind="note", **fields)``: a failure's reason is ``kind="error"``.
     """
 
     def __init__(self, out, log, only=None, props=None, beside=None):
@@ -85,7 +88,8 @@ class RestoreFilter:
 
     def _insert(self, text):
         n = text.count(b"\n")
-        self.log("aimms-ops: inserted %d lines after line %d" % (n, self.out_lines))
+        self.log("inserted %d lines after line %d" % (n, self.out_lines), kind="inserted",
+                 lines=n, after=self.out_lines)
         self._write(text)
 
     # -- reader events
@@ -110,8 +114,9 @@ class RestoreFilter:
         if kind == "section":
             self._flush_globals()
             # Where each database starts, so that a failure names its database.
-            self.log("aimms-ops: database %s from line %d"
-                     % (r.section.hex(), self.out_lines + 1))
+            self.log("database %s from line %d" % (shown(r.section), self.out_lines + 1),
+                     kind="section", line=self.out_lines + 1,
+                     database=r.section.decode("utf-8", "surrogateescape"))
             self.section_created = False
             self.section_connected = False
             if self.only is not None:
@@ -192,12 +197,12 @@ class RestoreFilter:
     def end(self, reader):
         self._flush_globals()
         if reader.in_copy:
-            self.log("aimms-ops: the dump stream ended inside the data of a table")
+            self.log("the dump stream ended inside the data of a table", kind="error")
             # A row of more columns than any table has: the COPY fails and rolls back.
             self._write(b"aimms-ops: stream cut short" + b"\t" * 1700 + b"\n")
         if not reader.complete:
-            self.log("aimms-ops: the dump ended before its completion marker: "
-                     "the restore is incomplete")
+            self.log("the dump ended before its completion marker: the restore is "
+                     "incomplete", kind="error")
 
     # -- the pieces
     def _closed(self, text, m):
@@ -346,5 +351,5 @@ class RestoreFilter:
             text += b"CREATE DATABASE " + to + b" WITH TEMPLATE = template0" + (
                 b" IS_TEMPLATE = true" if db == b"template1" else b"") + b";\n"
             where = "nowhere: created with defaults"
-        self.log("aimms-ops: properties of database %s from %s" % (db.decode(), where))
+        self.log("properties of database %s from %s" % (db.decode(), where))
         self._insert(text)

@@ -9,6 +9,10 @@ undoes everything the restore did before that (the rebuilt copies, the roles it 
 so a restore that fails leaves the live cluster as it was. ``undo`` swaps the databases
 set aside by the last restore back in; ``drop`` removes databases set aside.
 
+What each step did goes to ``log(text, kind="note", **fields)``: ``replaced`` (with
+``database`` and ``kept_as``) for each database the swap replaced, ``undone`` once
+``discard`` left the live cluster as it was (the restore stream's events, core.events).
+
 Every SQL statement goes to psql in the postgres container through ``docker exec``
 (``Cluster``); names travel as SQL literals and identifiers quoted here, never through
 a shell, and those of the swap run in a database of encoding SQL_ASCII (CREATE_SWAP_DB).
@@ -111,7 +115,7 @@ def drop_expired(cluster, log, now=None):
         if stamp < limit:
             cluster.drop(name)
             dropped.append(name)
-            log("aimms-ops: removed %s (%s before a restore of %s, kept %d days)"
+            log("removed %s (%s before a restore of %s, kept %d days)"
                 % (name.decode(), shown(original), stamp.decode(), KEEP_REPLACED_DAYS))
     return dropped
 
@@ -122,8 +126,7 @@ def prepare(cluster, state, log, now=None):
     for name in cluster.databases():
         if name.startswith(NEW_PREFIX):
             cluster.drop(name)
-            log("aimms-ops: removed %s, left half-built by an earlier restore"
-                % name.decode())
+            log("removed %s, left half-built by an earlier restore" % name.decode())
     drop_expired(cluster, log, now)
     with open(state + "/roles", "wb") as fh:
         for role in sorted(cluster.roles()):
@@ -140,9 +143,9 @@ def discard(cluster, state, log):
     made = [r for r in dump_roles if r not in before and r in cluster.roles()]
     for role in made:
         cluster.psql(b"DROP ROLE IF EXISTS " + quote_ident(role) + b";\n")
-    log("aimms-ops: the live cluster is as it was: the rebuilt copies were removed%s"
+    log("the live cluster is as it was: the rebuilt copies were removed%s"
         % (" and the roles the restore made (%s) dropped" % ", ".join(shown(r) for r in made)
-           if made else ""))
+           if made else ""), kind="undone")
 
 
 def _close(cluster, names, log, wait=15.0):
@@ -161,7 +164,7 @@ def _close(cluster, names, log, wait=15.0):
         ended = int(out[0]) if out else 0
         if ended == 0:
             return
-        log("aimms-ops: ended %d session(s) on the databases being replaced" % ended)
+        log("ended %d session(s) on the databases being replaced" % ended)
         if time.time() > deadline:
             raise SwapError("sessions on the databases being replaced did not end within "
                             "%d s" % wait)
@@ -222,10 +225,12 @@ def swap(cluster, state, stamp, log, as_name=None):
         for _db, target in targets:
             if target in live:
                 fh.write(aside_name(target, stamp).hex().encode() + b"\n")
-                log("aimms-ops: replaced %s; the one it replaced is kept as %s"
-                    % (shown(target), aside_name(target, stamp).decode()))
+                kept = aside_name(target, stamp).decode()
+                log("replaced %s; the one it replaced is kept as %s" % (shown(target), kept),
+                    kind="replaced", kept_as=kept,
+                    database=target.decode("utf-8", "surrogateescape"))
             else:
-                log("aimms-ops: restored %s (new)" % shown(target))
+                log("restored %s (new)" % shown(target))
 
 
 def drop_replaced(cluster, state, log):
@@ -293,7 +298,7 @@ def undo(cluster, log):
     for name in gone:
         cluster.drop(name)
     for name, original, _stamp, _tmpl, _conn in last:
-        log("aimms-ops: put back %s (it was kept as %s)" % (shown(original), name.decode()))
+        log("put back %s (it was kept as %s)" % (shown(original), name.decode()))
 
 
 def drop_aside(cluster, log, names=None):
@@ -301,4 +306,4 @@ def drop_aside(cluster, log, names=None):
     for name, original, _stamp, _tmpl, _conn in set_aside(cluster):
         if names is None or name in names:
             cluster.drop(name)
-            log("aimms-ops: dropped %s (%s before a restore)" % (name.decode(), shown(original)))
+            log("dropped %s (%s before a restore)" % (name.decode(), shown(original)))

@@ -1,28 +1,18 @@
-"""Docker and Compose on the host: facts about the stack, parsed from plain output.
+"""Docker and Compose on the host: what the stack's compose config says.
 
-Each remote read is a command (a packaged script) plus a pure parser of its
-output, so the parsing is tested with canned text and the command runs for real.
+The host program's ``facts`` (``aimms_ops.host.events.facts``) carry the config as
+compose printed it; the functions here are pure, tested with canned text.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
 from aimms_ops.core.layout import compose_label
-
-
-def parse_facts(text: str) -> dict[str, str]:
-    """Parse ``key=value`` lines (the format of facts.sh); later keys win."""
-    facts: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key and " " not in key:
-            facts[key] = value
-    return facts
 
 
 @dataclass(frozen=True)
@@ -70,13 +60,10 @@ def compose_services_using(config_yaml: str, volume_key: str) -> list[str]:
     return users
 
 
-def decode_config(facts: dict[str, str]) -> str:
-    """The compose config text carried base64-encoded in the facts, or ''."""
-    raw = facts.get("compose.config_b64", "")
-    try:
-        return base64.b64decode(raw).decode("utf-8", "replace") if raw else ""
-    except (binascii.Error, ValueError):
-        return ""
+def config_text(facts: Mapping[str, Any]) -> str:
+    """The compose config text the facts carry, or ''."""
+    config = facts.get("compose.config", "")
+    return config if isinstance(config, str) else ""
 
 
 #: Compose's project label (core.layout's, the one definition on both sides).

@@ -18,7 +18,7 @@ import paramiko
 from fabric import Connection
 
 from aimms_ops.core.errors import ConnectionLost, OpsError
-from aimms_ops.host import bundle, openssh, shell
+from aimms_ops.host import bundle, events, openssh, shell
 from aimms_ops.host.ssh import WINDOW_SIZE, SshTarget
 from aimms_ops.host.streams import BulkPipe, Drain, Writable, Writer
 
@@ -183,13 +183,24 @@ class Remote:
         """Run a command of the host program (aimms_ops.agent) with ``args``; an OpsError
         when the host's python3 cannot run it (absent, too old). ``on_stdout``: each line
         of its stdout as it comes (its events)."""
-        res = self.run(bundle.program_command([str(a) for a in args]), stdin=stdin,
-                       on_stdout=on_stdout, what=str(args[0]))
+        return self.program_ran(self.run(bundle.program_command([str(a) for a in args]),
+                                         stdin=stdin, on_stdout=on_stdout, what=str(args[0])))
+
+    def program_ran(self, res: RunResult) -> RunResult:
+        """``res`` of a command that starts the host program; an OpsError when the host's
+        python3 could not run it (absent, too old)."""
         why = no_program(res)
         if why:
             raise OpsError(f"{why} on {self.name}: aimms-ops' host program cannot run there",
                            PYTHON3_FIX)
         return res
+
+    def program_facts(self, *args: str | int) -> events.Facts:
+        """The facts of the host program's read-only command ``args`` (its ``facts``
+        event); one OpsError when it cannot run or its output was cut short."""
+        res = self.run_program(*args)
+        return events.facts(res.stdout, str(args[0]), self.name,
+                            "" if res.ok else res.last_error_line())
 
     @contextmanager
     def hold(self, command: str, *, ready: str, what: str = "a lock") -> Iterator[RunResult | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aimms_ops.core import units
 from aimms_ops.core.checks import Check, State
@@ -24,30 +25,30 @@ class RestoreCopy:
                 "since": self.stamp}
 
 
-def _text(hexed: str) -> str:
-    return bytes.fromhex(hexed).decode("utf-8", "backslashreplace")
+def _text(raw: bytes) -> str:
+    """A name as status shows it: a byte that is not UTF-8 as ``\\xe9``."""
+    return raw.decode("utf-8", "backslashreplace")
 
 
-def parse_copies(text: str) -> list[RestoreCopy]:
-    """``HEXNAME SIZE HEXSETTING`` lines (status-facts.sh); the setting ``-`` when none."""
+def parse_copies(found: Any) -> list[RestoreCopy]:
+    """The ``restore.copies`` of the host's status facts: ``name``, ``size`` and
+    ``setting`` (the aimms_ops.replaced setting, or null) of each (names that are not
+    UTF-8 with surrogate escapes)."""
     out = []
-    for line in text.splitlines():
-        parts = line.split(" ")
-        if len(parts) != 3 or not parts[1].isdigit():
+    for row in found if isinstance(found, list) else []:
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str) or \
+                not isinstance(row.get("size"), int):
             continue
-        try:
-            name = _text(parts[0])
-            setting = _text(parts[2]) if parts[2] != "-" else ""
-        except ValueError:
-            continue
-        value = setting.partition("=")[2].split(" ")
+        setting = row.get("setting")
+        value = setting.partition("=")[2].split(" ") if isinstance(setting, str) else []
         original = stamp = None
         if len(value) == 4:
             try:
-                original, stamp = _text(value[0]), value[1]
+                original, stamp = _text(bytes.fromhex(value[0])), value[1]
             except ValueError:
                 pass
-        out.append(RestoreCopy(name, int(parts[1]), original, stamp))
+        name = _text(row["name"].encode("utf-8", "surrogateescape"))
+        out.append(RestoreCopy(name, row["size"], original, stamp))
     return out
 
 

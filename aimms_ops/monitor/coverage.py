@@ -1,6 +1,6 @@
 """Does a backup hold every database of the live cluster? For ``fab status`` and ``fab verify``.
 
-The live cluster's databases come from facts.sh (``postgres.databases``, names as hex);
+The live cluster's databases come from the host program's facts (``postgres.databases``);
 a backup's come from its dump (quick verify reads them on the host) or from the
 ``DATABASES`` line its run logged (status, which does not read the dump). template0
 is never dumped, and the restore's side copies (``aimms_ops_old_*``, ``aimms_ops_new_*``)
@@ -10,7 +10,8 @@ are left out on purpose (aimms_ops/agent/cluster.py): neither counts as missing.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from aimms_ops.core.checks import Check, State
 from aimms_ops.core.errors import shown
@@ -21,18 +22,20 @@ NOT_DUMPED = re.compile(r"^(?:template0|aimms_ops_(?:old|new)_.*)$", re.S)
 
 
 def hex_names(text: str) -> list[str] | None:
-    """Space-separated hex names (facts.sh, the DATABASES log line); None when unreadable."""
+    """Space-separated hex names (a log's DATABASES line); None when unreadable."""
     try:
         return [db_name(bytes.fromhex(h)) for h in text.split()]
     except ValueError:
         return None
 
 
-def live_databases(facts: dict[str, str]) -> list[str] | None:
-    """The live cluster's databases from facts.sh, or None when postgres gave no list."""
-    if "postgres.databases" not in facts:
+def live_databases(facts: Mapping[str, Any]) -> list[str] | None:
+    """The live cluster's databases from the host's facts (names that are not UTF-8 with
+    surrogate escapes, as everywhere), or None when postgres gave no list."""
+    names = facts.get("postgres.databases")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return None
-    return hex_names(facts["postgres.databases"])
+    return list(names)
 
 
 def missing(live: Iterable[str], backed_up: Iterable[str]) -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aimms_ops.core import units
 from aimms_ops.core.checks import Check, State
 from aimms_ops.host import shell
-from aimms_ops.host.compose import compose_volumes, decode_config, parse_facts
+from aimms_ops.host.compose import compose_volumes, config_text
+from aimms_ops.host.events import Facts
 from aimms_ops.inventory.connected import (
     HostRemote,
     compose_command,
@@ -15,10 +16,9 @@ from aimms_ops.inventory.connected import (
 from aimms_ops.inventory.model import Host
 
 
-def gather_facts(remote: HostRemote) -> dict[str, str]:
-    """Run the host program's ``facts`` and parse what it prints."""
-    res = remote.run_program("facts", *facts_args(remote.host))
-    return parse_facts(res.stdout)
+def gather_facts(remote: HostRemote) -> Facts:
+    """The host program's ``facts`` of the stack."""
+    return remote.program_facts("facts", *facts_args(remote.host))
 
 
 def log_command(facts: dict[str, str], host: Host) -> str:
@@ -76,7 +76,7 @@ def connection_checks(facts: dict[str, str], host: Host, *, fingerprint: str) ->
         rows.append(Check("postgres accepting connections", crit,
                           facts.get("postgres.ready_detail") or "container not running",
                           f"see the container's log: {log_command(facts, host)}"))
-    decls = compose_volumes(decode_config(facts))
+    decls = compose_volumes(config_text(facts))
     for vol in host.volumes.names():
         decl = decls.get(vol)
         if facts.get(f"volume.{vol}.exists") != "1":

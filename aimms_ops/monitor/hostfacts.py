@@ -1,15 +1,13 @@
-"""The host's facts for status and doctor, gathered in one SSH round trip.
+"""The host's facts for status, doctor and info, gathered in one SSH round trip.
 
-The host program's facts, list-backups and status-facts run in one remote command; their
-sections are parsed into :class:`HostFacts`. The host's python3 version is read by the
-shell first: a host where python3 cannot run the program says so
+The host program's facts, list-backups and status-facts run in one start of it
+(``batch``); their ``facts`` events make :class:`HostFacts`. The host's python3 version is
+read by the shell first: a host where python3 cannot run the program says so
 (:class:`NoHostProgram`) instead of facts that are all missing.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -18,9 +16,10 @@ from aimms_ops.backup.install import parse_record
 from aimms_ops.backup.listing import parse_listing
 from aimms_ops.core import HOST_PYTHON
 from aimms_ops.core.errors import OpsError
+from aimms_ops.core.events import facts_line
 from aimms_ops.core.names import BackupFile
 from aimms_ops.host import bundle, shell
-from aimms_ops.host.compose import parse_facts
+from aimms_ops.host.events import CutShort, Facts, facts_of, parse, text_of
 from aimms_ops.host.remote import PYTHON3_FIX
 from aimms_ops.inventory.connected import HostRemote, facts_args
 from aimms_ops.inventory.model import Host
@@ -35,10 +34,12 @@ from aimms_ops.monitor.runlog import (
 )
 from aimms_ops.rebuild.state import STATE_FILE
 
-_SECTIONS = ("python", "facts", "backups", "status", "rebuild")
-#: The one fact read without the host program: which python3 the host has ("" none).
-PYTHON_VERSION = ("echo \"python3.version=$(python3 -c 'import sys; "
-                  "print(*sys.version_info[:2], sep=chr(46))' 2>/dev/null)\"")
+#: The one fact read without the host program: which python3 the host has ("" none), as
+#: the ``facts`` event of ``python`` (the version: digits and a dot, nothing to escape).
+_VERSION = "@VERSION@"
+PYTHON_VERSION = "echo " + shell.quote(facts_line("python", {"python3.version": _VERSION})) \
+    .replace(_VERSION, "'\"$(python3 -c 'import sys; print(*sys.version_info[:2], "
+             "sep=chr(46))' 2>/dev/null)\"'")
 
 
 class NoHostProgram(OpsError):
@@ -50,19 +51,12 @@ class NoHostProgram(OpsError):
         self.detail = detail
 
 
-def _b64(value: str) -> str:
-    try:
-        return base64.b64decode(value).decode("utf-8", "replace") if value else ""
-    except (binascii.Error, ValueError):
-        return ""
-
-
 @dataclass(frozen=True)
 class HostFacts:
     """Everything status and doctor judge, read in one SSH round trip."""
 
-    facts: dict[str, str]  # the host program's facts
-    extra: dict[str, str]  # its status-facts
+    facts: Facts  # the host program's facts
+    extra: Facts  # its status-facts
     backups: list[BackupFile] | None  # None: the backup dir does not exist
     fingerprint: str = ""
     rebuild_state: str = ""  # the state file of an unfinished rebuild-volume, or ""
@@ -82,11 +76,11 @@ class HostFacts:
 
     @property
     def runs(self) -> list[LoggedRun]:
-        return parse_results(_b64(self.extra.get("log.results_b64", "")))
+        return parse_results(text_of(self.extra, "log.results", shown=True))
 
     @property
     def starts(self) -> list[LoggedStart]:
-        return parse_starts(_b64(self.extra.get("log.results_b64", "")))
+        return parse_starts(text_of(self.extra, "log.results", shown=True))
 
     @property
     def backup_lock_holders(self) -> set[int]:
@@ -95,58 +89,50 @@ class HostFacts:
 
     @property
     def pings(self) -> list[LoggedPing]:
-        return parse_pings(_b64(self.extra.get("log.pings_b64", "")))
+        return parse_pings(text_of(self.extra, "log.pings", shown=True))
 
     @property
     def log_tail(self) -> list[str]:
-        return _b64(self.extra.get("log.tail_b64", "")).splitlines()
+        return text_of(self.extra, "log.tail", shown=True).splitlines()
 
     @property
     def container_log(self) -> list[str]:
-        return _b64(self.extra.get("container.log_b64", "")).splitlines()
+        return text_of(self.extra, "container.log", shown=True).splitlines()
 
     @property
     def crontab(self) -> str | None:
         """The login user's crontab, or None when crontab is not installed."""
         if self.extra.get("crontab.available") != "1":
             return None
-        return _b64(self.extra.get("crontab.b64", ""))
+        return text_of(self.extra, "crontab", shown=True)
 
     @property
     def restore_copies(self) -> list[RestoreCopy]:
-        return parse_copies(_b64(self.extra.get("restore.copies_b64", "")))
+        return parse_copies(self.extra.get("restore.copies"))
 
     @property
     def record(self) -> dict[str, str]:
-        return parse_record(_b64(self.extra.get("record.b64", "")))
-
-
-def split_sections(text: str) -> dict[str, str]:
-    """The output of :func:`gather_command`, cut at its ``@@NAME`` lines (pure)."""
-    out: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        if line.startswith("@@") and line[2:] in _SECTIONS:
-            current = line[2:]
-            out.setdefault(current, [])
-        elif current is not None:
-            out[current].append(line)
-    return {k: "\n".join(v) + "\n" for k, v in out.items()}
+        return parse_record(text_of(self.extra, "record", shown=True))
 
 
 def parse_gathered(text: str, host: Host, fingerprint: str = "") -> HostFacts:
-    """Parse the output of :func:`gather_command` (pure)."""
-    sections = split_sections(text)
-    extra = parse_facts(sections.get("python", "") + sections.get("status", ""))
-    if "now.epoch" not in extra:
-        why = python_problem(extra.get("python3.version"))
+    """The facts in the output of :func:`gather_command` (pure)."""
+    found = parse(text)
+    python = facts_of(found, "python") or {}
+    extra = facts_of(found, "status-facts")
+    stack, backups = facts_of(found, "facts"), facts_of(found, "list-backups")
+    if extra is None or stack is None or backups is None:
+        why = python_problem(python.get("python3.version"))
         if why:
             raise NoHostProgram(host.name, why)
-        raise OpsError("the host program printed no status facts",
-                       "run fab check to see what fails on the host")
-    return HostFacts(parse_facts(sections.get("facts", "")), extra,
-                     parse_listing(sections.get("backups", ""), host.backup_dir), fingerprint,
-                     sections.get("rebuild", "").strip())
+        cut = [of for of, got in (("facts", stack), ("list-backups", backups),
+                                  ("status-facts", extra)) if got is None]
+        raise CutShort(f"the host program's {' and '.join(cut)} on {host.name} ended before "
+                       "its report (its output was cut short)",
+                       "run it again; if it fails again, run fab check to see what fails "
+                       "on the host")
+    return HostFacts(stack, {**python, **extra}, parse_listing(backups, host.backup_dir),
+                     fingerprint, text_of(extra, "rebuild.state", shown=True).strip())
 
 
 def python_problem(seen: str | None) -> str:
@@ -163,21 +149,18 @@ def python_problem(seen: str | None) -> str:
 
 
 def gather_command(host: Host) -> str:
-    """One remote command: the python3 version, then the host program's facts,
-    list-backups and status-facts, and the state file of an unfinished rebuild."""
-    status_args = [host.compose.project, host.compose.postgres_service, host.backup_script,
-                   host.layout.config_file, host.layout.verify_script, host.layout.install_record,
-                   host.log_file, host.postgres.superuser]
-    parts = [shell.join(["echo", "@@python"]), PYTHON_VERSION]
-    for section, args in (("facts", ["facts", *facts_args(host)]),
-                          ("backups", ["list-backups", host.backup_dir]),
-                          ("status", ["status-facts", *status_args])):
-        parts.append(shell.join(["echo", f"@@{section}"]))
-        parts.append(bundle.program_command(args))
+    """One remote command: the python3 version, then one start of the host program for
+    its facts, list-backups and status-facts (with the state file of an unfinished
+    rebuild)."""
     state = str(PurePosixPath(host.backup_dir) / STATE_FILE)
-    parts += [shell.join(["echo", "@@rebuild"]),
-              f"cat -- {shell.quote(state)} 2>/dev/null || true"]
-    return "; ".join(parts)
+    status_args = ["status-facts", host.compose.project, host.compose.postgres_service,
+                   host.backup_script, host.layout.config_file, host.layout.verify_script,
+                   host.layout.install_record, host.log_file, host.postgres.superuser,
+                   "--rebuild-state", state]
+    batch = ["batch"]
+    for args in (["facts", *facts_args(host)], ["list-backups", host.backup_dir], status_args):
+        batch += [str(len(args)), *args]
+    return "; ".join([PYTHON_VERSION, bundle.program_command(batch)])
 
 
 def gather(remote: HostRemote) -> HostFacts:

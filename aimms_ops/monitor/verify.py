@@ -22,7 +22,6 @@ from aimms_ops.core.checks import Check, State, worst
 from aimms_ops.core.errors import OpsError
 from aimms_ops.core.layout import VERIFY_SCRIPT
 from aimms_ops.core.settings import VERIFY_KEYS
-from aimms_ops.host.compose import parse_facts
 from aimms_ops.host.events import Event, Events
 from aimms_ops.inventory.connected import HostRemote, facts_args
 from aimms_ops.inventory.model import Host
@@ -206,7 +205,7 @@ def verify(remote: HostRemote, file: str, deep: bool,
         dump = inspect_remote(remote, b.path)
         checks = checks_of(dump)
         if all(c.state is not State.CRITICAL for c in checks):
-            facts = parse_facts(remote.run_program("facts", *facts_args(remote.host)).stdout)
+            facts = remote.program_facts("facts", *facts_args(remote.host))
             checks.append(check_coverage("databases", live_databases(facts),
                                          list(dump.databases), b.name))
         return VerifyReport(remote.name, b.name, b.path, dump.size, dump.sha256, False,

@@ -3,12 +3,14 @@
 The seed's "what preserves / what destroys" table, computed for this host: whether
 each volume is external, its size, the containers that mount it, and the exact
 commands (with this host's compose command and Docker API) that would delete it.
-One SSH round trip (facts.sh and volume-facts.sh); the rest is pure.
+One SSH round trip (the host program's facts and volume-facts, in one start of it); the
+rest is pure.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,10 +21,10 @@ from aimms_ops.host import bundle, shell
 from aimms_ops.host.compose import (
     compose_services_using,
     compose_volumes,
-    decode_config,
+    config_text,
     project_label,
 )
-from aimms_ops.host.compose import parse_facts as parse_key_values
+from aimms_ops.host.events import CutShort, Facts, facts_of, parse
 from aimms_ops.host.remote import Remote
 from aimms_ops.inventory.connected import HostRemote, compose_command, facts_args
 from aimms_ops.inventory.model import Host
@@ -69,34 +71,29 @@ class EngineFacts:
     kept: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (from, created)
 
 
-def parse_engine(text: str) -> EngineFacts:
-    """Parse volume-facts.sh output (pure)."""
-    api = ""
-    vols: dict[str, dict[str, str]] = {}
-    ctrs: list[dict[str, str]] = []
-    sizes: dict[str, str] = {}
-    kept: dict[str, tuple[str, str]] = {}
-    for line in text.splitlines():
-        tag, sep, rest = line.partition("=")
-        if not sep:
-            continue
-        f = rest.split("\t")
-        if tag == "api":
-            known = [v for v in f if _api(v) != (0, 0)]
-            api = min(known, key=_api) if known else ""
-        elif tag == "vol" and f[0]:
-            f += [""] * (4 - len(f))
-            vols[f[0]] = {"driver": f[1], "mountpoint": f[2], "labels": f[3]}
-        elif tag == "ctr" and f[0]:
-            f += [""] * (5 - len(f))
-            ctrs.append({"name": f[0], "state": f[1], "mounts": f[2], "project": f[3],
-                         "service": f[4]})
-        elif tag == "size" and len(f) >= 2:
-            sizes[f[0]] = f[1]
-        elif tag == "kept" and f[0]:
-            f += [""] * (3 - len(f))
-            kept[f[0]] = (f[1], f[2])
-    return EngineFacts(api, vols, ctrs, sizes, kept)
+def _rows(value: Any, fields: tuple[str, ...]) -> list[dict[str, str]]:
+    """The objects of a list fact, each with ``fields`` as text (missing ones empty)."""
+    rows = value if isinstance(value, list) else []
+    return [{f: str(r.get(f) or "") for f in fields} for r in rows if isinstance(r, dict)]
+
+
+def parse_engine(facts: Mapping[str, Any]) -> EngineFacts:
+    """The host program's volume-facts (pure)."""
+    api = facts.get("api")
+    known = [v for v in api if isinstance(v, str) and _api(v) != (0, 0)] \
+        if isinstance(api, list) else []
+    vols = {r["name"]: {"driver": r["driver"], "mountpoint": r["mountpoint"],
+                        "labels": r["labels"]}
+            for r in _rows(facts.get("volumes"), ("name", "driver", "mountpoint", "labels"))
+            if r["name"]}
+    ctrs = [r for r in _rows(facts.get("containers"),
+                             ("name", "state", "mounts", "project", "service")) if r["name"]]
+    sizes = facts.get("sizes")
+    kept = {r["name"]: (r["from"], r["created"])
+            for r in _rows(facts.get("kept"), ("name", "from", "created")) if r["name"]}
+    return EngineFacts(min(known, key=_api) if known else "", vols, ctrs,
+                       {str(k): str(v) for k, v in sizes.items()}
+                       if isinstance(sizes, dict) else {}, kept)
 
 
 def parse_created(text: str) -> datetime | None:
@@ -175,11 +172,11 @@ def preservers(services: list[str], external: bool | None, compose: str) -> list
     return out
 
 
-def report(facts: dict[str, str], engine: EngineFacts, host: Host,
+def report(facts: Facts, engine: EngineFacts, host: Host,
            now: datetime | None = None) -> list[VolumeReport]:
     """Every volume of the stack: in the inventory, declared by compose, or mounted by
     one of the project's containers (pure)."""
-    config = decode_config(facts)
+    config = config_text(facts)
     decls = compose_volumes(config)
     label = project_label(host.compose.project)
     mounted: dict[str, list[Mounter]] = {}
@@ -274,24 +271,29 @@ def drop_kept(remote: Remote, kept: VolumeReport) -> None:
 
 
 def gather_command(host: Host) -> str:
-    parts = [shell.join(["echo", "@@facts"]), bundle.program_command(["facts", *facts_args(host)]),
-             shell.join(["echo", "@@engine"]), bundle.program_command(["volume-facts"])]
-    return "; ".join(parts)
+    """The host program's facts and volume-facts, in one start of it."""
+    facts = ["facts", *facts_args(host)]
+    return bundle.program_command(["batch", str(len(facts)), *facts, "1", "volume-facts"])
 
 
 def parse_gathered(text: str, host: Host, now: datetime | None = None) -> list[VolumeReport]:
     """The volumes, or an OpsError when Docker does not answer: then nothing can be said
     of them (an unreachable daemon lists no volume, which is not "does not exist")."""
-    facts_part, _, engine_part = text.partition("@@engine\n")
-    facts = parse_key_values(facts_part.replace("@@facts\n", "", 1))
-    if facts.get("docker.ok") != "1":
+    found = parse(text)
+    facts, engine = facts_of(found, "facts"), facts_of(found, "volume-facts")
+    if facts is not None and facts.get("docker.ok") != "1":
         raise OpsError(f"docker is not reachable on {host.name}: "
                        f"{facts.get('docker.error') or 'no answer'}",
                        "start the Docker daemon on the host, or see fab check")
-    return report(facts, parse_engine(engine_part), host, now)
+    if facts is None or engine is None:
+        raise CutShort(f"the host program's facts and volume-facts on {host.name} ended "
+                       "before their report (the output was cut short)",
+                       "run it again; if it fails again, see fab doctor")
+    return report(facts, parse_engine(engine), host, now)
 
 
 def volumes(remote: HostRemote) -> list[VolumeReport]:
     """The stack's volumes on the host (one SSH round trip)."""
-    res = remote.run(gather_command(remote.host), what="the volume scripts")
+    res = remote.program_ran(remote.run(gather_command(remote.host),
+                                        what="the host program's volume-facts"))
     return parse_gathered(res.stdout, remote.host, datetime.now(UTC))

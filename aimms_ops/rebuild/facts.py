@@ -1,17 +1,18 @@
-"""What rebuild-volume's preflight finds on the host: facts.sh and rebuild-facts.sh,
-read-only, parsed by pure functions (gathered by plan.gather)."""
+"""What rebuild-volume's preflight finds on the host: the host program's facts and
+rebuild-facts, read-only, made into RebuildFacts by pure functions (gathered by
+plan.gather)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import yaml
 
-from aimms_ops.host.compose import decode_config
+from aimms_ops.host.compose import config_text
+from aimms_ops.host.events import text_of
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class VolumeUser(NamedTuple):
 
 @dataclass(frozen=True)
 class RebuildFacts:
-    """What the preflight found on the host (facts.sh plus rebuild-facts.sh)."""
+    """What the preflight found on the host (the host program's facts and rebuild-facts)."""
 
     docker_ok: bool = True
     docker_error: str = ""
@@ -72,53 +73,45 @@ class RebuildFacts:
     state_text: str | None = None
 
 
-def parse_stack_facts(facts: dict[str, str]) -> RebuildFacts:
-    """The part of facts.sh's output the rebuild needs (pure)."""
+def parse_stack_facts(facts: Mapping[str, Any]) -> RebuildFacts:
+    """The part of the host's facts the rebuild needs (pure)."""
     return RebuildFacts(
         docker_ok=facts.get("docker.ok") == "1",
-        docker_error=facts.get("docker.error", ""),
-        compose_cmd=tuple(facts.get("compose.cmd", "").split()),
+        docker_error=str(facts.get("docker.error", "")),
+        compose_cmd=tuple(str(facts.get("compose.cmd", "")).split()),
         compose_file_exists=facts.get("compose.file_exists") == "1",
         config_ok=facts.get("compose.config_ok") == "1",
-        config_error=facts.get("compose.config_error", ""),
-        config_yaml=decode_config(facts),
-        container_image=facts.get("container.image", ""),
+        config_error=str(facts.get("compose.config_error", "")),
+        config_yaml=config_text(facts),
+        container_image=str(facts.get("container.image", "")),
     )
 
 
-def add_volume_facts(base: RebuildFacts, image: str, text: str) -> RebuildFacts:
-    """``base`` completed with the output of rebuild-facts.sh (pure)."""
-    one: dict[str, str] = {}
-    users = []
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        if key == "volume.user":
-            name, _, rest = value.partition("\t")
-            project, _, service = rest.partition("\t")
-            users.append(VolumeUser(name, project, service))
-        else:
-            one[key] = value
+def add_volume_facts(base: RebuildFacts, image: str, facts: Mapping[str, Any]) -> RebuildFacts:
+    """``base`` completed with the host program's rebuild-facts (pure)."""
+    rows = facts.get("volume.users")
+    users = [VolumeUser(str(r.get("name", "")), str(r.get("project", "")),
+                        str(r.get("service", "")))
+             for r in (rows if isinstance(rows, list) else []) if isinstance(r, dict)]
 
     def kb(key: str) -> int | None:
-        v = one.get(key, "")
-        return int(v) if v.isdigit() else None
+        v = facts.get(key, "")
+        return int(v) if isinstance(v, str) and v.isdigit() else None
 
-    state_text = None
-    if one.get("state.exists") == "1":
-        try:
-            state_text = base64.b64decode(one.get("state.b64", "")).decode("utf-8", "replace")
-        except (binascii.Error, ValueError):
-            state_text = ""
+    def text(key: str) -> str:
+        return text_of(facts, key)
+
+    state = facts.get("state")
     return replace(
-        base, image=image, docker_root=one.get("docker.root", ""),
-        image_present=one.get("image.present") == "1",
-        volume_exists=one.get("volume.exists") == "1",
-        volume_spec=VolumeSpec.from_json(one["volume.json"]) if "volume.json" in one else None,
+        base, image=image, docker_root=text("docker.root"),
+        image_present=facts.get("image.present") == "1",
+        volume_exists=facts.get("volume.exists") == "1",
+        volume_spec=VolumeSpec.from_json(text("volume.json")) if "volume.json" in facts
+        else None,
         volume_users=tuple(users), size_kb=kb("volume.size_kb"), avail_kb=kb("volume.avail_kb"),
-        measure_error=one.get("volume.measure_error", ""),
-        keep_exists=one.get("keep.exists") == "1", state_text=state_text,
+        measure_error=text("volume.measure_error"),
+        keep_exists=facts.get("keep.exists") == "1",
+        state_text=text_of(facts, "state", shown=True) if isinstance(state, str) else None,
     )
 
 

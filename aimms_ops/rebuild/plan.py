@@ -14,7 +14,6 @@ from pathlib import PurePosixPath
 
 from aimms_ops.core.errors import InternalError
 from aimms_ops.host.commands import Command
-from aimms_ops.host.compose import parse_facts
 from aimms_ops.inventory.connected import HostRemote, facts_args
 from aimms_ops.inventory.model import Host
 from aimms_ops.rebuild.commands import get_back_commands, step_commands
@@ -194,14 +193,13 @@ def _step_action(name: str, done: dict[str, str], *, keep: str | None, volume: s
 def gather(remote: HostRemote, now: datetime) -> RebuildFacts:
     """Run the host program's facts and rebuild-facts (read-only)."""
     host = remote.host
-    facts = parse_stack_facts(parse_facts(
-        remote.run_program("facts", *facts_args(host)).stdout))
+    facts = parse_stack_facts(remote.program_facts("facts", *facts_args(host)))
     image = service_image(facts.config_yaml, host.compose.postgres_service) or \
         facts.container_image
-    res = remote.run_program("rebuild-facts", host.volumes.postgres, image,
-                            str(PurePosixPath(host.backup_dir) / STATE_FILE),
-                            keep_name(host.volumes.postgres, now))
-    return add_volume_facts(facts, image, res.stdout)
+    found = remote.program_facts("rebuild-facts", host.volumes.postgres, image,
+                                 str(PurePosixPath(host.backup_dir) / STATE_FILE),
+                                 keep_name(host.volumes.postgres, now))
+    return add_volume_facts(facts, image, found)
 
 
 def prepare(remote: HostRemote, dump: DumpInfo, *, keep_old: bool = True, new_run: bool = False,

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 
 from aimms_ops.core import units
 from aimms_ops.core.errors import OpsError
-from aimms_ops.host import bundle
+from aimms_ops.core.lock import HELD
+from aimms_ops.host import bundle, events
 from aimms_ops.host.commands import Command
-from aimms_ops.host.compose import parse_facts
 from aimms_ops.host.remote import Progress, Remote, RunResult, bounded
 from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.rebuild.plan import RebuildPlan, Step
@@ -34,9 +34,9 @@ def locked(remote: HostRemote) -> Iterator[None]:
     """Hold the host's cluster lock (exclusive) for the block: nothing else touches it."""
     owner = f"rebuild-volume by {operator()} pid {os.getpid()}"
     cmd = bundle.program_command(["hold", remote.host.backup_dir, owner])
-    with remote.hold(cmd, ready="locked=1", what="the rebuild lock") as failed:
+    with remote.hold(cmd, ready=HELD, what="the rebuild lock") as failed:
         if failed is not None:
-            facts = parse_facts(failed.stdout)
+            facts = events.facts_of(events.parse(failed.stdout), "hold") or {}
             holder = facts.get("holder") or "unknown"
             if facts.get("busy") == "rebuild":
                 raise OpsError(f"another rebuild-volume is running on {remote.name} "
@@ -253,7 +253,8 @@ def _read(cmd: Command, res: RunResult, plan: RebuildPlan, found: _Found,
           superuser: str) -> str | None:
     """What the output of a command that succeeded says (pure but for ``found``)."""
     if cmd.reads == "wait":
-        return f"container {parse_facts(res.stdout).get('container', '?')[:12]}"
+        said = events.facts_of(events.parse(res.stdout), "wait-postgres") or {}
+        return f"container {str(said.get('container') or '?')[:12]}"
     if cmd.reads == "copy":
         return _check_copy(res.stdout, plan)
     if cmd.reads == "idle" and res.stdout.strip() not in ("", "0"):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aimms_ops.core.errors import ConnectionLost, OpsError, shown
+from aimms_ops.dump.lexer import shown as lexer_shown
 from aimms_ops.host import shell
 from aimms_ops.host.commands import Command
 from aimms_ops.host.events import Event, Events
@@ -41,31 +42,30 @@ class RestoreReport:
 #: The exit status of restore-stream.sh when another restore holds the lock.
 LOCK_BUSY = 75
 
-#: psql's message for a failed statement; the lines after it until the next ``psql:``
-#: line belong to it (a name may hold a newline).
+#: psql's message for a failed statement (psql's own words on stderr); the lines after it
+#: until the next ``psql:`` line belong to it (a name may hold a newline).
 _PSQL_ERR = re.compile(r"^psql:<stdin>:(\d+): (ERROR|FATAL|error):\s+(.*)$")
-_INSERTED = re.compile(r"^aimms-ops: inserted (\d+) lines after line (\d+)$")
-_SECTION = re.compile(r"^aimms-ops: database ([0-9a-f]*) from line (\d+)$")
-#: The swap's report of each database it replaced (names shown as lexer.shown does).
-_REPLACED = re.compile(r"^aimms-ops: replaced (.*); the one it replaced is kept as (\S+)$")
-#: What the host says once a failed restore was undone.
-UNDONE = "aimms-ops: the live cluster is as it was"
-#: Lines of the host's that inform, never the reason of a failure.
-_INFO = ("aimms-ops: status", "aimms-ops: inserted", "aimms-ops: properties",
-         "aimms-ops: ended ", "aimms-ops: removed ", UNDONE, "aimms-ops: replaced ",
-         "aimms-ops: restored ", "aimms-ops: database ")
+#: The stages of the stream, in the order of its ``stages`` event.
+STAGES = ("reading the dump", "decompressing", "filtering", "psql")
 
 
 @dataclass(frozen=True)
 class StreamResult:
     seconds: float
     stderr: str
+    found: Events = field(default_factory=Events)
 
     @property
     def aside(self) -> dict[str, str]:
         """database (as shown) -> the name the one it replaced is kept under."""
-        return {m.group(1): m.group(2) for m in map(_REPLACED.match, self.stderr.splitlines())
-                if m}
+        return {shown_name(e.get("database")): str(e.get("kept_as", ""))
+                for e in self.found.of("replaced")}
+
+
+def shown_name(name: object) -> str:
+    """A database name the host reported, as the host's messages show it."""
+    raw = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else b"?"
+    return lexer_shown(raw)
 
 
 def execute(remote: Remote, plan: RestorePlan, progress: Progress | None = None,
@@ -144,15 +144,17 @@ def run_stream(remote: Remote, cmd: Command, size: int, *, progress: Progress | 
                              cut_hint, code=exc.code) from None
     seconds = time.monotonic() - started
     if res.rc == LOCK_BUSY:
-        raise OpsError(f"restore on {remote.name} refused: {explain_failure(res.stderr)}",
+        raise OpsError(f"restore on {remote.name} refused: "
+                       f"{explain_failure(res.stderr, found)}",
                        "nothing was restored; run it again once that run has ended",
                        code=75)
     if not res.ok:
-        if UNDONE in res.stderr:
+        if found.last("undone") is not None:
             hint = ("nothing was changed: the live cluster is as it was (what the restore "
                     "had rebuilt beside it was removed)")
-        raise OpsError(f"restore on {remote.name} failed: {explain_failure(res.stderr)}", hint)
-    return StreamResult(seconds, res.stderr)
+        raise OpsError(f"restore on {remote.name} failed: {explain_failure(res.stderr, found)}",
+                       hint)
+    return StreamResult(seconds, res.stderr, found)
 
 
 def failure_hint(plan: RestorePlan) -> str:
@@ -172,22 +174,29 @@ def rerun_command(plan: RestorePlan) -> str:
     return shell.join([*args, "--no-safety-backup"])
 
 
-def explain_failure(stderr: str) -> str:
-    """One line from the restore pipeline's stderr: psql's whole error with the dump's line.
+def _number(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def explain_failure(stderr: str, found: Events) -> str:
+    """One line from what the restore stream said: psql's whole error (its stderr) with the
+    dump's line and database (the filter's ``section`` and ``inserted`` events), else the
+    stream's own ``error``, else psql that could not start, else the stages that failed.
 
     psql's message may span lines (a name with a newline): they are joined, the newlines
     shown as ``\\n``. Its line number counts the filter's inserted blocks, which are
     taken off again; an error inside one is said to be in what aimms-ops inserted.
     """
     lines = stderr.splitlines()
-    inserted = [(int(m.group(2)), int(m.group(1))) for m in map(_INSERTED.match, lines) if m]
+    inserted = [(_number(e.get("after")), _number(e.get("lines")))
+                for e in found.of("inserted")]
     for i, line in enumerate(lines):
         m = _PSQL_ERR.match(line.strip())
         if not m:
             continue
         text = m.group(3)
         for more in lines[i + 1:]:
-            if more.startswith(("psql:", "aimms-ops: ")):
+            if more.startswith("psql:"):
                 break
             text += "\\n" + more
         n = int(m.group(1))
@@ -197,38 +206,34 @@ def explain_failure(stderr: str) -> str:
                 shift += count
             elif n > after:
                 inside = after - shift
-        where = _database_at(lines, n)
+        where = _database_at(found, n)
         if inside is not None:
             return (f"psql stopped in what aimms-ops inserted after line {inside} of the "
                     f"dump{where}: {m.group(2)}: {text}")
         return f"psql stopped at line {n - shift} of the dump{where}: {m.group(2)}: {text}"
-    reasons = [ln for ln in lines if ln.startswith("aimms-ops: ") and not ln.startswith(_INFO)]
-    for line in sorted(reasons, key=lambda ln: " failed: " not in ln):
-        return line[len("aimms-ops: "):]
+    error = next(found.of("error"), None)
+    if error is not None:
+        return str(error.get("text") or "no message")
     for line in lines:
         # psql that could not even start (no such database, no server): its own words.
         if line.startswith(("psql: error: ", "Error response from daemon: ")):
             return line
-    status = [ln for ln in lines if ln.startswith("aimms-ops: status")]
-    if status:
-        stages = ("reading the dump", "decompressing", "filtering", "psql")
-        codes = status[-1].split()[2:]
-        failed = [f"{s} exited {c}" for s, c in zip(stages, codes, strict=False) if c != "0"]
-        return ", ".join(failed) or status[-1]
+    stages = found.last("stages")
+    if stages is not None and isinstance(stages.get("status"), list):
+        codes = [_number(c) for c in stages["status"]]
+        failed = [f"{s} exited {c}" for s, c in zip(STAGES, codes, strict=False) if c != 0]
+        return ", ".join(failed) or "every stage ended well"
     rest = [ln for ln in lines if ln.strip()]
     return rest[-1] if rest else "no message"
 
 
-def _database_at(lines: list[str], n: int) -> str:
+def _database_at(found: Events, n: int) -> str:
     """``, in database 'NAME'`` for line ``n`` of the filter's output, from where the
     filter said each database starts; empty in the globals."""
     name = ""
-    for m in map(_SECTION.match, lines):
-        if m and int(m.group(2)) <= n:
-            try:
-                name = f", in database {shown(bytes.fromhex(m.group(1)).decode())}"
-            except ValueError:
-                name = f", in database {bytes.fromhex(m.group(1))!r}"
+    for e in found.of("section"):
+        if 0 < _number(e.get("line")) <= n and isinstance(e.get("database"), str):
+            name = f", in database {shown(e['database'])}"
     return name
 
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from aimms_ops.core import units
 from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.host.commands import Command, in_postgres, script
-from aimms_ops.host.compose import parse_facts
 from aimms_ops.inventory.connected import HostRemote, facts_args, start_command
 from aimms_ops.inventory.model import Host
 from aimms_ops.restore.source import DumpInfo, conninfo, db_hex, db_name
@@ -139,7 +138,7 @@ def restore_commands(host: Host, dump: DumpInfo, database: str | None, *,
 
 def container_of(remote: HostRemote) -> str:
     """The running postgres container of the compose service (id and name)."""
-    facts = parse_facts(remote.run_program("facts", *facts_args(remote.host)).stdout)
+    facts = remote.program_facts("facts", *facts_args(remote.host))
     if facts.get("docker.ok") != "1":
         raise OpsError(f"docker is not reachable on {remote.name}: "
                        f"{facts.get('docker.error') or 'no answer'}",

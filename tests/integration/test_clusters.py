@@ -172,7 +172,7 @@ def _filtered(chunks) -> tuple[bytes, list[str]]:
     """The restore filter (as the host runs it, in this process) over ``chunks``: what it
     hands psql and what it says."""
     out, said = io.BytesIO(), []
-    filt = RestoreFilter(out, said.append)
+    filt = RestoreFilter(out, lambda text, **fields: said.append(f"{text} {fields}"))
     reader = Reader(filt)
     filt.attach(reader)
     for chunk in chunks:

@@ -1,11 +1,10 @@
 """The host program's read-only facts and small install commands (``agent/facts.py``,
 ``statefacts.py``, ``install.py``, ``waiting.py``) run as the host runs them (the zipapp),
 with a fake ``docker`` on the PATH that records its argv and answers from rules; what
-they print is parsed by the operator side's own parsers."""
+they print (one ``facts`` event each) is read by the operator side's own reader."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import stat
@@ -17,7 +16,7 @@ import pytest
 
 from aimms_ops.backup.listing import parse_listing
 from aimms_ops.core.lock import LOCK_FILES, note_path
-from aimms_ops.host.compose import parse_facts
+from aimms_ops.host.events import Facts, facts
 from aimms_ops.monitor.volumes import parse_engine
 from tests.hostprog import HOST
 
@@ -37,6 +36,29 @@ sys.exit(1)
 '''
 
 NAME = "aimms_postgres_20260101_020000.sql.gz"
+#: A database name that is not UTF-8, with a newline and ``=`` (tests/integration/
+#: test_odd_names.py makes one for real).
+ODD = b"caf\xe9 'x'\n=y"
+
+
+def read(res: subprocess.CompletedProcess, of: str) -> Facts:
+    """The facts command ``of`` printed (it printed nothing but its event)."""
+    out = res.stdout.decode("ascii")
+    assert len(out.splitlines()) == 1, out
+    return facts(out, of, "here")
+
+
+def inspected(**fields: object) -> str:
+    """``docker inspect``'s answer: one container of ``fields`` (``State_Status``: the
+    field Status of State)."""
+    obj: dict = {}
+    for key, value in fields.items():
+        *path, last = key.split("_")
+        node = obj
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return json.dumps([obj])
 
 
 class Fake:
@@ -75,11 +97,12 @@ def _stack(fake: Fake) -> None:
     fake.rule(["compose", "version"], "Docker Compose version v2\n")
     fake.rule(["compose", "-f", "config"], "services:\n  postgres:\n    image: pg\n")
     fake.rule(["ps", "-q", "label=com.docker.compose.service=postgres"], "cid1\ncid2\n")
-    fake.rule(["inspect", "--format", "container.name="],
-              "container.name=/aimms-web-postgres-1\ncontainer.state=running\n"
-              "container.started_at=T\ncontainer.image=postgres:15\ncontainer.restart_count=0\n")
+    fake.rule(["inspect", "--type", "container", "cid1"], inspected(
+        Name="/aimms-web-postgres-1", State_Status="running", State_StartedAt="T",
+        State_ExitCode=0, State_FinishedAt="T", State_Error="", Config_Image="postgres:15",
+        RestartCount=0, Unknown_Field=[1]))
     fake.rule(["exec", "cid1", "pg_isready"], "/var/run/postgresql:5432 - accepting\n")
-    fake.rule(["exec", "cid1", "psql"], "706f737467726573\n74656d706c61746531\n")
+    fake.rule(["exec", "cid1", "psql"], f"{b'postgres'.hex()}\n{ODD.hex()}\n")
     fake.rule(["volume", "inspect", "--format", "{{.Mountpoint}}", "pgdata"], "/var/lib/d\n")
     fake.rule(["ps", "-a", "--filter", "volume=pgdata"], "aimms-web-postgres-1\nother\n")
 
@@ -95,13 +118,17 @@ def test_facts_print_the_stack_as_the_checks_read_it(fake, tmp_path):
     res = fake.run("facts", str(tmp_path), str(compose), "Aimms.Web", "postgres", "postgres",
                    str(backups), "pgdata", "redisdata")
     assert res.returncode == 0, res.stderr
-    f = parse_facts(res.stdout.decode())
+    f = read(res, "facts")
     assert f["docker.ok"] == "1" and f["docker.version"] == "24.0.5"
     assert f["compose.file_exists"] == "1" and f["compose.cmd"] == "docker compose"
-    assert base64.b64decode(f["compose.config_b64"]).decode().endswith("image: pg")
+    assert f["compose.config"].endswith("image: pg")
     assert f["container.id"] == "cid1" and f["container.name"] == "aimms-web-postgres-1"
+    assert f["container.restart_count"] == "0" and f["container.state"] == "running"
     assert f["postgres.ready"] == "1" and f["postgres.ready_detail"].endswith("accepting")
-    assert f["postgres.databases"] == "706f737467726573 74656d706c61746531"
+    # Names as they are, a byte that is not UTF-8 too (a surrogate escape: its bytes back).
+    assert f["postgres.databases"] == ["postgres", "caf\udce9 'x'\n=y"]
+    assert [n.encode("utf-8", "surrogateescape") for n in f["postgres.databases"]] == [
+        b"postgres", ODD]
     assert f["volume.pgdata.exists"] == "1" and f["volume.pgdata.mountpoint"] == "/var/lib/d"
     assert f["volume.pgdata.used_by"] == "aimms-web-postgres-1,other"
     assert f["volume.redisdata.exists"] == "0"
@@ -117,7 +144,7 @@ def test_facts_without_docker_say_why_and_go_on(fake, tmp_path):
     fake.rule(["version"], "Cannot connect to the Docker daemon\n", 1)
     res = fake.run("facts", str(tmp_path), str(tmp_path / "nope.yml"), "p", "postgres",
                    "postgres", str(tmp_path / "nobackups"), "pgdata")
-    f = parse_facts(res.stdout.decode())
+    f = read(res, "facts")
     assert res.returncode == 0
     assert f["docker.ok"] == "0" and f["docker.error"] == "Cannot connect to the Docker daemon"
     assert f["compose.file_exists"] == "0" and f["container.id"] == ""
@@ -125,29 +152,31 @@ def test_facts_without_docker_say_why_and_go_on(fake, tmp_path):
 
 
 def test_list_backups_newest_first_with_checksum_and_pin(fake, tmp_path):
-    assert fake.run("list-backups", str(tmp_path / "none")).stdout == b"missing\n"
+    assert read(fake.run("list-backups", str(tmp_path / "none")), "list-backups") == {
+        "dir.exists": "0"}
+    assert parse_listing({"dir.exists": "0"}, str(tmp_path)) is None
     older, newer = tmp_path / NAME, tmp_path / "aimms_postgres_20260102_020000_x.sql.zst"
     older.write_bytes(b"a" * 10)
     newer.write_bytes(b"b" * 20)
     os.utime(older, (1_700_000_000, 1_700_000_000))
     os.utime(newer, (1_700_000_100, 1_700_000_100))
     (tmp_path / (NAME + ".sha256")).write_text("f" * 64 + "  " + NAME + "\n")
-    (tmp_path / (newer.name + ".pin")).write_text("by=me\nreason=keep\n")
+    (tmp_path / (newer.name + ".pin")).write_text("by=me\nreason=keep = this\n")
     (tmp_path / "aimms_postgres_link.sql.gz").symlink_to(older)
     (tmp_path / "aimms_postgres_dir.sql.gz").mkdir()
-    out = fake.run("list-backups", str(tmp_path)).stdout.decode()
-    rows = [ln.split("\t") for ln in out.splitlines()]
-    assert rows == [["1700000100", "20", newer.name, "-",
-                     base64.b64encode(b"by=me\nreason=keep\n").decode()],
-                    ["1700000000", "10", NAME, "f" * 64, "-"]]
-    listed = parse_listing(out, str(tmp_path))
+    f = read(fake.run("list-backups", str(tmp_path)), "list-backups")
+    assert f["backups"] == [
+        {"name": newer.name, "mtime": 1700000100, "size": 20, "sha256": None,
+         "pin": "by=me\nreason=keep = this\n"},
+        {"name": NAME, "mtime": 1700000000, "size": 10, "sha256": "f" * 64, "pin": None}]
+    listed = parse_listing(f, str(tmp_path))
     assert listed is not None and [b.name for b in listed] == [newer.name, NAME]
+    assert listed[0].pin is not None and listed[0].pin.reason == "keep = this"
+    assert listed[1].sha256 == "f" * 64 and listed[1].pin is None
 
 
 def test_status_facts_read_files_log_crontab_and_side_copies(fake, tmp_path):
     _stack(fake)
-    fake.rule(["inspect", "--format", "container.exit_code="],
-              "container.exit_code=0\ncontainer.finished_at=T\ncontainer.error=\n")
     fake.rule(["logs", "--tail", "15"], "log line\n")
     side = (b"aimms_ops_old_x".hex() + " 100 -\n" + b"aimms_web".hex() + " 5 -\n"
             + b"aimms_ops_new_y".hex() + " 7 " + b"aimms_ops.replaced=z".hex() + "\n")
@@ -164,20 +193,43 @@ def test_status_facts_read_files_log_crontab_and_side_copies(fake, tmp_path):
                    str(tmp_path / "v"), str(tmp_path / "rec"), str(log), "postgres",
                    env={"DOCKER_HOST": "unix:///x.sock"})
     assert res.returncode == 0, res.stderr
-    f = parse_facts(res.stdout.decode())
+    f = read(res, "status-facts")
     assert f["script.mode"] == "700" and len(f["script.sha256"]) == 64
-    assert f["conf.sha256"] == "" and "conf.mode" not in f and "record.b64" not in f
-    dec = {k: base64.b64decode(v).decode() for k, v in f.items() if k.endswith("_b64")}
-    assert dec["log.results_b64"].splitlines() == lines[-3::2]
-    assert dec["log.tail_b64"].splitlines() == lines[-60:]
-    assert dec["log.pings_b64"].splitlines() == [lines[-2]]
-    assert dec["container.log_b64"] == "log line\n"
-    assert [ln.split()[0] for ln in dec["restore.copies_b64"].splitlines()] == [
-        b"aimms_ops_old_x".hex(), b"aimms_ops_new_y".hex()]
-    assert f["container.exit_code"] == "0"
+    assert f["conf.sha256"] == "" and "conf.mode" not in f and "record" not in f
+    assert f["log.results"].splitlines() == lines[-3::2]
+    assert f["log.tail"].splitlines() == lines[-60:]
+    assert f["log.pings"].splitlines() == [lines[-2]]
+    assert f["container.log"] == "log line\n" and "rebuild.state" not in f
+    assert f["restore.copies"] == [
+        {"name": "aimms_ops_old_x", "size": 100, "setting": None},
+        {"name": "aimms_ops_new_y", "size": 7, "setting": "aimms_ops.replaced=z"}]
+    assert f["container.exit_code"] == "0" and f["container.error"] == ""
     assert f["python3.version"] == "{}.{}".format(*sys.version_info[:2])
     assert f["env.DOCKER_HOST"] == "unix:///x.sock" and int(f["now.epoch"]) > 0
     assert f["crontab.available"] in ("0", "1") and "compressor.have" in f
+    # An unfinished rebuild's state file comes with them, when asked for.
+    state = tmp_path / ".rebuild-state"
+    state.write_text("2026 begin=stop\n")
+    res = fake.run("status-facts", "aimms-web", "postgres", str(script), str(tmp_path / "c"),
+                   str(tmp_path / "v"), str(tmp_path / "rec"), str(log), "postgres",
+                   "--rebuild-state", str(state))
+    assert read(res, "status-facts")["rebuild.state"] == "2026 begin=stop\n"
+
+
+def test_batch_runs_the_commands_in_one_start(fake, tmp_path):
+    """fab status's three commands in one start of the program: each its own event."""
+    _stack(fake)
+    res = fake.run("batch", "2", "list-backups", str(tmp_path), "3", "list-backups",
+                   str(tmp_path / "none"), "x")
+    assert res.returncode == 64  # the second's extra word: its own usage error
+    res = fake.run("batch", "2", "list-backups", str(tmp_path / "none"), "2", "list-backups",
+                   str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(ln)["facts"]["dir.exists"] for ln in res.stdout.splitlines()] == [
+        "0", "1"]
+    for bad in (["9", "list-backups", "x"], ["x"], ["0", "list-backups"]):
+        res = fake.run("batch", *bad)
+        assert res.returncode == 64 and b"batch: N COMMAND ARGS" in res.stderr
 
 
 def test_install_state_and_writing_files(fake, tmp_path):
@@ -187,7 +239,7 @@ def test_install_state_and_writing_files(fake, tmp_path):
     assert res.returncode == 0 and res.stdout == b"" and script.read_bytes() == b"one\n"
     assert stat.S_IMODE(script.stat().st_mode) == 0o700
     res = fake.run("install-file", str(script), "700", "1", stdin=b"two\n")
-    kept = res.stdout.decode().strip().split("=", 1)[1]
+    kept = read(res, "install-file")["kept"]
     assert Path(kept).read_bytes() == b"one\n" and script.read_bytes() == b"two\n"
     assert fake.run("install-file", str(conf), "600", stdin=b"c\n").stdout == b""
     assert [p.name for p in tmp_path.iterdir() if ".tmp." in p.name] == []
@@ -195,12 +247,10 @@ def test_install_state_and_writing_files(fake, tmp_path):
     assert fake.run("ensure-dirs", str(backups), str(log)).returncode == 0
     assert stat.S_IMODE(backups.stat().st_mode) == 0o700
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
-    fake.rule(["inspect", "--format", "container.name="],
-              "container.name=/aimms-web-postgres-1\ncontainer.image=postgres:15\n")
     res = fake.run("install-state", "--file", "program", str(prog), str(script), str(conf),
                    str(backups), str(log), str(tmp_path / "v.sh"), str(tmp_path / "rec"),
                    "aimms-web", "postgres")
-    f = parse_facts(res.stdout.decode())
+    f = read(res, "install-state")
     assert f["script.mode"] == "700" and f["conf.mode"] == "600" and f["verify.sha256"] == ""
     assert f["program.sha256"] == "" and f["dir.mode"] == "700" and f["log.mode"] == "600"
     assert f["container.id"] == "cid1" and f["container.image"] == "postgres:15"
@@ -228,29 +278,32 @@ def test_volume_and_rebuild_facts(fake, tmp_path):
     fake.rule(["version", "{{.Server.APIVersion}}"], "1.43\n")
     fake.rule(["version", "{{.Client.APIVersion}}"], "1.41\n")
     fake.rule(["volume", "ls", "-q"], "old1\n")
+    fake.rule(["volume", "inspect", "--format", "kept="], "kept=old1\tpgdata\t2026-01-01\n")
     fake.rule(["volume", "ls", "--format"], "vol=pgdata\tlocal\t/m\tx=y\n")
     fake.rule(["ps", "-a", "--no-trunc"], "ctr=pg\trunning\tpgdata\taimms-web\tpostgres\n")
     fake.rule(["system", "df"], "size=pgdata\t10MB\n")
-    fake.rule(["volume", "inspect", "--format", "kept="], "kept=old1\tpgdata\t2026-01-01\n")
-    out = fake.run("volume-facts").stdout.decode()
-    assert out.splitlines()[0] == "api=1.43\t1.41"
-    engine = parse_engine(out)
-    assert engine is not None
+    f = read(fake.run("volume-facts"), "volume-facts")
+    assert f["api"] == ["1.43", "1.41"] and f["sizes"] == {"pgdata": "10MB"}
+    engine = parse_engine(f)
+    assert engine.api == "1.41" and engine.kept == {"old1": ("pgdata", "2026-01-01")}
+    assert engine.volumes == {"pgdata": {"driver": "local", "mountpoint": "/m",
+                                         "labels": "x=y"}}
+    assert engine.containers == [{"name": "pg", "state": "running", "mounts": "pgdata",
+                                  "project": "aimms-web", "service": "postgres"}]
     fake.rules = []
     fake.rule(["info"], "/var/lib/docker\n")
     fake.rule(["image", "inspect", "pg:15"])
     fake.rule(["volume", "inspect", "--format", "{{json .}}", "pgdata"], '{"Name":"pgdata"}\n')
-    fake.rule(["ps", "-a", "--filter", "volume=pgdata"], "volume.user=pg\taimms-web\tpostgres\n")
+    fake.rule(["ps", "-a", "--filter", "volume=pgdata"], "user=pg\taimms-web\tpostgres\n")
     fake.rule(["run", "--rm", "pgdata:/from:ro"], "1234\n5678\n")
     state = tmp_path / "state"
     state.write_text("2026 begin=stop\n")
-    f = parse_facts(fake.run("rebuild-facts", "pgdata", "pg:15", str(state), "keep").stdout
-                    .decode())
+    f = read(fake.run("rebuild-facts", "pgdata", "pg:15", str(state), "keep"), "rebuild-facts")
     assert f["docker.root"] == "/var/lib/docker" and f["image.present"] == "1"
     assert f["volume.exists"] == "1" and f["volume.json"] == '{"Name":"pgdata"}'
-    assert f["volume.user"] == "pg\taimms-web\tpostgres"
+    assert f["volume.users"] == [{"name": "pg", "project": "aimms-web", "service": "postgres"}]
     assert f["volume.size_kb"] == "1234" and f["volume.avail_kb"] == "5678"
-    assert f["keep.exists"] == "0" and base64.b64decode(f["state.b64"]) == b"2026 begin=stop\n"
+    assert f["keep.exists"] == "0" and f["state"] == "2026 begin=stop\n"
 
 
 def test_wait_postgres_needs_the_same_listening_server_twice(fake):
@@ -259,7 +312,8 @@ def test_wait_postgres_needs_the_same_listening_server_twice(fake):
     fake.rule(["exec", "cid1", "psql"], "1|t|2026-01-01 02:00:00+00\n")
     res = fake.run("wait-postgres", "aimms-web", "postgres", "postgres", "10")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.decode().splitlines() == ["container=cid1", "seconds=0"]
+    waited = read(res, "wait-postgres")
+    assert waited["container"] == "cid1" and waited["seconds"].isdigit()
     fake.rules = []
     fake.rule(["ps", "-q"], "cid1\n")
     fake.rule(["pg_isready"], "accepting\n")

@@ -71,9 +71,10 @@ class Host:
                               capture_output=True, env=self.env, timeout=60, check=False)
 
     def restore(self, fmt: str, source: str, *rest: str, stdin: bytes = b""):
+        """The stream's exit status, its stderr (the stages' own) and its events."""
         res = self.run("restore-stream.sh", "aimms-web", "postgres", "postgres", fmt, source,
                        *rest, stdin=stdin)
-        return res.returncode, res.stderr.decode()
+        return res.returncode, res.stderr.decode(), host_events.parse(res.stdout.decode())
 
     def calls(self) -> list[dict]:
         path = self.fake / "calls.jsonl"
@@ -97,12 +98,23 @@ def host(tmp_path: Path) -> Host:
     return Host(tmp_path)
 
 
+def texts(found: host_events.Events, kind: str) -> list[str]:
+    return [e["text"] for e in found.of(kind)]
+
+
 def test_a_dump_on_the_host_is_rebuilt_beside_then_swapped_in_under_the_lock(host):
     path = host.dump("aimms_postgres_20260101_020000.sql.gz")
-    rc, err = host.restore("gz", str(path), "", str(host.lock), "5")
+    rc, err, found = host.restore("gz", str(path), "", str(host.lock), "5")
     assert rc == 0, err
-    assert "aimms-ops: status 0 0 0 0" in err.splitlines()
-    assert "aimms-ops: replaced postgres; the one it replaced is kept as aimms_ops_old_" in err
+    assert "aimms-ops" not in err  # stderr: the tools' own words; the restore's are events
+    assert found.last("stages")["status"] == [0, 0, 0, 0]
+    replaced = {e["database"]: e["kept_as"] for e in found.of("replaced")}
+    assert replaced["postgres"].startswith("aimms_ops_old_")
+    assert set(replaced) == set(DBS) and list(found.of("error")) == []
+    # The filter says where each database starts (in its output's lines), in order.
+    sections = [(e["database"], e["line"]) for e in found.of("section")]
+    assert [db for db, _ in sections] == DBS
+    assert [n for _, n in sections] == sorted(n for _, n in sections)
     replayed = host.replayed()
     assert new_name(b"aimms_web").decode() in replayed and "CREATE ROLE aimms_user" in replayed
     psql = next(c["argv"] for c in host.calls() if "-f" in c["argv"])
@@ -115,76 +127,81 @@ def test_a_dump_on_the_host_is_rebuilt_beside_then_swapped_in_under_the_lock(hos
 
 
 def test_a_plain_dump_streamed_on_stdin_is_restored_as_a_new_database(host):
-    rc, err = host.restore("plain", "-", "4d79204442", "", "", "", "726f7773",
-                           stdin=DUMP)
+    rc, err, found = host.restore("plain", "-", "4d79204442", "", "", "", "726f7773",
+                                  stdin=DUMP)
     assert rc == 0, err
-    assert "aimms-ops: restored rows (new)" in err
+    assert "restored rows (new)" in texts(found, "note")
     assert new_name(b"My DB").decode() in host.replayed()
 
 
 def test_psqls_error_removes_what_was_rebuilt_and_swaps_nothing(host):
     host.scenario.update(replay_rc=3, replay_err="psql:<stdin>:12: ERROR:  boom\n")
-    rc, err = host.restore("gz", str(host.dump("d.sql.gz")))
+    rc, err, found = host.restore("gz", str(host.dump("d.sql.gz")))
     assert rc == 1
-    assert "psql:<stdin>:12: ERROR:  boom" in err
-    assert "aimms-ops: status 0 0 0 3" in err
-    assert "aimms-ops: the live cluster is as it was" in err
+    assert err.endswith("\npsql:<stdin>:12: ERROR:  boom\n")  # psql's own words, whole
+    assert "aimms-ops" not in err
+    assert found.last("stages")["status"] == [0, 0, 0, 3]
+    assert texts(found, "undone")[0].startswith("the live cluster is as it was")
     assert "RENAME TO" not in host.sql()
 
 
 def test_a_failed_swap_is_undone_too(host):
     host.scenario["swap_err"] = "ERROR:  no\n"
-    rc, err = host.restore("gz", str(host.dump("d.sql.gz")))
+    rc, _err, found = host.restore("gz", str(host.dump("d.sql.gz")))
     assert rc == 1
-    assert "aimms-ops: swap failed: ERROR:  no" in err
-    assert "aimms-ops: the live cluster is as it was" in err
+    assert texts(found, "error") == ["swap failed: ERROR:  no"]
+    assert texts(found, "undone")[0].startswith("the live cluster is as it was")
 
 
 def test_a_cut_dump_fails_its_stage_and_is_undone(host):
     path = host.dump("d.sql.gz")
     path.write_bytes(path.read_bytes()[:-20])
-    rc, err = host.restore("gz", str(path))
+    rc, _err, found = host.restore("gz", str(path))
     assert rc == 1
-    status = next(ln for ln in err.splitlines() if ln.startswith("aimms-ops: status"))
-    assert status.split()[3] != "0" and status.split()[2] == "0"
-    assert "aimms-ops: the live cluster is as it was" in err
+    status = found.last("stages")["status"]
+    assert status[2] != 0 and status[1] != 0
+    assert texts(found, "error") == [
+        "the dump ended before its completion marker: the restore is incomplete"]
+    assert texts(found, "undone")[0].startswith("the live cluster is as it was")
 
 
 def test_keep_drop_drops_what_the_swap_set_aside(host):
-    rc, err = host.restore("gz", str(host.dump("d.sql.gz")), "", "", "", "drop")
+    rc, err, _found = host.restore("gz", str(host.dump("d.sql.gz")), "", "", "", "drop")
     assert rc == 0, err
     assert "DROP DATABASE IF EXISTS \"aimms_ops_old_" in host.sql()
 
 
 def test_a_cluster_without_postgres_gets_it_first(host):
     host.scenario["has_postgres"] = 0
-    rc, err = host.restore("gz", str(host.dump("d.sql.gz")))
+    rc, err, found = host.restore("gz", str(host.dump("d.sql.gz")))
     assert rc == 0, err
-    assert "aimms-ops: the cluster had no postgres database: created it empty first" in err
+    assert "the cluster had no postgres database: created it empty first" in texts(found,
+                                                                                   "note")
     assert any("CREATE DATABASE postgres WITH TEMPLATE = template0" in c["argv"]
                for c in host.calls())
 
 
 @pytest.mark.parametrize(("args", "rc", "message"), [
-    (("gz", "/nonexistent.sql.gz"), 66, "aimms-ops: cannot read /nonexistent.sql.gz"),
-    (("xz", "-"), 64, "aimms-ops: unknown format xz"),
+    (("gz", "/nonexistent.sql.gz"), 66, "cannot read /nonexistent.sql.gz"),
+    (("xz", "-"), 64, "unknown format xz"),
 ])
 def test_refusals_touch_nothing(host, args, rc, message):
-    got, err = host.restore(*args)
-    assert (got, err.strip()) == (rc, message)
+    got, err, found = host.restore(*args)
+    assert (got, err, texts(found, "error")) == (rc, "", [message])
     assert [c for c in host.calls() if c["argv"][0] == "exec"] == []
 
 
 def test_no_running_container_is_exit_10(host):
     host.scenario["running"] = False
-    for script, args in (("restore-stream.sh", ["gz", "-"]),
-                         ("replaced.sh", ["lock", "1", "undo"]),
+    said = "the postgres container of compose project aimms-web is not running"
+    rc, err, found = host.restore("gz", "-")
+    assert (rc, err, texts(found, "error")) == (10, "", [said])
+    for script, args in (("replaced.sh", ["lock", "1", "undo"]),
                          ("postgres-exec.sh", ["psql"])):
         extra = ["postgres"] if script != "postgres-exec.sh" else []
         res = host.run(script, "aimms-web", "postgres", *extra, *args)
         assert res.returncode == 10, (script, res.stderr)
-        assert res.stderr.decode() == ("aimms-ops: the postgres container of compose project "
-                                       "aimms-web is not running\n")
+        assert res.stderr.decode() == f"aimms-ops: {said}\n"
 
 
 @pytest.mark.parametrize("fmt", ["plain", "gz"])
@@ -202,9 +219,8 @@ def test_a_dump_on_the_host_reports_how_far_it_was_read_as_it_goes(host, fmt):
     res = host.run("restore-stream.sh", *raw, "aimms-web", "postgres", "postgres", fmt,
                    str(path), "", str(host.lock), "5")
     assert res.returncode == 0, res.stderr
-    found = [e for e in host_events.parse(res.stdout.decode()).all]
+    found = list(host_events.parse(res.stdout.decode()).of("progress"))
     size = path.stat().st_size if fmt == "plain" else len(pad + DUMP)
-    assert {e["event"] for e in found} == {"progress"}
     assert all(e["stage"] == "restore" and e["total"] == size and e["what"] == path.name
                for e in found)
     done = [e["done"] for e in found]
@@ -218,15 +234,16 @@ def test_a_held_cluster_lock_is_exit_75_naming_its_holder(host):
         res = host.run("restore-stream.sh", "aimms-web", "postgres", "postgres", "gz",
                        str(host.dump("d.sql.gz")), "", str(host.lock), "0")
         rc, err = res.returncode, res.stderr.decode()
-        [wait] = host_events.parse(res.stdout.decode()).all
+        [wait, error] = host_events.parse(res.stdout.decode()).all
         assert wait["event"] == "wait" and wait["for"] == "the cluster lock"
         assert wait["holder"].startswith(f"backup pid {os.getpid()} since ")
         res = host.run("replaced.sh", "aimms-web", "postgres", "postgres", str(host.lock),
                        "0", "undo")
-    assert rc == 75 and res.returncode == 75
-    for text in (err, res.stderr.decode()):
-        assert text.startswith("aimms-ops: the cluster is busy after 0s: another restore, "
-                               f"rebuild or backup holds it (backup pid {os.getpid()} since ")
+    assert rc == 75 and res.returncode == 75 and err == ""
+    busy = ("the cluster is busy after 0s: another restore, rebuild or backup holds it "
+            f"(backup pid {os.getpid()} since ")
+    assert error["event"] == "error" and error["text"].startswith(busy)
+    assert res.stderr.decode().startswith("aimms-ops: " + busy)
     assert [c for c in host.calls() if "-f" in c["argv"]] == []
 
 

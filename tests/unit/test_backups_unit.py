@@ -70,11 +70,15 @@ def test_created_from_name():
         2026, 11, 25, 2, 3, 4, tzinfo=UTC)
 
 
-LISTING = (
-    "1764036000\t1234\taimms_postgres_20261125_020000.sql.gz\t" + "a" * 64 + "\n"
-    "1763949600\t99\taimms_postgres_20261124_020000_pre-restore.sql.gz\t-\n"
-    "1763949500\t5\tnot_a_backup.sql.gz\t-\n"
-)
+LISTING = {"dir.exists": "1", "backups": [
+    {"mtime": 1764036000, "size": 1234, "name": "aimms_postgres_20261125_020000.sql.gz",
+     "sha256": "a" * 64, "pin": None},
+    {"mtime": 1763949600, "size": 99, "name": "aimms_postgres_20261124_020000_pre-restore.sql.gz",
+     "sha256": None, "pin": None, "newer_field": [1]},
+    {"mtime": 1763949500, "size": 5, "name": "not_a_backup.sql.gz", "sha256": None},
+    {"mtime": "x", "size": 5, "name": "aimms_postgres_20261123_020000.sql.gz"},
+    "not a backup",
+]}
 
 
 def test_parse_listing():
@@ -88,7 +92,7 @@ def test_parse_listing():
     assert second.label == "pre-restore"
     d = first.as_dict()
     assert d["created"].endswith("Z") and d["location"] == "remote"
-    assert listing.parse_listing("missing\n", "/b") is None
+    assert listing.parse_listing({"dir.exists": "0"}, "/b") is None
 
 
 def test_pick_latest_and_by_name():

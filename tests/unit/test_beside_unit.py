@@ -9,6 +9,7 @@ import subprocess
 from aimms_ops.dump.beside import aside_name, is_ours, new_name, rename_statement
 from aimms_ops.dump.lexer import ident_name
 from aimms_ops.dump.preface import split_list
+from aimms_ops.host import events as host_events
 from aimms_ops.monitor.copies import check_copies, parse_copies
 from aimms_ops.restore.plan import parse_cluster_facts
 from tests.hostprog import HOST
@@ -65,8 +66,21 @@ def test_every_database_is_built_under_its_new_name_and_the_live_one_is_untouche
     assert ODD.splitlines()[0] not in out
     dbs = [bytes.fromhex(ln.split()[1]) for ln in manifest.splitlines() if ln.startswith("db ")]
     assert dbs == [b"template1", b"app", ODD_NAME, b"postgres"]
-    # Where each database starts, for the message of a failure.
-    assert f"aimms-ops: database {b'app'.hex()} from line " in err
+    # Where each database starts, for the message of a failure: on stderr for a person,
+    # as events (core.events) for the restore stream, names that are not UTF-8 too.
+    assert "aimms-ops: database app from line " in err
+    said = tmp_path / "said"
+    out2, err2, _, _ = beside_filter(tmp_path, AWKWARD, "--events", str(said))
+    assert (out2, err2) == (out, "")
+    found = host_events.parse(said.read_text())
+    sections = [(e["database"].encode("utf-8", "surrogateescape"), e["line"])
+                for e in found.of("section")]
+    assert [db for db, _ in sections] == dbs
+    lines = out.splitlines()
+    assert all(lines[n - 1].startswith("\\connect ") or "CREATE DATABASE" in lines[n - 1]
+               or lines[n - 1].startswith("--") for _, n in sections), sections
+    assert {e["event"] for e in found.all} <= {"section", "inserted", "note"}
+    assert all(e["text"] for e in found.all)
 
 
 def test_roles_are_made_now_and_changed_in_the_swap(tmp_path):
@@ -116,8 +130,10 @@ def test_status_shows_copies_kept_aside_and_half_built_ones():
     h = bytes.hex
     aside = aside_name(b"aimms_web", b"20261206_010203")
     setting = b"aimms_ops.replaced=" + h(b"aimms_web").encode() + b" 20261206_010203 f t"
-    text = (f"{h(aside)} 1048576 {h(setting)}\n{h(new_name(b'x'))} 2048 -\n")
-    copies = parse_copies(text)
+    copies = parse_copies([
+        {"name": aside.decode(), "size": 1048576, "setting": setting.decode()},
+        {"name": new_name(b"x").decode(), "size": 2048, "setting": None},
+        {"name": "no size"}, "not a copy"])
     assert [(c.original, c.stamp) for c in copies] == [("aimms_web", "20261206_010203"),
                                                        (None, None)]
     check = check_copies(copies)
@@ -193,10 +209,13 @@ def test_a_restore_starts_by_removing_half_built_copies_and_expired_ones(tmp_pat
         aside=[(old, b"617070 20261120_000000 f t"), (recent, b"617070 20261205_000000 f t")],
         roles=[b"postgres", b"a b"])
     logged: list[str] = []
-    swap.prepare(cluster, str(tmp_path), logged.append, now=1765065600)  # 2025-12-07
+
+    def log(text: str, **_: object) -> None:
+        logged.append(text)
+
+    swap.prepare(cluster, str(tmp_path), log, now=1765065600)  # 2025-12-07
     assert cluster.dropped == [new_name(b"app")]  # both copies younger than 7 days then
-    swap.prepare(cluster, str(tmp_path), logged.append,
-                 now=1765065600 + 365 * 86400)  # 2026-12-07
+    swap.prepare(cluster, str(tmp_path), log, now=1765065600 + 365 * 86400)  # 2026-12-07
     assert cluster.dropped == [new_name(b"app"), old]
     assert {bytes.fromhex(x) for x in (tmp_path / "roles").read_text().split()} == {
         b"postgres", b"a b"}
@@ -210,8 +229,10 @@ def test_a_failed_restore_drops_only_the_roles_it_made(tmp_path):
                                        f"role {b'new one'.hex()}\n")
     cluster = FakeCluster({b"app": (False, True), new_name(b"app"): (False, True)},
                           roles=[b"postgres", b"new one", b"someone else's"])
-    logged: list[str] = []
-    swap.discard(cluster, str(tmp_path), logged.append)
+    logged: list[tuple[str, str]] = []
+    swap.discard(cluster, str(tmp_path), lambda text, kind="note": logged.append((kind, text)))
     assert cluster.dropped == [new_name(b"app")]
     assert cluster.role_set == {b"postgres", b"someone else's"}
-    assert "the live cluster is as it was" in logged[-1] and "(new one)" in logged[-1]
+    kind, text = logged[-1]
+    assert kind == "undone"
+    assert "the live cluster is as it was" in text and "(new one)" in text

@@ -3,9 +3,7 @@ host."""
 
 from __future__ import annotations
 
-import io
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,12 +25,10 @@ def _pick(tmp_path: Path, tools: list[str], level: int = 1, want: str = "auto") 
         (bin_dir / tool).symlink_to(real)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PATH", str(bin_dir))
-        out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
-        mp.setattr(sys, "stdout", out)
         comp = dumping.pick("gzip", level, 3, want)
-        hostfacts.compressor_facts()
-        out.flush()
-        facts = out.buffer.getvalue().decode()  # type: ignore[attr-defined]
+        report = hostfacts.Report("status-facts")
+        hostfacts.compressor_facts(report)
+    facts = "".join(f"{k}={v}\n" for k, v in report.facts.items())
     return f"zip={' '.join(comp.argv) if comp else 'none'}\n{facts}"
 
 

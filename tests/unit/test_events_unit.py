@@ -36,6 +36,42 @@ def test_the_reader_hands_on_events_as_they_come_and_keeps_them_in_order():
     assert found.last("prune") is None and list(found.of("wait")) == [seen[0]]
 
 
+def test_facts_carry_any_text_and_come_back_whole_or_as_one_error():
+    """A command's facts: values with newlines, ``=``, tabs and bytes that are not UTF-8
+    come back as they were; a fact or a field the reader does not know is ignored; a
+    stdout cut anywhere before the event's end is one error of one line."""
+    odd = b"caf\xe9 'x'\n=y\tz".decode("utf-8", "surrogateescape")
+    sent = {"postgres.databases": ["postgres", odd], "compose.config": "a: b=c\n  d: 'e'\n",
+            "record": "k=v\nk2=v=2\n", "docker.ok": "1", "size": 10, "flag": True,
+            "none": None, "nested": {"a": [1, "b"]}}
+    text = "noise line\n" + events.facts_line("facts", sent) + "\n"
+    assert text.isascii() and len(text.splitlines()) == 2
+    got = host_events.facts(text, "facts", "aidset")
+    assert got["postgres.databases"][1].encode("utf-8", "surrogateescape") == \
+        b"caf\xe9 'x'\n=y\tz"
+    assert got["compose.config"] == sent["compose.config"] and got["record"] == sent["record"]
+    assert (got["size"], got["flag"], got["none"]) == ("10", "1", "")
+    assert host_events.text_of(got, "record") == sent["record"]
+    assert host_events.text_of(got, "postgres.databases") == ""
+    assert host_events.text_of({"x": odd}, "x", shown=True) == "caf\ufffd 'x'\n=y\tz"
+    # A newer host program's report: a field, a fact and an event this reader does not know.
+    newer = events.line("facts", of="facts", facts={**sent, "docker.rootless": "0"}, v=2)
+    newer += "\n" + events.line("disk", of="facts", facts={}) + "\n"
+    assert {k: v for k, v in host_events.facts(newer, "facts", "aidset").items()
+            if k != "docker.rootless"} == got
+    # Cut short: before the event, inside it, or another command's only.
+    for cut in ("", text[:5], text[:len(text) // 2], text[:-3],
+                events.facts_line("list-backups", {}) + "\n"):
+        try:
+            host_events.facts(cut, "facts", "aidset", "Killed")
+        except host_events.CutShort as e:
+            assert str(e) == ("the host program's facts on aidset ended before its report "
+                              "(its output was cut short): Killed (run it again; if it fails "
+                              "again, see fab doctor)")
+        else:
+            raise AssertionError(f"no error for {cut!r}")
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0

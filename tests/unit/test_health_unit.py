@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ from aimms_ops.monitor import (
     volumes,
 )
 from aimms_ops.restore.source import DumpInfo
+from tests.hostprog import listing, said
 
 from .test_backups_unit import _host
 
@@ -41,10 +41,6 @@ def _b(hours_ago: float, size: int = 1000, sha: str | None = SHA, label: str = "
     created = NOW - timedelta(hours=hours_ago)
     name = f"aimms_postgres_{created:%Y%m%d_%H%M%S}{label}.sql.gz"
     return BackupFile(name, f"/b/{name}", size, sha, created, "remote")
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
 
 
 # --- durations -------------------------------------------------------------------------
@@ -254,51 +250,36 @@ volumes:
 
 def _gathered(backups: list[BackupFile], *, crontab: str, log: str = LOG.splitlines()[1],
               running: bool = True, record: str = "", script_sha: str | None = None,
-              compose: str = COMPOSE) -> str:
-    listing = "".join(f"{int(b.created.timestamp())}\t{b.size}\t{b.name}\t{b.sha256 or '-'}\n"
-                      for b in backups)
+              compose: str = COMPOSE, rebuild: str | None = None, **facts: str) -> str:
+    """What fab status reads of the host (``facts``: more of the stack's facts;
+    ``rebuild``: the state file of an unfinished rebuild)."""
     script_sha = script_sha or hashlib.sha256(
         shell.script_text("backup-postgres.sh").encode()).hexdigest()
-    return f"""@@facts
-ssh.user=ec2-user
-docker.ok=1
-docker.version=24.0.7
-compose.file_exists=1
-compose.cmd=docker compose
-compose.config_ok=1
-compose.config_b64={_b64(compose)}
-container.id=0123456789abcdef
-container.name=aimms-web-postgres-1
-container.state={"running" if running else "exited"}
-container.started_at=2026-11-20T10:00:00.123Z
-postgres.ready={1 if running else 0}
-postgres.ready_detail=accepting connections
-volume.aimms_postgres_data_prod.exists=1
-volume.aimms_postgres_data_prod.used_by=aimms-web-postgres-1
-volume.aimms_redis_data_prod.exists=1
-volume.aimms_redis_data_prod.used_by=aimms-web-redis-1
-backup_dir.exists=1
-backup_dir.writable=1
-backup_dir.avail_kb=10485760
-backup_dir.size_kb=52428800
-@@backups
-{listing}@@status
-now.epoch={int(NOW.timestamp())}
-script.sha256={script_sha}
-script.mode=700
-conf.sha256=
-crontab.available=1
-crontab.b64={_b64(crontab)}
-cron.daemon=1
-log.exists=1
-log.results_b64={_b64(log)}
-log.tail_b64={_b64(LOG)}
-container.exit_code=0
-container.finished_at=2026-11-25T11:00:00Z
-container.log_b64={_b64("LOG: database system is shut down")}
-record.b64={_b64(record)}
-env.PATH=/usr/bin:/bin
-"""
+    stack = {
+        "ssh.user": "ec2-user", "docker.ok": "1", "docker.version": "24.0.7",
+        "compose.file_exists": "1", "compose.cmd": "docker compose", "compose.config_ok": "1",
+        "compose.config": compose, "container.id": "0123456789abcdef",
+        "container.name": "aimms-web-postgres-1",
+        "container.state": "running" if running else "exited",
+        "container.started_at": "2026-11-20T10:00:00.123Z",
+        "postgres.ready": "1" if running else "0", "postgres.ready_detail":
+        "accepting connections", "volume.aimms_postgres_data_prod.exists": "1",
+        "volume.aimms_postgres_data_prod.used_by": "aimms-web-postgres-1",
+        "volume.aimms_redis_data_prod.exists": "1",
+        "volume.aimms_redis_data_prod.used_by": "aimms-web-redis-1",
+        "backup_dir.exists": "1", "backup_dir.writable": "1",
+        "backup_dir.avail_kb": "10485760", "backup_dir.size_kb": "52428800", **facts}
+    state = {
+        "now.epoch": str(int(NOW.timestamp())), "script.sha256": script_sha,
+        "script.mode": "700", "conf.sha256": "", "crontab.available": "1", "crontab": crontab,
+        "cron.daemon": "1", "log.exists": "1", "log.results": log, "log.tail": LOG,
+        "container.exit_code": "0", "container.finished_at": "2026-11-25T11:00:00Z",
+        "container.log": "LOG: database system is shut down", "record": record,
+        "env.PATH": "/usr/bin:/bin"}
+    if rebuild is not None:
+        state["rebuild.state"] = rebuild
+    return (said("python", {"python3.version": "3.11"}) + said("facts", stack)
+            + said("list-backups", listing(backups)) + said("status-facts", state))
 
 
 def _report(text: str, host=None, max_age: str = "26h") -> status.StatusReport:
@@ -346,7 +327,7 @@ def test_status_is_critical_when_the_next_backup_cannot_write_its_dir():
     text = _gathered([_b(1)], crontab=cron)
     rep = _report(text, h)
     assert rep.state is State.OK and "backup dir" not in {c.name for c in rep.checks}
-    rep = _report(text.replace("backup_dir.writable=1", "backup_dir.writable=0"), h)
+    rep = _report(_gathered([_b(1)], crontab=cron, **{"backup_dir.writable": "0"}), h)
     assert rep.state is State.CRITICAL
     assert rep.summary.startswith("AIMMS-OPS CRITICAL - backup dir: /home/ec2-user/"
                                   "postgres-backups, 10.0 GiB free, not writable")
@@ -373,38 +354,55 @@ def test_status_json_shape():
     assert set(d["disk"]) == {"free_bytes", "total_bytes", "growth_bytes_per_day", "days_left"}
 
 
-def test_split_sections_and_missing_output():
-    assert hostfacts.split_sections("x\n@@facts\na=1\n@@status\nb=2\n") == {
-        "facts": "a=1\n", "status": "b=2\n"}
-    with pytest.raises(OpsError, match="printed no status facts"):
-        hostfacts.parse_gathered("", _host())
+def test_a_cut_output_is_one_error_and_unknown_facts_are_ignored():
+    """Facts are read whole or not at all: output cut anywhere is one error that names
+    what is missing; a fact or a field this version does not know changes nothing."""
+    h = _host()
+    cron = "\n".join(install.cron_entries(h).values())
+    whole = _gathered([_b(2)], crontab=cron)
+    for cut in (0, len(whole) // 3, len(whole) - 2):
+        with pytest.raises(host_events.CutShort, match="ended before its report") as e:
+            hostfacts.parse_gathered(whole[:cut], h)
+        assert "\n" not in str(e.value) and "run it again" in (e.value.hint or "")
+    with pytest.raises(host_events.CutShort, match="status-facts on aidset ended"):
+        hostfacts.parse_gathered(whole.rsplit("\n", 2)[0] + "\n", h)
+    newer = whole.replace('"event":"facts",', '"event":"facts","v":2,').replace(
+        '"ssh.user":', '"ssh.shell":{"name":"bash","at":[1,2]},"ssh.user":')
+    newer += '{"event":"disk-usage","of":"facts","facts":{"x":1}}\n'
+    assert newer != whole
+    assert _report(newer, h).as_dict() == _report(whole, h).as_dict()
 
 
-@pytest.mark.parametrize("seen, said", [("", "no python3 on aidset"),
-                                        ("3.6", "python3 3.6 is too old on aidset")])
-def test_a_host_where_python3_cannot_run_the_program_says_so(seen, said):
+@pytest.mark.parametrize("seen, said_", [("", "no python3 on aidset"),
+                                         ("3.6", "python3 3.6 is too old on aidset")])
+def test_a_host_where_python3_cannot_run_the_program_says_so(seen, said_):
     """The shell reads the python3 version first: without a usable python3 the gather
     says that, and doctor shows that one check."""
-    text = f"@@python\npython3.version={seen}\n@@facts\n@@backups\n@@status\n"
-    with pytest.raises(hostfacts.NoHostProgram, match=said) as e:
+    text = said("python", {"python3.version": seen})
+    with pytest.raises(hostfacts.NoHostProgram, match=said_) as e:
         hostfacts.parse_gathered(text, _host())
     assert "install python3" in (e.value.hint or "")
     check = doctor.python_missing(e.value.detail)
     assert check.state is State.CRITICAL and "python3" in check.fix
 
 
-def test_gather_command_is_one_remote_command_of_three_program_commands(tmp_path):
+def test_gather_command_is_one_remote_command_of_one_program_start(tmp_path):
     cmd = hostfacts.gather_command(_host())
-    assert cmd.count(f"python3 {bundle.directory()}/aimms-ops.pyz ") == 3
+    assert cmd.count(f"python3 {bundle.directory()}/aimms-ops.pyz ") == 1
     assert f"bash {bundle.directory()}/" not in cmd
-    assert "echo @@facts" in cmd and "echo @@backups" in cmd and "echo @@status" in cmd
-    # The python3 version is read by the shell first, with or without python3.
-    first = cmd.split("; echo @@facts")[0]
+    program = cmd.split(f"python3 {bundle.directory()}/aimms-ops.pyz ")[1]
+    assert program.startswith("batch 9 facts ") and " 2 list-backups " in program
+    assert " 11 status-facts " in program and "--rebuild-state" in program
+    # The python3 version is read by the shell first, with or without python3: a facts
+    # event the reader takes.
+    first = cmd.split("; python3 ")[0]
     for path in (os.environ["PATH"], str(tmp_path)):
         out = subprocess.run(["/bin/bash", "-c", first], env={"PATH": path},
                              capture_output=True, text=True, check=True).stdout
-        version = out.splitlines()[1].split("=", 1)[1]
-        assert re.fullmatch(r"3\.\d+" if path != str(tmp_path) else "", version), out
+        version = host_events.facts_of(host_events.parse(out), "python")
+        assert version is not None, out
+        assert re.fullmatch(r"3\.\d+" if path != str(tmp_path) else "",
+                            version["python3.version"]), out
 
 
 # --- doctor --------------------------------------------------------------------------------
@@ -480,17 +478,30 @@ def test_verify_script_lives_next_to_the_backup_script():
 
 # --- volumes -------------------------------------------------------------------------------
 
-ENGINE = """\
-api=1.43\t1.41
-vol=aimms_postgres_data_prod\tlocal\t/var/lib/docker/volumes/aimms_postgres_data_prod/_data\t
-vol=aimms_redis_data_prod\tlocal\t/var/lib/docker/volumes/aimms_redis_data_prod/_data\tcom.docker.compose.project=aimms-web
-vol=other\tlocal\t/x\t
-ctr=aimms-web-postgres-1\trunning\taimms_postgres_data_prod\taimms-web\tpostgres
-ctr=aimms-web-redis-1\texited\taimms_redis_data_prod,/some/bind\taimms-web\tredis
-ctr=unrelated\trunning\tother\t\t
-size=aimms_postgres_data_prod\t72.75MB
-size=aimms_redis_data_prod\t177B
-"""
+def _volume(name: str, labels: str = "") -> dict:
+    return {"name": name, "driver": "local", "labels": labels,
+            "mountpoint": f"/var/lib/docker/volumes/{name}/_data"}
+
+
+def _container(name: str, state: str, mounts: str, project: str = "aimms-web",
+               service: str = "") -> dict:
+    return {"name": name, "state": state, "mounts": mounts, "project": project,
+            "service": service}
+
+
+ENGINE = {
+    "api": ["1.43", "1.41"],
+    "volumes": [_volume("aimms_postgres_data_prod"),
+                _volume("aimms_redis_data_prod", "com.docker.compose.project=aimms-web"),
+                {**_volume("other"), "mountpoint": "/x"}],
+    "containers": [
+        _container("aimms-web-postgres-1", "running", "aimms_postgres_data_prod",
+                   service="postgres"),
+        _container("aimms-web-redis-1", "exited", "aimms_redis_data_prod,/some/bind",
+                   service="redis"),
+        _container("unrelated", "running", "other", project="")],
+    "sizes": {"aimms_postgres_data_prod": "72.75MB", "aimms_redis_data_prod": "177B"},
+    "kept": []}
 
 
 @pytest.mark.parametrize(("text", "n"), [("72.75MB", 72_750_000), ("177B", 177), ("1.5GB", 1.5e9),
@@ -501,7 +512,7 @@ def test_parse_docker_size(text, n):
 
 def test_volumes_report():
     not_external = COMPOSE.replace("{external: true, name: aimms_redis", "{name: aimms_redis")
-    facts = {"compose.cmd": "docker-compose", "compose.config_b64": _b64(not_external)}
+    facts = {"compose.cmd": "docker-compose", "compose.config": not_external}
     engine = volumes.parse_engine(ENGINE)
     assert engine.api == "1.41"
     rep = {v.name: v for v in volumes.report(facts, engine, _host())}
@@ -523,11 +534,13 @@ def test_volumes_report():
 
 def test_volumes_refuse_to_guess_when_docker_does_not_answer():
     """No daemon lists no volume: that is "docker is not reachable", not "does not exist"."""
-    text = "@@facts\ndocker.ok=0\ndocker.error=Cannot connect to the Docker daemon\n@@engine\n"
+    text = said("facts", {"docker.ok": "0", "docker.error": "Cannot connect to the Docker "
+                          "daemon"}) + said("volume-facts", {})
     with pytest.raises(OpsError, match="docker is not reachable on aidset: Cannot connect") as e:
         volumes.parse_gathered(text, _host())
     assert "start the Docker daemon" in e.value.hint
-    good = f"@@facts\ndocker.ok=1\ncompose.config_b64={_b64(COMPOSE)}\n@@engine\n{ENGINE}"
+    good = said("facts", {"docker.ok": "1", "compose.config": COMPOSE}) + said(
+        "volume-facts", ENGINE)
     assert [v.name for v in volumes.parse_gathered(good, _host())][:1] == [
         "aimms_postgres_data_prod"]
 

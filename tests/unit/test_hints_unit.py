@@ -130,7 +130,7 @@ def test_an_unfinished_rebuild_is_critical_with_the_command_that_finishes_it():
     text = _gathered([_b(10)], crontab=cron, running=False)
     plain = _report(text, h)
     assert all(c.name != "rebuild" for c in plain.checks)
-    rep = _report(text + "@@rebuild\n" + STATE, h)
+    rep = _report(_gathered([_b(10)], crontab=cron, running=False, rebuild=STATE), h)
     assert rep.state is State.CRITICAL
     first = rep.checks[0]
     assert first.name == "rebuild" and first.state is State.CRITICAL
@@ -150,5 +150,4 @@ def test_status_reads_the_rebuild_state_in_its_one_round_trip():
     from aimms_ops.monitor import hostfacts
 
     cmd = hostfacts.gather_command(_host())
-    assert cmd.endswith("echo @@rebuild; cat -- /home/ec2-user/postgres-backups/.rebuild-state "
-                        "2>/dev/null || true")
+    assert cmd.endswith(" --rebuild-state /home/ec2-user/postgres-backups/.rebuild-state")

@@ -15,20 +15,31 @@ from aimms_ops.monitor import volumes as vol
 REPO = Path(__file__).resolve().parents[2]
 LIVE = "aimms_postgres_data_prod"
 KEPT = f"{LIVE}_before_rebuild_20261130_101500"
-ENGINE = "\n".join([
-    "api=1.41\t1.41",
-    f"vol={LIVE}\tlocal\t/var/lib/docker/volumes/{LIVE}/_data\t",
-    f"vol={KEPT}\tlocal\t/var/lib/docker/volumes/{KEPT}/_data\t"
-    f"org.aimms-ops.kept-from={LIVE},org.aimms-ops.rebuild-run=r1",
-    "vol=stray\tlocal\t/x\t",
-    f"ctr=aimms-web_postgres_1\trunning\t{LIVE}\taimms-web\tpostgres",
-    f"size={KEPT}\t72.75MB",
-    f"kept={KEPT}\t{LIVE}\t2026-11-30T10:15:00Z",
-    f"kept={LIVE}\t{LIVE}\t2026-11-30T10:15:00Z",  # a live volume with the label: never kept
-])
+
+def _vol(name: str, labels: str = "", mountpoint: str = "") -> dict:
+    return {"name": name, "driver": "local", "labels": labels,
+            "mountpoint": mountpoint or f"/var/lib/docker/volumes/{name}/_data"}
 
 
-def _found(engine: str = ENGINE) -> list[vol.VolumeReport]:
+def _ctr(name: str, state: str, mounts: str, project: str = "", service: str = "") -> dict:
+    return {"name": name, "state": state, "mounts": mounts, "project": project,
+            "service": service}
+
+
+#: The host program's volume-facts.
+ENGINE = {
+    "api": ["1.41", "1.41"],
+    "volumes": [_vol(LIVE), _vol(KEPT, f"org.aimms-ops.kept-from={LIVE},"
+                                 "org.aimms-ops.rebuild-run=r1"), _vol("stray", "", "/x")],
+    "containers": [_ctr("aimms-web_postgres_1", "running", LIVE, "aimms-web", "postgres")],
+    "sizes": {KEPT: "72.75MB"},
+    "kept": [{"name": KEPT, "from": LIVE, "created": "2026-11-30T10:15:00Z"},
+             # a live volume with the label: never kept
+             {"name": LIVE, "from": LIVE, "created": "2026-11-30T10:15:00Z"}],
+}
+
+
+def _found(engine: dict = ENGINE) -> list[vol.VolumeReport]:
     host = load(REPO / "inventory.yml").host(None)
     return vol.report({}, vol.parse_engine(engine), host, datetime(2026, 12, 1, 10, 15, tzinfo=UTC))
 
@@ -55,6 +66,7 @@ def test_only_a_kept_unused_volume_may_be_dropped():
                       ("-rf", "not a volume name")]:
         with pytest.raises(OpsError, match=why):
             vol.check_droppable(name, found, host)
-    used = _found(ENGINE + f"\nctr=peek\texited\t{KEPT}\t\t")
+    used = _found({**ENGINE, "containers": [*ENGINE["containers"],
+                                            _ctr("peek", "exited", KEPT)]})
     with pytest.raises(OpsError, match="used by peek"):
         vol.check_droppable(KEPT, used, host)

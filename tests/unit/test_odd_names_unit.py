@@ -55,7 +55,7 @@ def test_a_restore_built_beside_renames_the_database_pg_dump_could_not_name(tmp_
             b"--\n-- PostgreSQL database cluster dump complete\n--\n\n")
     out = io.BytesIO()
     beside = Beside(str(tmp_path))
-    filt = RestoreFilter(out, lambda msg: None, beside=beside)
+    filt = RestoreFilter(out, lambda msg, **_: None, beside=beside)
     reader = Reader(filt)
     filt.attach(reader)
     reader.feed(dump)

@@ -15,6 +15,7 @@ from aimms_ops.host import bundle
 from aimms_ops.inventory import loader as inventory
 from aimms_ops.rebuild import Command, RebuildFacts, Step, VolumeSpec, VolumeUser, run
 from aimms_ops.restore.source import DumpInfo
+from tests.hostprog import said as said_
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = inventory.load(REPO / "inventory.yml").host(None)
@@ -372,21 +373,23 @@ def test_audit_line_quotes_what_needs_it():
     assert shlex.split(line)[3] == "reason=it broke: 'x'"
 
 
-def test_parse_facts_of_the_host():
-    out = "\n".join([
-        "docker.root=/var/lib/docker", "image.present=1", "volume.exists=1",
-        'volume.json={"Driver":"local","Labels":null,"Mountpoint":"/x","Name":"v",'
+def test_the_rebuild_facts_of_the_host():
+    out = {
+        "docker.root": "/var/lib/docker", "image.present": "1", "volume.exists": "1",
+        "volume.json": '{"Driver":"local","Labels":null,"Mountpoint":"/x","Name":"v",'
         '"Options":null,"Scope":"local"}',
-        "volume.user=aimms-web_postgres_1\taimms-web\tpostgres",
-        "volume.size_kb=71000", "volume.avail_kb=77000000", "keep.exists=0",
-        "state.exists=1", "state.b64=MjAyNiBydW49UjEK",
-    ])
+        "volume.users": [{"name": "aimms-web_postgres_1", "project": "aimms-web",
+                          "service": "postgres"}],
+        "volume.size_kb": "71000", "volume.avail_kb": "77000000", "keep.exists": "0",
+        "state": "2026 run=R1\n",
+    }
     f = rebuild.add_volume_facts(rebuild.RebuildFacts(), "img", out)
     assert f.image == "img" and f.image_present and f.volume_exists
     assert f.volume_spec == VolumeSpec("local", {}, {})
     assert f.volume_users == (VolumeUser("aimms-web_postgres_1", "aimms-web", "postgres"),)
     assert (f.size_kb, f.avail_kb, f.keep_exists) == (71000, 77000000, False)
     assert f.state_text == "2026 run=R1\n"
+    assert rebuild.add_volume_facts(rebuild.RebuildFacts(), "img", {}).state_text is None
 
 
 def test_counts_and_copy_check():
@@ -430,5 +433,5 @@ def test_the_executor_reads_each_command_as_the_plan_says():
     with pytest.raises(OpsError, match=r"another restore is still running.*of postgres"):
         run._read(busy, ok("1\n"), p, found, "postgres")
     (wait,) = p.step("wait").commands
-    assert run._read(wait, ok("container=0123456789abcdef\nseconds=3\n"), p, found, "x") == \
-        "container 0123456789ab"
+    waited = said_("wait-postgres", {"container": "0123456789abcdef", "seconds": 3})
+    assert run._read(wait, ok(waited), p, found, "x") == "container 0123456789ab"

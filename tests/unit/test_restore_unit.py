@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from aimms_ops import restore
+from aimms_ops.core import events
 from aimms_ops.host import bundle
+from aimms_ops.host import events as host_events
 from aimms_ops.restore import source as dumpsource
+from aimms_ops.restore.execute import StreamResult
 
 DUMP = (Path(__file__).parent / "data" / "cluster-dump.sql").read_text()
 
@@ -61,39 +64,79 @@ def test_inspect_plain_sql(tmp_path):
     assert info.ok and info.format == "plain"
 
 
-@pytest.mark.parametrize("stderr, expected", [
+def _said(*found: tuple) -> str:
+    """The stream's stdout: an event (KIND, FIELDS) for each of ``found``."""
+    return "".join(events.line(kind, **fields) + "\n" for kind, fields in found)
+
+
+INSERTED_17 = ("inserted", {"text": "inserted 17 lines after line 15", "after": 15,
+                            "lines": 17})
+
+
+@pytest.mark.parametrize("stderr, stdout, expected", [
     # Two blocks inserted before the failing line (3 and 17 lines): taken off again.
-    ("aimms-ops: inserted 17 lines after line 15\naimms-ops: inserted 3 lines after line 40\n"
-     "psql:<stdin>:100: ERROR:  syntax error at or near \"X\"\n"
-     "aimms-ops: status 141 141 141 3\n",
+    ("psql:<stdin>:100: ERROR:  syntax error at or near \"X\"\n",
+     _said(INSERTED_17, ("inserted", {"after": 40, "lines": 3}),
+           ("stages", {"status": [141, 141, 141, 3]})),
      'psql stopped at line 80 of the dump: ERROR: syntax error at or near "X"'),
     # A failure inside an inserted block says so, and where it stands in the dump.
-    ("aimms-ops: inserted 17 lines after line 15\npsql:<stdin>:20: ERROR:  boom\n",
+    ("psql:<stdin>:20: ERROR:  boom\n", _said(INSERTED_17),
      "psql stopped in what aimms-ops inserted after line 15 of the dump: ERROR: boom"),
-    # A message that spans lines (a name with a newline) is kept whole, on one line.
-    ('psql:<stdin>:7: ERROR:  role "report\nreader" does not exist\naimms-ops: status 0 0 0 3\n',
-     'psql stopped at line 7 of the dump: ERROR: role "report\\nreader" does not exist'),
-    ("psql:<stdin>:12: ERROR:  relation \"t\" already exists\n",
+    # A message that spans lines (a name with a newline) is kept whole, on one line, and
+    # so are psql's DETAIL and HINT; what the stream said is never taken for its words.
+    ('psql:<stdin>:7: ERROR:  role "report\nreader" does not exist\nDETAIL:  x=y\n',
+     _said(("stages", {"status": [0, 0, 0, 3]}), ("undone", {"text": "the live cluster "
+                                                             "is as it was"})),
+     'psql stopped at line 7 of the dump: ERROR: role "report\\nreader" does not exist\\n'
+     'DETAIL:  x=y'),
+    ("psql:<stdin>:12: ERROR:  relation \"t\" already exists\n", "",
      'psql stopped at line 12 of the dump: ERROR: relation "t" already exists'),
-    ("aimms-ops: the postgres container of compose project p is not running\n",
+    ("", _said(("error", {"text": "the postgres container of compose project p is not "
+                                  "running"})),
      "the postgres container of compose project p is not running"),
-    ("aimms-ops: status 0 1 0 0\n", "decompressing exited 1"),
-    # The database a failing line is in is named (the filter says where each starts).
-    (f"aimms-ops: database {b'app'.hex()} from line 10\naimms-ops: database "
-     f"{b'a b'.hex()} from line 50\npsql:<stdin>:60: ERROR:  boom\n",
+    ("", _said(("stages", {"status": [0, 1, 0, 0]})), "decompressing exited 1"),
+    # The database a failing line is in is named (the filter says where each starts),
+    # a name that is not UTF-8 too.
+    ("psql:<stdin>:60: ERROR:  boom\n",
+     _said(("section", {"database": "app", "line": 10}),
+           ("section", {"database": "a b", "line": 50}),
+           ("section", {"database": "later", "line": 70})),
      "psql stopped at line 60 of the dump, in database 'a b': ERROR: boom"),
-    # A failed swap says so before what it did to undo it.
-    ("aimms-ops: status 0 0 0 0\naimms-ops: ended 1 session(s) on the databases being "
-     "replaced\naimms-ops: swap failed: ERROR:  x\naimms-ops: the live cluster is as it was",
+    ("psql:<stdin>:60: ERROR:  boom\n",
+     _said(("section", {"database": b"caf\xe9".decode("utf-8", "surrogateescape"),
+                        "line": 50})),
+     "psql stopped at line 60 of the dump, in database 'caf\\xe9': ERROR: boom"),
+    # A failed swap says so, not what it did to undo it.
+    ("", _said(("stages", {"status": [0, 0, 0, 0]}),
+               ("note", {"text": "ended 1 session(s) on the databases being replaced"}),
+               ("error", {"text": "swap failed: ERROR:  x"}),
+               ("error", {"text": "discard failed: y"}),
+               ("undone", {"text": "the live cluster is as it was"})),
      "swap failed: ERROR:  x"),
     # psql that cannot start says why, not only its exit status.
     ('psql: error: connection to server on socket "/run/x" failed: FATAL:  database "q" does '
-     'not exist\naimms-ops: status 141 141 141 2\n',
+     'not exist\n', _said(("stages", {"status": [141, 141, 141, 2]}),
+                          ("note", {"text": "psql stopped reading the restore stream"})),
      'psql: error: connection to server on socket "/run/x" failed: FATAL:  database "q" '
      'does not exist'),
+    # A newer host program's events and fields are ignored; nothing at all says so.
+    ("", _said(("stages", {"status": [0, 0, 0, 0], "seconds": 3}), ("new-kind", {})),
+     "every stage ended well"),
+    ("", "", "no message"),
+    ("docker: something else\n", "", "docker: something else"),
 ])
-def test_explain_failure(stderr, expected):
-    assert restore.explain_failure(stderr) == expected
+def test_explain_failure(stderr, stdout, expected):
+    assert restore.explain_failure(stderr, host_events.parse(stdout)) == expected
+
+
+def test_the_databases_a_restore_replaced_come_from_its_events():
+    odd = b"caf\xe9\n".decode("utf-8", "surrogateescape")
+    found = host_events.parse(_said(
+        ("replaced", {"text": "replaced aimms_web", "database": "aimms_web",
+                      "kept_as": "aimms_ops_old_1"}),
+        ("replaced", {"database": odd, "kept_as": "aimms_ops_old_2"}), ("note", {})))
+    result = StreamResult(1.0, "", found)
+    assert result.aside == {"aimms_web": "aimms_ops_old_1", "caf\\xe9\\n": "aimms_ops_old_2"}
 
 
 def test_restore_plan_holds_the_exact_commands_it_sends():

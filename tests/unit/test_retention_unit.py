@@ -419,18 +419,17 @@ def _host(**kw) -> model.Host:
 
 
 def test_a_listing_carries_pins_and_latest_is_never_a_safety_copy():
-    import base64
-
     from aimms_ops.backup import listing
 
     now = int(time_now())
-    pin = base64.b64encode(retention.pin_text("me@laptop", now, "why not",
-                                              now + 3 * DAY).encode()).decode()
+    pin = retention.pin_text("me@laptop", now, "why not", now + 3 * DAY)
     sha = "a" * 64
-    text = (f"{now}\t10\taimms_postgres_20261130_100000_pre-restore.sql.gz\t{sha}\t{pin}\n"
-            f"{now - 9}\t10\taimms_postgres_20261130_020000.sql.gz\t{sha}\t-\n"
-            f"{now - 99}\t10\taimms_postgres_20261129_020000.sql.gz\t{sha}\n")
-    found = listing.parse_listing(text, "/b")
+    rows = [(now, "aimms_postgres_20261130_100000_pre-restore.sql.gz", pin),
+            (now - 9, "aimms_postgres_20261130_020000.sql.gz", None),
+            (now - 99, "aimms_postgres_20261129_020000.sql.gz", None)]
+    found = listing.parse_listing({"backups": [
+        {"mtime": t, "size": 10, "name": name, "sha256": sha, "pin": p}
+        for t, name, p in rows]}, "/b")
     assert [b.pinned for b in found] == [True, False, False]
     d = found[0].as_dict()
     assert (d["pinned"], d["pin_reason"], d["pinned_by"]) == (True, "why not", "me@laptop")

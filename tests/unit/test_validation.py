@@ -143,8 +143,9 @@ def test_a_restore_source_reaches_the_host_only_as_a_backup_path(host, value):
 @PROPS
 @given(hostile)
 def test_picking_a_backup_by_a_hostile_name_never_finds_one(value):
-    found = listing.parse_listing(
-        "1700000000\t10\taimms_postgres_20260101_020000.sql.gz\t-\n", "/b")
+    found = listing.parse_listing({"backups": [
+        {"mtime": 1700000000, "size": 10, "name": "aimms_postgres_20260101_020000.sql.gz"}]},
+        "/b")
     try:
         got = listing.pick(found, value)
     except OpsError as exc:

@@ -14,6 +14,7 @@ from aimms_ops.backup import install, settings
 from aimms_ops.core import names, retention
 from aimms_ops.core import settings as core_settings
 from aimms_ops.core.checks import State
+from aimms_ops.host.events import facts
 from aimms_ops.monitor import runlog, verify
 from aimms_ops.monitor.doctor import compressor_check
 from aimms_ops.restore import source as dumpsource
@@ -69,7 +70,8 @@ def test_both_formats_are_listed_and_lib_names_their_endings(tmp_path, capsys):
     from aimms_ops.agent.main import main as agent
 
     assert agent(["list-backups", str(tmp_path)]) == 0
-    got = sorted(line.split("\t")[2] for line in capsys.readouterr().out.splitlines())
+    found = facts(capsys.readouterr().out, "list-backups", "here")
+    got = sorted(b["name"] for b in found["backups"])
     assert got == [f"{STAMP}.sql.gz", "aimms_postgres_20260102_020000.sql.zst"]
     assert dict(retention.EXTENSIONS) == {"gzip": ".sql.gz", "zstd": ".sql.zst"}
     assert retention.is_safety(f"{STAMP}_pre-restore.sql.zst")
@@ -94,8 +96,9 @@ def test_each_format_is_decompressed_by_its_own_tool(tmp_path, capsys, monkeypat
     monkeypatch.setenv("PATH", str(bin_dir))
     assert hosttools.decompressor(f"{STAMP}.sql.zst") == (None, "zstd")
     assert dumping.pick("zstd", 1, 3) is None
-    hostfacts.compressor_facts()
-    assert "compressor.have=gzip" in capsys.readouterr().out.splitlines()
+    report = hostfacts.Report("status-facts")
+    hostfacts.compressor_facts(report)
+    assert report.facts["compressor.have"] == "gzip"
 
 
 @pytest.mark.parametrize("damage", ["fine", "two frames", "truncated", "corrupt", "junk after"])
