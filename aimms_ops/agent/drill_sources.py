@@ -76,17 +76,24 @@ class Source:
         """The newest copy, verified, as a file under ``work``; Failed otherwise."""
         raise NotImplementedError
 
+    #: the throwaway it restores into
+    trial_class = DrillTrial
+
     def restore(self, run: Any, fetched: Fetched) -> DrillTrial:
         """The throwaway cluster with ``fetched`` restored in it, answering."""
-        trial = DrillTrial(run, fetched.path, fetched.size)
+        trial = self.trial_class(run, fetched.path, fetched.size)
         run.trial = trial
         prod, prod_name, image, dest = trial.production()
         trial.prod = prod
         trial.disk(prod)
         trial.start(prod, prod_name, image, dest)
         run.mark("start")
-        trial.first_replay()
+        self.replay(trial)
         return trial
+
+    def replay(self, trial: DrillTrial) -> None:
+        """What fills the started throwaway: the dump, replayed once."""
+        trial.first_replay()
 
 
 def _created(name: str) -> float:

@@ -183,5 +183,21 @@ class Job:
         self.release_locks()
 
 
+def run_job(job: Job, body: Callable[[], int]) -> int:
+    """``body()``'s exit status; a failure or a signal ends the job as its RESULT says,
+    and the job's clean-ups run whatever happens."""
+    trap_signals()
+    try:
+        return body()
+    except JobFailed as e:
+        job.fail(str(e))
+        return e.status
+    except Interrupted:
+        job.fail("interrupted")
+        return 1
+    finally:
+        job.cleanup()
+
+
 def seconds_since(start: float, clock: Optional[Callable[[], float]] = None) -> int:
     return int((clock or time.time)() - start)

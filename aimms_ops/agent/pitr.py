@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from aimms_ops.agent import cluster, waiting
 from aimms_ops.agent.hosttools import docker, last_line
-from aimms_ops.agent.job import Interrupted, Job, JobFailed, trap_signals
+from aimms_ops.agent.job import Job, JobFailed, run_job
 from aimms_ops.agent.jobsettings import USAGE_STATUS, UsageError, read_settings, require
 from aimms_ops.core import events, pitr
 from aimms_ops.core.lock import LOCK_FILES
@@ -154,27 +154,25 @@ def facts_command(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ the scheduled backup
 
-def backup_command(args: argparse.Namespace) -> int:
+def job_settings(config: str, command: str) -> Optional[Dict[str, str]]:
+    """The settings file ``config`` of a PITR job; None (said on stderr) when it is bad."""
     try:
-        s, _extra = read_settings(["--config", args.config], "", {})
+        s, _extra = read_settings(["--config", config], "", {})
         require(s, "the settings file: fab install-backups writes it")
     except UsageError as e:
-        os.write(2, ("pitr-backup: %s\n" % e).encode())
+        os.write(2, ("%s: %s\n" % (command, e)).encode())
+        return None
+    return s
+
+
+def backup_command(args: argparse.Namespace) -> int:
+    s = job_settings(args.config, "pitr-backup")
+    if s is None:
         return USAGE_STATUS
     job = Job("pitr-backup", s["LOG_FILE"], echo=args.echo, report=args.report)
     job.ping_url, job.ping_kind = s.get("PING_URL", ""), s["PING_KIND"]
     job.ping_timeout = s["PING_TIMEOUT"]
-    trap_signals()
-    try:
-        return _backup(job, s, args.type)
-    except JobFailed as e:
-        job.fail(str(e))
-        return e.status
-    except Interrupted:
-        job.fail("interrupted")
-        return 1
-    finally:
-        job.cleanup()
+    return run_job(job, lambda: _backup(job, s, args.type))
 
 
 def _backup(job: Job, s: Dict[str, str], kind: str) -> int:

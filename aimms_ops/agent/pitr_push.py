@@ -19,8 +19,9 @@ import time
 from typing import Any, Dict
 
 from aimms_ops.agent.job import Job, JobFailed
-from aimms_ops.agent.jobsettings import USAGE_STATUS, UsageError, read_settings, require
+from aimms_ops.agent.jobsettings import USAGE_STATUS
 from aimms_ops.agent.offsite_targets import OffsiteError, Target, load, reason
+from aimms_ops.agent.pitr import job_settings
 from aimms_ops.core import pitr
 from aimms_ops.core.lock import Lock, LockBusy
 
@@ -58,11 +59,8 @@ def _write_state(backup_dir: str, state: Dict[str, Any]) -> None:
 
 
 def push_command(a: argparse.Namespace) -> int:
-    try:
-        s, _extra = read_settings(["--config", a.config], "", {})
-        require(s, "the settings file: fab install-backups writes it")
-    except UsageError as e:
-        os.write(2, ("pitr-push: %s\n" % e).encode())
+    s = job_settings(a.config, "pitr-push")
+    if s is None:
         return USAGE_STATUS
     job = Job("pitr-push", s["LOG_FILE"], report=a.report)
     d = s["BACKUP_DIR"]

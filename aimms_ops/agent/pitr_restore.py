@@ -23,7 +23,7 @@ from typing import Any, Dict
 
 from aimms_ops.agent import cluster, waiting
 from aimms_ops.agent.hosttools import docker, last_line
-from aimms_ops.agent.job import Interrupted, Job, JobFailed, trap_signals
+from aimms_ops.agent.job import Job, JobFailed, run_job
 from aimms_ops.agent.pitr import _compose, postgres_container
 from aimms_ops.core import pitr, units
 from aimms_ops.core.lock import LOCK_FILES
@@ -56,17 +56,7 @@ def _docker(what: str, *args: str) -> str:
 
 def restore_command(a: argparse.Namespace) -> int:
     job = Job("pitr-restore", a.log_file, report=a.report)
-    trap_signals()
-    try:
-        return Restore(job, a).run()
-    except JobFailed as e:
-        job.fail(str(e))
-        return e.status
-    except Interrupted:
-        job.fail("interrupted")
-        return 1
-    finally:
-        job.cleanup()
+    return run_job(job, Restore(job, a).run)
 
 
 class Restore:
