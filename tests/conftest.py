@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,14 +35,16 @@ __all__ = ["FAB", "REPO", "SANDBOX_NAME", "SANDBOX_OUT", "STABLE_TEXT", "Sandbox
 
 
 @pytest.fixture(scope="session")
-def sandbox() -> Sandbox:
+def sandbox() -> Iterator[Sandbox]:
     """The sandbox host, brought up by the same code as `make sandbox`."""
     SANDBOX_OUT.mkdir(exist_ok=True)
     subprocess.run(["bash", str(REPO / "sandbox" / "up.sh")], cwd=REPO, check=True,
                    stdin=subprocess.DEVNULL, timeout=1800)
     out = SANDBOX_OUT
-    return Sandbox(inventory=out / "inventory.yml", ssh_config=out / "ssh_config",
-                   env=_read_env(out / "env"))
+    sb = Sandbox(inventory=out / "inventory.yml", ssh_config=out / "ssh_config",
+                 env=_read_env(out / "env"))
+    yield sb
+    sb.close_shared_connection()
 
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
