@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
 from .conftest import fab_error_line
+from .faults import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -206,22 +206,34 @@ def test_a_busy_cluster_never_mixes_the_applications_writes_into_the_restore(san
     idle.stdin.write(b"BEGIN; SELECT count(*) FROM customers;\n")
     idle.stdin.flush()
     bench = None
+
+    def sessions(where: str) -> int:
+        return int(sandbox.psql(f"SELECT count(*) FROM pg_stat_activity WHERE {where}",
+                                "postgres"))
+
     try:
-        time.sleep(1)
+        # The writer writes, and the idle session holds its transaction open.
+        wait_until(lambda: sessions("state = 'idle in transaction'") >= 1
+                   and int(sandbox.psql("SELECT count(*) FROM aon_writes", "aimms_web")) > 0,
+                   timeout=60, every=0.2)
         name = backup(sandbox, "aon-busy")
         bench = subprocess.Popen(["ssh", "-F", str(sandbox.ssh_config), "aidset",
                                   f"docker exec {cid} pgbench -n -U postgres -c 2 -T 600 "
                                   "-b select-only aimms_web"],
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
-        time.sleep(1)
+        wait_until(lambda: sessions("application_name = 'pgbench'") >= 2, timeout=60,
+                   every=0.2)
         plan = sandbox.fab("restore", f"--file={name}", "--dry-run")
         assert plan.returncode == 0, plan.stderr
         assert "aimms_user@local" in plan.stdout  # the sessions it will end are named
         proc = sandbox.fab("restore", f"--file={name}", "--database=aimms_web", "--yes",
                            "--no-safety-backup")
         assert proc.returncode == 0, proc.stderr
-        time.sleep(1)  # the writer goes on, into the restored database
+        # The writer goes on, into the restored database: a row more than it had.
+        rows = int(sandbox.psql("SELECT count(*) FROM aon_writes", "aimms_web"))
+        wait_until(lambda: int(sandbox.psql("SELECT count(*) FROM aon_writes", "aimms_web"))
+                   > rows, timeout=60, every=0.2)
     finally:
         writer.kill()
         idle.kill()
