@@ -44,12 +44,13 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q -n $(TEST_JOBS) -m "not integration"
 
-# The whole suite, in TEST_JOBS workers (each file in one worker; worker N > 0 against
-# its own sandbox instance NAME-N, tests/sandbox_client.py); the 25 slowest tests are
-# listed at the end, to keep it in check.
+# The whole suite, in TEST_JOBS workers (each integration file in one worker, the unit
+# tests spread over both: tests/conftest.py; worker N > 0 against its own sandbox
+# instance NAME-N, tests/sandbox_client.py); the 25 slowest tests are listed at the
+# end, to keep it in check.
 TEST_JOBS ?= 2
 test: venv lint
-	$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadfile --durations=25
+	$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadgroup --durations=25
 
 bench: venv sandbox
 	$(BIN)/python bench/run.py

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,14 +35,16 @@ __all__ = ["FAB", "REPO", "SANDBOX_NAME", "SANDBOX_OUT", "STABLE_TEXT", "Sandbox
 
 
 @pytest.fixture(scope="session")
-def sandbox() -> Sandbox:
+def sandbox() -> Iterator[Sandbox]:
     """The sandbox host, brought up by the same code as `make sandbox`."""
     SANDBOX_OUT.mkdir(exist_ok=True)
     subprocess.run(["bash", str(REPO / "sandbox" / "up.sh")], cwd=REPO, check=True,
                    stdin=subprocess.DEVNULL, timeout=1800)
     out = SANDBOX_OUT
-    return Sandbox(inventory=out / "inventory.yml", ssh_config=out / "ssh_config",
-                   env=_read_env(out / "env"))
+    sb = Sandbox(inventory=out / "inventory.yml", ssh_config=out / "ssh_config",
+                 env=_read_env(out / "env"))
+    yield sb
+    sb.close_shared_connection()
 
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
@@ -49,10 +52,17 @@ INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test under tests/integration/ is an integration test."""
+    """Every test under tests/integration/ is an integration test, and the tests of one
+    integration file run in one worker (their group for ``--dist loadgroup``): they
+    share the file's fixtures (a backup, a seeded cluster) and its sandbox instance. A
+    unit test has no group: any worker takes it, so that under ``make test`` the unit
+    tests (scheduled after the groups, which hold more tests each) fill whatever time one
+    worker would otherwise wait for the other's last file."""
     for item in items:
-        if INTEGRATION_DIR in Path(str(item.path)).resolve().parents:
+        path = Path(str(item.path)).resolve()
+        if INTEGRATION_DIR in path.parents:
             item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.xdist_group(path.stem))
 
 
 def fab_error_line(proc: subprocess.CompletedProcess) -> str:

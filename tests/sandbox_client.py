@@ -10,9 +10,12 @@ import json
 import os
 import shlex
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 FAB = REPO / ".venv" / "bin" / "fab"
@@ -57,11 +60,19 @@ class Sandbox:
     def home(self) -> str:
         return f"/home/{self.user}"
 
+    @property
+    def backup_dir(self) -> str:
+        """The backup dir the sandbox's inventory names (its host aidset)."""
+        data = yaml.safe_load(self.inventory.read_text())
+        return str(data["hosts"]["aidset"]["backup_dir"])
+
     def ssh(self, command: str, *, check: bool = True, input: bytes | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
-        """Run ``command`` on the sandbox host through OpenSSH (not the code under test)."""
+        """Run ``command`` on the sandbox host through OpenSSH (not the code under test),
+        as a session of one connection kept open (:meth:`shared_connection`)."""
         proc = subprocess.run(
-            ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", "aidset", command],
+            ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes",
+             *self.shared_connection(), "aidset", command],
             input=input, capture_output=True, timeout=timeout, check=False,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
@@ -69,6 +80,24 @@ class Sandbox:
             raise AssertionError(f"ssh {command!r} failed ({proc.returncode}): "
                                  f"{proc.stderr.decode(errors='replace')}")
         return proc
+
+    def shared_connection(self) -> list[str]:
+        """ssh options that run each command of :meth:`ssh` as a new session of one
+        connection (OpenSSH's ControlMaster): the key exchange and login, about 0.3 s on
+        this machine, are paid once, not per command. The connection is opened by the
+        first command and closes itself after a minute unused; when it is gone (a test
+        killed it, or changed what the key may run), the next command opens another.
+        Commands started with Popen here (an application session, a lock holder) keep a
+        connection of their own."""
+        return ["-o", "ControlMaster=auto", "-o", f"ControlPath={_control_dir()}/%C",
+                "-o", "ControlPersist=60"]
+
+    def close_shared_connection(self) -> None:
+        """End the shared connection (the next command opens a new one): for a test that
+        changes what a login may do (authorized_keys), before and after."""
+        subprocess.run(["ssh", "-F", str(self.ssh_config), *self.shared_connection(),
+                        "-O", "exit", "aidset"], capture_output=True, check=False,
+                       stdin=subprocess.DEVNULL, timeout=30)
 
     def sh(self, command: str, **kw) -> str:
         return self.ssh(command, **kw).stdout.decode()
@@ -151,6 +180,18 @@ class Sandbox:
         assert len(results) == len(runs), proc.stderr
         return [subprocess.CompletedProcess(["fab", *args], r["rc"], r["stdout"], r["stderr"])
                 for (args, _, _), r in zip(runs, results, strict=True)]
+
+
+_CONTROL_DIR: Path | None = None
+
+
+def _control_dir() -> Path:
+    """This process's folder (mode 0700) of shared-connection sockets: short, as a Unix
+    socket's path must be."""
+    global _CONTROL_DIR
+    if _CONTROL_DIR is None:
+        _CONTROL_DIR = Path(tempfile.mkdtemp(prefix="aimms-ops-ssh."))
+    return _CONTROL_DIR
 
 
 #: Session settings that make a row's text the same on any cluster (timestamptz, dates).

@@ -7,6 +7,10 @@ carries the ``integration`` marker (tests/conftest.py adds it), so that
 ``pytest -m "not integration"`` runs the unit tests alone.
 """
 
+import shlex
+
+import pytest
+
 from ..conftest import (  # noqa: F401 - named for the tests of this folder
     FAB,
     REPO,
@@ -17,3 +21,12 @@ from ..conftest import (  # noqa: F401 - named for the tests of this folder
     fab_error_line,
     md5_sql,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def empty_backup_dir(sandbox: Sandbox) -> None:
+    """Each file starts from an empty backup dir on the host and makes the backups it
+    needs: none is left from another file, nor from a run that was killed (a backup's
+    part file, an unfinished rebuild's state, a lock's owner note)."""
+    d = shlex.quote(sandbox.backup_dir)
+    sandbox.ssh(f"mkdir -p -m 700 {d} && find {d} -mindepth 1 -delete")

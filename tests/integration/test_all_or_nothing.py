@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
 from .conftest import fab_error_line
+from .faults import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -82,10 +82,18 @@ def backup(sandbox, label: str) -> str:
     return next(b["name"] for b in listing if b["location"] == "remote" and label in b["name"])
 
 
+def stop_load(sandbox) -> None:
+    """End the busy test's writer loop and pgbench in the container (a killed run's
+    too): by the loop's own command line and pgbench's name, nothing else."""
+    sandbox.ssh(f"c={sandbox.container()}; docker exec $c pkill -f '^sh -c while :; do psql';"
+                " docker exec $c pkill -x pgbench; true", check=False)
+
+
 @pytest.fixture
 def clean(sandbox):
     """Nothing set aside before; the test's databases, roles and backups removed after."""
     def remove() -> None:
+        stop_load(sandbox)
         assert sandbox.fab("drop-replaced", "--yes").returncode == 0
         drop_dbs(sandbox, CHECK_DB, TRIGGER_DB, TEMPLATE_DB, "aon_copy")
         sandbox.psql("DROP ROLE IF EXISTS aon_gone; DROP ROLE IF EXISTS aon_kept", "postgres")
@@ -206,28 +214,42 @@ def test_a_busy_cluster_never_mixes_the_applications_writes_into_the_restore(san
     idle.stdin.write(b"BEGIN; SELECT count(*) FROM customers;\n")
     idle.stdin.flush()
     bench = None
+
+    def sessions(where: str) -> int:
+        return int(sandbox.psql(f"SELECT count(*) FROM pg_stat_activity WHERE {where}",
+                                "postgres"))
+
     try:
-        time.sleep(1)
+        # The writer writes, and the idle session holds its transaction open.
+        wait_until(lambda: sessions("state = 'idle in transaction'") >= 1
+                   and int(sandbox.psql("SELECT count(*) FROM aon_writes", "aimms_web")) > 0,
+                   timeout=60, every=0.2)
         name = backup(sandbox, "aon-busy")
+        # Read-only load (a script of its own: the demo data has no pgbench tables).
         bench = subprocess.Popen(["ssh", "-F", str(sandbox.ssh_config), "aidset",
-                                  f"docker exec {cid} pgbench -n -U postgres -c 2 -T 600 "
-                                  "-b select-only aimms_web"],
+                                  "echo 'SELECT count(*) FROM customers;' | "
+                                  f"docker exec -i {cid} pgbench -n -U postgres -c 2 -T 600 "
+                                  "-f - aimms_web"],
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
-        time.sleep(1)
+        wait_until(lambda: sessions("application_name = 'pgbench'") >= 2, timeout=60,
+                   every=0.2)
         plan = sandbox.fab("restore", f"--file={name}", "--dry-run")
         assert plan.returncode == 0, plan.stderr
         assert "aimms_user@local" in plan.stdout  # the sessions it will end are named
         proc = sandbox.fab("restore", f"--file={name}", "--database=aimms_web", "--yes",
                            "--no-safety-backup")
         assert proc.returncode == 0, proc.stderr
-        time.sleep(1)  # the writer goes on, into the restored database
+        # The writer goes on, into the restored database: a row more than it had.
+        rows = int(sandbox.psql("SELECT count(*) FROM aon_writes", "aimms_web"))
+        wait_until(lambda: int(sandbox.psql("SELECT count(*) FROM aon_writes", "aimms_web"))
+                   > rows, timeout=60, every=0.2)
     finally:
         writer.kill()
         idle.kill()
         if bench is not None:
             bench.kill()
-    sandbox.ssh(f"docker exec {cid} pkill -f 'aon_writes' ; true", check=False)
+        stop_load(sandbox)  # they run on in the container without their ssh client
     restored = _writes(sandbox, "aimms_web")
     assert len({i for i, _ in restored}) == len(restored)  # no id twice: the key held
     # The backup's rows, as a restore of it beside production shows them.

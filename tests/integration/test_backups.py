@@ -397,6 +397,8 @@ def test_logs_follow_shows_the_lines_a_backup_adds_as_it_runs_and_ctrl_c_ends_it
     """``fab logs --follow``: the end of the log, then each line the host adds (here a
     backup's, made meanwhile), until Ctrl-C, which is how it ends: exit 0, no message."""
     sandbox = installed
+    if sandbox.ssh("test -s ~/postgres-backup.log", check=False).returncode != 0:
+        _backup(sandbox)  # a line for the follower to show first
     env = {**os.environ, "AIMMS_OPS_INVENTORY": str(sandbox.inventory)}
     env.pop("AIMMS_OPS_DEBUG", None)
     proc = subprocess.Popen([str(FAB), "logs", "--lines=1", "--follow", "--json"],
@@ -404,13 +406,14 @@ def test_logs_follow_shows_the_lines_a_backup_adds_as_it_runs_and_ctrl_c_ends_it
                             stdin=subprocess.DEVNULL, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        time.sleep(3)  # connected and following
+        assert proc.stdout is not None
+        # The log's last line, shown by tail -F on the host: it is following now.
+        assert json.loads(proc.stdout.readline())["line"]
         made = sandbox.fab("backup", "--json")
         assert made.returncode == 0, made.stderr
         name = json.loads(made.stdout)["name"]
         deadline = time.monotonic() + 30
         seen: list[str] = []
-        assert proc.stdout is not None
         while not any(f"RESULT ok {name}" in ln for ln in seen):
             assert time.monotonic() < deadline, f"no RESULT line of {name} followed: {seen}"
             seen.append(json.loads(proc.stdout.readline())["line"])

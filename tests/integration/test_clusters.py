@@ -57,9 +57,18 @@ def test_regression_rebuilt_after_a_killed_run(tidied):
     module: that rebuild is the module's build of the regression database."""
     built = tidied
     cl.prepare_regression(built)  # cached: so that pg_regress starts at once
-    exists = cl.psql(built, "SELECT count(*) FROM pg_database WHERE datname = 'regression'")
-    if exists == "1":
+    oid = "SELECT coalesce(max(oid::int), 0) FROM pg_database WHERE datname = 'regression'"
+    old = cl.psql(built, oid)
+    if old != "0":
         cl.psql(built, "COMMENT ON DATABASE regression IS NULL")  # forces a rebuild
+
+    def half_built() -> bool:
+        """pg_regress made its own regression database (not the old one) and tables in
+        it: the run is under way."""
+        new = cl.psql(built, oid)
+        return new not in ("0", old) and cl.psql(
+            built, "SELECT count(*) > 0 FROM pg_class WHERE relkind = 'r' AND "
+                   "relnamespace = 'public'::regnamespace", "regression", check=False) == "t"
     env = {**os.environ, "SANDBOX_NAME": built.env.get("SANDBOX_NAME", "aidset")}
     proc = subprocess.Popen(["bash", str(cl.REGRESSION_SH)], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -70,7 +79,10 @@ def test_regression_rebuilt_after_a_killed_run(tidied):
                                            check=False):
             assert time.monotonic() < deadline and proc.poll() is None, "pg_regress never ran"
             time.sleep(0.5)
-        time.sleep(6)
+        while not half_built():
+            assert time.monotonic() < deadline and proc.poll() is None, \
+                "pg_regress made no tables in a regression database of its own"
+            time.sleep(0.2)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the script and its docker exec clients

@@ -346,8 +346,14 @@ OLD = [f"aimms_postgres_201901{d:02d}_020000.sql.gz" for d in range(10, 14)]
 
 
 def _reset_prune(sandbox) -> None:
+    """Four old backups that the retention removes, beside three of today that it keeps
+    (min_keep): the file's own, whatever else the dir holds."""
     d = f"~/{BACKUPS}"
+    today = sandbox.sh("date -u +%Y%m%d").strip()
+    new = [f"aimms_postgres_{today}_00000{i}_kept.sql.gz" for i in (1, 2, 3)]
     cmds = [f"mkdir -p {d}"]
+    for n in new:
+        cmds.append(f"printf x | gzip > {d}/{n} && (cd {d} && sha256sum {n} > {n}.sha256)")
     for n in OLD:
         cmds.append(f"printf x | gzip > {d}/{n} && (cd {d} && sha256sum {n} > {n}.sha256) && "
                     f"touch -d '40 days ago' {d}/{n} {d}/{n}.sha256")

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from .conftest import REPO, SANDBOX_OUT, _read_env, fab_error_line
+from .faults import wait_until
 
 pyrage = pytest.importorskip("pyrage")
 
@@ -41,7 +42,7 @@ class Offsite:
         self.inventory = Path(self.env["SANDBOX_OFFSITE_INVENTORY"])
         data = yaml.safe_load(self.inventory.read_text())
         self.host = data["hosts"]["aidset"]
-        s3 = next(t for t in self.host["offsite"] if t["type"] == "s3")
+        s3 = self.s3 = next(t for t in self.host["offsite"] if t["type"] == "s3")
         self.s3_dir = Path(self.env["SANDBOX_S3_DATA"]) / s3["bucket"] / s3["prefix"]
         vault = next(t for t in self.host["offsite"] if t["type"] == "ssh")
         self.vault_dir = Path(vault["path"])
@@ -97,10 +98,28 @@ class Offsite:
         self.clear_backups()
         self.clear_targets()
 
-    @staticmethod
-    def settle() -> None:
-        """Let the S3 server see what a test changed on its disk (1 s directory cache)."""
-        time.sleep(1.5)
+    def settle(self) -> None:
+        """Wait until the S3 server lists what a test changed on its disk behind its back
+        (it keeps a directory's listing for 1 s)."""
+        want = sorted(f"{p.stat().st_size};{p.name}" for p in self.s3_dir.iterdir()) \
+            if self.s3_dir.is_dir() else []
+        wait_until(lambda: self.s3_listing() == want, timeout=30, every=0.1)
+
+    def s3_listing(self) -> list[str] | None:
+        """The objects the S3 server lists under the target's prefix, ``SIZE;NAME``
+        (through the venv's rclone, a client of its own); None when it cannot list."""
+        s3 = self.s3
+        keys = dict((k.strip(), v.strip()) for k, _, v in (
+            ln.partition("=") for ln in Path(s3["credentials"]).read_text().splitlines()))
+        env = {**os.environ, "RCLONE_CONFIG": "/dev/null", "RCLONE_S3_PROVIDER": "Other",
+               "RCLONE_S3_ENDPOINT": s3["endpoint"], "RCLONE_S3_REGION": s3["region"],
+               "RCLONE_S3_ACCESS_KEY_ID": keys["access_key_id"],
+               "RCLONE_S3_SECRET_ACCESS_KEY": keys["secret_access_key"]}
+        proc = subprocess.run([str(REPO / ".venv" / "bin" / "rclone"), "lsf", "--files-only",
+                               "--format=sp", f":s3:{s3['bucket']}/{s3['prefix']}"],
+                              env=env, capture_output=True, text=True, timeout=60,
+                              check=False, stdin=subprocess.DEVNULL)
+        return sorted(proc.stdout.split()) if proc.returncode == 0 else None
 
     def clear_backups(self) -> None:
         self.sb.ssh(f"rm -f {shlex.quote(self.backup_dir)}/aimms_postgres_* "

@@ -66,6 +66,9 @@ def recorder(sandbox) -> Iterator[Recorder]:
         path.chmod(mode)
         os.chown(path, *owner)
     forced = [f'command="{script}" {ln}' if ln.endswith(comment) else ln for ln in lines]
+    # A login's forced command is fixed when it logs in: the test client's shared
+    # connection logs in again, before and after.
+    sandbox.close_shared_connection()
     keys.write_text("\n".join(forced) + "\n")  # same file: its owner and mode stay
     try:
         assert sandbox.sh("echo recorded").strip() == "recorded"
@@ -74,6 +77,7 @@ def recorder(sandbox) -> Iterator[Recorder]:
         yield rec
     finally:
         keys.write_text(original)
+        sandbox.close_shared_connection()
         script.unlink(missing_ok=True)
         rec.log.unlink(missing_ok=True)
 
