@@ -101,8 +101,8 @@ class Offsite:
     def settle(self) -> None:
         """Wait until the S3 server lists what a test changed on its disk behind its back
         (it keeps a directory's listing for 1 s)."""
-        want = sorted(f"{p.stat().st_size};{p.name}" for p in self.s3_dir.iterdir()) \
-            if self.s3_dir.is_dir() else []
+        want = sorted(f"{p.stat().st_size};{p.name}" for p in self.s3_dir.iterdir()
+                      if p.is_file()) if self.s3_dir.is_dir() else []
         wait_until(lambda: self.s3_listing() == want, timeout=30, every=0.1)
 
     def s3_listing(self) -> list[str] | None:
