@@ -204,10 +204,11 @@ def test_a_zstd_host_without_zstd_fails_in_one_line_and_publishes_nothing(sandbo
                        f"{host.backup_script} {host.layout.config_file} "
                        f"{host.layout.verify_script} {host.layout.install_record} "
                        f"{host.log_file}", check=False).stdout.decode()
+        from aimms_ops.host.events import facts as read_facts
         from aimms_ops.monitor.compressor import compressor_check
 
-        extra = dict(ln.split("=", 1) for ln in facts.splitlines()
-                     if ln.startswith("compressor."))
+        extra = {k: v for k, v in read_facts(facts, "status-facts", "the sandbox").items()
+                 if k.startswith("compressor.")}
         found = compressor_check(extra, "zstd")
         assert found is not None and found.state.name == "CRITICAL", extra
     finally:
