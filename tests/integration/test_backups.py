@@ -35,7 +35,10 @@ def _names(sandbox, pattern: str = "aimms_postgres_*.sql.gz") -> set[str]:
 
 
 def _all_files(sandbox) -> set[str]:
-    return set(sandbox.sh(f"ls -1A ~/{BACKUP_DIR}").split())
+    """Every file of the backup dir but the lock files (a run creates them and keeps
+    them, as flock wants: they are no backup)."""
+    return {n for n in sandbox.sh(f"ls -1A ~/{BACKUP_DIR}").split()
+            if not (n.startswith(".") and n.endswith(".lock"))}
 
 
 def _backup(sandbox, *args: str) -> dict:
