@@ -12,6 +12,7 @@ from typing import Any
 
 from aimms_ops.agent.drill_sources import DrillTrial, Fetched, Source
 from aimms_ops.agent.hosttools import docker, hostname, last_line, out
+from aimms_ops.agent.pitr import restore_into
 from aimms_ops.agent.trial import Failed
 from aimms_ops.core import pitr, units
 
@@ -37,21 +38,12 @@ class PitrTrial(DrillTrial):
         with open(self.file("env"), "w", encoding="utf-8", errors="surrogateescape") as fh:
             fh.write("".join(ln + "\n" for ln in env.splitlines() if ln))
         self.made_volume = True
-        for what, args in (
-                ("docker volume create", ("volume", "create", "--label", self.label,
-                                          self.volume)),
-                ("the new volume's owner", ("run", "--rm", "--network", "none", "--user", "0:0",
-                                            "--entrypoint", "sh", "-v", "%s:/d" % self.volume,
-                                            image, "-c", "chown postgres: /d && chmod 700 /d")),
-                ("pgbackrest restore", ("run", "--rm", "--network", "none", "--user",
-                                        "postgres", "--env-file", self.file("env"), "-v",
-                                        "%s:%s" % (self.volume, dest), "-v",
-                                        "%s:%s:ro" % (repo, pitr.REPO_IN_CONTAINER),
-                                        "--entrypoint", "pgbackrest", image, "restore",
-                                        "--pg1-path", dest))):
-            rc, _o, err = docker(*args)
-            if rc != 0:
-                raise self.fail("restore", "%s failed: %s" % (what, last_line(err)))
+        rc, _o, err = docker("volume", "create", "--label", self.label, self.volume)
+        if rc != 0:
+            raise self.fail("restore", "docker volume create failed: %s" % last_line(err))
+        failed = restore_into(self.volume, image, self.file("env"), repo, dest)
+        if failed:
+            raise self.fail("restore", failed)
         self.made_container = True
         rc, _o, err = docker("run", "--detach", "--name", self.container, "--label", self.label,
                              "--network", "none", "--env-file", self.file("env"),

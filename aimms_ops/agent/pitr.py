@@ -142,6 +142,26 @@ def gather(project: str, service: str, superuser: str) -> Dict[str, Any]:
     return out
 
 
+def restore_into(volume: str, image: str, env_file: str, repo: str, pgdata: str,
+                 *target: str) -> str:
+    """``pgbackrest restore TARGET`` from the repository folder ``repo`` into the new
+    volume ``volume`` (mounted at ``pgdata``), in throwaway containers of ``image``: ''
+    when done, else which step failed and why (one line)."""
+    for what, args in (
+            ("the new volume's owner", ("run", "--rm", "--network", "none", "--user", "0:0",
+                                        "--entrypoint", "sh", "-v", "%s:/d" % volume, image,
+                                        "-c", "chown postgres: /d && chmod 700 /d")),
+            ("pgbackrest restore", ("run", "--rm", "--network", "none", "--user", "postgres",
+                                    "--env-file", env_file, "-v", "%s:%s" % (volume, pgdata),
+                                    "-v", "%s:%s:ro" % (repo, pitr.REPO_IN_CONTAINER),
+                                    "--entrypoint", "pgbackrest", image, "restore",
+                                    "--pg1-path", pgdata, *target))):
+        rc, out, err = docker(*args)
+        if rc != 0:
+            return "%s failed: %s" % (what, last_line(err or out) or "exit %d" % rc)
+    return ""
+
+
 def facts_command(args: argparse.Namespace) -> int:
     found = gather(args.project, args.service, args.superuser)
     if args.backup_dir:

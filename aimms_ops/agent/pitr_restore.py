@@ -24,11 +24,11 @@ from typing import Any, Dict
 from aimms_ops.agent import cluster, waiting
 from aimms_ops.agent.hosttools import docker, last_line
 from aimms_ops.agent.job import Job, JobFailed, run_job
-from aimms_ops.agent.pitr import _compose, postgres_container
+from aimms_ops.agent.pitr import _compose, postgres_container, restore_into
 from aimms_ops.core import pitr, units
+from aimms_ops.core.layout import VOLUME_COPY_SH
 from aimms_ops.core.lock import LOCK_FILES
 
-COPY_SH = "find /to -mindepth 1 -delete && cp -a /from/. /to/"
 DATA = "/var/lib/postgresql/data"
 #: What recovery logs where it stopped (PostgreSQL 15's wording).
 STOPPED = re.compile(r"(recovery stopping (?:before|after) .*|last completed transaction "
@@ -95,7 +95,7 @@ class Restore:
         self.preflight(cid)
         self.recover(image, mounts)
         self.timings["recovered"] = time.time() - started
-        stopped = self.verify(image)
+        stopped = self.verify()
         self.swap(image)
         seconds = time.time() - started
         job.log("RESULT ok: the cluster is back to %s (%s) in %.1fs; the old data is in "
@@ -131,16 +131,12 @@ class Restore:
         self.step("volume", "create %s" % self.new)
         _docker("docker volume create", "volume", "create", "--label",
                 "%s=%s" % (pitr.RESTORE_LABEL, a.run_id), self.new)
-        _docker("chown of the new volume", "run", "--rm", "--network", "none", "--user", "0:0",
-                "--entrypoint", "sh", "-v", "%s:/d" % self.new, image, "-c",
-                "chown postgres: /d && chmod 700 /d")
         target = (["--type=default"] if a.to == "latest" else
                   ["--type=time", "--target=%s" % a.to, "--target-action=promote"])
         self.step("restore", "pgbackrest restore %s" % " ".join(target))
-        _docker("pgbackrest restore", "run", "--rm", "--network", "none", "--user", "postgres",
-                "--env-file", self.env_file, "-v", "%s:%s" % (self.new, DATA),
-                "-v", "%s:%s:ro" % (repo, pitr.REPO_IN_CONTAINER), "--entrypoint",
-                "pgbackrest", image, "restore", *target)
+        failed = restore_into(self.new, image, self.env_file, repo, DATA, *target)
+        if failed:
+            raise JobFailed(failed)
         # It archives like the live cluster: its new timeline's history file must be in
         # the repository, or a later restore to "latest" would follow the old timeline
         # (and bring back what this restore undid). What it writes after promotion is the
@@ -165,7 +161,7 @@ class Restore:
                 raise JobFailed("recovery to %s failed: %s" % (a.to, last_line(logs)))
             time.sleep(0.5)
 
-    def verify(self, image: str) -> str:
+    def verify(self) -> str:
         a = self.a
         c = cluster.Cluster(self.check, a.superuser)
         try:
@@ -209,7 +205,7 @@ class Restore:
             raise JobFailed("%s; the old data is in volume %s: put it back with: docker run "
                             "--rm --network none --user 0:0 --entrypoint sh -v %s:/from:ro -v "
                             "%s:/to %s -c '%s'" % (e, a.keep, a.keep, a.volume, image,
-                                                   COPY_SH)) from None
+                                                   VOLUME_COPY_SH)) from None
         self.step("start", "the stack's %s" % a.service)
         _compose(a, files, "up", "-d", a.service)
         if waiting.wait(a.project, a.service, a.superuser, 300) != 0:
@@ -219,7 +215,7 @@ class Restore:
     def _copy(self, image: str, src: str, dst: str) -> None:
         _docker("copy %s -> %s" % (src, dst), "run", "--rm", "--network", "none", "--user",
                 "0:0", "--entrypoint", "sh", "-v", "%s:/from:ro" % src, "-v", "%s:/to" % dst,
-                image, "-c", COPY_SH)
+                image, "-c", VOLUME_COPY_SH)
 
     def cleanup(self) -> None:
         docker("rm", "-f", self.check)

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 
 from aimms_ops.core import lock
 
+#: Run in a throwaway container with the volumes at /from (read-only) and /to: /to emptied
+#: (a retried copy starts clean), then every file copied with owners, modes and times
+#: (rebuild-volume's keep and PITR's swap).
+VOLUME_COPY_SH = "find /to -mindepth 1 -delete && cp -a /from/. /to/"
+
 #: The packaged scripts installed on the host (aimms_ops/scripts/).
 BACKUP_SCRIPT = "backup-postgres.sh"
 VERIFY_SCRIPT = "verify-backup.sh"

@@ -9,6 +9,7 @@ the host program's wait-postgres, restore-stream.sh): no command is completed at
 from __future__ import annotations
 
 from aimms_ops.core.errors import InternalError
+from aimms_ops.core.layout import VOLUME_COPY_SH
 from aimms_ops.host.commands import Command, in_dir, in_postgres, plain, program
 from aimms_ops.inventory.model import Host
 from aimms_ops.rebuild.facts import RebuildFacts, VolumeSpec
@@ -18,9 +19,7 @@ from aimms_ops.restore.source import DumpInfo, conninfo
 #: How long the new cluster may take to accept connections after the start.
 WAIT_TIMEOUT = 180
 
-# Run in a throwaway container: empty the kept volume (a retried copy starts clean),
-# then copy every file with owners, modes and times.
-COPY_SH = "find /to -mindepth 1 -delete && cp -a /from/. /to/"
+COPY_SH = VOLUME_COPY_SH
 # Count the regular files and their bytes on both sides of the copy.
 COUNT_SH = ('for d in /from /to; do find "$d" -type f -exec stat -c %s {} + | '
             'awk -v d="$d" "{ n++; s += \\$1 } END { print d, n + 0, s + 0 }"; done')
