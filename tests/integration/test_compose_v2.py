@@ -124,9 +124,12 @@ def test_the_seeds_commands_name_the_container_as_production_does(v2):
 
 
 def test_restore_and_a_rebuild_plan_under_compose_v2(v2):
+    made = v2.fab("backup")  # its own backup, whatever ran before it
+    assert made.returncode == 0, made.stderr
     before = v2.checksums()
     proc = v2.fab("restore", "--file=latest", "--yes", "--no-safety-backup")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr + v2.sh(
+        f"ls -la {v2.backup_dir}; tail -n 30 {v2.home}/postgres-backup.log")
     assert v2.checksums() == before
     plan = v2.fab("rebuild-volume", "--file=latest", "--dry-run")
     assert plan.returncode == 0, plan.stderr
