@@ -12,26 +12,40 @@ facts."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import List
+from types import ModuleType
+from typing import List, Optional
 
-from aimms_ops.agent import (
-    backups,
-    drill,
-    dumpfile,
-    facts,
-    install,
-    locks,
-    offsite,
-    pings,
-    pitr,
-    pitr_push,
-    pitr_restore,
-    replaced,
-    restore,
-    statefacts,
-    verify,
-)
+#: The module (of aimms_ops.agent) whose ``add_commands`` registers each command that
+#: argparse reads: a command imports its own module only, so that a start of the program
+#: costs what that command needs (a unit test checks this table against the modules).
+OWNERS = {
+    "lock": "locks", "holders": "locks", "clean-killed": "locks", "hold": "locks",
+    "retention": "backups", "size-guard": "backups", "latest": "backups",
+    "offsite-plan": "backups", "size": "backups", "age": "backups",
+    "pin": "backups", "unpin": "backups",
+    "ping-test": "pings",
+    "offsite": "offsite",
+    "facts": "facts", "list-backups": "facts", "volume-facts": "facts",
+    "rebuild-facts": "facts",
+    "status-facts": "statefacts", "install-state": "statefacts",
+    "ensure-dirs": "install", "install-file": "install", "rebuild-record": "install",
+    "wait-postgres": "install",
+    "pitr-facts": "pitr", "pitr-backup": "pitr", "pitr-enable": "pitr",
+    "pitr-restore": "pitr_restore",
+    "pitr-push": "pitr_push",
+}
+#: The order of the commands in ``--help``.
+MODULES = ("locks", "backups", "pings", "offsite", "facts", "statefacts", "install", "pitr",
+           "pitr_restore", "pitr_push")
+
+
+def module(name: str) -> ModuleType:
+    """The host program's module ``name`` (aimms_ops.agent.NAME), imported when first
+    needed."""
+    return importlib.import_module("aimms_ops.agent." + name)
+
 
 USAGE_STATUS = 64
 
@@ -42,26 +56,21 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(USAGE_STATUS)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the commands of module ``only``."""
     p = _Parser(prog="aimms-ops.pyz", description="aimms-ops' host program")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    locks.add_commands(sub)
-    backups.add_commands(sub)
-    pings.add_commands(sub)
-    sub.add_parser("verify", help="the deep verify: a trial restore of a backup into a "
-                   "throwaway container (its own options: see verify-backup.sh)")
-    sub.add_parser("drill", help="the drill: the newest offsite copy fetched, restored into a "
-                   "throwaway container, checked, removed; RTO and RPO measured (its own "
-                   "options: see drill.sh)")
-    offsite.add_commands(sub)
-    facts.add_commands(sub)
-    statefacts.add_commands(sub)
-    install.add_commands(sub)
-    pitr.add_commands(sub)
-    pitr_restore.add_commands(sub)
-    pitr_push.add_commands(sub)
+    for name in (only,) if only else MODULES:
+        module(name).add_commands(sub)
+    if only:
+        return p
     for name, text in (
+            ("verify", "the deep verify: a trial restore of a backup into a throwaway "
+             "container (its own options: see verify-backup.sh)"),
+            ("drill", "the drill: the newest offsite copy fetched, restored into a "
+             "throwaway container, checked, removed; RTO and RPO measured (its own "
+             "options: see drill.sh)"),
             ("restore-stream", "the restore stream: source | decompressor | dump filter | psql, "
              "built beside the live cluster and swapped in (see agent/restore.py)"),
             ("inspect-dump", "FILE: a dump on this host checked, read-only"),
@@ -98,22 +107,20 @@ def main(argv: List[str]) -> int:
 
         return int(dump_cli.main(argv[1:], event=events.line))
     if argv[:1] == ["backup"]:  # backup-postgres.sh's own flags (aimms_ops.agent.backup)
-        from aimms_ops.agent import backup
-
-        return backup.main(argv[1:])
+        return int(module("backup").main(argv[1:]))
     if argv[:1] == ["verify"]:  # its own command line: the settings' flags (agent/verify.py)
-        return verify.main(argv[1:])
+        return int(module("verify").main(argv[1:]))
     if argv[:1] == ["drill"]:  # the verify's command line and its source (agent/drill.py)
-        return drill.main(argv[1:])
+        return int(module("drill").main(argv[1:]))
     if argv[:1] == ["restore-stream"]:  # positional arguments (agent/restore.py)
-        return restore.main(argv[1:])
+        return int(module("restore").main(argv[1:]))
     if argv[:1] == ["inspect-dump"]:  # agent/dumpfile.py
-        return dumpfile.main(argv[1:])
+        return int(module("dumpfile").main(argv[1:]))
     if argv[:1] == ["replaced"]:  # agent/replaced.py
-        return replaced.replaced_main(argv[1:])
+        return int(module("replaced").replaced_main(argv[1:]))
     if argv[:1] == ["postgres-exec"]:  # a COMMAND whose flags are its own (agent/replaced.py)
-        return replaced.postgres_exec(argv[1:])
-    args = parser().parse_args(argv)
+        return int(module("replaced").postgres_exec(argv[1:]))
+    args = parser(OWNERS.get(argv[0]) if argv else None).parse_args(argv)
     try:
         return int(args.run(args))
     except BrokenPipeError:
