@@ -35,15 +35,6 @@ def listing(backups: list[BackupFile] | None) -> dict:
          "sha256": b.sha256, "pin": None} for b in backups]}
 
 
-def key_values(text: str) -> dict[str, list[str]]:
-    """KEY=VALUE lines (the host's facts, a report) as KEY -> its values, in order."""
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition("=")
-        out.setdefault(key, []).append(value)
-    return out
-
-
 #: The start of a fake ``docker`` for fake_tools: it records its argv and stdin (read
 #: when ``-i`` is given) in FAKE_DOCKER_DIR/calls.jsonl, has the test's scenario.json as
 #: ``sc`` and ``answer(out, rc, err)``; the rest, which answers, is the test's.

@@ -1,11 +1,10 @@
-"""``inspect-dump FILE`` (``inspect-dump.sh``): a dump on this host checked before anything
-is touched. Read-only.
+"""``inspect-dump FILE``: a dump on this host checked before anything is touched.
+Read-only.
 
-key=value lines on stdout: exists, size, sha256_recorded (from FILE.sha256, or empty),
-format (gz|zst|plain), then what the dump reader (``aimms-ops.pyz dump inspect``) found
-reading it as psql would: header, complete (the completion marker at a statement
-boundary), db=HEX per database section, role=HEX per role, preface=HEX per database whose
-properties the dump carries; then stream (ok|bad: the whole file decompresses) and sha256
+One ``facts`` event: exists, size, sha256_recorded (from FILE.sha256, or empty), format
+(gz|zst|plain), then what the dump reader (``aimms-ops.pyz dump inspect``) found reading it
+as psql would (:func:`aimms_ops.dump.facts.fields`: header, complete, bytes, db, role and
+preface as hex names), then stream (ok|bad: the whole file decompresses) and sha256
 (computed). The file is hashed here while the decompressor reads it beside (a second read,
 from the page cache) into the dump reader: the decompressed dump crosses Python once.
 Exit 69 when the decompressor is missing, 64 usage.
@@ -14,11 +13,13 @@ Exit 69 when the decompressor is missing, 64 usage.
 import hashlib
 import os
 import subprocess
-import sys
 from typing import List, Optional
 
+from aimms_ops.agent.hostfacts import Report
 from aimms_ops.agent.hosttools import _program, decompressor
 from aimms_ops.agent.restore import say
+from aimms_ops.core import events
+from aimms_ops.dump.facts import INSPECT
 
 CHUNK = 1024 * 1024
 
@@ -38,12 +39,13 @@ def main(argv: List[str]) -> int:
         say("usage: aimms-ops.pyz inspect-dump FILE")
         return 64
     path = argv[0]
+    out = Report("inspect-dump")
     if not os.path.isfile(path):
-        print("exists=0")
-        return 0
-    print("exists=1")
-    print("size=%d" % os.stat(path).st_size)
-    print("sha256_recorded=%s" % _recorded(path))
+        out.put("exists", False)
+        return out.send()
+    out.put("exists", True)
+    out.put("size", os.stat(path).st_size)
+    out.put("sha256_recorded", _recorded(path))
     unzip: Optional[List[str]] = None
     fmt = path.rsplit(".", 1)[-1] if path.endswith((".gz", ".zst")) else "plain"
     if fmt != "plain":  # igzip, else pigz, else gzip; zstd for a .zst
@@ -52,8 +54,7 @@ def main(argv: List[str]) -> int:
             say("aimms-ops: %s is not installed on this host; reading a .%s dump needs it "
                 "(install %s)" % (missing, fmt, missing))
             return 69
-    print("format=%s" % fmt)
-    sys.stdout.flush()
+    out.put("format", fmt)
     digest = hashlib.sha256()
     with open(path, "rb") as src, open(path, "rb") as fh:
         first = None
@@ -61,13 +62,17 @@ def main(argv: List[str]) -> int:
             first = subprocess.Popen(unzip, stdin=src, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL)
         reader = subprocess.Popen([*_program(), "dump", "inspect"],
-                                  stdin=first.stdout if first else src)
+                                  stdin=first.stdout if first else src,
+                                  stdout=subprocess.PIPE)
         if first is not None:
             first.stdout.close()  # type: ignore[union-attr]  # the reader has it
         for chunk in iter(lambda: fh.read(CHUNK), b""):
             digest.update(chunk)
+        # The reader's report is one line, written once it has read everything.
+        said = reader.communicate()[0].decode("utf-8", "replace")
         stream = first.wait() if first is not None else 0
-        reader.wait()
-    print("stream=%s" % ("ok" if stream == 0 else "bad"))
-    print("sha256=%s" % digest.hexdigest())
-    return 0
+    for key, value in (events.facts_in(said, INSPECT) or {}).items():
+        out.put(key, value)
+    out.put("stream", "ok" if stream == 0 else "bad")
+    out.put("sha256", digest.hexdigest())
+    return out.send()

@@ -33,7 +33,8 @@ from aimms_ops.agent.hosttools import (
     watch_reading,
 )
 from aimms_ops.agent.throwaway import Throwaway
-from aimms_ops.core import units
+from aimms_ops.core import events, units
+from aimms_ops.dump.facts import INSPECT
 from aimms_ops.dump.swap import Cluster, SwapError, drop_replaced, prepare, swap
 
 #: The label on what the verify makes, and the prefix of its names.
@@ -284,8 +285,11 @@ class Trial(Throwaway):
         return docker(*args, "-c", sql, stdin=b"")
 
     def facts(self, key: str) -> List[str]:
-        return [ln[len(key) + 1:] for ln in self.read("inspect").splitlines()
-                if ln.startswith(key + "=")]
+        """Fact ``key`` of what the dump filter read (its ``--facts``), as text: "1" or "0"
+        for a truth, one item per name; none when the filter wrote no report."""
+        value = (events.facts_in(self.read("inspect"), INSPECT) or {}).get(key)
+        items = value if isinstance(value, list) else [] if value is None else [value]
+        return [("1" if v else "0") if isinstance(v, bool) else str(v) for v in items]
 
     def first_replay(self) -> List[str]:
         """The first replay and its checks (stream, header, restore, completion marker,

@@ -55,7 +55,7 @@ The kinds and their fields:
 
 import json
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 #: Every line of an event starts so; anything else on the stream is not an event.
 PREFIX = '{"event":'
@@ -85,6 +85,22 @@ def read(text: str) -> Optional[Dict[str, Any]]:
     if not isinstance(obj, dict) or not isinstance(obj.get("event"), str):
         return None
     return obj
+
+
+def last_facts(found: Iterable[Dict[str, Any]], of: str) -> Optional[Dict[str, Any]]:
+    """The facts of the last ``facts`` event of command ``of`` among the events ``found``,
+    or None."""
+    last = None
+    for event in found:
+        if event["event"] == "facts" and event.get("of") == of and \
+                isinstance(event.get("facts"), dict):
+            last = event["facts"]
+    return last
+
+
+def facts_in(text: str, of: str) -> Optional[Dict[str, Any]]:
+    """The facts command ``of`` printed in ``text`` (its last report), or None."""
+    return last_facts((e for e in map(read, text.splitlines()) if e is not None), of)
 
 
 class Ticker:

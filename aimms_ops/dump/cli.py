@@ -6,7 +6,8 @@ import stat
 import sys
 
 from .beside import Beside
-from .facts import Facts, print_facts, read_facts
+from .facts import INSPECT, Facts, read_facts
+from .facts import fields as facts_fields
 from .reader import READ_CHUNK, Reader, Tee
 from .restore_filter import RestoreFilter
 from .swap import (
@@ -69,12 +70,14 @@ def stderr_log(text, kind="note", **fields):
     sys.stderr.flush()
 
 
-def main(argv, event=None):
+def main(argv, event):
     """``inspect`` < dump: facts; ``filter [--only HEX] [--props DB=FILE]… [--facts FILE]
     [--session PID] [--events FILE]``.
 
     The filter reads the dump on stdin and writes what psql is to replay on stdout;
-    ``--facts`` also writes what ``inspect`` would print to FILE, at the end. With
+    ``--facts`` also writes what ``inspect`` would print to FILE, at the end: the
+    ``facts`` event of ``dump-inspect`` (:func:`aimms_ops.dump.facts.fields`), each event
+    made by ``event(kind, **fields)`` (the host program gives core.events.line). With
     ``--session``, the stream stops as if the dump ended there once process PID (the
     operator's SSH session) is gone, whatever is still on its way in the pipes: psql
     then rolls back the table it was loading, and nothing goes on unobserved. With
@@ -82,6 +85,9 @@ def main(argv, event=None):
     **fields)`` (the host program gives core.events.line: the restore stream's events),
     instead of stderr.
     """
+    def print_facts(facts, out):
+        out.write(event("facts", of=INSPECT, facts=facts_fields(facts)) + "\n")
+
     if argv and argv[0] in SWAP_MODES:
         return swap_main(argv[0], argv[1:])
     if not argv or argv[0] not in ("inspect", "filter"):
@@ -106,7 +112,7 @@ def main(argv, event=None):
             beside.tablespaces = set(bytes.fromhex(h) for h in args.pop(0).split(",") if h)
         elif opt == "--facts" and args:
             facts_path = args.pop(0)
-        elif opt == "--events" and args and event is not None:
+        elif opt == "--events" and args:
             events_path = args.pop(0)
         elif opt == "--session" and args and args[0].isdigit():
             session = int(args.pop(0))
@@ -192,7 +198,3 @@ def swap_main(mode, argv):
         log("%s failed: %s" % (mode, exc), kind="error")
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -3,6 +3,9 @@
 from .lexer import _CREATE_ROLE, ident_name
 from .reader import PREFACE_LINE, PREFACE_TITLE, Reader, preface_extra
 
+#: The command whose ``facts`` event holds :func:`fields` (``dump inspect``).
+INSPECT = "dump-inspect"
+
 
 class Facts:
     """What a dump holds: its databases and roles, its header and marker, its preface."""
@@ -93,17 +96,16 @@ def _hex(name):
     return name.hex() if hasattr(name, "hex") else "".join("%02x" % c for c in name)
 
 
-def print_facts(facts, out):
-    """key=value lines; names as hex, since they may hold newlines and ``=``."""
-    w = out.write
-    w("header=%d\n" % (facts.header and not facts.before_header))
-    w("bytes=%d\n" % facts.size)
-    w("complete=%d\n" % facts.complete)
-    w("cut_in_copy=%d\n" % facts.cut_in_copy)
-    w("first=%s\n" % _hex(facts.first[:200]))
-    for db in facts.databases:
-        w("db=%s\n" % _hex(db))
-    for role in facts.roles:
-        w("role=%s\n" % _hex(role))
-    for db in facts.preface:
-        w("preface=%s\n" % _hex(db))
+def fields(facts):
+    """What a dump holds, as the fields of a ``facts`` event: names as hex, since they may
+    hold newlines and bytes that are not UTF-8."""
+    return {
+        "header": bool(facts.header and not facts.before_header),
+        "bytes": facts.size,
+        "complete": bool(facts.complete),
+        "cut_in_copy": bool(facts.cut_in_copy),
+        "first": _hex(facts.first[:200]),
+        "db": [_hex(db) for db in facts.databases],
+        "role": [_hex(role) for role in facts.roles],
+        "preface": [_hex(db) for db in facts.preface],
+    }

@@ -71,11 +71,8 @@ def _value(value: Any) -> Any:
 
 def facts_of(found: Events, of: str) -> Facts | None:
     """The facts command ``of`` reported in ``found`` (its last report), or None."""
-    for event in reversed(found.all):
-        if event["event"] == "facts" and event.get("of") == of and \
-                isinstance(event.get("facts"), dict):
-            return {str(k): _value(v) for k, v in event["facts"].items()}
-    return None
+    raw = core_events.last_facts(found.all, of)
+    return None if raw is None else {str(k): _value(v) for k, v in raw.items()}
 
 
 def text_of(facts: Mapping[str, Any], key: str, *, shown: bool = False) -> str:

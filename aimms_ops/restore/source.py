@@ -1,10 +1,9 @@
 """Where a dump comes from and what it is: a local file or a backup on the host, read once.
 
 Before anything is touched a dump is checked (recorded sha256, the whole gzip or zstd
-stream)
-and read as psql reads it by the dump scanner (``aimms_ops.dump``): header, databases,
-roles, the preface of properties, the completion marker. On the host the same scanner
-runs (``inspect-dump.sh``).
+stream) and read as psql reads it by the dump scanner (``aimms_ops.dump``): header,
+databases, roles, the preface of properties, the completion marker. On the host the same
+scanner runs (the host program's ``inspect-dump``, its facts one event).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from aimms_ops.core.names import (
 )
 from aimms_ops.core.retention import NAME_RE
 from aimms_ops.dump.facts import FactsFeeder
+from aimms_ops.host import events
 from aimms_ops.host.remote import Progress, Remote
 from aimms_ops.inventory.connected import HostRemote
 
@@ -338,37 +338,31 @@ def _recorded_sha(side: Path) -> str | None:
 
 def inspect_remote(remote: Remote, path: str) -> DumpInfo:
     """Check a dump that is already on the host, on the host (the same scanner)."""
-    res = remote.run_script("inspect-dump.sh", path)
-    facts = _multi(res.stdout)
-    if facts.get("exists") == ["0"]:
+    res = remote.run_program("inspect-dump", path)
+    facts = events.facts_of(events.parse(res.stdout), "inspect-dump")
+    if facts is not None and facts.get("exists") == "0":
         raise OpsError(f"no such backup on {remote.name}: {path}", "see fab list-backups")
-    if not res.ok:
-        raise OpsError(f"cannot inspect {path} on {remote.name}: {res.last_error_line()}")
-    one = {k: v[-1] for k, v in facts.items()}
-    recorded = one.get("sha256_recorded") or None
+    if facts is None or not res.ok:
+        raise OpsError(f"cannot inspect {path} on {remote.name}: "
+                       f"{res.last_error_line() or 'its report was cut short'}")
+    recorded = events.text_of(facts, "sha256_recorded") or None
     if recorded is not None and not SHA_RE.fullmatch(recorded):
         recorded = "unreadable"
-    size = int(one.get("size", "0"))
+    size = events.text_of(facts, "size")
 
     def names(key: str) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(db_name(bytes.fromhex(h)) for h in facts.get(key, [])))
+        hexes = facts.get(key)
+        return tuple(dict.fromkeys(db_name(bytes.fromhex(h)) for h in hexes
+                                   if isinstance(h, str))) if isinstance(hexes, list) else ()
 
-    problems = _check(size, one.get("sha256", ""), recorded, one.get("stream") == "ok",
-                      "decompression failed", one.get("header") == "1",
-                      one.get("complete") == "1", one.get("format", "gz"))
-    raw = one.get("bytes", "")
-    return DumpInfo(path, "remote", size, one.get("format", "gz"), one.get("sha256", ""),
-                    recorded, names("db"), problems, names("role"), names("preface"),
-                    raw_size=int(raw) if raw.isdigit() else None)
-
-
-def _multi(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            out.setdefault(key, []).append(value)
-    return out
+    fmt = events.text_of(facts, "format") or "gz"
+    problems = _check(int(size) if size.isdigit() else 0, events.text_of(facts, "sha256"),
+                      recorded, facts.get("stream") == "ok", "decompression failed",
+                      facts.get("header") == "1", facts.get("complete") == "1", fmt)
+    raw = events.text_of(facts, "bytes")
+    return DumpInfo(path, "remote", int(size) if size.isdigit() else 0, fmt,
+                    events.text_of(facts, "sha256"), recorded, names("db"), problems,
+                    names("role"), names("preface"), raw_size=int(raw) if raw.isdigit() else None)
 
 
 def local_dump(file: str) -> Path | None:

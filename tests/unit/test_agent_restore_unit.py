@@ -19,7 +19,7 @@ from aimms_ops.core.lock import LOCK_FILES, Lock
 from aimms_ops.dump.beside import new_name
 from aimms_ops.host import events as host_events
 from aimms_ops.host import shell
-from tests.hostprog import FAKE_DOCKER_PRELUDE, fake_tools, key_values
+from tests.hostprog import FAKE_DOCKER_PRELUDE, HOST, fake_tools
 
 DUMP = (Path(__file__).parent / "data" / "cluster-dump.sql").read_bytes()
 DBS = ["template1", "My DB", "aimms_web", "postgres"]
@@ -59,7 +59,7 @@ class Host:
         self.tmp = tmp
         self.env = fake_tools(tmp, {"docker": FAKE_DOCKER})
         self.fake, self.work = tmp / "fake", tmp / "tmp"
-        for name in ("restore-stream.sh", "inspect-dump.sh", "replaced.sh", "postgres-exec.sh"):
+        for name in ("restore-stream.sh", "replaced.sh", "postgres-exec.sh"):
             (tmp / name).write_text(shell.script_text(name))
         self.lock = tmp / "backups" / LOCK_FILES["cluster"]
         self.scenario: dict = {"live_hex": [h for db in DBS for h in
@@ -269,35 +269,39 @@ def test_postgres_exec_becomes_docker_exec_with_stdin_passed_on(host):
                                 "stdin": "SELECT 1;\n"}
 
 
-def _facts(out: bytes) -> dict[str, list[str]]:
-    return key_values(out.decode())
+def _inspect(host: Host, path: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """The host program's inspect-dump of ``path``, and its facts as the operator reads
+    them (the one facts event)."""
+    res = subprocess.run([*HOST, "inspect-dump", str(path)], capture_output=True,
+                         env=host.env, timeout=60, check=False)
+    return res, host_events.facts(res.stdout.decode(), "inspect-dump", "test")
 
 
 def test_inspect_dump_hashes_decompresses_and_reads_the_dump(host):
     path = host.dump("aimms_postgres_20260101_020000.sql.gz")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     Path(f"{path}.sha256").write_text(f"{digest}  {path.name}\n")
-    res = host.run("inspect-dump.sh", str(path))
+    res, facts = _inspect(host, path)
     assert res.returncode == 0, res.stderr
-    facts = _facts(res.stdout)
-    keys = [ln.split("=")[0] for ln in res.stdout.decode().splitlines()]
-    assert keys[:4] == ["exists", "size", "sha256_recorded", "format"]
-    assert keys[-2:] == ["stream", "sha256"]
-    assert facts["exists"] == ["1"] and facts["size"] == [str(path.stat().st_size)]
-    assert facts["sha256"] == facts["sha256_recorded"] == [digest]
-    assert facts["format"] == ["gz"] and facts["stream"] == ["ok"]
-    assert facts["header"] == ["1"] and facts["complete"] == ["1"]
+    assert len(res.stdout.decode().splitlines()) == 1, "one event, nothing else"
+    assert list(facts)[:4] == ["exists", "size", "sha256_recorded", "format"]
+    assert list(facts)[-2:] == ["stream", "sha256"]
+    assert facts["exists"] == "1" and facts["size"] == str(path.stat().st_size)
+    assert facts["sha256"] == facts["sha256_recorded"] == digest
+    assert facts["format"] == "gz" and facts["stream"] == "ok"
+    assert facts["header"] == "1" and facts["complete"] == "1"
     assert b"My DB".hex() in facts["db"]
+    assert facts["bytes"] == str(len(DUMP))
 
 
 def test_inspect_dump_of_a_cut_gzip_a_plain_dump_and_a_missing_file(host):
     cut = host.dump("cut.sql.gz")
     cut.write_bytes(cut.read_bytes()[:-20])
-    facts = _facts(host.run("inspect-dump.sh", str(cut)).stdout)
-    assert facts["stream"] == ["bad"] and facts["sha256_recorded"] == [""]
+    facts = _inspect(host, cut)[1]
+    assert facts["stream"] == "bad" and facts["sha256_recorded"] == ""
     plain = host.dump("dump.sql")
-    facts = _facts(host.run("inspect-dump.sh", str(plain)).stdout)
-    assert facts["format"] == ["plain"] and facts["stream"] == ["ok"]
-    assert facts["sha256"] == [hashlib.sha256(DUMP).hexdigest()]
-    res = host.run("inspect-dump.sh", str(host.tmp / "nope.sql.gz"))
-    assert (res.returncode, res.stdout) == (0, b"exists=0\n")
+    facts = _inspect(host, plain)[1]
+    assert facts["format"] == "plain" and facts["stream"] == "ok"
+    assert facts["sha256"] == hashlib.sha256(DUMP).hexdigest()
+    res, facts = _inspect(host, host.tmp / "nope.sql.gz")
+    assert res.returncode == 0 and facts == {"exists": "0"}

@@ -25,6 +25,7 @@ from aimms_ops.core import names, retention
 from aimms_ops.core.errors import OpsError
 from aimms_ops.inventory import loader, model
 from aimms_ops.restore import source as dumpsource
+from tests.hostprog import said
 
 REPO = Path(__file__).resolve().parents[2]
 SAFE_WORD = re.compile(r"^[A-Za-z0-9_.$-]+$")
@@ -111,11 +112,11 @@ class RecordingRemote:
     calls: list[tuple] = field(default_factory=list)
     name: str = "aidset"
 
-    def run_script(self, name, *args, **kw):
+    def run_program(self, name, *args, **kw):
         self.calls.append((name, *args))
         from aimms_ops.host.remote import RunResult
 
-        return RunResult(name, 0, "exists=0\n", "")
+        return RunResult(name, 0, said(name, {"exists": False}), "")
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def test_a_restore_source_reaches_the_host_only_as_a_backup_path(host, value):
     if dumpsource.local_dump(value) is not None:
         return
     for call in remote.calls:
-        assert call[0] == "inspect-dump.sh"
+        assert call[0] == "inspect-dump"
         folder, _, name = call[1].rpartition("/")
         assert folder == host.backup_dir and retention.NAME_RE.fullmatch(name), call
 
