@@ -120,7 +120,7 @@ def add_commands(sub: object) -> None:
 
 
 def ping_test(args: "argparse.Namespace") -> int:
-    """``ok=1`` and ``seconds=N``, or ``ok=0``, ``error=...`` and ``seconds=N``."""
+    """A ``facts`` event: ``ok`` and ``seconds``, with curl's ``error`` when it failed."""
     import socket
     import sys
     import time
@@ -134,6 +134,11 @@ def ping_test(args: "argparse.Namespace") -> int:
         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), socket.gethostname())
     why = send(args.kind, url, "log", str(uuid.uuid4()), "aimms-ops test ping",
                body, 0, args.timeout)
-    print("ok=1" if why is None else "ok=0\nerror=%s" % why)
-    print("seconds=%d" % (time.time() - started))
-    return 0
+    from aimms_ops.agent.hostfacts import Report
+
+    out = Report("ping-test")
+    out.put("ok", why is None)
+    if why is not None:
+        out.put("error", why)
+    out.put("seconds", int(time.time() - started))
+    return out.send()

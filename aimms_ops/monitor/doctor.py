@@ -14,7 +14,7 @@ from aimms_ops.backup.install import conf_text
 from aimms_ops.core import HOST_PYTHON
 from aimms_ops.core.checks import Check, State, worst
 from aimms_ops.core.layout import BACKUP_SCRIPT, VERIFY_SCRIPT
-from aimms_ops.host import shell
+from aimms_ops.host import events, shell
 from aimms_ops.host.remote import PYTHON3_FIX
 from aimms_ops.inventory.connected import HostRemote, start_command
 from aimms_ops.inventory.model import Host
@@ -221,17 +221,18 @@ def send_test_ping(remote: HostRemote) -> list[Check]:
     for job, url in (("backup", ping.url), ("verify", ping.verify_url)):
         if not url:
             continue
-        res = remote.run_script("ping-test.sh", ping.kind, "-", ping.timeout,
-                                stdin=f"{url}\n".encode())
-        facts = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
-        secs = facts.get("seconds", "?")
+        res = remote.run_program("ping-test", ping.kind, "-", ping.timeout,
+                                 stdin=f"{url}\n".encode())
+        facts = events.facts_of(events.parse(res.stdout), "ping-test") or {}
+        secs = events.text_of(facts, "seconds") or "?"
+        why = events.text_of(facts, "error", shown=True) or res.last_error_line()
         if facts.get("ok") == "1":
             checks.append(Check(f"test ping ({job})", State.OK,
                                 f"{ping.kind} answered in {secs} s"))
         else:
             checks.append(Check(f"test ping ({job})", State.CRITICAL,
                                 f"{ping.kind} ping failed after {secs} s: "
-                                f"{facts.get('error') or res.last_error_line()}",
+                                f"{why}",
                                 "check the URL, and that the host reaches it (proxy, "
                                 "firewall, DNS); curl must be installed on the host"))
     return checks

@@ -7,8 +7,9 @@ import subprocess
 
 import pytest
 
+from aimms_ops.host import events as host_events
 from aimms_ops.host import shell
-from tests.hostprog import PROGRAM
+from tests.hostprog import HOST
 
 SCRIPTS = sorted(p.name for p in shell.SCRIPTS_DIR.glob("*.sh") if p.name != "lib.sh")
 
@@ -32,33 +33,31 @@ def test_rendered_script_parses_and_has_no_include_left(name):
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)
 
 
-def _ping_test(tmp_path, curl_body: str, *timeout: str) -> tuple[str, list[str]]:
-    """Run ping-test.sh with a ``curl`` on PATH that records its arguments, then runs
-    ``curl_body``; its output and the arguments curl got."""
+def _ping_test(tmp_path, curl_body: str, *timeout: str) -> tuple[dict, list[str]]:
+    """Run the host program's ping-test with a ``curl`` on PATH that records its
+    arguments, then runs ``curl_body``; its facts and the arguments curl got."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/args"\n'
                                   f"{curl_body}\n")
     (bin_dir / "curl").chmod(0o755)
-    script = tmp_path / "ping-test.sh"
-    script.write_text(shell.script_text("ping-test.sh"))
-    proc = subprocess.run(["bash", str(script), "healthchecks", "http://127.0.0.1:9/p",
-                           *timeout], capture_output=True, text=True, check=False,
-                          env={"PATH": f"{bin_dir}:/usr/bin:/bin",
-                               "AIMMS_OPS_PROGRAM": str(PROGRAM)})
+    proc = subprocess.run([*HOST, "ping-test", "healthchecks", "-", *timeout],
+                          input="http://127.0.0.1:9/p\n", capture_output=True, text=True,
+                          check=False, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert (tmp_path / "args").exists(), proc.stderr
-    return proc.stdout, (tmp_path / "args").read_text().splitlines()
+    return (host_events.facts(proc.stdout, "ping-test", "test"),
+            (tmp_path / "args").read_text().splitlines())
 
 
 @pytest.mark.parametrize("timeout, per_try, retry_for", [((), "10", "30"), (("6",), "2", "4"),
                                                          (("90",), "10", "60")])
 def test_a_ping_is_bounded_by_its_timeout(tmp_path, timeout, per_try, retry_for):
     out, args = _ping_test(tmp_path, "exit 0", *timeout)
-    assert "ok=1" in out
+    assert out["ok"] == "1" and "error" not in out
     assert args[args.index("-m") + 1] == per_try
     assert args[args.index("--retry-max-time") + 1] == retry_for
 
 
 def test_a_ping_that_never_answers_is_killed_at_its_timeout(tmp_path):
     out, _ = _ping_test(tmp_path, "exec sleep 60", "3")
-    assert "ok=0" in out and "error=no answer within 3s" in out
+    assert out["ok"] == "0" and out["error"] == "no answer within 3s"
