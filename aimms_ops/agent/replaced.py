@@ -1,11 +1,11 @@
 """Two commands on the cluster's running container, found by compose's labels now (a plan
 can name it before it exists: rebuild-volume recreates it):
 
-- ``replaced PROJECT SERVICE SUPERUSER LOCK WAIT MODE [HEX...]`` (``replaced.sh``): the
-  databases restores set aside (``aimms_ops.dump.swap``): MODE ``aside`` lists them
-  (``HEXNAME HEXORIGINAL STAMP`` lines), ``undo`` swaps those of the last restore back in,
-  ``drop-aside`` drops those named (all when none is), both holding the cluster lock
-  exclusive, as a restore does.
+- ``replaced PROJECT SERVICE SUPERUSER LOCK WAIT MODE [HEX...]`` (fab runs it directly): the
+  databases restores set aside (``aimms_ops.dump.swap``): MODE ``aside`` lists them (a
+  ``facts`` event), ``undo`` swaps those of the last restore back in, ``drop-aside``
+  drops those named (all when none is), both holding the cluster lock exclusive, as a
+  restore does; what they say are events (``note``, ``error``, the lock's ``wait``).
 - ``postgres-exec PROJECT SERVICE COMMAND...`` (``postgres-exec.sh``): ``docker exec -i``
   COMMAND in it, stdin passed on (this process becomes docker).
 
@@ -18,6 +18,7 @@ import sys
 from typing import List
 
 from aimms_ops.agent.restore import NOT_RUNNING, lock_cluster, running_container, say
+from aimms_ops.core import events
 from aimms_ops.core.lock import Lock
 from aimms_ops.dump import cli as dump_cli
 
@@ -34,12 +35,12 @@ def replaced_main(argv: List[str]) -> int:
     if cid is None:
         return NOT_RUNNING
     if mode == "aside":
-        return int(dump_cli.swap_main(mode, [cid, superuser, *argv[6:]]))
+        return int(dump_cli.swap_main(mode, [cid, superuser, *argv[6:]], events.line))
     held = lock_cluster(lock, wait, mode)
     if not isinstance(held, Lock):
         return held
     with held:
-        return int(dump_cli.swap_main(mode, [cid, superuser, *argv[6:]]))
+        return int(dump_cli.swap_main(mode, [cid, superuser, *argv[6:]], events.line))
 
 
 def postgres_exec(argv: List[str]) -> int:

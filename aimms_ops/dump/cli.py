@@ -89,7 +89,7 @@ def main(argv, event):
         out.write(event("facts", of=INSPECT, facts=facts_fields(facts)) + "\n")
 
     if argv and argv[0] in SWAP_MODES:
-        return swap_main(argv[0], argv[1:])
+        return swap_main(argv[0], argv[1:], event)
     if not argv or argv[0] not in ("inspect", "filter"):
         sys.stderr.write("usage: aimms-ops.pyz dump inspect | filter [--only HEXNAME]"
                          " [--props DB=FILE]"
@@ -165,21 +165,28 @@ def main(argv, event):
 SWAP_MODES = ("prepare", "swap", "discard", "drop-replaced", "undo", "drop-aside", "aside")
 
 
-def swap_main(mode, argv):
+def swap_main(mode, argv, event):
     """``MODE CONTAINER SUPERUSER STATE [STAMP [AS_HEX]]``, MODE one of SWAP_MODES: the
-    steps of a restore built beside the live cluster (swap.py); a failure in one line."""
+    steps of a restore built beside the live cluster (swap.py); a failure in one line.
+    What it says are events on stdout, made by ``event`` (core.events.line): ``note``,
+    ``error``; ``aside`` lists the databases set aside as one ``facts`` event (of ``aside``:
+    ``set_aside``, each with its hex ``name``, ``original`` and ``stamp``)."""
     if len(argv) < (3 if mode in ("prepare", "swap", "discard", "drop-replaced") else 2):
         sys.stderr.write("usage: aimms-ops.pyz dump %s CONTAINER SUPERUSER STATE [STAMP [AS_HEX]]\n"
                          % mode)
         return 64
 
-    log = stderr_log
+    def log(text, kind="note", **fields):
+        sys.stdout.write(event(kind, text=text, **fields) + "\n")
+        sys.stdout.flush()
+
     cluster = Cluster(argv[0], argv[1])
     state = argv[2] if len(argv) > 2 else ""
     try:
         if mode == "aside":
-            for name, original, stamp, _tmpl, _conn in set_aside(cluster):
-                sys.stdout.write("%s %s %s\n" % (name.hex(), original.hex(), stamp.decode()))
+            rows = [{"name": name.hex(), "original": original.hex(), "stamp": stamp.decode()}
+                    for name, original, stamp, _tmpl, _conn in set_aside(cluster)]
+            sys.stdout.write(event("facts", of="aside", facts={"set_aside": rows}) + "\n")
         elif mode == "undo":
             undo(cluster, log)
         elif mode == "drop-aside":

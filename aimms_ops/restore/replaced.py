@@ -1,10 +1,12 @@
-"""The databases a restore set aside: listed, swapped back in, dropped (replaced.sh)."""
+"""The databases a restore set aside: listed, swapped back in, dropped (the host program's
+``replaced``, its events)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from aimms_ops.core.errors import OpsError
+from aimms_ops.host import events
 from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.restore.source import db_name
 
@@ -22,31 +24,41 @@ class SetAside:
         return f"{s[0:4]}-{s[4:6]}-{s[6:8]} {s[9:11]}:{s[11:13]}:{s[13:15]} UTC"
 
 
-def _run(remote: HostRemote, mode: str, *args: str) -> tuple[list[str], list[str]]:
-    """The host's messages (``aimms-ops:`` lines) and its output lines."""
+def _run(remote: HostRemote, mode: str, *args: str) -> events.Events:
+    """The host program's ``replaced MODE``: its events (notes, the aside list)."""
     host = remote.host
-    res = remote.run_script("replaced.sh", host.compose.project, host.compose.postgres_service,
-                            host.postgres.superuser, host.layout.cluster_lock,
-                            str(host.lock_timeout), mode, *args)
+    res = remote.run_program("replaced", host.compose.project, host.compose.postgres_service,
+                             host.postgres.superuser, host.layout.cluster_lock,
+                             str(host.lock_timeout), mode, *args)
+    found = events.parse(res.stdout)
     if not res.ok:
-        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-        msg = lines[-1].removeprefix("aimms-ops: ") if lines else f"exit {res.rc}"
-        raise OpsError(f"{mode} on {remote.name} failed: {msg}",
+        error = found.last("error")
+        msg = str(error.get("text", "")) if error else \
+            res.last_error_line().removeprefix("aimms-ops: ")
+        raise OpsError(f"{mode} on {remote.name} failed: {msg or f'exit {res.rc}'}",
                        "nothing was changed" if mode != "drop-aside" else "see fab status")
-    return ([ln.removeprefix("aimms-ops: ") for ln in res.stderr.splitlines()
-             if ln.startswith("aimms-ops: ")], res.stdout.splitlines())
+    return found
+
+
+def _notes(found: events.Events) -> list[str]:
+    """What each step did (the swap's ``note``, ``replaced``, ``undone`` events)."""
+    return [e["text"] for e in found.all if isinstance(e.get("text"), str)
+            and e["event"] not in ("wait", "error", "facts")]
 
 
 def set_aside(remote: HostRemote) -> list[SetAside]:
     """The databases restores set aside, newest first, with their sizes."""
     sizes = _sizes(remote)
+    facts = events.facts_of(_run(remote, "aside"), "aside") or {}
+    rows = facts.get("set_aside")
     out = []
-    for line in _run(remote, "aside")[1]:
-        parts = line.split(" ")
-        if len(parts) == 3:
-            name = db_name(bytes.fromhex(parts[0]))
-            out.append(SetAside(name, db_name(bytes.fromhex(parts[1])), parts[2],
-                                sizes.get(name, 0)))
+    for row in rows if isinstance(rows, list) else []:
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str)
+                                                for k in ("name", "original", "stamp")):
+            continue
+        name = db_name(bytes.fromhex(row["name"]))
+        out.append(SetAside(name, db_name(bytes.fromhex(row["original"])), row["stamp"],
+                            sizes.get(name, 0)))
     return out
 
 
@@ -66,8 +78,8 @@ def _sizes(remote: HostRemote) -> dict[str, int]:
 
 
 def undo(remote: HostRemote) -> list[str]:
-    return _run(remote, "undo")[0]
+    return _notes(_run(remote, "undo"))
 
 
 def drop(remote: HostRemote, names: list[str]) -> list[str]:
-    return _run(remote, "drop-aside", *(n.encode().hex() for n in names))[0]
+    return _notes(_run(remote, "drop-aside", *(n.encode().hex() for n in names)))

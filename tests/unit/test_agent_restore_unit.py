@@ -1,4 +1,4 @@
-"""The restore's host side (``restore-stream.sh``, ``inspect-dump.sh``, ``replaced.sh``,
+"""The restore's host side (``restore-stream.sh``, ``inspect-dump``, ``replaced``,
 ``postgres-exec.sh``, each the entry point of the host program's command) against a fake
 ``docker`` on the PATH that records its argv and what it was given on stdin, and answers
 the SQL of the swap from a scenario. The decompressor, the dump reader and filter, the
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from aimms_ops.core.lock import LOCK_FILES, Lock
-from aimms_ops.dump.beside import new_name
+from aimms_ops.dump.beside import REPLACED_SETTING, new_name
 from aimms_ops.host import events as host_events
 from aimms_ops.host import shell
 from tests.hostprog import FAKE_DOCKER_PRELUDE, HOST, fake_tools
@@ -40,6 +40,8 @@ if "RENAME TO" in sql and sc.get("swap_err"):
     answer(rc=3, err=sc["swap_err"])
 if "datname = 'postgres'" in sql:
     answer("%d\n" % sc.get("has_postgres", 1))
+if "pg_db_role_setting" in sql:
+    answer("".join("%s %s\n" % tuple(row) for row in sc.get("aside_rows", [])))
 if "pg_tablespace" in sql:
     answer("70675f64656661756c74,70675f676c6f62616c\n")
 if "datistemplate::int" in sql:
@@ -59,7 +61,7 @@ class Host:
         self.tmp = tmp
         self.env = fake_tools(tmp, {"docker": FAKE_DOCKER})
         self.fake, self.work = tmp / "fake", tmp / "tmp"
-        for name in ("restore-stream.sh", "replaced.sh", "postgres-exec.sh"):
+        for name in ("restore-stream.sh", "postgres-exec.sh"):
             (tmp / name).write_text(shell.script_text(name))
         self.lock = tmp / "backups" / LOCK_FILES["cluster"]
         self.scenario: dict = {"live_hex": [h for db in DBS for h in
@@ -69,6 +71,12 @@ class Host:
         (self.fake / "scenario.json").write_text(json.dumps(self.scenario))
         return subprocess.run(["bash", str(self.tmp / script), *args], input=stdin,
                               capture_output=True, env=self.env, timeout=60, check=False)
+
+    def program(self, *args: str) -> subprocess.CompletedProcess:
+        """A command of the host program, run as fab runs it."""
+        (self.fake / "scenario.json").write_text(json.dumps(self.scenario))
+        return subprocess.run([*HOST, *args], capture_output=True, env=self.env, timeout=60,
+                              check=False)
 
     def restore(self, fmt: str, source: str, *rest: str, stdin: bytes = b""):
         """The stream's exit status, its stderr (the stages' own) and its events."""
@@ -196,11 +204,10 @@ def test_no_running_container_is_exit_10(host):
     said = "the postgres container of compose project aimms-web is not running"
     rc, err, found = host.restore("gz", "-")
     assert (rc, err, texts(found, "error")) == (10, "", [said])
-    for script, args in (("replaced.sh", ["lock", "1", "undo"]),
-                         ("postgres-exec.sh", ["psql"])):
-        extra = ["postgres"] if script != "postgres-exec.sh" else []
-        res = host.run(script, "aimms-web", "postgres", *extra, *args)
-        assert res.returncode == 10, (script, res.stderr)
+    for res in (host.program("replaced", "aimms-web", "postgres", "postgres", "lock", "1",
+                             "undo"),
+                host.run("postgres-exec.sh", "aimms-web", "postgres", "psql")):
+        assert res.returncode == 10, res.stderr
         assert res.stderr.decode() == f"aimms-ops: {said}\n"
 
 
@@ -237,8 +244,8 @@ def test_a_held_cluster_lock_is_exit_75_naming_its_holder(host):
         [wait, error] = host_events.parse(res.stdout.decode()).all
         assert wait["event"] == "wait" and wait["for"] == "the cluster lock"
         assert wait["holder"].startswith(f"backup pid {os.getpid()} since ")
-        res = host.run("replaced.sh", "aimms-web", "postgres", "postgres", str(host.lock),
-                       "0", "undo")
+        res = host.program("replaced", "aimms-web", "postgres", "postgres", str(host.lock),
+                           "0", "undo")
     assert rc == 75 and res.returncode == 75 and err == ""
     busy = ("the cluster is busy after 0s: another restore, rebuild or backup holds it "
             f"(backup pid {os.getpid()} since ")
@@ -250,15 +257,20 @@ def test_a_held_cluster_lock_is_exit_75_naming_its_holder(host):
 def test_replaced_lists_what_is_aside_and_undo_holds_the_lock(host):
     aside = b"aimms_ops_old_20260101_020000_aimms_web"
     host.scenario["live_hex"] = [aside.hex()]
-    res = host.run("replaced.sh", "aimms-web", "postgres", "postgres", str(host.lock), "5",
-                   "aside")
+    setting = f"{REPLACED_SETTING}={b'aimms_web'.hex()} 20260101_020000 f t".encode()
+    host.scenario["aside_rows"] = [(aside.hex(), setting.hex())]
+    res = host.program("replaced", "aimms-web", "postgres", "postgres", str(host.lock), "5",
+                       "aside")
     assert res.returncode == 0, res.stderr
+    listed = host_events.facts(res.stdout.decode(), "aside", "test")
+    assert [r["name"] for r in listed["set_aside"]] == [aside.hex()]
+    assert listed["set_aside"][0]["original"] == b"aimms_web".hex()
     assert not host.lock.exists()  # listing takes no lock
-    res = host.run("replaced.sh", "aimms-web", "postgres", "postgres", str(host.lock), "5",
-                   "drop-aside", aside.hex())
+    res = host.program("replaced", "aimms-web", "postgres", "postgres", str(host.lock), "5",
+                       "drop-aside", aside.hex())
     assert res.returncode == 0, res.stderr
     assert host.lock.exists() and "aimms_ops_old_%" in host.sql()
-    assert host.run("replaced.sh", "a", "b", "c", "d", "e", "bogus").returncode == 64
+    assert host.program("replaced", "a", "b", "c", "d", "e", "bogus").returncode == 64
 
 
 def test_postgres_exec_becomes_docker_exec_with_stdin_passed_on(host):
