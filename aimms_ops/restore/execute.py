@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -245,15 +246,20 @@ def read_estimates(remote: Remote, cmd: Command,
 
 
 def parse_estimates(stdout: str, databases: tuple[str, ...]) -> list[TableRows]:
-    """``database=I`` lines, each followed by ``schema.table=rows`` lines of that database."""
+    """JSON lines: ``{"database": I}``, each followed by ``{"table": NAME, "rows": N}``
+    lines of that database (a line that is neither is skipped)."""
     tables: list[TableRows] = []
     current: str | None = None
     for line in stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if not sep or not value.isdigit():
+        try:
+            row = json.loads(line)
+        except ValueError:
             continue
-        if key == "database":
-            current = databases[int(value)] if int(value) < len(databases) else None
-        elif current is not None:
-            tables.append(TableRows(current, key, int(value)))
+        if not isinstance(row, dict):
+            continue
+        index, table, rows = row.get("database"), row.get("table"), row.get("rows")
+        if isinstance(index, int):
+            current = databases[index] if 0 <= index < len(databases) else None
+        elif current is not None and isinstance(table, str) and isinstance(rows, int):
+            tables.append(TableRows(current, table, rows))
     return tables

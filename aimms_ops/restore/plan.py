@@ -14,8 +14,8 @@ from aimms_ops.inventory.model import Host
 from aimms_ops.restore.source import DumpInfo, conninfo, db_hex, db_name
 
 #: Row estimates of a restored database, after ANALYZE.
-ESTIMATE_SQL = ("ANALYZE; SELECT schemaname || '.' || relname || '=' || n_live_tup "
-                "FROM pg_stat_user_tables ORDER BY 1;")
+ESTIMATE_SQL = ("ANALYZE; SELECT json_build_object('table', schemaname || '.' || relname, "
+                "'rows', n_live_tup) FROM pg_stat_user_tables ORDER BY schemaname, relname;")
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,9 @@ def stream_command(host: Host, dump: DumpInfo, database: str | None, *,
 
 
 #: Runs ESTIMATE_SQL in each database given ($1 the SQL, $2 the role, then conninfos as
-#: printf formats), in one ``docker exec``: ``database=I`` before the lines of the I-th.
+#: printf formats), in one ``docker exec``: ``{"database": I}`` before the lines of the I-th.
 _ESTIMATE_EACH = ('sql=$1 u=$2; shift 2; i=0; for f; do c=$(printf "$f"); '
-                  'echo "database=$i"; '
+                  'echo "{\\"database\\":$i}"; '
                   'psql -X -q -A -t -U "$u" -d "$c" -c "$sql"; i=$((i + 1)); done')
 
 

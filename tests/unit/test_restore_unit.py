@@ -169,8 +169,10 @@ def test_restore_plan_holds_the_exact_commands_it_sends():
 
 
 def test_estimates_are_read_for_each_database_in_order():
-    out = ("database=0\npublic.t=3\ndatabase=1\npublic.t=7\ns.x=0\ndatabase=2\n"
-           "database=3\n")  # the third database's psql failed; no fourth database
+    out = ('{"database":0}\n{"table":"public.t","rows":3}\n{"database":1}\n'
+           '{"table":"public.t","rows":7}\n{"table":"s.a=\\nb","rows":0}\n{"database":2}\n'
+           "psql: error: connection failed\n"
+           '{"database":3}\n')  # the third database's psql failed; no fourth database
     assert restore.parse_estimates(out, ("a", "b", "c")) == [
         restore.TableRows("a", "public.t", 3), restore.TableRows("b", "public.t", 7),
-        restore.TableRows("b", "s.x", 0)]
+        restore.TableRows("b", "s.a=\nb", 0)]
