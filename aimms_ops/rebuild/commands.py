@@ -23,10 +23,12 @@ COPY_SH = VOLUME_COPY_SH
 # Count the regular files and their bytes on both sides of the copy.
 COUNT_SH = ('for d in /from /to; do find "$d" -type f -exec stat -c %s {} + | '
             'awk -v d="$d" "{ n++; s += \\$1 } END { print d, n + 0, s + 0 }"; done')
-#: ``schema.table=N`` for every table of a database, N its exact row count.
-COUNT_SQL = ("SELECT n.nspname || '.' || c.relname || '=' || (xpath('/row/n/text()', "
+#: ``{"table": "schema.table", "rows": N}`` for every table of a database, N its exact
+#: row count.
+COUNT_SQL = ("SELECT json_build_object('table', n.nspname || '.' || c.relname, 'rows', "
+             "(xpath('/row/n/text()', "
              "query_to_xml(format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), "
-             "false, true, '')))[1]::text "
+             "false, true, '')))[1]::text::bigint) "
              "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
              "WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' "
              "AND n.nspname !~ '^pg_' ORDER BY n.nspname || '.' || c.relname")

@@ -7,6 +7,7 @@ is, its output read as its ``reads`` says.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -298,10 +299,14 @@ def _check_copy(stdout: str, plan: RebuildPlan) -> str:
 
 
 def parse_counts(text: str) -> list[tuple[str, int]]:
-    """``schema.table=N`` lines (a name may hold '=') into pairs (pure)."""
+    """``{"table": NAME, "rows": N}`` lines into pairs (pure; other lines are skipped)."""
     out = []
     for line in text.splitlines():
-        name, sep, value = line.rpartition("=")
-        if sep and name and value.strip().isdigit():
-            out.append((name, int(value)))
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("table"), str) and \
+                isinstance(row.get("rows"), int):
+            out.append((row["table"], row["rows"]))
     return out

@@ -393,8 +393,9 @@ def test_the_rebuild_facts_of_the_host():
 
 
 def test_counts_and_copy_check():
-    assert rebuild.parse_counts("public.a=3\npublic.we=ird=4\nnoise\n") == [
-        ("public.a", 3), ("public.we=ird", 4)]
+    assert rebuild.parse_counts('{"table":"public.a","rows":3}\n'
+                                '{"table":"public.we=i\\nrd","rows":4}\nnoise\n') == [
+        ("public.a", 3), ("public.we=i\nrd", 4)]
     p = plan()
     assert "3 files" in run._check_copy("/from 3 100\n/to 3 100\n", p)
     with pytest.raises(OpsError, match="does not match"):
@@ -425,7 +426,8 @@ def test_the_executor_reads_each_command_as_the_plan_says():
     with pytest.raises(OpsError, match="missing after the restore: aimms_web"):
         run._read(listing, ok("postgres\ntemplate1\n"), p, found, "postgres")
     assert run._read(listing, ok("postgres\ntemplate1\naimms_web\n"), p, found, "x") is None
-    said = run._read(counts[1], ok("public.orders=3\npublic.a=ird=1\n"), p, found, "x")
+    rows = '{"table":"public.orders","rows":3}\n{"table":"public.a=ird","rows":1}\n'
+    said = run._read(counts[1], ok(rows), p, found, "x")
     assert said == "3 databases, 2 tables counted"
     assert found.tables == [run.TableCount("aimms_web", "public.orders", 3),
                             run.TableCount("aimms_web", "public.a=ird", 1)]
