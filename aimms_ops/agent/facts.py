@@ -35,6 +35,8 @@ def add_commands(sub: Any) -> None:
                  "backup_dir"):
         p.add_argument(name)
     p.add_argument("volumes", nargs="*")
+    p.add_argument("--no-config", action="store_true",
+                   help="skip compose config (its facts are then absent)")
     p.set_defaults(run=facts)
     p = sub.add_parser("list-backups", help="the backups, newest first")
     p.add_argument("dir")
@@ -78,7 +80,7 @@ def stack_facts(out: Report, args: argparse.Namespace) -> None:
     out.put("compose.file_exists", "1" if exists else "0")
     compose = compose_cmd()
     out.put("compose.cmd", " ".join(compose))
-    if compose and exists:
+    if compose and exists and not args.no_config:
         rc, data = run([*compose, "-f", args.compose_file, "-p", args.project, "config"],
                        merged=True, cwd=args.project_dir)
         if rc == 0:

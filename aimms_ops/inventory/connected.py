@@ -26,9 +26,12 @@ def open_host(host: Host) -> HostRemote:
     return HostRemote(host, conn, target)
 
 
-def facts_args(host: Host) -> list[str]:
-    """The arguments of the host program's ``facts`` for ``host``."""
+def facts_args(host: Host, *, config: bool = True) -> list[str]:
+    """The arguments of the host program's ``facts`` for ``host``; without ``config``,
+    the facts of ``compose config`` are left out (0.3 s of the host's CPU with compose
+    v1), for a caller that reads only the container, the cluster and the disk."""
     return [
+        *(() if config else ("--no-config",)),
         host.compose.project_dir, host.compose.file_path, host.compose.project,
         host.compose.postgres_service, host.postgres.superuser, host.backup_dir,
         *host.volumes.names(),

@@ -205,7 +205,7 @@ def verify(remote: HostRemote, file: str, deep: bool,
         dump = inspect_remote(remote, b.path)
         checks = checks_of(dump)
         if all(c.state is not State.CRITICAL for c in checks):
-            facts = remote.program_facts("facts", *facts_args(remote.host))
+            facts = remote.program_facts("facts", *facts_args(remote.host, config=False))
             checks.append(check_coverage("databases", live_databases(facts),
                                          list(dump.databases), b.name))
         return VerifyReport(remote.name, b.name, b.path, dump.size, dump.sha256, False,

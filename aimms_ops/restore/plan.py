@@ -138,7 +138,7 @@ def restore_commands(host: Host, dump: DumpInfo, database: str | None, *,
 
 def container_of(remote: HostRemote) -> str:
     """The running postgres container of the compose service (id and name)."""
-    facts = remote.program_facts("facts", *facts_args(remote.host))
+    facts = remote.program_facts("facts", *facts_args(remote.host, config=False))
     if facts.get("docker.ok") != "1":
         raise OpsError(f"docker is not reachable on {remote.name}: "
                        f"{facts.get('docker.error') or 'no answer'}",

@@ -155,3 +155,16 @@ def test_a_database_name_that_is_not_utf8_is_backed_up_and_restored_exactly(sand
     assert facts(sandbox) == before
     aside = sandbox.fab("drop-replaced", "--yes")
     assert aside.returncode == 0 and "caf\\xe9 'x'" in aside.stdout + aside.stderr, aside
+
+
+def test_a_deep_verify_replays_a_database_name_that_is_not_utf8(sandbox, odd_db):
+    """The trial restore brings the name back with its bytes, and counts its rows."""
+    proc = sandbox.fab("backup", f"--label={LABEL}", timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    listing = json.loads(sandbox.fab("list-backups", "--json").stdout)
+    name = next(b["name"] for b in listing if b["location"] == "remote" and LABEL in b["name"])
+    deep = sandbox.fab("verify", f"--file={name}", "--deep", "--json", timeout=900)
+    assert "Traceback" not in deep.stderr, deep.stderr
+    report = json.loads(deep.stdout)
+    assert deep.returncode == 0 and report["state"] == "OK", (report, deep.stderr)
+    assert "odd.t" in json.dumps(report), report

@@ -140,6 +140,19 @@ def test_facts_print_the_stack_as_the_checks_read_it(fake, tmp_path):
     assert ["compose", "-f", str(compose), "-p", "Aimms.Web", "config"] in fake.calls()
 
 
+def test_facts_without_the_config_leave_compose_config_out(fake, tmp_path):
+    _stack(fake)
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text("x")
+    res = fake.run("facts", "--no-config", str(tmp_path), str(compose), "aimms-web",
+                   "postgres", "postgres", str(tmp_path), "pgdata")
+    assert res.returncode == 0, res.stderr
+    f = read(res, "facts")
+    assert f["container.id"] == "cid1" and f["postgres.ready"] == "1"
+    assert "compose.config" not in f and "compose.config_ok" not in f
+    assert not [c for c in fake.calls() if c[-1:] == ["config"]]
+
+
 def test_facts_without_docker_say_why_and_go_on(fake, tmp_path):
     fake.rule(["version"], "Cannot connect to the Docker daemon\n", 1)
     res = fake.run("facts", str(tmp_path), str(tmp_path / "nope.yml"), "p", "postgres",
