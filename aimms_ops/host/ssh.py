@@ -22,6 +22,7 @@ import paramiko
 from fabric import Config, Connection
 
 from aimms_ops.core.errors import OpsError
+from aimms_ops.host import shell
 
 #: paramiko logs what its transport thread meets (``Socket exception: Connection reset by
 #: peer``) through Python's last-resort handler, on stderr, after the task's own one line:
@@ -62,14 +63,22 @@ class SshTarget:
     connect_timeout: float | None = None
     server_alive_interval: int = 0
     config_file: str | None = None
+    host_key_alias: str | None = None
     extra: dict[str, list[str]] = field(default_factory=dict, compare=False)
 
     @property
-    def known_hosts_name(self) -> str:
-        """The name this host has in known_hosts: ``host``, or ``[host]:port``."""
+    def address_name(self) -> str:
+        """The name paramiko looks the host's key up by: ``host``, or ``[host]:port``."""
         if self.port == 22:
             return self.hostname
         return f"[{self.hostname}]:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name this host has in known_hosts: OpenSSH's ``HostKeyAlias`` when the
+        config sets one (a tunnel, a forwarded port: the key is the real host's), else
+        ``host`` or ``[host]:port``."""
+        return self.host_key_alias or self.address_name
 
 
 def parse_ssh_g(text: str) -> dict[str, list[str]]:
@@ -114,6 +123,7 @@ def target_from_options(alias: str, opts: dict[str, list[str]],
         connect_timeout=None if timeout in (None, "none") else float(timeout),
         server_alive_interval=int(one("serveraliveinterval", "0") or 0),
         config_file=config_file,
+        host_key_alias=one("hostkeyalias"),
         extra=opts,
     )
 
@@ -217,7 +227,7 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
             f"{t.alias} ({hostname}) is not a known host: it offers {key.get_name()} key "
             f"{fingerprint(key)}",
             f"if that is the server's key, trust it with: ssh-keyscan{port} -t "
-            f"{key.get_name()} {t.hostname} >> {dest}",
+            f"{key.get_name()} {t.hostname}{_renamed(t)} >> {dest}",
         )
 
 
@@ -232,10 +242,27 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):
         files = self.target.known_hosts_files or (os.path.expanduser("~/.ssh/known_hosts"),)
         dest = Path(files[0])
         dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = self.target.known_hosts_name
         with dest.open("a", encoding="utf-8") as fh:
-            fh.write(_key_line(hostname, key) + "\n")
-        print(f"warning: trusted new host key for {hostname}: {key.get_name()} "
+            fh.write(_key_line(name, key) + "\n")
+        print(f"warning: trusted new host key for {name}: {key.get_name()} "
               f"{fingerprint(key)} (added to {dest})", file=sys.stderr)
+
+
+def _renamed(t: SshTarget) -> str:
+    """A sed that names ssh-keyscan's lines as known_hosts must (``HostKeyAlias``), or ''."""
+    if not t.host_key_alias:
+        return ""
+    return " | " + shell.join(["sed", f"s/^[^ ]*/{t.host_key_alias}/"])
+
+
+def _by_alias(known: KnownHosts, target: SshTarget) -> None:
+    """Under ``HostKeyAlias``, the keys known for the alias are the keys of the address
+    paramiko connects to (in memory: nothing is written)."""
+    if not target.host_key_alias:
+        return
+    for keytype, key in (known.keys.lookup(target.host_key_alias) or {}).items():
+        known.keys.add(target.address_name, keytype, key)
 
 
 def _transport_factory(sock: socket.socket, **kwargs: object) -> paramiko.Transport:
@@ -273,6 +300,7 @@ def connect(target: SshTarget, *, accept_new: bool = False,
         connect_kwargs=connect_kwargs,
     )
     known = KnownHosts.load(target.known_hosts_files)
+    _by_alias(known, target)
     client = conn.client
     client._system_host_keys = known.keys
     client._host_keys = paramiko.HostKeys()

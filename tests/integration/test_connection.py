@@ -172,3 +172,48 @@ def test_proxyjump_through_an_unreachable_bastion_fails_cleanly(sandbox, tmp_pat
     proc = sandbox.fab("check", inventory=_jump_config(sandbox, tmp_path, str(_free_port())))
     assert proc.returncode != 0
     assert "cannot connect to bastion" in fab_error_line(proc)
+
+
+def _with_alias(sandbox, tmp_path: Path, known_hosts: str, alias: str) -> Path:
+    inv = _config_with_known_hosts(sandbox, tmp_path, known_hosts)
+    cfg = tmp_path / "ssh_config"
+    text = cfg.read_text().replace("Host aidset\n", f"Host aidset\n  HostKeyAlias {alias}\n")
+    cfg.write_text(text)
+    return inv
+
+
+def test_a_host_key_alias_is_honoured_as_openssh_honours_it(sandbox, tmp_path):
+    """The key is known under the alias only (a tunnel, a forwarded port): both ssh and
+    the tasks reach the host; unknown, the hint names the alias and works when pasted."""
+    real = Path(_known_hosts_path(sandbox)).read_text().split("\n")[0]
+    _, kind, key = real.split()[:3]
+    inv = _with_alias(sandbox, tmp_path, f"aidset-real {kind} {key}\n", "aidset-real")
+    cfg = tmp_path / "ssh_config"
+    by_ssh = subprocess.run(["ssh", "-F", str(cfg), "-o", "BatchMode=yes", "aidset", "true"],
+                            capture_output=True, text=True, check=False, timeout=60)
+    assert by_ssh.returncode == 0, by_ssh.stderr
+    proc = sandbox.fab("list-backups", inventory=inv)
+    assert proc.returncode == 0, proc.stderr
+
+    inv = _with_alias(sandbox, tmp_path, "", "aidset-real")
+    proc = sandbox.fab("check", inventory=inv)
+    assert proc.returncode != 0
+    line = fab_error_line(proc)
+    assert "not a known host" in line and "aidset-real" in line, line
+    hint = line.split("trust it with: ", 1)[1]
+    subprocess.run(["bash", "-o", "pipefail", "-c", hint], check=True, timeout=60,
+                   capture_output=True)
+    assert (tmp_path / "known_hosts").read_text().startswith(f"aidset-real {kind} {key}")
+    assert sandbox.fab("list-backups", inventory=inv).returncode == 0
+
+
+def test_a_changed_key_under_a_host_key_alias_is_refused_naming_the_alias(sandbox, tmp_path):
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
+                   check=True)
+    kind, key = other.with_suffix(".pub").read_text().split()[:2]
+    inv = _with_alias(sandbox, tmp_path, f"aidset-real {kind} {key}\n", "aidset-real")
+    proc = sandbox.fab("list-backups", inventory=inv)
+    assert proc.returncode != 0
+    line = fab_error_line(proc)
+    assert "CHANGED" in line and "aidset-real" in line, line

@@ -42,6 +42,13 @@ def test_parse_ssh_g():
 def test_defaults():
     t = ssh.target_from_options("h", ssh.parse_ssh_g("hostname h\nproxyjump none\n"))
     assert t.port == 22 and t.proxy_jump is None and t.known_hosts_name == "h"
+    assert t.host_key_alias is None
+
+
+def test_a_host_key_alias_is_the_known_hosts_name_and_the_address_stays():
+    t = ssh.target_from_options("h", ssh.parse_ssh_g(
+        "hostname 127.0.0.1\nport 2200\nhostkeyalias db.internal\n"))
+    assert t.known_hosts_name == "db.internal" and t.address_name == "[127.0.0.1]:2200"
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client")
