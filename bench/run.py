@@ -39,14 +39,14 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
-from bench import pitr_jobs  # noqa: E402
+from bench import link_jobs, pitr_jobs  # noqa: E402
 from bench.offsite_push import BY_HAND  # noqa: E402
 from tests.sandbox_client import Sandbox, _read_env, from_out  # noqa: E402
 
 #: pg_dumpall bytes per row of the sandbox's orders table (measured: 242 at 4.2 M rows).
 BYTES_PER_ROW = 242
 JOBS = ("backup", "backup-zstd", "restore-local", "restore-host", "download", "upload",
-        "offsite", "pitr-backup", "pitr-restore")
+        "offsite", "pitr-backup", "pitr-restore", "download-link", "download-link-cat")
 #: Named like a backup of now: an older one would be out of the offsite target's
 #: retention, and never pushed.
 XFER_NAME = f"aimms_postgres_{dt.datetime.now(dt.UTC):%Y%m%d_%H%M%S}_benchxfer.sql.gz"
@@ -92,6 +92,8 @@ TABLE = {
                    "throughput", 0.9),
     **{name: Job(name, title, ours, anchor, "time", None)
        for name, (title, ours, anchor) in pitr_jobs.TITLES.items()},
+    **{name: Job(name, title, ours, anchor, "throughput", target)
+       for name, (title, ours, anchor, target) in link_jobs.TITLES.items()},
 }
 
 
@@ -458,6 +460,12 @@ class Bed:
             return r
         return ours, anchor
 
+    def job_download_link(self):
+        return link_jobs.download_pair(self, "scp", XFER_NAME)
+
+    def job_download_link_cat(self):
+        return link_jobs.download_pair(self, "cat", XFER_NAME)
+
     def job_upload(self):
         src = self.xfer_local
 
@@ -657,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bed.offsite(False)
         pitr_jobs.off(bed)
+        link_jobs.stop()
         bed.cleanup()
     load_end = os.getloadavg()
     made = main_phase["made"]
