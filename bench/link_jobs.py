@@ -1,6 +1,6 @@
 """The download over a link like a laptop's to a cloud region: the sandbox's sshd reached
 through bench/link.py (a delay of BENCH_LINK_RTT_MS round trip, 80 by default, at
-BENCH_LINK_MBIT, 300 by default), the tool beside ``scp`` and beside ``ssh cat``, each
+BENCH_LINK_MBIT, 400 by default), the tool beside ``scp`` and beside ``ssh cat``, each
 through the same link in the same run. The link's ssh_config is the sandbox's with the
 proxy's port and ``HostKeyAlias`` (the key stays the sandbox host's), so that ssh, scp
 and the tool resolve and check the host the same way."""
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 RTT_MS = float(os.environ.get("BENCH_LINK_RTT_MS", "80"))
-MBIT = float(os.environ.get("BENCH_LINK_MBIT", "300"))
+MBIT = float(os.environ.get("BENCH_LINK_MBIT", "400"))
 _LINK = f"{RTT_MS:g} ms round trip, {MBIT:g} Mbit/s"
 
 #: Added to bench/run.py's TABLE: (title, ours, anchor, target of anchor/ours throughput).
