@@ -2,7 +2,7 @@
 delays every byte by half a round trip in each direction and paces each direction at a
 rate (the kernel here has no netem).
 
-    python bench/link.py --to 127.0.0.1:22 --rtt-ms 60 --rate-mbit 300 [--port N]
+    python bench/link.py --to 127.0.0.1:22 [--rtt-ms 80] [--rate-mbit 400] [--port N]
 
 prints ``listening PORT`` once it accepts connections, then forwards each connection to
 ``--to`` until it is killed. A byte read at t leaves at max(t + rtt/2, when the byte
@@ -21,6 +21,8 @@ import sys
 import time
 
 CHUNK = 64 * 1024
+#: The link a laptop has to a cloud region, by default.
+RTT_MS, MBIT = 80.0, 400.0
 
 
 class Direction:
@@ -88,8 +90,8 @@ async def serve(port: int, to: tuple[str, int], delay: float, rate: float) -> No
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--to", required=True, help="HOST:PORT to forward to (loopback)")
-    p.add_argument("--rtt-ms", type=float, default=60.0)
-    p.add_argument("--rate-mbit", type=float, default=300.0)
+    p.add_argument("--rtt-ms", type=float, default=RTT_MS)
+    p.add_argument("--rate-mbit", type=float, default=MBIT)
     p.add_argument("--port", type=int, default=0, help="0: any free port")
     a = p.parse_args(argv)
     host, _, port = a.to.rpartition(":")

@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-RTT_MS = float(os.environ.get("BENCH_LINK_RTT_MS", "80"))
-MBIT = float(os.environ.get("BENCH_LINK_MBIT", "400"))
+from bench import link
+
+RTT_MS = float(os.environ.get("BENCH_LINK_RTT_MS") or link.RTT_MS)
+MBIT = float(os.environ.get("BENCH_LINK_MBIT") or link.MBIT)
 _LINK = f"{RTT_MS:g} ms round trip, {MBIT:g} Mbit/s"
 
 #: Added to bench/run.py's TABLE: (title, ours, anchor, target of anchor/ours throughput).
