@@ -24,9 +24,9 @@ from aimms_ops.agent import cluster
 from aimms_ops.agent.hostfacts import Report, inspect, last_line, login, now_utc, run, text
 from aimms_ops.core import lock as core_lock
 from aimms_ops.core import retention
+from aimms_ops.core.layout import KEPT_LABEL
 
 #: The label of a volume kept by a rebuild (aimms_ops.rebuild).
-KEPT_LABEL = "org.aimms-ops.kept-from"
 
 
 def add_commands(sub: Any) -> None:

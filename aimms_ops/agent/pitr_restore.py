@@ -26,7 +26,7 @@ from aimms_ops.agent.hosttools import docker, last_line
 from aimms_ops.agent.job import Job, JobFailed, run_job
 from aimms_ops.agent.pitr import _compose, postgres_container, restore_into
 from aimms_ops.core import pitr, units
-from aimms_ops.core.layout import VOLUME_COPY_SH
+from aimms_ops.core.layout import KEPT_LABEL, VOLUME_COPY_SH
 from aimms_ops.core.lock import LOCK_FILES
 
 DATA = "/var/lib/postgresql/data"
@@ -195,7 +195,7 @@ class Restore:
             raise JobFailed("volume %s exists already: nothing was changed (name another "
                             "with --keep)" % a.keep)
         _docker("docker volume create", "volume", "create", "--label",
-                "org.aimms-ops.kept-from=%s" % a.volume, "--label",
+                "%s=%s" % (KEPT_LABEL, a.volume), "--label",
                 "%s=%s" % (pitr.RESTORE_LABEL, a.run_id), a.keep)
         self._copy(image, a.volume, a.keep)
         self.step("swap", "the recovered data copied into volume %s" % a.volume)

@@ -18,6 +18,11 @@ from aimms_ops.core import lock
 #: (rebuild-volume's keep and PITR's swap).
 VOLUME_COPY_SH = "find /to -mindepth 1 -delete && cp -a /from/. /to/"
 
+#: The label of a volume that keeps the data a rebuild or a PITR restore replaced (its
+#: value: the volume it was copied from); ``fab volumes`` lists them, ``fab rebuild-volume
+#: --drop-kept=NAME`` removes one.
+KEPT_LABEL = "org.aimms-ops.kept-from"
+
 #: The packaged scripts installed on the host (aimms_ops/scripts/).
 BACKUP_SCRIPT = "backup-postgres.sh"
 VERIFY_SCRIPT = "verify-backup.sh"

@@ -17,6 +17,7 @@ from typing import Any
 
 from aimms_ops.core import units
 from aimms_ops.core.errors import OpsError, shown
+from aimms_ops.core.layout import KEPT_LABEL
 from aimms_ops.host import bundle, shell
 from aimms_ops.host.compose import (
     compose_services_using,
@@ -30,7 +31,6 @@ from aimms_ops.inventory.connected import HostRemote, compose_command, facts_arg
 from aimms_ops.inventory.model import Host
 
 #: The label rebuild-volume puts on the volume that keeps the old data.
-KEPT_LABEL = "org.aimms-ops.kept-from"
 _VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKMGTP]?B)$")

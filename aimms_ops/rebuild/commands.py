@@ -9,7 +9,7 @@ the host program's wait-postgres, restore-stream.sh): no command is completed at
 from __future__ import annotations
 
 from aimms_ops.core.errors import InternalError
-from aimms_ops.core.layout import VOLUME_COPY_SH
+from aimms_ops.core.layout import KEPT_LABEL, VOLUME_COPY_SH
 from aimms_ops.host.commands import Command, in_dir, in_postgres, plain, program
 from aimms_ops.inventory.model import Host
 from aimms_ops.rebuild.facts import RebuildFacts, VolumeSpec
@@ -75,7 +75,7 @@ def step_commands(host: Host, facts: RebuildFacts, dump: DumpInfo, *, keep: str 
     keep_cmds: tuple[Command, ...] = ()
     if keep:
         keep_cmds = (
-            plain(["docker", "volume", "create", "--label", f"org.aimms-ops.kept-from={vol}",
+            plain(["docker", "volume", "create", "--label", f"{KEPT_LABEL}={vol}",
                    "--label", f"org.aimms-ops.rebuild-run={run_id}", keep]),
             plain([*throwaway("copy"), "-v", f"{vol}:/from:ro", "-v", f"{keep}:/to", image,
                    "-c", COPY_SH]),
