@@ -158,7 +158,13 @@ def test_restore_to_a_moment_between_two_commits(sandbox, pitr_on):
                         timeout=600)
     assert again.returncode == 0, again.stderr
     assert sandbox.psql("SELECT string_agg(n::text, ',' ORDER BY n) FROM pitr_probe") == "1,3"
-    sandbox.ssh(f"docker volume rm {kept} {json.loads(again.stdout)['restored']['kept']}")
+    # The kept volumes are listed and removed as a rebuild's are.
+    listed = json.loads(sandbox.fab("volumes", "--json", inventory=pitr_on).stdout)
+    assert kept in json.dumps(listed), listed
+    for name in (kept, json.loads(again.stdout)["restored"]["kept"]):
+        drop = sandbox.fab("rebuild-volume", f"--drop-kept={name}", "--yes", inventory=pitr_on)
+        assert drop.returncode == 0, drop.stderr
+        assert sandbox.sh(f"docker volume ls -q --filter name={name}").strip() == ""
 
 
 def test_an_unreachable_repository_is_critical_at_once_and_loses_no_wal(sandbox, pitr_on):
