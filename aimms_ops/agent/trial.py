@@ -7,7 +7,7 @@ then its databases, tables and exact row counts.
 
 Checks: disk, start, gzip stream (zstd stream), dump header, restore, completion marker,
 databases, live restore. Every external tool is a subprocess: docker, the decompressor,
-psql in the container; the swap of the second replay is the dump reader's, in-process.
+psql in the container; the swap after each replay is the dump reader's, in-process.
 """
 
 import os
@@ -210,28 +210,28 @@ class Trial(Throwaway):
     # --- the trial restore: decompress | dump reader | psql, twice -------------------
     def replay(self, unzip: List[str], second: bool) -> List[int]:
         """The dump through the restore filter into the throwaway server; the stages'
-        statuses. The second pass replays onto what the first made, with that cluster's
-        properties, as fab restore onto a live cluster does: every database rebuilt
-        beside, then swapped in."""
+        statuses. Each pass is a restore as fab restore makes one, every database rebuilt
+        beside, then swapped in: the first onto the new cluster (as rebuild-volume
+        restores), the second onto what the first made, with that cluster's properties
+        (as a restore onto a live cluster)."""
         opts: List[str] = []
         cluster = Cluster(self.container, self.superuser)
-        if second:
-            for db in ("template1", "postgres"):
-                with open(self.file(db + ".props"), "wb") as fh:
-                    rc = subprocess.call(["docker", "exec", self.container, "pg_dump", "-U",
-                                          self.superuser, "--create", "--schema-only",
-                                          "--exclude-schema=*", db], stdout=fh,
-                                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-                if rc == 0:
-                    opts += ["--props", "%s=%s" % (db, self.file(db + ".props"))]
-            state = self.file("beside")
-            os.makedirs(state, exist_ok=True)
-            opts += ["--beside", state]
-            try:
-                prepare(cluster, state, lambda msg, **_: None)
-            except SwapError as e:
-                self._psql_err("psql: prepare failed: %s" % e)
-                return [0, 0, 1]
+        for db in ("template1", "postgres"):
+            with open(self.file(db + ".props"), "wb") as fh:
+                rc = subprocess.call(["docker", "exec", self.container, "pg_dump", "-U",
+                                      self.superuser, "--create", "--schema-only",
+                                      "--exclude-schema=*", db], stdout=fh,
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            if rc == 0:
+                opts += ["--props", "%s=%s" % (db, self.file(db + ".props"))]
+        state = self.file("beside-2" if second else "beside-1")
+        os.makedirs(state, exist_ok=True)
+        opts += ["--beside", state]
+        try:
+            prepare(cluster, state, lambda msg, **_: None)
+        except SwapError as e:
+            self._psql_err("psql: prepare failed: %s" % e)
+            return [0, 0, 1]
         with open(self.path, "rb") as src, open(self.file("unzip.err"), "wb") as e0, \
                 open(self.file("filter.err"), "wb") as e1, \
                 open(self.file("psql.err"), "wb") as e2:
@@ -259,7 +259,7 @@ class Trial(Throwaway):
             self.procs = []
         self.run.log("restore pass %d stages: %s %d, filter %d, psql %d"
                      % (2 if second else 1, unzip[0], st[0], st[1], st[2]))
-        if second and st[1] == 0 and st[2] == 0:
+        if st[1] == 0 and st[2] == 0:
             stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime()).encode()
             try:
                 swap(cluster, state, stamp, lambda msg, **_: None)
