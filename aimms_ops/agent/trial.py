@@ -18,6 +18,7 @@ import time
 from typing import List, Optional, Tuple
 
 from aimms_ops.agent.cluster import compose_label as project_label
+from aimms_ops.agent.cluster import shown_name
 from aimms_ops.agent.hosttools import (
     _COUNT_SQL,
     _OPEN_SQL,
@@ -45,6 +46,16 @@ MIB = 1024 * 1024
 #: psql's error, at most this many characters in a reason.
 REASON_CHARS = 400
 _PSQL = ["psql", "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1"]
+_NAMES_SQL = ("SELECT encode(textsend(datname::text), 'hex') FROM pg_database "
+              "WHERE NOT datistemplate ORDER BY 1")
+_CLOSED_NAMES_SQL = _NAMES_SQL.replace("WHERE", "WHERE NOT datallowconn AND")
+
+
+def _shown(names: List[str]) -> str:
+    """Database names for a message: a byte that is not UTF-8 as ``\\xe9``."""
+    return " ".join(shown_name(n.encode("utf-8", "surrogateescape").hex()) for n in names)
+
+
 class Failed(Exception):
     """A check failed: ``check`` names it, the message says why."""
 
@@ -284,6 +295,21 @@ class Trial(Throwaway):
             return docker(*args, stdin=sql.encode("utf-8", "surrogateescape"))
         return docker(*args, "-c", sql, stdin=b"")
 
+    def psql_in(self, db: str, sql: str) -> Tuple[int, str, str]:
+        """``sql`` in database ``db``, whatever its name holds: psql reaches it by a
+        ``\\connect`` on stdin (docker exec would turn a byte that is not UTF-8 of an
+        argument into U+FFFD)."""
+        target = conninfo_db(db).encode("utf-8", "surrogateescape").replace(b'"', b'""')
+        args = ["exec", "-i", self.container, *_PSQL, "-U", self.superuser, "-d", "postgres"]
+        return docker(*args, stdin=b'\\connect "' + target + b'"\n' +
+                      sql.encode("utf-8", "surrogateescape"))
+
+    def databases(self, closed: bool) -> List[str]:
+        """The throwaway's databases that are not templates (``closed``: those allowing
+        no connections), read as bytes (psql would leave out a byte that is not UTF-8)."""
+        out = self.psql("postgres", _CLOSED_NAMES_SQL if closed else _NAMES_SQL)[1]
+        return [_text(bytes.fromhex(h)) for h in out.split()]
+
     def facts(self, key: str) -> List[str]:
         """Fact ``key`` of what the dump filter read (its ``--facts``), as text: "1" or "0"
         for a truth, one item per name; none when the filter wrote no report."""
@@ -326,25 +352,23 @@ class Trial(Throwaway):
         self.run.check("completion marker", "OK", "present")
 
         # --- what is there now: every database, those allowing no connections too ----
-        restored = self.psql("postgres", "SELECT datname FROM pg_database WHERE NOT "
-                             "datistemplate ORDER BY 1")[1].splitlines()
-        closed = self.psql("postgres", "SELECT datname FROM pg_database WHERE NOT "
-                           "datallowconn AND NOT datistemplate ORDER BY 1")[1].splitlines()
+        restored = self.databases(False)
+        closed = self.databases(True)
         if not restored:
             raise self.fail("databases", "cannot list the databases of the throwaway server")
         dumped = [_text(bytes.fromhex(h)) for h in self.facts("db")]
         missing_dbs = [db for db in dumped if db and db != "template1" and db not in restored]
         if missing_dbs:
-            raise self.fail("databases", "missing after the restore: %s" % " ".join(missing_dbs))
-        self.run.check("databases", "OK", " ".join(restored) + (
-            " (restored allowing no connections, as the dump says: %s)" % " ".join(closed)
-            if closed and closed[0] else ""))
+            raise self.fail("databases", "missing after the restore: %s" % _shown(missing_dbs))
+        self.run.check("databases", "OK", _shown(restored) + (
+            " (restored allowing no connections, as the dump says: %s)" % _shown(closed)
+            if closed else ""))
         self.unzip = unzip
         return restored
 
     def count(self, db: str) -> List[Tuple[str, Optional[int]]]:
         """(table, exact rows) of every table of ``db`` in the throwaway."""
-        rc, counts, err = self.psql(conninfo_db(db), _COUNT_SQL, stdin=True)
+        rc, counts, err = self.psql_in(db, _COUNT_SQL)
         if rc != 0:
             raise self.fail("databases", "counting the rows of %s failed: %s"
                             % (db, last_line(err)))

@@ -200,7 +200,7 @@ def test_a_host_key_alias_is_honoured_as_openssh_honours_it(sandbox, tmp_path):
     assert proc.returncode != 0
     line = fab_error_line(proc)
     assert "not a known host" in line and "aidset-real" in line, line
-    hint = line.split("trust it with: ", 1)[1]
+    hint = line.split("trust it with: ", 1)[1].removesuffix(")")
     subprocess.run(["bash", "-o", "pipefail", "-c", hint], check=True, timeout=60,
                    capture_output=True)
     assert (tmp_path / "known_hosts").read_text().startswith(f"aidset-real {kind} {key}")
