@@ -301,7 +301,7 @@ class Trial(Throwaway):
         argument into U+FFFD)."""
         target = conninfo_db(db).encode("utf-8", "surrogateescape").replace(b'"', b'""')
         args = ["exec", "-i", self.container, *_PSQL, "-U", self.superuser, "-d", "postgres"]
-        return docker(*args, stdin=b'\\connect "' + target + b'"\n' +
+        return docker(*args, stdin=b'\\connect -reuse-previous=on "' + target + b'"\n' +
                       sql.encode("utf-8", "surrogateescape"))
 
     def databases(self, closed: bool) -> List[str]:
