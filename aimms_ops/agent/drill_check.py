@@ -12,10 +12,12 @@ The live cluster is read in read-only transactions.
 from typing import Any, Dict, List, Optional, Tuple
 
 from aimms_ops.agent.cluster import SIDE_COPY_SQL
-from aimms_ops.agent.hosttools import _COUNT_SQL, conninfo_db, docker, last_line
+from aimms_ops.agent.hosttools import _COUNT_SQL, _text, connect_line, docker, last_line
 from aimms_ops.agent.trial import _PSQL, Failed
 
-_LIVE_DBS = " ".join(("SELECT datname, datallowconn FROM pg_database WHERE NOT",
+#: Names as the hex of their bytes: psql would leave out a byte that is not UTF-8.
+_LIVE_DBS = " ".join(("SELECT encode(textsend(datname::text), 'hex'), datallowconn",
+                     "FROM pg_database WHERE NOT",
                      "datistemplate AND datconnlimit <> -2 AND", SIDE_COPY_SQL, "ORDER BY 1"))
 #: At most this many names in a failure's reason.
 NAMES = 8
@@ -24,10 +26,11 @@ Counts = List[Tuple[str, Optional[int]]]
 
 
 def live_psql(prod: str, superuser: str, db: str, sql: str) -> Tuple[int, str, str]:
-    """psql in the live container, read-only, as the superuser: tab-separated rows."""
+    """psql in the live container's database ``db`` (reached by :func:`connect_line`),
+    read-only, as the superuser: tab-separated rows."""
     return docker("exec", "-i", "-e", "PGOPTIONS=-c default_transaction_read_only=on", prod,
-                  *_PSQL, "-U", superuser, "-d", db, stdin=sql.encode("utf-8",
-                                                                       "surrogateescape"))
+                  *_PSQL, "-U", superuser, "-d", "postgres",
+                  stdin=connect_line(db) + sql.encode("utf-8", "surrogateescape"))
 
 
 def live_counts(prod: str, superuser: str) -> Dict[str, Optional[Counts]]:
@@ -38,13 +41,14 @@ def live_counts(prod: str, superuser: str) -> Dict[str, Optional[Counts]]:
         raise Failed("live databases", "cannot list the live databases: %s" % last_line(err))
     found: Dict[str, Optional[Counts]] = {}
     for line in out.splitlines():
-        db, _, allow = line.partition("\t")
-        if not db:
+        hexname, _, allow = line.partition("\t")
+        if not hexname:
             continue
+        db = _text(bytes.fromhex(hexname))
         if allow != "t":
             found[db] = None
             continue
-        rc, counts, err = live_psql(prod, superuser, conninfo_db(db), _COUNT_SQL)
+        rc, counts, err = live_psql(prod, superuser, db, _COUNT_SQL)
         if rc != 0:
             raise Failed("live tables", "counting the live rows of %s failed: %s"
                          % (db, last_line(err)))

@@ -66,6 +66,14 @@ def conninfo_db(name: str) -> str:
     return "dbname='%s'" % name.replace("\\", "\\\\").replace("'", "\\'")
 
 
+def connect_line(name: str) -> bytes:
+    """psql's ``\\connect`` to database ``name`` by its bytes, keeping the user, as a line
+    of its stdin: an argument of docker exec would turn a byte that is not UTF-8 into
+    U+FFFD."""
+    target = conninfo_db(name).encode("utf-8", "surrogateescape").replace(b'"', b'""')
+    return b'\\connect -reuse-previous=on "' + target + b'"\n'
+
+
 def decompressor(name: str) -> Tuple[Optional[List[str]], str]:
     """The command that decompresses backup ``name`` (stdin to stdout): zstd for a
     ``.sql.zst``, else igzip, else pigz, else gzip; or None and what to install."""

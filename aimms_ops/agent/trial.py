@@ -25,7 +25,7 @@ from aimms_ops.agent.hosttools import (
     _program,
     _status,
     _text,
-    conninfo_db,
+    connect_line,
     decompressor,
     docker,
     last_line,
@@ -296,13 +296,9 @@ class Trial(Throwaway):
         return docker(*args, "-c", sql, stdin=b"")
 
     def psql_in(self, db: str, sql: str) -> Tuple[int, str, str]:
-        """``sql`` in database ``db``, whatever its name holds: psql reaches it by a
-        ``\\connect`` on stdin (docker exec would turn a byte that is not UTF-8 of an
-        argument into U+FFFD)."""
-        target = conninfo_db(db).encode("utf-8", "surrogateescape").replace(b'"', b'""')
+        """``sql`` in database ``db``, whatever its name holds (:func:`connect_line`)."""
         args = ["exec", "-i", self.container, *_PSQL, "-U", self.superuser, "-d", "postgres"]
-        return docker(*args, stdin=b'\\connect -reuse-previous=on "' + target + b'"\n' +
-                      sql.encode("utf-8", "surrogateescape"))
+        return docker(*args, stdin=connect_line(db) + sql.encode("utf-8", "surrogateescape"))
 
     def databases(self, closed: bool) -> List[str]:
         """The throwaway's databases that are not templates (``closed``: those allowing

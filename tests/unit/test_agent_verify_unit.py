@@ -87,7 +87,7 @@ if argv[:1] == ["exec"]:
     if "NOT datallowconn" in sql and "-c" in argv:
         answer("")
     if "NOT datistemplate ORDER BY 1" in sql:
-        answer("".join(db + "\n" for db in sc["restored"]))
+        answer("".join(db.encode().hex() + "\n" for db in sc["restored"]))
     if "count(*) FROM ONLY" in sql:
         answer("public.orders\t3\npublic.\"Odd\"\t2\n")
     answer()
