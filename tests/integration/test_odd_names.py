@@ -168,3 +168,10 @@ def test_a_deep_verify_replays_a_database_name_that_is_not_utf8(sandbox, odd_db)
     report = json.loads(deep.stdout)
     assert deep.returncode == 0 and report["state"] == "OK", (report, deep.stderr)
     assert "odd.t" in json.dumps(report), report
+    # The drill restores the host's newest backup (no offsite target here) and compares
+    # it with the live cluster, that database included.
+    drill = sandbox.fab("drill", "--json", timeout=900)
+    assert "Traceback" not in drill.stderr, drill.stderr
+    found = json.loads(drill.stdout)
+    assert drill.returncode == 0 and found["state"] == "OK", (found, drill.stderr)
+    assert "odd.t" in json.dumps(found), found
