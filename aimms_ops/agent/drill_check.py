@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from aimms_ops.agent.cluster import SIDE_COPY_SQL
 from aimms_ops.agent.hosttools import _COUNT_SQL, _text, connect_line, docker, last_line
-from aimms_ops.agent.trial import _PSQL, Failed
+from aimms_ops.agent.trial import _PSQL, Failed, shown_names
 
 #: Names as the hex of their bytes: psql would leave out a byte that is not UTF-8.
 _LIVE_DBS = " ".join(("SELECT encode(textsend(datname::text), 'hex'), datallowconn",
@@ -58,8 +58,9 @@ def live_counts(prod: str, superuser: str) -> Dict[str, Optional[Counts]]:
 
 
 def _names(items: List[str]) -> str:
-    return ", ".join(items[:NAMES]) + (" and %d more" % (len(items) - NAMES)
-                                       if len(items) > NAMES else "")
+    """Names for a message (a byte that is not UTF-8 as ``\\xe9``), at most NAMES."""
+    return ", ".join(shown_names([i]) for i in items[:NAMES]) + (
+        " and %d more" % (len(items) - NAMES) if len(items) > NAMES else "")
 
 
 def compare(run: Any, restored: Dict[str, Counts], live: Dict[str, Optional[Counts]],
@@ -71,7 +72,8 @@ def compare(run: Any, restored: Dict[str, Counts], live: Dict[str, Optional[Coun
     if missing:
         raise Failed("live databases", "live database %s not in %s (created after it? the next "
                      "backup takes it)" % (_names(missing), name))
-    run.check("live databases", "OK", "every live database is there: %s" % " ".join(sorted(live)))
+    run.check("live databases", "OK",
+              "every live database is there: %s" % shown_names(sorted(live)))
     gone: List[str] = []
     tables = rows = live_rows = 0
     for db in sorted(restored):

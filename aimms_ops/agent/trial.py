@@ -51,7 +51,7 @@ _NAMES_SQL = ("SELECT encode(textsend(datname::text), 'hex') FROM pg_database "
 _CLOSED_NAMES_SQL = _NAMES_SQL.replace("WHERE", "WHERE NOT datallowconn AND")
 
 
-def _shown(names: List[str]) -> str:
+def shown_names(names: List[str]) -> str:
     """Database names for a message: a byte that is not UTF-8 as ``\\xe9``."""
     return " ".join(shown_name(n.encode("utf-8", "surrogateescape").hex()) for n in names)
 
@@ -355,9 +355,9 @@ class Trial(Throwaway):
         dumped = [_text(bytes.fromhex(h)) for h in self.facts("db")]
         missing_dbs = [db for db in dumped if db and db != "template1" and db not in restored]
         if missing_dbs:
-            raise self.fail("databases", "missing after the restore: %s" % _shown(missing_dbs))
-        self.run.check("databases", "OK", _shown(restored) + (
-            " (restored allowing no connections, as the dump says: %s)" % _shown(closed)
+            raise self.fail("databases", "missing after the restore: %s" % shown_names(missing_dbs))
+        self.run.check("databases", "OK", shown_names(restored) + (
+            " (restored allowing no connections, as the dump says: %s)" % shown_names(closed)
             if closed else ""))
         self.unzip = unzip
         return restored
