@@ -119,9 +119,7 @@ class Run(verify.Run):
                       units.duration(rto - self.marks["start"]), units.duration(rpo),
                       fetched.name))
         trial.psql("postgres", _OPEN_SQL, stdin=True)  # what allows no connections, opened
-        restored = trial.psql("postgres", "SELECT datname FROM pg_database WHERE NOT "
-                              "datistemplate ORDER BY 1")[1].splitlines()
-        counts = {db: trial.count(db) for db in restored if db}
+        counts = {db: trial.count(db) for db in trial.databases(False)}
         live = drill_check.live_counts(trial.prod, trial.superuser)
         dbs, tables, rows, live_rows = drill_check.compare(self, counts, live, fetched.name)
         self.figures.update(databases=dbs, tables=tables, rows=rows, live_rows=live_rows)
