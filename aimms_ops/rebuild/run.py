@@ -7,7 +7,6 @@ is, its output read as its ``reads`` says.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -25,6 +24,7 @@ from aimms_ops.inventory.connected import HostRemote
 from aimms_ops.rebuild.plan import RebuildPlan, Step
 from aimms_ops.rebuild.state import DONE_SUFFIX, audit_line, header_lines, operator
 from aimms_ops.restore import TableRows, run_stream
+from aimms_ops.restore.execute import table_rows
 
 #: Rows counted in one table of the rebuilt cluster.
 TableCount = TableRows
@@ -300,13 +300,4 @@ def _check_copy(stdout: str, plan: RebuildPlan) -> str:
 
 def parse_counts(text: str) -> list[tuple[str, int]]:
     """``{"table": NAME, "rows": N}`` lines into pairs (pure; other lines are skipped)."""
-    out = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("table"), str) and \
-                isinstance(row.get("rows"), int):
-            out.append((row["table"], row["rows"]))
-    return out
+    return [row for _, row in table_rows(text) if row is not None]

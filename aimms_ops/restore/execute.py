@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from aimms_ops.core.errors import ConnectionLost, OpsError, shown
@@ -245,11 +245,10 @@ def read_estimates(remote: Remote, cmd: Command,
     return parse_estimates(remote.run(cmd.line, what="psql").stdout, databases)
 
 
-def parse_estimates(stdout: str, databases: tuple[str, ...]) -> list[TableRows]:
-    """JSON lines: ``{"database": I}``, each followed by ``{"table": NAME, "rows": N}``
-    lines of that database (a line that is neither is skipped)."""
-    tables: list[TableRows] = []
-    current: str | None = None
+def table_rows(stdout: str) -> Iterator[tuple[int | None, tuple[str, int] | None]]:
+    """The JSON lines of a row count or estimate (psql's ``json_build_object``), each as
+    (I of ``{"database": I}``, None) or (None, (NAME, N) of ``{"table": NAME, "rows":
+    N}``); any other line is skipped (pure)."""
     for line in stdout.splitlines():
         try:
             row = json.loads(line)
@@ -259,7 +258,19 @@ def parse_estimates(stdout: str, databases: tuple[str, ...]) -> list[TableRows]:
             continue
         index, table, rows = row.get("database"), row.get("table"), row.get("rows")
         if isinstance(index, int):
+            yield index, None
+        elif isinstance(table, str) and isinstance(rows, int):
+            yield None, (table, rows)
+
+
+def parse_estimates(stdout: str, databases: tuple[str, ...]) -> list[TableRows]:
+    """JSON lines: ``{"database": I}``, each followed by ``{"table": NAME, "rows": N}``
+    lines of that database (:func:`table_rows`)."""
+    tables: list[TableRows] = []
+    current: str | None = None
+    for index, row in table_rows(stdout):
+        if index is not None:
             current = databases[index] if 0 <= index < len(databases) else None
-        elif current is not None and isinstance(table, str) and isinstance(rows, int):
-            tables.append(TableRows(current, table, rows))
+        elif current is not None and row is not None:
+            tables.append(TableRows(current, *row))
     return tables

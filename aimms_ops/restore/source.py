@@ -348,7 +348,9 @@ def inspect_remote(remote: Remote, path: str) -> DumpInfo:
     recorded = events.text_of(facts, "sha256_recorded") or None
     if recorded is not None and not SHA_RE.fullmatch(recorded):
         recorded = "unreadable"
-    size = events.text_of(facts, "size")
+    size_text = events.text_of(facts, "size")
+    size = int(size_text) if size_text.isdigit() else 0
+    sha256 = events.text_of(facts, "sha256")
 
     def names(key: str) -> tuple[str, ...]:
         hexes = facts.get(key)
@@ -356,12 +358,11 @@ def inspect_remote(remote: Remote, path: str) -> DumpInfo:
                                    if isinstance(h, str))) if isinstance(hexes, list) else ()
 
     fmt = events.text_of(facts, "format") or "gz"
-    problems = _check(int(size) if size.isdigit() else 0, events.text_of(facts, "sha256"),
-                      recorded, facts.get("stream") == "ok", "decompression failed",
-                      facts.get("header") == "1", facts.get("complete") == "1", fmt)
+    problems = _check(size, sha256, recorded, facts.get("stream") == "ok",
+                      "decompression failed", facts.get("header") == "1",
+                      facts.get("complete") == "1", fmt)
     raw = events.text_of(facts, "bytes")
-    return DumpInfo(path, "remote", int(size) if size.isdigit() else 0, fmt,
-                    events.text_of(facts, "sha256"), recorded, names("db"), problems,
+    return DumpInfo(path, "remote", size, fmt, sha256, recorded, names("db"), problems,
                     names("role"), names("preface"), raw_size=int(raw) if raw.isdigit() else None)
 
 
