@@ -219,6 +219,28 @@ def remove_regression_db(sandbox: Sandbox) -> None:
     _regression_sh(sandbox, "--remove")
 
 
+def remove_leftovers(sandbox: Sandbox) -> list[str]:
+    """What a killed run of tests/integration/test_clusters.py left in the cluster (the
+    regression database and its roles, the awkward fixture, template1's objects), removed:
+    every other file's whole-cluster restore and deep verify expect the tidy cluster (the
+    regression database's functions need regress.so, which a throwaway container lacks).
+    Returns what was found; one query when nothing is."""
+    found = psql(sandbox, f"""
+SELECT string_agg(x, ',') FROM (
+  SELECT datname::text AS x FROM pg_database
+   WHERE datname IN ('regression', {ql(AWKWARD_DB)}, {ql(EQ_DB)})
+  UNION ALL SELECT rolname FROM pg_roles
+   WHERE rolname LIKE 'regress\\_%' OR rolname IN ({", ".join(ql(r) for r in AWKWARD_ROLES)})
+  UNION ALL SELECT 'template1.' || relname FROM pg_class
+   WHERE relname = 'dba_audit' AND relnamespace = 'public'::regnamespace) t""",
+                 "template1")
+    if not found:
+        return []
+    remove_regression_db(sandbox)
+    remove_awkward_db(sandbox)
+    return found.split(",")
+
+
 def install_regress_lib(sandbox: Sandbox, container: str | None = None) -> None:
     """Put ``regress.so`` into the pkglibdir of ``container`` (default: the sandbox's
     postgres container), where the regression database's C functions expect it."""

@@ -36,13 +36,19 @@ __all__ = ["FAB", "REPO", "SANDBOX_NAME", "SANDBOX_OUT", "STABLE_TEXT", "Sandbox
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
-    """The sandbox host, brought up by the same code as `make sandbox`."""
+    """The sandbox host, brought up by the same code as `make sandbox`, without what a
+    killed run of test_clusters left in its cluster (``clusters.remove_leftovers``)."""
     SANDBOX_OUT.mkdir(exist_ok=True)
     subprocess.run(["bash", str(REPO / "sandbox" / "up.sh")], cwd=REPO, check=True,
                    stdin=subprocess.DEVNULL, timeout=1800)
     out = SANDBOX_OUT
     sb = Sandbox(inventory=out / "inventory.yml", ssh_config=out / "ssh_config",
                  env=_read_env(out / "env"))
+    from .clusters import remove_leftovers  # it imports this module
+
+    left = remove_leftovers(sb)
+    if left:
+        print(f"sandbox: removed what a killed run left in the cluster: {', '.join(left)}")
     yield sb
     sb.close_shared_connection()
 
