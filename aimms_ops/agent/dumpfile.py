@@ -1,4 +1,4 @@
-"""``inspect-dump FILE``: a dump on this host checked before anything is touched.
+"""``inspect-dump [--full] FILE``: a dump on this host checked before anything is touched.
 Read-only.
 
 One ``facts`` event: exists, size, sha256_recorded (from FILE.sha256, or empty), format
@@ -7,6 +7,11 @@ as psql would (:func:`aimms_ops.dump.facts.fields`: header, complete, bytes, db,
 preface as hex names), then stream (ok|bad: the whole file decompresses) and sha256
 (computed). The file is hashed here while the decompressor reads it beside (a second read,
 from the page cache) into the dump reader: the decompressed dump crosses Python once.
+
+When the backup recorded what it holds (``agent.dumpfacts``) and the file's hash is the
+one its ``.sha256`` names, the file is only hashed: its facts are the recorded ones, with
+``recorded`` true (the backup checked that stream when it wrote it). A full read that
+finds a good dump records its facts, for the next restore of it.
 Exit 69 when the decompressor is missing, 64 usage.
 """
 
@@ -15,6 +20,7 @@ import os
 import subprocess
 from typing import List, Optional
 
+from aimms_ops.agent import dumpfacts
 from aimms_ops.agent.hostfacts import Report
 from aimms_ops.agent.hosttools import _program, decompressor
 from aimms_ops.agent.restore import say
@@ -34,9 +40,20 @@ def _recorded(path: str) -> str:
     return line.rstrip(b"\n").split(b" ", 1)[0].decode("ascii", "replace")
 
 
+def _hash(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def main(argv: List[str]) -> int:
+    full = argv[:1] == ["--full"]
+    if full:
+        argv = argv[1:]
     if len(argv) != 1:
-        say("usage: aimms-ops.pyz inspect-dump FILE")
+        say("usage: aimms-ops.pyz inspect-dump [--full] FILE")
         return 64
     path = argv[0]
     out = Report("inspect-dump")
@@ -55,6 +72,18 @@ def main(argv: List[str]) -> int:
                 "(install %s)" % (missing, fmt, missing))
             return 69
     out.put("format", fmt)
+    recorded = _recorded(path)
+    directory = os.path.dirname(path)
+    kept = None if full else dumpfacts.load(directory, recorded)
+    if kept is not None:
+        sha256 = _hash(path)
+        if sha256 == recorded:
+            for key, value in kept.items():
+                out.put(key, value)
+            out.put("recorded", True)
+            out.put("stream", "ok")
+            out.put("sha256", sha256)
+            return out.send()
     digest = hashlib.sha256()
     with open(path, "rb") as src, open(path, "rb") as fh:
         first = None
@@ -71,8 +100,12 @@ def main(argv: List[str]) -> int:
         # The reader's report is one line, written once it has read everything.
         said = reader.communicate()[0].decode("utf-8", "replace")
         stream = first.wait() if first is not None else 0
-    for key, value in (events.facts_in(said, INSPECT) or {}).items():
+    found = events.facts_in(said, INSPECT) or {}
+    for key, value in found.items():
         out.put(key, value)
     out.put("stream", "ok" if stream == 0 else "bad")
     out.put("sha256", digest.hexdigest())
+    good = dumpfacts.from_report(said)
+    if stream == 0 and good is not None and digest.hexdigest() == recorded:
+        dumpfacts.store(directory, recorded, good)
     return out.send()

@@ -6,8 +6,11 @@ The raw dump crosses docker exec's pipe once, straight into the compressor on th
 compression zstd); the container only runs pg_dumpall. What the compressor writes is
 read here once: written to the temporary file, hashed (sha256), and fed to the fastest
 decompressor of its format, whose output is read to its end (what ``gzip -t`` does)
-keeping the last bytes for the completion marker. pg_dumpall's own exit status is
-reported on stderr (a pipe would hide it).
+keeping the last bytes for the completion marker, and handed on to the dump reader
+(``aimms-ops.pyz dump inspect``): what the backup holds, its databases and roles, is
+recorded with it (``agent.dumpfacts``), so that a restore of it need not read it all
+again before it starts. pg_dumpall's own exit status is reported on stderr (a pipe
+would hide it).
 
 Before the dump comes its preface (the properties of template1 and postgres, which a
 plain pg_dumpall leaves out; the settings of ALTER ROLE ALL; the version of each
@@ -105,22 +108,42 @@ class Outcome:
         self.size = 0
         self.sha256 = ""
         self.tail = b""
+        #: What the dump reader said of the decompressed stream (its ``facts`` event),
+        #: or "" when it was not run or did not finish.
+        self.facts = ""
 
 
-def _keep_tail(stream: IO[bytes], keep: int, out: List[bytes]) -> None:
+def _keep_tail(stream: IO[bytes], keep: int, out: List[bytes],
+               reader: "Optional[subprocess.Popen[bytes]]" = None) -> None:
+    """Read ``stream`` to its end, keeping its last ``keep`` bytes; hand it on to the
+    dump reader, if any (which is then dropped if it stops reading: it never fails the
+    backup)."""
     tail = b""
+    feed = reader.stdin if reader is not None else None
     while True:
         data = stream.read(CHUNK)
         if not data:
             break
         tail = (tail + data)[-keep:]
+        if feed is not None:
+            try:
+                feed.write(data)
+            except (BrokenPipeError, OSError):
+                feed = None
     out.append(tail)
+    if reader is not None and reader.stdin is not None:
+        try:
+            reader.stdin.close()
+        except OSError:
+            pass
 
 
 def run(dump_argv: List[str], comp: Compressor, dest: IO[bytes], errf: IO[bytes],
-        keep_tail: int, progress: Optional[Callable[[int], None]] = None) -> Outcome:
+        keep_tail: int, progress: Optional[Callable[[int], None]] = None,
+        inspect_argv: Optional[List[str]] = None) -> Outcome:
     """Run the pipeline into ``dest`` (the temporary file, open for writing); stderr of
-    every stage goes to ``errf``."""
+    every stage goes to ``errf``. ``inspect_argv``: the dump reader, fed the decompressed
+    stream (its report in ``Outcome.facts``)."""
     res = Outcome()
     dump = subprocess.Popen(dump_argv, stdout=subprocess.PIPE, stderr=errf)
     zipper = subprocess.Popen(comp.argv, stdin=dump.stdout, stdout=subprocess.PIPE,
@@ -131,8 +154,21 @@ def run(dump_argv: List[str], comp: Compressor, dest: IO[bytes], errf: IO[bytes]
                                stderr=errf)
     assert checker.stdin is not None and checker.stdout is not None
     tails: List[bytes] = []
-    reader = threading.Thread(target=_keep_tail, args=(checker.stdout, keep_tail, tails),
-                              daemon=True)
+    inspector = None
+    if inspect_argv:
+        try:
+            inspector = subprocess.Popen(inspect_argv, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError:
+            inspector = None
+    said: List[bytes] = []
+    if inspector is not None:
+        report = inspector.stdout
+        assert report is not None
+        collect = threading.Thread(target=lambda: said.append(report.read()), daemon=True)
+        collect.start()
+    reader = threading.Thread(target=_keep_tail,
+                              args=(checker.stdout, keep_tail, tails, inspector), daemon=True)
     reader.start()
     digest = hashlib.sha256()
     checking = True
@@ -168,6 +204,12 @@ def run(dump_argv: List[str], comp: Compressor, dest: IO[bytes], errf: IO[bytes]
         res.dump_status = dump.wait()
         res.check_status = checker.wait()
         reader.join()
+        if inspector is not None:
+            if res.write_error:
+                inspector.kill()
+            collect.join()
+            if inspector.wait() == 0 and said:
+                res.facts = said[0].decode("utf-8", "replace")
     res.sha256 = digest.hexdigest()
     res.tail = tails[0] if tails else b""
     return res

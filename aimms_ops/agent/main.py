@@ -73,7 +73,8 @@ def parser(only: Optional[str] = None) -> argparse.ArgumentParser:
              "options: see drill.sh)"),
             ("restore-stream", "the restore stream: source | decompressor | dump filter | psql, "
              "built beside the live cluster and swapped in (see agent/restore.py)"),
-            ("inspect-dump", "FILE: a dump on this host checked, read-only"),
+            ("inspect-dump", "[--full] FILE: a dump on this host checked before a restore "
+             "(only hashed when its backup recorded what it holds)"),
             ("replaced", "the databases restores set aside: aside, undo, drop-aside"),
             ("postgres-exec", "PROJECT SERVICE COMMAND...: docker exec -i in the "
              "service's running container"),

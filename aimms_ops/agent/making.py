@@ -11,9 +11,9 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, List, Optional
 
-from aimms_ops.agent import cluster, dumping
+from aimms_ops.agent import cluster, dumpfacts, dumping
 from aimms_ops.agent.backups import pin_safety_copy, regular_sizes
-from aimms_ops.agent.hosttools import hostname
+from aimms_ops.agent.hosttools import _program, hostname
 from aimms_ops.agent.job import JobFailed
 from aimms_ops.core import retention, units
 
@@ -126,7 +126,8 @@ def make(b: "Backup") -> int:
     with os.fdopen(fd, "wb") as dest, open(os.path.join(work, "stderr"), "w+b") as errf:
         # Its progress: the bytes written against the last backup's size (an estimate).
         ticker = job.ticker("dump", last or None, what=name, estimate=True)
-        out = dumping.run(argv, comp, dest, errf, 4096 + len(trailer), progress=ticker.tick)
+        out = dumping.run(argv, comp, dest, errf, 4096 + len(trailer), progress=ticker.tick,
+                          inspect_argv=[*_program(), "dump", "inspect"])
         ticker.end(out.size)
         try:
             dest.flush()
@@ -152,6 +153,7 @@ def make(b: "Backup") -> int:
     os.replace(final + ".sha256.tmp", final + ".sha256")
     os.replace(tmp, final)
     job.log("published %s" % name)
+    _record_facts(b, out)
     # Safety copies of restore and rebuild are pinned (we hold the lock: no retention between).
     try:
         pin_safety_copy(d, name, int(s["SAFETY_PIN_DAYS"]), "%s@%s" % (user, hostname()))
@@ -230,6 +232,18 @@ def _check(out: dumping.Outcome, errtext: str, d: str) -> None:
         raise JobFailed("the dump has no completion marker: it is incomplete")
     if len(out.sha256) != 64:
         raise JobFailed("the checksum of the backup failed")
+
+
+def _record_facts(b: "Backup", out: dumping.Outcome) -> None:
+    """What the backup holds, kept for its restores (``agent.dumpfacts``); a failure is
+    logged and the backup goes on (a restore then reads the whole dump first)."""
+    facts = dumpfacts.from_report(out.facts)
+    if facts is None:
+        b.job.log("warning: the dump reader did not find this backup complete; a restore "
+                  "will read the whole dump before it starts")
+    elif not dumpfacts.store(b.dir, out.sha256, facts):
+        b.job.log("warning: cannot write %s/%s: a restore will read the whole dump before "
+                  "it starts" % (b.dir, dumpfacts.FOLDER))
 
 
 def _size_guard(d: str, name: str, size: int, allow: bool) -> str:

@@ -14,6 +14,7 @@ import os
 import time
 from typing import Callable, List
 
+from aimms_ops.agent import dumpfacts
 from aimms_ops.core import events, retention
 
 
@@ -59,7 +60,8 @@ def prune(directory: str, policy: retention.Policy, *, dry_run: bool, expect: st
 
 
 def orphans(directory: str, *, dry_run: bool, report: Callable[[str], None]) -> None:
-    """A checksum or a pin whose backup is gone is removed."""
+    """A checksum or a pin whose backup is gone is removed, and what the backup recorded
+    of what it holds (``agent.dumpfacts``)."""
     for _, ext in retention.EXTENSIONS:
         for side in (".sha256", retention.PIN_SUFFIX):
             pattern = os.path.join(glob.escape(directory), "aimms_postgres_*" + ext + side)
@@ -71,3 +73,4 @@ def orphans(directory: str, *, dry_run: bool, report: Callable[[str], None]) -> 
                                    % side.lstrip(".")))
                 if not dry_run:
                     _remove(path)
+    dumpfacts.tidy(directory, dry_run)

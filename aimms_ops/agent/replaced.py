@@ -6,8 +6,9 @@ can name it before it exists: rebuild-volume recreates it):
   ``facts`` event), ``undo`` swaps those of the last restore back in, ``drop-aside``
   drops those named (all when none is), both holding the cluster lock exclusive, as a
   restore does; what they say are events (``note``, ``error``, the lock's ``wait``).
-- ``postgres-exec PROJECT SERVICE COMMAND...`` (``postgres-exec.sh``): ``docker exec -i``
-  COMMAND in it, stdin passed on (this process becomes docker).
+- ``postgres-exec [--detach] PROJECT SERVICE COMMAND...`` (``postgres-exec.sh``): ``docker
+  exec -i`` COMMAND in it, stdin passed on (this process becomes docker); ``--detach``:
+  ``docker exec -d``, COMMAND left running in the container (the restore's ANALYZE).
 
 Exit 10 when no container of the service is running; 64 usage; 75/73 the lock.
 """
@@ -44,8 +45,11 @@ def replaced_main(argv: List[str]) -> int:
 
 
 def postgres_exec(argv: List[str]) -> int:
+    detach = argv[:1] == ["--detach"]
+    if detach:
+        argv = argv[1:]
     if len(argv) < 3:
-        say("usage: aimms-ops.pyz postgres-exec PROJECT SERVICE COMMAND...")
+        say("usage: aimms-ops.pyz postgres-exec [--detach] PROJECT SERVICE COMMAND...")
         return 64
     cid = running_container(argv[0], argv[1])
     if cid is None:
@@ -53,7 +57,8 @@ def postgres_exec(argv: List[str]) -> int:
     sys.stdout.flush()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # python ignores it; docker must not
     try:
-        os.execvp("docker", ["docker", "exec", "-i", cid, *argv[2:]])  # noqa: S606
+        os.execvp("docker", ["docker", "exec", "-d" if detach else "-i", cid,  # noqa: S606
+                             *argv[2:]])
     except OSError as e:
         say("aimms-ops: cannot run docker: %s" % e.strerror)
     return 127

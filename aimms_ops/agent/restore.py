@@ -1,8 +1,8 @@
 """The restore stream (``restore-stream.sh`` is its entry point): a pg_dumpall dump replayed
 into the postgres container of a compose service, all or nothing.
 
-``restore-stream [--script PATH] [--raw-size N] PROJECT SERVICE SUPERUSER FORMAT SOURCE
-[DATABASE_HEX [LOCK [WAIT [KEEP [AS_HEX]]]]]``
+``restore-stream [--script PATH] [--raw-size N] [--props-in-dump] PROJECT SERVICE SUPERUSER
+FORMAT SOURCE [DATABASE_HEX [LOCK [WAIT [KEEP [AS_HEX]]]]]``
 
 - SOURCE: ``-`` to read the dump from stdin (streamed from the operator's machine), or
   the absolute path of a dump on this host (nothing crosses the network).
@@ -14,6 +14,8 @@ into the postgres container of a compose service, all or nothing.
 - ``--script``: the entry point that started it, so that ``ps`` shows restore-stream.sh.
 - ``--raw-size``: the dump's decompressed size (from inspect-dump): a dump on this host
   then reports its progress in the decompressed bytes the filter has read.
+- ``--props-in-dump``: the dump carries the properties of template1 and postgres (its
+  aimms-ops preface, which inspect-dump found): the live ones are not read.
 
 Every database is rebuilt beside the live one under a name no application uses; only
 once all of them are rebuilt are they swapped in, in one transaction with the dump's role
@@ -66,8 +68,8 @@ from aimms_ops.core import lock as core_lock
 from aimms_ops.core.lock import Lock, LockBusy, LockOpenError
 from aimms_ops.dump.swap import Cluster, SwapError, discard, drop_replaced, prepare, swap
 
-USAGE = ("usage: aimms-ops.pyz restore-stream [--script PATH] [--raw-size N] PROJECT SERVICE "
-         "SUPERUSER FORMAT SOURCE [DATABASE_HEX [LOCK [WAIT [KEEP [AS_HEX]]]]]")
+USAGE = ("usage: aimms-ops.pyz restore-stream [--script PATH] [--raw-size N] [--props-in-dump] "
+         "PROJECT SERVICE SUPERUSER FORMAT SOURCE [DATABASE_HEX [LOCK [WAIT [KEEP [AS_HEX]]]]]")
 NOT_RUNNING = 10
 PGOPTIONS = "PGOPTIONS=-c client_min_messages=warning"
 #: Where psql starts: postgres (never replaced while the stream runs).
@@ -150,6 +152,8 @@ class Stream:
         self.hold: Tuple[int, ...] = ()
         #: The dump's decompressed size, when the caller knows it (--raw-size).
         self.raw_size = 0
+        #: The dump carries template1's and postgres's properties (--props-in-dump).
+        self.props_in_dump = False
 
     def log(self, text: str, kind: str = "note", **fields: object) -> None:
         """What the restore did (``kind``: an event of core.events, with ``fields``)."""
@@ -182,6 +186,8 @@ class Stream:
     def props(self, only_hex: str, has_postgres: bool) -> List[str]:
         """--props of the live template1 and postgres, for a dump that does not carry them."""
         out: List[str] = []
+        if self.props_in_dump:
+            return out
         for db in ("template1", "postgres"):
             if only_hex and only_hex != db.encode().hex():
                 continue
@@ -253,12 +259,16 @@ class Stream:
 
     def run(self, source: str, unzip: Optional[List[str]], only_hex: str, as_hex: str,
              keep: str, session: int) -> int:
-        # Where psql starts: postgres, made first when the cluster has none.
-        res = self.q("SELECT count(*) FROM pg_database WHERE datname = 'postgres'")
+        # Where psql starts: postgres, made first when the cluster has none; the
+        # tablespaces the cluster has: the dump's CREATE of those is left out.
+        res = self.q("SELECT (SELECT count(*) FROM pg_database WHERE datname = 'postgres') "
+                     "|| ' ' || coalesce((SELECT string_agg(encode(textsend(spcname), 'hex'), "
+                     "',') FROM pg_tablespace), '')")
         if res.returncode != 0:
             refuse("postgres does not answer: %s" % last_line(_text(res.stderr)))
             return 1
-        has_postgres = res.stdout.strip() != b"0"
+        count, _, tablespaces = _text(res.stdout).strip().partition(" ")
+        has_postgres = count != "0"
         if not has_postgres:
             res = self.q("CREATE DATABASE postgres WITH TEMPLATE = template0")
             if res.returncode != 0:
@@ -271,15 +281,8 @@ class Stream:
             self.flush_messages()
             return 1
         props = self.props(only_hex, has_postgres)
-        # The tablespaces the cluster has: the dump's CREATE of those is left out.
-        res = self.q("SELECT string_agg(encode(textsend(spcname), 'hex'), ',') "
-                     "FROM pg_tablespace")
-        if res.returncode != 0:
-            self.errf.write(res.stderr)
-            self.flush_messages()
-            return 1
         filt = [*_program(), "dump", "filter", "--beside", self.work, "--tablespaces",
-                _text(res.stdout).strip(), "--events", self.events, *props]
+                tablespaces, "--events", self.events, *props]
         # The filter stops the stream once the session is gone, whatever the pipes still hold.
         if session > 1:
             filt += ["--session", str(session)]
@@ -318,6 +321,9 @@ def main(argv: List[str]) -> int:
     raw_size = 0
     if argv[:1] == ["--raw-size"] and len(argv) > 1 and argv[1].isdigit():
         raw_size, argv = int(argv[1]), argv[2:]
+    props_in_dump = argv[:1] == ["--props-in-dump"]
+    if props_in_dump:
+        argv = argv[1:]
     if not 5 <= len(argv) <= 10:
         say(USAGE)
         return 64
@@ -357,6 +363,7 @@ def main(argv: List[str]) -> int:
         if isinstance(held, Lock):
             stream.hold = (held.fileno(),)  # its stages hold the lock too, if this dies
         stream.raw_size = raw_size
+        stream.props_in_dump = props_in_dump
         return stream.run(source, unzip, only_hex, as_hex, keep, session)
     finally:
         if isinstance(held, Lock):

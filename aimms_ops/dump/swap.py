@@ -153,9 +153,8 @@ def _close(cluster, names, log, wait=15.0):
     if not names:
         return
     lits = b", ".join(sql_literal(n) for n in names)
-    for n in names:
-        cluster.psql(b"ALTER DATABASE " + quote_ident(n) + b" ALLOW_CONNECTIONS false;\n",
-                     SWAP_DB)
+    cluster.psql(b"".join(b"ALTER DATABASE " + quote_ident(n) + b" ALLOW_CONNECTIONS false;\n"
+                          for n in names), SWAP_DB)
     deadline = time.time() + wait
     while True:
         out = cluster.psql(b"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "

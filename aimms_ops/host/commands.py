@@ -75,7 +75,9 @@ def program(args: Sequence[str | int], *, reads: str = "", about: str = "") -> C
 
 
 def in_postgres(project: str, service: str, argv: Sequence[str], *, reads: str = "",
-                about: str = "") -> Command:
+                about: str = "", detach: bool = False) -> Command:
     """``argv`` run in the postgres container of the compose service, found on the host
-    when the command runs (``postgres-exec.sh``)."""
-    return script("postgres-exec.sh", [project, service, *argv], reads=reads, about=about)
+    when the command runs (``postgres-exec.sh``); ``detach``: left running there (``docker
+    exec -d``), the command returning at once."""
+    return script("postgres-exec.sh", [*(["--detach"] if detach else []), project, service,
+                                       *argv], reads=reads, about=about)

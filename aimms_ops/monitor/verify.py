@@ -202,7 +202,7 @@ def verify(remote: HostRemote, file: str, deep: bool,
         names.validate_name(file)
     b = listing.pick(listing.list_remote(remote), file)
     if not deep:
-        dump = inspect_remote(remote, b.path)
+        dump = inspect_remote(remote, b.path, full=True)
         checks = checks_of(dump)
         if all(c.state is not State.CRITICAL for c in checks):
             facts = remote.program_facts("facts", *facts_args(remote.host, config=False))

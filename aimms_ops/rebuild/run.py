@@ -237,8 +237,8 @@ def _send(remote: HostRemote, plan: RebuildPlan, step: Step, cmd: Command, found
         return (f"{', '.join(plan.dump.databases)} restored in "
                 f"{units.duration(result.seconds)}")
     res = remote.run(cmd.line, what=f"step {step.name}")
-    if cmd.reads == "estimates":
-        return None  # ANALYZE after the restore; the verify counts the rows exactly
+    if cmd.reads in ("estimates", "analyze"):
+        return None  # the rows and ANALYZE after the restore; the verify counts them exactly
     if cmd.reads == "volume-rm" and not res.ok and "no such volume" in res.stderr.lower():
         # Deleted by the interrupted run just before it could record it.
         return f"{plan.volume} was already deleted"

@@ -72,16 +72,20 @@ def shown_name(name: object) -> str:
 def execute(remote: Remote, plan: RestorePlan, progress: Progress | None = None,
             on_stderr: Callable[[str], None] | None = None,
             on_event: Callable[[Event], None] | None = None) -> RestoreReport:
-    """Send the commands of ``plan`` (the stream, then the estimates); raise on a failure.
+    """Send the commands of ``plan`` (the stream, the rows, ANALYZE left running); raise on
+    a failure.
     ``progress``: advanced by the bytes of the dump read so far; ``on_event``: the
     stream's other events (a wait for the cluster lock)."""
-    stream, *estimates = plan.commands
+    stream, *after = plan.commands
     result = run_stream(remote, stream, plan.dump.size, progress=progress,
                         on_stderr=on_stderr, on_event=on_event, hint=failure_hint(plan),
                         cut_hint=f"{failure_hint(plan)}; run it again: {rerun_command(plan)}")
     tables: list[TableRows] = []
-    for cmd in estimates:
-        tables += read_estimates(remote, cmd, plan.affected)
+    for cmd in after:
+        if cmd.reads == "estimates":
+            tables += read_estimates(remote, cmd, plan.affected)
+        else:  # ANALYZE, left running: what it says does not change the restore's outcome
+            remote.run(cmd.line, what="ANALYZE")
     return RestoreReport(plan.affected, tuple(tables), result.seconds, plan.dump.size,
                          result.aside)
 

@@ -13,8 +13,9 @@ from aimms_ops.inventory.connected import HostRemote, facts_args, start_command
 from aimms_ops.inventory.model import Host
 from aimms_ops.restore.source import DumpInfo, conninfo, db_hex, db_name
 
-#: Row estimates of a restored database, after ANALYZE.
-ESTIMATE_SQL = ("ANALYZE; SELECT json_build_object('table', schemaname || '.' || relname, "
+#: The rows of each table of a restored database: the inserts PostgreSQL's statistics
+#: counted while the restore loaded it (what ANALYZE would estimate, but exact).
+ESTIMATE_SQL = ("SELECT json_build_object('table', schemaname || '.' || relname, "
                 "'rows', n_live_tup) FROM pg_stat_user_tables ORDER BY schemaname, relname;")
 
 
@@ -88,6 +89,9 @@ def stream_command(host: Host, dump: DumpInfo, database: str | None, *,
     local = dump.location == "local"
     # A dump on the host: its progress is counted in decompressed bytes, against these.
     raw = ["--raw-size", str(dump.raw_size)] if not local and dump.raw_size else []
+    # The dump's own properties of template1 and postgres: the live ones need not be read.
+    if {"template1", "postgres"} <= set(dump.properties):
+        raw.append("--props-in-dump")
     args = [*raw, host.compose.project, host.compose.postgres_service, host.postgres.superuser,
             dump.format, "-" if local else dump.source, db_hex(database) if database else "",
             cluster_lock(host) if lock else "", str(host.lock_timeout),
@@ -101,6 +105,12 @@ def stream_command(host: Host, dump: DumpInfo, database: str | None, *,
 _ESTIMATE_EACH = ('sql=$1 u=$2; shift 2; i=0; for f; do c=$(printf "$f"); '
                   'echo "{\\"database\\":$i}"; '
                   'psql -X -q -A -t -U "$u" -d "$c" -c "$sql"; i=$((i + 1)); done')
+
+
+#: ANALYZE of each database (printf formats), one after the other, left running in the
+#: container: the planner's statistics come within seconds, and the restore is not held.
+_ANALYZE_EACH = ('u=$1; shift; for f; do c=$(printf "$f"); '
+                 'psql -X -q -U "$u" -d "$c" -c ANALYZE; done')
 
 
 def printf_format(text: str) -> str:
@@ -120,12 +130,16 @@ def printf_format(text: str) -> str:
 
 
 def estimate_commands(host: Host, databases: tuple[str, ...]) -> tuple[Command, ...]:
-    """ANALYZE, then the tables and row estimates, of each database: one command."""
+    """The tables and rows of each database (one command), then ANALYZE of each, left
+    running in the container (``docker exec -d``)."""
+    names = [printf_format(conninfo(db)) for db in databases]
     return (in_postgres(host.compose.project, host.compose.postgres_service,
                         ["sh", "-c", _ESTIMATE_EACH, "sh", ESTIMATE_SQL,
-                         host.postgres.superuser,
-                         *(printf_format(conninfo(db)) for db in databases)],
-                        reads="estimates", about=", ".join(databases)),)
+                         host.postgres.superuser, *names],
+                        reads="estimates", about=", ".join(databases)),
+            in_postgres(host.compose.project, host.compose.postgres_service,
+                        ["sh", "-c", _ANALYZE_EACH, "sh", host.postgres.superuser, *names],
+                        reads="analyze", about=", ".join(databases), detach=True))
 
 
 def restore_commands(host: Host, dump: DumpInfo, database: str | None, *,

@@ -336,9 +336,11 @@ def _recorded_sha(side: Path) -> str | None:
     return first[0] if first and SHA_RE.fullmatch(first[0]) else "unreadable"
 
 
-def inspect_remote(remote: Remote, path: str) -> DumpInfo:
-    """Check a dump that is already on the host, on the host (the same scanner)."""
-    res = remote.run_program("inspect-dump", path)
+def inspect_remote(remote: Remote, path: str, *, full: bool = False) -> DumpInfo:
+    """Check a dump that is already on the host, on the host (the same scanner). A backup
+    whose bytes are those it recorded is only hashed, its facts those its backup recorded
+    (``agent.dumpfacts``), unless ``full``: then it is read whole."""
+    res = remote.run_program("inspect-dump", *(["--full"] if full else []), path)
     facts = events.facts_of(events.parse(res.stdout), "inspect-dump")
     if facts is not None and facts.get("exists") == "0":
         raise OpsError(f"no such backup on {remote.name}: {path}", "see fab list-backups")

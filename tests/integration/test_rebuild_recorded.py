@@ -212,7 +212,7 @@ def assert_sent_as_planned(plan: dict, received: list[str], chosen: dict[str, st
 
 def test_restore_sends_the_commands_of_its_plan_and_nothing_after(sandbox, recorder):
     """fab restore's plan (restore.restore_commands, pure) is what the host receives last:
-    the stream, then the row estimates, byte for byte."""
+    the stream, the rows, then ANALYZE left running, byte for byte."""
     from aimms_ops import restore
     from aimms_ops.inventory import loader as inventory
     from aimms_ops.restore.source import DumpInfo
@@ -224,8 +224,10 @@ def test_restore_sends_the_commands_of_its_plan_and_nothing_after(sandbox, recor
     # The decompressed size the plan passes on (--raw-size): what the restore's dry run says.
     dry = json.loads(sandbox.fab("restore", f"--file={name}", "--dry-run", "--json").stdout)
     raw = int(dry["commands"][0].split("--raw-size ", 1)[1].split()[0])
+    # A backup of aimms-ops carries the properties of template1 and postgres (its preface).
     dump = DumpInfo(info["path"], "remote", info["size"], "gz", info["sha256"], info["sha256"],
-                    tuple(db["name"] for db in info["databases"]), raw_size=raw)
+                    tuple(db["name"] for db in info["databases"]), raw_size=raw,
+                    properties=("template1", "postgres"))
     host = inventory.load(sandbox.inventory).host(None)
     planned = [c.line for c in restore.restore_commands(host, dump, None, lock=True)]
 

@@ -6,14 +6,16 @@ the locks and retention are the real ones."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import time
 from pathlib import Path
 
 from aimms_ops.dump.beside import KEEP_REPLACED_DAYS, OLD_PREFIX, REPLACED_SETTING
+from aimms_ops.host import events as host_events
 from aimms_ops.host import shell
-from tests.hostprog import FAKE_DOCKER_PRELUDE, fake_tools
+from tests.hostprog import FAKE_DOCKER_PRELUDE, HOST, fake_tools
 
 FAKE_DOCKER = FAKE_DOCKER_PRELUDE + r'''if argv[:1] == ["info"]:
     answer("ok\n")
@@ -117,3 +119,56 @@ def test_nothing_set_aside_drops_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert host.dropped() == []
     assert "removed" not in host.log.read_text()
+
+
+def test_the_backup_records_what_it_holds_and_a_restore_check_of_it_only_hashes(tmp_path):
+    """The dump reader reads the backup's checked stream beside the check; its facts are
+    kept by the file's sha256, and inspect-dump of that file reports them (recorded)
+    without decompressing it: a decompressor that fails is never run."""
+    host = Host(tmp_path)
+    proc = host.backup()
+    assert proc.returncode == 0, proc.stderr
+    [backup] = sorted(host.dir.glob("aimms_postgres_*.sql.gz"))
+    sha = Path(f"{backup}.sha256").read_text().split()[0]
+    kept = json.loads((host.dir / ".dump-facts" / f"{sha}.v1.json").read_text())
+    assert kept["header"] is True and kept["complete"] is True
+    assert kept["bytes"] == len(gzip.decompress(backup.read_bytes()))
+    for tool in ("igzip", "pigz", "gzip"):
+        fail = tmp_path / "bin" / tool
+        fail.write_text("#!/bin/sh\necho broken >&2\nexit 1\n")
+        fail.chmod(0o755)
+    res = subprocess.run([*HOST, "inspect-dump", str(backup)], capture_output=True,
+                         env=host.env, timeout=60, check=False)
+    facts = host_events.facts(res.stdout.decode(), "inspect-dump", "test")
+    assert facts["recorded"] == "1" and facts["stream"] == "ok", facts
+    assert facts["sha256"] == facts["sha256_recorded"] == sha
+    assert facts["bytes"] == str(kept["bytes"]) and facts["complete"] == "1"
+    # --full (the verify's) reads it whole: here the broken decompressor says so.
+    res = subprocess.run([*HOST, "inspect-dump", "--full", str(backup)], capture_output=True,
+                         env=host.env, timeout=60, check=False)
+    facts = host_events.facts(res.stdout.decode(), "inspect-dump", "test")
+    assert "recorded" not in facts and facts["stream"] == "bad", facts
+    # Bytes that are not the recorded ones are read whole (and the broken tool says so).
+    backup.write_bytes(backup.read_bytes() + b"x")
+    res = subprocess.run([*HOST, "inspect-dump", str(backup)], capture_output=True,
+                         env=host.env, timeout=60, check=False)
+    facts = host_events.facts(res.stdout.decode(), "inspect-dump", "test")
+    assert "recorded" not in facts and facts["stream"] == "bad", facts
+    assert facts["sha256"] != sha
+
+
+def test_retention_removes_the_facts_of_a_backup_it_removes(tmp_path):
+    host = Host(tmp_path)
+    assert host.backup().returncode == 0
+    folder = host.dir / ".dump-facts"
+    [kept] = list(folder.iterdir())
+    stale = folder / f"{'0' * 64}.v1.json"
+    old = folder / f"{kept.name.split('.')[0]}.v0.json"
+    cut = folder / f"{'1' * 64}.v1.json.4711.tmp"
+    for path in (stale, old, cut):
+        path.write_text("{}")
+    time.sleep(1.1)  # a second backup, under another name
+    assert host.backup().returncode == 0
+    assert {p.name for p in folder.iterdir()} == {
+        f"{Path(f'{b}.sha256').read_text().split()[0]}.v1.json"
+        for b in host.dir.glob("aimms_postgres_*.sql.gz")} == {kept.name}

@@ -38,6 +38,8 @@ if argv[-2:-1] == ["sh"] or argv[-1:] == ["sh"]:
 sql = data.decode() + line
 if "RENAME TO" in sql and sc.get("swap_err"):
     answer(rc=3, err=sc["swap_err"])
+if "datname = 'postgres'" in sql and "pg_tablespace" in sql:
+    answer("%d 70675f64656661756c74,70675f676c6f62616c\n" % sc.get("has_postgres", 1))
 if "datname = 'postgres'" in sql:
     answer("%d\n" % sc.get("has_postgres", 1))
 if "pg_db_role_setting" in sql:
@@ -132,6 +134,22 @@ def test_a_dump_on_the_host_is_rebuilt_beside_then_swapped_in_under_the_lock(hos
     assert os.listdir(host.work) == []
     assert [p.name for p in host.lock.parent.iterdir()] == [host.lock.name]
     Lock(str(host.lock), "test").acquire(0).release()
+
+
+def test_the_live_properties_are_read_only_for_a_dump_that_lacks_them(host):
+    """Without --props-in-dump the stream reads template1's and postgres's properties
+    (pg_dump --create --schema-only), for a dump without its own; with it, it does not."""
+    path = host.dump("aimms_postgres_20260101_020000.sql.gz")
+    rc, err, _ = host.restore("gz", str(path), "", str(host.lock), "5")
+    assert rc == 0, err
+    dumped = [c["argv"][-1] for c in host.calls() if "pg_dump" in c["argv"]]
+    assert dumped == ["template1", "postgres"]
+    (host.fake / "calls.jsonl").unlink()
+    res = host.run("restore-stream.sh", "--props-in-dump", "aimms-web", "postgres", "postgres",
+                   "gz", str(path), "", str(host.lock), "5")
+    assert res.returncode == 0, res.stderr
+    assert [c for c in host.calls() if "pg_dump" in c["argv"]] == []
+    assert "RENAME TO" in host.sql()
 
 
 def test_a_plain_dump_streamed_on_stdin_is_restored_as_a_new_database(host):

@@ -115,7 +115,8 @@ def test_commands_that_use_the_container_find_it_on_the_host():
     for name in ("restore", "verify"):
         for c in p.step(name).commands:
             assert c.script in ("postgres-exec.sh", "restore-stream.sh"), c.shown
-            assert c.argv[1:3] == (HOST.compose.project, HOST.compose.postgres_service)
+            words = c.argv[2:4] if c.argv[1:2] == ("--detach",) else c.argv[1:3]
+            assert words == (HOST.compose.project, HOST.compose.postgres_service)
     busy, stream, *estimates = p.step("restore").commands
     assert "pg_stat_activity" in busy.argv[-1] and busy.reads == "idle"
     # The rebuild holds the cluster lock itself: the stream takes none; the cluster is
@@ -123,8 +124,9 @@ def test_commands_that_use_the_container_find_it_on_the_host():
     assert stream.argv[1:] == (HOST.compose.project, HOST.compose.postgres_service,
                                HOST.postgres.superuser, "gz", BACKUP, "", "",
                                str(HOST.lock_timeout), "drop", "")
-    (estimates,) = estimates  # one command for every database
-    assert estimates.about == ", ".join(DUMP.databases)
+    estimates, analyze = estimates  # one command for every database, then ANALYZE
+    assert estimates.about == analyze.about == ", ".join(DUMP.databases)
+    assert analyze.reads == "analyze" and analyze.argv[1] == "--detach"
     listing, *counts = p.step("verify").commands
     assert listing.reads == "databases" and [c.about for c in counts] == list(DUMP.databases)
 
@@ -416,7 +418,7 @@ def test_the_executor_reads_each_command_as_the_plan_says():
     p = plan()
     reads = {c.reads for s in p.steps for c in s.commands}
     assert reads == {"", "copy", "volume-rm", "wait", "idle", "restore", "estimates",
-                     "databases", "counts"}
+                     "analyze", "databases", "counts"}
     found = run._Found()
     listing, *counts = p.step("verify").commands
 

@@ -151,19 +151,35 @@ def test_restore_plan_holds_the_exact_commands_it_sends():
             "keep", "")
     assert stream.argv == ("restore-stream.sh", *args) and stream.stdin_file == ""
     assert stream.line == bundle.script_command("restore-stream.sh", args)
-    # One database: only its estimates; the container is found on the host.
-    (est,) = estimates
-    assert est.about == "My DB" and est.script == "postgres-exec.sh"
-    assert est.argv[-1] == "dbname='My DB'" and "ANALYZE" in est.argv[-3]
-    # --as: the section of "My DB" restored as a new database, whose estimates are read.
-    stream, est = restore.restore_commands(host, remote, "My DB", lock=True, as_name="copy")
-    assert stream.argv[-2:] == ("keep", b"copy".hex()) and est.about == "copy"
+    # One database: its rows, then its ANALYZE left running in the container (docker exec
+    # -d); the container is found on the host.
+    est, analyze = estimates
+    assert est.about == analyze.about == "My DB"
+    assert est.script == analyze.script == "postgres-exec.sh"
+    assert est.argv[-1] == analyze.argv[-1] == "dbname='My DB'"
+    assert "ANALYZE" not in est.argv[-3] and "n_live_tup" in est.argv[-3]
+    assert analyze.argv[1] == "--detach" and "-c ANALYZE" in analyze.argv[-4]
+    assert est.reads == "estimates" and analyze.reads == "analyze"
+    # --as: the section of "My DB" restored as a new database, whose rows are read.
+    stream, est, analyze = restore.restore_commands(host, remote, "My DB", lock=True,
+                                                    as_name="copy")
+    assert stream.argv[-2:] == ("keep", b"copy".hex()) and est.about == analyze.about == "copy"
     # The whole cluster: every database in one command, in the dump's order.
-    _, whole = restore.restore_commands(host, remote, None, lock=True)
-    assert whole.argv[-3:] == ("dbname='template1'", "dbname='My DB'", "dbname='postgres'")
+    _, whole, analyze = restore.restore_commands(host, remote, None, lock=True)
+    names = ("dbname='template1'", "dbname='My DB'", "dbname='postgres'")
+    assert whole.argv[-3:] == analyze.argv[-3:] == names
+    assert analyze.argv[-4] == host.postgres.superuser
+
+    # A dump with its own properties of template1 and postgres: the live ones are not read.
+    carrying = dumpsource.DumpInfo(remote.source, "remote", 10, "gz", "x", None,
+                                   ("template1", "postgres"),
+                                   properties=("template1", "postgres"))
+    stream, *_ = restore.restore_commands(host, carrying, None, lock=True)
+    assert stream.argv[1] == "--props-in-dump"
+    assert "--props-in-dump" not in restore.restore_commands(host, remote, None, lock=True)[0].argv
 
     local = dumpsource.DumpInfo("/tmp/b.sql.gz", "local", 10, "gz", "x", None, ("postgres",))
-    stream, _ = restore.restore_commands(host, local, None, lock=False)
+    stream, _, _ = restore.restore_commands(host, local, None, lock=False)
     assert stream.argv[5:] == ("-", "", "", str(host.lock_timeout), "drop", "")
     assert stream.stdin_file == "/tmp/b.sql.gz" and "< /tmp/b.sql.gz" in stream.shown
 
