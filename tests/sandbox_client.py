@@ -6,13 +6,9 @@ pytest, so that bench/run.py can use it too.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import locale
 import os
 import shlex
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -159,9 +155,6 @@ class Sandbox:
         full_env = {**os.environ, "AIMMS_OPS_INVENTORY": str(inventory or self.inventory),
                     **(env or {})}
         full_env.pop("AIMMS_OPS_DEBUG", None)
-        if os.environ.get("AIMMS_OPS_TEST_FORK", "1") == "1":
-            return run_forked([str(FAB), *args], input=input, env=full_env,
-                              cwd=cwd or REPO, timeout=timeout)
         return subprocess.run(
             [str(FAB), *args], input=input, text=True, capture_output=True, env=full_env,
             timeout=timeout, check=False, cwd=cwd or REPO,
@@ -187,65 +180,6 @@ class Sandbox:
         assert len(results) == len(runs), proc.stderr
         return [subprocess.CompletedProcess(["fab", *args], r["rc"], r["stdout"], r["stderr"])
                 for (args, _, _), r in zip(runs, results, strict=True)]
-
-
-_FAB_SERVER: tuple[subprocess.Popen, str] | None = None
-
-
-def _fab_server() -> str:
-    """The socket of this process's fab server (tests/fab_server.py), started once."""
-    global _FAB_SERVER
-    if _FAB_SERVER is None or _FAB_SERVER[0].poll() is not None:
-        path = str(_control_dir() / "fab.sock")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        env = {k: v for k, v in os.environ.items() if k != "AIMMS_OPS_DEBUG"}
-        proc = subprocess.Popen([str(FAB.parent / "python"), str(REPO / "tests" / "fab_server.py"),
-                                 path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, cwd=REPO, env=env)
-        assert proc.stdout is not None
-        ready = proc.stdout.readline()
-        assert ready == b"ready\n", f"tests/fab_server.py did not start: {ready!r}"
-        _FAB_SERVER = (proc, path)
-    return _FAB_SERVER[1]
-
-
-def run_forked(argv: list[str], *, input: str | None, env: dict[str, str], cwd: Path,
-               timeout: float) -> subprocess.CompletedProcess:
-    """``argv`` (``.venv/bin/fab ...``) in a process forked from the fab server, with
-    ``env``, ``cwd`` and ``input`` on stdin (else /dev/null); what ``subprocess.run(argv,
-    input=input, text=True, capture_output=True, timeout=timeout)`` gives, TimeoutExpired
-    too (the command killed)."""
-    request = json.dumps({"argv": [os.fsencode(a).hex() for a in argv], "cwd": str(cwd),
-                          "env": env}).encode()
-    with contextlib.ExitStack() as stack:
-        out, err = (stack.enter_context(tempfile.TemporaryFile()) for _ in range(2))
-        if input is None:
-            stdin = stack.enter_context(open(os.devnull, "rb"))
-        else:
-            stdin = stack.enter_context(tempfile.TemporaryFile())
-            stdin.write(input.encode())
-            stdin.seek(0)
-        sock = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET))
-        sock.connect(_fab_server())
-        socket.send_fds(sock, [request], [stdin.fileno(), out.fileno(), err.fileno()])
-        pid = json.loads(sock.recv(4096))["pid"]
-        sock.settimeout(timeout)
-        try:
-            said = sock.recv(4096)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            raise subprocess.TimeoutExpired(argv, timeout) from None
-        assert said, f"the fab server lost {argv}"
-        rc = json.loads(said)["status"]
-
-        def text(f) -> str:
-            f.seek(0)
-            data = f.read().decode(locale.getpreferredencoding(False))
-            return data.replace("\r\n", "\n").replace("\r", "\n")
-
-        return subprocess.CompletedProcess(argv, rc, text(out), text(err))
 
 
 _CONTROL_DIR: Path | None = None

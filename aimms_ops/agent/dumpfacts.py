@@ -49,7 +49,9 @@ def store(directory: str, sha256: str, facts: Dict[str, object]) -> bool:
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(tmp, "w", encoding="ascii") as fh:
+        # Private whatever the umask: the names of the databases are in it.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
             json.dump(facts, fh, sort_keys=True, separators=(",", ":"))
         os.replace(tmp, path)
     except OSError:

@@ -289,6 +289,10 @@ def test_backups_and_their_dirs_are_private_on_both_sides(installed, tmp_path):
             assert proc.returncode == 0, (args, proc.stderr)
         modes = _modes(sandbox, f"{where}/backups")
         assert modes.pop(".") == "700"
+        # What each backup holds (its databases' names), kept for its restores.
+        assert modes.pop(".dump-facts") == "700"
+        facts = _modes(sandbox, f"{where}/backups/.dump-facts")
+        assert facts.pop(".") == "700" and set(facts.values()) == {"600"}, facts
         assert {n for n in modes if n.endswith(".sql.gz")} and {".backup.lock",
                                                                 ".cluster.lock"} <= set(modes)
         assert set(modes.values()) == {"600"}, modes
