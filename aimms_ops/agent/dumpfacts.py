@@ -33,12 +33,28 @@ def _path(directory: str, sha256: str) -> str:
     return os.path.join(directory, FOLDER, "%s.v%d.json" % (sha256, VERSION))
 
 
-def from_report(said: str) -> Optional[Dict[str, object]]:
-    """The facts of a complete dump in the dump reader's report, or None."""
-    facts = events.facts_in(said, INSPECT)
-    if not facts or not facts.get("header") or not facts.get("complete"):
+def recorded(path: str) -> str:
+    """The sha256 the backup recorded for ``path``: the first field of the first line of
+    the .sha256 beside it ('' when there is none)."""
+    try:
+        with open(path + ".sha256", "rb") as fh:
+            line = fh.readline()
+    except OSError:
+        return ""
+    return line.rstrip(b"\n").split(b" ", 1)[0].decode("ascii", "replace")
+
+
+def complete(facts: object) -> Optional[Dict[str, object]]:
+    """``facts`` (the dump reader's fields) when they are those of a complete dump, else
+    None: the only facts kept or used."""
+    if not isinstance(facts, dict) or not facts.get("header") or not facts.get("complete"):
         return None
     return facts
+
+
+def from_report(said: str) -> Optional[Dict[str, object]]:
+    """The facts of a complete dump in the dump reader's report, or None."""
+    return complete(events.facts_in(said, INSPECT))
 
 
 def store(directory: str, sha256: str, facts: Dict[str, object]) -> bool:
@@ -69,12 +85,9 @@ def load(directory: str, sha256: str) -> Optional[Dict[str, object]]:
         return None
     try:
         with open(_path(directory, sha256), encoding="ascii") as fh:
-            facts = json.load(fh)
+            return complete(json.load(fh))
     except (OSError, ValueError):
         return None
-    if not isinstance(facts, dict) or not facts.get("header") or not facts.get("complete"):
-        return None
-    return facts
 
 
 def tidy(directory: str, dry_run: bool = False) -> None:
@@ -85,14 +98,8 @@ def tidy(directory: str, dry_run: bool = False) -> None:
         kept = os.listdir(folder)
     except OSError:
         return
-    named = set()
-    for name in os.listdir(directory):
-        if name.endswith(".sha256"):
-            try:
-                with open(os.path.join(directory, name), "rb") as fh:
-                    named.add(fh.readline().split(b" ", 1)[0].decode("ascii", "replace"))
-            except OSError:
-                continue
+    named = {recorded(os.path.join(directory, name[:-len(".sha256")]))
+             for name in os.listdir(directory) if name.endswith(".sha256")}
     for name in kept:
         m = _FILE.fullmatch(name)
         if dry_run or (m is None and not name.endswith(".tmp")):

@@ -21,31 +21,13 @@ import subprocess
 from typing import List, Optional
 
 from aimms_ops.agent import dumpfacts
-from aimms_ops.agent.hostfacts import Report
+from aimms_ops.agent.hostfacts import Report, sha256_file
 from aimms_ops.agent.hosttools import _program, decompressor
 from aimms_ops.agent.restore import say
 from aimms_ops.core import events
 from aimms_ops.dump.facts import INSPECT
 
 CHUNK = 1024 * 1024
-
-
-def _recorded(path: str) -> str:
-    """The first field of the first line of the .sha256 beside the dump."""
-    try:
-        with open(path + ".sha256", "rb") as fh:
-            line = fh.readline()
-    except OSError:
-        return ""
-    return line.rstrip(b"\n").split(b" ", 1)[0].decode("ascii", "replace")
-
-
-def _hash(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def main(argv: List[str]) -> int:
@@ -62,7 +44,8 @@ def main(argv: List[str]) -> int:
         return out.send()
     out.put("exists", True)
     out.put("size", os.stat(path).st_size)
-    out.put("sha256_recorded", _recorded(path))
+    recorded = dumpfacts.recorded(path)
+    out.put("sha256_recorded", recorded)
     unzip: Optional[List[str]] = None
     fmt = path.rsplit(".", 1)[-1] if path.endswith((".gz", ".zst")) else "plain"
     if fmt != "plain":  # igzip, else pigz, else gzip; zstd for a .zst
@@ -72,11 +55,10 @@ def main(argv: List[str]) -> int:
                 "(install %s)" % (missing, fmt, missing))
             return 69
     out.put("format", fmt)
-    recorded = _recorded(path)
     directory = os.path.dirname(path)
     kept = None if full else dumpfacts.load(directory, recorded)
     if kept is not None:
-        sha256 = _hash(path)
+        sha256 = sha256_file(path)
         if sha256 == recorded:
             for key, value in kept.items():
                 out.put(key, value)
@@ -105,7 +87,7 @@ def main(argv: List[str]) -> int:
         out.put(key, value)
     out.put("stream", "ok" if stream == 0 else "bad")
     out.put("sha256", digest.hexdigest())
-    good = dumpfacts.from_report(said)
+    good = dumpfacts.complete(found)
     if stream == 0 and good is not None and digest.hexdigest() == recorded:
         dumpfacts.store(directory, recorded, good)
     return out.send()

@@ -1,5 +1,5 @@
-"""fab drill against the sandbox: its S3 target (`rclone serve s3`), the host's rclone and
-age, its docker and PostgreSQL. No mocks.
+"""fab drill against the sandbox host, every part of it real: its S3 target (`rclone serve
+s3`), the host's rclone and age, its Docker and PostgreSQL.
 
 The inventory is sandbox/inventory-offsite.yml plus a drill identity on the host (the
 sandbox's age identity, copied to the login user's config dir, 0600) and a metrics dir.
