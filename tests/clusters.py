@@ -167,10 +167,14 @@ def psql(sandbox: Sandbox, sql: str, db: str = "postgres", *, check: bool = True
          container: str | None = None, timeout: float = 300) -> str:
     """Run ``sql`` as postgres in ``db`` (any name) of the sandbox cluster (or of
     ``container``); unaligned, tuples only, stops at the first error; NOTICEs hidden."""
-    cid = container or sandbox.container()
-    cmd = (f"docker exec -i -e PGOPTIONS='-c client_min_messages=warning' {cid} "
-           f"psql -X -q -A -t -v ON_ERROR_STOP=1 -U postgres -d {shlex.quote(conninfo(db))}")
-    proc = sandbox.ssh(cmd, input=sql.encode(), check=check, timeout=timeout)
+    quiet = "PGOPTIONS='-c client_min_messages=warning'"
+    command = f"psql -X -q -A -t -v ON_ERROR_STOP=1 -U postgres -d {shlex.quote(conninfo(db))}"
+    if container:
+        proc = sandbox.ssh(f"docker exec -i -e {quiet} {container} {command}",
+                           input=sql.encode(), check=check, timeout=timeout)
+    else:
+        proc = sandbox.in_postgres(command, env={"PGOPTIONS": "-c client_min_messages=warning"},
+                                   input=sql.encode(), check=check, timeout=timeout)
     return proc.stdout.decode().strip()
 
 
@@ -737,8 +741,11 @@ def _copy_block(table: str, columns: str, rows: list[str], *, reorder: bool) -> 
 def normalized_dumpall(sandbox: Sandbox, container: str | None = None) -> str:
     """``pg_dumpall`` of the sandbox cluster (or of ``container``), normalized by
     :func:`normalize_dump`."""
-    cid = container or sandbox.container()
-    return normalize_dump(sandbox.sh(f"docker exec {cid} pg_dumpall -U postgres", timeout=600))
+    if container:
+        return normalize_dump(sandbox.sh(f"docker exec {container} pg_dumpall -U postgres",
+                                         timeout=600))
+    return normalize_dump(sandbox.in_postgres("pg_dumpall -U postgres", timeout=600)
+                          .stdout.decode())
 
 
 # ---------------------------------------------------------------- replay into an empty cluster

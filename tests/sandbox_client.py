@@ -1,7 +1,8 @@
 """The client of the sandbox host that the tests and the benchmarks share.
 
-It reaches the sandbox through OpenSSH (not the code under test). Plain Python: no
-pytest, so that bench/run.py can use it too.
+It reaches the sandbox through OpenSSH (not the code under test); its queries enter the
+postgres container directly (the sandbox host is this machine). Plain Python: no pytest,
+so that bench/run.py can use it too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import shlex
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -47,6 +48,10 @@ class Sandbox:
     inventory: Path
     ssh_config: Path
     env: dict[str, str]
+    #: The postgres container's main process (pid, its start time) and environment, as
+    #: last looked up (see :meth:`in_postgres`).
+    _pg: tuple[int, str, dict[str, str]] | None = field(default=None, init=False,
+                                                       repr=False, compare=False)
 
     @property
     def docker_host(self) -> str:
@@ -103,13 +108,63 @@ class Sandbox:
         return self.ssh(command, **kw).stdout.decode()
 
     def container(self) -> str:
+        """The running postgres container of the stack, looked up now."""
         return self.sh("docker ps -q --filter label=com.docker.compose.project=aimms-web "
                        "--filter label=com.docker.compose.service=postgres").strip()
 
+    def in_postgres(self, command: str, *, env: dict[str, str] | None = None,
+                    check: bool = True, input: bytes | None = None, timeout: float = 300,
+                    ) -> subprocess.CompletedProcess:
+        """Run the shell line ``command`` in the postgres container as ``docker exec``
+        would (as root there, with the container's environment and ``env``), without
+        Docker's and SSH's round trips per call: the sandbox host is this machine, so
+        the command enters the container's mount namespace (its binaries, its socket)
+        with ``nsenter``, through the container's main process. That process is looked
+        up once and again whenever it is gone (the stack was recreated or stopped); with
+        no container running, the command fails as ``docker exec`` would."""
+        pg = self._postgres_process()
+        if pg is None:
+            proc = subprocess.CompletedProcess(command, 1, b"",
+                                               b"the postgres container is not running\n")
+        else:
+            proc = subprocess.run(
+                ["nsenter", "-t", str(pg[0]), "-m", "--", "sh", "-c", command],
+                input=input, capture_output=True, timeout=timeout, check=False,
+                env={**pg[2], **(env or {})},
+                stdin=None if input is not None else subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{command!r} in the postgres container failed "
+                                 f"({proc.returncode}): {proc.stderr.decode(errors='replace')}")
+        return proc
+
+    def _postgres_process(self) -> tuple[int, str, dict[str, str]] | None:
+        if self._pg is not None and _started(self._pg[0]) == self._pg[1]:
+            return self._pg
+        self._pg = None
+        docker = {**os.environ, "DOCKER_HOST": self.docker_host}
+        cid = subprocess.run(
+            ["docker", "ps", "-q", "--filter", "label=com.docker.compose.project=aimms-web",
+             "--filter", "label=com.docker.compose.service=postgres"],
+            capture_output=True, text=True, env=docker, check=False,
+            stdin=subprocess.DEVNULL, timeout=60).stdout.split()
+        if not cid:
+            return None
+        out = subprocess.run(
+            ["docker", "inspect", "--format",
+             "{{.State.Pid}}{{range .Config.Env}}{{println}}{{.}}{{end}}", cid[0]],
+            capture_output=True, text=True, env=docker, check=False,
+            stdin=subprocess.DEVNULL, timeout=60).stdout.splitlines()
+        pid = int(out[0]) if out and out[0].isdigit() else 0
+        started = _started(pid) if pid else None
+        if started is None:
+            return None
+        self._pg = (pid, started, dict(v.split("=", 1) for v in out[1:] if "=" in v))
+        return self._pg
+
     def psql(self, sql: str, db: str = "aimms_web", *, check: bool = True) -> str:
-        cmd = (f"docker exec -i {self.container()} psql -X -q -A -t -v ON_ERROR_STOP=1 "
-               f"-U postgres -d {shlex.quote(db)}")
-        return self.ssh(cmd, input=sql.encode(), check=check).stdout.decode().strip()
+        return self.in_postgres(
+            f"psql -X -q -A -t -v ON_ERROR_STOP=1 -U postgres -d {shlex.quote(db)}",
+            input=sql.encode(), check=check).stdout.decode().strip()
 
     def app_session(self) -> subprocess.Popen:
         """An application session open on aimms_web (kill it when done)."""
@@ -123,8 +178,7 @@ class Sandbox:
         """Wait until postgres in the sandbox accepts connections again."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            cid = self.container()
-            if cid and self.ssh(f"docker exec {cid} pg_isready -U postgres -d aimms_web",
+            if self.in_postgres("pg_isready -U postgres -d aimms_web",
                                 check=False).returncode == 0:
                 return
             time.sleep(0.5)
@@ -145,7 +199,7 @@ class Sandbox:
 
     def dumpall(self) -> str:
         """pg_dumpall of the whole cluster, without the random \\restrict keys."""
-        text = self.sh(f"docker exec {self.container()} pg_dumpall -U postgres")
+        text = self.in_postgres("pg_dumpall -U postgres").stdout.decode()
         return "\n".join(ln for ln in text.splitlines()
                          if not ln.startswith(("\\restrict", "\\unrestrict")))
 
@@ -183,6 +237,16 @@ class Sandbox:
 
 
 _CONTROL_DIR: Path | None = None
+
+
+def _started(pid: int) -> str | None:
+    """The start time of process ``pid`` (field 22 of /proc/PID/stat), or None when
+    there is no such process: a pid and its start time name one process for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def _control_dir() -> Path:

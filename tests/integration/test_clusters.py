@@ -199,8 +199,7 @@ def test_the_dump_reader_reads_the_regression_cluster_alike_however_it_is_cut(bu
     and at single places in its first and last 64 KiB (where the globals and the last
     COPY are), reads as it reads whole (every byte handed on once), and the filter hands
     psql the same bytes and says the same; the host's filter process gives that too."""
-    data = built.ssh(f"docker exec {built.container()} pg_dumpall -U postgres",
-                     timeout=600).stdout
+    data = built.in_postgres("pg_dumpall -U postgres", timeout=600).stdout
     assert len(data) > 1_000_000 and b"\\connect regression" in data
     whole = read_dump([data])
     assert whole.passed_on() == data
@@ -274,7 +273,7 @@ def test_replay_into_an_empty_cluster_reaches_the_fixed_point(built):
     """pg_dumpall -> psql into an empty cluster: one error (CREATE ROLE postgres), the
     dump then equal once normalized, and equal as is after a second round trip; the
     properties of postgres are not in the dump at all."""
-    original = built.sh(f"docker exec {built.container()} pg_dumpall -U postgres", timeout=600)
+    original = built.in_postgres("pg_dumpall -U postgres", timeout=600).stdout.decode()
     first = cl.replay_into_empty_cluster(built, original)
     assert first.errors == ['ERROR:  role "postgres" already exists']
     assert cl.normalize_dump(first.dumpall) == cl.normalize_dump(original)

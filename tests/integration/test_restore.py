@@ -80,7 +80,7 @@ def test_restore_of_a_plain_pg_dumpall_gzip_dump(ready, tmp_path):
     """Dumps made the old way (pg_dumpall | gzip, no .sha256) are accepted and exact."""
     sandbox = ready
     local = tmp_path / "aimms_postgres_20250101_000000.sql.gz"
-    raw = sandbox.ssh(f"docker exec {sandbox.container()} pg_dumpall -U postgres").stdout
+    raw = sandbox.in_postgres("pg_dumpall -U postgres").stdout
     local.write_bytes(gzip.compress(raw))
     want = sandbox.checksums()
     sandbox.psql(CHANGE)
@@ -177,7 +177,7 @@ def test_a_remote_damaged_backup_is_refused(ready):
 
 def test_sql_error_in_the_middle_stops_psql_and_names_the_line(ready, tmp_path):
     sandbox = ready
-    text = sandbox.ssh(f"docker exec {sandbox.container()} pg_dumpall -U postgres").stdout
+    text = sandbox.in_postgres("pg_dumpall -U postgres").stdout
     lines = text.split(b"\n")
     at = next(i for i, ln in enumerate(lines) if ln.startswith(b"CREATE TABLE public.orders"))
     lines.insert(at, b"THIS IS NOT SQL;")

@@ -31,10 +31,9 @@ INSERT INTO docs SELECT g, '{}', '\\x00', 'row' FROM generate_series(2, 20) g;
 
 
 def _dump(sandbox) -> str:
-    cid = sandbox.container()
     # Without the random \\restrict keys of each pg_dump run.
-    out = sandbox.ssh(f"docker exec {cid} pg_dump -U postgres -d 'wide rows' "
-                      "| grep -Ev '^.(un)?restrict ' | sha256sum")
+    out = sandbox.in_postgres("pg_dump -U postgres -d 'wide rows' "
+                              "| grep -Ev '^.(un)?restrict ' | sha256sum")
     return out.stdout.decode().split()[0]
 
 
