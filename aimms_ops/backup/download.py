@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from aimms_ops.core import units
 from aimms_ops.core.errors import ConnectionLost, OpsError
 from aimms_ops.core.names import SHA_RE, BackupFile
 from aimms_ops.host import shell
@@ -47,16 +49,30 @@ def _hash_file(path: Path, h: hashlib._Hash | None = None) -> hashlib._Hash:
 
 
 class _HashingWriter:
-    def __init__(self, fh, h) -> None:
-        self.fh = fh
+    """The ``.part`` file of a download (``streams.FileSink``): what is written to it, or
+    appended to it by ``ssh`` and read back, is hashed on the way."""
+
+    def __init__(self, disk: DiskFile, path: Path, h) -> None:
+        self.disk = disk
+        self.path = path
         self.h = h
 
     def write(self, data: bytes) -> int:
         self.h.update(data)
         try:
-            return self.fh.write(data)
+            return self.disk.write(data)
         except OSError as exc:
             # An OpsError, so that the stream does not take it for a network error.
+            raise _local_error(exc, "cannot write the download") from None
+
+    def file(self) -> tuple[str, int]:
+        return str(self.path), self.disk.fd
+
+    def appended(self, data: bytes) -> None:
+        self.h.update(data)
+        try:
+            self.disk.grown(len(data))
+        except OSError as exc:
             raise _local_error(exc, "cannot write the download") from None
 
 
@@ -99,12 +115,19 @@ def _download(remote: Remote, backup: BackupFile, dest: Path, expected: str,
     if offset > backup.size:
         part.unlink()
         offset = 0
+    need = backup.size - offset
+    free = shutil.disk_usage(dest).free
+    if need > free:
+        raise OpsError(f"not enough space in {dest} for {backup.name}: it needs "
+                       f"{units.size(need)} more, {units.size(free)} is free",
+                       "free space there or choose another --dest; then run the same "
+                       "download again")
     h = _hash_file(part) if offset else hashlib.sha256()
     started = time.monotonic()
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "ab") as fh:
-        writer = _HashingWriter(DiskFile(fh), h)
+        writer = _HashingWriter(DiskFile(fh), part, h)
         cmd = shell.join(["tail", "-c", f"+{offset + 1}", "--", backup.path])
         if offset < backup.size:
             ctx = progress_factory(backup.size, offset) if progress_factory else None

@@ -1,46 +1,61 @@
-"""The bytes of a download through OpenSSH's own client (``AIMMS_OPS_TRANSPORT=openssh``).
+"""The bytes of a download through OpenSSH's own client.
 
 paramiko decrypts in Python, 32 KiB at a time, on the cores that also hash and write;
-``ssh`` does it in C, as ``scp`` does. The control of a task stays with paramiko (its
-host key check, its commands); a bulk read of the host's stdout goes through ``ssh``,
-started so that it reaches the host exactly as the task did: the same alias and
-ssh_config (``ssh -G`` resolved the task's target from them), its known_hosts only
-(``StrictHostKeyChecking=yes``: an unknown or changed key refuses, never asks),
-``BatchMode=yes`` (no prompt). When ``ssh`` cannot connect at all (exit 255 before any
-byte: no agent key it may use, a key the inventory accepted on first use but that
-known_hosts lacks) the caller falls back to paramiko; once bytes have come, a failure is
-the stream's own (a download resumes).
+``ssh`` does it in C, as ``scp`` does. A download into a file (``.part``) is written by
+``ssh`` itself, appending to the file, while this process reads back what it wrote to
+hash it and show it: no byte of the stream crosses a pipe into Python, as with ``scp``
+(:func:`to_file`). The control of a task stays with paramiko (its host key check, its
+commands); the bulk read goes through ``ssh``, started so that it reaches the host
+exactly as the task did: the same alias and ssh_config (``ssh -G`` resolved the task's
+target from them), its known_hosts only (``StrictHostKeyChecking=yes``: an unknown or
+changed key refuses, never asks), ``BatchMode=yes`` (no prompt). When ``ssh`` cannot
+connect at all (exit 255 before any byte: no agent key it may use, a key the inventory
+accepted on first use but that known_hosts lacks) the caller falls back to paramiko; once
+bytes have come, a failure is the stream's own (a download resumes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
+import time
 from collections.abc import Callable
 
 from aimms_ops.host.ssh import SshTarget
-from aimms_ops.host.streams import Writable, Writer
+from aimms_ops.host.streams import FileSink, Writable, Writer
 
 #: Bytes asked for per read of ssh's stdout (and its pipe's size), and handed on at once.
 READ = 1024 * 1024
 BATCH = 4 * READ
 
-#: Set to ``openssh`` to send the bytes of downloads through ssh. Not the default: on
-#: loopback with 2 cores shared with sshd, 500 MB took 2.6 s this way, 1.9 s through
-#: paramiko and 1.4 s with scp (the hand-off through a pipe into Python costs more than
-#: paramiko's own decryption); see README, Performance.
+#: Which client carries the bytes of a download: unset, ``ssh`` writes downloads into
+#: their file itself where it is installed (paramiko otherwise); ``paramiko`` never uses
+#: ``ssh``; ``openssh`` also sends streams that go to a pipe through it (slower here:
+#: on loopback with 2 cores shared with sshd, 500 MB took 2.6 s through a pipe from
+#: ``ssh`` into Python, 1.9 s through paramiko, 1.4 s with scp; docs/performance.md).
 TRANSPORT_ENV = "AIMMS_OPS_TRANSPORT"
+
+#: How long to wait for ``ssh`` to write more when everything it wrote was read back.
+POLL = 0.01
 
 #: ssh's own exit status for its failures (connection, authentication, host key).
 SSH_FAILED = 255
 
 
 def available() -> bool:
-    """Whether bulk reads go through ``ssh`` here (asked for, and ssh is installed)."""
+    """Whether bulk reads into a pipe go through ``ssh`` here (asked for, and installed)."""
     return os.environ.get(TRANSPORT_ENV, "") == "openssh" and shutil.which("ssh") is not None
+
+
+def writes_files() -> bool:
+    """Whether downloads into a file are written by ``ssh`` here (installed, and
+    paramiko not asked for)."""
+    return os.environ.get(TRANSPORT_ENV, "") != "paramiko" and shutil.which("ssh") is not None
 
 
 def argv(target: SshTarget, command: str) -> list[str]:
@@ -109,6 +124,63 @@ def stream(target: SshTarget, command: str, dst: Writable, *,
             return None
         raise Cut(_last(err) or "ssh ended the stream", received)
     return rc, err
+
+
+def to_file(target: SshTarget, command: str, sink: FileSink, *,
+            progress: Callable[[int], None] | None = None) -> tuple[int, str] | None:
+    """``command``'s stdout on the host appended to ``sink``'s file by ``ssh`` itself;
+    its exit status and stderr, or None when ssh could not connect (nothing was written:
+    fall back). What ssh writes is read back as it lands (from the page cache) and given
+    to ``sink.appended`` and ``progress`` in order, so the bar moves with the bytes on
+    disk and the hash is done when the stream is. A stream cut after bytes came raises
+    :class:`Cut`. Constant memory: one read of ``READ`` bytes at a time."""
+    path, fd = sink.file()
+    pos = os.lseek(fd, 0, os.SEEK_END)
+    start = pos
+    rfd = os.open(path, os.O_RDONLY)
+    try:
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(argv(target, command), stdin=subprocess.DEVNULL,
+                                    stdout=fd, stderr=err)
+            try:
+                while True:
+                    done = proc.poll() is not None  # before the read: then it sees all
+                    data = os.pread(rfd, READ, pos)
+                    if data:
+                        pos += len(data)
+                        sink.appended(data)
+                        if progress is not None:
+                            progress(len(data))
+                    elif done:
+                        break
+                    else:
+                        time.sleep(POLL)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            rc = proc.returncode
+            err.seek(0)
+            text = err.read().decode("utf-8", "replace")
+    finally:
+        os.close(rfd)
+    if rc != 0 and _full(fd):
+        # ssh ends with 255 and says nothing when it cannot write its stdout
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    if rc == SSH_FAILED:
+        if pos == start:
+            return None
+        raise Cut(_last(text) or "ssh ended the stream", pos - start)
+    return rc, text
+
+
+def _full(fd: int) -> bool:
+    """Whether the file system of ``fd`` has no room left for one more read's bytes."""
+    try:
+        st = os.fstatvfs(fd)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < READ
 
 
 def _last(text: str) -> str:

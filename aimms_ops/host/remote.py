@@ -289,14 +289,20 @@ class Remote:
 
         This thread only takes bytes off the channel; a writer thread hands them to
         ``dst`` (hashing, disk), so the two overlap. At most ``WRITE_QUEUE`` reads
-        wait between them, which bounds the memory. The bytes go through OpenSSH's
-        client where there is one (``host.openssh``: as fast as scp), else paramiko.
+        wait between them, which bounds the memory. A ``dst`` that is a file
+        (``streams.FileSink``) is written by OpenSSH's client itself where there is one
+        (``host.openssh``: as fast as scp), else the bytes come through paramiko.
         """
-        if openssh.available():
+        to_file = hasattr(dst, "appended") and openssh.writes_files()
+        if to_file or openssh.available():
             if bundle.needs(command) and self._bundle != bundle.digest():
                 self._send_bundle()
             try:
-                got = openssh.stream(self.target, command, dst, progress=progress)
+                if to_file:
+                    got = openssh.to_file(self.target, command, dst,  # type: ignore[arg-type]
+                                          progress=progress)
+                else:
+                    got = openssh.stream(self.target, command, dst, progress=progress)
             except openssh.Cut as exc:
                 raise ConnectionLost(f"the SSH connection to {self.name} was lost during "
                                      f"{what}: {exc}", "run the task again: it resumes where "

@@ -34,6 +34,20 @@ class Writable(Protocol):
     def write(self, data: bytes, /) -> int: ...
 
 
+class FileSink(Protocol):
+    """Where a stream from the host goes when it is a file on disk, open for appending
+    (a download's ``.part``): OpenSSH's client may then append to it itself, and
+    ``appended`` is given those bytes, read back in order (to hash and count them)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def file(self) -> tuple[str, int]:
+        """The file's path and the descriptor (O_APPEND) the bytes are written to."""
+        ...
+
+    def appended(self, data: bytes, /) -> None: ...
+
+
 class Drain(threading.Thread):
     """Reads one side of a channel to its end, keeping the text and passing lines on."""
 
@@ -192,10 +206,15 @@ class DiskFile:
 
     def write(self, data: bytes, /) -> int:
         n = self.fh.write(data)
+        self.grown(n)
+        return n
+
+    def grown(self, n: int) -> None:
+        """``n`` more bytes are at the file's end (written here, or appended by another
+        process: OpenSSH's client writing a download itself)."""
         self.pos += n
         if self._sfr is not None and self.pos - self.handed >= WRITEBACK_STEP:
             self._writeback()
-        return n
 
     def _writeback(self) -> None:
         self.fh.flush()

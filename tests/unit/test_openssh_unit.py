@@ -4,6 +4,7 @@ not connect at all, and a stream cut after bytes came is a cut (the download res
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from pathlib import Path
@@ -86,8 +87,83 @@ def test_the_remote_commands_failure_is_its_own(fake_ssh):
     assert rc == 1 and "cannot open" in err
 
 
-def test_ssh_only_when_asked(fake_ssh):
-    """Not the default until it is faster than paramiko (see TRANSPORT_ENV)."""
+def test_ssh_into_a_pipe_only_when_asked(fake_ssh):
+    """Through a pipe into Python ssh is slower than paramiko (see TRANSPORT_ENV)."""
     assert not openssh.available()
     fake_ssh.setenv(openssh.TRANSPORT_ENV, "openssh")
     assert openssh.available()
+
+
+def test_ssh_writes_files_unless_paramiko_is_asked_for_or_there_is_no_ssh(fake_ssh):
+    assert openssh.writes_files()
+    fake_ssh.setenv(openssh.TRANSPORT_ENV, "paramiko")
+    assert not openssh.writes_files()
+    fake_ssh.delenv(openssh.TRANSPORT_ENV)
+    fake_ssh.setenv("PATH", "/nonexistent")
+    assert not openssh.writes_files()
+
+
+class FileSink:
+    """A .part file open for appending, as a download's (streams.FileSink)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.read_back = bytearray()
+
+    def write(self, data: bytes) -> int:
+        return os.write(self.fd, data)
+
+    def file(self) -> tuple[str, int]:
+        return str(self.path), self.fd
+
+    def appended(self, data: bytes) -> None:
+        self.read_back += data
+
+
+def test_ssh_appends_to_the_file_and_every_byte_is_read_back_in_order(fake_ssh, tmp_path):
+    """What was there stays (a resumed download); what ssh appends is handed on once,
+    in order, with its progress: the hash of a download sees exactly the file."""
+    data = os.urandom(5 * openssh.READ + 12345)
+    (tmp_path / "data").write_bytes(data)
+    fake_ssh.setenv("FAKE_SSH_MODE", "ok")
+    fake_ssh.setenv("FAKE_SSH_FILE", str(tmp_path / "data"))
+    (tmp_path / "x.part").write_bytes(b"resumed")
+    sink, seen = FileSink(tmp_path / "x.part"), []
+    assert openssh.to_file(TARGET, "cat", sink, progress=seen.append) == (0, "")
+    assert (tmp_path / "x.part").read_bytes() == b"resumed" + data
+    assert bytes(sink.read_back) == data and sum(seen) == len(data)
+
+
+def test_ssh_that_cannot_connect_leaves_the_file_as_it_was(fake_ssh, tmp_path):
+    fake_ssh.setenv("FAKE_SSH_MODE", "refused")
+    (tmp_path / "x.part").write_bytes(b"resumed")
+    sink = FileSink(tmp_path / "x.part")
+    assert openssh.to_file(TARGET, "cat", sink) is None
+    assert (tmp_path / "x.part").read_bytes() == b"resumed" and not sink.read_back
+
+
+def test_a_file_stream_cut_after_bytes_came_keeps_them_for_the_resume(fake_ssh, tmp_path):
+    fake_ssh.setenv("FAKE_SSH_MODE", "cut")
+    fake_ssh.setenv("FAKE_SSH_DATA", "abc")
+    sink = FileSink(tmp_path / "x.part")
+    with pytest.raises(openssh.Cut) as cut:
+        openssh.to_file(TARGET, "cat", sink)
+    assert cut.value.received == 3 and "closed by remote host" in str(cut.value)
+    assert (tmp_path / "x.part").read_bytes() == b"abc" == bytes(sink.read_back)
+
+
+def test_a_full_disk_is_said_to_be_one_not_a_lost_connection(fake_ssh, tmp_path, monkeypatch):
+    """ssh exits 255 without a word when it cannot write its stdout."""
+    fake_ssh.setenv("FAKE_SSH_MODE", "cut")
+    fake_ssh.setenv("FAKE_SSH_DATA", "abc")
+    monkeypatch.setattr(openssh, "_full", lambda fd: True)
+    with pytest.raises(OSError) as err:
+        openssh.to_file(TARGET, "cat", FileSink(tmp_path / "x.part"))
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "x.part")
+
+
+def test_the_remote_commands_failure_into_a_file_is_its_own(fake_ssh, tmp_path):
+    fake_ssh.setenv("FAKE_SSH_MODE", "remote")
+    rc, err = openssh.to_file(TARGET, "tail -c +1 -- /b/x", FileSink(tmp_path / "x.part"))
+    assert rc == 1 and "cannot open" in err
