@@ -90,17 +90,34 @@ def stack_facts(out: Report, args: argparse.Namespace) -> None:
             out.put("compose.config_ok", "0")
             out.put("compose.config_error", last_line(data))
     _container_facts(out, args.project, args.service, args.superuser)
-    for vol in args.volumes:
-        rc, data = run(["docker", "volume", "inspect", "--format", "{{.Mountpoint}}", vol])
-        if rc != 0:
+    _volume_facts(out, args.volumes)
+    _backup_dir_facts(out, args.backup_dir)
+
+
+def _volume_facts(out: Report, volumes: List[str]) -> None:
+    """Whether each volume exists, where, and the containers (any, stopped too) that
+    mount it: two ``docker`` calls for all of them."""
+    if not volumes:
+        return
+    data = run(["docker", "volume", "inspect", "--format", "{{.Name}}\t{{.Mountpoint}}",
+                *volumes])[1]  # exits 1 when one is missing, and lists the others
+    found = dict(line.split(b"\t", 1) for line in data.splitlines() if b"\t" in line)
+    users: Dict[bytes, List[bytes]] = {}
+    if found:
+        listing = run(["docker", "ps", "-a", "--no-trunc", "--format",
+                       "{{.Names}}\t{{.Mounts}}"])[1]
+        for line in listing.splitlines():
+            name, _, mounts = line.partition(b"\t")
+            for mount in mounts.split(b","):
+                users.setdefault(mount.strip(), []).append(name)
+    for vol in volumes:
+        key = vol.encode("utf-8", "surrogateescape")
+        if key not in found:
             out.put("volume.%s.exists" % vol, "0")
             continue
         out.put("volume.%s.exists" % vol, "1")
-        out.put("volume.%s.mountpoint" % vol, data.rstrip(b"\n"))
-        users = run(["docker", "ps", "-a", "--filter", "volume=" + vol, "--format",
-                     "{{.Names}}"])[1]
-        out.put("volume.%s.used_by" % vol, b",".join(users.split()))
-    _backup_dir_facts(out, args.backup_dir)
+        out.put("volume.%s.mountpoint" % vol, found[key])
+        out.put("volume.%s.used_by" % vol, b",".join(users.get(key, [])))
 
 
 def _container_facts(out: Report, project: str, service: str, superuser: str) -> None:
@@ -112,14 +129,18 @@ def _container_facts(out: Report, project: str, service: str, superuser: str) ->
                        ("container.started_at", "State.StartedAt"),
                        ("container.image", "Config.Image"),
                        ("container.restart_count", "RestartCount")])
-    rc, data = run(["docker", "exec", cid, "pg_isready", "-U", superuser], merged=True)
-    out.put("postgres.ready", "1" if rc == 0 else "0")
-    out.put("postgres.ready_detail", last_line(data))
     # Every database of the cluster (read as hex: a name may hold any byte but NUL), for
-    # the backups' coverage.
+    # the backups' coverage. Read, postgres accepts connections; else pg_isready says why.
     rc, data = run(["docker", "exec", cid, "psql", "-X", "-A", "-t", "-U", superuser, "-d",
                     "template1", "-c", "SELECT encode(textsend(datname), 'hex') "
                     "FROM pg_database ORDER BY 1"])
+    if rc == 0:
+        out.put("postgres.ready", "1")
+        out.put("postgres.ready_detail", "accepting connections")
+    else:
+        ready, detail = run(["docker", "exec", cid, "pg_isready", "-U", superuser], merged=True)
+        out.put("postgres.ready", "1" if ready == 0 else "0")
+        out.put("postgres.ready_detail", last_line(detail))
     if rc == 0:
         try:
             out.put("postgres.databases", [text(bytes.fromhex(h.decode("ascii")))

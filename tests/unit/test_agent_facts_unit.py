@@ -103,8 +103,10 @@ def _stack(fake: Fake) -> None:
         RestartCount=0, Unknown_Field=[1]))
     fake.rule(["exec", "cid1", "pg_isready"], "/var/run/postgresql:5432 - accepting\n")
     fake.rule(["exec", "cid1", "psql"], f"{b'postgres'.hex()}\n{ODD.hex()}\n")
-    fake.rule(["volume", "inspect", "--format", "{{.Mountpoint}}", "pgdata"], "/var/lib/d\n")
-    fake.rule(["ps", "-a", "--filter", "volume=pgdata"], "aimms-web-postgres-1\nother\n")
+    # redisdata is missing: docker lists the others and exits 1
+    fake.rule(["volume", "inspect", "--format", "pgdata", "redisdata"], "pgdata\t/var/lib/d\n", 1)
+    fake.rule(["ps", "-a", "--no-trunc", "{{.Mounts}}"],
+              "aimms-web-postgres-1\tpgdata\nother\t/srv/x,pgdata\nunrelated\tpgdata2\n")
 
 
 def test_facts_print_the_stack_as_the_checks_read_it(fake, tmp_path):
@@ -124,7 +126,8 @@ def test_facts_print_the_stack_as_the_checks_read_it(fake, tmp_path):
     assert f["compose.config"].endswith("image: pg")
     assert f["container.id"] == "cid1" and f["container.name"] == "aimms-web-postgres-1"
     assert f["container.restart_count"] == "0" and f["container.state"] == "running"
-    assert f["postgres.ready"] == "1" and f["postgres.ready_detail"].endswith("accepting")
+    assert f["postgres.ready"] == "1" and f["postgres.ready_detail"] == "accepting connections"
+    assert not [c for c in fake.calls() if "pg_isready" in c]  # the query said it is ready
     # Names as they are, a byte that is not UTF-8 too (a surrogate escape: its bytes back).
     assert f["postgres.databases"] == ["postgres", "caf\udce9 'x'\n=y"]
     assert [n.encode("utf-8", "surrogateescape") for n in f["postgres.databases"]] == [
@@ -151,6 +154,19 @@ def test_facts_without_the_config_leave_compose_config_out(fake, tmp_path):
     assert f["container.id"] == "cid1" and f["postgres.ready"] == "1"
     assert "compose.config" not in f and "compose.config_ok" not in f
     assert not [c for c in fake.calls() if c[-1:] == ["config"]]
+
+
+def test_a_postgres_that_does_not_answer_is_said_so_by_pg_isready(fake, tmp_path):
+    """The query of the databases failed: pg_isready, asked then, says why."""
+    fake.rule(["exec", "cid1", "psql"], "psql: error: connection failed\n", 2)
+    fake.rule(["exec", "cid1", "pg_isready"], "/var/run/postgresql:5432 - no response\n", 2)
+    _stack(fake)
+    res = fake.run("facts", "--no-config", str(tmp_path), str(tmp_path / "c.yml"),
+                   "aimms-web", "postgres", "postgres", str(tmp_path), "pgdata")
+    f = read(res, "facts")
+    assert f["postgres.ready"] == "0"
+    assert f["postgres.ready_detail"] == "/var/run/postgresql:5432 - no response"
+    assert "postgres.databases" not in f
 
 
 def test_facts_without_docker_say_why_and_go_on(fake, tmp_path):
