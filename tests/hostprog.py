@@ -15,6 +15,10 @@ from aimms_ops.host import bundle
 _DIR = Path(tempfile.mkdtemp(prefix="aimms-ops-hostprog."))
 PROGRAM = _DIR / bundle.PROGRAM
 PROGRAM.write_bytes(bundle.program())
+for _name, _data in bundle.files():  # the folder beside it, as a bundle has
+    if _name.startswith(bundle.PROGRAM + bundle.BESIDE + "/"):
+        (_DIR / _name).parent.mkdir(parents=True, exist_ok=True)
+        (_DIR / _name).write_bytes(_data)
 #: The command that runs the host program, to which its arguments are added.
 HOST = [sys.executable, str(PROGRAM)]
 #: The environment of a packaged script run here: it finds the host program there.

@@ -87,12 +87,17 @@ def decompressor(name: str) -> Tuple[Optional[List[str]], str]:
 
 
 def _program() -> List[str]:
-    """The host program, to run its dump reader in a stage of the pipeline."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    """The host program, to run its dump reader in a stage of the pipeline: the zipapp
+    this process was started from (its entry point names itself in AIMMS_OPS_PROGRAM,
+    also when it imports from the folder beside it), else these modules."""
     # Started without a PATH (cron's bare environment), python3 does not know its own
     # path; the settings file has given the PATH since.
     python = sys.executable or "python3"
-    if os.path.isfile(root):  # the zipapp
+    zipapp = os.environ.get("AIMMS_OPS_PROGRAM", "")
+    if zipapp and os.path.isfile(zipapp):
+        return [python, zipapp]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.isfile(root):  # the zipapp, started otherwise than by its entry point
         return [python, root]
     return [python, "-m", "aimms_ops.agent"]
 

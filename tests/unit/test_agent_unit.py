@@ -346,3 +346,48 @@ def test_a_stage_given_the_lock_keeps_it_held_when_its_job_is_killed(tmp_path):
         except LockBusy:
             assert time.monotonic() < deadline, "the lock outlived the stage that held it"
             time.sleep(0.05)
+
+
+
+def _program_copy(tmp_path: Path, sources: str | None) -> Path:
+    """The zipapp in ``tmp_path`` with the folder beside it a bundle has, whose SOURCES
+    file says ``sources`` (None: as built)."""
+    from aimms_ops.host import bundle
+    for name, data in bundle.files():
+        if name == bundle.PROGRAM or name.startswith(bundle.PROGRAM + bundle.BESIDE + "/"):
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_bytes(data)
+    if sources is not None:
+        (tmp_path / (bundle.PROGRAM + bundle.BESIDE) / bundle.SOURCES).write_text(sources)
+    return tmp_path / bundle.PROGRAM
+
+
+def _cached(program: Path) -> list[Path]:
+    return list((program.parent / (program.name + ".d")).rglob("__pycache__/*.pyc"))
+
+
+def test_the_program_imports_from_the_folder_beside_it_when_it_holds_its_sources(tmp_path):
+    """There its modules are compiled once and cached (a zipapp is compiled at every
+    start); without the folder, or with other sources in it, the zipapp's own are used."""
+    program = _program_copy(tmp_path / "same", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE",)}
+    run = subprocess.run([sys.executable, str(program), "list-backups", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert run.returncode == 0, run.stderr
+    assert any(p.name.startswith("main.") for p in _cached(program))
+    other = _program_copy(tmp_path / "other", "0" * 64)
+    again = subprocess.run([sys.executable, str(other), "list-backups", str(tmp_path)],
+                           capture_output=True, text=True, timeout=60, check=False, env=env)
+    assert again.returncode == 0 and again.stdout == run.stdout, again.stderr
+    assert not _cached(other)
+
+
+def test_the_programs_children_run_the_zipapp_it_was_started_as(monkeypatch, tmp_path):
+    """Its entry point names it in AIMMS_OPS_PROGRAM (as the scripts read it), also when
+    its modules come from the folder beside it."""
+    from aimms_ops.agent import hosttools
+    program = _program_copy(tmp_path, None)
+    monkeypatch.setenv("AIMMS_OPS_PROGRAM", str(program))
+    assert hosttools._program()[1:] == [str(program)]
+    monkeypatch.setenv("AIMMS_OPS_PROGRAM", str(tmp_path / "absent.pyz"))
+    assert hosttools._program()[1:] == ["-m", "aimms_ops.agent"]  # these modules
