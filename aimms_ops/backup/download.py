@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -111,21 +112,34 @@ def _download(remote: Remote, backup: BackupFile, dest: Path, expected: str,
         if _hash_file(final).hexdigest() == expected:
             _write_sidecar(final, expected)
             return Download(final, backup.size, expected, 0.0, 0, already_present=True)
-    offset = part.stat().st_size if part.is_file() else 0
-    if offset > backup.size:
-        part.unlink()
-        offset = 0
-    need = backup.size - offset
+    held = part.stat().st_size if part.is_file() else 0
+    need = backup.size - (held if held <= backup.size else 0)
     free = shutil.disk_usage(dest).free
     if need > free:
         raise OpsError(f"not enough space in {dest} for {backup.name}: it needs "
                        f"{units.size(need)} more, {units.size(free)} is free",
                        "free space there or choose another --dest; then run the same "
                        "download again")
-    h = _hash_file(part) if offset else hashlib.sha256()
     started = time.monotonic()
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.fchmod(fd, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        # Held by whatever writes into it (the ssh that writes a download too) as long
+        # as it does: two downloads never write into one .part.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        offset = os.fstat(fd).st_size
+        if offset > backup.size:
+            os.ftruncate(fd, 0)
+            offset = 0
+        h = _hash_file(part) if offset else hashlib.sha256()
+    except BlockingIOError:
+        os.close(fd)
+        raise OpsError(f"another download is writing {part}",
+                       "wait until it ends (or stop it), then run the same download "
+                       "again: it resumes") from None
+    except BaseException:
+        os.close(fd)
+        raise
     with os.fdopen(fd, "ab") as fh:
         writer = _HashingWriter(DiskFile(fh), part, h)
         cmd = shell.join(["tail", "-c", f"+{offset + 1}", "--", backup.path])

@@ -83,6 +83,7 @@ class Remote:
         self.conn = conn
         self.target = target
         self._bundle = ""  # the bundle (its digest) known to be on the host
+        self._rtt: float | None = None  # the connection's round trip, once measured
 
     @property
     def server_key_fingerprint(self) -> str:
@@ -107,6 +108,14 @@ class Remote:
             raise OpsError(f"the SSH connection to {self.name} was lost",
                            "check the network and run the task again")
         return transport
+
+    def _round_trip(self) -> float:
+        if self._rtt is None:
+            try:
+                self._rtt = openssh.round_trip(self._transport())
+            except (paramiko.SSHException, OSError, EOFError):
+                self._rtt = float("inf")  # paramiko then, which says what is wrong
+        return self._rtt
 
     def _channel(self, command: str, *, bulk: bool = False) -> paramiko.Channel:
         if bundle.needs(command) and self._bundle != bundle.digest():
@@ -293,7 +302,7 @@ class Remote:
         (``streams.FileSink``) is written by OpenSSH's client itself where there is one
         (``host.openssh``: as fast as scp), else the bytes come through paramiko.
         """
-        to_file = hasattr(dst, "appended") and openssh.writes_files()
+        to_file = hasattr(dst, "appended") and openssh.writes_files(self._round_trip)
         if to_file or openssh.available():
             if bundle.needs(command) and self._bundle != bundle.digest():
                 self._send_bundle()

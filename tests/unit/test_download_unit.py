@@ -3,6 +3,7 @@ destination cannot hold what is still to come, naming both figures and the fix."
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 from datetime import UTC, datetime
 
@@ -50,3 +51,17 @@ def test_room_for_the_rest_of_a_resumed_download_is_enough(tmp_path, monkeypatch
     with pytest.raises(AssertionError, match="reached the host"):
         dl._download(NoRemote(), backup(1000 + 6000), tmp_path, "0" * 64, None)
 
+
+
+def test_a_part_another_download_writes_into_is_left_to_it(tmp_path, monkeypatch):
+    """Two downloads never write into one .part (one the ssh of a task killed outright,
+    where it does not die with it): the second one says so, and changes nothing."""
+    part = tmp_path / (NAME + ".part")
+    part.write_bytes(b"x" * 1000)
+    with part.open("ab") as writer:
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(OpsError) as err:
+            dl._download(NoRemote(), backup(7000), tmp_path, "0" * 64, None)
+    assert err.value.message == f"another download is writing {part}"
+    assert "resumes" in (err.value.hint or "")
+    assert part.read_bytes() == b"x" * 1000

@@ -7,6 +7,10 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,7 @@ case "$FAKE_SSH_MODE" in
   cut) printf '%s' "$FAKE_SSH_DATA"
        echo "Connection to 127.0.0.1 closed by remote host." >&2; exit 255 ;;
   remote) echo "tail: cannot open '/b/x' for reading: No such file" >&2; exit 1 ;;
+  slow) while :; do printf x; sleep 0.05; done ;;
 esac
 """
 
@@ -94,13 +99,18 @@ def test_ssh_into_a_pipe_only_when_asked(fake_ssh):
     assert openssh.available()
 
 
-def test_ssh_writes_files_unless_paramiko_is_asked_for_or_there_is_no_ssh(fake_ssh):
-    assert openssh.writes_files()
+def test_ssh_writes_files_from_a_near_host_unless_paramiko_is_asked_for(fake_ssh):
+    """Its window (2 MiB, fixed) carries less than paramiko's from a far host."""
+    def never() -> float:
+        raise AssertionError("the round trip was measured for nothing")
+    assert openssh.writes_files(lambda: 0.0004) and not openssh.writes_files(lambda: 0.08)
+    fake_ssh.setenv(openssh.TRANSPORT_ENV, "openssh")
+    assert openssh.writes_files(never)
     fake_ssh.setenv(openssh.TRANSPORT_ENV, "paramiko")
-    assert not openssh.writes_files()
+    assert not openssh.writes_files(never)
     fake_ssh.delenv(openssh.TRANSPORT_ENV)
     fake_ssh.setenv("PATH", "/nonexistent")
-    assert not openssh.writes_files()
+    assert not openssh.writes_files(never)
 
 
 class FileSink:
@@ -167,3 +177,35 @@ def test_the_remote_commands_failure_into_a_file_is_its_own(fake_ssh, tmp_path):
     fake_ssh.setenv("FAKE_SSH_MODE", "remote")
     rc, err = openssh.to_file(TARGET, "tail -c +1 -- /b/x", FileSink(tmp_path / "x.part"))
     assert rc == 1 and "cannot open" in err
+
+
+_RUN_TO_FILE = """import sys
+from pathlib import Path
+from aimms_ops.host import openssh
+from aimms_ops.host.ssh import SshTarget
+from tests.unit.test_openssh_unit import FileSink
+openssh.to_file(SshTarget("aidset", "127.0.0.1"), "cat", FileSink(Path(sys.argv[1])))
+"""
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="ssh dies with fab where setpriv is")
+def test_ssh_dies_with_a_task_killed_outright(fake_ssh, tmp_path):
+    """SIGKILL leaves fab no moment to stop ssh: it must not go on writing into the .part
+    that the same download, run again, resumes."""
+    fake_ssh.setenv("FAKE_SSH_MODE", "slow")
+    part = tmp_path / "x.part"
+    task = subprocess.Popen([sys.executable, "-c", _RUN_TO_FILE, str(part)],
+                            cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 30
+    while not (part.exists() and part.stat().st_size > 2):
+        assert time.monotonic() < deadline and task.poll() is None, "ssh never wrote"
+        time.sleep(0.05)
+    task.kill()
+    task.wait()
+    try:
+        time.sleep(0.3)
+        size = part.stat().st_size
+        time.sleep(0.5)
+        assert part.stat().st_size == size, "ssh went on writing after the task was killed"
+    finally:  # what a failure would leave running
+        subprocess.run(["pkill", "-f", str(tmp_path / "bin" / "ssh")], check=False)
