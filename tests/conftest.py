@@ -37,7 +37,8 @@ __all__ = ["FAB", "REPO", "SANDBOX_NAME", "SANDBOX_OUT", "STABLE_TEXT", "Sandbox
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
     """The sandbox host, brought up by the same code as `make sandbox`, without what a
-    killed run of test_clusters left in its cluster (``clusters.remove_leftovers``)."""
+    killed run of test_clusters left in its cluster (``clusters.remove_leftovers``) and
+    without the volumes earlier runs' rebuilds kept (removed again at the end)."""
     SANDBOX_OUT.mkdir(exist_ok=True)
     subprocess.run(["bash", str(REPO / "sandbox" / "up.sh")], cwd=REPO, check=True,
                    stdin=subprocess.DEVNULL, timeout=1800)
@@ -49,7 +50,9 @@ def sandbox() -> Iterator[Sandbox]:
     left = remove_leftovers(sb)
     if left:
         print(f"sandbox: removed what a killed run left in the cluster: {', '.join(left)}")
+    sb.remove_kept_volumes()  # those an earlier run's rebuilds kept
     yield sb
+    sb.remove_kept_volumes()
     sb.close_shared_connection()
 
 

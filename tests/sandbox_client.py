@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from aimms_ops.core.layout import KEPT_LABEL
+
 REPO = Path(__file__).resolve().parents[1]
 FAB = REPO / ".venv" / "bin" / "fab"
 
@@ -160,6 +162,20 @@ class Sandbox:
             return None
         self._pg = (pid, started, dict(v.split("=", 1) for v in out[1:] if "=" in v))
         return self._pg
+
+    def remove_kept_volumes(self) -> list[str]:
+        """Remove the volumes ``rebuild-volume`` kept on this instance (the tests' own:
+        each rebuild keeps the old data, up to a gigabyte with its WAL, and nothing
+        here would ever drop them); the names removed."""
+        docker = {**os.environ, "DOCKER_HOST": self.docker_host}
+        names = subprocess.run(
+            ["docker", "volume", "ls", "-q", "--filter", f"label={KEPT_LABEL}"],
+            capture_output=True, text=True, env=docker, check=False, timeout=60,
+            stdin=subprocess.DEVNULL).stdout.split()
+        if names:
+            subprocess.run(["docker", "volume", "rm", *names], capture_output=True,
+                           env=docker, check=False, timeout=300, stdin=subprocess.DEVNULL)
+        return names
 
     def psql(self, sql: str, db: str = "aimms_web", *, check: bool = True) -> str:
         return self.in_postgres(
