@@ -1,12 +1,13 @@
 """The bytes of a download through OpenSSH's own client.
 
 paramiko decrypts in Python, 32 KiB at a time, on the cores that also hash and write;
-``ssh`` does it in C, as ``scp`` does. A download into a file (``.part``) from a near
-host is written by ``ssh`` itself, appending to the file, while this process reads back
-what it wrote to hash it and show it: no byte of the stream crosses a pipe into Python,
-as with ``scp`` (:func:`to_file`). The control of a task stays with paramiko (its host
-key check, its commands); the bulk read goes through ``ssh``, started so that it reaches the host
-exactly as the task did: the same alias and ssh_config (``ssh -G`` resolved the task's
+``ssh`` does it in C, as ``scp`` does (asked for with ``AIMMS_OPS_TRANSPORT=openssh``:
+see ``TRANSPORT_ENV`` for why not by default). A download into a file (``.part``) is then
+written by ``ssh`` itself, appending to the file, while this process reads back what
+it wrote to hash it and show it: no byte of the stream crosses a pipe into Python, as
+with ``scp`` (:func:`to_file`). The control of a task stays with paramiko (its host key
+check, its commands); the bulk read goes through ``ssh``, started so that it reaches the
+host exactly as the task did: the same alias and ssh_config (``ssh -G`` resolved the task's
 target from them), its known_hosts only (``StrictHostKeyChecking=yes``: an unknown or
 changed key refuses, never asks), ``BatchMode=yes`` (no prompt). When ``ssh`` cannot
 connect at all (exit 255 before any byte: no agent key it may use, a key the inventory
@@ -26,8 +27,6 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import paramiko
-
 from aimms_ops.host.ssh import SshTarget
 from aimms_ops.host.streams import FileSink, Writable, Writer
 
@@ -35,53 +34,24 @@ from aimms_ops.host.streams import FileSink, Writable, Writer
 READ = 1024 * 1024
 BATCH = 4 * READ
 
-#: Which client carries the bytes of a download: unset, ``ssh`` writes downloads into
-#: their file itself where it is installed and the host is near (``NEAR``), paramiko
-#: carries the rest; ``paramiko`` never uses ``ssh``; ``openssh`` uses it at any
-#: distance, and also for streams that go to a pipe (slower here: on loopback with 2
-#: cores shared with sshd, 500 MB took 2.6 s through a pipe from ``ssh`` into Python,
-#: 1.9 s through paramiko, 1.4 s with scp; docs/performance.md).
+#: Set to ``openssh`` to have OpenSSH's client carry the bytes of downloads: into a file
+#: it writes them itself (:func:`to_file`), into a pipe they come through it. Not the
+#: default: on loopback, with the 2 cores shared with the sandbox's sshd, a verified
+#: download of 1 GB took 2.9-3.1 s of stream this way and 2.3-2.4 s through paramiko
+#: (``scp``, unverified, 2.5-2.7 s in all; docs/performance.md). What costs is the
+#: read-back and the hash on cores that ssh and sshd already fill.
 TRANSPORT_ENV = "AIMMS_OPS_TRANSPORT"
 
 #: How long to wait for ``ssh`` to write more when everything it wrote was read back.
 POLL = 0.01
-
-#: OpenSSH's client gives a session a 2 MiB window, and no option changes it: one stream
-#: carries at most 2 MiB per round trip (25 MB/s at 80 ms), where paramiko's window here
-#: is 4 MiB. So ``ssh`` writes a download only for a host this near (a round trip of at
-#: most 5 ms: 420 MB/s, more than paramiko decrypts on a core); farther, the wider window
-#: carries more. ``AIMMS_OPS_TRANSPORT=openssh`` uses ``ssh`` at any distance.
-NEAR = 0.005
 
 #: ssh's own exit status for its failures (connection, authentication, host key).
 SSH_FAILED = 255
 
 
 def available() -> bool:
-    """Whether bulk reads into a pipe go through ``ssh`` here (asked for, and installed)."""
+    """Whether bulk reads go through ``ssh`` here (asked for, and ssh is installed)."""
     return os.environ.get(TRANSPORT_ENV, "") == "openssh" and shutil.which("ssh") is not None
-
-
-def writes_files(round_trip: Callable[[], float]) -> bool:
-    """Whether a download into a file is written by ``ssh`` here: it is installed,
-    paramiko is not asked for, and the host is near (``round_trip()``, asked only then,
-    at most ``NEAR``) or ``ssh`` is asked for."""
-    wanted = os.environ.get(TRANSPORT_ENV, "")
-    if wanted == "paramiko" or shutil.which("ssh") is None:
-        return False
-    return wanted == "openssh" or round_trip() <= NEAR
-
-
-def round_trip(transport: paramiko.Transport, samples: int = 2) -> float:
-    """The shortest of ``samples`` round trips of the connection, in seconds: each the
-    opening of a session channel, which waits for the host's confirmation."""
-    best = float("inf")
-    for _ in range(samples):
-        t0 = time.monotonic()
-        ch = transport.open_session(timeout=10)
-        best = min(best, time.monotonic() - t0)
-        ch.close()
-    return best
 
 
 def argv(target: SshTarget, command: str) -> list[str]:

@@ -83,7 +83,6 @@ class Remote:
         self.conn = conn
         self.target = target
         self._bundle = ""  # the bundle (its digest) known to be on the host
-        self._rtt: float | None = None  # the connection's round trip, once measured
 
     @property
     def server_key_fingerprint(self) -> str:
@@ -108,14 +107,6 @@ class Remote:
             raise OpsError(f"the SSH connection to {self.name} was lost",
                            "check the network and run the task again")
         return transport
-
-    def _round_trip(self) -> float:
-        if self._rtt is None:
-            try:
-                self._rtt = openssh.round_trip(self._transport())
-            except (paramiko.SSHException, OSError, EOFError):
-                self._rtt = float("inf")  # paramiko then, which says what is wrong
-        return self._rtt
 
     def _channel(self, command: str, *, bulk: bool = False) -> paramiko.Channel:
         if bundle.needs(command) and self._bundle != bundle.digest():
@@ -298,12 +289,12 @@ class Remote:
 
         This thread only takes bytes off the channel; a writer thread hands them to
         ``dst`` (hashing, disk), so the two overlap. At most ``WRITE_QUEUE`` reads
-        wait between them, which bounds the memory. A ``dst`` that is a file
-        (``streams.FileSink``) is written by OpenSSH's client itself where there is one
-        (``host.openssh``: as fast as scp), else the bytes come through paramiko.
+        wait between them, which bounds the memory. Asked for (``host.openssh``), the
+        bytes come through OpenSSH's client instead, which writes a ``dst`` that is a
+        file (``streams.FileSink``) itself.
         """
-        to_file = hasattr(dst, "appended") and openssh.writes_files(self._round_trip)
-        if to_file or openssh.available():
+        to_file = hasattr(dst, "appended")
+        if openssh.available():
             if bundle.needs(command) and self._bundle != bundle.digest():
                 self._send_bundle()
             try:

@@ -169,7 +169,10 @@ def test_download_latest_is_identical_and_private(installed, tmp_path):
     assert local_entries[0]["path"] == str(local)
 
 
-def test_download_killed_half_way_resumes_and_verifies(installed, tmp_path):
+@pytest.mark.parametrize("transport", ["paramiko", "openssh"])
+def test_download_killed_half_way_resumes_and_verifies(installed, tmp_path, transport):
+    """Killed outright (SIGKILL), whichever client carries the bytes: with ``ssh``
+    writing the file, it must die with fab, not go on writing beside the rerun."""
     sandbox = installed
     name = "aimms_postgres_20200101_000000_bigfile.sql.gz"
     path = f"~/{BACKUP_DIR}/{name}"
@@ -177,7 +180,8 @@ def test_download_killed_half_way_resumes_and_verifies(installed, tmp_path):
                 f"sha256sum {name} > {name}.sha256")
     try:
         want = sandbox.sh(f"cut -d' ' -f1 {path}.sha256").strip()
-        env = {**os.environ, "AIMMS_OPS_INVENTORY": str(sandbox.inventory)}
+        env = {**os.environ, "AIMMS_OPS_INVENTORY": str(sandbox.inventory),
+               "AIMMS_OPS_TRANSPORT": transport}
         proc = subprocess.Popen([str(FAB), "download", f"--file={name}", f"--dest={tmp_path}"],
                                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
@@ -193,7 +197,8 @@ def test_download_killed_half_way_resumes_and_verifies(installed, tmp_path):
         size = part.stat().st_size
         assert 0 < size < 400_000_000
         assert not (tmp_path / name).exists()
-        rerun = sandbox.fab("download", f"--file={name}", f"--dest={tmp_path}")
+        rerun = sandbox.fab("download", f"--file={name}", f"--dest={tmp_path}",
+                            env={"AIMMS_OPS_TRANSPORT": transport})
         assert rerun.returncode == 0, rerun.stderr
         assert "resumed at" in rerun.stderr
         assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == want
