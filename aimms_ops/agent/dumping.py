@@ -34,8 +34,9 @@ STATUS_PREFIX = "aimms-ops: pg_dumpall status "
 CHUNK = 1 << 20
 
 # What runs in the container, with sh: $1 the superuser, $2 $3 the side copies'
-# patterns, $4..$6 the preface's SQL, $7 the trailer. The databases' names are read in
-# SQL_ASCII: psql would leave out a byte that is not UTF-8.
+# patterns, $4..$6 the preface's SQL, $7 the trailer as a printf format (core.printf:
+# Docker would turn a byte of a name that is not UTF-8 into U+FFFD). The databases'
+# names are read in SQL_ASCII: psql would leave out a byte that is not UTF-8.
 INNER = (
     'for db in template1 postgres; do\n'
     '    if p=$(pg_dump -U "$1" --create --schema-only --exclude-schema="*" "$db" '
@@ -53,7 +54,7 @@ INNER = (
     'done; '
     'pg_dumpall -U "$1" --exclude-database="$2" --exclude-database="$3"; '
     'echo "' + STATUS_PREFIX + '$?" >&2; '
-    'printf "%s" "$7"'
+    'printf -- "$7"'
 )
 PREFACE_SQL = (
     "SELECT '-- aimms-ops: role all ' || encode(textsend(c), 'hex')"

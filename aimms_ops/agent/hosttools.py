@@ -116,9 +116,11 @@ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 ORDER BY n.nspname, c.relname
 \\gexec
 """
-_OPEN_SQL = """SELECT format('ALTER DATABASE %I ALLOW_CONNECTIONS true', datname) FROM pg_database
-WHERE NOT datallowconn AND NOT datistemplate
-\\gexec
+#: Every database that allows no connections opened, in the server: a name that is not
+#: UTF-8 never goes to psql and back (\\gexec would send it in the client's encoding).
+_OPEN_SQL = """DO $aimms_ops$DECLARE d name; BEGIN
+FOR d IN SELECT datname FROM pg_database WHERE NOT datallowconn AND NOT datistemplate LOOP
+EXECUTE format('ALTER DATABASE %I ALLOW_CONNECTIONS true', d); END LOOP; END$aimms_ops$;
 """
 
 

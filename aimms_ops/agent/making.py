@@ -16,6 +16,7 @@ from aimms_ops.agent.backups import pin_safety_copy, regular_sizes
 from aimms_ops.agent.hosttools import _program, hostname
 from aimms_ops.agent.job import JobFailed
 from aimms_ops.core import retention, units
+from aimms_ops.core.printf import printf_format
 
 if TYPE_CHECKING:
     from aimms_ops.agent.backup import Backup
@@ -119,7 +120,7 @@ def make(b: "Backup") -> int:
     job.log("DATABASES %s" % " ".join(hexes))
     argv: List[str] = ["docker", "exec", cid, "sh", "-c", dumping.INNER, "sh", s["PG_SUPERUSER"],
             *cluster.SIDE_COPY_PATTERNS, *dumping.PREFACE_SQL,
-            trailer.decode("utf-8", "surrogateescape")]
+            printf_format(trailer)]
     job.log("dumping into %s with pg_dumpall -U %s, compressed by %s -%d on the host"
             % (name, s["PG_SUPERUSER"], comp.name, comp.level))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from aimms_ops.core import printf as core_printf
 from aimms_ops.core import units
 from aimms_ops.core.errors import OpsError, shown
 from aimms_ops.host.commands import Command, in_postgres, script
@@ -114,19 +115,9 @@ _ANALYZE_EACH = ('u=$1; shift; for f; do c=$(printf "$f"); '
 
 
 def printf_format(text: str) -> str:
-    """``text`` (its bytes: surrogateescape) as a printf format that prints it, in ASCII:
-    docker exec passes an argument that is not valid UTF-8 with U+FFFD in place of its
-    bytes (a database name of a SQL_ASCII connection)."""
-    out = []
-    for byte in text.encode("utf-8", "surrogateescape"):
-        char = chr(byte)
-        if char in "\\%":
-            out.append(char * 2)
-        elif 0x20 <= byte < 0x7F:
-            out.append(char)
-        else:
-            out.append(f"\\{byte:03o}")
-    return "".join(out)
+    """``text`` (its bytes: surrogateescape) as a printf format that prints it, in ASCII
+    (``core.printf``)."""
+    return core_printf.printf_format(text.encode("utf-8", "surrogateescape"))
 
 
 def estimate_commands(host: Host, databases: tuple[str, ...]) -> tuple[Command, ...]:

@@ -7,7 +7,10 @@ import io
 import subprocess
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from aimms_ops.core import printf as core_printf
 from aimms_ops.core.errors import shown
 from aimms_ops.dump.beside import Beside, new_name, own_name
 from aimms_ops.dump.lexer import dump_ident
@@ -81,3 +84,15 @@ def test_a_byte_that_is_not_utf8_is_shown_as_the_host_shows_it():
     assert shown(RAW.decode("utf-8", "surrogateescape")) == '"caf\\xe9 \'x\'"'
     assert host_shown(RAW) == "caf\\xe9 'x'"
     assert shown("a\\udce9") == "'a\\\\udce9'"  # a backslash of the name stays one
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=0, max_size=64).filter(lambda b: b"\0" not in b))
+def test_any_bytes_cross_docker_exec_as_a_printf_format(data):
+    """The backup's trailer (ALTER DATABASE … ALLOW_CONNECTIONS false of a name that is not
+    UTF-8) crosses docker exec's arguments this way: ASCII, and printf gives it back."""
+    fmt = core_printf.printf_format(data)
+    assert fmt.isascii() and fmt.isprintable()
+    out = subprocess.run(["sh", "-c", 'printf -- "$1"', "sh", fmt], capture_output=True,
+                         check=True).stdout
+    assert out == data
