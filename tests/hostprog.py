@@ -12,13 +12,18 @@ from aimms_ops.core import events
 from aimms_ops.core.names import BackupFile
 from aimms_ops.host import bundle
 
-_DIR = Path(tempfile.mkdtemp(prefix="aimms-ops-hostprog."))
-PROGRAM = _DIR / bundle.PROGRAM
-PROGRAM.write_bytes(bundle.program())
-for _name, _data in bundle.files():  # the folder beside it, as a bundle has
-    if _name.startswith(bundle.PROGRAM + bundle.BESIDE + "/"):
-        (_DIR / _name).parent.mkdir(parents=True, exist_ok=True)
-        (_DIR / _name).write_bytes(_data)
+
+def write_program(directory: Path) -> Path:
+    """The host program as a bundle has it, in ``directory``: the zipapp and the folder of
+    its modules beside it; the zipapp's path."""
+    for name, data in bundle.files():
+        if name == bundle.PROGRAM or name.startswith(bundle.PROGRAM + bundle.BESIDE + "/"):
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_bytes(data)
+    return directory / bundle.PROGRAM
+
+
+PROGRAM = write_program(Path(tempfile.mkdtemp(prefix="aimms-ops-hostprog.")))
 #: The command that runs the host program, to which its arguments are added.
 HOST = [sys.executable, str(PROGRAM)]
 #: The environment of a packaged script run here: it finds the host program there.

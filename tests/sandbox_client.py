@@ -143,19 +143,13 @@ class Sandbox:
         if self._pg is not None and _started(self._pg[0]) == self._pg[1]:
             return self._pg
         self._pg = None
-        docker = {**os.environ, "DOCKER_HOST": self.docker_host}
-        cid = subprocess.run(
-            ["docker", "ps", "-q", "--filter", "label=com.docker.compose.project=aimms-web",
-             "--filter", "label=com.docker.compose.service=postgres"],
-            capture_output=True, text=True, env=docker, check=False,
-            stdin=subprocess.DEVNULL, timeout=60).stdout.split()
+        cid = self._docker("ps", "-q", "--filter", "label=com.docker.compose.project=aimms-web",
+                           "--filter", "label=com.docker.compose.service=postgres").split()
         if not cid:
             return None
-        out = subprocess.run(
-            ["docker", "inspect", "--format",
-             "{{.State.Pid}}{{range .Config.Env}}{{println}}{{.}}{{end}}", cid[0]],
-            capture_output=True, text=True, env=docker, check=False,
-            stdin=subprocess.DEVNULL, timeout=60).stdout.splitlines()
+        out = self._docker("inspect", "--format",
+                           "{{.State.Pid}}{{range .Config.Env}}{{println}}{{.}}{{end}}",
+                           cid[0]).splitlines()
         pid = int(out[0]) if out and out[0].isdigit() else 0
         started = _started(pid) if pid else None
         if started is None:
@@ -167,15 +161,17 @@ class Sandbox:
         """Remove the volumes ``rebuild-volume`` kept on this instance (the tests' own:
         each rebuild keeps the old data, up to a gigabyte with its WAL, and nothing
         here would ever drop them); the names removed."""
-        docker = {**os.environ, "DOCKER_HOST": self.docker_host}
-        names = subprocess.run(
-            ["docker", "volume", "ls", "-q", "--filter", f"label={KEPT_LABEL}"],
-            capture_output=True, text=True, env=docker, check=False, timeout=60,
-            stdin=subprocess.DEVNULL).stdout.split()
+        names = self._docker("volume", "ls", "-q", "--filter", f"label={KEPT_LABEL}").split()
         if names:
-            subprocess.run(["docker", "volume", "rm", *names], capture_output=True,
-                           env=docker, check=False, timeout=300, stdin=subprocess.DEVNULL)
+            self._docker("volume", "rm", *names, timeout=300)
         return names
+
+    def _docker(self, *args: str, timeout: float = 60) -> str:
+        """The stdout of ``docker ARGS`` against this instance's engine, run here (the
+        sandbox host is this machine); what fails says nothing."""
+        return subprocess.run(["docker", *args], capture_output=True, text=True,
+                              env={**os.environ, "DOCKER_HOST": self.docker_host},
+                              check=False, timeout=timeout, stdin=subprocess.DEVNULL).stdout
 
     def psql(self, sql: str, db: str = "aimms_web", *, check: bool = True) -> str:
         return self.in_postgres(

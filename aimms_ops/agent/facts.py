@@ -134,19 +134,18 @@ def _container_facts(out: Report, project: str, service: str, superuser: str) ->
     rc, data = run(["docker", "exec", cid, "psql", "-X", "-A", "-t", "-U", superuser, "-d",
                     "template1", "-c", "SELECT encode(textsend(datname), 'hex') "
                     "FROM pg_database ORDER BY 1"])
-    if rc == 0:
-        out.put("postgres.ready", "1")
-        out.put("postgres.ready_detail", "accepting connections")
-    else:
+    if rc != 0:
         ready, detail = run(["docker", "exec", cid, "pg_isready", "-U", superuser], merged=True)
         out.put("postgres.ready", "1" if ready == 0 else "0")
         out.put("postgres.ready_detail", last_line(detail))
-    if rc == 0:
-        try:
-            out.put("postgres.databases", [text(bytes.fromhex(h.decode("ascii")))
-                                           for h in data.split()])
-        except ValueError:
-            pass
+        return
+    out.put("postgres.ready", "1")
+    out.put("postgres.ready_detail", "accepting connections")
+    try:
+        out.put("postgres.databases", [text(bytes.fromhex(h.decode("ascii")))
+                                       for h in data.split()])
+    except ValueError:
+        pass
 
 
 def _backup_dir_facts(out: Report, directory: str) -> None:

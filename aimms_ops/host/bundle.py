@@ -62,14 +62,15 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _sources() -> list[tuple[str, bytes]]:
-    """The host program's modules: (path in the program, bytes)."""
+@functools.cache
+def _sources() -> tuple[tuple[str, bytes], ...]:
+    """The host program's modules: (path in the program, bytes), read once."""
     root = shell.PACKAGE_DIR
     files = [("aimms_ops/__init__.py", b'"""aimms-ops\' host program."""\n')]
     for package in PROGRAM_PACKAGES:
         for path in sorted((root / package).glob("*.py")):
             files.append((f"aimms_ops/{package}/{path.name}", path.read_bytes()))
-    return files
+    return tuple(files)
 
 
 def _sha256(files: Iterable[tuple[str, bytes]]) -> str:

@@ -293,12 +293,11 @@ class Remote:
         bytes come through OpenSSH's client instead, which writes a ``dst`` that is a
         file (``streams.FileSink``) itself.
         """
-        to_file = hasattr(dst, "appended")
         if openssh.available():
             if bundle.needs(command) and self._bundle != bundle.digest():
                 self._send_bundle()
             try:
-                if to_file:
+                if hasattr(dst, "appended"):
                     got = openssh.to_file(self.target, command, dst,  # type: ignore[arg-type]
                                           progress=progress)
                 else:

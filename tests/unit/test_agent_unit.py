@@ -18,7 +18,7 @@ from aimms_ops.core import lock, retention
 from aimms_ops.core.lock import LOCK_FILES, Lock, LockBusy
 from aimms_ops.host import shell
 from aimms_ops.monitor.status import check_size
-from tests.hostprog import HOST, PROGRAM, SCRIPT_ENV
+from tests.hostprog import HOST, PROGRAM, SCRIPT_ENV, write_program
 
 STAMP = "aimms_postgres_20260101_020000"
 
@@ -353,13 +353,10 @@ def _program_copy(tmp_path: Path, sources: str | None) -> Path:
     """The zipapp in ``tmp_path`` with the folder beside it a bundle has, whose SOURCES
     file says ``sources`` (None: as built)."""
     from aimms_ops.host import bundle
-    for name, data in bundle.files():
-        if name == bundle.PROGRAM or name.startswith(bundle.PROGRAM + bundle.BESIDE + "/"):
-            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / name).write_bytes(data)
+    program = write_program(tmp_path)
     if sources is not None:
         (tmp_path / (bundle.PROGRAM + bundle.BESIDE) / bundle.SOURCES).write_text(sources)
-    return tmp_path / bundle.PROGRAM
+    return program
 
 
 def _cached(program: Path) -> list[Path]:
