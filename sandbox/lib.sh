@@ -26,6 +26,12 @@ since() {
 
 # Last non-blank line of a log file, shortened (for one-line error messages).
 last_line() { { grep -av '^[[:space:]]*$' "$1" 2>/dev/null || true; } | tail -n1 | cut -c1-300; }
+# apt-get, one at a time on this machine: sandbox instances come up side by side (one per
+# test worker) and apt's own locks refuse a second apt-get at once instead of waiting.
+apt_get() {
+    mkdir -p "$ROOT"
+    flock -w 1800 "$ROOT/.apt.lock" apt-get -o DPkg::Lock::Timeout=600 "$@"
+}
 
 # ---------------------------------------------------------------- configuration
 SANDBOX_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)

@@ -72,8 +72,8 @@ step_packages() {
     fi
     local rc=0
     {
-        apt-get update -q &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${want[@]}"
+        apt_get update -q &&
+            DEBIAN_FRONTEND=noninteractive apt_get install -y -q "${want[@]}"
     } >"$log" 2>&1 || rc=$?
     ((policy_created == 0)) || rm -f /usr/sbin/policy-rc.d
     ((rc == 0)) || die "apt-get install ${want[*]} failed: $(last_line "$log") (log: $log)"
@@ -303,7 +303,7 @@ step_pitr_image() {
     if ! compgen -G "$debs/pgbackrest_*.deb" >/dev/null; then
         rm -rf "$debs.tmp" && mkdir -p "$debs.tmp"
         (cd "$debs.tmp" && apt-get download pgbackrest >"$log" 2>&1) ||
-            { apt-get update -q >>"$log" 2>&1 && (cd "$debs.tmp" && apt-get download pgbackrest >>"$log" 2>&1); } ||
+            { apt_get update -q >>"$log" 2>&1 && (cd "$debs.tmp" && apt-get download pgbackrest >>"$log" 2>&1); } ||
             die "apt-get download pgbackrest failed: $(last_line "$log") (log: $log)"
         rm -rf "$debs" && mv "$debs.tmp" "$debs"
     fi
