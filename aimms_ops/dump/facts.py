@@ -55,7 +55,7 @@ class Facts:
             if m:
                 self.roles.append(ident_name(m.group(1)))
 
-    def copy(self, data):
+    def copy(self, data, start, end):
         pass
 
     def end(self, reader):

@@ -105,7 +105,7 @@ def property_lines(props):
                     typ in _PROPERTY_OF_DB and name.startswith(b"DATABASE ")):
                 keep.append(b"".join(lines))  # whole: a name may span lines
 
-        def copy(self, data):
+        def copy(self, data, start, end):
             pass
 
         def end(self, r):

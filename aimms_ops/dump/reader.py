@@ -25,13 +25,41 @@ READ_CHUNK = 1024 * 1024
 _TOC = re.compile(rb"^-- (?:Data for )?Name: (.*); Type: (.*); Schema: (.*); Owner: (.*)$")
 
 
+#: After this many backslashes that end no COPY data, closer than one a ``_DENSE``
+#: bytes, ``end_of_copy`` looks for the end line itself instead (rows full of ``\\N``).
+_TRIES = 64
+_DENSE = 4096
+
+
+def end_of_copy(data, pos):
+    """Where the ``\\.`` line that ends COPY data starts in ``data``, searched from
+    ``pos`` (the start of a line); -1 when the data holds none.
+
+    The search follows the backslashes (memchr's speed: rows seldom hold one), each a
+    candidate when it starts a line and ``.`` and a line end follow it; where they are
+    dense it searches for the whole ``\\n\\\\.\\n`` instead.
+    """
+    i = data.find(b"\\", pos)
+    tries = 0
+    while i >= 0:
+        if data.startswith(b".\n", i + 1) and (i == pos or data[i - 1] == 10):
+            return i
+        tries += 1
+        if tries > _TRIES and i - pos < tries * _DENSE:
+            j = data.find(b"\n\\.\n", max(i - 1, pos))
+            return j + 1 if j >= 0 else -1
+        i = data.find(b"\\", i + 1)
+    return -1
+
+
 class Reader:
     """A push parser over a dump's bytes that tells a handler what each part is.
 
     The handler gets: ``line(line, kind)`` for a line at a statement boundary (kind
     ``blank``, ``comment``, ``meta``, ``section``, ``complete``, ``header`` or
     ``preface``), ``unit(lines)`` for whole lines holding one or more complete
-    statements, ``copy(data)`` for COPY rows (the ``\\.`` line included), and
+    statements, ``copy(data, start, end)`` for COPY rows, ``data[start:end]`` (the ``\\.``
+    line included; given so, not sliced, so that a gigabyte of rows is not copied), and
     ``end(reader)`` when the input is over. ``section`` is the current database
     (None in the globals), ``toc`` the last TOC header (name, type), ``in_copy``
     whether the input stopped inside COPY data.
@@ -52,16 +80,23 @@ class Reader:
 
     def feed(self, data):
         """Read the next chunk of the dump; a line may be cut anywhere between chunks."""
+        pos, n = 0, len(data)
         if self.carry:
             # An unfinished line is only put together once its end has come: a row
-            # of many megabytes read 1 MiB at a time is copied once, not once a chunk.
-            if b"\n" not in data:
+            # of many megabytes read 1 MiB at a time is copied once, not once a chunk;
+            # and only that line is (the rest of the chunk is read where it is).
+            nl = data.find(b"\n")
+            if nl < 0:
                 self.carry.append(data)
                 return
-            self.carry.append(data)
-            data = b"".join(self.carry)
+            self.carry.append(data[:nl + 1])
+            line = b"".join(self.carry)
             self.carry = []
-        pos, n = 0, len(data)
+            pos = nl + 1
+            if self.in_copy:
+                self._copy(line, 0)
+            else:
+                self._line(line)
         while pos < n:
             if self.in_copy:
                 pos = self._copy(data, pos)
@@ -79,19 +114,16 @@ class Reader:
         Only whole lines are passed on; the unfinished last line is kept in ``carry``,
         from where it starts (``pos`` when the chunk holds no line end after it).
         """
-        if data.startswith(b"\\.\n", pos):
-            end = pos + 3
-        else:
-            j = data.find(b"\n\\.\n", pos)
-            if j < 0:
-                cut = data.rfind(b"\n", pos) + 1 or pos
-                if cut > pos:
-                    self.handler.copy(data[pos:cut])
-                if cut < len(data):
-                    self.carry = [data[cut:]]
-                return len(data)
-            end = j + 4
-        self.handler.copy(data[pos:end])
+        j = end_of_copy(data, pos)
+        if j < 0:
+            cut = data.rfind(b"\n", pos) + 1 or pos
+            if cut > pos:
+                self.handler.copy(data, pos, cut)
+            if cut < len(data):
+                self.carry = [data[cut:]]
+            return len(data)
+        end = j + 3
+        self.handler.copy(data, pos, end)
         self.in_copy = False
         return end
 
@@ -140,7 +172,7 @@ class Reader:
         if self.carry:
             rest, self.carry = b"".join(self.carry), []
             if self.in_copy:
-                self.handler.copy(rest)
+                self.handler.copy(rest, 0, len(rest))
             else:
                 self._line(rest)
         if self.pending:
@@ -180,9 +212,9 @@ class Tee:
         for h in self.handlers:
             h.unit(lines)
 
-    def copy(self, data):
+    def copy(self, data, start, end):
         for h in self.handlers:
-            h.copy(data)
+            h.copy(data, start, end)
 
     def end(self, reader):
         for h in self.handlers:

@@ -188,11 +188,12 @@ class RestoreFilter:
                 return self._write(self._forced(text, m))
         return self._write(text)
 
-    def copy(self, data):
+    def copy(self, data, start, end):
         if self.keep:
-            self._write(data)
+            self.out.write(memoryview(data)[start:end])
+            self.out_lines += data.count(b"\n", start, end)
         else:
-            self._blank(data)
+            self._write(b"\n" * data.count(b"\n", start, end))
 
     def end(self, reader):
         self._flush_globals()

@@ -16,7 +16,8 @@ import subprocess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aimms_ops.dump.reader import READ_CHUNK, Reader
+from aimms_ops.dump import reader as reader_mod
+from aimms_ops.dump.reader import READ_CHUNK, Reader, end_of_copy
 from tests.hostprog import HOST
 from tests.unit.test_dumpscan_unit import AWKWARD, dump
 
@@ -33,7 +34,8 @@ class Record:
     def unit(self, lines: list[bytes]) -> None:
         self.events.append(("unit", b"".join(lines), len(lines)))
 
-    def copy(self, data: bytes) -> None:
+    def copy(self, data: bytes, start: int, end: int) -> None:
+        data = data[start:end]
         if self.events and self.events[-1][0] == "copy":
             self.events[-1] = ("copy", self.events[-1][1] + data, None)
         else:
@@ -180,3 +182,32 @@ def test_the_filter_with_nothing_to_change_gives_back_the_dump_byte_for_byte():
 @given(data=generated_dumps())
 def test_the_filter_gives_back_a_generated_dump_it_has_nothing_to_change_in(data):
     assert _filter(data) == data
+
+
+def _end_of_copy_by_definition(data: bytes, pos: int) -> int:
+    """The first ``\\.`` line from ``pos`` (a line start), as COPY defines its end."""
+    if data.startswith(b"\\.\n", pos):
+        return pos
+    j = data.find(b"\n\\.\n", pos)
+    return j + 1 if j >= 0 else -1
+
+
+@settings(max_examples=500)
+@given(data=st.lists(st.sampled_from([b"\\", b".", b"\n", b"a", b"\\N\t", b"\\.\n",
+                                      b"\n\\.", b"\\\\.\n"]), max_size=300).map(b"".join),
+       pos=st.integers(0, 50), dense=st.booleans())
+def test_the_end_of_copy_data_is_found_wherever_it_is_and_however_dense_the_backslashes(
+        data, pos, dense):
+    # pos: a line start (the reader only searches from one)
+    pos = min(pos, len(data))
+    pos = data.rfind(b"\n", 0, pos) + 1 if pos else 0
+    if dense:  # the other search, at once
+        old = reader_mod._TRIES, reader_mod._DENSE
+        reader_mod._TRIES, reader_mod._DENSE = 0, 1 << 30
+        try:
+            got = end_of_copy(data, pos)
+        finally:
+            reader_mod._TRIES, reader_mod._DENSE = old
+    else:
+        got = end_of_copy(data, pos)
+    assert got == _end_of_copy_by_definition(data, pos)
