@@ -261,14 +261,13 @@ class Stream:
              keep: str, session: int) -> int:
         # Where psql starts: postgres, made first when the cluster has none; the
         # tablespaces the cluster has: the dump's CREATE of those is left out.
-        res = self.q("SELECT (SELECT count(*) FROM pg_database WHERE datname = 'postgres') "
-                     "|| ' ' || coalesce((SELECT string_agg(encode(textsend(spcname), 'hex'), "
-                     "',') FROM pg_tablespace), '')")
-        if res.returncode != 0:
-            refuse("postgres does not answer: %s" % last_line(_text(res.stderr)))
+        try:
+            survey = self.cluster.survey()
+        except SwapError as e:
+            refuse("postgres does not answer: %s" % last_line(str(e).replace("\\n", "\n")))
             return 1
-        count, _, tablespaces = _text(res.stdout).strip().partition(" ")
-        has_postgres = count != "0"
+        has_postgres = b"postgres" in survey[0]
+        tablespaces = ",".join(name.hex() for name in survey[3])
         if not has_postgres:
             res = self.q("CREATE DATABASE postgres WITH TEMPLATE = template0")
             if res.returncode != 0:
@@ -277,7 +276,8 @@ class Stream:
                 return 1
             self.log("the cluster had no postgres database: created it empty first")
         # What a killed restore left half-built goes; the roles the cluster has are noted.
-        if not self.step("prepare", lambda: prepare(self.cluster, self.work, self.log)):
+        if not self.step("prepare", lambda: prepare(self.cluster, self.work, self.log,
+                                                    survey=survey)):
             self.flush_messages()
             return 1
         props = self.props(only_hex, has_postgres)

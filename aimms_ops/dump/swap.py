@@ -80,6 +80,35 @@ class Cluster:
         return set(bytes.fromhex(x.decode()) for x in self.psql(
             b"SELECT encode(textsend(rolname), 'hex') FROM pg_roles"))
 
+    def survey(self):
+        """What a restore reads before it starts, in one query: every database (as
+        ``databases``), the roles, the databases set aside (as ``set_aside``) and the
+        tablespaces' names."""
+        dbs, roles, aside, spaces = {}, set(), [], []
+        for line in self.psql(
+                b"SELECT 'd ' || encode(textsend(datname), 'hex') || ' ' || "
+                b"datistemplate::int || ' ' || datallowconn::int FROM pg_database "
+                b"UNION ALL SELECT 'r ' || encode(textsend(rolname), 'hex') FROM pg_roles "
+                b"UNION ALL SELECT 'a ' || " + _ASIDE_SQL +
+                b" UNION ALL SELECT 't ' || encode(textsend(spcname), 'hex') "
+                b"FROM pg_tablespace"):
+            kind, _, rest = line.partition(b" ")
+            if kind == b"d":
+                hexname, tmpl, conn = rest.split(b" ")
+                dbs[bytes.fromhex(hexname.decode())] = (tmpl == b"1", conn == b"1")
+            elif kind == b"r":
+                roles.add(bytes.fromhex(rest.decode()))
+            elif kind == b"a":
+                aside += _aside_rows([rest])
+            elif kind == b"t":
+                spaces.append(bytes.fromhex(rest.decode()))
+        aside.sort(key=lambda a: a[2], reverse=True)
+        return dbs, roles, aside, spaces
+
+    def drop_swap_db(self):
+        """Drop the swap's own database (never a template, always open): one statement."""
+        self.psql(b"DROP DATABASE IF EXISTS " + SWAP_DB + b" WITH (FORCE);\n")
+
     def drop(self, name):
         """Drop database ``name``, whatever it is (a template, closed to sessions)."""
         q = quote_ident(name)
@@ -105,13 +134,15 @@ def read_manifest(state):
     return dbs, roles
 
 
-def drop_expired(cluster, log, now=None):
+def drop_expired(cluster, log, now=None, aside=None):
     """Drop the databases restores set aside more than KEEP_REPLACED_DAYS ago (the first
-    restore and the first backup after that time do), each logged; their names."""
+    restore and the first backup after that time do), each logged; their names.
+    ``aside``: what ``set_aside`` gives, when it was read already."""
     limit = time.strftime("%Y%m%d_%H%M%S", time.gmtime(
         (now or time.time()) - KEEP_REPLACED_DAYS * 86400)).encode()
     dropped = []
-    for name, original, stamp, _tmpl, _conn in set_aside(cluster):
+    for name, original, stamp, _tmpl, _conn in (set_aside(cluster) if aside is None
+                                                  else aside):
         if stamp < limit:
             cluster.drop(name)
             dropped.append(name)
@@ -120,16 +151,20 @@ def drop_expired(cluster, log, now=None):
     return dropped
 
 
-def prepare(cluster, state, log, now=None):
+def prepare(cluster, state, log, now=None, survey=None):
     """Remove rebuilt copies a killed restore left, and copies set aside more than
-    KEEP_REPLACED_DAYS ago; note the roles the cluster has."""
-    for name in cluster.databases():
-        if name.startswith(NEW_PREFIX):
+    KEEP_REPLACED_DAYS ago; note the roles the cluster has. ``survey``: what
+    ``Cluster.survey`` gives, when it was read already."""
+    dbs, roles, aside, _spaces = survey if survey is not None else cluster.survey()
+    for name in dbs:
+        if name == SWAP_DB:
+            cluster.drop_swap_db()
+        elif name.startswith(NEW_PREFIX):
             cluster.drop(name)
             log("removed %s, left half-built by an earlier restore" % name.decode())
-    drop_expired(cluster, log, now)
+    drop_expired(cluster, log, now, aside)
     with open(state + "/roles", "wb") as fh:
-        for role in sorted(cluster.roles()):
+        for role in sorted(roles):
             fh.write(role.hex().encode() + b"\n")
 
 
@@ -148,26 +183,62 @@ def discard(cluster, state, log):
            if made else ""), kind="undone")
 
 
-def _close(cluster, names, log, wait=15.0):
-    """Close ``names`` to new sessions and end theirs (from the swap's own database)."""
+def _closing(names, wait=15):
+    """The statements, run from the swap's own database, that close ``names`` to new
+    sessions and end theirs, each waited for up to ``wait`` seconds; they print ``ended
+    N`` (a second round ends any that started while the first ran)."""
     if not names:
-        return
+        return []
     lits = b", ".join(sql_literal(n) for n in names)
-    cluster.psql(b"".join(b"ALTER DATABASE " + quote_ident(n) + b" ALLOW_CONNECTIONS false;\n"
-                          for n in names), SWAP_DB)
-    deadline = time.time() + wait
-    while True:
-        out = cluster.psql(b"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                           b"WHERE datname = ANY (ARRAY[" + lits + b"]::text[]) "
-                           b"AND pid <> pg_backend_pid();\n", SWAP_DB)
-        ended = int(out[0]) if out else 0
-        if ended == 0:
-            return
+    end = (b"SELECT 'ended ' || count(*) FILTER (WHERE pg_terminate_backend(pid, %d)) "
+           b"FROM pg_stat_activity WHERE datname = ANY (ARRAY[" % (wait * 1000) + lits +
+           b"]::text[]) AND pid <> pg_backend_pid();\n")
+    return [b"".join(b"ALTER DATABASE " + quote_ident(n) + b" ALLOW_CONNECTIONS false;\n"
+                     for n in names), end, end]
+
+
+def _reopen(cluster, names, live):
+    """Open again to sessions those of ``names`` that were open: a swap that failed."""
+    sql = b"".join(b"ALTER DATABASE " + quote_ident(n) + b" ALLOW_CONNECTIONS true;\n"
+                   for n in names if live[n][1])
+    if sql:
+        cluster.psql(sql, SWAP_DB)
+
+
+def _ended(lines, log):
+    ended = sum(int(ln.split(b" ", 1)[1]) for ln in lines if ln.startswith(b"ended "))
+    if ended:
         log("ended %d session(s) on the databases being replaced" % ended)
-        if time.time() > deadline:
-            raise SwapError("sessions on the databases being replaced did not end within "
-                            "%d s" % wait)
-        time.sleep(0.2)
+
+
+#: What the swap's psql prints once its transaction committed.
+SWAPPED = b"aimms-ops: swapped"
+
+
+def _run_swap(cluster, replaced, live, body, log):
+    """One psql session: the swap's own database made, the databases being replaced
+    closed and their sessions ended, then ``body`` (a transaction); the swap database
+    dropped after. On a failure before the commit, the ones closed are opened again."""
+    sql = [b"DROP DATABASE IF EXISTS " + SWAP_DB + b" WITH (FORCE);\n"] if SWAP_DB in live else []
+    sql += [CREATE_SWAP_DB, b"\\connect " + SWAP_DB + b"\n"]
+    sql += _closing(replaced)
+    sql += body
+    sql.append(b"SELECT '" + SWAPPED + b"';\n")
+    try:
+        try:
+            out = cluster.psql(b"".join(sql))
+        except SwapError:
+            if replaced:
+                try:
+                    _reopen(cluster, replaced, live)
+                except SwapError:
+                    pass  # not even the swap's database was made: nothing was closed
+            raise
+        _ended(out, log)
+        if SWAPPED not in out:
+            raise SwapError("psql ended before the swap's transaction was confirmed")
+    finally:
+        cluster.drop_swap_db()
 
 
 def swap(cluster, state, stamp, log, as_name=None):
@@ -184,42 +255,28 @@ def swap(cluster, state, stamp, log, as_name=None):
     if as_name is not None and as_name in live:
         raise SwapError("database %s exists already" % shown(as_name))
     replaced = [t for _db, t in targets if t in live]
-    if SWAP_DB in live:
-        cluster.drop(SWAP_DB)
-    cluster.psql(CREATE_SWAP_DB)
+    sql = [b"BEGIN;\n"]
     try:
-        try:
-            _close(cluster, replaced, log)
-            sql = [b"BEGIN;\n"]
-            try:
-                with open(state + "/deferred.sql", "rb") as fh:
-                    sql.append(fh.read())
-            except OSError:
-                pass
-            # The dump's globals set client_encoding: the names below are bytes as they are.
-            sql.append(b"SET client_encoding = 'SQL_ASCII';\n")
-            for db, target in targets:
-                q = quote_ident(target)
-                if target in live:
-                    tmpl, conn = live[target]
-                    aside = aside_name(target, stamp)
-                    note = b"%s %s %s %s" % (target.hex().encode(), stamp,
-                                             b"t" if tmpl else b"f", b"t" if conn else b"f")
-                    sql += [b"ALTER DATABASE ", q, b" RENAME TO ", aside, b";\n",
-                            b"ALTER DATABASE ", aside, b" IS_TEMPLATE false;\n",
-                            b"ALTER DATABASE ", aside, b" SET ", REPLACED_SETTING.encode(),
-                            b" = ", sql_literal(note), b";\n"]
-                sql += [b"ALTER DATABASE ", new_name(db), b" RENAME TO ", q, b";\n"]
-            sql.append(b"COMMIT;\n")
-            cluster.psql(b"".join(sql), SWAP_DB)
-        except SwapError:
-            for target in replaced:
-                if live[target][1]:
-                    cluster.psql(b"ALTER DATABASE " + quote_ident(target) +
-                                 b" ALLOW_CONNECTIONS true;\n", SWAP_DB)
-            raise
-    finally:
-        cluster.drop(SWAP_DB)
+        with open(state + "/deferred.sql", "rb") as fh:
+            sql.append(fh.read())
+    except OSError:
+        pass
+    # The dump's globals set client_encoding: the names below are bytes as they are.
+    sql.append(b"SET client_encoding = 'SQL_ASCII';\n")
+    for db, target in targets:
+        q = quote_ident(target)
+        if target in live:
+            tmpl, conn = live[target]
+            aside = aside_name(target, stamp)
+            note = b"%s %s %s %s" % (target.hex().encode(), stamp,
+                                     b"t" if tmpl else b"f", b"t" if conn else b"f")
+            sql += [b"ALTER DATABASE ", q, b" RENAME TO ", aside, b";\n",
+                    b"ALTER DATABASE ", aside, b" IS_TEMPLATE false;\n",
+                    b"ALTER DATABASE ", aside, b" SET ", REPLACED_SETTING.encode(),
+                    b" = ", sql_literal(note), b";\n"]
+        sql += [b"ALTER DATABASE ", new_name(db), b" RENAME TO ", q, b";\n"]
+    sql.append(b"COMMIT;\n")
+    _run_swap(cluster, replaced, live, sql, log)
     with open(state + "/aside", "wb") as fh:
         for _db, target in targets:
             if target in live:
@@ -238,22 +295,30 @@ def drop_replaced(cluster, state, log):
         cluster.drop(bytes.fromhex(line.decode()))
 
 
-def set_aside(cluster):
-    """The databases set aside by restores: (aside name, original name, stamp, template,
-    allowed connections), newest first."""
+#: The databases set aside, one row each: the hex of the name, a space, the hex of the
+#: setting that says what it was (REPLACED_SETTING).
+_ASIDE_SQL = (b"encode(textsend(d.datname), 'hex') || ' ' || encode(textsend(c), 'hex') "
+              b"FROM pg_database d JOIN pg_db_role_setting s ON s.setdatabase = d.oid "
+              b"AND s.setrole = 0, unnest(s.setconfig) c WHERE c LIKE '" +
+              REPLACED_SETTING.encode() + b"=%' AND d.datname LIKE '" + OLD_PREFIX + b"%'")
+
+
+def _aside_rows(lines):
     out = []
-    for line in cluster.psql(
-            b"SELECT encode(textsend(d.datname), 'hex') || ' ' || "
-            b"encode(textsend(c), 'hex') FROM pg_database d "
-            b"JOIN pg_db_role_setting s ON s.setdatabase = d.oid AND s.setrole = 0, "
-            b"unnest(s.setconfig) c WHERE c LIKE '" + REPLACED_SETTING.encode() +
-            b"=%' AND d.datname LIKE '" + OLD_PREFIX + b"%'"):
+    for line in lines:
         aside_hex, conf_hex = line.split(b" ")
         value = bytes.fromhex(conf_hex.decode()).split(b"=", 1)[1].split(b" ")
         if len(value) != 4:
             continue
         out.append((bytes.fromhex(aside_hex.decode()), bytes.fromhex(value[0].decode()),
                     value[1], value[2] == b"t", value[3] == b"t"))
+    return out
+
+
+def set_aside(cluster):
+    """The databases set aside by restores: (aside name, original name, stamp, template,
+    allowed connections), newest first."""
+    out = _aside_rows(cluster.psql(b"SELECT " + _ASIDE_SQL))
     out.sort(key=lambda a: a[2], reverse=True)
     return out
 
@@ -266,34 +331,22 @@ def undo(cluster, log):
     stamp = aside[0][2]
     last = [a for a in aside if a[2] == stamp]
     live = cluster.databases()
-    if SWAP_DB in live:
-        cluster.drop(SWAP_DB)
-    cluster.psql(CREATE_SWAP_DB)
     gone = []
-    try:
-        present = [a[1] for a in last if a[1] in live]
-        _close(cluster, present, log)
-        sql = [b"BEGIN;\n"]
-        for name, original, _stamp, tmpl, conn in last:
-            q = quote_ident(original)
-            if original in live:
-                undone = new_name(original)
-                gone.append(undone)
-                sql += [b"ALTER DATABASE ", q, b" RENAME TO ", undone, b";\n"]
-            sql += [b"ALTER DATABASE ", name, b" RESET ", REPLACED_SETTING.encode(), b";\n",
-                    b"ALTER DATABASE ", name, b" RENAME TO ", q, b";\n",
-                    b"ALTER DATABASE ", q, b" IS_TEMPLATE ", b"true" if tmpl else b"false",
-                    b";\n", b"ALTER DATABASE ", q, b" ALLOW_CONNECTIONS ",
-                    b"true" if conn else b"false", b";\n"]
-        sql.append(b"COMMIT;\n")
-        cluster.psql(b"".join(sql), SWAP_DB)
-    except SwapError:
-        for original in (a[1] for a in last if a[1] in live):
-            cluster.psql(b"ALTER DATABASE " + quote_ident(original) +
-                         b" ALLOW_CONNECTIONS true;\n", SWAP_DB)
-        raise
-    finally:
-        cluster.drop(SWAP_DB)
+    present = [a[1] for a in last if a[1] in live]
+    sql = [b"BEGIN;\n"]
+    for name, original, _stamp, tmpl, conn in last:
+        q = quote_ident(original)
+        if original in live:
+            undone = new_name(original)
+            gone.append(undone)
+            sql += [b"ALTER DATABASE ", q, b" RENAME TO ", undone, b";\n"]
+        sql += [b"ALTER DATABASE ", name, b" RESET ", REPLACED_SETTING.encode(), b";\n",
+                b"ALTER DATABASE ", name, b" RENAME TO ", q, b";\n",
+                b"ALTER DATABASE ", q, b" IS_TEMPLATE ", b"true" if tmpl else b"false",
+                b";\n", b"ALTER DATABASE ", q, b" ALLOW_CONNECTIONS ",
+                b"true" if conn else b"false", b";\n"]
+    sql.append(b"COMMIT;\n")
+    _run_swap(cluster, present, live, sql, log)
     for name in gone:
         cluster.drop(name)
     for name, original, _stamp, _tmpl, _conn in last:

@@ -38,10 +38,13 @@ if argv[-2:-1] == ["sh"] or argv[-1:] == ["sh"]:
 sql = data.decode() + line
 if "RENAME TO" in sql and sc.get("swap_err"):
     answer(rc=3, err=sc["swap_err"])
-if "datname = 'postgres'" in sql and "pg_tablespace" in sql:
-    answer("%d 70675f64656661756c74,70675f676c6f62616c\n" % sc.get("has_postgres", 1))
-if "datname = 'postgres'" in sql:
-    answer("%d\n" % sc.get("has_postgres", 1))
+if "aimms-ops: swapped" in sql:  # the swap, in one session: it prints that it committed
+    answer("ended 0\nended 0\naimms-ops: swapped\n")
+if "UNION ALL SELECT 'r '" in sql:  # the survey: databases, roles, set aside, tablespaces
+    dbs = [h for h in sc["live_hex"] if sc.get("has_postgres", 1) or h != "706f737467726573"]
+    answer("".join("d %s 0 1\n" % h for h in dbs) + "r 706f737467726573\n"
+           + "".join("a %s %s\n" % tuple(row) for row in sc.get("aside_rows", []))
+           + "t 70675f64656661756c74\nt 70675f676c6f62616c\n")
 if "pg_db_role_setting" in sql:
     answer("".join("%s %s\n" % tuple(row) for row in sc.get("aside_rows", [])))
 if "pg_tablespace" in sql:
@@ -50,8 +53,6 @@ if "datistemplate::int" in sql:
     answer("".join("%s 0 1\n" % h for h in sc["live_hex"]))
 if "pg_roles" in sql:
     answer("706f737467726573\n")
-if "pg_terminate_backend" in sql:
-    answer("0\n")
 answer()
 '''
 

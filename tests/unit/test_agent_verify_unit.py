@@ -78,12 +78,14 @@ if argv[:1] == ["exec"]:
     if "-f" in argv:  # the replay
         answer(rc=sc.get("replay_rc", 0), err=sc.get("replay_err", ""))
     sql = data.decode() + line
+    if "UNION ALL SELECT 'r '" in sql:  # the survey
+        answer("".join("d %s 0 1\n" % h for h in sc["live_hex"]) + "r 706f737467726573\n")
+    if "aimms-ops: swapped" in sql:  # the swap, in one session
+        answer("ended 0\nended 0\naimms-ops: swapped\n")
     if "datistemplate::int" in sql:
         answer("".join("%s 0 1\n" % h for h in sc["live_hex"]))
     if "pg_roles" in sql:
         answer("706f737467726573\n")
-    if "pg_terminate_backend" in sql:
-        answer("0\n")
     if "NOT datallowconn" in sql and "-c" in argv:
         answer("")
     if "NOT datistemplate ORDER BY 1" in sql:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import subprocess
 
-from aimms_ops.dump.beside import aside_name, is_ours, new_name, rename_statement
+from aimms_ops.dump.beside import SWAP_DB, aside_name, is_ours, new_name, rename_statement
 from aimms_ops.dump.lexer import ident_name
 from aimms_ops.dump.preface import split_list
 from aimms_ops.host import events as host_events
@@ -181,6 +181,14 @@ class FakeCluster:
 
     def roles(self):
         return set(self.role_set)
+
+    def survey(self):
+        from aimms_ops.dump import swap
+
+        return self.databases(), self.roles(), swap.set_aside(self), []
+
+    def drop_swap_db(self):
+        self.drop(SWAP_DB)
 
     def drop(self, name):
         self.dropped.append(name)
