@@ -40,7 +40,12 @@ CREATE_SWAP_DB = (b"CREATE DATABASE " + SWAP_DB + b" WITH TEMPLATE = template0 "
 
 
 class SwapError(Exception):
-    """A step of the swap failed: its message says which and psql's words."""
+    """A step of the swap failed: its message says which and psql's words; ``out``:
+    what psql printed before it stopped."""
+
+    def __init__(self, message, out=()):
+        super().__init__(message)
+        self.out = list(out)
 
 
 def quote_ident(name):
@@ -63,7 +68,8 @@ class Cluster:
         proc = subprocess.run(cmd, input=sql, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if proc.returncode != 0:
             err = proc.stderr.decode("utf-8", "replace").strip().replace("\n", "\\n")
-            raise SwapError(err or "psql exited %d" % proc.returncode)
+            raise SwapError(err or "psql exited %d" % proc.returncode,
+                            proc.stdout.splitlines())
         return proc.stdout.splitlines()
 
     def databases(self):
@@ -111,10 +117,25 @@ class Cluster:
 
     def drop(self, name):
         """Drop database ``name``, whatever it is (a template, closed to sessions)."""
-        q = quote_ident(name)
-        self.psql(b"ALTER DATABASE " + q + b" IS_TEMPLATE false;\n"
-                  b"ALTER DATABASE " + q + b" ALLOW_CONNECTIONS true;\n")
-        self.psql(b"DROP DATABASE IF EXISTS " + q + b" WITH (FORCE);\n")
+        self.drop_all([name])
+
+    def drop_all(self, names):
+        """Drop the databases ``names``, whatever they are, in one psql session, in
+        order. A failure stops it: the SwapError's ``dropped`` names those gone before."""
+        sql = []
+        for name in names:
+            q = quote_ident(name)
+            sql += [b"ALTER DATABASE ", q, b" IS_TEMPLATE false;\n", b"ALTER DATABASE ", q,
+                    b" ALLOW_CONNECTIONS true;\n", b"DROP DATABASE IF EXISTS ", q,
+                    b" WITH (FORCE);\n", b"SELECT 'dropped ", name.hex().encode(), b"';\n"]
+        if not sql:
+            return
+        try:
+            self.psql(b"".join(sql))
+        except SwapError as e:
+            e.dropped = [bytes.fromhex(ln[8:].decode()) for ln in e.out
+                         if ln.startswith(b"dropped ")]
+            raise
 
 
 def _lines(path):
@@ -140,15 +161,29 @@ def drop_expired(cluster, log, now=None, aside=None):
     ``aside``: what ``set_aside`` gives, when it was read already."""
     limit = time.strftime("%Y%m%d_%H%M%S", time.gmtime(
         (now or time.time()) - KEEP_REPLACED_DAYS * 86400)).encode()
-    dropped = []
-    for name, original, stamp, _tmpl, _conn in (set_aside(cluster) if aside is None
-                                                  else aside):
-        if stamp < limit:
-            cluster.drop(name)
-            dropped.append(name)
-            log("removed %s (%s before a restore of %s, kept %d days)"
+    expired = [(name, "removed %s (%s before a restore of %s, kept %d days)"
                 % (name.decode(), shown(original), stamp.decode(), KEEP_REPLACED_DAYS))
-    return dropped
+               for name, original, stamp, _tmpl, _conn in (set_aside(cluster) if aside is None
+                                                            else aside)
+               if stamp < limit]
+    return drop_logged(cluster, expired, log)
+
+
+def drop_logged(cluster, items, log):
+    """Drop the databases of ``items`` (name, what to log once it is gone) in one psql
+    session, each logged once dropped; their names."""
+    try:
+        cluster.drop_all([name for name, _text in items])
+    except SwapError as e:
+        gone = set(getattr(e, "dropped", ()))
+        for name, text in items:
+            if name in gone and text:
+                log(text)
+        raise
+    for _name, text in items:
+        if text:
+            log(text)
+    return [name for name, _text in items]
 
 
 def prepare(cluster, state, log, now=None, survey=None):
@@ -156,12 +191,9 @@ def prepare(cluster, state, log, now=None, survey=None):
     KEEP_REPLACED_DAYS ago; note the roles the cluster has. ``survey``: what
     ``Cluster.survey`` gives, when it was read already."""
     dbs, roles, aside, _spaces = survey if survey is not None else cluster.survey()
-    for name in dbs:
-        if name == SWAP_DB:
-            cluster.drop_swap_db()
-        elif name.startswith(NEW_PREFIX):
-            cluster.drop(name)
-            log("removed %s, left half-built by an earlier restore" % name.decode())
+    drop_logged(cluster, [(name, "" if name == SWAP_DB else
+                           "removed %s, left half-built by an earlier restore" % name.decode())
+                          for name in dbs if name.startswith(NEW_PREFIX)], log)
     drop_expired(cluster, log, now, aside)
     with open(state + "/roles", "wb") as fh:
         for role in sorted(roles):
@@ -170,9 +202,7 @@ def prepare(cluster, state, log, now=None, survey=None):
 
 def discard(cluster, state, log):
     """Undo what the restore did before its swap: the rebuilt copies and the roles it made."""
-    for name in cluster.databases():
-        if name.startswith(NEW_PREFIX):
-            cluster.drop(name)
+    cluster.drop_all([name for name in cluster.databases() if name.startswith(NEW_PREFIX)])
     before = set(bytes.fromhex(x.decode()) for x in _lines(state + "/roles"))
     _dbs, dump_roles = read_manifest(state)
     made = [r for r in dump_roles if r not in before and r in cluster.roles()]
@@ -291,8 +321,7 @@ def swap(cluster, state, stamp, log, as_name=None):
 
 def drop_replaced(cluster, state, log):
     """Drop what the swap just set aside (a restore onto a new, empty cluster)."""
-    for line in _lines(state + "/aside"):
-        cluster.drop(bytes.fromhex(line.decode()))
+    cluster.drop_all([bytes.fromhex(line.decode()) for line in _lines(state + "/aside")])
 
 
 #: The databases set aside, one row each: the hex of the name, a space, the hex of the
@@ -347,15 +376,14 @@ def undo(cluster, log):
                 b"true" if conn else b"false", b";\n"]
     sql.append(b"COMMIT;\n")
     _run_swap(cluster, present, live, sql, log)
-    for name in gone:
-        cluster.drop(name)
+    cluster.drop_all(gone)
     for name, original, _stamp, _tmpl, _conn in last:
         log("put back %s (it was kept as %s)" % (shown(original), name.decode()))
 
 
 def drop_aside(cluster, log, names=None):
     """Drop the databases restores set aside (``names``: only those)."""
-    for name, original, _stamp, _tmpl, _conn in set_aside(cluster):
-        if names is None or name in names:
-            cluster.drop(name)
-            log("dropped %s (%s before a restore)" % (name.decode(), shown(original)))
+    drop_logged(cluster, [(name, "dropped %s (%s before a restore)" % (name.decode(),
+                                                                         shown(original)))
+                          for name, original, _stamp, _tmpl, _conn in set_aside(cluster)
+                          if names is None or name in names], log)

@@ -190,6 +190,10 @@ class FakeCluster:
     def drop_swap_db(self):
         self.drop(SWAP_DB)
 
+    def drop_all(self, names):
+        for name in names:
+            self.drop(name)
+
     def drop(self, name):
         self.dropped.append(name)
         self.dbs.pop(name, None)
