@@ -121,7 +121,7 @@ class Cluster:
 
     def drop_all(self, names):
         """Drop the databases ``names``, whatever they are, in one psql session, in
-        order. A failure stops it: the SwapError's ``dropped`` names those gone before."""
+        order. A failure stops it: ``dropped(error.out)`` names those gone before."""
         sql = []
         for name in names:
             q = quote_ident(name)
@@ -130,12 +130,12 @@ class Cluster:
                     b" WITH (FORCE);\n", b"SELECT 'dropped ", name.hex().encode(), b"';\n"]
         if not sql:
             return
-        try:
-            self.psql(b"".join(sql))
-        except SwapError as e:
-            e.dropped = [bytes.fromhex(ln[8:].decode()) for ln in e.out
-                         if ln.startswith(b"dropped ")]
-            raise
+        self.psql(b"".join(sql))
+
+
+def dropped(out):
+    """The databases a ``drop_all`` that failed had dropped, from what its psql printed."""
+    return [bytes.fromhex(ln[8:].decode()) for ln in out if ln.startswith(b"dropped ")]
 
 
 def _lines(path):
@@ -175,7 +175,7 @@ def drop_logged(cluster, items, log):
     try:
         cluster.drop_all([name for name, _text in items])
     except SwapError as e:
-        gone = set(getattr(e, "dropped", ()))
+        gone = set(dropped(e.out))
         for name, text in items:
             if name in gone and text:
                 log(text)
