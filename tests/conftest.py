@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +32,7 @@ os.environ["SANDBOX_NAME"] = SANDBOX_NAME
 os.environ["SANDBOX_OUT"] = str(SANDBOX_OUT)
 
 __all__ = ["FAB", "REPO", "SANDBOX_NAME", "SANDBOX_OUT", "STABLE_TEXT", "Sandbox", "_read_env",
-           "fab_error_line", "md5_sql"]
+           "dump_difference", "fab_error_line", "md5_sql"]
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +82,34 @@ def fab_error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines, f"no error printed (rc={proc.returncode}); stdout: {proc.stdout}"
     return lines[-1]
+
+
+def dump_difference(got: str, want: str) -> str:
+    """What differs between two pg_dumpall texts, database by database: the lines only
+    in one of them (a few of each), or that the lines are the same in another order
+    (rows in another physical order). Empty when they are equal."""
+    out = []
+    a, b = _sections(got), _sections(want)
+    for name in sorted(set(a) | set(b)):
+        x, y = Counter(a.get(name, [])), Counter(b.get(name, []))
+        if a.get(name) == b.get(name):
+            continue
+        only_got, only_want = list((x - y).elements()), list((y - x).elements())
+        if not only_got and not only_want:
+            out.append(f"{name}: the same lines in another order")
+            continue
+        out.append(f"{name}: {len(only_got)} lines only after, {len(only_want)} only before; "
+                   f"after: {only_got[:3]}; before: {only_want[:3]}")
+    return "\n".join(out)
+
+
+def _sections(dump: str) -> dict[str, list[str]]:
+    """The lines of a pg_dumpall text under each ``-- Database "NAME" dump`` title (the
+    globals under ``(globals)``)."""
+    sections: dict[str, list[str]] = {"(globals)": []}
+    current = sections["(globals)"]
+    for line in dump.split("\n"):
+        if line.startswith('-- Database "') and line.endswith('" dump'):
+            current = sections.setdefault(line[13:-6], [])
+        current.append(line)
+    return sections

@@ -18,6 +18,7 @@ from ..conftest import (  # noqa: F401 - named for the tests of this folder
     STABLE_TEXT,
     Sandbox,
     _read_env,
+    dump_difference,
     fab_error_line,
     md5_sql,
 )
@@ -30,3 +31,14 @@ def empty_backup_dir(sandbox: Sandbox) -> None:
     part file, an unfinished rebuild's state, a lock's owner note)."""
     d = shlex.quote(sandbox.backup_dir)
     sandbox.ssh(f"mkdir -p -m 700 {d} && find {d} -mindepth 1 -delete")
+
+
+@pytest.fixture(autouse=True)
+def no_fab_left_running():
+    """A fab a test started in the background and left going (the test failed before it
+    waited for it) is interrupted after that test, so that it cannot go on into the next
+    test's cluster."""
+    yield
+    from .faults import end_leftover_runs
+
+    end_leftover_runs()

@@ -120,15 +120,20 @@ def sessions_running(sandbox: Sandbox, marker: str) -> list[int]:
 
 
 def drop_connection(sandbox: Sandbox, marker: str, *, timeout: float = 60,
-                    when: Callable[[], bool] | None = None, every: float = 0.02) -> list[int]:
+                    when: Callable[[], bool] | None = None, every: float = 0.02,
+                    run: Running | None = None, or_ended: bool = False) -> list[int]:
     """Kill (SIGKILL) the sshd processes serving the session that runs ``marker``.
 
-    Waits until such a session exists and ``when()`` (if given) is true. The
+    Waits until such a session exists and ``when()`` (if given) is true, and stops at
+    once if ``run`` ended first (an error; with ``or_ended``, no pid is returned). The
     session's own commands are left alone: what they do next is what is tested.
     Returns the pids killed.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if or_ended and run is not None and run.ended():
+            return []
+        _not_ended(run)
         pids = sessions_running(sandbox, marker)
         if pids and (when is None or when()):
             for pid in pids:
@@ -253,6 +258,33 @@ class Running:
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
+    def ended(self) -> bool:
+        """True once fab has exited; then its output is collected."""
+        if self.proc.poll() is None:
+            return False
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.wait(30)
+        return True
+
+
+#: The runs started by start_fab and not yet ended: a failing test's run is ended after
+#: it (end_leftover_runs), so that it cannot go on into the next test's cluster.
+STARTED: list[Running] = []
+
+
+def end_leftover_runs() -> list[str]:
+    """Interrupt (as Ctrl-C does) every run a test left going; what each was."""
+    left = [r for r in STARTED if r.proc.poll() is None]
+    STARTED.clear()
+    for run in left:
+        run.signal(signal.SIGINT)
+    for run in left:
+        try:
+            run.wait(120)
+        except AssertionError:
+            pass
+    return [str(r.proc.args) for r in left]
+
 
 def start_fab(sandbox: Sandbox, *args: str, inventory: Path | None = None,
               env: dict[str, str] | None = None) -> Running:
@@ -264,7 +296,9 @@ def start_fab(sandbox: Sandbox, *args: str, inventory: Path | None = None,
     proc = subprocess.Popen([str(FAB), *args], env=full_env, cwd=REPO, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, preexec_fn=_default_sigint)
-    return Running(proc)
+    run = Running(proc)
+    STARTED.append(run)
+    return run
 
 
 def _default_sigint() -> None:
@@ -316,11 +350,20 @@ def interrupt_when(sandbox: Sandbox, *args: str, line: str, sig: int = signal.SI
 # --- waiting and the task list ---------------------------------------------------------
 
 
-def wait_until(cond: Callable[[], object], timeout: float, every: float = 0.05) -> None:
+def wait_until(cond: Callable[[], object], timeout: float, every: float = 0.05,
+               run: Running | None = None) -> None:
+    """Wait until ``cond()``; with ``run``, stop at once if that fab ended first."""
     deadline = time.monotonic() + timeout
     while not cond():
+        _not_ended(run)
         assert time.monotonic() < deadline, f"gave up waiting after {timeout} s"
         time.sleep(every)
+
+
+def _not_ended(run: Running | None) -> None:
+    if run is not None and run.ended():
+        raise AssertionError(f"fab ended (rc={run.returncode}) before the moment waited "
+                             f"for: {run.stderr}")
 
 
 _TASKS: set[str] | None = None

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from aimms_ops.core import lock
+from aimms_ops.core.lock import LOCK_FILES
+
 from . import faults
 from .conftest import fab_error_line
 from .test_backup_coverage import allowconn, own_inventory
@@ -42,8 +45,8 @@ def big_cluster(sandbox):
 
 def _script_pid(d: Path) -> int | None:
     """The pid of the running backup script: the one its lock note names."""
-    notes = list(d.glob(".backup.lock.owner.*"))
-    return int(notes[0].name.rsplit(".", 1)[1]) if notes else None
+    pids = lock.note_pids(str(d / LOCK_FILES["backup"]))
+    return pids[0] if pids else None
 
 
 def _dumping(sandbox, inv, here: Path) -> tuple[faults.Running, int | None]:
@@ -52,7 +55,7 @@ def _dumping(sandbox, inv, here: Path) -> tuple[faults.Running, int | None]:
     sandbox.psql(f"ALTER DATABASE {CLOSED} ALLOW_CONNECTIONS false", "postgres")
     run = faults.start_fab(sandbox, "backup", inventory=inv)
     faults.wait_until(lambda: any(here.glob(".aimms_postgres_*.tmp")) and _script_pid(here),
-                      timeout=120, every=0.01)
+                      timeout=120, every=0.01, run=run)
     return run, _script_pid(here)
 
 
@@ -125,7 +128,7 @@ def test_a_backup_killed_after_it_published_says_what_it_published(sandbox, tmp_
                 pid.append(p)
             return logf.exists() and " RESULT ok " in logf.read_text()
 
-        faults.wait_until(published, timeout=300, every=0.01)
+        faults.wait_until(published, timeout=300, every=0.01, run=run)
         assert pid and faults.alive(pid[0])
         os.kill(pid[0], signal.SIGKILL)
         assert run.wait(300) != 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import fab_error_line
+from .conftest import dump_difference, fab_error_line
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,8 @@ def test_restore_local_file_onto_live_cluster_is_exact(ready, tmp_path):
     assert {"template1", "aimms_web", "postgres"} <= set(names)
     assert f"restored {', '.join(names)} on aidset" in " ".join(proc.stdout.split())
     assert sandbox.checksums() == want
-    assert sandbox.dumpall() == want_dump
+    got = sandbox.dumpall()
+    assert got == want_dump, dump_difference(got, want_dump)
     # The safety backup holds the changed state.
     data = json.loads(sandbox.fab("list-backups", "--json").stdout)
     assert any(x["name"].endswith("_pre-restore.sql.gz") for x in data)
@@ -73,7 +74,8 @@ def test_restore_remote_name_is_exact(ready):
     proc = sandbox.fab("restore", f"--file={b['name']}", "--yes", "--no-safety-backup")
     assert proc.returncode == 0, proc.stderr
     assert sandbox.checksums() == want
-    assert sandbox.dumpall() == want_dump
+    got = sandbox.dumpall()
+    assert got == want_dump, dump_difference(got, want_dump)
 
 
 def test_restore_of_a_plain_pg_dumpall_gzip_dump(ready, tmp_path):

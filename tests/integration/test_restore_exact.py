@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from .conftest import fab_error_line
+from .conftest import dump_difference, fab_error_line
 
 pytestmark = pytest.mark.integration
 
@@ -183,7 +183,8 @@ reader";
                         "g.oid = m.roleid WHERE g.rolname = 'late_role'", "postgres") == "0"
     assert sandbox.psql("SELECT dba_helper()", "template1") == "42"
     assert sandbox.psql("SELECT pg_get_functiondef('app.tricky'::regproc)") == awkward["body"]
-    assert _without_late_role(sandbox.dumpall()) == awkward["dump"]
+    after = _without_late_role(sandbox.dumpall())
+    assert after == awkward["dump"], dump_difference(after, awkward["dump"])
     assert "template1: from the dump, postgres: from the dump" in proc.stdout
 
 

@@ -24,7 +24,7 @@ from aimms_ops.backup import settings
 from aimms_ops.host import bundle, shell
 from aimms_ops.inventory import loader
 
-from .conftest import fab_error_line
+from .conftest import dump_difference, fab_error_line
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +108,8 @@ def test_a_zstd_backup_restores_exactly_from_the_host_and_from_a_local_file(sand
     assert sb.checksums() != want
     proc = sb.fab("restore", f"--file={name}", "--yes", inventory=zinv)
     assert proc.returncode == 0, proc.stderr
-    assert sb.checksums() == want and sb.dumpall() == want_dump
+    got = sb.dumpall()
+    assert sb.checksums() == want and got == want_dump, dump_difference(got, want_dump)
     # The safety copy of the changed state uses the host's compression too.
     safety = [b["name"] for b in _remote(sb, zinv) if b["name"].endswith("_pre-restore.sql.zst")]
     assert safety, "no .sql.zst safety copy"
@@ -117,7 +118,8 @@ def test_a_zstd_backup_restores_exactly_from_the_host_and_from_a_local_file(sand
     sb.psql(CHANGE)
     proc = sb.fab("restore", f"--file={tmp_path / name}", "--yes", "--no-safety-backup")
     assert proc.returncode == 0, proc.stderr
-    assert sb.checksums() == want and sb.dumpall() == want_dump
+    got = sb.dumpall()
+    assert sb.checksums() == want and got == want_dump, dump_difference(got, want_dump)
     # A damaged local one is refused, naming its stream, with the cluster untouched.
     bad = tmp_path / name.replace(".sql.zst", "_bad.sql.zst")
     data = (tmp_path / name).read_bytes()
