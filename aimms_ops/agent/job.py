@@ -9,6 +9,7 @@ on, logs its RESULT and cleans up. Every line of the log is ``TIME RUN_ID TEXT``
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 import uuid
@@ -17,6 +18,9 @@ from typing import Callable, List, Optional
 from aimms_ops.agent import pings
 from aimms_ops.core import events
 from aimms_ops.core.lock import Lock, LockBusy, held_by, now_utc
+
+#: Surrogates that stand for no byte of the input (surrogateescape makes U+DC80-U+DCFF).
+_NOT_A_BYTE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 
 
 class JobFailed(Exception):
@@ -75,9 +79,13 @@ class Job:
     # --- lines -------------------------------------------------------------------
 
     def log(self, text: str) -> None:
+        """A line in the host's log; bytes that are not UTF-8 (a name, psql's message)
+        are written as ``\\xNN``, so that the log stays UTF-8 for whoever reads it."""
+        text = _NOT_A_BYTE.sub(lambda m: "\\u%04x" % ord(m.group()), text)
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         line = "%s %s %s\n" % (now_utc(), self.run_id, text)
         try:
-            with open(self.log_file, "a", encoding="utf-8", errors="surrogateescape") as fh:
+            with open(self.log_file, "a", encoding="utf-8") as fh:
                 fh.write(line)
         except OSError:
             pass

@@ -388,3 +388,14 @@ def test_the_programs_children_run_the_zipapp_it_was_started_as(monkeypatch, tmp
     assert hosttools._program()[1:] == [str(program)]
     monkeypatch.setenv("AIMMS_OPS_PROGRAM", str(tmp_path / "absent.pyz"))
     assert hosttools._program()[1:] == ["-m", "aimms_ops.agent"]  # these modules
+
+
+def test_the_hosts_log_stays_utf8_whatever_a_line_carries(tmp_path):
+    from aimms_ops.agent.job import Job
+
+    log = tmp_path / "backups.log"
+    job = Job("backup", str(log))
+    name = b"caf\xe9 db".decode("utf-8", "surrogateescape")  # a name as os and psql give it
+    job.log(f"database {name} refused: \ud800")
+    text = log.read_bytes().decode("utf-8")  # strict: the log is UTF-8
+    assert text.endswith(" database caf\\xe9 db refused: \\ud800\n"), text
