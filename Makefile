@@ -48,8 +48,10 @@ unit: venv
 # tests spread over both: tests/conftest.py; worker N > 0 against its own sandbox
 # instance NAME-N, tests/sandbox_client.py); the 25 slowest tests are listed at the
 # end, to keep it in check.
+# The sandbox comes up first: the unit tests of the host's tools (zstd, pigz, shellcheck)
+# need what it installs on this machine.
 TEST_JOBS ?= 2
-test: venv lint
+test: venv lint sandbox
 	$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadgroup --durations=25
 
 bench: venv sandbox
