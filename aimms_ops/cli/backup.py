@@ -10,6 +10,7 @@ from aimms_ops.cli.base import (
     connect,
     download_dir,
     load_inventory,
+    log_note,
     operator_name,
     ops_task,
     whole_number,
@@ -41,8 +42,8 @@ def backup(c, label=None, download=False, allow_shrink=False, json=False):
         started = time.monotonic()
         output.note(f"backing up {remote.name} ...")
         with output.live() as shown:
-            result = run.run_backup(remote, label=label, on_log=lambda line: output.note(
-                "  " + line.split(" ", 2)[-1]), allow_shrink=allow_shrink, on_event=shown)
+            result = run.run_backup(remote, label=label, on_log=log_note,
+                                    allow_shrink=allow_shrink, on_event=shown)
         elapsed = time.monotonic() - started
         if json:
             got = None

@@ -20,8 +20,15 @@ from fabric import Connection
 from invoke import Exit, Task, task
 
 from aimms_ops.core.errors import ConnectionLost, OpsError, shown
+from aimms_ops.monitor import runlog
+from aimms_ops.output import console as output
 
 DEBUG_ENV = "AIMMS_OPS_DEBUG"
+
+
+def log_note(line: str) -> None:
+    """A line of the host's log, as a task shows it while it runs: its text, indented."""
+    output.note("  " + runlog.text_of(line))
 
 
 def host_name(c: Any) -> str | None:

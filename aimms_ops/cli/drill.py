@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Exit
 
-from aimms_ops.cli.base import connect, ops_task
+from aimms_ops.cli.base import connect, log_note, ops_task
 from aimms_ops.core import units
 from aimms_ops.core.checks import State
 from aimms_ops.output import console as output
@@ -46,8 +46,8 @@ def drill(c, target=None, json=False, dry_run=False):
         if not json:
             output.note(f"drill on {remote.name}: {why} ...")
         with output.live() as shown:
-            report = dr.drill(remote, target, on_log=None if json else lambda line: (
-                output.note("  " + line.split(" ", 2)[-1])), on_event=shown)
+            report = dr.drill(remote, target, on_log=None if json else log_note,
+                              on_event=shown)
     if json:
         output.print_json(report.as_dict())
     else:

@@ -7,7 +7,7 @@ from typing import Any
 
 from invoke import Exit
 
-from aimms_ops.cli.base import connect, host_name, load_inventory, ops_task
+from aimms_ops.cli.base import connect, host_name, load_inventory, log_note, ops_task
 from aimms_ops.core import units
 from aimms_ops.core.checks import State
 from aimms_ops.core.errors import OpsError
@@ -140,8 +140,7 @@ def verify(c, file="latest", deep=False, json=False, offsite=None, identity=None
             output.note(f"trial restore of {file} on {remote.name} into a throwaway "
                         "container ...")
         with output.live() as shown:
-            report = vf.verify(remote, file, deep, on_log=lambda line: output.note(
-                "  " + line.split(" ", 2)[-1]), on_event=shown)
+            report = vf.verify(remote, file, deep, on_log=log_note, on_event=shown)
     if json:
         output.print_json(report.as_dict())
     else:

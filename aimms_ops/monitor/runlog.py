@@ -13,6 +13,14 @@ from aimms_ops.core.names import EXTENSION_RE
 _RESULT = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] RESULT (ok|failed:)\s*(.*)$")
 _START = re.compile(r"^(\S+) (backup|verify)\[(\d+)\] START ")
 _DATABASES = re.compile(r"^\S+ backup\[(\d+)\] DATABASES ((?:[0-9a-f]+ ?)*)$")
+_LINE = re.compile(r"^\S+ [\w-]+\[\d+\] ")
+
+
+def text_of(line: str) -> str:
+    """What a line of the host's log says, without its time and run (``TIME KIND[PID]
+    TEXT``); a line that is not one (a program's own message on stderr) whole."""
+    m = _LINE.match(line)
+    return line[m.end():] if m else line
 
 
 @dataclass(frozen=True)

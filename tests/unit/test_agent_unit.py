@@ -399,3 +399,15 @@ def test_the_hosts_log_stays_utf8_whatever_a_line_carries(tmp_path):
     job.log(f"database {name} refused: \ud800")
     text = log.read_bytes().decode("utf-8")  # strict: the log is UTF-8
     assert text.endswith(" database caf\\xe9 db refused: \\ud800\n"), text
+
+
+def test_a_task_shows_what_a_host_log_line_says_and_any_other_line_whole(tmp_path):
+    from aimms_ops.agent.job import Job
+    from aimms_ops.monitor.runlog import text_of
+
+    log = tmp_path / "backups.log"
+    Job("offsite-sync", str(log)).log("uploaded 3 files")
+    assert text_of(log.read_text().rstrip("\n")) == "uploaded 3 files"
+    # What the host program printed itself (a traceback's lines) is not cut.
+    for line in ("Traceback (most recent call last):", "NameError: name 'x' is not defined"):
+        assert text_of(line) == line
