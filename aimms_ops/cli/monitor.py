@@ -92,8 +92,10 @@ def status(c, json=False, max_age="26h"):
     "max_age": "how old the newest good backup may be: 26h (default), 90m, 2d",
 })
 def info(c, json=False, max_age="26h"):
-    """The whole state on one screen: backups here and offsite, pins, last and next run,
-    last deep verify, what you would lose now, space left; exit code as status's."""
+    """The whole state on one screen, with the exit code of fab status.
+
+    Backups here and offsite, pins, the last and next run, the last deep verify, what
+    you would lose now, the space left."""
     from aimms_ops.monitor import info as inf
     from aimms_ops.monitor import status as st
 

@@ -16,8 +16,10 @@ from aimms_ops.output import console as output
             "done}",
 })
 def restore_undo(c, yes=False, dry_run=False, json=False):
-    """Put back the databases the last restore replaced (kept aside by it); the restored
-    ones are dropped. One transaction; the sessions on them are ended first."""
+    """Put back the databases the last restore replaced and kept aside.
+
+    The restored ones are dropped. One transaction; the sessions on them are ended
+    first."""
     from aimms_ops.restore import replaced as rp
 
     with connect(c) as remote:

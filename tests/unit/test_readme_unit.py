@@ -22,3 +22,11 @@ def test_every_task_has_its_section_and_the_manual_procedure_is_explained():
         assert f"### `fab {name}" in README or f"`fab {name}" in README, name
     assert "the seed" not in README.lower()
     assert "*The manual procedure* below means" in README
+
+
+def test_every_task_says_what_it_does_in_one_whole_line_of_fab_l():
+    """`fab -l` shows the first line of each task's docstring: a whole sentence, not the
+    start of one cut at the line's end."""
+    for name in ns.task_names:
+        first = (ns[name].body.__doc__ or "").strip().splitlines()[0]
+        assert first.rstrip().endswith((".", "?")), (name, first)
