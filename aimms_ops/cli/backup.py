@@ -144,9 +144,9 @@ def download(c, file="latest", dest=None, json=False):
     from aimms_ops.backup import listing
     from aimms_ops.core import names
 
-    inv = load_inventory()
     if file != "latest":
         names.validate_name(file)
+    inv = load_inventory()
     with connect(c, inv) as remote:
         b = listing.pick(listing.list_remote(remote), file)
         d = _do_download(remote, b, download_dir(inv, dest), quiet=json)

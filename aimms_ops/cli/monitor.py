@@ -137,6 +137,7 @@ def verify(c, file="latest", deep=False, json=False, offsite=None, identity=None
         from aimms_ops.cli.offsite import verify_offsite
 
         return verify_offsite(c, file, None if offsite is True else offsite, identity, json)
+    vf.check_file(file)
     with connect(c) as remote:
         if deep:
             output.note(f"trial restore of {file} on {remote.name} into a throwaway "

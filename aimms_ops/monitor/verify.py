@@ -193,13 +193,18 @@ def script_args(host: Host, file: str) -> list[str]:
     return settings_args(host, *verify_args(host), "--file", file, keys=VERIFY_KEYS)
 
 
+def check_file(file: str) -> None:
+    """``file`` is ``latest`` or a backup's name (refused in one line before connecting)."""
+    if file != "latest":
+        names.validate_name(file)
+
+
 def verify(remote: HostRemote, file: str, deep: bool,
            on_log: Callable[[str], None] | None = None,
            on_event: Callable[[Event], None] | None = None) -> VerifyReport:
     """Verify backup ``file`` (a name or ``latest``) on the host; ``on_event``: each
     event of a deep verify as it comes (a wait for a lock, the replay's progress)."""
-    if file != "latest":
-        names.validate_name(file)
+    check_file(file)
     b = listing.pick(listing.list_remote(remote), file)
     if not deep:
         dump = inspect_remote(remote, b.path, full=True)

@@ -71,3 +71,15 @@ def test_check_status_doctor_and_info_each_say_their_one_job_and_point_to_the_ot
         assert doc.startswith(question), name
         others = [f"fab {o}" for o in jobs if o != name and o != "info"]
         assert name == "info" or all(o in doc for o in others), (name, others)
+
+
+@pytest.mark.parametrize("name", ["verify", "download", "pin", "unpin"])
+@pytest.mark.parametrize("file", ["", "../x", "x; rm -rf ~"])
+def test_a_file_that_names_no_backup_is_refused_before_anything(monkeypatch, tmp_path,
+                                                                name, file):
+    monkeypatch.setenv("AIMMS_OPS_INVENTORY", str(tmp_path / "none.yml"))  # never read
+    with pytest.raises(Exit) as exc:
+        ns[name](Context(), file=file)
+    assert "not a backup name" in str(exc.value.message) or \
+        "--file is required" in str(exc.value.message), exc.value.message
+    assert exc.value.code != 0
