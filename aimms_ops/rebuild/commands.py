@@ -20,9 +20,11 @@ from aimms_ops.restore.source import DumpInfo, conninfo
 WAIT_TIMEOUT = 180
 
 COPY_SH = VOLUME_COPY_SH
-# Count the regular files and their bytes on both sides of the copy.
+# Count the regular files and their bytes on both sides of the copy. OFMT: mawk (the
+# postgres image's awk) prints a sum above 2^31 as 3e+09 otherwise.
 COUNT_SH = ('for d in /from /to; do find "$d" -type f -exec stat -c %s {} + | '
-            'awk -v d="$d" "{ n++; s += \\$1 } END { print d, n + 0, s + 0 }"; done')
+            'awk -v d="$d" -v OFMT=%.0f "{ n++; s += \\$1 } END { print d, n + 0, s + 0 }"; '
+            'done')
 #: ``{"table": "schema.table", "rows": N}`` for every table of a database, N its exact
 #: row count.
 COUNT_SQL = ("SELECT json_build_object('table', n.nspname || '.' || c.relname, 'rows', "

@@ -292,9 +292,14 @@ def _check_copy(stdout: str, plan: RebuildPlan) -> str:
         if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
             sides[parts[0]] = (int(parts[1]), int(parts[2]))
     src, dst = sides.get("/from"), sides.get("/to")
-    if src is None or dst is None or src != dst:
+    if src is None or dst is None:
+        said = " | ".join(ln.strip() for ln in stdout.splitlines() if ln.strip())[-200:]
+        raise OpsError(f"the check of the copy in {plan.keep} printed no file count and "
+                       f"size for both sides: {said or 'nothing'!r}")
+    if src != dst:
         raise OpsError(f"the copy in {plan.keep} does not match {plan.volume}: "
-                       f"{src} files/bytes vs {dst}")
+                       f"{src[0]} files, {src[1]} bytes against {dst[0]} files, {dst[1]} "
+                       "bytes")
     return f"{src[0]} files, {units.size(src[1])} copied into {plan.keep}"
 
 

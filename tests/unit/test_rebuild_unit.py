@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from aimms_ops.core.errors import InternalError, OpsError
 from aimms_ops.host import bundle
 from aimms_ops.inventory import loader as inventory
 from aimms_ops.rebuild import Command, RebuildFacts, Step, VolumeSpec, VolumeUser, run
+from aimms_ops.rebuild.commands import COUNT_SH
 from aimms_ops.restore.source import DumpInfo
 from tests.hostprog import said as said_
 
@@ -402,6 +404,30 @@ def test_counts_and_copy_check():
     assert "3 files" in run._check_copy("/from 3 100\n/to 3 100\n", p)
     with pytest.raises(OpsError, match="does not match"):
         run._check_copy("/from 3 100\n/to 2 60\n", p)
+    with pytest.raises(OpsError, match="printed no file count and size for both sides: "
+                       "'/from 3 3e"):
+        run._check_copy("/from 3 3e+09\n/to 3 3e+09\n", p)
+
+
+def test_the_copy_check_counts_volumes_of_more_than_2_gib(tmp_path):
+    """The count runs in the postgres image, whose awk is mawk: run here with the same
+    awk, on two sides of 3 GB each (sparse files), the copy is found whole."""
+    sides = {}
+    for side in ("from", "to"):
+        d = tmp_path / side
+        d.mkdir()
+        for i in range(2):
+            with open(d / f"seg{i}", "wb") as fh:
+                fh.truncate(1_500_000_000)
+        sides[side] = str(d)
+    assert COUNT_SH.count("for d in /from /to;") == 1
+    script = COUNT_SH.replace("for d in /from /to;", f"for d in {sides['from']} {sides['to']};")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    out = "\n".join(ln.replace(sides["from"] + " ", "/from ", 1).replace(sides["to"] + " ",
+                                                                       "/to ", 1)
+                    for ln in out.splitlines())
+    assert run._check_copy(out, plan()).startswith("2 files, "), out
 
 
 def test_error_line_skips_docker_help_hints():
