@@ -48,7 +48,7 @@ def sandbox() -> Iterator[Sandbox]:
                  env=_read_env(out / "env"))
     from .clusters import remove_leftovers  # it imports this module
 
-    left = remove_leftovers(sb)
+    left = remove_leftovers(sb) + sb.drop_extra_tables()
     if left:
         print(f"sandbox: removed what a killed run left in the cluster: {', '.join(left)}")
     sb.remove_kept_volumes()  # those an earlier run's rebuilds kept

@@ -22,6 +22,9 @@ from aimms_ops.core.layout import KEPT_LABEL
 
 REPO = Path(__file__).resolve().parents[1]
 FAB = REPO / ".venv" / "bin" / "fab"
+#: The tables sandbox/up.sh seeds aimms_web with (step_data); any other table of its
+#: public schema is a test's.
+SEED_TABLES = ("customers", "orders", "audit_log")
 
 
 def own_instance(environ: dict[str, str] | os._Environ[str] = os.environ) -> tuple[str, Path]:
@@ -156,6 +159,20 @@ class Sandbox:
             return None
         self._pg = (pid, started, dict(v.split("=", 1) for v in out[1:] if "=" in v))
         return self._pg
+
+    def drop_extra_tables(self) -> list[str]:
+        """Drop the tables of aimms_web's public schema that the seed (sandbox/up.sh)
+        did not make: what an earlier test file or run left there (pgbench's 75 MB of
+        accounts made every later backup, restore and dump of the suite eleven times
+        larger). One query when there is none; the names dropped."""
+        out = self.psql(f"""
+            SELECT string_agg(quote_ident(relname), ', ' ORDER BY relname) FROM pg_class
+             WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p')
+               AND NOT relispartition AND relname NOT IN ({", ".join(
+                   f"'{t}'" for t in SEED_TABLES)})""")
+        if out:
+            self.psql(f"DROP TABLE IF EXISTS {out} CASCADE")
+        return out.split(", ") if out else []
 
     def remove_kept_volumes(self) -> list[str]:
         """Remove the volumes ``rebuild-volume`` kept on this instance (the tests' own:

@@ -28,9 +28,13 @@ from ..conftest import (  # noqa: F401 - named for the tests of this folder
 def empty_backup_dir(sandbox: Sandbox) -> None:
     """Each file starts from an empty backup dir on the host and makes the backups it
     needs: none is left from another file, nor from a run that was killed (a backup's
-    part file, an unfinished rebuild's state, a lock's owner note)."""
+    part file, an unfinished rebuild's state, a lock's owner note); and from aimms_web as
+    the sandbox seeds it."""
     d = shlex.quote(sandbox.backup_dir)
     sandbox.ssh(f"mkdir -p -m 700 {d} && find {d} -mindepth 1 -delete")
+    # Nor the tables another file made in aimms_web: each file backs up and restores the
+    # seeded data, whatever ran before it on this instance.
+    sandbox.drop_extra_tables()
 
 
 @pytest.fixture(autouse=True)

@@ -106,3 +106,14 @@ def test_quoting_helpers():
     assert ql("it's") == "'it''s'"
     assert conninfo("odd \"db\" 'x' ü ; name") == "dbname='odd \"db\" \\'x\\' ü ; name'"
     assert conninfo("a\\b=c") == "dbname='a\\\\b=c'"
+
+
+def test_the_seed_tables_are_those_sandbox_up_seeds():
+    """What drop_extra_tables keeps is what sandbox/up.sh checks for and makes."""
+    from tests.sandbox_client import REPO, SEED_TABLES
+
+    up = (REPO / "sandbox" / "up.sh").read_text()
+    assert "tablename in (" + ", ".join(f"'{t}'" for t in SEED_TABLES) + ")" in up
+    assert f"DROP TABLE IF EXISTS {', '.join(reversed(SEED_TABLES))} CASCADE;" in up
+    for t in SEED_TABLES:
+        assert f"CREATE TABLE {t} (" in up, t
