@@ -96,8 +96,13 @@ class Remote:
     def __enter__(self) -> Remote:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            # After a Ctrl-C that landed inside paramiko, a lock of the transport may
+            # never come free: closing must not keep the task from ending.
+            bounded(self.close, 10)
 
     # --- plumbing ------------------------------------------------------------------
 
