@@ -133,6 +133,16 @@ def ssh_config_override(c: Any) -> str | None:
     return os.path.expanduser(path) if isinstance(path, str) and path else None
 
 
+def stacks_on_sigusr1() -> None:
+    """``kill -USR1 PID`` of a task that seems stuck prints where each of its threads is
+    (on stderr), and the task goes on: what to attach to a report of a hang."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+
+
 def quiet_broken_pipe() -> None:
     """A closed pipe that escapes everything (Fabric's own ``fab -l | head``) ends the
     program quietly with exit code 1, not with a traceback."""

@@ -14,7 +14,7 @@ from fabric.main import Fab
 
 from aimms_ops import __version__
 from aimms_ops.cli import ns
-from aimms_ops.cli.coreopts import check_core_options
+from aimms_ops.cli.coreopts import check_core_options, stacks_on_sigusr1
 
 NAME = "aimms-ops"
 
@@ -25,6 +25,7 @@ program = Fab(name=NAME, version=__version__, namespace=ns, executor_class=Execu
 def main() -> None:
     """Entry point of the console script."""
     check_core_options(sys.argv, set(ns.task_names))
+    stacks_on_sigusr1()
     try:
         program.run()
     except BrokenPipeError:

@@ -246,9 +246,10 @@ class Running:
         try:
             self.stdout, self.stderr = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.kill_hung()
             self.stdout, self.stderr = self.proc.communicate()
-            raise AssertionError(f"fab hung for {timeout} s; stderr: {self.stderr}") from None
+            raise AssertionError(f"fab hung for {timeout} s; stderr (with where each of "
+                                 f"its threads was): {self.stderr}") from None
         return self.proc.returncode
 
     @property
@@ -257,6 +258,13 @@ class Running:
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
+
+    def kill_hung(self) -> None:
+        """Kill a fab that hangs, once it printed where each of its threads is (SIGUSR1:
+        aimms_ops.cli.coreopts.stacks_on_sigusr1) on its stderr."""
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        self.proc.kill()
 
     def ended(self) -> bool:
         """True once fab has exited; then its output is collected."""
@@ -336,8 +344,11 @@ def interrupt_when(sandbox: Sandbox, *args: str, line: str, sig: int = signal.SI
     try:
         run.proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        run.proc.kill()
-        raise AssertionError(f"fab hung for {timeout} s; stderr: {''.join(err)}") from None
+        run.kill_hung()
+        for t in readers:
+            t.join(30)
+        raise AssertionError(f"fab hung for {timeout} s; stderr (with where each of its "
+                             f"threads was): {''.join(err)}") from None
     finally:
         for t in readers:
             t.join(30)

@@ -116,3 +116,24 @@ def test_each_short_flag_means_one_thing_in_every_task():
     assert {s: m for s, m in meanings.items() if len(m) != 1} == {}
     assert "d" not in meanings  # was --database, --dry-run, --deep, --dest or --download
     assert meanings["f"] == {"file"} and meanings["y"] == {"yes"}
+
+
+def test_sigusr1_prints_where_each_thread_of_a_task_is_and_the_task_goes_on():
+    import signal
+    import sys
+    import time
+
+    code = ("import sys, time\n"
+            "from aimms_ops.cli.coreopts import stacks_on_sigusr1\n"
+            "stacks_on_sigusr1()\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(3)\n"
+            "print('went on', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out == "went on\n", (proc.returncode, out, err)
+    assert "Current thread" in err and "line 5 in <module>" in err, err
