@@ -174,6 +174,16 @@ class Sandbox:
             self.psql(f"DROP TABLE IF EXISTS {out} CASCADE")
         return out.split(", ") if out else []
 
+    def seeded(self) -> bool:
+        """The stack runs and aimms_web holds the seed's tables (a failed test can leave
+        the cluster down, or new and empty: a rebuild cut short)."""
+        names = ", ".join(f"'{t}'" for t in SEED_TABLES)
+        got = self.in_postgres(
+            "psql -X -q -A -t -U postgres -d aimms_web -c "
+            + shlex.quote(f"SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
+                          f"AND tablename IN ({names})"), check=False)
+        return got.returncode == 0 and got.stdout.decode().strip() == str(len(SEED_TABLES))
+
     def remove_kept_volumes(self) -> list[str]:
         """Remove the volumes ``rebuild-volume`` kept on this instance (the tests' own:
         each rebuild keeps the old data, up to a gigabyte with its WAL, and nothing

@@ -8,6 +8,7 @@ carries the ``integration`` marker (tests/conftest.py adds it), so that
 """
 
 import shlex
+import subprocess
 
 import pytest
 
@@ -33,7 +34,13 @@ def empty_backup_dir(sandbox: Sandbox) -> None:
     d = shlex.quote(sandbox.backup_dir)
     sandbox.ssh(f"mkdir -p -m 700 {d} && find {d} -mindepth 1 -delete")
     # Nor the tables another file made in aimms_web: each file backs up and restores the
-    # seeded data, whatever ran before it on this instance.
+    # seeded data, whatever ran before it on this instance. A file that failed may have
+    # left the stack down or its cluster empty: sandbox/up.sh brings both back, so that
+    # one failure does not fail the files after it.
+    if not sandbox.seeded():
+        subprocess.run(["bash", str(REPO / "sandbox" / "up.sh")], cwd=REPO, check=True,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=900)
+        sandbox.wait_ready()
     sandbox.drop_extra_tables()
 
 
