@@ -20,7 +20,7 @@ from fabric import Connection
 from aimms_ops.core.errors import ConnectionLost, OpsError
 from aimms_ops.host import bundle, events, openssh, shell
 from aimms_ops.host.ssh import WINDOW_SIZE, SshTarget
-from aimms_ops.host.streams import BulkPipe, Drain, Writable, Writer
+from aimms_ops.host.streams import BulkPipe, Drain, Writable, Writer, send_eof
 
 T = TypeVar("T")
 
@@ -171,7 +171,7 @@ class Remote:
         try:
             if stdin:
                 ch.sendall(stdin)
-            ch.shutdown_write()
+            send_eof(ch)
         except (OSError, paramiko.SSHException, EOFError):
             pass  # the command's end (or the connection's) is read by _finish
         return self._finish(ch, line, out, err, what)
@@ -236,7 +236,7 @@ class Remote:
         finally:
             def release() -> None:
                 try:
-                    ch.shutdown_write()
+                    send_eof(ch)
                     ch.status_event.wait(10)
                 except (OSError, paramiko.SSHException, EOFError):
                     pass
@@ -269,7 +269,7 @@ class Remote:
                 ch.sendall(view[:n])  # type: ignore[arg-type]  # any buffer will do
                 if progress is not None:
                     progress(n)
-            ch.shutdown_write()
+            send_eof(ch)
         except (OSError, paramiko.SSHException, EOFError) as exc:
             # The remote command stopped reading (it failed, or the connection dropped):
             # its exit status and stderr say which.
@@ -319,7 +319,7 @@ class Remote:
         writer = Writer(dst)
         writer.start()
         try:
-            ch.shutdown_write()
+            send_eof(ch)
             while True:
                 data = ch.recv(RECV_CHUNK)
                 if not data:

@@ -264,3 +264,36 @@ def _ctypes_errno() -> int:
     import ctypes
 
     return ctypes.get_errno()
+
+
+
+def send_eof(ch: paramiko.Channel) -> None:
+    """Tell the remote command its stdin has ended (``shutdown_write``), safely.
+
+    paramiko's ``shutdown_write`` makes the EOF message under the channel's lock and
+    sends it after letting the lock go; when the command has just ended, the transport's
+    thread can answer the server's close in between, and the EOF then goes out after the
+    channel's CLOSE. OpenSSH ends the whole connection for that ("ieof packet referred
+    to nonexistent channel"; paramiko issues #1115, #1705): every later command of the
+    task fails ("Unable to open channel"). Here the EOF is sent as paramiko sends a user
+    message (waiting out a key exchange), but only while the channel is still open, under
+    the lock that every message takes to go out: a CLOSE can then only follow it. A
+    channel closed meanwhile needs no EOF (its CLOSE ends the command's stdin).
+    """
+    with ch.lock:
+        m = None if ch.closed else ch._send_eof()  # type: ignore[attr-defined]
+    t = ch.transport
+    if m is None or t is None:
+        return
+    deadline = time.monotonic() + t.clear_to_send_timeout
+    while True:
+        t.clear_to_send.wait(0.1)
+        if not t.is_active():
+            return
+        with t.clear_to_send_lock:
+            if t.clear_to_send.is_set():
+                if not ch.closed:  # its CLOSE is made only after closed is set
+                    t._send_message(m)  # type: ignore[attr-defined]
+                return
+        if time.monotonic() > deadline:
+            raise paramiko.SSHException("Key-exchange timed out waiting for key negotiation")

@@ -195,3 +195,61 @@ def test_background_calls_give_their_result_or_error_and_bounded_ones_never_wait
         assert bounded(release.wait, 0.05) is False  # still running: not waited for
     finally:
         release.set()
+
+
+class _Transport:
+    """What send_eof uses of paramiko's Transport."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.clear_to_send = threading.Event()
+        self.clear_to_send.set()
+        self.clear_to_send_lock = threading.Lock()
+        self.clear_to_send_timeout = 1.0
+        self.sent: list[bytes] = []
+
+    def is_active(self) -> bool:
+        return True
+
+    def _send_message(self, m) -> None:
+        self.sent.append(bytes(m.asbytes()))
+
+
+def _channel(transport) -> paramiko.Channel:
+    ch = paramiko.Channel(7)
+    ch.remote_chanid = 9
+    ch.transport = transport
+    ch.active = True
+    return ch
+
+
+def test_the_eof_goes_out_once_on_an_open_channel():
+    t = _Transport()
+    ch = _channel(t)
+    streams.send_eof(ch)
+    streams.send_eof(ch)
+    assert len(t.sent) == 1 and t.sent[0][0] == paramiko.common.MSG_CHANNEL_EOF
+    assert ch.eof_sent
+
+
+def test_no_eof_after_the_channel_closed_before_or_while_it_was_sent():
+    t = _Transport()
+    ch = _channel(t)
+    ch.closed = True
+    streams.send_eof(ch)
+    assert t.sent == []
+
+    # Closed between the EOF's making and its sending (the race of paramiko #1115): the
+    # CLOSE may be on the wire already, so the EOF must not follow it.
+    t = _Transport()
+    ch = _channel(t)
+    real_wait = t.clear_to_send.wait
+
+    def close_then_wait(timeout: float) -> bool:
+        ch.closed = True
+        return real_wait(timeout)
+
+    t.clear_to_send.wait = close_then_wait  # type: ignore[method-assign]
+    streams.send_eof(ch)
+    assert t.sent == []
