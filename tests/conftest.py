@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from aimms_ops.dump.reader import SECTION_PREFIX, SECTION_SUFFIX
+
 from .sandbox_client import (
     FAB,
     REPO,
@@ -48,7 +50,7 @@ def sandbox() -> Iterator[Sandbox]:
                  env=_read_env(out / "env"))
     from .clusters import remove_leftovers  # it imports this module
 
-    left = remove_leftovers(sb) + sb.drop_extra_tables()
+    left = remove_leftovers(sb)
     if left:
         print(f"sandbox: removed what a killed run left in the cluster: {', '.join(left)}")
     sb.remove_kept_volumes()  # those an earlier run's rebuilds kept
@@ -91,9 +93,9 @@ def dump_difference(got: str, want: str) -> str:
     out = []
     a, b = _sections(got), _sections(want)
     for name in sorted(set(a) | set(b)):
-        x, y = Counter(a.get(name, [])), Counter(b.get(name, []))
         if a.get(name) == b.get(name):
             continue
+        x, y = Counter(a.get(name, [])), Counter(b.get(name, []))
         only_got, only_want = list((x - y).elements()), list((y - x).elements())
         if not only_got and not only_want:
             out.append(f"{name}: the same lines in another order")
@@ -106,10 +108,11 @@ def dump_difference(got: str, want: str) -> str:
 def _sections(dump: str) -> dict[str, list[str]]:
     """The lines of a pg_dumpall text under each ``-- Database "NAME" dump`` title (the
     globals under ``(globals)``)."""
+    prefix, suffix = SECTION_PREFIX.decode(), SECTION_SUFFIX.decode()
     sections: dict[str, list[str]] = {"(globals)": []}
     current = sections["(globals)"]
     for line in dump.split("\n"):
-        if line.startswith('-- Database "') and line.endswith('" dump'):
-            current = sections.setdefault(line[13:-6], [])
+        if line.startswith(prefix) and line.endswith(suffix):
+            current = sections.setdefault(line[len(prefix):-len(suffix)], [])
         current.append(line)
     return sections

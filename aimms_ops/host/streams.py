@@ -266,7 +266,6 @@ def _ctypes_errno() -> int:
     return ctypes.get_errno()
 
 
-
 def send_eof(ch: paramiko.Channel) -> None:
     """Tell the remote command its stdin has ended (``shutdown_write``), safely.
 

@@ -50,11 +50,11 @@ def pitr_on(sandbox, pitr_inventory):
     assert "PITR is on" in run.stderr + run.stdout
     yield pitr_inventory
     # Whatever the tests left, the next file gets the stack as a new sandbox has it, and
-    # the S3 target without the repository's copy, and aimms_web without pgbench's tables.
+    # the S3 target without the repository's copy (the next file drops pgbench's tables:
+    # tests/integration/conftest.py).
     shutil.rmtree(_s3_folder(sandbox, pitr_inventory), ignore_errors=True)
     subprocess.run(["bash", str(REPO / "sandbox" / "up.sh")], check=True,
                    stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
-    sandbox.drop_extra_tables()
 
 
 def _s3_folder(sandbox, inventory: Path) -> Path:
