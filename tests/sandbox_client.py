@@ -20,6 +20,8 @@ import yaml
 
 from aimms_ops.core.layout import KEPT_LABEL
 
+from . import fab_fork
+
 REPO = Path(__file__).resolve().parents[1]
 FAB = REPO / ".venv" / "bin" / "fab"
 #: The tables sandbox/up.sh seeds aimms_web with (step_data); any other table of its
@@ -244,10 +246,18 @@ class Sandbox:
 
     def fab(self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
             timeout: float = 600, inventory: Path | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
+            cwd: Path | None = None, own_process: bool = False,
+            ) -> subprocess.CompletedProcess:
+        """``fab ARGS`` against this sandbox (its inventory unless ``inventory``), its
+        output as text. It runs as a fork of a process that has Fabric and the tasks
+        imported (tests/fab_fork.py) unless ``own_process``: for a test that reads the
+        machine's command lines, where the run must show as ``fab ARGS``."""
         full_env = {**os.environ, "AIMMS_OPS_INVENTORY": str(inventory or self.inventory),
                     **(env or {})}
         full_env.pop("AIMMS_OPS_DEBUG", None)
+        if fab_fork.enabled() and not own_process:
+            return fab_fork.run(list(args), env=full_env, cwd=cwd or REPO, input=input,
+                                timeout=timeout)
         return subprocess.run(
             [str(FAB), *args], input=input, text=True, capture_output=True, env=full_env,
             timeout=timeout, check=False, cwd=cwd or REPO,

@@ -55,13 +55,27 @@ def process_tree() -> dict[int, list[int]]:
     return tree
 
 
+def children(pid: int) -> list[int]:
+    """The live children of ``pid`` (zombies left out), from the kernel's list of each
+    of its threads' children: a few reads where :func:`process_tree` reads every
+    process of the machine (the waits below look many times a second)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    kids = [int(k) for tid in tids for k in _read(f"/proc/{pid}/task/{tid}/children").split()]
+    return [k for k in kids if _ppid_and_state(k)[1] not in ("?", "Z")]
+
+
 def descendants(pid: int, tree: dict[int, list[int]] | None = None) -> list[int]:
-    tree = tree if tree is not None else process_tree()
-    out, todo = [], list(tree.get(pid, []))
+    """Every live process below ``pid``: from ``tree`` when given (one look at the
+    whole machine), else walked from ``pid`` down."""
+    below = tree.get if tree is not None else (lambda p, _=None: children(p))
+    out, todo = [], list(below(pid, []))
     while todo:
         p = todo.pop()
         out.append(p)
-        todo.extend(tree.get(p, []))
+        todo.extend(below(p, []))
     return out
 
 
@@ -108,14 +122,12 @@ def sessions_running(sandbox: Sandbox, marker: str) -> list[int]:
     Under the listener each connection is ``sshd: USER [priv]`` with a child
     ``sshd: USER@notty``, whose children are the session's commands.
     """
-    listener = sshd_pid(sandbox)
-    tree = process_tree()
     found = []
-    for conn in tree.get(listener, []):
-        below = descendants(conn, tree)
-        if any(marker in cmdline(p) for p in below if not cmdline(p).startswith("sshd")):
+    for conn in children(sshd_pid(sandbox)):
+        below = {p: cmdline(p) for p in descendants(conn)}
+        if any(marker in cmd for cmd in below.values() if not cmd.startswith("sshd")):
             found.append(conn)
-            found.extend(p for p in below if cmdline(p).startswith("sshd"))
+            found.extend(p for p, cmd in below.items() if cmd.startswith("sshd"))
     return found
 
 

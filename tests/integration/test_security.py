@@ -170,13 +170,13 @@ def test_no_password_in_command_lines_logs_or_output(installed, tmp_path):
     secrets = _secrets(installed)
     outputs = []
     with Sampler(installed) as sampler:
-        proc = installed.fab("backup", "--label=ps-sample")
+        proc = installed.fab("backup", "--label=ps-sample", own_process=True)
         assert proc.returncode == 0, proc.stderr
         outputs.append(proc.stdout + proc.stderr)
-        proc = installed.fab("restore", "--file=latest", "--yes")
+        proc = installed.fab("restore", "--file=latest", "--yes", own_process=True)
         assert proc.returncode == 0, proc.stderr
         outputs.append(proc.stdout + proc.stderr)
-        proc = installed.fab("download", "--file=latest", f"--dest={tmp_path}")
+        proc = installed.fab("download", "--file=latest", f"--dest={tmp_path}", own_process=True)
         assert proc.returncode == 0, proc.stderr
         outputs.append(proc.stdout + proc.stderr)
     seen = sampler.lines
