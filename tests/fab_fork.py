@@ -19,11 +19,13 @@ when the test process that started it ends (its stdin closes). Plain Python: no 
 from __future__ import annotations
 
 import array
+import atexit
 import contextlib
 import json
 import locale
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -143,6 +145,7 @@ def main() -> None:
 class _Server:
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="aimms-ops-fab.")
+        atexit.register(shutil.rmtree, self.dir, True)
         self.path = os.path.join(self.dir, "s")
         self.proc = subprocess.Popen(
             [str(FAB.parent / "python"), __file__, self.path], stdin=subprocess.PIPE,

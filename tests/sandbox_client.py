@@ -7,9 +7,11 @@ so that bench/run.py can use it too.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -304,6 +306,7 @@ def _control_dir() -> Path:
     global _CONTROL_DIR
     if _CONTROL_DIR is None:
         _CONTROL_DIR = Path(tempfile.mkdtemp(prefix="aimms-ops-ssh."))
+        atexit.register(shutil.rmtree, _CONTROL_DIR, True)
     return _CONTROL_DIR
 
 
