@@ -3,7 +3,7 @@ tasks' modules imported already (a fork server, like multiprocessing's): each ru
 ``.venv/bin/fab``'s own code (``fabric.main.program.run()``) in a process of its own,
 with its own argv, environment, working directory, stdin, stdout and stderr, but it
 does not pay Python's start and those imports again: about 0.35 s of CPU per run, on
-a suite that runs ``fab`` thousands of times on two cores.
+a suite that runs ``fab`` about 700 times on two cores.
 
 What differs from ``subprocess.run([fab, ...])``, and why no test here depends on it:
 the run's parent is the server, not the test (its exit status reaches the test through

@@ -25,7 +25,7 @@ from aimms_ops.core.layout import KEPT_LABEL
 from . import fab_fork
 
 REPO = Path(__file__).resolve().parents[1]
-FAB = REPO / ".venv" / "bin" / "fab"
+FAB = fab_fork.FAB
 #: The tables sandbox/up.sh seeds aimms_web with (step_data); any other table of its
 #: public schema is a test's.
 SEED_TABLES = ("customers", "orders", "audit_log")

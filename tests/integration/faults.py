@@ -64,18 +64,18 @@ def children(pid: int) -> list[int]:
     except OSError:
         return []
     kids = [int(k) for tid in tids for k in _read(f"/proc/{pid}/task/{tid}/children").split()]
-    return [k for k in kids if _ppid_and_state(k)[1] not in ("?", "Z")]
+    return [k for k in kids if alive(k)]
 
 
 def descendants(pid: int, tree: dict[int, list[int]] | None = None) -> list[int]:
     """Every live process below ``pid``: from ``tree`` when given (one look at the
     whole machine), else walked from ``pid`` down."""
-    below = tree.get if tree is not None else (lambda p, _=None: children(p))
-    out, todo = [], list(below(pid, []))
+    below = children if tree is None else (lambda p: tree.get(p, []))
+    out, todo = [], list(below(pid))
     while todo:
         p = todo.pop()
         out.append(p)
-        todo.extend(below(p, []))
+        todo.extend(below(p))
     return out
 
 
@@ -353,18 +353,19 @@ def interrupt_when(sandbox: Sandbox, *args: str, line: str, sig: int = signal.SI
     readers = [threading.Thread(target=f, daemon=True) for f in (drain_stdout, drain_stderr)]
     for t in readers:
         t.start()
+    hung = False
     try:
         run.proc.wait(timeout)
     except subprocess.TimeoutExpired:
         run.kill_hung()
-        for t in readers:
-            t.join(30)
-        raise AssertionError(f"fab hung for {timeout} s; stderr (with where each of its "
-                             f"threads was): {''.join(err)}") from None
+        hung = True
     finally:
         for t in readers:
             t.join(30)
     run.stdout, run.stderr = "".join(out), "".join(err)
+    if hung:
+        raise AssertionError(f"fab hung for {timeout} s; stderr (with where each of its "
+                             f"threads was): {run.stderr}")
     assert seen.is_set(), f"fab ended (rc={run.returncode}) without printing {line!r}: " \
         f"{run.stderr}"
     return run
